@@ -1,0 +1,141 @@
+//! The internal API on `INTERNAL_ADDR` (DESIGN.md §2 "Internal API").
+//!
+//! Only for waifus and operators inside the private network; the public
+//! listener never routes here. Every error is `{"error", "message"}` with
+//! the status it names; nothing a client sends can produce a 5xx other than
+//! 503 for an unreachable database.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use waifus_protocol::{ErrorBody, Hello, HelloResponse, WaifuInfo};
+
+use crate::registry::{HelloError, Registry};
+
+/// Largest request body the internal API reads.
+pub(crate) const MAX_BODY: usize = 64 * 1024;
+
+/// The internal API's router.
+pub(crate) fn router(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/__internal/health", get(StatusCode::NO_CONTENT))
+        .route("/__internal/hello", post(hello))
+        .route("/__internal/waifus", get(list))
+        .route("/__internal/waifus/{name}/health", get(waifu_health))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(registry)
+}
+
+/// Every error of the internal API.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApiError {
+    #[error("the request body is larger than {MAX_BODY} bytes")]
+    TooLarge,
+    #[error("the request body could not be read")]
+    BadBody,
+    #[error("the body is not the expected JSON: {0}")]
+    BadJson(#[from] serde_json::Error),
+    #[error(transparent)]
+    Hello(#[from] HelloError),
+    #[error("no waifu is registered under this name")]
+    UnknownWaifu,
+    #[error("the waifu has no healthy instance")]
+    NoHealthyInstance,
+    #[error("there is no such endpoint on the internal API")]
+    NotFound,
+    #[error("this endpoint does not accept that method")]
+    MethodNotAllowed,
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::BadBody => (StatusCode::BAD_REQUEST, "bad_body"),
+            ApiError::BadJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
+            ApiError::Hello(HelloError::Name(_)) => (StatusCode::BAD_REQUEST, "invalid_name"),
+            ApiError::Hello(HelloError::Host(_)) => (StatusCode::BAD_REQUEST, "invalid_host"),
+            ApiError::Hello(HelloError::Store(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
+            }
+            ApiError::UnknownWaifu => (StatusCode::NOT_FOUND, "unknown_waifu"),
+            ApiError::NoHealthyInstance => (StatusCode::SERVICE_UNAVAILABLE, "no_healthy_instance"),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "internal API error");
+        }
+        let body = ErrorBody {
+            error: code.to_owned(),
+            message: self.to_string(),
+        };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        }
+        response
+    }
+}
+
+/// Reads a JSON body with a size bound, whatever its content type says.
+async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::TooLarge
+        } else {
+            ApiError::BadBody
+        }
+    })?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+async fn hello(
+    State(registry): State<Arc<Registry>>,
+    body: Body,
+) -> Result<Json<HelloResponse>, ApiError> {
+    let hello: Hello = json_body(body).await?;
+    Ok(Json(registry.hello(&hello).await?))
+}
+
+async fn list(State(registry): State<Arc<Registry>>) -> Json<Vec<WaifuInfo>> {
+    Json(registry.list().await)
+}
+
+async fn waifu_health(
+    State(registry): State<Arc<Registry>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let routes = registry.routes();
+    let waifu = routes.waifu(&name).ok_or(ApiError::UnknownWaifu)?;
+    if waifu.instances.iter().any(|i| i.is_healthy()) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NoHealthyInstance)
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

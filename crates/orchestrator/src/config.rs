@@ -1,0 +1,202 @@
+//! Every setting, parsed in one place (DESIGN.md §2 "Orchestrator process").
+//!
+//! Each is a flag with an environment variable of the same meaning. The
+//! settings DESIGN.md lists come first; the rest are timeouts an operator of
+//! Traefik or nginx would expect to be able to tune.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Command line of the `orchestrator` binary.
+#[derive(Debug, Parser)]
+#[command(name = "orchestrator", version, about = "The waifus orchestrator")]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings for `serve`, the default command.
+    #[command(flatten)]
+    pub serve: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the orchestrator (the default).
+    Serve(Config),
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Settings of `orchestrator serve`.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Host that serves /{name}/...; `*` means any host not claimed by a bind.
+    #[arg(long, env = "MAIN_DOMAIN", default_value = "localhost")]
+    pub main_domain: String,
+    /// Public reverse proxy listener (HTTP/1.1 and h2c).
+    #[arg(long, env = "PUBLIC_ADDR", default_value = "0.0.0.0:8080")]
+    pub public_addr: SocketAddr,
+    /// Internal API listener; never publish it.
+    #[arg(long, env = "INTERNAL_ADDR", default_value = "127.0.0.1:2137")]
+    pub internal_addr: SocketAddr,
+    /// PostgreSQL URL with CREATEDB and CREATEROLE (or superuser). Its database
+    /// (default `waifus`) holds the orchestrator's state and is created if missing.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Managed cluster and generated keys.
+    #[arg(long, env = "DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Database host handed to waifus.
+    #[arg(long, env = "DB_PUBLIC_HOST")]
+    pub db_public_host: Option<String>,
+    /// Database port handed to waifus.
+    #[arg(long, env = "DB_PUBLIC_PORT")]
+    pub db_public_port: Option<u16>,
+    /// Active health check period.
+    #[arg(long, env = "HEALTH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub health_interval: Duration,
+    /// One health check's timeout.
+    #[arg(long, env = "HEALTH_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub health_timeout: Duration,
+    /// Incidents are also POSTed here as JSON.
+    #[arg(long, env = "INCIDENT_WEBHOOK_URL")]
+    pub incident_webhook_url: Option<String>,
+    /// `text` or `json`.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// TLS listener, on when a certificate source is configured.
+    #[arg(long, env = "HTTPS_ADDR", default_value = "0.0.0.0:8443")]
+    pub https_addr: SocketAddr,
+    /// Directory of PEM certificates `{host}.crt` / `{host}.key`.
+    #[arg(long, env = "CERT_DIR")]
+    pub cert_dir: Option<PathBuf>,
+    /// ACME directory URL for automatic certificates.
+    #[arg(long, env = "ACME_DIRECTORY")]
+    pub acme_directory: Option<String>,
+    /// Contact e-mail for the ACME account.
+    #[arg(long, env = "ACME_EMAIL")]
+    pub acme_email: Option<String>,
+    /// Extra PEM root trusted for the ACME directory itself.
+    #[arg(long, env = "ACME_CA_FILE")]
+    pub acme_ca_file: Option<PathBuf>,
+
+    /// An instance unhealthy this long is deregistered.
+    #[arg(long, env = "DEREGISTER_AFTER", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub deregister_after: Duration,
+    /// Bound on connecting to a waifu (then 504).
+    #[arg(long, env = "UPSTREAM_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub upstream_connect_timeout: Duration,
+    /// Bound on waiting for a waifu's response headers (then 504).
+    #[arg(long, env = "UPSTREAM_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub upstream_timeout: Duration,
+    /// A client must send a request's headers within this time; it is also the
+    /// idle time after which a keep-alive HTTP/1 connection is closed.
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// A client connection on which no byte moved this long is closed. Keep it
+    /// above UPSTREAM_TIMEOUT.
+    #[arg(long, env = "IDLE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// On SIGTERM, in-flight requests get this long to finish.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+/// A setting that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "DATABASE_URL is not set. This version needs an existing PostgreSQL server: \
+         set DATABASE_URL=postgres://USER:PASSWORD@HOST:PORT/DATABASE for a user with \
+         CREATEDB and CREATEROLE (or a superuser)"
+    )]
+    NoDatabase,
+    #[error("MAIN_DOMAIN {0:?} is not a hostname or '*'")]
+    MainDomain(String),
+    #[error("{0} must be more than zero")]
+    ZeroDuration(&'static str),
+    #[error(
+        "TLS is not available in this version; unset CERT_DIR and ACME_DIRECTORY \
+         (HTTPS for binds comes with issue 7)"
+    )]
+    TlsUnsupported,
+}
+
+impl Config {
+    /// Checks what clap cannot; returns the normalised main domain
+    /// (`None` for `*`).
+    pub fn validate(&self) -> Result<Option<String>, ConfigError> {
+        if self.database_url.is_none() {
+            return Err(ConfigError::NoDatabase);
+        }
+        if self.cert_dir.is_some() || self.acme_directory.is_some() {
+            return Err(ConfigError::TlsUnsupported);
+        }
+        for (name, d) in [
+            ("HEALTH_INTERVAL", self.health_interval),
+            ("HEALTH_TIMEOUT", self.health_timeout),
+            ("UPSTREAM_CONNECT_TIMEOUT", self.upstream_connect_timeout),
+            ("UPSTREAM_TIMEOUT", self.upstream_timeout),
+            ("HEADER_READ_TIMEOUT", self.header_read_timeout),
+            ("IDLE_TIMEOUT", self.idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::ZeroDuration(name));
+            }
+        }
+        if self.main_domain == "*" {
+            return Ok(None);
+        }
+        let key = format!("http://{}", self.main_domain);
+        match waifus_protocol::parse_bind_key(&key) {
+            Ok(k) if k.prefix.is_empty() && k.port.is_none() => Ok(Some(k.host)),
+            _ => Err(ConfigError::MainDomain(self.main_domain.clone())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(args).unwrap()
+    }
+
+    #[test]
+    fn serve_is_the_default() {
+        let cli = parse(&["orchestrator", "--main-domain", "Example.COM"]);
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.public_addr.port(), 8080);
+        assert_eq!(cli.serve.health_interval, Duration::from_secs(5));
+        let cli = parse(&["orchestrator", "serve", "--health-interval", "500ms"]);
+        let Some(Command::Serve(c)) = cli.command else {
+            panic!("serve expected")
+        };
+        assert_eq!(c.health_interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn validation() {
+        let mut c = parse(&["orchestrator"]).serve;
+        assert!(matches!(c.validate(), Err(ConfigError::NoDatabase)));
+        c.database_url = Some("postgres://x@y/z".into());
+        c.main_domain = "Example.COM".into();
+        assert_eq!(c.validate().unwrap().as_deref(), Some("example.com"));
+        c.main_domain = "*".into();
+        assert_eq!(c.validate().unwrap(), None);
+        c.main_domain = "a/b".into();
+        assert!(matches!(c.validate(), Err(ConfigError::MainDomain(_))));
+        c.main_domain = "localhost".into();
+        c.health_interval = Duration::ZERO;
+        assert!(matches!(c.validate(), Err(ConfigError::ZeroDuration(_))));
+    }
+}

@@ -1,0 +1,225 @@
+//! Active health checks (DESIGN.md §1.3, issue 2 §6).
+//!
+//! Every instance gets its own task: `GET {instance}/__internal/health` every
+//! `HEALTH_INTERVAL` (±10 % jitter, so thousands of instances do not beat in
+//! step) with `HEALTH_TIMEOUT`. The rules:
+//!
+//! - a new instance is not routed to before its first successful check, which
+//!   runs as soon as it says hello;
+//! - any 2xx is a success (204 is what the protocol asks for; the conformance
+//!   checker is strict about it, routing is not);
+//! - a refused or failed connection makes the instance unhealthy at once; any
+//!   other failure (timeout, non-2xx, broken response) does so after
+//!   [`UNHEALTHY_AFTER`] in a row;
+//! - one success makes it healthy again;
+//! - an instance not healthy for `DEREGISTER_AFTER` is deregistered, like
+//!   Consul's `deregister_critical_service_after`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::registry::{Registry, Watch};
+use crate::routes::{Instance, now_ms};
+
+/// Soft failures in a row that make an instance unhealthy.
+pub(crate) const UNHEALTHY_AFTER: u32 = 2;
+
+/// Timing of the checks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HealthConfig {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub deregister_after: Duration,
+}
+
+/// What one check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Success,
+    /// Connection refused or failed: counts at once.
+    Down,
+    /// Timeout, non-2xx or broken response: counts after a few in a row.
+    Failed,
+}
+
+type CheckClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// Starts a checking task for every instance the registry announces.
+pub(crate) async fn supervise(
+    registry: Arc<Registry>,
+    mut watched: mpsc::UnboundedReceiver<Watch>,
+    config: HealthConfig,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.timeout));
+    connector.set_nodelay(true);
+    let client: CheckClient = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(config.interval * 2)
+        .pool_max_idle_per_host(1)
+        .build(connector);
+    loop {
+        let watch = tokio::select! {
+            () = shutdown.cancelled() => return,
+            w = watched.recv() => match w { Some(w) => w, None => return },
+        };
+        let task = watch_instance(registry.clone(), client.clone(), watch, config);
+        tracker.spawn(task);
+    }
+}
+
+async fn watch_instance(
+    registry: Arc<Registry>,
+    client: CheckClient,
+    Watch { name, instance }: Watch,
+    config: HealthConfig,
+) {
+    let mut persisted = instance.is_healthy();
+    loop {
+        let outcome = tokio::select! {
+            () = instance.retired.cancelled() => return,
+            o = check(&client, &instance, config.timeout) => o,
+        };
+        let healthy = record(&instance, outcome);
+        if healthy != persisted {
+            if healthy {
+                info!(%name, instance = %instance.upstream, "instance is healthy");
+            } else {
+                warn!(%name, instance = %instance.upstream, ?outcome, "instance is unhealthy");
+            }
+            match registry
+                .store()
+                .set_health(&name, &instance.upstream, healthy)
+                .await
+            {
+                Ok(()) => persisted = healthy,
+                Err(e) => warn!(%name, error = %e, "could not store health state"),
+            }
+        }
+        if !healthy && critical_for(&instance) >= config.deregister_after {
+            match registry.deregister(&name, &instance).await {
+                Ok(()) => return,
+                Err(e) => warn!(%name, error = %e, "could not deregister instance"),
+            }
+        }
+        let jitter = 0.9 + fastrand::f64() * 0.2;
+        tokio::select! {
+            () = instance.retired.cancelled() => return,
+            () = tokio::time::sleep(config.interval.mul_f64(jitter)) => {}
+        }
+    }
+}
+
+/// How long the instance has been not healthy.
+fn critical_for(instance: &Instance) -> Duration {
+    match instance.critical_since_ms.load(Relaxed) {
+        0 => Duration::ZERO,
+        since => Duration::from_millis(now_ms().saturating_sub(since)),
+    }
+}
+
+/// Applies one outcome to the instance; returns whether it is now healthy.
+pub(crate) fn record(instance: &Instance, outcome: Outcome) -> bool {
+    instance.last_check_ms.store(now_ms(), Relaxed);
+    let healthy = match outcome {
+        Outcome::Success => {
+            instance.failures.store(0, Relaxed);
+            true
+        }
+        Outcome::Down => {
+            instance.failures.fetch_add(1, Relaxed);
+            false
+        }
+        Outcome::Failed => {
+            let failures = instance.failures.fetch_add(1, Relaxed) + 1;
+            instance.is_healthy() && failures < UNHEALTHY_AFTER
+        }
+    };
+    set_healthy(instance, healthy);
+    healthy
+}
+
+/// Flips the routing flag, keeping `critical_since_ms` consistent with it.
+pub(crate) fn set_healthy(instance: &Instance, healthy: bool) {
+    let was = instance.healthy.swap(healthy, Relaxed);
+    if healthy {
+        instance.critical_since_ms.store(0, Relaxed);
+    } else if was {
+        instance.critical_since_ms.store(now_ms(), Relaxed);
+    }
+}
+
+async fn check(client: &CheckClient, instance: &Instance, timeout: Duration) -> Outcome {
+    let uri = http::Uri::builder()
+        .scheme("http")
+        .authority(instance.authority.clone())
+        .path_and_query("/__internal/health")
+        .build();
+    let Ok(uri) = uri else { return Outcome::Down };
+    let request = http::Request::get(uri)
+        .header(http::header::USER_AGENT, "waifus-orchestrator")
+        .body(Empty::new());
+    let Ok(request) = request else {
+        return Outcome::Down;
+    };
+    match tokio::time::timeout(timeout, client.request(request)).await {
+        Err(_) => Outcome::Failed,
+        Ok(Err(e)) if e.is_connect() => Outcome::Down,
+        Ok(Err(_)) => Outcome::Failed,
+        Ok(Ok(response)) => {
+            let ok = response.status().is_success();
+            // Drain a small body so the connection can be reused.
+            let _ =
+                tokio::time::timeout(timeout, Limited::new(response.into_body(), 4096).collect())
+                    .await;
+            if ok {
+                Outcome::Success
+            } else {
+                Outcome::Failed
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use waifus_protocol::parse_host;
+
+    #[test]
+    fn transitions() {
+        let token = CancellationToken::new();
+        let i = Instance::new(parse_host("a:1").unwrap(), false, &token);
+        assert!(
+            i.critical_since_ms.load(Relaxed) > 0,
+            "new instances are critical"
+        );
+        assert!(!record(&i, Outcome::Failed));
+        assert!(
+            record(&i, Outcome::Success),
+            "healthy after the first success"
+        );
+        assert_eq!(i.critical_since_ms.load(Relaxed), 0);
+        assert!(record(&i, Outcome::Failed), "one soft failure is tolerated");
+        assert!(!record(&i, Outcome::Failed), "two soft failures are not");
+        assert!(i.critical_since_ms.load(Relaxed) > 0);
+        assert!(record(&i, Outcome::Success));
+        assert!(
+            !record(&i, Outcome::Down),
+            "a refused connection counts at once"
+        );
+        assert!(critical_for(&i) < Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,178 @@
+//! The waifus orchestrator: registration, reverse proxy, health checks and
+//! persistence (DESIGN.md §3).
+//!
+//! Where a request goes:
+//! - public listener → [`server`] → [`proxy`] (guard, route lookup, forward);
+//! - internal listener → [`api`] → [`registry`] → [`store`], which publishes a
+//!   new [`routes::RouteTable`] read by the proxy without locks;
+//! - [`health`] checks every instance and flips its routing flag.
+
+mod api;
+mod config;
+mod health;
+mod proxy;
+mod registry;
+mod routes;
+mod server;
+mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use config::{Cli, Command, Config, ConfigError, LogFormat};
+pub use store::StoreError;
+
+/// The two sockets the orchestrator serves, bound by the caller (tests bind
+/// port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    pub public: TcpListener,
+    pub internal: TcpListener,
+}
+
+/// Why the orchestrator could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("could not open the state database: {0}")]
+    Store(#[from] StoreError),
+    #[error("could not read a listener's address: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs until `shutdown` is cancelled, then drains in-flight requests for at
+/// most `SHUTDOWN_TIMEOUT` and returns.
+///
+/// Readiness: the internal API answers `GET /__internal/health` only once
+/// state is loaded and both listeners are being served.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let main_domain = config.validate()?;
+    let url = config.database_url.clone().ok_or(ConfigError::NoDatabase)?;
+    let Some(store) = open_store(&url, &shutdown).await? else {
+        return Ok(());
+    };
+    let public_base = public_base(main_domain.as_deref(), listeners.public.local_addr()?);
+    let instances = CancellationToken::new();
+    let (registry, watched) =
+        registry::Registry::load(store, main_domain, public_base, instances.clone()).await?;
+    let registry = Arc::new(registry);
+
+    let tasks = TaskTracker::new();
+    let hard_stop = CancellationToken::new();
+    let health_config = health::HealthConfig {
+        interval: config.health_interval,
+        timeout: config.health_timeout,
+        deregister_after: config.deregister_after,
+    };
+    tasks.spawn(health::supervise(
+        registry.clone(),
+        watched,
+        health_config,
+        tasks.clone(),
+        shutdown.clone(),
+    ));
+    let proxy = Arc::new(proxy::Proxy::new(
+        registry.clone(),
+        proxy::UpstreamConfig {
+            connect_timeout: config.upstream_connect_timeout,
+            response_timeout: config.upstream_timeout,
+        },
+        tasks.clone(),
+        hard_stop.clone(),
+    ));
+    let limits = server::ConnLimits {
+        header_read_timeout: config.header_read_timeout,
+        idle_timeout: config.idle_timeout,
+    };
+    let drain = config.shutdown_timeout;
+    let public = tokio::spawn(server::serve_public(
+        listeners.public,
+        proxy,
+        limits,
+        shutdown.clone(),
+        drain,
+    ));
+    let internal = tokio::spawn(serve_internal(
+        listeners.internal,
+        api::router(registry.clone()),
+        shutdown.clone(),
+        drain,
+    ));
+    info!("orchestrator ready");
+
+    shutdown.cancelled().await;
+    info!("shutting down: draining in-flight requests");
+    let _ = tokio::join!(public, internal);
+    instances.cancel();
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(2), tasks.wait())
+        .await
+        .is_err()
+    {
+        hard_stop.cancel();
+        tasks.wait().await;
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Opens the store, retrying while the server is unreachable (it may still be
+/// starting); `None` if shutdown came first. A malformed URL fails at once.
+async fn open_store(
+    url: &str,
+    shutdown: &CancellationToken,
+) -> Result<Option<store::Store>, StoreError> {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match store::Store::open(url).await {
+            Ok(store) => return Ok(Some(store)),
+            Err(e @ StoreError::BadUrl(_)) => return Err(e),
+            Err(e) => warn!(error = %e, retry_in = ?delay, "PostgreSQL is not available yet"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// `http://{main_domain}[:port]`, the base of the URLs hello answers carry.
+fn public_base(main_domain: Option<&str>, public: std::net::SocketAddr) -> String {
+    let host = main_domain.unwrap_or("localhost");
+    match public.port() {
+        80 => format!("http://{host}"),
+        port => format!("http://{host}:{port}"),
+    }
+}
+
+async fn serve_internal(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: CancellationToken,
+    drain: Duration,
+) {
+    let stopping = shutdown.clone();
+    let served = axum::serve(listener, router).with_graceful_shutdown(stopping.cancelled_owned());
+    let served = std::pin::pin!(served.into_future());
+    tokio::select! {
+        r = served => {
+            if let Err(e) = r {
+                warn!(error = %e, "internal listener failed");
+            }
+        }
+        () = async { shutdown.cancelled().await; tokio::time::sleep(drain).await } => {
+            warn!("drain timed out; closing remaining internal connections");
+        }
+    }
+}

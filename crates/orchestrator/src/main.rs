@@ -1,0 +1,80 @@
+//! `orchestrator`: parse settings, set up logging, bind, run until a signal.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use orchestrator::{Cli, Command, Config, Listeners, LogFormat};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match cli.command {
+        Some(Command::Serve(config)) => config,
+        None => cli.serve,
+    };
+    init_tracing(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    config.validate()?;
+    let bind = |addr, what: &'static str| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("could not listen on {what} {addr}: {e}"))
+    };
+    let listeners = Listeners {
+        public: bind(config.public_addr, "PUBLIC_ADDR").await?,
+        internal: bind(config.internal_addr, "INTERNAL_ADDR").await?,
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    orchestrator::run(config, listeners, shutdown).await?;
+    Ok(())
+}
+
+/// SIGTERM or SIGINT starts a graceful shutdown.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("error: could not install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    shutdown.cancel();
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,344 @@
+//! The `__internal` guard (DESIGN.md §1.4 and §2 "The `__internal` guard").
+//!
+//! A request path is percent-decoded exactly once (RFC 3986 §2.1), its
+//! dot-segments are resolved (RFC 3986 §5.2.4), every segment is checked for
+//! the reserved `__internal` prefix in any case, and the result is re-encoded
+//! in one canonical form. That canonical string is what routing matches and
+//! what the waifu receives: nothing downstream ever sees the client's spelling.
+//!
+//! Anything a lax backend could read differently is refused as ambiguous
+//! (400): an encoded `/`, `\` raw or encoded, NUL and other control bytes,
+//! bad percent-encoding, bytes that are not UTF-8 after decoding (this covers
+//! overlong UTF-8), a decoded `%HH` that would decode again, a `.` or `..`
+//! segment carrying `;` parameters, and `..` climbing above the root.
+
+use std::borrow::Cow;
+
+use waifus_protocol::is_internal_segment;
+
+/// Why a request target was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rejection {
+    /// A segment starts with `__internal`: answered 404, like any unknown path.
+    Internal,
+    /// The target is ambiguous or malformed: answered 400.
+    Ambiguous(&'static str),
+}
+
+/// Decodes, resolves and checks a raw request path; returns the canonical path.
+///
+/// Borrows when the raw path is already canonical, the common case, so the
+/// hot path does not allocate.
+pub(crate) fn normalize(raw: &str) -> Result<Cow<'_, str>, Rejection> {
+    if !raw.starts_with('/') {
+        return Err(Rejection::Ambiguous(
+            "the request target must be a path starting with '/'",
+        ));
+    }
+    if raw.bytes().all(|b| b == b'/' || is_canonical_byte(b)) {
+        let mut segments = raw[1..].split('/');
+        if segments.all(|s| dot_segment(s).is_none() && !is_internal_segment(s)) {
+            return Ok(Cow::Borrowed(raw));
+        }
+    }
+    normalize_slow(raw).map(Cow::Owned)
+}
+
+/// Whether a canonical path (as produced by [`normalize`], or joined from
+/// such a path and a validated bind target) reaches a reserved segment.
+pub(crate) fn reaches_internal(canonical: &str) -> bool {
+    canonical.split('/').any(is_internal_segment)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dot {
+    One,
+    Two,
+}
+
+/// `.`/`..`, also with `;` parameters (`..;x`), which Java servers resolve.
+fn dot_segment(segment: &str) -> Option<(Dot, bool)> {
+    let (head, has_params) = match segment.split_once(';') {
+        Some((head, _)) => (head, true),
+        None => (segment, false),
+    };
+    match head {
+        "." => Some((Dot::One, has_params)),
+        ".." => Some((Dot::Two, has_params)),
+        _ => None,
+    }
+}
+
+fn normalize_slow(raw: &str) -> Result<String, Rejection> {
+    let decoded = decode_once(raw.as_bytes())?;
+    let decoded = String::from_utf8(decoded)
+        .map_err(|_| Rejection::Ambiguous("the path is not valid UTF-8 after percent-decoding"))?;
+    if has_percent_triplet(decoded.as_bytes()) {
+        return Err(Rejection::Ambiguous(
+            "the path is percent-encoded twice; a second decoding would change it",
+        ));
+    }
+    let mut kept: Vec<&str> = Vec::new();
+    let mut trailing_slash = false;
+    for segment in decoded[1..].split('/') {
+        match dot_segment(segment) {
+            Some((_, true)) => {
+                return Err(Rejection::Ambiguous(
+                    "a '.' or '..' segment may not carry ';' parameters",
+                ));
+            }
+            Some((Dot::One, false)) => trailing_slash = true,
+            Some((Dot::Two, false)) => {
+                if kept.pop().is_none() {
+                    return Err(Rejection::Ambiguous("the path climbs above the root"));
+                }
+                trailing_slash = true;
+            }
+            None => {
+                if is_internal_segment(segment) {
+                    return Err(Rejection::Internal);
+                }
+                kept.push(segment);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut out = String::with_capacity(raw.len() + 8);
+    for segment in &kept {
+        out.push('/');
+        encode_segment(segment, &mut out);
+    }
+    if trailing_slash || out.is_empty() {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+fn decode_once(raw: &[u8]) -> Result<Vec<u8>, Rejection> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        let (byte, encoded) = if b == b'%' {
+            let hi = raw.get(i + 1).copied().and_then(hex_value);
+            let lo = raw.get(i + 2).copied().and_then(hex_value);
+            let (Some(hi), Some(lo)) = (hi, lo) else {
+                return Err(Rejection::Ambiguous(
+                    "bad percent-encoding: '%' must be followed by two hex digits",
+                ));
+            };
+            i += 3;
+            (hi << 4 | lo, true)
+        } else {
+            i += 1;
+            (b, false)
+        };
+        match byte {
+            b'/' if encoded => {
+                return Err(Rejection::Ambiguous("an encoded '/' (%2F) is not allowed"));
+            }
+            b'\\' => return Err(Rejection::Ambiguous("'\\' is not allowed in a path")),
+            0 => return Err(Rejection::Ambiguous("NUL is not allowed in a path")),
+            0x01..=0x1f | 0x7f => {
+                return Err(Rejection::Ambiguous(
+                    "control characters are not allowed in a path",
+                ));
+            }
+            _ => out.push(byte),
+        }
+    }
+    Ok(out)
+}
+
+fn has_percent_triplet(bytes: &[u8]) -> bool {
+    bytes
+        .windows(3)
+        .any(|w| w[0] == b'%' && hex_value(w[1]).is_some() && hex_value(w[2]).is_some())
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// RFC 3986 `pchar` minus `%`: the bytes written as themselves.
+fn is_canonical_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b)
+}
+
+fn encode_segment(segment: &str, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in segment.as_bytes() {
+        if is_canonical_byte(b) {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 15)] as char);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, PartialEq)]
+    enum Want {
+        Path(&'static str),
+        NotFound,
+        Bad,
+    }
+    use Want::*;
+
+    /// Runs a raw request target the way the proxy does: hyper parses it into
+    /// a `Uri` (rejecting what it cannot parse, which is a 400 too), then the
+    /// guard checks the path.
+    fn check(target: &str) -> Want {
+        let Ok(uri) = target.parse::<http::Uri>() else {
+            return Bad;
+        };
+        match normalize(uri.path()) {
+            Ok(p) => Path(Box::leak(p.into_owned().into_boxed_str())),
+            Err(Rejection::Internal) => NotFound,
+            Err(Rejection::Ambiguous(_)) => Bad,
+        }
+    }
+
+    #[test]
+    fn hostile_targets() {
+        let table: &[(&str, Want)] = &[
+            // plain and canonical
+            ("/link/abc", Path("/link/abc")),
+            ("/link/abc?q=1", Path("/link/abc")),
+            ("/", Path("/")),
+            ("/link/", Path("/link/")),
+            // the reserved segment, spelled every way
+            ("/__internal/health", NotFound),
+            ("/link/__internal/health", NotFound),
+            ("/link/__INTERNAL", NotFound),
+            ("/link/__InTeRnAl/x", NotFound),
+            ("/link/__internalfoo", NotFound),
+            ("/link/__internal;x=1", NotFound),
+            ("/link/%5f%5finternal", NotFound),
+            ("/link/%5F_internal", NotFound),
+            ("/link/_%5Finternal", NotFound),
+            ("/link/__%69nternal", NotFound),
+            ("/link/%5F%5F%49%4E%54%45%52%4E%41%4C", NotFound),
+            ("/link/x/../__internal", NotFound),
+            ("/link/%2e%2e/__internal", NotFound),
+            ("/link/.%2E/__internal/health", NotFound),
+            ("/link/./__internal", NotFound),
+            ("//__internal", NotFound),
+            ("/link//__internal", NotFound),
+            ("http://localhost/link/__internal/health", NotFound),
+            ("http://localhost/%5f_internal", NotFound),
+            // prefix boundary: not a reserved segment
+            ("/name__internal", Path("/name__internal")),
+            ("/link/x__internal", Path("/link/x__internal")),
+            ("/link/_internal", Path("/link/_internal")),
+            // dot segments resolved once
+            ("/link/a/../b", Path("/link/b")),
+            ("/link/a/%2e%2e/b", Path("/link/b")),
+            ("/link/./a", Path("/link/a")),
+            ("/link/a/.", Path("/link/a/")),
+            ("/link/a/..", Path("/link/")),
+            ("/..", Bad),
+            ("/link/../../x", Bad),
+            ("/%2e%2e/x", Bad),
+            // dot segments with parameters (Java servers resolve them)
+            ("/link/..;/__internal", Bad),
+            ("/link/..;/x", Bad),
+            ("/link/.;x/y", Bad),
+            ("/link/a..;b", Path("/link/a..;b")),
+            // encoded separators and backslashes
+            ("/link%2F__internal", Bad),
+            ("/link%2f..%2f__internal", Bad),
+            ("/link/a%2Fb", Bad),
+            ("/link\\__internal", Bad),
+            ("/link/%5C__internal", Bad),
+            ("/link/%5c..%5c__internal", Bad),
+            // NUL, controls, bad encodings
+            ("/link/%00", Bad),
+            ("/link/__internal%00", Bad),
+            ("/link/%00__internal", Bad),
+            ("/link/%0a", Bad),
+            ("/link/%7F", Bad),
+            ("/link/%", Bad),
+            ("/link/%4", Bad),
+            ("/link/%zz", Bad),
+            ("/link/%%35%66", Bad),
+            // double encoding: a second decode would change the path
+            ("/link/%255F_internal", Bad),
+            ("/link/%25%35%46_internal", Bad),
+            ("/link/%2525", Bad),
+            ("/link/100%25", Path("/link/100%25")),
+            // overlong and invalid UTF-8
+            ("/link/%C0%AE%C0%AE/__internal", Bad),
+            ("/link/%C0%AF", Bad),
+            ("/link/%E0%80%AE", Bad),
+            ("/link/%FF", Bad),
+            ("/link/%C3%A9", Path("/link/%C3%A9")),
+            // re-encoding is canonical
+            ("/link/a%20b", Path("/link/a%20b")),
+            ("/link/%7e%41", Path("/link/~A")),
+            ("/link/a\"b", Path("/link/a%22b")),
+            // absolute-form, asterisk, authority and opaque targets
+            ("http://example.com/link/x", Path("/link/x")),
+            ("*", Bad),
+            ("example.com:443", Bad),
+            ("mailto:x", Bad),
+            ("link/x", Bad),
+            ("", Bad),
+        ];
+        assert!(table.len() >= 40);
+        for (target, want) in table {
+            assert_eq!(check(target), *want, "{target:?}");
+        }
+    }
+
+    #[test]
+    fn borrows_canonical_paths() {
+        assert!(matches!(normalize("/link/abc/def"), Ok(Cow::Borrowed(_))));
+        assert!(matches!(normalize("/link/%41"), Ok(Cow::Owned(_))));
+    }
+
+    #[test]
+    fn canonical_is_a_fixed_point() {
+        for raw in ["/a/%C3%A9/b%20c/", "/x/./y/../z", "/100%25"] {
+            let once = normalize(raw).unwrap().into_owned();
+            assert_eq!(normalize(&once).unwrap(), once.as_str());
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// No accepted target forwards a reserved segment, and the forwarded
+        /// path is itself canonical (a second pass changes nothing).
+        #[test]
+        fn accepted_paths_never_reach_internal(
+            parts in proptest::collection::vec(prop_oneof![
+                Just("/".to_string()), Just("__internal".to_string()),
+                Just("__INTERNAL".to_string()), Just("%5f".to_string()),
+                Just("%5F".to_string()), Just("_".to_string()), Just(".".to_string()),
+                Just("..".to_string()), Just("%2e".to_string()), Just("%2f".to_string()),
+                Just("%25".to_string()), Just(";".to_string()), Just("\\".to_string()),
+                Just("%69".to_string()), Just("internal".to_string()), Just("%00".to_string()),
+                Just("%C0%AE".to_string()), "[a-zA-Z0-9%._~-]{0,4}",
+            ], 0..12)
+        ) {
+            let raw = format!("/{}", parts.concat());
+            if let Ok(path) = normalize(&raw) {
+                prop_assert!(!reaches_internal(&path), "{raw} -> {path}");
+                prop_assert!(path.starts_with('/'));
+                prop_assert_eq!(normalize(&path).ok(), Some(path.clone()));
+            }
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! The public reverse proxy (DESIGN.md §2 "Public proxy").
+//!
+//! One request: check the target's length, find the host, run the
+//! [`guard`], resolve a route in the current table (no lock), pick a healthy
+//! instance, rewrite headers, stream the body to the waifu and its answer
+//! back. Bodies are never collected. An `Upgrade` is relayed only after the
+//! waifu answers `101 Switching Protocols`.
+
+pub(crate) mod guard;
+mod headers;
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+use waifus_protocol::ErrorBody;
+
+use crate::health::{self, Outcome};
+use crate::registry::Registry;
+use guard::Rejection;
+use headers::Forwarded;
+
+/// Longest request target accepted (path and query), in bytes; longer is 414.
+pub(crate) const MAX_TARGET_LEN: usize = 8 * 1024;
+
+/// Body of every proxied response: the waifu's stream, or our own error.
+pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// Timeouts towards waifus.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UpstreamConfig {
+    pub connect_timeout: Duration,
+    /// Until the waifu's response headers arrive.
+    pub response_timeout: Duration,
+}
+
+/// The proxy's shared state.
+#[derive(Debug)]
+pub(crate) struct Proxy {
+    registry: Arc<Registry>,
+    /// Pooled keep-alive client to waifus (HTTP/1.1).
+    client: Client<HttpConnector, Incoming>,
+    response_timeout: Duration,
+    /// Owns upgraded tunnels so shutdown can wait for them.
+    tunnels: TaskTracker,
+    /// Cancelled when draining is over: closes remaining tunnels.
+    hard_stop: CancellationToken,
+}
+
+impl Proxy {
+    pub(crate) fn new(
+        registry: Arc<Registry>,
+        config: UpstreamConfig,
+        tunnels: TaskTracker,
+        hard_stop: CancellationToken,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .set_host(false)
+            .build(connector);
+        Proxy {
+            registry,
+            client,
+            response_timeout: config.response_timeout,
+            tunnels,
+            hard_stop,
+        }
+    }
+
+    /// Serves one request from the public listener.
+    pub(crate) async fn handle(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<ProxyBody> {
+        match self.forward(req, client).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        }
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+        if target_len > MAX_TARGET_LEN {
+            return Err(ProxyError::TargetTooLong);
+        }
+        let (host_value, host) = request_host(&req).ok_or(ProxyError::BadHost)?;
+        let path = guard::normalize(req.uri().path()).map_err(ProxyError::Guard)?;
+        let table = self.registry.routes();
+        let resolved = table.resolve(&host, &path).ok_or(ProxyError::NoRoute)?;
+        if guard::reaches_internal(&resolved.path) {
+            return Err(ProxyError::Guard(Rejection::Internal));
+        }
+        let instance = resolved.waifu.pick().ok_or(ProxyError::NoHealthy)?.clone();
+        let path_and_query = match req.uri().query() {
+            Some(q) => Cow::Owned(format!("{}?{q}", resolved.path)),
+            None => resolved.path.clone(),
+        };
+        let uri = http::Uri::builder()
+            .scheme("http")
+            .authority(instance.authority.clone())
+            .path_and_query(path_and_query.as_ref())
+            .build()
+            .map_err(|_| ProxyError::Guard(Rejection::Ambiguous("unusable request target")))?;
+        let prefix = resolved.prefix.to_owned();
+        drop(table);
+
+        let (mut parts, body) = req.into_parts();
+        let upgrade = wants_upgrade(&parts).then(|| parts.extensions.remove::<OnUpgrade>());
+        let upgrade = upgrade.flatten();
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
+        parts.headers.remove(header::EXPECT);
+        headers::set_forwarded(
+            &mut parts.headers,
+            &Forwarded {
+                client: client.ip(),
+                proto: "http",
+                host: &host_value,
+                prefix: &prefix,
+            },
+        );
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+
+        let sent = self.client.request(Request::from_parts(parts, body));
+        let response = match tokio::time::timeout(self.response_timeout, sent).await {
+            Err(_) => return Err(ProxyError::Timeout),
+            Ok(Err(e)) if is_timeout(&e) => return Err(ProxyError::Timeout),
+            Ok(Err(e)) => {
+                if e.is_connect() {
+                    health::record(&instance, Outcome::Down);
+                }
+                debug!(instance = %instance.upstream, error = %e, "upstream failed");
+                return Err(ProxyError::Upstream);
+            }
+            Ok(Ok(response)) => response,
+        };
+        let (mut rparts, rbody) = response.into_parts();
+        if rparts.status == StatusCode::SWITCHING_PROTOCOLS {
+            let (Some(client_side), Some(upstream_side)) =
+                (upgrade, rparts.extensions.remove::<OnUpgrade>())
+            else {
+                return Err(ProxyError::Upstream);
+            };
+            headers::strip_hop_by_hop(&mut rparts.headers, true);
+            self.tunnel(client_side, upstream_side);
+        } else {
+            headers::strip_hop_by_hop(&mut rparts.headers, false);
+        }
+        Ok(Response::from_parts(rparts, Either::Left(rbody)))
+    }
+
+    /// Relays bytes both ways once both sides have switched protocols.
+    fn tunnel(&self, client_side: OnUpgrade, upstream_side: OnUpgrade) {
+        let stop = self.hard_stop.clone();
+        self.tunnels.spawn(async move {
+            let Ok((client_io, upstream_io)) = tokio::try_join!(client_side, upstream_side) else {
+                return;
+            };
+            let (mut c, mut u) = (TokioIo::new(client_io), TokioIo::new(upstream_io));
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut c, &mut u) => {}
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// HTTP/1.1 with `Connection: upgrade` and an `Upgrade` header.
+fn wants_upgrade(parts: &http::request::Parts) -> bool {
+    parts.version == Version::HTTP_11
+        && parts.headers.contains_key(header::UPGRADE)
+        && parts
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// The host a request is for, as sent and normalised (lowercase, no port,
+/// no trailing dot). The absolute-form target's authority wins over `Host`
+/// (RFC 9112 §3.2.2); HTTP/2 carries it in `:authority`.
+fn request_host(req: &Request<Incoming>) -> Option<(HeaderValue, Cow<'_, str>)> {
+    let (value, raw) = match req.uri().authority() {
+        Some(authority) => (
+            HeaderValue::from_str(authority.as_str()).ok()?,
+            authority.as_str(),
+        ),
+        None => {
+            let mut hosts = req.headers().get_all(header::HOST).iter();
+            let value = hosts.next()?;
+            if hosts.next().is_some() {
+                return None;
+            }
+            (value.clone(), value.to_str().ok()?)
+        }
+    };
+    Some((value, normalize_host(raw)?))
+}
+
+fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
+    let host = if raw.starts_with('[') {
+        &raw[..=raw.find(']')?]
+    } else {
+        raw.split_once(':').map_or(raw, |(h, _)| h)
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let valid = host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b));
+    if host.is_empty() || !valid {
+        return None;
+    }
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
+}
+
+/// Every way a proxied request can end without a waifu's answer.
+#[derive(Debug)]
+enum ProxyError {
+    TargetTooLong,
+    BadHost,
+    Guard(Rejection),
+    NoRoute,
+    NoHealthy,
+    Upstream,
+    Timeout,
+}
+
+impl ProxyError {
+    fn into_response(self) -> Response<ProxyBody> {
+        let (status, code, message) = match self {
+            ProxyError::TargetTooLong => (
+                StatusCode::URI_TOO_LONG,
+                "uri_too_long",
+                "the request target is too long",
+            ),
+            ProxyError::BadHost => (
+                StatusCode::BAD_REQUEST,
+                "bad_host",
+                "the request has no valid Host",
+            ),
+            ProxyError::Guard(Rejection::Ambiguous(why)) => {
+                (StatusCode::BAD_REQUEST, "bad_path", why)
+            }
+            ProxyError::Guard(Rejection::Internal) | ProxyError::NoRoute => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no waifu serves this host and path",
+            ),
+            ProxyError::NoHealthy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the waifu has no healthy instance right now",
+            ),
+            ProxyError::Upstream => (
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                "the waifu could not be reached or answered badly",
+            ),
+            ProxyError::Timeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway_timeout",
+                "the waifu did not answer in time",
+            ),
+        };
+        let body = serde_json::to_vec(&ErrorBody {
+            error: code.to_owned(),
+            message: message.to_owned(),
+        })
+        .unwrap_or_default();
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("localhost", Some("localhost")),
+            ("LocalHost:8080", Some("localhost")),
+            ("link.waifu.", Some("link.waifu")),
+            ("[::1]:8080", Some("[::1]")),
+            ("127.0.0.1:1", Some("127.0.0.1")),
+            ("", None),
+            (":80", None),
+            ("a b", None),
+            ("a/b", None),
+            ("[::1", None),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(normalize_host(raw).as_deref(), *want, "{raw:?}");
+        }
+    }
+}

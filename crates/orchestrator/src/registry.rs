@@ -1,0 +1,311 @@
+//! Waifus, instances and binds: the single writer of routing state.
+//!
+//! A hello is validated (protocol crate), recorded in PostgreSQL in one
+//! transaction, applied to the in-memory model, and published as a new
+//! immutable [`RouteTable`] (DESIGN.md §3 "Flow of a hello"). Writers are
+//! serialised by one async mutex so memory never disagrees with the database;
+//! readers (the proxy) never take it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use waifus_protocol::{
+    BindError, BindInfo, BindKey, BindOutcome, Hello, HelloResponse, HostError, InstanceInfo,
+    NameError, RefusalReason, Upstream, WaifuInfo, parse_bind_key, parse_bind_target, parse_host,
+    validate_name,
+};
+
+use crate::routes::{BindRoute, Instance, RouteTable, WaifuRoute};
+use crate::store::{BindClaim, Store, StoreError};
+
+/// Why a hello was refused as a whole.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HelloError {
+    #[error("invalid name: {0}")]
+    Name(#[from] NameError),
+    #[error("invalid host: {0}")]
+    Host(#[from] HostError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A new instance the health checker must start watching.
+#[derive(Debug)]
+pub(crate) struct Watch {
+    pub name: Arc<str>,
+    pub instance: Arc<Instance>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    waifus: BTreeMap<String, Entry>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    instances: Vec<Arc<Instance>>,
+    /// Accepted binds with their targets, as stored.
+    binds: Vec<(BindKey, String)>,
+    /// The route built from `instances`; replaced when they change.
+    route: Arc<WaifuRoute>,
+}
+
+impl Entry {
+    fn new(name: &str, instances: Vec<Arc<Instance>>, binds: Vec<(BindKey, String)>) -> Self {
+        let route = Arc::new(WaifuRoute::new(name, instances.clone()));
+        Entry {
+            instances,
+            binds,
+            route,
+        }
+    }
+}
+
+/// Routing state: the published table, the model behind it, and its store.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    routes: ArcSwap<RouteTable>,
+    state: Mutex<State>,
+    store: Store,
+    /// `None` for `MAIN_DOMAIN=*`.
+    main_domain: Option<String>,
+    /// `http://host[:port]` that `/{name}` is appended to in hello answers.
+    public_base: String,
+    /// Parent of every instance's `retired` token.
+    shutdown: CancellationToken,
+    watch: mpsc::UnboundedSender<Watch>,
+}
+
+impl Registry {
+    /// Loads the stored state and publishes it; returns the registry and the
+    /// stream of instances to health-check (starting with every loaded one).
+    pub(crate) async fn load(
+        store: Store,
+        main_domain: Option<String>,
+        public_base: String,
+        shutdown: CancellationToken,
+    ) -> Result<(Registry, mpsc::UnboundedReceiver<Watch>), StoreError> {
+        let (watch, watched) = mpsc::unbounded_channel();
+        let mut state = State::default();
+        for stored in store.load().await? {
+            let instances: Vec<_> = stored
+                .instances
+                .into_iter()
+                .map(|(up, healthy)| Arc::new(Instance::new(up, healthy, &shutdown)))
+                .collect();
+            let name: Arc<str> = stored.name.as_str().into();
+            for instance in &instances {
+                let _ = watch.send(Watch {
+                    name: name.clone(),
+                    instance: instance.clone(),
+                });
+            }
+            let entry = Entry::new(&stored.name, instances, stored.binds);
+            state.waifus.insert(stored.name, entry);
+        }
+        let registry = Registry {
+            routes: ArcSwap::from_pointee(RouteTable::default()),
+            state: Mutex::new(state),
+            store,
+            main_domain,
+            public_base,
+            shutdown,
+            watch,
+        };
+        let loaded = {
+            let state = registry.state.lock().await;
+            registry.publish(&state);
+            state.waifus.len()
+        };
+        info!(waifus = loaded, "loaded state");
+        Ok((registry, watched))
+    }
+
+    /// The current route table; cheap, lock-free.
+    pub(crate) fn routes(&self) -> arc_swap::Guard<Arc<RouteTable>> {
+        self.routes.load()
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Handles `POST /__internal/hello`.
+    pub(crate) async fn hello(&self, hello: &Hello) -> Result<HelloResponse, HelloError> {
+        validate_name(&hello.name)?;
+        let upstream = parse_host(&hello.host)?;
+        let mut outcomes = Vec::with_capacity(hello.additional_binds.len());
+        let mut parsed: Vec<Option<(BindKey, String)>> = Vec::new();
+        let mut seen = HashSet::new();
+        for (bind, target) in &hello.additional_binds {
+            let checked = self.check_bind(bind, target);
+            let checked = checked.and_then(|(key, target)| {
+                // Two spellings of one (host, prefix) in a single hello.
+                if seen.insert((key.host.clone(), key.prefix.clone())) {
+                    Ok((key, target))
+                } else {
+                    Err(RefusalReason::Invalid)
+                }
+            });
+            outcomes.push(BindOutcome {
+                bind: bind.clone(),
+                target: target.clone(),
+                accepted: checked.is_ok(),
+                reason: checked.as_ref().err().copied(),
+            });
+            parsed.push(checked.ok());
+        }
+        let claims: Vec<BindClaim<'_>> = parsed
+            .iter()
+            .flatten()
+            .map(|(key, target)| BindClaim { key, target })
+            .collect();
+
+        let mut state = self.state.lock().await;
+        let granted = self.store.hello(&hello.name, &upstream, &claims).await?;
+        let mut granted = granted.into_iter();
+        let mut accepted = Vec::new();
+        for (outcome, parsed) in outcomes.iter_mut().zip(parsed) {
+            let Some(bind) = parsed else { continue };
+            if granted.next().unwrap_or(false) {
+                accepted.push(bind);
+            } else {
+                warn!(name = %hello.name, bind = %outcome.bind, "bind refused: taken by another waifu");
+                outcome.accepted = false;
+                outcome.reason = Some(RefusalReason::Taken);
+            }
+        }
+        let new_instance = self.apply_hello(&mut state, &hello.name, upstream, accepted);
+        self.publish(&state);
+        drop(state);
+        if let Some(instance) = new_instance {
+            info!(name = %hello.name, instance = %instance.upstream, "new instance");
+            let _ = self.watch.send(Watch {
+                name: hello.name.as_str().into(),
+                instance,
+            });
+        }
+        Ok(HelloResponse {
+            name: hello.name.clone(),
+            url: format!("{}/{}", self.public_base, hello.name),
+            binds: outcomes,
+        })
+    }
+
+    fn check_bind(&self, bind: &str, target: &str) -> Result<(BindKey, String), RefusalReason> {
+        let refusal = |e: BindError| match e {
+            BindError::InternalPath => RefusalReason::InternalPath,
+            _ => RefusalReason::Invalid,
+        };
+        let key = parse_bind_key(bind).map_err(refusal)?;
+        let target = parse_bind_target(target).map_err(refusal)?;
+        if self.main_domain.as_deref() == Some(key.host.as_str()) {
+            return Err(RefusalReason::MainDomain);
+        }
+        Ok((key, target.0))
+    }
+
+    /// Applies a recorded hello to memory; returns the instance if it is new.
+    fn apply_hello(
+        &self,
+        state: &mut State,
+        name: &str,
+        upstream: Upstream,
+        binds: Vec<(BindKey, String)>,
+    ) -> Option<Arc<Instance>> {
+        let entry = state
+            .waifus
+            .entry(name.to_owned())
+            .or_insert_with(|| Entry::new(name, Vec::new(), Vec::new()));
+        entry.binds = binds;
+        if entry.instances.iter().any(|i| i.upstream == upstream) {
+            return None;
+        }
+        let instance = Arc::new(Instance::new(upstream, false, &self.shutdown));
+        entry.instances.push(instance.clone());
+        entry.route = Arc::new(WaifuRoute::new(name, entry.instances.clone()));
+        Some(instance)
+    }
+
+    /// Drops an instance that stayed critical too long; its waifu and binds
+    /// go with its last instance. Memory follows only once the store agreed.
+    pub(crate) async fn deregister(
+        &self,
+        name: &str,
+        instance: &Arc<Instance>,
+    ) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        self.store.remove_instance(name, &instance.upstream).await?;
+        if let Some(entry) = state.waifus.get_mut(name) {
+            entry.instances.retain(|i| !Arc::ptr_eq(i, instance));
+            if entry.instances.is_empty() {
+                state.waifus.remove(name);
+            } else {
+                entry.route = Arc::new(WaifuRoute::new(name, entry.instances.clone()));
+            }
+        }
+        self.publish(&state);
+        instance.retired.cancel();
+        info!(name, instance = %instance.upstream, "deregistered instance");
+        Ok(())
+    }
+
+    fn publish(&self, state: &State) {
+        let binds = state.waifus.values().flat_map(|entry| {
+            entry.binds.iter().map(|(key, target)| {
+                let route = BindRoute {
+                    prefix: key.prefix.as_str().into(),
+                    target: target.as_str().into(),
+                    waifu: entry.route.clone(),
+                };
+                (key.host.clone(), route)
+            })
+        });
+        let waifus = state.waifus.values().map(|e| e.route.clone());
+        let table = RouteTable::new(self.main_domain.as_deref(), waifus, binds);
+        self.routes.store(Arc::new(table));
+    }
+
+    /// Handles `GET /__internal/waifus`.
+    pub(crate) async fn list(&self) -> Vec<WaifuInfo> {
+        let state = self.state.lock().await;
+        state
+            .waifus
+            .iter()
+            .map(|(name, entry)| WaifuInfo {
+                name: name.clone(),
+                url: format!("{}/{}", self.public_base, name),
+                instances: entry.instances.iter().map(|i| instance_info(i)).collect(),
+                binds: entry
+                    .binds
+                    .iter()
+                    .map(|(key, target)| BindInfo {
+                        bind: key.canonical(),
+                        target: if target.is_empty() {
+                            "/".to_owned()
+                        } else {
+                            target.clone()
+                        },
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+fn instance_info(instance: &Instance) -> InstanceInfo {
+    use std::sync::atomic::Ordering::Relaxed;
+    let last = instance.last_check_ms.load(Relaxed);
+    InstanceInfo {
+        host: instance.upstream.to_string(),
+        healthy: instance.is_healthy(),
+        last_check: (last != 0).then(|| {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(last);
+            humantime::format_rfc3339_millis(t).to_string()
+        }),
+    }
+}

@@ -1,0 +1,287 @@
+//! The immutable route table the proxy reads without locks (DESIGN.md §3).
+//!
+//! The registry builds a new [`RouteTable`] after every change and swaps it in
+//! atomically; a request loads the current table once and resolves against it.
+//! Instance health lives in atomics inside each [`Instance`], so the health
+//! checker changes routing without rebuilding the table.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
+use waifus_protocol::Upstream;
+
+/// One running copy of a waifu, shared by the route table and its health task.
+#[derive(Debug)]
+pub(crate) struct Instance {
+    /// Where to connect; its canonical string is the instance's identity.
+    pub upstream: Upstream,
+    /// Pre-parsed `host:port`, cloned into each upstream URI without parsing.
+    pub authority: http::uri::Authority,
+    /// Whether the proxy may send traffic here.
+    pub healthy: AtomicBool,
+    /// Failed checks in a row; drives the healthy → unhealthy transition.
+    pub failures: AtomicU32,
+    /// Unix milliseconds of the last completed check; 0 before the first.
+    pub last_check_ms: AtomicU64,
+    /// Unix milliseconds since which the instance is not healthy; 0 when it is.
+    /// Deregistration counts from here.
+    pub critical_since_ms: AtomicU64,
+    /// Cancelled when the instance leaves the registry: stops its health task.
+    pub retired: CancellationToken,
+}
+
+impl Instance {
+    pub(crate) fn new(upstream: Upstream, healthy: bool, parent: &CancellationToken) -> Self {
+        // The protocol crate only produces valid authorities.
+        let authority = http::uri::Authority::try_from(upstream.authority())
+            .unwrap_or_else(|_| http::uri::Authority::from_static("invalid.invalid:1"));
+        Instance {
+            upstream,
+            authority,
+            healthy: AtomicBool::new(healthy),
+            failures: AtomicU32::new(0),
+            last_check_ms: AtomicU64::new(0),
+            critical_since_ms: AtomicU64::new(if healthy { 0 } else { now_ms() }),
+            retired: parent.child_token(),
+        }
+    }
+
+    pub(crate) fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Everything the proxy needs to send a request to a waifu.
+#[derive(Debug)]
+pub(crate) struct WaifuRoute {
+    pub name: Box<str>,
+    pub instances: Box<[Arc<Instance>]>,
+    /// Round-robin cursor.
+    next: AtomicUsize,
+}
+
+impl WaifuRoute {
+    pub(crate) fn new(name: &str, instances: Vec<Arc<Instance>>) -> Self {
+        WaifuRoute {
+            name: name.into(),
+            instances: instances.into_boxed_slice(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Picks a healthy instance, round robin; `None` when none is healthy.
+    pub(crate) fn pick(&self) -> Option<&Arc<Instance>> {
+        match &*self.instances {
+            [] => None,
+            [only] => only.is_healthy().then_some(only),
+            all => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..all.len())
+                    .map(|i| &all[(start + i) % all.len()])
+                    .find(|inst| inst.is_healthy())
+            }
+        }
+    }
+}
+
+/// One accepted bind, as the proxy matches it.
+#[derive(Debug)]
+pub(crate) struct BindRoute {
+    /// `""` or `/a/b`: matched on whole segments of the canonical path.
+    pub prefix: Box<str>,
+    /// `""` or `/t`: prepended to what follows the prefix.
+    pub target: Box<str>,
+    pub waifu: Arc<WaifuRoute>,
+}
+
+/// Where a request goes.
+#[derive(Debug)]
+pub(crate) struct Resolved<'a> {
+    pub waifu: &'a Arc<WaifuRoute>,
+    /// Canonical path to send upstream.
+    pub path: Cow<'a, str>,
+    /// The part of the public path that was stripped (`X-Forwarded-Prefix`).
+    pub prefix: &'a str,
+}
+
+/// An immutable snapshot of all routes.
+#[derive(Debug, Default)]
+pub(crate) struct RouteTable {
+    /// `None` means `MAIN_DOMAIN=*`: every host not claimed by a bind.
+    main_domain: Option<Box<str>>,
+    waifus: HashMap<Box<str>, Arc<WaifuRoute>>,
+    /// Lowercase host → binds, longest prefix first.
+    hosts: HashMap<Box<str>, Box<[BindRoute]>>,
+}
+
+impl RouteTable {
+    pub(crate) fn new(
+        main_domain: Option<&str>,
+        waifus: impl IntoIterator<Item = Arc<WaifuRoute>>,
+        binds: impl IntoIterator<Item = (String, BindRoute)>,
+    ) -> Self {
+        let waifus = waifus
+            .into_iter()
+            .map(|w| (w.name.clone(), w))
+            .collect::<HashMap<_, _>>();
+        let mut by_host: HashMap<Box<str>, Vec<BindRoute>> = HashMap::new();
+        for (host, bind) in binds {
+            by_host.entry(host.into()).or_default().push(bind);
+        }
+        let hosts = by_host
+            .into_iter()
+            .map(|(host, mut binds)| {
+                binds.sort_by_key(|b| std::cmp::Reverse(b.prefix.len()));
+                (host, binds.into_boxed_slice())
+            })
+            .collect();
+        RouteTable {
+            main_domain: main_domain.map(Into::into),
+            waifus,
+            hosts,
+        }
+    }
+
+    /// The route of a waifu by name (used by the internal API).
+    pub(crate) fn waifu(&self, name: &str) -> Option<&Arc<WaifuRoute>> {
+        self.waifus.get(name)
+    }
+
+    /// Resolves a lowercase host without port and a canonical path.
+    pub(crate) fn resolve<'a>(&'a self, host: &str, path: &'a str) -> Option<Resolved<'a>> {
+        if let Some(binds) = self.hosts.get(host) {
+            return binds.iter().find_map(|b| resolve_bind(b, path));
+        }
+        match &self.main_domain {
+            Some(main) if **main != *host => None,
+            _ => self.resolve_main(path),
+        }
+    }
+
+    fn resolve_main<'a>(&'a self, path: &'a str) -> Option<Resolved<'a>> {
+        let after = path.strip_prefix('/')?;
+        let end = after.find('/').unwrap_or(after.len());
+        let waifu = self.waifus.get(&after[..end])?;
+        let rest = &after[end..];
+        Some(Resolved {
+            waifu,
+            path: Cow::Borrowed(if rest.is_empty() { "/" } else { rest }),
+            prefix: &path[..=end],
+        })
+    }
+}
+
+fn resolve_bind<'a>(bind: &'a BindRoute, path: &'a str) -> Option<Resolved<'a>> {
+    let rest = path.strip_prefix(&*bind.prefix)?;
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return None;
+    }
+    let path = match (&*bind.target, rest) {
+        ("", "") => Cow::Borrowed("/"),
+        ("", rest) => Cow::Borrowed(rest),
+        (target, "") => Cow::Borrowed(target),
+        (target, rest) => Cow::Owned(format!("{target}{rest}")),
+    };
+    Some(Resolved {
+        waifu: &bind.waifu,
+        path,
+        prefix: &bind.prefix,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use waifus_protocol::parse_host;
+
+    fn waifu(name: &str) -> Arc<WaifuRoute> {
+        let token = CancellationToken::new();
+        let inst = Arc::new(Instance::new(parse_host("h:1").unwrap(), true, &token));
+        Arc::new(WaifuRoute::new(name, vec![inst]))
+    }
+
+    fn bind(prefix: &str, target: &str, w: &Arc<WaifuRoute>) -> BindRoute {
+        BindRoute {
+            prefix: prefix.into(),
+            target: target.into(),
+            waifu: w.clone(),
+        }
+    }
+
+    #[test]
+    fn resolution() {
+        let (link, other, root) = (waifu("link"), waifu("other"), waifu("root"));
+        let binds = vec![
+            ("link.waifu".to_string(), bind("", "/link", &link)),
+            ("x.waifu".to_string(), bind("/p", "/t", &other)),
+            ("x.waifu".to_string(), bind("/p/q", "", &link)),
+            ("x.waifu".to_string(), bind("", "", &root)),
+        ];
+        let waifus = [link.clone(), other.clone(), root.clone()];
+        let table = RouteTable::new(Some("localhost"), waifus.clone(), binds);
+        type Case = (
+            &'static str,
+            &'static str,
+            Option<(&'static str, &'static str, &'static str)>,
+        );
+        let cases: &[Case] = &[
+            ("localhost", "/link", Some(("link", "/", "/link"))),
+            ("localhost", "/link/", Some(("link", "/", "/link"))),
+            ("localhost", "/link/a/b", Some(("link", "/a/b", "/link"))),
+            ("localhost", "/linkx/a", None),
+            ("localhost", "/", None),
+            ("localhost", "/nope", None),
+            ("elsewhere", "/link", None),
+            ("link.waifu", "/", Some(("link", "/link/", ""))),
+            ("link.waifu", "/abc", Some(("link", "/link/abc", ""))),
+            ("x.waifu", "/p", Some(("other", "/t", "/p"))),
+            ("x.waifu", "/p/z", Some(("other", "/t/z", "/p"))),
+            ("x.waifu", "/p/q", Some(("link", "/", "/p/q"))),
+            ("x.waifu", "/p/q/r", Some(("link", "/r", "/p/q"))),
+            ("x.waifu", "/pq", Some(("root", "/pq", ""))),
+            ("x.waifu", "/", Some(("root", "/", ""))),
+        ];
+        for (host, path, want) in cases {
+            let got = table
+                .resolve(host, path)
+                .map(|r| (r.waifu.name.to_string(), r.path.into_owned(), r.prefix));
+            let want = want.map(|(n, p, pre)| (n.to_string(), p.to_string(), pre));
+            assert_eq!(got, want, "{host} {path}");
+        }
+        let any = RouteTable::new(None, waifus, Vec::new());
+        assert_eq!(
+            any.resolve("whatever.example", "/other/x").map(|r| r.path),
+            Some(Cow::Borrowed("/x"))
+        );
+    }
+
+    #[test]
+    fn round_robin_skips_unhealthy() {
+        let token = CancellationToken::new();
+        let insts: Vec<_> = ["a:1", "b:1", "c:1"]
+            .iter()
+            .map(|h| Arc::new(Instance::new(parse_host(h).unwrap(), true, &token)))
+            .collect();
+        insts[1].healthy.store(false, Ordering::Relaxed);
+        let w = WaifuRoute::new("w", insts);
+        let picks: Vec<_> = (0..4)
+            .map(|_| w.pick().unwrap().upstream.host.clone())
+            .collect();
+        assert!(picks.iter().all(|h| h != "b"));
+        assert!(picks.contains(&"a".to_string()) && picks.contains(&"c".to_string()));
+        for i in w.instances.iter() {
+            i.healthy.store(false, Ordering::Relaxed);
+        }
+        assert!(w.pick().is_none());
+    }
+}

@@ -1,0 +1,214 @@
+//! Accepting connections on the public listener and draining them on shutdown.
+//!
+//! HTTP/1.1 and h2c (prior knowledge) on one port through hyper-util's auto
+//! builder. Slow or stuck clients are bounded: HTTP/1 must deliver a
+//! request's headers within `HEADER_READ_TIMEOUT` (which also closes idle
+//! keep-alive connections), header blocks and request targets are size
+//! limited, and any connection on which no byte moved for `IDLE_TIMEOUT` is
+//! closed (this is what ends idle or dead HTTP/2 connections; upgraded
+//! tunnels are handed off and not bound by it).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::proxy::Proxy;
+
+/// Limits on what a client may send.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnLimits {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Largest HTTP/1 header block (and read buffer); beyond it, 431.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Most header fields in one request.
+const MAX_HEADERS: usize = 100;
+/// Largest HTTP/2 header list.
+const MAX_H2_HEADER_LIST: u32 = 64 * 1024;
+
+/// Serves the public proxy until `shutdown`, then drains for at most `drain`.
+pub(crate) async fn serve_public(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    limits: ConnLimits,
+    shutdown: CancellationToken,
+    drain: Duration,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .max_headers(MAX_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_H2_HEADER_LIST)
+        .max_concurrent_streams(256);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let activity = Arc::new(AtomicU64::new(0));
+        let io = TokioIo::new(Tracked::new(stream, activity.clone()));
+        let proxy = proxy.clone();
+        let service = service_fn(move |req| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(io, service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        let idle = limits.idle_timeout;
+        tokio::spawn(async move {
+            if let Err(e) = close_when_idle(conn, activity, idle, peer).await {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("drain timed out; closing remaining public connections");
+    }
+}
+
+/// Runs a connection, dropping it once no byte moved for `idle`.
+async fn close_when_idle<F, E>(
+    conn: F,
+    activity: Arc<AtomicU64>,
+    idle: Duration,
+    peer: SocketAddr,
+) -> Result<(), E>
+where
+    F: std::future::Future<Output = Result<(), E>>,
+{
+    let mut conn = pin!(conn);
+    let started = Instant::now();
+    loop {
+        let last = Duration::from_millis(activity.load(Ordering::Relaxed));
+        let deadline = started + last + idle;
+        tokio::select! {
+            r = &mut conn => return r,
+            () = tokio::time::sleep_until(deadline.into()) => {
+                let now_last = Duration::from_millis(activity.load(Ordering::Relaxed));
+                if now_last == last {
+                    debug!(%peer, "closing idle connection");
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// A socket that records when it last moved a byte, in milliseconds since
+/// it was accepted.
+#[derive(Debug)]
+struct Tracked {
+    inner: TcpStream,
+    started: Instant,
+    activity: Arc<AtomicU64>,
+}
+
+impl Tracked {
+    fn new(inner: TcpStream, activity: Arc<AtomicU64>) -> Self {
+        Tracked {
+            inner,
+            started: Instant::now(),
+            activity,
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.activity.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if r.is_ready() {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if r.is_ready() {
+            self.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if r.is_ready() {
+            self.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,253 @@
+//! Orchestrator state in PostgreSQL (DESIGN.md §3): waifus, instances, binds.
+//!
+//! The state lives in the orchestrator's own database, created if missing and
+//! migrated under an advisory lock so several orchestrators can start at once.
+//! Every connection has bounded connect and statement timeouts: an unreachable
+//! server turns into a [`StoreError`] within seconds, never a hang.
+
+mod migrate;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+use waifus_protocol::{BindKey, Upstream};
+
+/// Database used for state when `DATABASE_URL` names none.
+pub(crate) const DEFAULT_STATE_DATABASE: &str = "waifus";
+
+/// Bound on connecting and on waiting for a pooled connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bound on any one statement, set server-side.
+const STATEMENT_TIMEOUT_MS: u32 = 4000;
+
+/// What went wrong talking to PostgreSQL.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("DATABASE_URL is not a valid PostgreSQL URL: {0}")]
+    BadUrl(#[source] tokio_postgres::Error),
+    #[error("could not get a PostgreSQL connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("PostgreSQL error: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("could not build the connection pool: {0}")]
+    Build(#[from] deadpool_postgres::BuildError),
+    #[error("stored state is corrupt: {what}")]
+    Corrupt { what: String },
+}
+
+/// Handle to the state database.
+#[derive(Clone, Debug)]
+pub(crate) struct Store {
+    pool: Pool,
+}
+
+/// A waifu as stored.
+#[derive(Debug)]
+pub(crate) struct StoredWaifu {
+    pub name: String,
+    pub instances: Vec<(Upstream, bool)>,
+    pub binds: Vec<(BindKey, String)>,
+}
+
+/// One bind a hello asks for, already validated.
+#[derive(Debug)]
+pub(crate) struct BindClaim<'a> {
+    pub key: &'a BindKey,
+    pub target: &'a str,
+}
+
+impl Store {
+    /// Connects, creating the state database if needed, and migrates it.
+    pub(crate) async fn open(url: &str) -> Result<Store, StoreError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(StoreError::BadUrl)?;
+        if config.get_dbname().is_none() {
+            config.dbname(DEFAULT_STATE_DATABASE);
+        }
+        config
+            .connect_timeout(CONNECT_TIMEOUT)
+            .options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"))
+            .application_name("waifus-orchestrator")
+            .keepalives(true);
+        migrate::ensure_database(&config).await?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(8)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()?;
+        let mut client = pool.get().await?;
+        migrate::run(&mut client).await?;
+        Ok(Store { pool })
+    }
+
+    /// Loads every waifu with its instances and binds.
+    pub(crate) async fn load(&self) -> Result<Vec<StoredWaifu>, StoreError> {
+        let client = self.pool.get().await?;
+        let mut waifus: Vec<StoredWaifu> = client
+            .query("SELECT name FROM waifus ORDER BY name", &[])
+            .await?
+            .iter()
+            .map(|row| StoredWaifu {
+                name: row.get(0),
+                instances: Vec::new(),
+                binds: Vec::new(),
+            })
+            .collect();
+        let find = |waifus: &mut Vec<StoredWaifu>, name: &str| {
+            waifus.binary_search_by(|w| w.name.as_str().cmp(name)).ok()
+        };
+        for row in client
+            .query("SELECT name, host, healthy FROM instances", &[])
+            .await?
+        {
+            let host: &str = row.get(1);
+            let upstream = waifus_protocol::parse_host(host).map_err(|e| StoreError::Corrupt {
+                what: format!("instance {host:?}: {e}"),
+            })?;
+            if let Some(i) = find(&mut waifus, row.get(0)) {
+                waifus[i].instances.push((upstream, row.get(2)));
+            }
+        }
+        for row in client
+            .query("SELECT name, bind, target FROM binds", &[])
+            .await?
+        {
+            let bind: &str = row.get(1);
+            let key = waifus_protocol::parse_bind_key(bind).map_err(|e| StoreError::Corrupt {
+                what: format!("bind {bind:?}: {e}"),
+            })?;
+            if let Some(i) = find(&mut waifus, row.get(0)) {
+                waifus[i].binds.push((key, row.get(2)));
+            }
+        }
+        Ok(waifus)
+    }
+
+    /// Records a hello in one transaction: the waifu, the instance, and the
+    /// binds it asks for. Binds held by another waifu are not taken over;
+    /// binds this waifu held but no longer asks for are released.
+    ///
+    /// Returns, per claim, whether it was granted.
+    pub(crate) async fn hello(
+        &self,
+        name: &str,
+        instance: &Upstream,
+        claims: &[BindClaim<'_>],
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "INSERT INTO waifus (name) VALUES ($1)
+             ON CONFLICT (name) DO UPDATE SET updated_at = now()",
+            &[&name],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO instances (name, host) VALUES ($1, $2)
+             ON CONFLICT (name, host) DO UPDATE SET last_hello = now()",
+            &[&name, &instance.to_string()],
+        )
+        .await?;
+        let claim = tx
+            .prepare(
+                "INSERT INTO binds (host, prefix, bind, target, name) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (host, prefix) DO UPDATE
+                   SET bind = EXCLUDED.bind, target = EXCLUDED.target
+                   WHERE binds.name = EXCLUDED.name
+                 RETURNING 1",
+            )
+            .await?;
+        let mut granted = Vec::with_capacity(claims.len());
+        let (mut kept_hosts, mut kept_prefixes) = (Vec::new(), Vec::new());
+        for c in claims {
+            let row = tx
+                .query_opt(
+                    &claim,
+                    &[
+                        &c.key.host,
+                        &c.key.prefix,
+                        &c.key.canonical(),
+                        &c.target,
+                        &name,
+                    ],
+                )
+                .await?;
+            if row.is_some() {
+                kept_hosts.push(c.key.host.as_str());
+                kept_prefixes.push(c.key.prefix.as_str());
+            }
+            granted.push(row.is_some());
+        }
+        tx.execute(
+            "DELETE FROM binds WHERE name = $1 AND (host, prefix) NOT IN
+               (SELECT * FROM unnest($2::text[], $3::text[]))",
+            &[&name, &kept_hosts, &kept_prefixes],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(granted)
+    }
+
+    /// Remembers an instance's health so a restart routes at once.
+    pub(crate) async fn set_health(
+        &self,
+        name: &str,
+        instance: &Upstream,
+        healthy: bool,
+    ) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "UPDATE instances SET healthy = $3 WHERE name = $1 AND host = $2",
+                &[&name, &instance.to_string(), &healthy],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Deregisters an instance; the waifu and its binds go with its last one.
+    pub(crate) async fn remove_instance(
+        &self,
+        name: &str,
+        instance: &Upstream,
+    ) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "DELETE FROM instances WHERE name = $1 AND host = $2",
+            &[&name, &instance.to_string()],
+        )
+        .await?;
+        tx.execute(
+            "DELETE FROM waifus WHERE name = $1
+               AND NOT EXISTS (SELECT 1 FROM instances WHERE name = $1)",
+            &[&name],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Quotes an SQL identifier (`"` doubled), for names that cannot be parameters.
+pub(crate) fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quoting() {
+        assert_eq!(super::quote_ident("waifus"), "\"waifus\"");
+        assert_eq!(super::quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}

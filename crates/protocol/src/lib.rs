@@ -1,0 +1,20 @@
+//! Wire types and validation of the waifu seed protocol (DESIGN.md §1 and §2).
+//!
+//! Shared by the orchestrator, which must refuse anything malformed before it
+//! touches state, and by the SDK, which should refuse it before it is sent.
+//! Everything here is pure: no I/O, no allocation beyond the values returned.
+
+mod bind;
+mod host;
+mod name;
+mod path;
+mod wire;
+
+pub use bind::{BindError, BindKey, BindTarget, parse_bind_key, parse_bind_target};
+pub use host::{HostError, Scheme, Upstream, parse_host};
+pub use name::{NameError, validate_name};
+pub use path::{is_internal_segment, path_has_internal_segment};
+pub use wire::{
+    BindInfo, BindOutcome, DatabaseCredentials, DatabaseRequest, ErrorBody, Hello, HelloResponse,
+    InstanceInfo, RefusalReason, WaifuInfo,
+};

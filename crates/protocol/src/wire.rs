@@ -1,0 +1,191 @@
+//! JSON bodies of the internal API (DESIGN.md §2, "Internal API").
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /__internal/hello`: a waifu announcing one of its instances.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub name: String,
+    pub host: String,
+    /// Public URL → path on the waifu. Optional; `null` means none.
+    #[serde(
+        rename = "additionalBinds",
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "null_as_empty"
+    )]
+    pub additional_binds: BTreeMap<String, String>,
+}
+
+fn null_as_empty<'de, D>(d: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Ok(Option::<BTreeMap<String, String>>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Answer to a hello.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloResponse {
+    pub name: String,
+    /// Where the waifu is reachable on the main domain.
+    pub url: String,
+    pub binds: Vec<BindOutcome>,
+}
+
+/// What became of one requested bind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindOutcome {
+    /// The bind key exactly as the waifu sent it.
+    pub bind: String,
+    pub target: String,
+    pub accepted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<RefusalReason>,
+}
+
+/// Stable machine codes for a refused bind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalReason {
+    /// Not an absolute http(s) URL with a valid host and plain path, or a bad target.
+    Invalid,
+    /// Another waifu holds the same host and path prefix.
+    Taken,
+    /// The host is the main domain, which belongs to `/{name}` routing.
+    MainDomain,
+    /// The key or the target has a segment starting with `__internal`.
+    InternalPath,
+}
+
+/// `POST /__internal/database` (issue 3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseRequest {
+    pub name: String,
+    pub secret: String,
+}
+
+/// Credentials handed to a waifu for its own database.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseCredentials {
+    pub database: String,
+    pub user: String,
+    pub password: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Debug for DatabaseCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseCredentials")
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .finish()
+    }
+}
+
+/// One entry of `GET /__internal/waifus`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaifuInfo {
+    pub name: String,
+    pub url: String,
+    pub instances: Vec<InstanceInfo>,
+    pub binds: Vec<BindInfo>,
+}
+
+/// One registered instance of a waifu.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    /// Canonical address, e.g. `http://link:8080`.
+    pub host: String,
+    pub healthy: bool,
+    /// RFC 3339 time of the last completed check; `null` before the first.
+    #[serde(rename = "lastCheck")]
+    pub last_check: Option<String>,
+}
+
+/// One accepted bind of a waifu.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindInfo {
+    pub bind: String,
+    pub target: String,
+}
+
+/// Every error body of the internal API: `{"error", "message"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable machine code, e.g. `invalid_name`.
+    pub error: String,
+    /// One human sentence saying what was wrong.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_shapes() {
+        let h: Hello = serde_json::from_str(
+            r#"{"name":"link","host":"link:8080","additionalBinds":{"https://link.waifu":"/link"}}"#,
+        )
+        .unwrap();
+        assert_eq!(h.additional_binds["https://link.waifu"], "/link");
+        let h: Hello =
+            serde_json::from_str(r#"{"name":"a","host":"b","additionalBinds":null}"#).unwrap();
+        assert!(h.additional_binds.is_empty());
+        let h: Hello = serde_json::from_str(r#"{"name":"a","host":"b","extra":1}"#).unwrap();
+        assert!(h.additional_binds.is_empty());
+        assert!(serde_json::from_str::<Hello>(r#"{"name":"a"}"#).is_err());
+        assert!(serde_json::from_str::<Hello>(r#"{"name":1,"host":"b"}"#).is_err());
+    }
+
+    #[test]
+    fn refusal_codes_are_stable() {
+        let codes: Vec<String> = [
+            RefusalReason::Invalid,
+            RefusalReason::Taken,
+            RefusalReason::MainDomain,
+            RefusalReason::InternalPath,
+        ]
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap())
+        .collect();
+        assert_eq!(
+            codes,
+            [
+                "\"invalid\"",
+                "\"taken\"",
+                "\"main_domain\"",
+                "\"internal_path\""
+            ]
+        );
+        let o = BindOutcome {
+            bind: "x".into(),
+            target: "/".into(),
+            accepted: true,
+            reason: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&o).unwrap(),
+            r#"{"bind":"x","target":"/","accepted":true}"#
+        );
+    }
+
+    #[test]
+    fn credentials_debug_hides_password() {
+        let c = DatabaseCredentials {
+            database: "d".into(),
+            user: "u".into(),
+            password: "hunter2".into(),
+            host: "h".into(),
+            port: 5432,
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}
