@@ -1,0 +1,198 @@
+//! The `orchestrator` binary as a real process: readiness, SIGTERM with
+//! requests in flight, kill -9 and restart, and start-up errors.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use serde_json::json;
+
+use crate::harness::send;
+use crate::pg::{self, unique_db};
+use crate::waifu::TestWaifu;
+
+struct Proc {
+    child: Child,
+    public: SocketAddr,
+    internal: SocketAddr,
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+async fn spawn(db_url: &str) -> Proc {
+    let (public, internal) = (free_addr(), free_addr());
+    let child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", db_url)
+        .env("PUBLIC_ADDR", public.to_string())
+        .env("INTERNAL_ADDR", internal.to_string())
+        .env("HEALTH_INTERVAL", "100ms")
+        .env("SHUTDOWN_TIMEOUT", "10s")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let p = Proc {
+        child,
+        public,
+        internal,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = send(
+            p.internal,
+            Method::GET,
+            "/__internal/health",
+            &[],
+            Bytes::new(),
+        )
+        .await;
+        if r.is_some_and(|r| r.status == StatusCode::NO_CONTENT) {
+            return p;
+        }
+        assert!(Instant::now() < deadline, "the binary did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+async fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the process did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn hello(internal: SocketAddr, name: &str, host: &str, binds: serde_json::Value) {
+    let body = json!({"name": name, "host": host, "additionalBinds": binds}).to_string();
+    let r = send(
+        internal,
+        Method::POST,
+        "/__internal/hello",
+        &[],
+        Bytes::from(body),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+async fn get(public: SocketAddr, host: &str, target: &str) -> StatusCode {
+    send(public, Method::GET, target, &[("host", host)], Bytes::new())
+        .await
+        .map_or(StatusCode::IM_A_TEAPOT, |r| r.status)
+}
+
+async fn wait_routable(public: SocketAddr, host: &str, target: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get(public, host, target).await != StatusCode::OK {
+        assert!(
+            Instant::now() < deadline,
+            "{host}{target} never became routable"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    let url = pg::cluster().url(&unique_db("sigterm"));
+    let w = TestWaifu::start("w").await;
+    let mut p = spawn(&url).await;
+    hello(p.internal, "w", &w.host(), json!({})).await;
+    wait_routable(p.public, "localhost", "/w/").await;
+
+    let public = p.public;
+    let in_flight = tokio::spawn(async move {
+        send(
+            public,
+            Method::GET,
+            "/w/slow?ms=1500",
+            &[("host", "localhost")],
+            Bytes::new(),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    signal(&p.child, "-TERM");
+    let r = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request completed");
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, "slept 1500");
+    let status = wait_exit(&mut p.child, Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "{status}");
+}
+
+#[tokio::test]
+async fn killed_and_restarted_keeps_every_route() {
+    let url = pg::cluster().url(&unique_db("kill9"));
+    let w = TestWaifu::start("w").await;
+    let mut p = spawn(&url).await;
+    hello(p.internal, "w", &w.host(), json!({"http://w.test/p": "/"})).await;
+    wait_routable(p.public, "localhost", "/w/").await;
+    signal(&p.child, "-KILL");
+    wait_exit(&mut p.child, Duration::from_secs(10)).await;
+
+    let mut p = spawn(&url).await;
+    wait_routable(p.public, "localhost", "/w/x").await;
+    wait_routable(p.public, "w.test", "/p/x").await;
+    signal(&p.child, "-INT");
+    let status = wait_exit(&mut p.child, Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "SIGINT exits 0 too: {status}");
+}
+
+#[test]
+fn missing_database_url_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .env_clear()
+        .env("PUBLIC_ADDR", "127.0.0.1:0")
+        .env("INTERNAL_ADDR", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("DATABASE_URL"), "{err}");
+}
+
+#[test]
+fn bad_settings_are_clear_errors() {
+    for (k, v, needle) in [
+        ("HEALTH_INTERVAL", "soon", "health-interval"),
+        ("PUBLIC_ADDR", "nowhere", "public-addr"),
+        ("LOG_FORMAT", "xml", "log-format"),
+        ("MAIN_DOMAIN", "a/b", "MAIN_DOMAIN"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+            .env_clear()
+            .env("DATABASE_URL", "postgres://u@127.0.0.1:1/x")
+            .env(k, v)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{k}={v}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{k}={v}: {err}");
+    }
+}

@@ -1,0 +1,289 @@
+//! The real orchestrator, in-process on port 0, and clients to talk to it.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use orchestrator::{Cli, Listeners, RunError};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::pg;
+
+pub struct Orch {
+    pub public: SocketAddr,
+    pub internal: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), RunError>>,
+}
+
+/// Extra flags for one orchestrator, after the defaults the tests use
+/// (health checks every 100 ms, short upstream timeouts).
+pub async fn start(db: &str, extra: &[&str]) -> Orch {
+    start_with_url(&pg::cluster().url(db), extra).await
+}
+
+pub async fn start_with_url(url: &str, extra: &[&str]) -> Orch {
+    let defaults = [
+        ("--health-interval", "100ms"),
+        ("--health-timeout", "1s"),
+        ("--upstream-timeout", "2s"),
+        ("--shutdown-timeout", "5s"),
+    ];
+    let mut args = vec!["orchestrator", "--database-url", url];
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
+    }
+    args.extend_from_slice(extra);
+    let config = Cli::try_parse_from(&args).expect("test flags").serve;
+    let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let internal = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (public_addr, internal_addr) =
+        (public.local_addr().unwrap(), internal.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(orchestrator::run(
+        config,
+        Listeners { public, internal },
+        shutdown.clone(),
+    ));
+    let orch = Orch {
+        public: public_addr,
+        internal: internal_addr,
+        shutdown,
+        task,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = send(
+            orch.internal,
+            Method::GET,
+            "/__internal/health",
+            &[],
+            Bytes::new(),
+        )
+        .await;
+        if r.is_some_and(|r| r.status == StatusCode::NO_CONTENT) {
+            return orch;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "orchestrator did not become ready"
+        );
+        assert!(
+            !orch.task.is_finished(),
+            "orchestrator stopped during start-up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Orch {
+    /// Graceful stop; returns what `run` returned.
+    pub async fn stop(self) -> Result<(), RunError> {
+        self.shutdown.cancel();
+        self.task.await.expect("run task")
+    }
+
+    pub async fn hello(&self, body: Value) -> (StatusCode, Value) {
+        self.internal_json(Method::POST, "/__internal/hello", body.to_string())
+            .await
+    }
+
+    pub async fn internal_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: String,
+    ) -> (StatusCode, Value) {
+        let r = send(self.internal, method, path, &[], Bytes::from(body))
+            .await
+            .expect("internal API reachable");
+        let v = if r.body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&r.body).unwrap_or_else(|e| {
+                panic!(
+                    "{path}: not JSON ({e}): {}",
+                    String::from_utf8_lossy(&r.body)
+                )
+            })
+        };
+        (r.status, v)
+    }
+
+    /// Says hello and waits until the waifu is routable.
+    pub async fn register(&self, name: &str, host: &str, binds: Value) -> Value {
+        let (status, body) = self
+            .hello(serde_json::json!({"name": name, "host": host, "additionalBinds": binds}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        self.wait_health(name, StatusCode::NO_CONTENT).await;
+        body
+    }
+
+    /// Polls `/__internal/waifus/{name}/health` until it answers `want`.
+    pub async fn wait_health(&self, name: &str, want: StatusCode) {
+        let path = format!("/__internal/waifus/{name}/health");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let r = send(self.internal, Method::GET, &path, &[], Bytes::new()).await;
+            if r.is_some_and(|r| r.status == want) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{name} never reached {want}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// A request through the public proxy.
+    pub async fn get(&self, host: &str, target: &str) -> Reply {
+        self.request(Method::GET, host, target, &[], Bytes::new())
+            .await
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        host: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Reply {
+        let mut all = vec![("host", host)];
+        all.extend_from_slice(headers);
+        send(self.public, method, target, &all, body)
+            .await
+            .expect("public listener reachable")
+    }
+}
+
+/// A whole response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection; `None` if it could not be sent.
+pub async fn send(
+    addr: SocketAddr,
+    method: Method,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Option<Reply> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .set_host(false)
+        .build_http();
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{target}"));
+    let mut has_host = false;
+    for (k, v) in headers {
+        has_host |= k.eq_ignore_ascii_case("host");
+        req = req.header(*k, *v);
+    }
+    if !has_host {
+        req = req.header("host", addr.to_string());
+    }
+    let response = tokio::time::timeout(
+        Duration::from_secs(20),
+        client.request(req.body(Full::new(body)).ok()?),
+    )
+    .await
+    .expect("request timed out")
+    .ok()?;
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.ok()?.to_bytes();
+    Some(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// Writes raw bytes on a new connection and reads until the server closes
+/// (or 10 s pass); returns what came back.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of a raw response's first line.
+pub fn raw_status(response: &str) -> u16 {
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"))
+}
+
+/// A TCP relay to a backend that the test can cut and restore, to make
+/// PostgreSQL unreachable for one orchestrator without stopping it for all.
+pub struct Relay {
+    pub addr: SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Relay {
+    pub async fn start(backend: SocketAddr) -> Relay {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let cut = std::sync::Arc::new(cut);
+        let (up2, cut2) = (up.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is reset
+                }
+                let mut cuts = cut2.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(backend).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        Relay { addr, up, cut }
+    }
+
+    /// Drops every relayed connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,156 @@
+//! Health transitions, load balancing, failover and deregistration.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use serde_json::json;
+
+use crate::harness::{self, Orch};
+use crate::pg::unique_db;
+use crate::waifu::TestWaifu;
+
+async fn ids(orch: &Orch, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let r = orch.get("localhost", "/lb/x").await;
+        assert_eq!(r.status, StatusCode::OK);
+        ids.push(r.json()["id"].as_str().unwrap().to_owned());
+    }
+    ids
+}
+
+#[tokio::test]
+async fn health_transitions_both_ways() {
+    let orch = harness::start(&unique_db("transitions"), &[]).await;
+    let w = TestWaifu::start("w").await;
+    // Not healthy yet when it says hello: not routed before the first 204.
+    w.healthy.store(false, Ordering::SeqCst);
+    let (status, _) = orch.hello(json!({"name": "w", "host": w.host()})).await;
+    assert_eq!(status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        orch.get("localhost", "/w/").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    w.healthy.store(true, Ordering::SeqCst);
+    orch.wait_health("w", StatusCode::NO_CONTENT).await;
+    assert_eq!(orch.get("localhost", "/w/").await.status, StatusCode::OK);
+
+    w.healthy.store(false, Ordering::SeqCst);
+    orch.wait_health("w", StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(
+        orch.get("localhost", "/w/").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    w.healthy.store(true, Ordering::SeqCst);
+    orch.wait_health("w", StatusCode::NO_CONTENT).await;
+    assert_eq!(orch.get("localhost", "/w/").await.status, StatusCode::OK);
+    orch.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn instances_are_load_balanced_with_failover() {
+    let orch = harness::start(&unique_db("lb"), &[]).await;
+    let a = TestWaifu::start("a").await;
+    let b = TestWaifu::start("b").await;
+    orch.register("lb", &a.host(), json!({})).await;
+    orch.register("lb", &b.host(), json!({})).await;
+    // Wait until both are in rotation.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen: HashSet<String> = ids(&orch, 4).await.into_iter().collect();
+        if seen.len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never joined the rotation");
+    }
+    let got = ids(&orch, 10).await;
+    let a_count = got.iter().filter(|i| *i == "a").count();
+    assert!((4..=6).contains(&a_count), "round robin: {got:?}");
+
+    // a dies: once noticed, every request goes to b.
+    let a_addr = a.addr;
+    a.kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, list) = orch
+            .internal_json(Method::GET, "/__internal/waifus", String::new())
+            .await;
+        let down = list[0]["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["host"] == format!("http://{a_addr}") && i["healthy"] == false);
+        if down {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a was never marked down");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ids(&orch, 10).await.iter().all(|i| i == "b"));
+
+    // a comes back on the same address: it rejoins without a new hello.
+    let _a = TestWaifu::start_on(a_addr, "a").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if ids(&orch, 4).await.iter().any(|i| i == "a") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a never rejoined");
+    }
+    orch.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn critical_instances_are_deregistered() {
+    let orch = harness::start(&unique_db("dereg"), &["--deregister-after", "500ms"]).await;
+    let stays = TestWaifu::start("stays").await;
+    let goes = TestWaifu::start("goes").await;
+    orch.register("d", &stays.host(), json!({})).await;
+    orch.register("gone", &goes.host(), json!({"http://gone.test": "/"}))
+        .await;
+    orch.register("d", &goes.host(), json!({})).await;
+    goes.kill();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, list) = orch
+            .internal_json(Method::GET, "/__internal/waifus", String::new())
+            .await;
+        let names: Vec<&str> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["name"].as_str().unwrap())
+            .collect();
+        let d_instances = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == "d")
+            .map(|w| w["instances"].as_array().unwrap().len());
+        if names == ["d"] && d_instances == Some(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not deregistered: {list}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        orch.get("localhost", "/gone/").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        orch.get("gone.test", "/").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(orch.get("localhost", "/d/").await.status, StatusCode::OK);
+    // The bind is free again for another waifu.
+    let body = orch
+        .register("d", &stays.host(), json!({"http://gone.test": "/"}))
+        .await;
+    assert_eq!(body["binds"][0]["accepted"], true, "{body}");
+    orch.stop().await.unwrap();
+}

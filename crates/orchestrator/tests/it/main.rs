@@ -1,0 +1,14 @@
+//! Integration tests: the real orchestrator, a real PostgreSQL cluster, real
+//! HTTP waifus over real sockets.
+
+#![allow(clippy::unwrap_used)]
+
+mod harness;
+mod pg;
+mod waifu;
+
+mod binary;
+mod guard;
+mod health;
+mod proxy;
+mod registration;

@@ -1,0 +1,206 @@
+//! A throwaway PostgreSQL cluster, started once per test binary.
+//!
+//! `initdb` + `postgres` on a free loopback port with scram-sha-256, as the
+//! unprivileged `postgres` user when the tests run as root (PostgreSQL
+//! refuses to run as root). A small `sh` supervisor owns the server: it reads
+//! its stdin, a pipe held by this process, so when the test binary exits for
+//! any reason the pipe closes and the supervisor stops PostgreSQL and removes
+//! the cluster.
+
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The running cluster.
+pub struct PgCluster {
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    /// The supervisor; its stdin pipe is the cluster's lifeline.
+    _supervisor: Child,
+}
+
+static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
+
+/// The shared cluster, started on first use.
+pub fn cluster() -> &'static PgCluster {
+    CLUSTER.get_or_init(start)
+}
+
+impl PgCluster {
+    /// URL of a database that is unique to the caller; the orchestrator
+    /// creates it.
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://{}:{}@127.0.0.1:{}/{database}",
+            self.user, self.password, self.port
+        )
+    }
+}
+
+/// A database name nobody else in this run uses.
+pub fn unique_db(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}_{}_{n}", std::process::id())
+}
+
+fn bindir() -> PathBuf {
+    let has_initdb = |d: &Path| d.join("initdb").is_file() && d.join("postgres").is_file();
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if has_initdb(&dir) {
+            return dir;
+        }
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| rd.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    versions.sort();
+    if let Some(dir) = versions.into_iter().rev().find(|d| has_initdb(d)) {
+        return dir;
+    }
+    panic!(
+        "PostgreSQL server binaries (initdb, postgres, pg_isready) were not found via \
+         pg_config or in /usr/lib/postgresql/*/bin: install the Debian package \
+         `postgresql` (apt-get install postgresql)"
+    );
+}
+
+/// uid/gid to run PostgreSQL as: ourselves, or `postgres` when we are root.
+fn run_as() -> Option<(u32, u32)> {
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(1);
+    if uid != 0 {
+        return None;
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let entry = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&"postgres") && f.len() > 3)
+        .unwrap_or_else(|| {
+            panic!(
+                "running as root, but there is no `postgres` user to run PostgreSQL as: \
+                 install the Debian package `postgresql`, which creates it"
+            )
+        });
+    Some((
+        entry[2].parse().expect("uid"),
+        entry[3].parse().expect("gid"),
+    ))
+}
+
+fn command(path: impl AsRef<Path>, user: Option<(u32, u32)>) -> Command {
+    let mut cmd = Command::new(path.as_ref());
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn start() -> PgCluster {
+    let bin = bindir();
+    let user = run_as();
+    // As root, PostgreSQL runs as `postgres`, which may not reach $TMPDIR.
+    let tmp = if user.is_some() {
+        PathBuf::from("/tmp")
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = tmp.join(format!(
+        "waifus-pg-{}-{}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    std::fs::create_dir_all(&dir).expect("cluster directory");
+    if let Some((uid, gid)) = user {
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown cluster directory");
+    }
+    let password = format!("pw{:016x}", fastrand::u64(..));
+    let pwfile = dir.join("pwfile");
+    std::fs::File::create(&pwfile)
+        .and_then(|mut f| f.write_all(password.as_bytes()))
+        .expect("password file");
+    if let Some((uid, gid)) = user {
+        std::os::unix::fs::chown(&pwfile, Some(uid), Some(gid)).expect("chown password file");
+    }
+    let data = dir.join("data");
+    let out = command(bin.join("initdb"), user)
+        .arg("-D")
+        .arg(&data)
+        .args([
+            "-U",
+            "waifus",
+            "--auth=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ])
+        .arg(format!("--pwfile={}", pwfile.display()))
+        .current_dir(&dir)
+        .output()
+        .expect("run initdb");
+    assert!(
+        out.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for _attempt in 0..5 {
+        let port = free_port();
+        let script = format!(
+            "'{postgres}' -D '{data}' -p {port} -k '{dir}' -c listen_addresses=127.0.0.1 \
+             -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+             -c max_connections=300 >'{dir}/log' 2>&1 & pid=$!; \
+             read _ignored; kill -INT $pid; wait $pid; rm -rf '{dir}'",
+            postgres = bin.join("postgres").display(),
+            data = data.display(),
+            dir = dir.display(),
+        );
+        let mut supervisor = command("/bin/sh", user)
+            .arg("-c")
+            .arg(&script)
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("start the PostgreSQL supervisor");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let ready = Command::new(bin.join("pg_isready"))
+                .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return PgCluster {
+                    port,
+                    user: "waifus".into(),
+                    password,
+                    _supervisor: supervisor,
+                };
+            }
+            let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+            if log.contains("FATAL") || supervisor.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = supervisor.kill();
+        let _ = supervisor.wait();
+        let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+        eprintln!("PostgreSQL did not start on port {port}, retrying: {log}");
+    }
+    panic!("PostgreSQL did not start; see {}", dir.display());
+}

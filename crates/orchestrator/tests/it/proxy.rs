@@ -1,0 +1,435 @@
+//! The public proxy over real sockets.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness::{self, raw, raw_status};
+use crate::pg::unique_db;
+use crate::waifu::{ChannelBody, TestWaifu};
+
+#[tokio::test]
+async fn main_domain_strips_the_prefix_and_sets_forwarded_headers() {
+    let orch = harness::start(&unique_db("maindomain"), &[]).await;
+    let w = TestWaifu::start("w").await;
+    orch.register("w", &w.host(), json!({})).await;
+
+    let r = orch
+        .request(
+            Method::GET,
+            "LocalHost:8080",
+            "/w/rest/of/it?q=1&r=%20",
+            &[
+                ("x-forwarded-for", "203.0.113.9"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "evil.example"),
+                ("x-forwarded-prefix", "/evil"),
+                ("x-original-url", "/__internal/health"),
+                ("x-rewrite-url", "/__internal/health"),
+                ("connection", "x-drop-me"),
+                ("x-drop-me", "1"),
+                ("x-request-id", "req-42"),
+            ],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let echo = r.json();
+    assert_eq!(echo["target"], "/rest/of/it?q=1&r=%20");
+    let h = &echo["headers"];
+    assert_eq!(h["host"], json!(["LocalHost:8080"]));
+    assert_eq!(h["x-forwarded-for"], json!(["203.0.113.9, 127.0.0.1"]));
+    assert_eq!(h["x-forwarded-proto"], json!(["http"]));
+    assert_eq!(h["x-forwarded-host"], json!(["LocalHost:8080"]));
+    assert_eq!(h["x-forwarded-prefix"], json!(["/w"]));
+    assert_eq!(h["x-request-id"], json!(["req-42"]));
+    assert!(h.get("x-original-url").is_none(), "{h}");
+    assert!(h.get("x-rewrite-url").is_none(), "{h}");
+    assert!(h.get("x-drop-me").is_none(), "{h}");
+    // The waifu's hop-by-hop headers do not reach the client.
+    assert!(!r.headers.contains_key("x-hop"), "{:?}", r.headers);
+
+    let echo = orch.get("localhost", "/w").await.json();
+    assert_eq!(echo["target"], "/");
+    let h = &echo["headers"];
+    let id = h["x-request-id"][0].as_str().unwrap();
+    assert_eq!(id.len(), 32, "a request id is generated");
+    assert_eq!(orch.get("localhost", "/w/").await.json()["target"], "/");
+    assert_eq!(
+        orch.get("localhost", "/w?x=1").await.json()["target"],
+        "/?x=1"
+    );
+
+    // Other hosts and unknown names are 404 with a JSON error.
+    for (host, target) in [
+        ("other.test", "/w/"),
+        ("localhost", "/nobody/x"),
+        ("localhost", "/"),
+    ] {
+        let r = orch.get(host, target).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{host}{target}");
+        assert_eq!(r.json()["error"], "not_found");
+    }
+    orch.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bodies_stream_both_ways() {
+    let orch = harness::start(&unique_db("stream"), &[]).await;
+    let w = TestWaifu::start("w").await;
+    orch.register("w", &w.host(), json!({})).await;
+
+    // 3 MiB up and back down again.
+    let body: Bytes = (0..3 * 1024 * 1024)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    let r = orch
+        .request(Method::POST, "localhost", "/w/echo", &[], body.clone())
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.len(), body.len());
+    assert!(r.body == body, "echoed body differs");
+
+    // Download: the first MiB arrives while the waifu still holds the rest
+    // back; a buffering proxy would deadlock here.
+    let mut stream = TcpStream::connect(orch.public).await.unwrap();
+    stream
+        .write_all(b"GET /w/stream HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while got.len() < 1024 * 1024 {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("first MiB must arrive before the rest is released")
+            .unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    w.release.notify_one();
+    while got.len() < 3 * 1024 * 1024 {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.len() >= 3 * 1024 * 1024, "got {}", got.len());
+
+    // Upload: the waifu echoes each chunk as it arrives; the client sends the
+    // second chunk only after the first came back.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let client: Client<_, ChannelBody> = Client::builder(TokioExecutor::new()).build_http();
+    let req = http::Request::post(format!("http://{}/w/echo", orch.public))
+        .header("host", "localhost")
+        .body(ChannelBody(rx))
+        .unwrap();
+    let pending = tokio::spawn(client.request(req));
+    tx.send(Bytes::from_static(b"first chunk")).await.unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("response headers before the body is complete")
+        .unwrap()
+        .unwrap();
+    let mut body = response.into_body();
+    let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("first chunk echoed while the upload is still open")
+        .unwrap()
+        .unwrap();
+    assert_eq!(frame.into_data().unwrap(), "first chunk");
+    tx.send(Bytes::from_static(b"second")).await.unwrap();
+    drop(tx);
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "second");
+    orch.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn binds_route_by_host_and_longest_prefix() {
+    let orch = harness::start(&unique_db("binds"), &[]).await;
+    let link = TestWaifu::start("link").await;
+    let api = TestWaifu::start("api").await;
+    orch.register("link", &link.host(), json!({"https://link.waifu": "/link"}))
+        .await;
+    orch.register(
+        "api",
+        &api.host(),
+        json!({"http://link.waifu/api": "/", "http://x.test/a/b": "/t"}),
+    )
+    .await;
+
+    let cases = [
+        ("link.waifu", "/abc?x=1", "link", "/link/abc?x=1", None),
+        ("LINK.waifu:8080", "/", "link", "/link/", None),
+        ("link.waifu", "/apix", "link", "/link/apix", None),
+        ("link.waifu", "/api", "api", "/", Some("/api")),
+        (
+            "link.waifu",
+            "/api/v1/users",
+            "api",
+            "/v1/users",
+            Some("/api"),
+        ),
+        ("x.test", "/a/b", "api", "/t", Some("/a/b")),
+        ("x.test", "/a/b/c", "api", "/t/c", Some("/a/b")),
+        ("localhost", "/link/abc", "link", "/abc", Some("/link")),
+    ];
+    for (host, target, id, want, prefix) in cases {
+        let r = orch.get(host, target).await;
+        assert_eq!(r.status, StatusCode::OK, "{host}{target}");
+        let echo = r.json();
+        assert_eq!(echo["id"], id, "{host}{target}");
+        assert_eq!(echo["target"], want, "{host}{target}");
+        assert_eq!(
+            echo["headers"]["x-forwarded-prefix"]
+                .get(0)
+                .and_then(|v| v.as_str()),
+            prefix,
+            "{host}{target}"
+        );
+    }
+    // A claimed host does not fall back to the main domain.
+    assert_eq!(orch.get("x.test", "/a").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        orch.get("x.test", "/link/x").await.status,
+        StatusCode::NOT_FOUND
+    );
+    orch.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn main_domain_star_routes_any_unclaimed_host() {
+    let orch = harness::start(&unique_db("star"), &["--main-domain", "*"]).await;
+    let w = TestWaifu::start("w").await;
+    let b = TestWaifu::start("b").await;
+    orch.register("w", &w.host(), json!({})).await;
+    orch.register("b", &b.host(), json!({"http://bound.test": "/"}))
+        .await;
+    for host in ["anything.example", "localhost", "10.1.2.3:99"] {
+        let r = orch.get(host, "/w/x").await;
+        assert_eq!(r.json()["id"], "w", "{host}");
+    }
+    assert_eq!(orch.get("bound.test", "/w/x").await.json()["id"], "b");
+    orch.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn upstream_failures_map_to_502_503_504() {
+    let orch = harness::start(&unique_db("failures"), &[]).await;
+    let w = TestWaifu::start("w").await;
+    orch.register("w", &w.host(), json!({})).await;
+
+    // Slow: 504 after the upstream timeout (2 s in tests).
+    let r = orch.get("localhost", "/w/slow?ms=5000").await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(r.json()["error"], "gateway_timeout");
+    assert_eq!(
+        orch.get("localhost", "/w/slow?ms=10").await.status,
+        StatusCode::OK
+    );
+
+    // Known but unhealthy: 503 with Retry-After.
+    w.healthy.store(false, std::sync::atomic::Ordering::SeqCst);
+    orch.wait_health("w", StatusCode::SERVICE_UNAVAILABLE).await;
+    let r = orch.get("localhost", "/w/x").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers.contains_key("retry-after"));
+    assert_eq!(r.json()["error"], "unavailable");
+
+    // Registered but never healthy (nothing listens there).
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let (status, _) = orch
+        .hello(json!({"name": "ghost", "host": dead_addr.to_string()}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        orch.get("localhost", "/ghost/").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    orch.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn connect_failure_is_502_and_fast() {
+    // Long health interval, so only the proxy can notice the death.
+    let orch = harness::start(&unique_db("connfail"), &["--health-interval", "1h"]).await;
+    let w = TestWaifu::start("w").await;
+    orch.register("w", &w.host(), json!({})).await;
+    w.kill();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = std::time::Instant::now();
+    let r = orch.get("localhost", "/w/x").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(r.json()["error"], "bad_gateway");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // The refused connection took the instance out of rotation at once.
+    assert_eq!(
+        orch.get("localhost", "/w/x").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    orch.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn upgrades_tunnel_only_after_101() {
+    let orch = harness::start(&unique_db("upgrade"), &[]).await;
+    let w = TestWaifu::start("w").await;
+    orch.register("w", &w.host(), json!({})).await;
+
+    let mut s = TcpStream::connect(orch.public).await.unwrap();
+    s.write_all(
+        b"GET /w/ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    s.write_all(b"ping through the tunnel").await.unwrap();
+    let mut echoed = vec![0u8; 23];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echoed, b"ping through the tunnel");
+
+    // A waifu that answers 200 to an upgrade request gets no tunnel: the
+    // connection stays HTTP, and the next request on it is proxied (and
+    // guarded) like any other.
+    let mut s = TcpStream::connect(orch.public).await.unwrap();
+    s.write_all(
+        b"GET /w/no-upgrade HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n\
+          GET /w/__internal/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("no upgrade here"), "{out}");
+    assert!(out.contains("HTTP/1.1 404"), "{out}");
+    assert!(
+        w.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|t| !t.contains("__internal"))
+    );
+    orch.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_is_proxied() {
+    let orch = harness::start(&unique_db("h2c"), &[]).await;
+    let w = TestWaifu::start("w").await;
+    orch.register("w", &w.host(), json!({})).await;
+    let client: Client<_, http_body_util::Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    for (target, want) in [
+        ("/w/h2?x=1", StatusCode::OK),
+        ("/w/__internal/health", StatusCode::NOT_FOUND),
+    ] {
+        let req = http::Request::get(format!("http://localhost:{}{target}", orch.public.port()))
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let r = client.request(req).await.unwrap();
+        assert_eq!(r.version(), http::Version::HTTP_2);
+        assert_eq!(r.status(), want, "{target}");
+        if want == StatusCode::OK {
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(echo["target"], "/h2?x=1");
+            assert_eq!(
+                echo["headers"]["host"][0],
+                format!("localhost:{}", orch.public.port())
+            );
+        }
+    }
+    orch.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn oversized_headers_and_targets_are_refused() {
+    let orch = harness::start(&unique_db("limits"), &[]).await;
+    let w = TestWaifu::start("w").await;
+    orch.register("w", &w.host(), json!({})).await;
+
+    let long_target = format!("/w/{}", "a".repeat(9000));
+    let r = raw(
+        orch.public,
+        format!("GET {long_target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(raw_status(&r), 414, "{}", &r[..r.len().min(200)]);
+
+    let big_header = format!("x-big: {}\r\n", "b".repeat(100 * 1024));
+    let r = raw(
+        orch.public,
+        format!("GET /w/ HTTP/1.1\r\nHost: localhost\r\n{big_header}\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(raw_status(&r), 431, "{}", &r[..r.len().min(200)]);
+
+    let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let r = raw(
+        orch.public,
+        format!("GET /w/ HTTP/1.1\r\nHost: localhost\r\n{many}\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(raw_status(&r), 431, "{}", &r[..r.len().min(200)]);
+
+    let r = raw(
+        orch.public,
+        b"GET /w/ HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&r), 400, "missing Host: {r}");
+    let r = raw(
+        orch.public,
+        b"GET /w/ HTTP/1.1\r\nHost: localhost\r\nHost: other\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&r), 400, "two Hosts: {r}");
+    orch.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn slow_clients_are_timed_out() {
+    let orch = harness::start(
+        &unique_db("slowclient"),
+        &["--header-read-timeout", "500ms"],
+    )
+    .await;
+    let mut s = TcpStream::connect(orch.public).await.unwrap();
+    s.write_all(b"GET /w/ HTTP/1.1\r\nHost: loc").await.unwrap();
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    assert!(closed.is_ok(), "a half-sent request must be cut off");
+    orch.stop().await.unwrap();
+}

@@ -1,0 +1,251 @@
+//! Tiny real HTTP waifus for the tests, on 127.0.0.1:0.
+//!
+//! - `GET /__internal/health`: 204 while `healthy`, else 500;
+//! - `POST /echo`: streams the request body back;
+//! - `GET /stream`: sends 1 MiB, waits for `release`, then 2 MiB more;
+//! - `GET /slow?ms=N`: answers after N ms;
+//! - `GET /ws`: upgrades (101) and echoes bytes; `GET /no-upgrade`: 200 even
+//!   when asked to upgrade;
+//! - anything else: a JSON echo of the request as received.
+//!
+//! Every request that came through the proxy (it carries `X-Forwarded-For`)
+//! has its raw target recorded in `seen`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{Either, Empty, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+pub type TestBody = Either<Either<Full<Bytes>, Incoming>, Either<ChannelBody, Empty<Bytes>>>;
+
+/// A body fed from a channel, for streaming tests.
+pub struct ChannelBody(pub mpsc::Receiver<Bytes>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+pub struct TestWaifu {
+    pub addr: SocketAddr,
+    pub id: String,
+    pub healthy: Arc<AtomicBool>,
+    pub seen: Arc<Mutex<Vec<String>>>,
+    pub release: Arc<Notify>,
+    stop: CancellationToken,
+}
+
+impl TestWaifu {
+    pub async fn start(id: &str) -> TestWaifu {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, id)
+    }
+
+    /// Serves on a given address (to come back on the same port).
+    pub async fn start_on(addr: SocketAddr, id: &str) -> TestWaifu {
+        let mut tries = 0;
+        loop {
+            match TcpListener::bind(addr).await {
+                Ok(l) => return Self::serve(l, id),
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("rebind {addr}: {e}"),
+            }
+        }
+    }
+
+    fn serve(listener: TcpListener, id: &str) -> TestWaifu {
+        let waifu = TestWaifu {
+            addr: listener.local_addr().unwrap(),
+            id: id.to_owned(),
+            healthy: Arc::new(AtomicBool::new(true)),
+            seen: Arc::default(),
+            release: Arc::new(Notify::new()),
+            stop: CancellationToken::new(),
+        };
+        let state = State {
+            id: waifu.id.clone(),
+            healthy: waifu.healthy.clone(),
+            seen: waifu.seen.clone(),
+            release: waifu.release.clone(),
+        };
+        let stop = waifu.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    () = stop.cancelled() => return,
+                    a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+                };
+                let state = state.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(state.handle(req).await) }
+                    });
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        () = stop.cancelled() => {}
+                    }
+                });
+            }
+        });
+        waifu
+    }
+
+    /// `127.0.0.1:port`, what it says hello with.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Stops listening and drops every connection: like a killed process.
+    pub fn kill(&self) {
+        self.stop.cancel();
+    }
+}
+
+impl Drop for TestWaifu {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[derive(Clone)]
+struct State {
+    id: String,
+    healthy: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<String>>>,
+    release: Arc<Notify>,
+}
+
+fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<TestBody> {
+    let mut r = Response::new(Either::Left(Either::Left(Full::new(body.into()))));
+    *r.status_mut() = status;
+    r
+}
+
+impl State {
+    async fn handle(&self, mut req: Request<Incoming>) -> Response<TestBody> {
+        let target = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| req.uri().to_string(), |pq| pq.as_str().to_owned());
+        if req.headers().contains_key("x-forwarded-for") {
+            self.seen.lock().unwrap().push(target.clone());
+        }
+        let path = req.uri().path().to_owned();
+        match path.as_str() {
+            "/__internal/health" => {
+                if self.healthy.load(Ordering::SeqCst) {
+                    full(StatusCode::NO_CONTENT, "")
+                } else {
+                    full(StatusCode::INTERNAL_SERVER_ERROR, "sick")
+                }
+            }
+            "/echo" => Response::new(Either::Left(Either::Right(req.into_body()))),
+            "/stream" => {
+                let (tx, rx) = mpsc::channel(4);
+                let release = self.release.clone();
+                tokio::spawn(async move {
+                    let chunk = Bytes::from(vec![b'a'; 64 * 1024]);
+                    for _ in 0..16 {
+                        if tx.send(chunk.clone()).await.is_err() {
+                            return;
+                        }
+                    }
+                    release.notified().await;
+                    for _ in 0..32 {
+                        if tx.send(chunk.clone()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                Response::new(Either::Right(Either::Left(ChannelBody(rx))))
+            }
+            "/slow" => {
+                let ms = req
+                    .uri()
+                    .query()
+                    .and_then(|q| q.strip_prefix("ms="))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1000);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                full(StatusCode::OK, format!("slept {ms}"))
+            }
+            "/ws" | "/no-upgrade" if req.headers().contains_key("upgrade") => {
+                if path == "/no-upgrade" {
+                    return full(StatusCode::OK, "no upgrade here");
+                }
+                let on = hyper::upgrade::on(&mut req);
+                tokio::spawn(async move {
+                    if let Ok(upgraded) = on.await {
+                        let mut io = TokioIo::new(upgraded);
+                        let mut buf = [0u8; 1024];
+                        while let Ok(n) = io.read(&mut buf).await {
+                            if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                });
+                let mut r = Response::new(Either::Right(Either::Right(Empty::new())));
+                *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                r.headers_mut().insert("upgrade", "echo".parse().unwrap());
+                r.headers_mut()
+                    .insert("connection", "upgrade".parse().unwrap());
+                r
+            }
+            _ => {
+                let mut headers = serde_json::Map::new();
+                for (k, v) in req.headers() {
+                    let list = headers
+                        .entry(k.as_str())
+                        .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+                    if let serde_json::Value::Array(a) = list {
+                        a.push(String::from_utf8_lossy(v.as_bytes()).into());
+                    }
+                }
+                let body = serde_json::json!({
+                    "id": self.id,
+                    "method": req.method().as_str(),
+                    "target": target,
+                    "headers": headers,
+                });
+                let mut r = full(StatusCode::OK, body.to_string());
+                r.headers_mut()
+                    .insert("content-type", "application/json".parse().unwrap());
+                r.headers_mut()
+                    .insert("connection", "keep-alive, x-hop".parse().unwrap());
+                r.headers_mut().insert("x-hop", "secret".parse().unwrap());
+                r
+            }
+        }
+    }
+}
