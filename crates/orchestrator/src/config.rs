@@ -49,6 +49,7 @@ pub struct Config {
     pub internal_addr: SocketAddr,
     /// PostgreSQL URL with CREATEDB and CREATEROLE (or superuser). Its database
     /// (default `waifus`) holds the orchestrator's state and is created if missing.
+    /// Unset: a managed local cluster in DATA_DIR/postgres.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Managed cluster and generated keys.
@@ -113,11 +114,7 @@ pub struct Config {
 /// A setting that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error(
-        "DATABASE_URL is not set. This version needs an existing PostgreSQL server: \
-         set DATABASE_URL=postgres://USER:PASSWORD@HOST:PORT/DATABASE for a user with \
-         CREATEDB and CREATEROLE (or a superuser)"
-    )]
+    #[error("no database: DATABASE_URL is unset and no managed cluster is running")]
     NoDatabase,
     #[error("MAIN_DOMAIN {0:?} is not a hostname or '*'")]
     MainDomain(String),
@@ -134,9 +131,6 @@ impl Config {
     /// Checks what clap cannot; returns the normalised main domain
     /// (`None` for `*`).
     pub fn validate(&self) -> Result<Option<String>, ConfigError> {
-        if self.database_url.is_none() {
-            return Err(ConfigError::NoDatabase);
-        }
         if self.cert_dir.is_some() || self.acme_directory.is_some() {
             return Err(ConfigError::TlsUnsupported);
         }
@@ -187,8 +181,6 @@ mod tests {
     #[test]
     fn validation() {
         let mut c = parse(&["orchestrator"]).serve;
-        assert!(matches!(c.validate(), Err(ConfigError::NoDatabase)));
-        c.database_url = Some("postgres://x@y/z".into());
         c.main_domain = "Example.COM".into();
         assert_eq!(c.validate().unwrap().as_deref(), Some("example.com"));
         c.main_domain = "*".into();

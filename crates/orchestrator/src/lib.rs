@@ -10,6 +10,7 @@
 mod api;
 mod config;
 mod health;
+mod managed;
 mod proxy;
 mod registry;
 mod routes;
@@ -25,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use config::{Cli, Command, Config, ConfigError, LogFormat};
+pub use managed::ManagedError;
 pub use store::StoreError;
 
 /// The two sockets the orchestrator serves, bound by the caller (tests bind
@@ -40,6 +42,8 @@ pub struct Listeners {
 pub enum RunError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Managed(#[from] ManagedError),
     #[error("could not open the state database: {0}")]
     Store(#[from] StoreError),
     #[error("could not read a listener's address: {0}")]
@@ -57,8 +61,30 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let main_domain = config.validate()?;
-    let url = config.database_url.clone().ok_or(ConfigError::NoDatabase)?;
-    let Some(store) = open_store(&url, &shutdown).await? else {
+    let managed = match &config.database_url {
+        Some(_) => None,
+        None => Some(managed::Managed::start(&config.data_dir).await?),
+    };
+    let url = match (&config.database_url, &managed) {
+        (Some(url), _) => url.clone(),
+        (None, Some(m)) => m.url.clone(),
+        (None, None) => return Err(ConfigError::NoDatabase.into()),
+    };
+    let served = serve(&config, main_domain, &url, listeners, &shutdown).await;
+    if let Some(managed) = managed {
+        managed.stop().await;
+    }
+    served
+}
+
+async fn serve(
+    config: &Config,
+    main_domain: Option<String>,
+    url: &str,
+    listeners: Listeners,
+    shutdown: &CancellationToken,
+) -> Result<(), RunError> {
+    let Some(store) = open_store(url, shutdown).await? else {
         return Ok(());
     };
     let public_base = public_base(main_domain.as_deref(), listeners.public.local_addr()?);

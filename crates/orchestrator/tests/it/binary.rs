@@ -27,11 +27,15 @@ fn free_addr() -> SocketAddr {
 }
 
 async fn spawn(db_url: &str) -> Proc {
+    spawn_with(&[("DATABASE_URL", db_url)]).await
+}
+
+async fn spawn_with(env: &[(&str, &str)]) -> Proc {
     let (public, internal) = (free_addr(), free_addr());
     let child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", db_url)
+        .envs(env.iter().copied())
         .env("PUBLIC_ADDR", public.to_string())
         .env("INTERNAL_ADDR", internal.to_string())
         .env("HEALTH_INTERVAL", "100ms")
@@ -65,12 +69,7 @@ async fn spawn(db_url: &str) -> Proc {
 }
 
 fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig}");
+    signal_pid(child.id(), sig);
 }
 
 async fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
@@ -164,17 +163,78 @@ async fn killed_and_restarted_keeps_every_route() {
     assert_eq!(status.code(), Some(0), "SIGINT exits 0 too: {status}");
 }
 
-#[test]
-fn missing_database_url_is_a_clear_error() {
-    let out = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
-        .env_clear()
-        .env("PUBLIC_ADDR", "127.0.0.1:0")
-        .env("INTERNAL_ADDR", "127.0.0.1:0")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("DATABASE_URL"), "{err}");
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn postmaster_pid(data_dir: &std::path::Path) -> u32 {
+    let pidfile = std::fs::read_to_string(data_dir.join("postgres/postmaster.pid")).unwrap();
+    pidfile.lines().next().unwrap().trim().parse().unwrap()
+}
+
+/// With DATABASE_URL unset the orchestrator runs its own PostgreSQL: it
+/// initialises it, restarts it when it dies, stops it on shutdown, and finds
+/// its state again on the next start.
+#[tokio::test]
+async fn managed_postgres_is_the_default() {
+    use std::os::unix::fs::PermissionsExt;
+    let data = std::path::PathBuf::from(format!(
+        "/tmp/waifus-managed-{}-{}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    let data_str = data.to_str().unwrap().to_owned();
+    let env = [("DATA_DIR", data_str.as_str())];
+    let w = TestWaifu::start("w").await;
+    let mut p = spawn_with(&env).await;
+    let mode = std::fs::metadata(data.join("postgres-password"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    hello(p.internal, "w", &w.host(), json!({})).await;
+    wait_routable(p.public, "localhost", "/w/").await;
+
+    // PostgreSQL dies: the orchestrator starts it again, and registration
+    // works again without a restart.
+    let first = postmaster_pid(&data);
+    signal_pid(first, "-KILL");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let body = json!({"name": "again", "host": "127.0.0.1:1"}).to_string();
+        let r = send(p.internal, Method::POST, "/__internal/hello", &[], Bytes::from(body)).await;
+        let restarted = std::fs::read_to_string(data.join("postgres/postmaster.pid"))
+            .ok()
+            .and_then(|p| p.lines().next()?.trim().parse::<u32>().ok())
+            .is_some_and(|pid| pid != first && alive(pid));
+        if restarted && r.is_some_and(|r| r.status == StatusCode::OK) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the managed PostgreSQL was not restarted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(get(p.public, "localhost", "/w/").await, StatusCode::OK);
+    let second = postmaster_pid(&data);
+
+    signal(&p.child, "-TERM");
+    let status = wait_exit(&mut p.child, Duration::from_secs(40)).await;
+    assert_eq!(status.code(), Some(0));
+    assert!(!alive(second), "PostgreSQL was left running");
+
+    let mut p = spawn_with(&env).await;
+    wait_routable(p.public, "localhost", "/w/x").await;
+    signal(&p.child, "-TERM");
+    assert_eq!(wait_exit(&mut p.child, Duration::from_secs(40)).await.code(), Some(0));
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+fn signal_pid(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
 }
 
 #[test]

@@ -1,0 +1,384 @@
+//! The managed PostgreSQL cluster, the embedded default when `DATABASE_URL`
+//! is unset (DESIGN.md §2, issue 3 §7).
+//!
+//! `DATA_DIR/postgres` holds a cluster initialised with scram-sha-256 and a
+//! random superuser password kept in `DATA_DIR/postgres-password` (0600).
+//! It listens on 127.0.0.1 (port chosen once, kept in `DATA_DIR/postgres-port`)
+//! and a private socket in its own directory. The orchestrator starts it,
+//! restarts it if it dies, and stops it cleanly on shutdown. PostgreSQL
+//! refuses to run as root, so as root it runs as the `postgres` user.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+/// Superuser the orchestrator creates in its managed cluster.
+const SUPERUSER: &str = "waifus";
+/// Longest unix socket path PostgreSQL accepts, with room for the file name.
+const MAX_SOCKET_DIR: usize = 80;
+
+/// Why the managed cluster could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagedError {
+    #[error(
+        "DATABASE_URL is not set, so the orchestrator runs its own PostgreSQL, but the \
+         PostgreSQL server programs (initdb, postgres) were not found on PATH, via \
+         `pg_config --bindir`, or in /usr/lib/postgresql/*/bin. Install them (Debian or \
+         Ubuntu: `apt-get install postgresql`; Fedora: `dnf install postgresql-server`; \
+         macOS: `brew install postgresql`), or set DATABASE_URL to a PostgreSQL server you run."
+    )]
+    NoBinaries,
+    #[error(
+        "running as root, PostgreSQL must run as an unprivileged user, but there is no \
+         `postgres` user; install PostgreSQL from your distribution (which creates it) \
+         or set DATABASE_URL"
+    )]
+    NoPostgresUser,
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("initdb failed: {0}")]
+    Initdb(String),
+    #[error("the managed PostgreSQL did not start within 60 s; its log is {0}")]
+    NotReady(PathBuf),
+}
+
+/// A running managed cluster.
+#[derive(Debug)]
+pub(crate) struct Managed {
+    /// URL of the orchestrator's state database on the managed cluster.
+    pub url: String,
+    stop: CancellationToken,
+    supervisor: tokio::task::JoinHandle<()>,
+}
+
+/// Everything needed to (re)start the server process.
+#[derive(Debug, Clone)]
+struct Server {
+    bindir: PathBuf,
+    cluster: PathBuf,
+    port: u16,
+    user: Option<(u32, u32)>,
+    log: PathBuf,
+}
+
+impl Managed {
+    /// Initialises the cluster if needed, starts it and waits until it accepts
+    /// connections.
+    pub(crate) async fn start(data_dir: &Path) -> Result<Managed, ManagedError> {
+        let bindir = find_bindir().ok_or(ManagedError::NoBinaries)?;
+        let user = run_as()?;
+        let data_dir = std::path::absolute(data_dir).map_err(io("resolve", data_dir))?;
+        create_dir(&data_dir, if user.is_some() { 0o711 } else { 0o700 })?;
+        let cluster = data_dir.join("postgres");
+        let password = read_or_create_secret(&data_dir.join("postgres-password"))?;
+        let port = read_or_pick_port(&data_dir.join("postgres-port"))?;
+        if !cluster.join("PG_VERSION").exists() {
+            initdb(&bindir, &data_dir, &cluster, &password, user).await?;
+        }
+        let server = Server {
+            bindir,
+            log: data_dir.join("postgres.log"),
+            cluster,
+            port,
+            user,
+        };
+        stop_stale(&server).await;
+        let child = server.spawn()?;
+        let url = format!("postgres://{SUPERUSER}:{password}@127.0.0.1:{port}/waifus");
+        let child = wait_ready(&server, child, &password).await?;
+        info!(port, cluster = %server.cluster.display(), "managed PostgreSQL is ready");
+        let stop = CancellationToken::new();
+        let supervisor = tokio::spawn(supervise(server, child, stop.clone()));
+        Ok(Managed {
+            url,
+            stop,
+            supervisor,
+        })
+    }
+
+    /// Stops the cluster cleanly (fast shutdown) and waits for it.
+    pub(crate) async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.supervisor.await;
+    }
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ManagedError {
+    let path = path.to_owned();
+    move |source| ManagedError::Io { what, path, source }
+}
+
+/// The directory holding `initdb` and `postgres`.
+fn find_bindir() -> Option<PathBuf> {
+    let complete = |d: &Path| d.join("initdb").is_file() && d.join("postgres").is_file();
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .find(|d| complete(d));
+    if on_path.is_some() {
+        return on_path;
+    }
+    let from_pg_config = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .filter(|d| complete(d));
+    if from_pg_config.is_some() {
+        return from_pg_config;
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let major = e.file_name().to_string_lossy().split('.').next()?.parse().ok()?;
+            Some((major, e.path().join("bin")))
+        })
+        .filter(|(_, d)| complete(d))
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, d)| d)
+}
+
+/// `None` to run PostgreSQL as ourselves; the `postgres` user's ids as root.
+fn run_as() -> Result<Option<(u32, u32)>, ManagedError> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid());
+    if uid != 0 {
+        return Ok(None);
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&"postgres"))
+        .and_then(|f| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))
+        .map(Some)
+        .ok_or(ManagedError::NoPostgresUser)
+}
+
+fn create_dir(dir: &Path, mode: u32) -> Result<(), ManagedError> {
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .map_err(io("set permissions on", dir))
+}
+
+/// Reads a secret file, or creates it (0600) with 32 random bytes in hex.
+fn read_or_create_secret(path: &Path) -> Result<String, ManagedError> {
+    if let Ok(s) = std::fs::read_to_string(path) {
+        let s = s.trim();
+        if !s.is_empty() {
+            return Ok(s.to_owned());
+        }
+    }
+    let secret: String = (0..4).map(|_| format!("{:016x}", fastrand::u64(..))).collect();
+    write_private(path, &secret)?;
+    Ok(secret)
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), ManagedError> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io("write", path))?;
+    f.write_all(contents.as_bytes()).map_err(io("write", path))
+}
+
+/// The cluster's port: chosen once among free ports, then kept so the
+/// credentials waifus cached stay valid.
+fn read_or_pick_port(path: &Path) -> Result<u16, ManagedError> {
+    if let Some(port) = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+    {
+        return Ok(port);
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(io("find a free port for", path))?
+        .port();
+    write_private(path, &port.to_string())?;
+    Ok(port)
+}
+
+fn command(path: PathBuf, user: Option<(u32, u32)>) -> Command {
+    let mut cmd = Command::new(path);
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd.stdin(Stdio::null()).kill_on_drop(true);
+    cmd
+}
+
+async fn initdb(
+    bindir: &Path,
+    data_dir: &Path,
+    cluster: &Path,
+    password: &str,
+    user: Option<(u32, u32)>,
+) -> Result<(), ManagedError> {
+    info!(cluster = %cluster.display(), "initialising the managed PostgreSQL cluster");
+    create_dir(cluster, 0o700)?;
+    if let Some((uid, gid)) = user {
+        std::os::unix::fs::chown(cluster, Some(uid), Some(gid)).map_err(io("chown", cluster))?;
+    }
+    // initdb reads the superuser password from a file it must be able to open.
+    let pwfile = data_dir.join(".initdb-password");
+    write_private(&pwfile, password)?;
+    if let Some((uid, gid)) = user {
+        std::os::unix::fs::chown(&pwfile, Some(uid), Some(gid)).map_err(io("chown", &pwfile))?;
+    }
+    let out = command(bindir.join("initdb"), user)
+        .arg("-D")
+        .arg(cluster)
+        .args(["-U", SUPERUSER, "--auth=scram-sha-256", "-E", "UTF8", "--locale=C"])
+        .arg(format!("--pwfile={}", pwfile.display()))
+        .current_dir(data_dir)
+        .output()
+        .await;
+    let _ = std::fs::remove_file(&pwfile);
+    let out = out.map_err(io("run", &bindir.join("initdb")))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(cluster);
+        let mut why = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        if user.is_some() {
+            why.push_str(
+                " (as root, PostgreSQL runs as the user `postgres`, which needs search \
+                 permission on every parent directory of DATA_DIR)",
+            );
+        }
+        return Err(ManagedError::Initdb(why));
+    }
+    Ok(())
+}
+
+impl Server {
+    fn spawn(&self) -> Result<Child, ManagedError> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.log)
+            .map_err(io("open", &self.log))?;
+        let log_err = log.try_clone().map_err(io("open", &self.log))?;
+        let socket_dir = self.cluster.to_string_lossy();
+        let socket_dir = if socket_dir.len() <= MAX_SOCKET_DIR {
+            socket_dir.into_owned()
+        } else {
+            String::new() // TCP only: the path is too long for a unix socket
+        };
+        command(self.bindir.join("postgres"), self.user)
+            .arg("-D")
+            .arg(&self.cluster)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-k")
+            .arg(socket_dir)
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .current_dir(&self.cluster)
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .map_err(io("start", &self.bindir.join("postgres")))
+    }
+
+    /// Sends a signal by name (`-INT` for a fast shutdown) to a process.
+    async fn signal(&self, pid: u32, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .await;
+    }
+}
+
+/// A server left running by an orchestrator that was killed would hold the
+/// data directory: stop it before starting ours.
+async fn stop_stale(server: &Server) {
+    if !server.cluster.join("postmaster.pid").exists() {
+        return;
+    }
+    warn!("stopping a PostgreSQL left running on the managed cluster");
+    let _ = command(server.bindir.join("pg_ctl"), server.user)
+        .arg("-D")
+        .arg(&server.cluster)
+        .args(["stop", "-m", "fast", "-w", "-t", "30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await;
+}
+
+async fn wait_ready(server: &Server, mut child: Child, password: &str) -> Result<Child, ManagedError> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(server.port)
+        .user(SUPERUSER)
+        .password(password)
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(2));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok((client, conn)) = config.connect(tokio_postgres::NoTls).await {
+            drop(client);
+            let _ = conn.await;
+            return Ok(child);
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill().await;
+    Err(ManagedError::NotReady(server.log.clone()))
+}
+
+/// Restarts the server whenever it dies; on `stop`, shuts it down cleanly.
+async fn supervise(server: Server, mut child: Child, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                error!(?status, "managed PostgreSQL exited; restarting it");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                stop_stale(&server).await;
+                match server.spawn() {
+                    Ok(c) => child = c,
+                    Err(e) => error!(error = %e, "could not restart the managed PostgreSQL"),
+                }
+            }
+            () = stop.cancelled() => {
+                if let Some(pid) = child.id() {
+                    server.signal(pid, "-INT").await;
+                }
+                match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+                    Ok(_) => info!("managed PostgreSQL stopped"),
+                    Err(_) => {
+                        warn!("managed PostgreSQL did not stop in 30 s; killing it");
+                        let _ = child.kill().await;
+                    }
+                }
+                return;
+            }
+        }
+    }
+}
