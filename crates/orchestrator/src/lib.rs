@@ -27,6 +27,13 @@ use tracing::{info, warn};
 
 pub use config::{Cli, Command, Config, ConfigError, LogFormat};
 pub use managed::ManagedError;
+
+/// Locating PostgreSQL's programs and the user to run them as; shared with
+/// the test harness, which starts its own throwaway cluster.
+#[doc(hidden)]
+pub mod postgres_programs {
+    pub use crate::managed::{find_bindir, run_as};
+}
 pub use store::StoreError;
 
 /// The two sockets the orchestrator serves, bound by the caller (tests bind

@@ -119,9 +119,14 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Managed
     move |source| ManagedError::Io { what, path, source }
 }
 
-/// The directory holding `initdb` and `postgres`.
-fn find_bindir() -> Option<PathBuf> {
-    let complete = |d: &Path| d.join("initdb").is_file() && d.join("postgres").is_file();
+/// The directory holding `initdb`, `postgres` and `pg_ctl`: on `PATH`, via
+/// `pg_config --bindir`, or the newest `/usr/lib/postgresql/*/bin`.
+pub fn find_bindir() -> Option<PathBuf> {
+    let complete = |d: &Path| {
+        ["initdb", "postgres", "pg_ctl"]
+            .iter()
+            .all(|p| d.join(p).is_file())
+    };
     let on_path = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default()
@@ -143,7 +148,13 @@ fn find_bindir() -> Option<PathBuf> {
         .ok()?
         .flatten()
         .filter_map(|e| {
-            let major = e.file_name().to_string_lossy().split('.').next()?.parse().ok()?;
+            let major = e
+                .file_name()
+                .to_string_lossy()
+                .split('.')
+                .next()?
+                .parse()
+                .ok()?;
             Some((major, e.path().join("bin")))
         })
         .filter(|(_, d)| complete(d))
@@ -153,7 +164,7 @@ fn find_bindir() -> Option<PathBuf> {
 }
 
 /// `None` to run PostgreSQL as ourselves; the `postgres` user's ids as root.
-fn run_as() -> Result<Option<(u32, u32)>, ManagedError> {
+pub fn run_as() -> Result<Option<(u32, u32)>, ManagedError> {
     use std::os::unix::fs::MetadataExt;
     let uid = std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid());
     if uid != 0 {
@@ -183,7 +194,9 @@ fn read_or_create_secret(path: &Path) -> Result<String, ManagedError> {
             return Ok(s.to_owned());
         }
     }
-    let secret: String = (0..4).map(|_| format!("{:016x}", fastrand::u64(..))).collect();
+    let secret: String = (0..4)
+        .map(|_| format!("{:016x}", fastrand::u64(..)))
+        .collect();
     write_private(path, &secret)?;
     Ok(secret)
 }
@@ -246,7 +259,14 @@ async fn initdb(
     let out = command(bindir.join("initdb"), user)
         .arg("-D")
         .arg(cluster)
-        .args(["-U", SUPERUSER, "--auth=scram-sha-256", "-E", "UTF8", "--locale=C"])
+        .args([
+            "-U",
+            SUPERUSER,
+            "--auth=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ])
         .arg(format!("--pwfile={}", pwfile.display()))
         .current_dir(data_dir)
         .output()
@@ -323,7 +343,11 @@ async fn stop_stale(server: &Server) {
         .await;
 }
 
-async fn wait_ready(server: &Server, mut child: Child, password: &str) -> Result<Child, ManagedError> {
+async fn wait_ready(
+    server: &Server,
+    mut child: Child,
+    password: &str,
+) -> Result<Child, ManagedError> {
     let mut config = tokio_postgres::Config::new();
     config
         .host("127.0.0.1")

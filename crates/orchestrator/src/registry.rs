@@ -184,6 +184,14 @@ impl Registry {
         drop(state);
         if let Some(instance) = new_instance {
             info!(name = %hello.name, instance = %instance.upstream, "new instance");
+            if instance.upstream.scheme == waifus_protocol::Scheme::Https {
+                warn!(
+                    name = %hello.name,
+                    instance = %instance.upstream,
+                    "TLS to instances is not supported yet: this instance will fail its \
+                     health checks and not be routed to; register it with http://"
+                );
+            }
             let _ = self.watch.send(Watch {
                 name: hello.name.as_str().into(),
                 instance,

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde_json::json;
 
-use crate::harness::send;
+use crate::harness::{self, send};
 use crate::pg::{self, unique_db};
 use crate::waifu::TestWaifu;
 
@@ -17,6 +17,27 @@ struct Proc {
     child: Child,
     public: SocketAddr,
     internal: SocketAddr,
+}
+
+/// A test that fails half-way must not leave an orchestrator (and its
+/// managed PostgreSQL) running: stop it gracefully, then for good.
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..200 {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn free_addr() -> SocketAddr {
@@ -45,27 +66,17 @@ async fn spawn_with(env: &[(&str, &str)]) -> Proc {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let p = Proc {
+    let mut p = Proc {
         child,
         public,
         internal,
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = send(
-            p.internal,
-            Method::GET,
-            "/__internal/health",
-            &[],
-            Bytes::new(),
-        )
-        .await;
-        if r.is_some_and(|r| r.status == StatusCode::NO_CONTENT) {
-            return p;
-        }
-        assert!(Instant::now() < deadline, "the binary did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let child = &mut p.child;
+    harness::wait_ready(p.internal, Duration::from_secs(90), || {
+        child.try_wait().ok().flatten().is_some()
+    })
+    .await;
+    p
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -202,7 +213,14 @@ async fn managed_postgres_is_the_default() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let body = json!({"name": "again", "host": "127.0.0.1:1"}).to_string();
-        let r = send(p.internal, Method::POST, "/__internal/hello", &[], Bytes::from(body)).await;
+        let r = send(
+            p.internal,
+            Method::POST,
+            "/__internal/hello",
+            &[],
+            Bytes::from(body),
+        )
+        .await;
         let restarted = std::fs::read_to_string(data.join("postgres/postmaster.pid"))
             .ok()
             .and_then(|p| p.lines().next()?.trim().parse::<u32>().ok())
@@ -210,7 +228,10 @@ async fn managed_postgres_is_the_default() {
         if restarted && r.is_some_and(|r| r.status == StatusCode::OK) {
             break;
         }
-        assert!(Instant::now() < deadline, "the managed PostgreSQL was not restarted");
+        assert!(
+            Instant::now() < deadline,
+            "the managed PostgreSQL was not restarted"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(get(p.public, "localhost", "/w/").await, StatusCode::OK);
@@ -224,7 +245,12 @@ async fn managed_postgres_is_the_default() {
     let mut p = spawn_with(&env).await;
     wait_routable(p.public, "localhost", "/w/x").await;
     signal(&p.child, "-TERM");
-    assert_eq!(wait_exit(&mut p.child, Duration::from_secs(40)).await.code(), Some(0));
+    assert_eq!(
+        wait_exit(&mut p.child, Duration::from_secs(40))
+            .await
+            .code(),
+        Some(0)
+    );
     let _ = std::fs::remove_dir_all(&data);
 }
 

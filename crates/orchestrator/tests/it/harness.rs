@@ -62,10 +62,20 @@ pub async fn start_with_url(url: &str, extra: &[&str]) -> Orch {
         shutdown,
         task,
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
+    wait_ready(orch.internal, Duration::from_secs(30), || {
+        orch.task.is_finished()
+    })
+    .await;
+    orch
+}
+
+/// Polls `GET /__internal/health` until 204; fails if `stopped()` says the
+/// orchestrator is gone or `within` passes.
+pub async fn wait_ready(internal: SocketAddr, within: Duration, mut stopped: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
     loop {
         let r = send(
-            orch.internal,
+            internal,
             Method::GET,
             "/__internal/health",
             &[],
@@ -73,16 +83,13 @@ pub async fn start_with_url(url: &str, extra: &[&str]) -> Orch {
         )
         .await;
         if r.is_some_and(|r| r.status == StatusCode::NO_CONTENT) {
-            return orch;
+            return;
         }
         assert!(
             Instant::now() < deadline,
             "orchestrator did not become ready"
         );
-        assert!(
-            !orch.task.is_finished(),
-            "orchestrator stopped during start-up"
-        );
+        assert!(!stopped(), "orchestrator stopped during start-up");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

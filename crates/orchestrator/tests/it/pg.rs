@@ -8,7 +8,6 @@
 //! the cluster.
 
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -50,50 +49,18 @@ pub fn unique_db(prefix: &str) -> String {
 }
 
 fn bindir() -> PathBuf {
-    let has_initdb = |d: &Path| d.join("initdb").is_file() && d.join("postgres").is_file();
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if has_initdb(&dir) {
-            return dir;
-        }
-    }
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|rd| rd.flatten().map(|e| e.path().join("bin")).collect())
-        .unwrap_or_default();
-    versions.sort();
-    if let Some(dir) = versions.into_iter().rev().find(|d| has_initdb(d)) {
-        return dir;
-    }
-    panic!(
-        "PostgreSQL server binaries (initdb, postgres, pg_isready) were not found via \
-         pg_config or in /usr/lib/postgresql/*/bin: install the Debian package \
-         `postgresql` (apt-get install postgresql)"
-    );
+    orchestrator::postgres_programs::find_bindir().unwrap_or_else(|| {
+        panic!(
+            "PostgreSQL server programs (initdb, postgres, pg_ctl) were not found on PATH, \
+             via pg_config or in /usr/lib/postgresql/*/bin: install the Debian package \
+             `postgresql` (apt-get install postgresql)"
+        )
+    })
 }
 
 /// uid/gid to run PostgreSQL as: ourselves, or `postgres` when we are root.
 fn run_as() -> Option<(u32, u32)> {
-    let uid = std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(1);
-    if uid != 0 {
-        return None;
-    }
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let entry = passwd
-        .lines()
-        .map(|l| l.split(':').collect::<Vec<_>>())
-        .find(|f| f.first() == Some(&"postgres") && f.len() > 3)
-        .unwrap_or_else(|| {
-            panic!(
-                "running as root, but there is no `postgres` user to run PostgreSQL as: \
-                 install the Debian package `postgresql`, which creates it"
-            )
-        });
-    Some((
-        entry[2].parse().expect("uid"),
-        entry[3].parse().expect("gid"),
-    ))
+    orchestrator::postgres_programs::run_as().unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn command(path: impl AsRef<Path>, user: Option<(u32, u32)>) -> Command {
@@ -114,6 +81,22 @@ fn free_port() -> u16 {
 fn start() -> PgCluster {
     let bin = bindir();
     let user = run_as();
+    let mut log = String::new();
+    for _attempt in 0..5 {
+        match try_start(&bin, user) {
+            Ok(cluster) => return cluster,
+            Err(why) => {
+                eprintln!("PostgreSQL did not start, retrying: {why}");
+                log = why;
+            }
+        }
+    }
+    panic!("PostgreSQL did not start: {log}");
+}
+
+/// One attempt: a new cluster directory, initdb, and the server on a free
+/// port. On failure the supervisor is told to stop and clean up.
+fn try_start(bin: &Path, user: Option<(u32, u32)>) -> Result<PgCluster, String> {
     // As root, PostgreSQL runs as `postgres`, which may not reach $TMPDIR.
     let tmp = if user.is_some() {
         PathBuf::from("/tmp")
@@ -159,48 +142,54 @@ fn start() -> PgCluster {
         "initdb failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for _attempt in 0..5 {
-        let port = free_port();
-        let script = format!(
-            "'{postgres}' -D '{data}' -p {port} -k '{dir}' -c listen_addresses=127.0.0.1 \
-             -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-             -c max_connections=300 >'{dir}/log' 2>&1 & pid=$!; \
-             read _ignored; kill -INT $pid; wait $pid; rm -rf '{dir}'",
-            postgres = bin.join("postgres").display(),
-            data = data.display(),
-            dir = dir.display(),
-        );
-        let mut supervisor = command("/bin/sh", user)
-            .arg("-c")
-            .arg(&script)
-            .current_dir(&dir)
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("start the PostgreSQL supervisor");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            let ready = Command::new(bin.join("pg_isready"))
-                .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
-                .status()
-                .is_ok_and(|s| s.success());
-            if ready {
-                return PgCluster {
-                    port,
-                    user: "waifus".into(),
-                    password,
-                    _supervisor: supervisor,
-                };
-            }
-            let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
-            if log.contains("FATAL") || supervisor.try_wait().ok().flatten().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = supervisor.kill();
-        let _ = supervisor.wait();
+    let port = free_port();
+    let script = format!(
+        "'{postgres}' -D '{data}' -p {port} -k '{dir}' -c listen_addresses=127.0.0.1 \
+         -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+         -c max_connections=300 >'{dir}/log' 2>&1 & pid=$!; \
+         read _ignored; kill -INT $pid; wait $pid; rm -rf '{dir}'",
+        postgres = bin.join("postgres").display(),
+        data = data.display(),
+        dir = dir.display(),
+    );
+    let mut supervisor = command("/bin/sh", user)
+        .arg("-c")
+        .arg(&script)
+        .current_dir(&dir)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("start the PostgreSQL supervisor");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // What the server logs when it cannot take the port or the directory.
+    // (A FATAL line alone is normal: probes during start-up log one.)
+    let failed = |log: &str| {
+        [
+            "could not bind",
+            "could not create any TCP/IP sockets",
+            "lock file",
+        ]
+        .iter()
+        .any(|s| log.contains(s))
+    };
+    while Instant::now() < deadline {
         let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
-        eprintln!("PostgreSQL did not start on port {port}, retrying: {log}");
+        let ready = log.contains("database system is ready to accept connections");
+        if ready {
+            return Ok(PgCluster {
+                port,
+                user: "waifus".into(),
+                password,
+                _supervisor: supervisor,
+            });
+        }
+        if failed(&log) || supervisor.try_wait().ok().flatten().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("PostgreSQL did not start; see {}", dir.display());
+    let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+    // Closing its stdin makes the supervisor stop the server and clean up.
+    drop(supervisor.stdin.take());
+    let _ = supervisor.wait();
+    Err(format!("port {port}: {log}"))
 }
