@@ -10,6 +10,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -121,8 +122,10 @@ async fn list(State(registry): State<Arc<Registry>>) -> Json<Vec<WaifuInfo>> {
 
 async fn waifu_health(
     State(registry): State<Arc<Registry>>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
+    // A name that is not even a valid path parameter is no known waifu.
+    let Path(name) = name.map_err(|_| ApiError::UnknownWaifu)?;
     let routes = registry.routes();
     let waifu = routes.waifu(&name).ok_or(ApiError::UnknownWaifu)?;
     if waifu.instances.iter().any(|i| i.is_healthy()) {
