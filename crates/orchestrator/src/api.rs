@@ -5,33 +5,55 @@
 //! the status it names; nothing a client sends can produce a 5xx other than
 //! 503 for an unreachable database.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use waifus_protocol::{ErrorBody, Hello, HelloResponse, WaifuInfo};
+use waifus_protocol::{
+    DatabaseCredentials, DatabaseRequest, ErrorBody, Hello, HelloResponse, IncidentInfo,
+    RefusalReason, WaifuInfo,
+};
 
+use crate::incidents::{IncidentKind, Incidents};
+use crate::provision::{ProvisionError, Provisioner};
 use crate::registry::{HelloError, Registry};
+use crate::store::{Store, StoreError};
 
 /// Largest request body the internal API reads.
 pub(crate) const MAX_BODY: usize = 64 * 1024;
 
+/// Default and largest number of incidents one listing returns.
+const INCIDENTS_DEFAULT: i64 = 100;
+const INCIDENTS_MAX: i64 = 1000;
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub(crate) struct AppState {
+    pub registry: Arc<Registry>,
+    pub provisioner: Arc<Provisioner>,
+    pub incidents: Incidents,
+    pub store: Store,
+}
+
 /// The internal API's router.
-pub(crate) fn router(registry: Arc<Registry>) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/__internal/health", get(StatusCode::NO_CONTENT))
         .route("/__internal/hello", post(hello))
+        .route("/__internal/database", post(database))
         .route("/__internal/waifus", get(list))
         .route("/__internal/waifus/{name}/health", get(waifu_health))
+        .route("/__internal/incidents", get(incidents))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(registry)
+        .with_state(state)
 }
 
 /// Every error of the internal API.
@@ -45,6 +67,12 @@ pub(crate) enum ApiError {
     BadJson(#[from] serde_json::Error),
     #[error(transparent)]
     Hello(#[from] HelloError),
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
+    #[error("the database server is unreachable: {0}")]
+    Store(#[from] StoreError),
+    #[error("bad query string: limit must be a whole number from 1 to {INCIDENTS_MAX}")]
+    BadQuery,
     #[error("no waifu is registered under this name")]
     UnknownWaifu,
     #[error("the waifu has no healthy instance")]
@@ -66,6 +94,20 @@ impl ApiError {
             ApiError::Hello(HelloError::Store(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
             }
+            ApiError::Provision(e) => match e {
+                ProvisionError::Name(_) => (StatusCode::BAD_REQUEST, "invalid_name"),
+                ProvisionError::Secret => (StatusCode::BAD_REQUEST, "invalid_secret"),
+                ProvisionError::WrongSecret => (StatusCode::FORBIDDEN, "wrong_secret"),
+                ProvisionError::Throttled(_) => {
+                    (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts")
+                }
+                ProvisionError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+                ProvisionError::Unavailable(_) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
+                }
+            },
+            ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
+            ApiError::BadQuery => (StatusCode::BAD_REQUEST, "bad_query"),
             ApiError::UnknownWaifu => (StatusCode::NOT_FOUND, "unknown_waifu"),
             ApiError::NoHealthyInstance => (StatusCode::SERVICE_UNAVAILABLE, "no_healthy_instance"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
@@ -84,11 +126,16 @@ impl IntoResponse for ApiError {
             error: code.to_owned(),
             message: self.to_string(),
         };
+        let retry_after = match &self {
+            ApiError::Provision(ProvisionError::Throttled(wait)) => Some(wait.as_secs().max(1)),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(5),
+            _ => None,
+        };
         let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
         }
         response
     }
@@ -109,30 +156,72 @@ async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiE
 }
 
 async fn hello(
-    State(registry): State<Arc<Registry>>,
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Body,
 ) -> Result<Json<HelloResponse>, ApiError> {
     let hello: Hello = json_body(body).await?;
-    Ok(Json(registry.hello(&hello).await?))
+    let response = state.registry.hello(&hello).await?;
+    for outcome in &response.binds {
+        if outcome.reason == Some(RefusalReason::Taken) {
+            state.incidents.report(
+                IncidentKind::BindTaken,
+                &hello.name,
+                peer.ip(),
+                format!("bind {} was refused: another waifu holds it", outcome.bind),
+            );
+        }
+    }
+    Ok(Json(response))
 }
 
-async fn list(State(registry): State<Arc<Registry>>) -> Json<Vec<WaifuInfo>> {
-    Json(registry.list().await)
+async fn database(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Body,
+) -> Result<Json<DatabaseCredentials>, ApiError> {
+    let request: DatabaseRequest = json_body(body).await?;
+    let credentials = state
+        .provisioner
+        .credentials(&request.name, &request.secret, peer.ip())
+        .await?;
+    Ok(Json(credentials))
+}
+
+async fn list(State(state): State<AppState>) -> Json<Vec<WaifuInfo>> {
+    Json(state.registry.list().await)
 }
 
 async fn waifu_health(
-    State(registry): State<Arc<Registry>>,
+    State(state): State<AppState>,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     // A name that is not even a valid path parameter is no known waifu.
     let Path(name) = name.map_err(|_| ApiError::UnknownWaifu)?;
-    let routes = registry.routes();
+    let routes = state.registry.routes();
     let waifu = routes.waifu(&name).ok_or(ApiError::UnknownWaifu)?;
     if waifu.instances.iter().any(|i| i.is_healthy()) {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NoHealthyInstance)
     }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct IncidentsQuery {
+    limit: Option<i64>,
+}
+
+async fn incidents(
+    State(state): State<AppState>,
+    query: Result<Query<IncidentsQuery>, QueryRejection>,
+) -> Result<Json<Vec<IncidentInfo>>, ApiError> {
+    let Query(query) = query.map_err(|_| ApiError::BadQuery)?;
+    let limit = query.limit.unwrap_or(INCIDENTS_DEFAULT);
+    if !(1..=INCIDENTS_MAX).contains(&limit) {
+        return Err(ApiError::BadQuery);
+    }
+    Ok(Json(state.store.incidents(limit).await?))
 }
 
 async fn not_found() -> ApiError {

@@ -120,6 +120,13 @@ pub enum ConfigError {
     MainDomain(String),
     #[error("{0} must be more than zero")]
     ZeroDuration(&'static str),
+    #[error("INCIDENT_WEBHOOK_URL {0:?} is not an absolute http:// URL")]
+    WebhookUrl(String),
+    #[error(
+        "INCIDENT_WEBHOOK_URL uses https://, and this version has no TLS client yet \
+         (it comes with issue 7); use an http:// URL, for example a relay on the private network"
+    )]
+    WebhookTls,
     #[error(
         "TLS is not available in this version; unset CERT_DIR and ACME_DIRECTORY \
          (HTTPS for binds comes with issue 7)"
@@ -128,12 +135,28 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The incident webhook, checked.
+    pub(crate) fn webhook_uri(&self) -> Result<Option<http::Uri>, ConfigError> {
+        let Some(url) = &self.incident_webhook_url else {
+            return Ok(None);
+        };
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|_| ConfigError::WebhookUrl(url.clone()))?;
+        match uri.scheme_str() {
+            Some("http") if uri.authority().is_some() => Ok(Some(uri)),
+            Some("https") => Err(ConfigError::WebhookTls),
+            _ => Err(ConfigError::WebhookUrl(url.clone())),
+        }
+    }
+
     /// Checks what clap cannot; returns the normalised main domain
     /// (`None` for `*`).
     pub fn validate(&self) -> Result<Option<String>, ConfigError> {
         if self.cert_dir.is_some() || self.acme_directory.is_some() {
             return Err(ConfigError::TlsUnsupported);
         }
+        self.webhook_uri()?;
         for (name, d) in [
             ("HEALTH_INTERVAL", self.health_interval),
             ("HEALTH_TIMEOUT", self.health_timeout),

@@ -10,7 +10,9 @@
 mod api;
 mod config;
 mod health;
+mod incidents;
 mod managed;
+mod provision;
 mod proxy;
 mod registry;
 mod routes;
@@ -53,6 +55,8 @@ pub enum RunError {
     Managed(#[from] ManagedError),
     #[error("could not open the state database: {0}")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Key(#[from] provision::secret::KeyError),
     #[error("could not read a listener's address: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -91,13 +95,16 @@ async fn serve(
     listeners: Listeners,
     shutdown: &CancellationToken,
 ) -> Result<(), RunError> {
+    let key =
+        provision::secret::PasswordKey::load_or_create(&config.data_dir.join("db-password.key"))?;
     let Some(store) = open_store(url, shutdown).await? else {
         return Ok(());
     };
     let public_base = public_base(main_domain.as_deref(), listeners.public.local_addr()?);
     let instances = CancellationToken::new();
     let (registry, watched) =
-        registry::Registry::load(store, main_domain, public_base, instances.clone()).await?;
+        registry::Registry::load(store.clone(), main_domain, public_base, instances.clone())
+            .await?;
     let registry = Arc::new(registry);
 
     let tasks = TaskTracker::new();
@@ -123,6 +130,26 @@ async fn serve(
         tasks.clone(),
         hard_stop.clone(),
     ));
+    let incidents = incidents::Incidents::new(
+        store.clone(),
+        tasks.clone(),
+        config.webhook_uri()?,
+        shutdown.clone(),
+    );
+    let provisioner = Arc::new(provision::Provisioner::new(
+        store.clone(),
+        key,
+        public_db(config, url),
+        incidents.clone(),
+    ));
+    let reconciler = provisioner.clone();
+    tasks.spawn(async move {
+        match reconciler.reconcile().await {
+            Ok(0) => {}
+            Ok(n) => info!(count = n, "finished interrupted provisionings"),
+            Err(e) => warn!(error = %e, "could not finish interrupted provisionings"),
+        }
+    });
     let limits = server::ConnLimits {
         header_read_timeout: config.header_read_timeout,
         idle_timeout: config.idle_timeout,
@@ -137,7 +164,12 @@ async fn serve(
     ));
     let internal = tokio::spawn(serve_internal(
         listeners.internal,
-        api::router(registry.clone()),
+        api::router(api::AppState {
+            registry: registry.clone(),
+            provisioner,
+            incidents,
+            store,
+        }),
         shutdown.clone(),
         drain,
     ));
@@ -189,6 +221,28 @@ fn public_base(main_domain: Option<&str>, public: std::net::SocketAddr) -> Strin
     }
 }
 
+/// Host and port handed to waifus: `DB_PUBLIC_HOST`/`DB_PUBLIC_PORT`, else
+/// the server's own address from the URL in use (for the managed cluster,
+/// 127.0.0.1 and its port: what a waifu on this machine reaches).
+fn public_db(config: &Config, url: &str) -> provision::PublicDb {
+    let parsed: Option<tokio_postgres::Config> = url.parse().ok();
+    let url_host = parsed.as_ref().and_then(|c| {
+        c.get_hosts().iter().find_map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => Some(h.clone()),
+            _ => None,
+        })
+    });
+    let url_port = parsed.as_ref().and_then(|c| c.get_ports().first().copied());
+    provision::PublicDb {
+        host: config
+            .db_public_host
+            .clone()
+            .or(url_host)
+            .unwrap_or_else(|| "localhost".to_owned()),
+        port: config.db_public_port.or(url_port).unwrap_or(5432),
+    }
+}
+
 async fn serve_internal(
     listener: TcpListener,
     router: axum::Router,
@@ -196,7 +250,8 @@ async fn serve_internal(
     drain: Duration,
 ) {
     let stopping = shutdown.clone();
-    let served = axum::serve(listener, router).with_graceful_shutdown(stopping.cancelled_owned());
+    let app = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let served = axum::serve(listener, app).with_graceful_shutdown(stopping.cancelled_owned());
     let served = std::pin::pin!(served.into_future());
     tokio::select! {
         r = served => {

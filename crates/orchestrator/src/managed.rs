@@ -194,9 +194,13 @@ fn read_or_create_secret(path: &Path) -> Result<String, ManagedError> {
             return Ok(s.to_owned());
         }
     }
-    let secret: String = (0..4)
-        .map(|_| format!("{:016x}", fastrand::u64(..)))
-        .collect();
+    let bytes: [u8; 32] =
+        crate::provision::secret::random_bytes().map_err(|e| ManagedError::Io {
+            what: "generate a password for",
+            path: path.to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    let secret = crate::provision::secret::hex(&bytes);
     write_private(path, &secret)?;
     Ok(secret)
 }

@@ -16,5 +16,5 @@ pub use name::{NameError, validate_name};
 pub use path::{is_internal_segment, path_has_internal_segment};
 pub use wire::{
     BindInfo, BindOutcome, DatabaseCredentials, DatabaseRequest, ErrorBody, Hello, HelloResponse,
-    InstanceInfo, RefusalReason, WaifuInfo,
+    IncidentInfo, InstanceInfo, RefusalReason, WaifuInfo,
 };

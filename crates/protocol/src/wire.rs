@@ -116,6 +116,21 @@ pub struct BindInfo {
     pub target: String,
 }
 
+/// One entry of `GET /__internal/incidents`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncidentInfo {
+    /// RFC 3339, UTC.
+    pub time: String,
+    /// `wrong_secret`, `throttled` or `bind_taken`.
+    pub kind: String,
+    /// The waifu concerned.
+    pub name: String,
+    /// The client address the request came from.
+    pub source: String,
+    /// One human sentence; never a secret.
+    pub detail: String,
+}
+
 /// Every error body of the internal API: `{"error", "message"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

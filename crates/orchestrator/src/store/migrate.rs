@@ -3,10 +3,15 @@
 use tokio_postgres::NoTls;
 use tracing::{info, warn};
 
-use super::{StoreError, quote_ident};
+use postgres_protocol::escape::escape_identifier;
+
+use super::StoreError;
 
 /// Migrations in order; a version is its index + 1. Never edit a shipped one.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_registry.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_registry.sql"),
+    include_str!("migrations/0002_databases_incidents.sql"),
+];
 
 /// Advisory lock key serialising migrations across orchestrators ("waifus01").
 const MIGRATION_LOCK: i64 = 0x7761_6966_7573_3031;
@@ -27,7 +32,7 @@ pub(super) async fn ensure_database(config: &tokio_postgres::Config) -> Result<(
     let (client, conn) = maintenance.connect(NoTls).await?;
     let conn = tokio::spawn(conn);
     let created = client
-        .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&dbname)))
+        .batch_execute(&format!("CREATE DATABASE {}", escape_identifier(&dbname)))
         .await;
     drop(client);
     let _ = conn.await;
@@ -81,6 +86,13 @@ pub(super) async fn run(client: &mut deadpool_postgres::Client) -> Result<(), St
         .await?;
         info!(version, "applied migration");
     }
+    // Waifu roles must not open the orchestrator's own database.
+    let dbname: String = tx.query_one("SELECT current_database()", &[]).await?.get(0);
+    tx.batch_execute(&format!(
+        "REVOKE ALL ON DATABASE {} FROM PUBLIC",
+        escape_identifier(&dbname)
+    ))
+    .await?;
     tx.commit().await?;
     Ok(())
 }

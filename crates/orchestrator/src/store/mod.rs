@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
-use waifus_protocol::{BindKey, Upstream};
+use waifus_protocol::{BindKey, IncidentInfo, Upstream};
 
 /// Database used for state when `DATABASE_URL` names none.
 pub(crate) const DEFAULT_STATE_DATABASE: &str = "waifus";
@@ -197,6 +197,46 @@ impl Store {
         Ok(granted)
     }
 
+    /// A dedicated connection, for work that holds session state (locks).
+    pub(crate) async fn connection(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+
+    pub(crate) async fn insert_incident(&self, i: &IncidentInfo) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO incidents (time, kind, name, source, detail)
+                 VALUES ($1::text::timestamptz, $2, $3, $4, $5)",
+                &[&i.time, &i.kind, &i.name, &i.source, &i.detail],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The newest `limit` incidents, newest first.
+    pub(crate) async fn incidents(&self, limit: i64) -> Result<Vec<IncidentInfo>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT to_char(time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                        kind, name, source, detail
+                 FROM incidents ORDER BY time DESC, id DESC LIMIT $1",
+                &[&limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| IncidentInfo {
+                time: r.get(0),
+                kind: r.get(1),
+                name: r.get(2),
+                source: r.get(3),
+                detail: r.get(4),
+            })
+            .collect())
+    }
+
     /// Remembers an instance's health so a restart routes at once.
     pub(crate) async fn set_health(
         &self,
@@ -235,19 +275,5 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(())
-    }
-}
-
-/// Quotes an SQL identifier (`"` doubled), for names that cannot be parameters.
-pub(crate) fn quote_ident(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn quoting() {
-        assert_eq!(super::quote_ident("waifus"), "\"waifus\"");
-        assert_eq!(super::quote_ident("a\"b"), "\"a\"\"b\"");
     }
 }

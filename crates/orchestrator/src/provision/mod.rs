@@ -1,0 +1,408 @@
+//! Database provisioning: `POST /__internal/database` (DESIGN.md §1.2 and
+//! §2 "Database provisioning", issue 3).
+//!
+//! First call for a name: hash the secret (Argon2id), derive the password
+//! (see [`secret`]), record a `provisioning` row with the role's SCRAM
+//! verifier, create the role and the database, mark the row `ready`. Later
+//! calls: verify the secret and answer the same credentials. Everything for
+//! one name happens under a session advisory lock on a dedicated connection,
+//! so concurrent first calls create one database and give one answer; every
+//! step is idempotent, so an interrupted provisioning completes on the next
+//! call, or at start-up by [`Provisioner::reconcile`], which needs no secret.
+
+pub(crate) mod secret;
+mod sql;
+pub(crate) mod throttle;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+use waifus_protocol::{DatabaseCredentials, NameError, validate_name};
+
+use crate::incidents::{IncidentKind, Incidents};
+use crate::store::{Store, StoreError};
+use secret::PasswordKey;
+use throttle::Throttle;
+
+/// Bound on the whole database part of one call: past it, 503.
+const DEADLINE: Duration = Duration::from_millis(4500);
+/// Longest secret accepted.
+pub(crate) const MAX_SECRET: usize = 1024;
+/// Argon2 runs at once; each takes 19 MiB and a core for tens of ms.
+const ARGON2_PERMITS: usize = 2;
+/// Throttled attempts are stored as incidents at most this often per name.
+const THROTTLED_INCIDENT_EVERY: Duration = Duration::from_secs(10);
+
+/// Why credentials were not handed out.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProvisionError {
+    #[error("invalid name: {0}")]
+    Name(#[from] NameError),
+    #[error("the secret must be 1 to {MAX_SECRET} bytes")]
+    Secret,
+    #[error("the secret does not match the one this waifu registered with")]
+    WrongSecret,
+    #[error("too many wrong secrets for this name; retry in {} s", .0.as_secs().max(1))]
+    Throttled(Duration),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the database server is unreachable or too slow: {0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for ProvisionError {
+    fn from(e: StoreError) -> Self {
+        ProvisionError::Unavailable(e.to_string())
+    }
+}
+
+impl From<tokio_postgres::Error> for ProvisionError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        ProvisionError::Unavailable(e.to_string())
+    }
+}
+
+/// Where waifus reach the database server.
+#[derive(Debug, Clone)]
+pub(crate) struct PublicDb {
+    pub host: String,
+    pub port: u16,
+}
+
+/// Hands out databases.
+#[derive(Debug)]
+pub(crate) struct Provisioner {
+    store: Store,
+    key: PasswordKey,
+    public: PublicDb,
+    incidents: Incidents,
+    throttle: Throttle,
+    argon2: Arc<Semaphore>,
+    /// Last time a `throttled` incident was stored, per name.
+    throttled_reported: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+}
+
+/// The role and database identifier of a waifu: `waifu_{name}`, or for long
+/// names a prefix and a hash, within PostgreSQL's 63-byte limit. The prefix
+/// keeps waifus away from `postgres`, `template1` and the state database.
+pub(crate) fn identifier(name: &str) -> String {
+    if name.len() <= 57 {
+        format!("waifu_{name}")
+    } else {
+        let digest = secret::hex(&<sha2::Sha256 as sha2::Digest>::digest(name.as_bytes()));
+        format!("waifu_{}_{}", &name[..40], &digest[..16])
+    }
+}
+
+/// A stored provisioning row.
+struct Row {
+    secret_hash: String,
+    verifier: String,
+    key_id: String,
+    ready: bool,
+}
+
+impl Provisioner {
+    pub(crate) fn new(
+        store: Store,
+        key: PasswordKey,
+        public: PublicDb,
+        incidents: Incidents,
+    ) -> Self {
+        Provisioner {
+            store,
+            key,
+            public,
+            incidents,
+            throttle: Throttle::default(),
+            argon2: Arc::new(Semaphore::new(ARGON2_PERMITS)),
+            throttled_reported: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Handles `POST /__internal/database`.
+    pub(crate) async fn credentials(
+        &self,
+        name: &str,
+        secret: &str,
+        source: IpAddr,
+    ) -> Result<DatabaseCredentials, ProvisionError> {
+        validate_name(name)?;
+        if secret.is_empty() || secret.len() > MAX_SECRET {
+            return Err(ProvisionError::Secret);
+        }
+        if let Err(wait) = self.throttle.check(name, Instant::now()) {
+            self.report_throttled(name, source, wait);
+            return Err(ProvisionError::Throttled(wait));
+        }
+        let outcome = tokio::time::timeout(DEADLINE, async {
+            let mut lock = NameLock::acquire(&self.store, name).await?;
+            let result = self.provision(lock.client(), name, secret).await;
+            if matches!(result, Ok(_) | Err(ProvisionError::WrongSecret)) {
+                lock.release().await?;
+            }
+            result
+        })
+        .await
+        .unwrap_or_else(|_| Err(ProvisionError::Unavailable("timed out".into())));
+        match &outcome {
+            Err(ProvisionError::WrongSecret) => {
+                let lock = self.throttle.failure(name, Instant::now());
+                let detail = match lock {
+                    Some(d) => format!(
+                        "a wrong database secret was presented; the name is locked for {} s",
+                        d.as_secs()
+                    ),
+                    None => "a wrong database secret was presented".to_owned(),
+                };
+                self.incidents
+                    .report(IncidentKind::WrongSecret, name, source, detail);
+            }
+            Ok(_) => self.throttle.success(name),
+            Err(_) => {}
+        }
+        outcome
+    }
+
+    fn report_throttled(&self, name: &str, source: IpAddr, wait: Duration) {
+        let now = Instant::now();
+        let mut reported = self
+            .throttled_reported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if reported.len() > 100_000 {
+            reported.retain(|_, t| now.duration_since(*t) < THROTTLED_INCIDENT_EVERY);
+        }
+        let due = reported
+            .get(name)
+            .is_none_or(|t| now.duration_since(*t) >= THROTTLED_INCIDENT_EVERY);
+        if due {
+            reported.insert(name.to_owned(), now);
+            let detail = format!(
+                "a database call was refused: too many wrong secrets, locked for {} more s \
+                 (further refusals within {} s are not recorded separately)",
+                wait.as_secs().max(1),
+                THROTTLED_INCIDENT_EVERY.as_secs()
+            );
+            self.incidents
+                .report(IncidentKind::Throttled, name, source, detail);
+        }
+    }
+
+    async fn provision(
+        &self,
+        client: &mut tokio_postgres::Client,
+        name: &str,
+        secret: &str,
+    ) -> Result<DatabaseCredentials, ProvisionError> {
+        let password = self.key.password(name, secret);
+        let mut row = match load(client, name).await? {
+            Some(row) => {
+                let hash = row.secret_hash.clone();
+                let secret = secret.to_owned();
+                if !self
+                    .argon2(move || secret::verify_secret(&secret, &hash))
+                    .await?
+                {
+                    return Err(ProvisionError::WrongSecret);
+                }
+                row
+            }
+            None => {
+                let owned = secret.to_owned();
+                let hash = self
+                    .argon2(move || secret::hash_secret(&owned))
+                    .await?
+                    .map_err(|e| ProvisionError::Unavailable(format!("argon2: {e}")))?;
+                let row = Row {
+                    secret_hash: hash,
+                    verifier: postgres_protocol::password::scram_sha_256(password.as_bytes()),
+                    key_id: self.key.id().to_owned(),
+                    ready: false,
+                };
+                client
+                    .execute(
+                        "INSERT INTO databases (name, secret_hash, scram_verifier, key_id, state)
+                         VALUES ($1, $2, $3, $4, 'provisioning')",
+                        &[&name, &row.secret_hash, &row.verifier, &row.key_id],
+                    )
+                    .await?;
+                info!(name, "provisioning a database");
+                row
+            }
+        };
+        let rekeyed = row.key_id != self.key.id();
+        if rekeyed {
+            warn!(
+                name,
+                "password key changed: setting a new password for the role"
+            );
+            row.verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+            row.key_id = self.key.id().to_owned();
+            client
+                .execute(
+                    "UPDATE databases SET scram_verifier = $2, key_id = $3 WHERE name = $1",
+                    &[&name, &row.verifier, &row.key_id],
+                )
+                .await?;
+        }
+        if !row.ready || rekeyed {
+            finish(client, name, &row.verifier).await?;
+        }
+        let ident = identifier(name);
+        Ok(DatabaseCredentials {
+            database: ident.clone(),
+            user: ident,
+            password,
+            host: self.public.host.clone(),
+            port: self.public.port,
+        })
+    }
+
+    /// Runs Argon2 on a blocking thread, at most [`ARGON2_PERMITS`] at once.
+    async fn argon2<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ProvisionError> {
+        let _permit = self
+            .argon2
+            .acquire()
+            .await
+            .map_err(|_| ProvisionError::Unavailable("shutting down".into()))?;
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| ProvisionError::Unavailable(format!("argon2 task: {e}")))
+    }
+
+    /// Completes every provisioning left half-done (start-up). Needs no
+    /// secret: the row holds the role's verifier.
+    pub(crate) async fn reconcile(&self) -> Result<usize, ProvisionError> {
+        let client = self.store.connection().await?;
+        let names: Vec<String> = client
+            .query(
+                "SELECT name FROM databases WHERE state = 'provisioning'",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        drop(client);
+        for name in &names {
+            let mut lock = NameLock::acquire(&self.store, name).await?;
+            if let Some(row) = load(lock.client(), name).await?
+                && !row.ready
+            {
+                finish(lock.client(), name, &row.verifier).await?;
+            }
+            lock.release().await?;
+            info!(name, "finished an interrupted provisioning");
+        }
+        Ok(names.len())
+    }
+}
+
+async fn load(client: &tokio_postgres::Client, name: &str) -> Result<Option<Row>, ProvisionError> {
+    let row = client
+        .query_opt(
+            "SELECT secret_hash, scram_verifier, key_id, state FROM databases WHERE name = $1",
+            &[&name],
+        )
+        .await?;
+    Ok(row.map(|r| Row {
+        secret_hash: r.get(0),
+        verifier: r.get(1),
+        key_id: r.get(2),
+        ready: r.get::<_, &str>(3) == "ready",
+    }))
+}
+
+/// Role, database, then the row marked ready.
+async fn finish(
+    client: &mut tokio_postgres::Client,
+    name: &str,
+    verifier: &str,
+) -> Result<(), ProvisionError> {
+    let ident = identifier(name);
+    sql::ensure_role(client, name, &ident, verifier).await?;
+    sql::ensure_database(client, name, &ident).await?;
+    client
+        .execute(
+            "UPDATE databases SET state = 'ready', ready_at = COALESCE(ready_at, now())
+             WHERE name = $1",
+            &[&name],
+        )
+        .await?;
+    Ok(())
+}
+
+/// A dedicated connection holding the session advisory lock of one name.
+///
+/// Dropped without [`NameLock::release`] (an error, a timeout, a cancelled
+/// request), the connection is detached from the pool and closed, which
+/// releases the lock: a half-finished section never hands its session, and
+/// its lock, to the next user of the pool.
+struct NameLock {
+    conn: Option<deadpool_postgres::Object>,
+    key: String,
+}
+
+impl NameLock {
+    async fn acquire(store: &Store, name: &str) -> Result<NameLock, ProvisionError> {
+        let mut lock = NameLock {
+            conn: Some(store.connection().await?),
+            key: format!("waifus-db:{name}"),
+        };
+        let key = lock.key.clone();
+        lock.client()
+            .execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", &[&key])
+            .await?;
+        Ok(lock)
+    }
+
+    fn client(&mut self) -> &mut tokio_postgres::Client {
+        let conn = self
+            .conn
+            .as_mut()
+            .expect("present until released or dropped");
+        conn.as_mut()
+    }
+
+    async fn release(mut self) -> Result<(), ProvisionError> {
+        let key = self.key.clone();
+        self.client()
+            .execute(
+                "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
+                &[&key],
+            )
+            .await?;
+        drop(self.conn.take());
+        Ok(())
+    }
+}
+
+impl Drop for NameLock {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            drop(deadpool_postgres::Object::take(conn));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_fit_and_do_not_collide() {
+        assert_eq!(identifier("link"), "waifu_link");
+        let long = "a".repeat(63);
+        let other = format!("{}b", "a".repeat(62));
+        assert!(identifier(&long).len() <= 63);
+        assert_ne!(identifier(&long), identifier(&other));
+        assert_eq!(identifier(&"a".repeat(57)).len(), 63);
+    }
+}

@@ -1,0 +1,217 @@
+//! Secrets and passwords (DESIGN.md §2 "Database provisioning").
+//!
+//! - A waifu's secret is stored only as an Argon2id PHC string with OWASP's
+//!   parameters (19 MiB, t=2, p=1).
+//! - Its database password is *derived*, never stored: HMAC-SHA256 under a
+//!   256-bit key kept in `DATA_DIR/db-password.key` (0600), over the waifu's
+//!   name and secret. Nothing in PostgreSQL can be decrypted into a password,
+//!   the key alone yields nothing without each waifu's secret, and a later call
+//!   with the right secret recomputes the identical answer. PostgreSQL only
+//!   ever receives a SCRAM-SHA-256 verifier of it.
+//!
+//! Why a keyed KDF rather than AES-GCM: there is no ciphertext to store,
+//! rotate or lose in sync with the key, and no nonce to manage. If the key is
+//! replaced, the next verified call notices (by its id) and sets the role's
+//! verifier from the new derivation.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use argon2::Argon2;
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Why the password key could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("could not read or create the database password key {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the database password key {0} is not 64 hex digits")]
+    Malformed(std::path::PathBuf),
+    #[error("the operating system's random number generator failed: {0}")]
+    Random(getrandom::Error),
+}
+
+/// The key passwords are derived under.
+#[derive(Clone)]
+pub(crate) struct PasswordKey {
+    key: [u8; 32],
+    /// Short public fingerprint, stored beside each verifier.
+    id: String,
+}
+
+impl std::fmt::Debug for PasswordKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordKey").field("id", &self.id).finish()
+    }
+}
+
+impl PasswordKey {
+    /// Loads the key file, creating it (0600, 32 random bytes) if missing.
+    pub(crate) fn load_or_create(path: &Path) -> Result<PasswordKey, KeyError> {
+        let io = |source| KeyError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let key = match std::fs::read_to_string(path) {
+            Ok(text) => {
+                from_hex(text.trim()).ok_or_else(|| KeyError::Malformed(path.to_owned()))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key: [u8; 32] = random_bytes().map_err(KeyError::Random)?;
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(io)?;
+                }
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                    .map_err(io)?;
+                f.write_all(hex(&key).as_bytes()).map_err(io)?;
+                key
+            }
+            Err(e) => return Err(io(e)),
+        };
+        Ok(PasswordKey::from_bytes(key))
+    }
+
+    pub(crate) fn from_bytes(key: [u8; 32]) -> PasswordKey {
+        let id = hex(&mac(&key, &[b"waifus/v1/key-id"]))[..16].to_owned();
+        PasswordKey { key, id }
+    }
+
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The database password of `name` holding `secret`: 32 pseudo-random
+    /// bytes, hex-encoded.
+    pub(crate) fn password(&self, name: &str, secret: &str) -> String {
+        hex(&mac(
+            &self.key,
+            &[b"waifus/v1/db-password", name.as_bytes(), secret.as_bytes()],
+        ))
+    }
+}
+
+/// HMAC over length-prefixed parts, so no two part lists collide.
+fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut m = <HmacSha256 as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
+    for part in parts {
+        m.update(&(part.len() as u64).to_be_bytes());
+        m.update(part);
+    }
+    m.finalize().into_bytes().into()
+}
+
+/// Argon2id PHC string of a secret, with a random salt. CPU- and
+/// memory-heavy: call it from a blocking thread.
+pub(crate) fn hash_secret(secret: &str) -> Result<String, argon2::password_hash::Error> {
+    Ok(Argon2::default()
+        .hash_password(secret.as_bytes())?
+        .to_string())
+}
+
+/// Whether `secret` matches a stored PHC string. Heavy, like [`hash_secret`].
+pub(crate) fn verify_secret(secret: &str, phc: &str) -> bool {
+    PasswordHash::new(phc).is_ok_and(|h| {
+        Argon2::default()
+            .verify_password(secret.as_bytes(), &h)
+            .is_ok()
+    })
+}
+
+/// Bytes from the operating system's CSPRNG.
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], getrandom::Error> {
+    let mut out = [0u8; N];
+    getrandom::fill(&mut out)?;
+    Ok(out)
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    bytes
+        .iter()
+        .flat_map(|b| {
+            [
+                HEX[usize::from(b >> 4)] as char,
+                HEX[usize::from(b & 15)] as char,
+            ]
+        })
+        .collect()
+}
+
+fn from_hex(text: &str) -> Option<[u8; 32]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derivation_is_stable_and_separated() {
+        let k = PasswordKey::from_bytes([7; 32]);
+        let p = k.password("link", "s3cret");
+        assert_eq!(p.len(), 64);
+        assert_eq!(p, k.password("link", "s3cret"));
+        assert_ne!(p, k.password("link", "s3creT"));
+        assert_ne!(p, k.password("linK", "s3cret"));
+        // Length prefixes: moving a byte between name and secret changes it.
+        assert_ne!(k.password("ab", "c"), k.password("a", "bc"));
+        assert_ne!(
+            p,
+            PasswordKey::from_bytes([8; 32]).password("link", "s3cret")
+        );
+        assert_eq!(k.id().len(), 16);
+        assert!(!format!("{k:?}").contains(&hex(&[7; 32])));
+    }
+
+    #[test]
+    fn argon2id_with_owasp_parameters() {
+        let phc = hash_secret("correct horse").unwrap();
+        assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
+        assert!(!phc.contains("correct horse"));
+        assert!(verify_secret("correct horse", &phc));
+        assert!(!verify_secret("wrong horse", &phc));
+        assert!(!verify_secret("correct horse", "not a hash"));
+    }
+
+    #[test]
+    fn key_file_is_created_private_and_reloaded() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("waifus-key-{}", fastrand::u64(..)));
+        let path = dir.join("db-password.key");
+        let k1 = PasswordKey::load_or_create(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let k2 = PasswordKey::load_or_create(&path).unwrap();
+        assert_eq!(k1.id(), k2.id());
+        assert_eq!(k1.password("a", "b"), k2.password("a", "b"));
+        std::fs::write(&path, "zz").unwrap();
+        assert!(matches!(
+            PasswordKey::load_or_create(&path),
+            Err(KeyError::Malformed(_))
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,118 @@
+//! The idempotent SQL steps that give a waifu its role and database.
+//!
+//! Each step checks what exists before acting, so a provisioning interrupted
+//! anywhere completes on the next call or at start-up. Something that exists
+//! but was not made by waifus (no marker comment, a wrong owner, or more
+//! privilege than a waifu role gets) is never adopted.
+
+use postgres_protocol::escape::{escape_identifier, escape_literal};
+use tokio_postgres::Client;
+
+use super::ProvisionError;
+
+/// Most connections one waifu role may hold at once.
+pub(crate) const CONNECTION_LIMIT: u32 = 20;
+
+/// The comment marking roles and databases as made by waifus for `name`.
+pub(crate) fn marker(name: &str) -> String {
+    format!("waifus:{name}")
+}
+
+/// Creates the role with the given SCRAM verifier, or checks that the
+/// existing one is ours and sets its verifier.
+pub(crate) async fn ensure_role(
+    client: &mut Client,
+    name: &str,
+    role: &str,
+    verifier: &str,
+) -> Result<(), ProvisionError> {
+    let ident = escape_identifier(role);
+    let password = escape_literal(verifier);
+    let existing = client
+        .query_opt(
+            "SELECT rolsuper OR rolcreatedb OR rolcreaterole OR rolreplication OR rolbypassrls,
+                    shobj_description(oid, 'pg_authid')
+             FROM pg_roles WHERE rolname = $1",
+            &[&role],
+        )
+        .await?;
+    let tx = client.transaction().await?;
+    match existing {
+        None => {
+            tx.batch_execute(&format!(
+                "CREATE ROLE {ident} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
+                 NOBYPASSRLS NOINHERIT CONNECTION LIMIT {CONNECTION_LIMIT} PASSWORD {password};
+                 COMMENT ON ROLE {ident} IS {}",
+                escape_literal(&marker(name))
+            ))
+            .await?;
+        }
+        Some(row) => {
+            let privileged: bool = row.get(0);
+            let comment: Option<String> = row.get(1);
+            if privileged || comment.as_deref() != Some(marker(name).as_str()) {
+                return Err(ProvisionError::Conflict(format!(
+                    "a role named {role} exists and was not made by waifus for {name}"
+                )));
+            }
+            tx.batch_execute(&format!(
+                "ALTER ROLE {ident} LOGIN CONNECTION LIMIT {CONNECTION_LIMIT} PASSWORD {password}"
+            ))
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Creates the database owned by the role with no window in which PUBLIC
+/// could connect (created closed, CONNECT revoked, then opened), or adopts
+/// an existing one only when its owner and marker match.
+pub(crate) async fn ensure_database(
+    client: &Client,
+    name: &str,
+    database: &str,
+) -> Result<(), ProvisionError> {
+    let ident = escape_identifier(database);
+    let existing = client
+        .query_opt(
+            "SELECT pg_get_userbyid(datdba), shobj_description(oid, 'pg_database')
+             FROM pg_database WHERE datname = $1",
+            &[&database],
+        )
+        .await?;
+    match existing {
+        None => {
+            // CREATE DATABASE cannot run in a transaction; the comment follows.
+            client
+                .batch_execute(&format!(
+                    "CREATE DATABASE {ident} OWNER {ident} ALLOW_CONNECTIONS false"
+                ))
+                .await?;
+        }
+        Some(row) => {
+            let owner: String = row.get(0);
+            let comment: Option<String> = row.get(1);
+            // Ours: owned by our (marked) role, and carrying our marker, or no
+            // comment at all when we were interrupted between CREATE and COMMENT.
+            let ours = owner == database
+                && comment
+                    .as_deref()
+                    .is_none_or(|c| c == marker(name).as_str());
+            if !ours {
+                return Err(ProvisionError::Conflict(format!(
+                    "a database named {database} exists and was not made by waifus for {name}"
+                )));
+            }
+        }
+    }
+    client
+        .batch_execute(&format!(
+            "COMMENT ON DATABASE {ident} IS {};
+             REVOKE ALL ON DATABASE {ident} FROM PUBLIC;
+             ALTER DATABASE {ident} ALLOW_CONNECTIONS true",
+            escape_literal(&marker(name))
+        ))
+        .await?;
+    Ok(())
+}
