@@ -41,7 +41,7 @@ pub(crate) async fn ensure_role(
         None => {
             tx.batch_execute(&format!(
                 "CREATE ROLE {ident} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
-                 NOBYPASSRLS NOINHERIT CONNECTION LIMIT {CONNECTION_LIMIT} PASSWORD {password};
+                 NOBYPASSRLS CONNECTION LIMIT {CONNECTION_LIMIT} PASSWORD {password};
                  COMMENT ON ROLE {ident} IS {}",
                 escape_literal(&marker(name))
             ))

@@ -38,7 +38,13 @@ pub async fn start_with_url(url: &str, extra: &[&str]) -> Orch {
         ("--upstream-timeout", "2s"),
         ("--shutdown-timeout", "5s"),
     ];
+    // Each orchestrator keeps its key in its own directory unless told otherwise.
+    let data_dir = temp_dir("data");
+    let data_dir = data_dir.to_str().unwrap();
     let mut args = vec!["orchestrator", "--database-url", url];
+    if !extra.contains(&"--data-dir") {
+        args.extend(["--data-dir", data_dir]);
+    }
     for (flag, value) in defaults {
         if !extra.contains(&flag) {
             args.extend([flag, value]);
@@ -172,6 +178,17 @@ impl Orch {
             .await
             .expect("public listener reachable")
     }
+}
+
+/// A fresh directory under the system's temporary directory.
+pub fn temp_dir(what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "waifus-it-{what}-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// A whole response.

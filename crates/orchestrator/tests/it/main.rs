@@ -8,6 +8,7 @@ mod pg;
 mod waifu;
 
 mod binary;
+mod database;
 mod guard;
 mod health;
 mod proxy;

@@ -41,6 +41,68 @@ impl PgCluster {
     }
 }
 
+impl PgCluster {
+    /// A superuser connection to `database`, to inspect what the
+    /// orchestrator did.
+    pub async fn superuser(&self, database: &str) -> tokio_postgres::Client {
+        self.connect(&self.user, &self.password, database)
+            .await
+            .unwrap_or_else(|e| panic!("superuser connection to {database}: {e}"))
+    }
+
+    /// A password-authenticated TCP connection, as a waifu would open one.
+    pub async fn connect(
+        &self,
+        user: &str,
+        password: &str,
+        database: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(self.port)
+            .user(user)
+            .password(password)
+            .dbname(database)
+            .connect(tokio_postgres::NoTls)
+            .await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+
+    /// `pg_dumpall` of the whole cluster, as text.
+    pub fn dumpall(&self) -> String {
+        let candidates = std::iter::once(bindir()).chain(
+            std::fs::read_dir("/usr/lib/postgresql")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path().join("bin")),
+        );
+        let program = candidates
+            .map(|d| d.join("pg_dumpall"))
+            .find(|p| p.is_file())
+            .expect("pg_dumpall (Debian package postgresql-client)");
+        let out = Command::new(program)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                &self.user,
+            ])
+            .env("PGPASSWORD", &self.password)
+            .output()
+            .expect("run pg_dumpall");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
 /// A database name nobody else in this run uses.
 pub fn unique_db(prefix: &str) -> String {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
