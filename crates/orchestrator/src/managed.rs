@@ -122,12 +122,24 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Managed
 /// The directory holding `initdb`, `postgres` and `pg_ctl`: on `PATH`, via
 /// `pg_config --bindir`, or the newest `/usr/lib/postgresql/*/bin`.
 pub fn find_bindir() -> Option<PathBuf> {
+    find_bindir_in(
+        std::env::var_os("PATH"),
+        "pg_config",
+        Path::new("/usr/lib/postgresql"),
+    )
+}
+
+fn find_bindir_in(
+    path: Option<std::ffi::OsString>,
+    pg_config: &str,
+    lib: &Path,
+) -> Option<PathBuf> {
     let complete = |d: &Path| {
         ["initdb", "postgres", "pg_ctl"]
             .iter()
             .all(|p| d.join(p).is_file())
     };
-    let on_path = std::env::var_os("PATH")
+    let on_path = path
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default()
         .into_iter()
@@ -135,7 +147,7 @@ pub fn find_bindir() -> Option<PathBuf> {
     if on_path.is_some() {
         return on_path;
     }
-    let from_pg_config = std::process::Command::new("pg_config")
+    let from_pg_config = std::process::Command::new(pg_config)
         .arg("--bindir")
         .output()
         .ok()
@@ -144,7 +156,7 @@ pub fn find_bindir() -> Option<PathBuf> {
     if from_pg_config.is_some() {
         return from_pg_config;
     }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(lib)
         .ok()?
         .flatten()
         .filter_map(|e| {
@@ -408,5 +420,55 @@ async fn supervise(server: Server, mut child: Child, stop: CancellationToken) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_bindir(root: &Path) -> PathBuf {
+        let bin = root.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        for p in ["initdb", "postgres", "pg_ctl"] {
+            std::fs::write(bin.join(p), "").unwrap();
+        }
+        bin
+    }
+
+    #[test]
+    fn binaries_are_found_in_order_or_explained() {
+        let root = std::env::temp_dir().join(format!("waifus-bindir-{}", fastrand::u64(..)));
+        let nowhere = root.join("nowhere");
+        assert_eq!(
+            find_bindir_in(None, "/nonexistent/pg_config", &nowhere),
+            None
+        );
+
+        // /usr/lib/postgresql/*/bin: the newest major version wins.
+        let lib = root.join("lib");
+        fake_bindir(&lib.join("9.6"));
+        let newest = fake_bindir(&lib.join("16"));
+        fake_bindir(&lib.join("15"));
+        assert_eq!(
+            find_bindir_in(None, "/nonexistent/pg_config", &lib),
+            Some(newest)
+        );
+
+        // PATH comes first; a directory missing pg_ctl does not count.
+        let on_path = fake_bindir(&root.join("path"));
+        let partial = root.join("partial");
+        std::fs::create_dir_all(&partial).unwrap();
+        std::fs::write(partial.join("initdb"), "").unwrap();
+        let path = std::env::join_paths([&partial, &on_path]).unwrap();
+        assert_eq!(
+            find_bindir_in(Some(path), "/nonexistent/pg_config", &lib),
+            Some(on_path)
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+
+        let message = ManagedError::NoBinaries.to_string();
+        assert!(message.contains("apt-get install postgresql"), "{message}");
+        assert!(message.contains("DATABASE_URL"), "{message}");
     }
 }

@@ -205,6 +205,26 @@ async fn managed_postgres_is_the_default() {
     assert_eq!(mode & 0o777, 0o600);
     hello(p.internal, "w", &w.host(), json!({})).await;
     wait_routable(p.public, "localhost", "/w/").await;
+    let creds = managed_database(p.internal).await;
+    assert_eq!(creds["host"], "127.0.0.1", "what a local waifu can reach");
+    let port = std::fs::read_to_string(data.join("postgres-port")).unwrap();
+    assert_eq!(creds["port"].to_string(), port.trim());
+    let s = |k: &str| creds[k].as_str().unwrap().to_owned();
+    let (client, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port.trim().parse().unwrap())
+        .user(s("user"))
+        .password(s("password"))
+        .dbname(s("database"))
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("the managed cluster's credentials work over TCP");
+    tokio::spawn(conn);
+    client
+        .batch_execute("CREATE TABLE t (x int)")
+        .await
+        .unwrap();
+    drop(client);
 
     // PostgreSQL dies: the orchestrator starts it again, and registration
     // works again without a restart.
@@ -242,8 +262,10 @@ async fn managed_postgres_is_the_default() {
     assert_eq!(status.code(), Some(0));
     assert!(!alive(second), "PostgreSQL was left running");
 
+    // Again from the existing DATA_DIR: same routes, same credentials.
     let mut p = spawn_with(&env).await;
     wait_routable(p.public, "localhost", "/w/x").await;
+    assert_eq!(managed_database(p.internal).await, creds);
     signal(&p.child, "-TERM");
     assert_eq!(
         wait_exit(&mut p.child, Duration::from_secs(40))
@@ -252,6 +274,21 @@ async fn managed_postgres_is_the_default() {
         Some(0)
     );
     let _ = std::fs::remove_dir_all(&data);
+}
+
+async fn managed_database(internal: SocketAddr) -> serde_json::Value {
+    let body = json!({"name": "managed", "secret": "managed-secret"}).to_string();
+    let r = send(
+        internal,
+        Method::POST,
+        "/__internal/database",
+        &[],
+        Bytes::from(body),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    serde_json::from_slice(&r.body).unwrap()
 }
 
 fn signal_pid(pid: u32, sig: &str) {

@@ -113,6 +113,17 @@ async fn credentials_work_over_tcp_and_are_stable() {
 }
 
 #[tokio::test]
+async fn public_host_and_port_can_be_set() {
+    let flags = ["--db-public-host", "postgres", "--db-public-port", "6543"];
+    let orch = harness::start(&unique_db("publicdb"), &flags).await;
+    let (status, creds, _) = database(&orch, "pub", "x").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(creds["host"], "postgres");
+    assert_eq!(creds["port"], 6543);
+    orch.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn waifus_are_isolated_both_ways() {
     let db = unique_db("isolation");
     let orch = harness::start(&db, &[]).await;
