@@ -120,13 +120,8 @@ pub enum ConfigError {
     MainDomain(String),
     #[error("{0} must be more than zero")]
     ZeroDuration(&'static str),
-    #[error("INCIDENT_WEBHOOK_URL {0:?} is not an absolute http:// URL")]
+    #[error("INCIDENT_WEBHOOK_URL {0:?} is not an absolute http:// or https:// URL")]
     WebhookUrl(String),
-    #[error(
-        "INCIDENT_WEBHOOK_URL uses https://, and this version has no TLS client yet \
-         (it comes with issue 7); use an http:// URL, for example a relay on the private network"
-    )]
-    WebhookTls,
     #[error(
         "TLS is not available in this version; unset CERT_DIR and ACME_DIRECTORY \
          (HTTPS for binds comes with issue 7)"
@@ -144,8 +139,7 @@ impl Config {
             .parse()
             .map_err(|_| ConfigError::WebhookUrl(url.clone()))?;
         match uri.scheme_str() {
-            Some("http") if uri.authority().is_some() => Ok(Some(uri)),
-            Some("https") => Err(ConfigError::WebhookTls),
+            Some("http" | "https") if uri.authority().is_some() => Ok(Some(uri)),
             _ => Err(ConfigError::WebhookUrl(url.clone())),
         }
     }
@@ -211,6 +205,17 @@ mod tests {
         c.main_domain = "a/b".into();
         assert!(matches!(c.validate(), Err(ConfigError::MainDomain(_))));
         c.main_domain = "localhost".into();
+        for (url, ok) in [
+            ("https://hooks.slack.com/services/T/B/X", true),
+            ("http://127.0.0.1:9000/hook", true),
+            ("ftp://example.com/x", false),
+            ("not a url", false),
+            ("/relative", false),
+        ] {
+            c.incident_webhook_url = Some(url.into());
+            assert_eq!(c.validate().is_ok(), ok, "{url}");
+        }
+        c.incident_webhook_url = None;
         c.health_interval = Duration::ZERO;
         assert!(matches!(c.validate(), Err(ConfigError::ZeroDuration(_))));
     }

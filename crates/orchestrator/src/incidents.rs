@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -125,8 +126,20 @@ async fn deliver(
     mut queue: mpsc::Receiver<IncidentInfo>,
     shutdown: CancellationToken,
 ) {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(Duration::from_secs(5)));
+    http.enforce_http(false);
+    // Chat webhooks are https: rustls with the ring provider and the
+    // system's trusted roots.
+    let connector = match HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
+    {
+        Ok(builder) => builder.https_or_http().enable_http1().wrap_connector(http),
+        Err(e) => {
+            warn!(error = %e, "no trusted TLS roots on this system: incident webhooks are off");
+            return;
+        }
+    };
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
     loop {
         let incident = tokio::select! {
