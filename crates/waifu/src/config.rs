@@ -1,0 +1,129 @@
+//! Where a waifu finds its settings: the environment, or builder methods.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// A setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `PORT` is not a port number.
+    #[error("PORT={0:?} is not a port number (1-65535)")]
+    Port(String),
+    /// `WAIFU_BINDS` is not a JSON object of strings.
+    #[error("WAIFU_BINDS is not a JSON object like {{\"https://link.waifu\": \"/link\"}}: {0}")]
+    Binds(serde_json::Error),
+    /// No usable name: neither `WAIFU_NAME` nor a valid hostname.
+    #[error("the waifu name {0:?} is not a DNS label (lowercase a-z, 0-9, '-'); set WAIFU_NAME")]
+    Name(String),
+}
+
+/// Reads the settings from `lookup` (the environment in
+/// [`crate::Waifu::from_env`]); kept pure so it can be tested.
+pub(crate) fn from_vars(
+    lookup: impl Fn(&str) -> Option<String>,
+    hostname: &str,
+) -> Result<crate::Waifu, ConfigError> {
+    let port = match lookup("PORT") {
+        Some(p) => p
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or(ConfigError::Port(p))?,
+        None => 8080,
+    };
+    let name = lookup("WAIFU_NAME").unwrap_or_else(|| hostname.to_owned());
+    waifus_protocol::validate_name(&name).map_err(|_| ConfigError::Name(name.clone()))?;
+    let binds: BTreeMap<String, String> = match lookup("WAIFU_BINDS") {
+        Some(json) if !json.trim().is_empty() => {
+            serde_json::from_str(&json).map_err(ConfigError::Binds)?
+        }
+        _ => BTreeMap::new(),
+    };
+    Ok(crate::Waifu {
+        orchestrator: lookup("ORCHESTRATOR_URL")
+            .unwrap_or_else(|| "http://orchestrator:2137".to_owned())
+            .trim_end_matches('/')
+            .to_owned(),
+        host: lookup("WAIFU_HOST").unwrap_or_else(|| format!("{hostname}:{port}")),
+        name,
+        port,
+        secret: lookup("WAIFU_SECRET").filter(|s| !s.is_empty()),
+        binds,
+        cache_dir: lookup("WAIFU_CACHE_DIR").map(PathBuf::from),
+        rehello_every: crate::DEFAULT_REHELLO,
+        credentials: Default::default(),
+    })
+}
+
+/// This machine's hostname, as containers set it.
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_ascii_lowercase())
+        .unwrap_or_else(|_| "localhost".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(vars: &[(&str, &str)]) -> Result<crate::Waifu, ConfigError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        from_vars(|k| vars.get(k).cloned(), "box-1")
+    }
+
+    #[test]
+    fn defaults() {
+        let w = parse(&[]).unwrap();
+        assert_eq!(w.orchestrator, "http://orchestrator:2137");
+        assert_eq!(w.name, "box-1");
+        assert_eq!(w.host, "box-1:8080");
+        assert_eq!(w.port, 8080);
+        assert!(w.secret.is_none() && w.binds.is_empty() && w.cache_dir.is_none());
+    }
+
+    #[test]
+    fn every_variable() {
+        let w = parse(&[
+            ("ORCHESTRATOR_URL", "http://127.0.0.1:2137/"),
+            ("WAIFU_NAME", "link"),
+            ("WAIFU_HOST", "link:9000"),
+            ("PORT", "9000"),
+            ("WAIFU_SECRET", "s"),
+            ("WAIFU_BINDS", r#"{"https://link.waifu": "/link"}"#),
+            ("WAIFU_CACHE_DIR", "/var/cache/link"),
+        ])
+        .unwrap();
+        assert_eq!(w.orchestrator, "http://127.0.0.1:2137");
+        assert_eq!(
+            (w.name.as_str(), w.host.as_str(), w.port),
+            ("link", "link:9000", 9000)
+        );
+        assert_eq!(w.secret.as_deref(), Some("s"));
+        assert_eq!(w.binds["https://link.waifu"], "/link");
+        assert_eq!(w.cache_dir, Some(PathBuf::from("/var/cache/link")));
+        // The host follows PORT when WAIFU_HOST is unset.
+        assert_eq!(parse(&[("PORT", "3000")]).unwrap().host, "box-1:3000");
+    }
+
+    #[test]
+    fn bad_values_are_precise_errors() {
+        assert!(matches!(
+            parse(&[("PORT", "http")]),
+            Err(ConfigError::Port(_))
+        ));
+        assert!(matches!(parse(&[("PORT", "0")]), Err(ConfigError::Port(_))));
+        assert!(matches!(
+            parse(&[("WAIFU_BINDS", "[1]")]),
+            Err(ConfigError::Binds(_))
+        ));
+        let e = parse(&[("WAIFU_NAME", "Bad_Name")]).unwrap_err();
+        assert!(e.to_string().contains("WAIFU_NAME"), "{e}");
+        assert!(from_vars(|_| None, "My_Laptop").is_err());
+    }
+}

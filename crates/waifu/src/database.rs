@@ -1,0 +1,239 @@
+//! Database credentials (DESIGN.md §1.2): asked once, cached in memory and on
+//! disk, used from the cache when the orchestrator is unreachable.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use http::StatusCode;
+use waifus_protocol::{DatabaseCredentials, DatabaseRequest};
+
+use crate::Waifu;
+use crate::client::{self, CallError};
+
+/// Why no database credentials could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    /// No `WAIFU_SECRET` was given.
+    #[error("no secret: set WAIFU_SECRET (or Waifu::secret) to ask for a database")]
+    NoSecret,
+    /// 403 from the orchestrator.
+    #[error(
+        "the secret does not match the one this waifu registered with; \
+         use the original WAIFU_SECRET"
+    )]
+    WrongSecret,
+    /// 429: too many wrong secrets recently.
+    #[error("too many wrong secrets for this name; the orchestrator says: {0}")]
+    Throttled(String),
+    /// Any other refusal (400, 409, ...).
+    #[error("the orchestrator refused ({status}): {message}")]
+    Refused {
+        /// HTTP status.
+        status: StatusCode,
+        /// The orchestrator's message.
+        message: String,
+    },
+    /// Unreachable or unavailable, and nothing cached.
+    #[error("{0}; no cached credentials to fall back on (set WAIFU_CACHE_DIR to keep them)")]
+    Unavailable(String),
+    /// The pool could not be built from the credentials.
+    #[error("could not build a connection pool: {0}")]
+    Pool(String),
+}
+
+impl Waifu {
+    /// The cache file for this waifu's credentials.
+    fn cache_file(&self) -> Option<PathBuf> {
+        self.cache_dir
+            .as_ref()
+            .map(|d| d.join(format!("{}.database.json", self.name)))
+    }
+
+    /// Asks the orchestrator for this waifu's database credentials.
+    ///
+    /// The answer is cached in memory and, with `WAIFU_CACHE_DIR`, in a 0600
+    /// file; when the orchestrator is unreachable or unavailable (503), the
+    /// cached answer is used.
+    pub async fn credentials(&self) -> Result<DatabaseCredentials, DatabaseError> {
+        if let Some(c) = self.cached_in_memory() {
+            return Ok(c);
+        }
+        let secret = self.secret.clone().ok_or(DatabaseError::NoSecret)?;
+        let url = format!("{}/__internal/database", self.orchestrator);
+        let request = DatabaseRequest {
+            name: self.name.clone(),
+            secret,
+        };
+        let fallback = |why: String| {
+            self.cache_file()
+                .and_then(|f| read_cache(&f))
+                .ok_or(DatabaseError::Unavailable(why))
+        };
+        let credentials = match client::post_json(&url, &request).await {
+            Err(CallError::Unreachable { url, why }) => {
+                fallback(format!("the orchestrator at {url} is unreachable: {why}"))?
+            }
+            Ok((StatusCode::OK, body)) => serde_json::from_slice::<DatabaseCredentials>(&body)
+                .map_err(|e| DatabaseError::Unavailable(format!("unexpected answer: {e}")))?,
+            Ok((StatusCode::FORBIDDEN, _)) => return Err(DatabaseError::WrongSecret),
+            Ok((StatusCode::TOO_MANY_REQUESTS, body)) => {
+                return Err(DatabaseError::Throttled(client::error_message(&body)));
+            }
+            Ok((status, body)) if status.is_server_error() => fallback(format!(
+                "the orchestrator is unavailable ({status}): {}",
+                client::error_message(&body)
+            ))?,
+            Ok((status, body)) => {
+                return Err(DatabaseError::Refused {
+                    status,
+                    message: client::error_message(&body),
+                });
+            }
+        };
+        if let Some(file) = self.cache_file()
+            && let Err(e) = write_cache(&file, &credentials)
+        {
+            tracing::warn!(file = %file.display(), error = %e, "could not cache database credentials");
+        }
+        *self.credentials.lock().unwrap_or_else(|e| e.into_inner()) = Some(credentials.clone());
+        Ok(credentials)
+    }
+
+    fn cached_in_memory(&self) -> Option<DatabaseCredentials> {
+        self.credentials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Credentials and a ready connection pool to this waifu's database.
+    pub async fn database(&self) -> Result<Database, DatabaseError> {
+        let credentials = self.credentials().await?;
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&credentials.host)
+            .port(credentials.port)
+            .user(&credentials.user)
+            .password(&credentials.password)
+            .dbname(&credentials.database)
+            .connect_timeout(std::time::Duration::from_secs(5));
+        let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(8)
+            .build()
+            .map_err(|e| DatabaseError::Pool(e.to_string()))?;
+        Ok(Database { credentials, pool })
+    }
+}
+
+/// A waifu's database: its credentials and a connection pool.
+#[derive(Debug, Clone)]
+pub struct Database {
+    /// As handed out by the orchestrator.
+    pub credentials: DatabaseCredentials,
+    /// A deadpool-postgres pool over those credentials.
+    pub pool: deadpool_postgres::Pool,
+}
+
+impl Database {
+    /// A libpq connection string, for tools that want one.
+    pub fn connection_string(&self) -> String {
+        let c = &self.credentials;
+        format!(
+            "postgres://{}:{}@{}:{}/{}",
+            c.user, c.password, c.host, c.port, c.database
+        )
+    }
+}
+
+fn read_cache(file: &Path) -> Option<DatabaseCredentials> {
+    let text = std::fs::read(file).ok()?;
+    let credentials = serde_json::from_slice(&text).ok()?;
+    tracing::warn!(file = %file.display(), "using cached database credentials");
+    Some(credentials)
+}
+
+fn write_cache(file: &Path, credentials: &DatabaseCredentials) -> std::io::Result<()> {
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = file.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&serde_json::to_vec(credentials).map_err(std::io::Error::other)?)?;
+    f.sync_all()?;
+    std::fs::rename(tmp, file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn creds() -> DatabaseCredentials {
+        DatabaseCredentials {
+            database: "waifu_t".into(),
+            user: "waifu_t".into(),
+            password: "p".into(),
+            host: "127.0.0.1".into(),
+            port: 5432,
+        }
+    }
+
+    fn waifu(cache: &Path, orchestrator: &str) -> Waifu {
+        Waifu::new("t", "t:8080")
+            .orchestrator(orchestrator)
+            .secret("s")
+            .cache_dir(cache)
+    }
+
+    #[tokio::test]
+    async fn cache_is_private_and_used_when_the_orchestrator_is_away() {
+        let dir = std::env::temp_dir().join(format!("waifu-cache-{}", fastrand::u64(..)));
+        let file = dir.join("t.database.json");
+        write_cache(&file, &creds()).unwrap();
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Nothing listens on port 1.
+        let w = waifu(&dir, "http://127.0.0.1:1");
+        assert_eq!(w.credentials().await.unwrap(), creds());
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Now in memory: no file, no orchestrator needed.
+        assert_eq!(w.credentials().await.unwrap(), creds());
+        let cold = waifu(&dir, "http://127.0.0.1:1");
+        let err = cold.credentials().await.unwrap_err();
+        assert!(matches!(err, DatabaseError::Unavailable(_)), "{err}");
+        assert!(err.to_string().contains("WAIFU_CACHE_DIR"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn no_secret_says_what_to_do() {
+        let err = Waifu::new("t", "t:1").credentials().await.unwrap_err();
+        assert!(err.to_string().contains("WAIFU_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn connection_string() {
+        let dir = std::env::temp_dir();
+        let _ = waifu(&dir, "http://x");
+        let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
+            tokio_postgres::Config::new(),
+            tokio_postgres::NoTls,
+        ))
+        .build()
+        .unwrap();
+        let db = Database {
+            credentials: creds(),
+            pool,
+        };
+        assert_eq!(
+            db.connection_string(),
+            "postgres://waifu_t:p@127.0.0.1:5432/waifu_t"
+        );
+    }
+}

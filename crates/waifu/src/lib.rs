@@ -1,0 +1,356 @@
+//! Write a waifu in minutes.
+//!
+//! A waifu is a small HTTP app behind the waifus orchestrator. This SDK does
+//! the protocol for you (DESIGN.md §1): it serves `GET /__internal/health`
+//! with 204, says hello to the orchestrator with retry and backoff (a waifu
+//! may start long before the orchestrator), says hello again periodically so
+//! an orchestrator that forgot it learns it again, asks for and caches its
+//! database credentials, and shuts down gracefully on SIGTERM or SIGINT.
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let app = Router::new().route("/", get(|| async { "hello" }));
+//!     waifu::Waifu::from_env()?.serve(app).await?;
+//!     Ok(())
+//! }
+//! ```
+
+mod client;
+mod config;
+mod database;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use tracing::{info, warn};
+use waifus_protocol::{DatabaseCredentials, Hello, HelloResponse};
+
+pub use client::CallError;
+pub use config::ConfigError;
+pub use database::{Database, DatabaseError};
+pub use waifus_protocol;
+
+/// How often a running waifu says hello again by default.
+pub const DEFAULT_REHELLO: Duration = Duration::from_secs(30);
+
+/// One waifu: who it is, where it listens, how to reach the orchestrator.
+#[derive(Debug, Clone)]
+pub struct Waifu {
+    orchestrator: String,
+    name: String,
+    host: String,
+    port: u16,
+    secret: Option<String>,
+    binds: BTreeMap<String, String>,
+    cache_dir: Option<PathBuf>,
+    rehello_every: Duration,
+    credentials: Arc<Mutex<Option<DatabaseCredentials>>>,
+}
+
+/// Why `serve` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listening socket could not be opened.
+    #[error("could not listen on port {port}: {source}")]
+    Listen {
+        /// The port asked for.
+        port: u16,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server failed while running.
+    #[error("the server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Why one hello failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HelloError {
+    /// The orchestrator could not be reached.
+    #[error(transparent)]
+    Unreachable(#[from] CallError),
+    /// The orchestrator answered with an error (a bad name or host: fix the
+    /// settings; 5xx: it will be retried).
+    #[error("the orchestrator refused the hello ({status}): {message}")]
+    Refused {
+        /// HTTP status.
+        status: StatusCode,
+        /// The orchestrator's message.
+        message: String,
+    },
+}
+
+impl HelloError {
+    /// Whether trying again later can help (unreachable or 5xx).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            HelloError::Unreachable(_) => true,
+            HelloError::Refused { status, .. } => status.is_server_error(),
+        }
+    }
+}
+
+impl Waifu {
+    /// Settings from the environment: `ORCHESTRATOR_URL` (default
+    /// `http://orchestrator:2137`), `WAIFU_NAME` (default: the hostname),
+    /// `WAIFU_HOST` (default `{hostname}:{PORT}`), `PORT` (default 8080),
+    /// `WAIFU_SECRET`, `WAIFU_BINDS` (a JSON object like `additionalBinds`),
+    /// `WAIFU_CACHE_DIR`.
+    ///
+    /// ```no_run
+    /// let waifu = waifu::Waifu::from_env().expect("valid settings");
+    /// ```
+    pub fn from_env() -> Result<Waifu, ConfigError> {
+        config::from_vars(|k| std::env::var(k).ok(), &config::hostname())
+    }
+
+    /// Settings in code: a name and the address the orchestrator reaches
+    /// this waifu at. Everything else as in [`Waifu::from_env`]'s defaults.
+    ///
+    /// ```
+    /// let waifu = waifu::Waifu::new("hello", "hello:8080").port(8080);
+    /// assert_eq!(waifu.name(), "hello");
+    /// ```
+    pub fn new(name: impl Into<String>, host: impl Into<String>) -> Waifu {
+        Waifu {
+            orchestrator: "http://orchestrator:2137".to_owned(),
+            name: name.into(),
+            host: host.into(),
+            port: 8080,
+            secret: None,
+            binds: BTreeMap::new(),
+            cache_dir: None,
+            rehello_every: DEFAULT_REHELLO,
+            credentials: Arc::default(),
+        }
+    }
+
+    /// The orchestrator's internal URL.
+    ///
+    /// ```
+    /// let w = waifu::Waifu::new("a", "a:1").orchestrator("http://127.0.0.1:2137");
+    /// ```
+    pub fn orchestrator(mut self, url: impl Into<String>) -> Self {
+        self.orchestrator = url.into().trim_end_matches('/').to_owned();
+        self
+    }
+
+    /// The port to listen on (all interfaces).
+    ///
+    /// ```
+    /// let w = waifu::Waifu::new("a", "a:9000").port(9000);
+    /// ```
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// The secret guarding this waifu's database.
+    ///
+    /// ```
+    /// let w = waifu::Waifu::new("a", "a:1").secret("from-a-vault");
+    /// ```
+    pub fn secret(mut self, secret: impl Into<String>) -> Self {
+        self.secret = Some(secret.into());
+        self
+    }
+
+    /// An additional public bind: `url` (e.g. `https://link.waifu`) is
+    /// served by this waifu's path `target` (e.g. `/link`).
+    ///
+    /// ```
+    /// let w = waifu::Waifu::new("link", "link:8080").bind("https://link.waifu", "/link");
+    /// ```
+    pub fn bind(mut self, url: impl Into<String>, target: impl Into<String>) -> Self {
+        self.binds.insert(url.into(), target.into());
+        self
+    }
+
+    /// Where database credentials are cached (0600), for when the
+    /// orchestrator is unreachable at start.
+    ///
+    /// ```
+    /// let w = waifu::Waifu::new("a", "a:1").cache_dir("/var/cache/a");
+    /// ```
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// How often to say hello again while running (default 30 s).
+    ///
+    /// ```
+    /// let w = waifu::Waifu::new("a", "a:1").rehello_every(std::time::Duration::from_secs(10));
+    /// ```
+    pub fn rehello_every(mut self, every: Duration) -> Self {
+        self.rehello_every = every;
+        self
+    }
+
+    /// The waifu's name.
+    ///
+    /// ```
+    /// assert_eq!(waifu::Waifu::new("a", "a:1").name(), "a");
+    /// ```
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Says hello once.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), waifu::HelloError> {
+    /// let answer = waifu::Waifu::new("a", "a:8080").hello().await?;
+    /// println!("reachable at {}", answer.url);
+    /// # Ok(()) }
+    /// ```
+    pub async fn hello(&self) -> Result<HelloResponse, HelloError> {
+        let url = format!("{}/__internal/hello", self.orchestrator);
+        let hello = Hello {
+            name: self.name.clone(),
+            host: self.host.clone(),
+            additional_binds: self.binds.clone(),
+        };
+        let (status, body) = client::post_json(&url, &hello).await?;
+        if status != StatusCode::OK {
+            return Err(HelloError::Refused {
+                status,
+                message: client::error_message(&body),
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| HelloError::Refused {
+            status,
+            message: format!("unexpected answer: {e}"),
+        })
+    }
+
+    /// Says hello until it succeeds (capped exponential backoff), logs
+    /// which binds were accepted, then says hello again every
+    /// [`Waifu::rehello_every`] so an orchestrator that forgot this waifu
+    /// learns it again. Runs until dropped.
+    ///
+    /// ```no_run
+    /// # async fn f() {
+    /// tokio::spawn(waifu::Waifu::new("a", "a:8080").announce());
+    /// # }
+    /// ```
+    pub async fn announce(self) {
+        let mut attempt = 0;
+        loop {
+            match self.hello().await {
+                Ok(answer) => {
+                    if attempt > 0 || !answer.binds.is_empty() {
+                        log_hello(&answer);
+                    }
+                    attempt = 0;
+                    tokio::time::sleep(self.rehello_every).await;
+                }
+                Err(e) => {
+                    let wait = backoff(attempt);
+                    if e.is_transient() {
+                        warn!(error = %e, retry_in = ?wait, "hello failed; retrying");
+                    } else {
+                        warn!(error = %e, retry_in = ?wait, "hello refused: check WAIFU_NAME and WAIFU_HOST");
+                    }
+                    attempt += 1;
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// Serves `router` plus `GET /__internal/health` (204) on all
+    /// interfaces at [`Waifu::port`], announces the waifu (see
+    /// [`Waifu::announce`]) once listening, and returns after SIGTERM or
+    /// SIGINT once in-flight requests are done.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), waifu::ServeError> {
+    /// let app = axum::Router::new().route("/", axum::routing::get(|| async { "hi" }));
+    /// waifu::Waifu::new("hi", "hi:8080").serve(app).await
+    /// # }
+    /// ```
+    pub async fn serve(self, router: Router) -> Result<(), ServeError> {
+        let app = router.route(
+            "/__internal/health",
+            get(|| async { StatusCode::NO_CONTENT }),
+        );
+        let listener = tokio::net::TcpListener::bind(("0.0.0.0", self.port))
+            .await
+            .map_err(|source| ServeError::Listen {
+                port: self.port,
+                source,
+            })?;
+        info!(name = %self.name, port = self.port, "listening");
+        let announcer = tokio::spawn(self.clone().announce());
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .map_err(ServeError::Serve);
+        announcer.abort();
+        served
+    }
+}
+
+fn log_hello(answer: &HelloResponse) {
+    info!(url = %answer.url, "said hello");
+    for bind in &answer.binds {
+        match bind.reason {
+            None => info!(bind = %bind.bind, target = %bind.target, "bind accepted"),
+            Some(reason) => warn!(bind = %bind.bind, ?reason, "bind refused"),
+        }
+    }
+}
+
+/// Wait before retry number `attempt` (0-based): 250 ms doubling up to 30 s,
+/// with ±20 % jitter so a fleet does not retry in step.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(250)
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(Duration::from_secs(30));
+    base.mul_f64(0.8 + fastrand::f64() * 0.4)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for attempt in 0..40 {
+            let d = backoff(attempt);
+            let base = 250f64 * 2f64.powi(attempt.min(16) as i32);
+            let base = base.min(30_000.0);
+            let ms = d.as_secs_f64() * 1000.0;
+            assert!(
+                ms >= base * 0.8 - 1.0 && ms <= base * 1.2 + 1.0,
+                "{attempt}: {ms}"
+            );
+        }
+        assert!(backoff(100) <= Duration::from_secs(36));
+    }
+}
