@@ -25,7 +25,19 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the orchestrator (the default).
-    Serve(Config),
+    Serve(Box<Config>),
+    /// Check that a waifu follows the protocol (exit 0 only if it does).
+    Check(CheckArgs),
+}
+
+/// Arguments of `orchestrator check`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// The waifu's address: host:port or http://host:port.
+    pub url: String,
+    /// How long the waifu may take to answer.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }
 
 /// Log line format.

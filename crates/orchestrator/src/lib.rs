@@ -8,6 +8,7 @@
 //! - [`health`] checks every instance and flips its routing flag.
 
 mod api;
+pub mod check;
 mod config;
 mod health;
 mod incidents;
@@ -27,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-pub use config::{Cli, Command, Config, ConfigError, LogFormat};
+pub use config::{CheckArgs, Cli, Command, Config, ConfigError, LogFormat};
 pub use managed::ManagedError;
 
 /// Locating PostgreSQL's programs and the user to run them as; shared with

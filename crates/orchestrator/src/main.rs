@@ -9,11 +9,6 @@ use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match cli.command {
-        Some(Command::Serve(config)) => config,
-        None => cli.serve,
-    };
-    init_tracing(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -24,6 +19,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let config = match cli.command {
+        Some(Command::Serve(config)) => *config,
+        None => cli.serve,
+        Some(Command::Check(args)) => {
+            let report = runtime.block_on(orchestrator::check::check(&args.url, args.timeout));
+            println!("{report}");
+            return if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+    };
+    init_tracing(config.log_format);
     match runtime.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

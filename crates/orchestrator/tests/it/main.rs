@@ -8,6 +8,7 @@ mod pg;
 mod waifu;
 
 mod binary;
+mod check;
 mod database;
 mod guard;
 mod health;
