@@ -12,6 +12,9 @@ pub enum ConfigError {
     /// `WAIFU_BINDS` is not a JSON object of strings.
     #[error("WAIFU_BINDS is not a JSON object like {{\"https://link.waifu\": \"/link\"}}: {0}")]
     Binds(serde_json::Error),
+    /// `LISTEN_ADDR` is not an IP address.
+    #[error("LISTEN_ADDR={0:?} is not an IP address (e.g. 0.0.0.0 or 127.0.0.1)")]
+    Listen(String),
     /// No usable name: neither `WAIFU_NAME` nor a valid hostname.
     #[error("the waifu name {0:?} is not a DNS label (lowercase a-z, 0-9, '-'); set WAIFU_NAME")]
     Name(String),
@@ -32,6 +35,10 @@ pub(crate) fn from_vars(
             .ok_or(ConfigError::Port(p))?,
         None => 8080,
     };
+    let listen = match lookup("LISTEN_ADDR") {
+        Some(a) => a.trim().parse().map_err(|_| ConfigError::Listen(a))?,
+        None => std::net::IpAddr::from([0, 0, 0, 0]),
+    };
     let name = lookup("WAIFU_NAME").unwrap_or_else(|| hostname.to_owned());
     waifus_protocol::validate_name(&name).map_err(|_| ConfigError::Name(name.clone()))?;
     let binds: BTreeMap<String, String> = match lookup("WAIFU_BINDS") {
@@ -48,6 +55,7 @@ pub(crate) fn from_vars(
         host: lookup("WAIFU_HOST").unwrap_or_else(|| format!("{hostname}:{port}")),
         name,
         port,
+        listen,
         secret: lookup("WAIFU_SECRET").filter(|s| !s.is_empty()),
         binds,
         cache_dir: lookup("WAIFU_CACHE_DIR").map(PathBuf::from),
@@ -85,6 +93,7 @@ mod tests {
         assert_eq!(w.host, "box-1:8080");
         assert_eq!(w.port, 8080);
         assert!(w.secret.is_none() && w.binds.is_empty() && w.cache_dir.is_none());
+        assert_eq!(w.listen.to_string(), "0.0.0.0");
     }
 
     #[test]
@@ -97,6 +106,7 @@ mod tests {
             ("WAIFU_SECRET", "s"),
             ("WAIFU_BINDS", r#"{"https://link.waifu": "/link"}"#),
             ("WAIFU_CACHE_DIR", "/var/cache/link"),
+            ("LISTEN_ADDR", "127.0.0.1"),
         ])
         .unwrap();
         assert_eq!(w.orchestrator, "http://127.0.0.1:2137");
@@ -107,6 +117,7 @@ mod tests {
         assert_eq!(w.secret.as_deref(), Some("s"));
         assert_eq!(w.binds["https://link.waifu"], "/link");
         assert_eq!(w.cache_dir, Some(PathBuf::from("/var/cache/link")));
+        assert_eq!(w.listen.to_string(), "127.0.0.1");
         // The host follows PORT when WAIFU_HOST is unset.
         assert_eq!(parse(&[("PORT", "3000")]).unwrap().host, "box-1:3000");
     }

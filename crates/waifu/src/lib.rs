@@ -48,6 +48,7 @@ pub struct Waifu {
     name: String,
     host: String,
     port: u16,
+    listen: std::net::IpAddr,
     secret: Option<String>,
     binds: BTreeMap<String, String>,
     cache_dir: Option<PathBuf>,
@@ -104,7 +105,8 @@ impl Waifu {
     /// `http://orchestrator:2137`), `WAIFU_NAME` (default: the hostname),
     /// `WAIFU_HOST` (default `{hostname}:{PORT}`), `PORT` (default 8080),
     /// `WAIFU_SECRET`, `WAIFU_BINDS` (a JSON object like `additionalBinds`),
-    /// `WAIFU_CACHE_DIR`.
+    /// `WAIFU_CACHE_DIR`, and `LISTEN_ADDR` (default `0.0.0.0`: all
+    /// interfaces).
     ///
     /// ```no_run
     /// let waifu = waifu::Waifu::from_env().expect("valid settings");
@@ -126,6 +128,7 @@ impl Waifu {
             name: name.into(),
             host: host.into(),
             port: 8080,
+            listen: std::net::IpAddr::from([0, 0, 0, 0]),
             secret: None,
             binds: BTreeMap::new(),
             cache_dir: None,
@@ -151,6 +154,16 @@ impl Waifu {
     /// ```
     pub fn port(mut self, port: u16) -> Self {
         self.port = port;
+        self
+    }
+
+    /// The address to listen on (default `0.0.0.0`, all interfaces).
+    ///
+    /// ```
+    /// let w = waifu::Waifu::new("a", "127.0.0.1:9000").listen([127, 0, 0, 1].into());
+    /// ```
+    pub fn listen(mut self, addr: std::net::IpAddr) -> Self {
+        self.listen = addr;
         self
     }
 
@@ -271,7 +284,8 @@ impl Waifu {
     /// Serves `router` plus `GET /__internal/health` (204) on all
     /// interfaces at [`Waifu::port`], announces the waifu (see
     /// [`Waifu::announce`]) once listening, and returns after SIGTERM or
-    /// SIGINT once in-flight requests are done.
+    /// SIGINT once in-flight requests are done. ([`Waifu::listen`] narrows
+    /// the interfaces.)
     ///
     /// ```no_run
     /// # async fn f() -> Result<(), waifu::ServeError> {
@@ -284,7 +298,7 @@ impl Waifu {
             "/__internal/health",
             get(|| async { StatusCode::NO_CONTENT }),
         );
-        let listener = tokio::net::TcpListener::bind(("0.0.0.0", self.port))
+        let listener = tokio::net::TcpListener::bind((self.listen, self.port))
             .await
             .map_err(|source| ServeError::Listen {
                 port: self.port,

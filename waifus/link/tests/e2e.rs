@@ -1,0 +1,263 @@
+//! End to end, every part a real process: the orchestrator on its managed
+//! PostgreSQL, `link` (started first, before the orchestrator exists) and the
+//! Python waifu. A link is created through the public proxy, followed through
+//! the main domain and through the bind, and followed again after `link`
+//! restarts.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The orchestrator binary, built beside `link` by `cargo test --workspace`.
+fn orchestrator_bin() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_link")).with_file_name("orchestrator");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run the suite with `cargo test --workspace`, which builds it",
+        bin.display()
+    );
+    bin
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
+struct Proc(Child);
+
+impl Proc {
+    fn spawn(cmd: &mut Command) -> Proc {
+        Proc(cmd.stdin(Stdio::null()).spawn().unwrap())
+    }
+
+    fn stop(&mut self) -> Option<i32> {
+        if let Ok(Some(status)) = self.0.try_wait() {
+            return status.code();
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        self.0.wait().ok().and_then(|s| s.code())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Reply {
+    status: u16,
+    location: Option<String>,
+    body: String,
+}
+
+async fn request(
+    public: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    body: &str,
+) -> Option<Reply> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{public}{path}"))
+        .header("host", host)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let status = response.status().as_u16();
+    let location = response
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    Some(Reply {
+        status,
+        location,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// Retries until the reply has `status` (the fleet is still coming up).
+async fn until(
+    public: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    body: &str,
+    status: u16,
+) -> Reply {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(r) = request(public, method, host, path, body).await
+            && r.status == status
+        {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{method} {host}{path} never answered {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn link(internal: SocketAddr, port: u16, cache: &Path) -> Proc {
+    Proc::spawn(
+        Command::new(env!("CARGO_BIN_EXE_link"))
+            .env("ORCHESTRATOR_URL", format!("http://{internal}"))
+            .env("WAIFU_NAME", "link")
+            .env("WAIFU_HOST", format!("127.0.0.1:{port}"))
+            .env("PORT", port.to_string())
+            .env("LISTEN_ADDR", "127.0.0.1")
+            .env("WAIFU_SECRET", "link-secret")
+            .env("WAIFU_BINDS", r#"{"https://link.waifu": "/link"}"#)
+            .env("WAIFU_CACHE_DIR", cache),
+    )
+}
+
+#[tokio::test]
+async fn link_and_python_waifus_behind_the_orchestrator() {
+    let dir = std::env::temp_dir().join(format!(
+        "waifus-e2e-{}-{}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (public, internal) = (free_addr(), free_addr());
+    let (link_port, py_port) = (free_addr().port(), free_addr().port());
+
+    // link first: it waits for the orchestrator.
+    let mut link_proc = link(internal, link_port, &dir.join("cache"));
+    std::thread::sleep(Duration::from_millis(500));
+
+    let py_log = dir.join("python.log");
+    let _python = Proc::spawn(
+        Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../hello-python/main.py"))
+            .env("ORCHESTRATOR_URL", format!("http://{internal}"))
+            .env("WAIFU_NAME", "hello-python")
+            .env("WAIFU_HOST", format!("127.0.0.1:{py_port}"))
+            .env("PORT", py_port.to_string())
+            .env("LISTEN_ADDR", "127.0.0.1")
+            .env("WAIFU_SECRET", "python-secret")
+            .stderr(std::fs::File::create(&py_log).unwrap()),
+    );
+    let mut orchestrator = Proc::spawn(
+        Command::new(orchestrator_bin())
+            .env("DATA_DIR", dir.join("data"))
+            .env("PUBLIC_ADDR", public.to_string())
+            .env("INTERNAL_ADDR", internal.to_string())
+            .env("HEALTH_INTERVAL", "200ms")
+            .stderr(std::fs::File::create(dir.join("orchestrator.log")).unwrap()),
+    );
+
+    // Create a link through the public proxy, on the main domain.
+    let created = until(
+        public,
+        "POST",
+        "localhost",
+        "/link/link",
+        r#"{"url":"https://example.com/a?b=c"}"#,
+        201,
+    )
+    .await;
+    let created: serde_json::Value = serde_json::from_str(&created.body).unwrap();
+    let code = created["code"].as_str().unwrap().to_owned();
+    assert_eq!(created["url"], "https://example.com/a?b=c");
+
+    // Follow it through the main domain and through the bind.
+    let main = until(
+        public,
+        "GET",
+        "localhost",
+        &format!("/link/link/{code}"),
+        "",
+        302,
+    )
+    .await;
+    assert_eq!(main.location.as_deref(), Some("https://example.com/a?b=c"));
+    let bound = until(public, "GET", "link.waifu", &format!("/{code}"), "", 302).await;
+    assert_eq!(bound.location.as_deref(), Some("https://example.com/a?b=c"));
+    let bad = request(
+        public,
+        "POST",
+        "localhost",
+        "/link/link",
+        r#"{"url":"ftp://x"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("invalid_url"), "{}", bad.body);
+    let unknown = request(public, "GET", "link.waifu", "/nope123", "")
+        .await
+        .unwrap();
+    assert_eq!(unknown.status, 404);
+
+    // The Python waifu: routed, conformant, and it got its database.
+    let hi = until(public, "GET", "localhost", "/hello-python/", "", 200).await;
+    assert_eq!(hi.body, "hello from python\n");
+    let check = Command::new(orchestrator_bin())
+        .args(["check", &format!("127.0.0.1:{py_port}")])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let logged = loop {
+        let log = std::fs::read_to_string(&py_log).unwrap_or_default();
+        if let Some(line) = log.lines().find(|l| l.contains("database: {")) {
+            break line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Python waifu never got its database: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for field in ["\"database\"", "\"user\"", "\"host\"", "\"port\""] {
+        assert!(logged.contains(field), "{logged}");
+    }
+    assert!(!logged.contains("password"), "{logged}");
+
+    // link restarts: its links are still there.
+    assert_eq!(link_proc.stop(), Some(0), "link exits cleanly on SIGTERM");
+    let _link_again = link(internal, link_port, &dir.join("cache"));
+    let again = until(public, "GET", "link.waifu", &format!("/{code}"), "", 302).await;
+    assert_eq!(again.location.as_deref(), Some("https://example.com/a?b=c"));
+
+    assert_eq!(orchestrator.stop(), Some(0));
+    drop(_link_again);
+    let _ = std::fs::remove_dir_all(&dir);
+}
