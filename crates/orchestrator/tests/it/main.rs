@@ -12,5 +12,6 @@ mod check;
 mod database;
 mod guard;
 mod health;
+mod openapi;
 mod proxy;
 mod registration;

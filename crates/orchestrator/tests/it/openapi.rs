@@ -1,0 +1,345 @@
+//! docs/openapi.yaml cannot drift: real responses of a real orchestrator are
+//! validated against it, every status seen must be documented, and every
+//! documented operation must be exercised.
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use http::Method;
+use serde_json::{Value, json};
+use yaml_rust2::{Yaml, YamlLoader};
+
+use crate::harness::{self, send};
+use crate::pg::unique_db;
+use crate::waifu::TestWaifu;
+
+fn to_json(y: &Yaml) -> Value {
+    match y {
+        Yaml::Real(r) => r.parse::<f64>().map(Value::from).unwrap_or(Value::Null),
+        Yaml::Integer(i) => json!(i),
+        Yaml::String(s) => json!(s),
+        Yaml::Boolean(b) => json!(b),
+        Yaml::Array(a) => Value::Array(a.iter().map(to_json).collect()),
+        Yaml::Hash(h) => Value::Object(
+            h.iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| format!("{k:?}")),
+                        to_json(v),
+                    )
+                })
+                .collect(),
+        ),
+        Yaml::Null | Yaml::Alias(_) | Yaml::BadValue => Value::Null,
+    }
+}
+
+fn spec() -> Value {
+    let text = include_str!("../../../../docs/openapi.yaml");
+    let docs = YamlLoader::load_from_str(text).expect("docs/openapi.yaml parses");
+    to_json(&docs[0])
+}
+
+/// Follows a local `$ref`.
+fn resolve<'a>(spec: &'a Value, v: &'a Value) -> &'a Value {
+    match v.get("$ref").and_then(Value::as_str) {
+        Some(r) => {
+            let pointer = r.strip_prefix('#').expect("local $ref");
+            resolve(
+                spec,
+                spec.pointer(pointer)
+                    .unwrap_or_else(|| panic!("dangling {r}")),
+            )
+        }
+        None => v,
+    }
+}
+
+/// The JSON Schema subset docs/openapi.yaml uses.
+fn validate(spec: &Value, schema: &Value, v: &Value, at: &str, errors: &mut Vec<String>) {
+    let schema = resolve(spec, schema);
+    if let Some(t) = schema.get("type") {
+        let types: Vec<&str> = match t {
+            Value::String(s) => vec![s.as_str()],
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            _ => vec![],
+        };
+        let ok = types.iter().any(|t| match *t {
+            "object" => v.is_object(),
+            "array" => v.is_array(),
+            "string" => v.is_string(),
+            "integer" => v.is_i64() || v.is_u64(),
+            "number" => v.is_number(),
+            "boolean" => v.is_boolean(),
+            "null" => v.is_null(),
+            _ => false,
+        });
+        if !ok {
+            errors.push(format!("{at}: {v} is not of type {t}"));
+            return;
+        }
+    }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+        && !allowed.contains(v)
+    {
+        errors.push(format!("{at}: {v} is not one of {allowed:?}"));
+    }
+    if let Some(n) = v.as_f64() {
+        if schema
+            .get("minimum")
+            .and_then(Value::as_f64)
+            .is_some_and(|m| n < m)
+        {
+            errors.push(format!("{at}: {n} is below the minimum"));
+        }
+        if schema
+            .get("maximum")
+            .and_then(Value::as_f64)
+            .is_some_and(|m| n > m)
+        {
+            errors.push(format!("{at}: {n} is above the maximum"));
+        }
+    }
+    if let Some(obj) = v.as_object() {
+        for key in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let key = key.as_str().unwrap();
+            if !obj.contains_key(key) {
+                errors.push(format!("{at}: missing required {key}"));
+            }
+        }
+        let props = schema.get("properties").and_then(Value::as_object);
+        for (key, value) in obj {
+            match props.and_then(|p| p.get(key)) {
+                Some(s) => validate(spec, s, value, &format!("{at}.{key}"), errors),
+                None => match schema.get("additionalProperties") {
+                    Some(Value::Bool(false)) => {
+                        errors.push(format!("{at}: undocumented field {key}"))
+                    }
+                    Some(s @ Value::Object(_)) => {
+                        validate(spec, s, value, &format!("{at}.{key}"), errors)
+                    }
+                    _ => {}
+                },
+            }
+        }
+    }
+    if let (Some(items), Some(arr)) = (schema.get("items"), v.as_array()) {
+        for (i, item) in arr.iter().enumerate() {
+            validate(spec, items, item, &format!("{at}[{i}]"), errors);
+        }
+    }
+}
+
+/// Checks one real response against the document; returns the operation key.
+fn conforms(
+    spec: &Value,
+    template: &str,
+    method: &str,
+    status: u16,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) {
+    let op = spec["paths"][template][method].clone();
+    assert!(op.is_object(), "{method} {template} is not documented");
+    let response = op["responses"].get(status.to_string()).unwrap_or_else(|| {
+        panic!("{method} {template} answered {status}, which is not documented")
+    });
+    let response = resolve(spec, response);
+    match response.pointer("/content/application~1json/schema") {
+        None => assert!(
+            body.is_empty(),
+            "{method} {template} {status}: documented without a body"
+        ),
+        Some(schema) => {
+            let value: Value = serde_json::from_slice(body)
+                .unwrap_or_else(|e| panic!("{method} {template} {status}: not JSON: {e}"));
+            let mut errors = Vec::new();
+            validate(spec, schema, &value, "body", &mut errors);
+            assert!(
+                errors.is_empty(),
+                "{method} {template} {status}: {errors:?}\n{value}"
+            );
+        }
+    }
+    for header in response
+        .get("headers")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, _)| k)
+    {
+        assert!(
+            headers.contains_key(header.as_str()),
+            "{method} {template} {status}: no {header}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn real_responses_match_docs_openapi_yaml() {
+    let spec = spec();
+    assert_eq!(spec["openapi"], "3.1.0");
+    let orch = harness::start(&unique_db("openapi"), &[]).await;
+    let w = TestWaifu::start("w").await;
+    let mut exercised = BTreeSet::new();
+    let calls: Vec<(&str, &str, String, Option<Value>)> = vec![
+        (
+            "/__internal/health",
+            "get",
+            "/__internal/health".into(),
+            None,
+        ),
+        (
+            "/__internal/hello",
+            "post",
+            "/__internal/hello".into(),
+            Some(
+                json!({"name": "w", "host": w.host(), "additionalBinds": {"http://w.test": "/", "http://localhost/x": "/"}}),
+            ),
+        ),
+        (
+            "/__internal/hello",
+            "post",
+            "/__internal/hello".into(),
+            Some(json!({"name": "w", "host": w.host(), "additionalBinds": null})),
+        ),
+        (
+            "/__internal/hello",
+            "post",
+            "/__internal/hello".into(),
+            Some(json!({"name": "Bad", "host": "x"})),
+        ),
+        (
+            "/__internal/hello",
+            "post",
+            "/__internal/hello".into(),
+            Some(json!({"name": "big", "host": "x".repeat(100_000)})),
+        ),
+        (
+            "/__internal/database",
+            "post",
+            "/__internal/database".into(),
+            Some(json!({"name": "w", "secret": "s"})),
+        ),
+        (
+            "/__internal/database",
+            "post",
+            "/__internal/database".into(),
+            Some(json!({"name": "w", "secret": ""})),
+        ),
+        (
+            "/__internal/waifus",
+            "get",
+            "/__internal/waifus".into(),
+            None,
+        ),
+        (
+            "/__internal/waifus/{name}/health",
+            "get",
+            "/__internal/waifus/nobody/health".into(),
+            None,
+        ),
+        (
+            "/__internal/waifus/{name}/health",
+            "get",
+            "/__internal/waifus/w/health".into(),
+            None,
+        ),
+        (
+            "/__internal/incidents",
+            "get",
+            "/__internal/incidents?limit=0".into(),
+            None,
+        ),
+    ];
+    let mut calls = calls;
+    for _ in 0..6 {
+        calls.push((
+            "/__internal/database",
+            "post",
+            "/__internal/database".into(),
+            Some(json!({"name": "w", "secret": "wrong"})),
+        ));
+    }
+    calls.push((
+        "/__internal/incidents",
+        "get",
+        "/__internal/incidents".into(),
+        None,
+    ));
+    orch.register("w", &w.host(), json!({})).await;
+    for (template, method, path, body) in calls {
+        let m = if method == "get" {
+            Method::GET
+        } else {
+            Method::POST
+        };
+        let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let r = send(orch.internal, m, &path, &[], body).await.unwrap();
+        conforms(
+            &spec,
+            template,
+            method,
+            r.status.as_u16(),
+            &r.headers,
+            &r.body,
+        );
+        exercised.insert((template.to_owned(), method.to_owned(), r.status.as_u16()));
+    }
+    // Incidents are written in the background: the list has them now.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let r = send(
+        orch.internal,
+        Method::GET,
+        "/__internal/incidents",
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    conforms(
+        &spec,
+        "/__internal/incidents",
+        "get",
+        r.status.as_u16(),
+        &r.headers,
+        &r.body,
+    );
+    assert!(
+        serde_json::from_slice::<Value>(&r.body)
+            .unwrap()
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    );
+
+    // Every documented operation was exercised, and the statuses that matter.
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            assert!(
+                exercised.iter().any(|(p, m, _)| p == path && m == method),
+                "{method} {path} is documented but not exercised"
+            );
+        }
+    }
+    for (template, method, status) in [
+        ("/__internal/hello", "post", 400),
+        ("/__internal/hello", "post", 413),
+        ("/__internal/database", "post", 403),
+        ("/__internal/database", "post", 429),
+        ("/__internal/waifus/{name}/health", "get", 404),
+        ("/__internal/incidents", "get", 400),
+    ] {
+        assert!(
+            exercised.contains(&(template.to_owned(), method.to_owned(), status)),
+            "{method} {template} {status} was not exercised: {exercised:?}"
+        );
+    }
+    orch.stop().await.unwrap();
+}
