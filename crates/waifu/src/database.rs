@@ -55,6 +55,14 @@ impl Waifu {
     /// The answer is cached in memory and, with `WAIFU_CACHE_DIR`, in a 0600
     /// file; when the orchestrator is unreachable or unavailable (503), the
     /// cached answer is used.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), waifu::DatabaseError> {
+    /// let waifu = waifu::Waifu::new("link", "link:8080").secret("s3cret");
+    /// let c = waifu.credentials().await?;
+    /// println!("database {} on {}:{}", c.database, c.host, c.port);
+    /// # Ok(()) }
+    /// ```
     pub async fn credentials(&self) -> Result<DatabaseCredentials, DatabaseError> {
         if let Some(c) = self.cached_in_memory() {
             return Ok(c);
@@ -108,6 +116,14 @@ impl Waifu {
     }
 
     /// Credentials and a ready connection pool to this waifu's database.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// let db = waifu::Waifu::from_env()?.database().await?;
+    /// let client = db.pool.get().await?;
+    /// client.batch_execute("CREATE TABLE IF NOT EXISTS notes (body text)").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn database(&self) -> Result<Database, DatabaseError> {
         let credentials = self.credentials().await?;
         let mut config = tokio_postgres::Config::new();
@@ -128,6 +144,12 @@ impl Waifu {
 }
 
 /// A waifu's database: its credentials and a connection pool.
+///
+/// ```no_run
+/// # async fn f(db: waifu::Database) -> Result<(), Box<dyn std::error::Error>> {
+/// let rows = db.pool.get().await?.query("SELECT 1", &[]).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Database {
     /// As handed out by the orchestrator.
@@ -138,6 +160,13 @@ pub struct Database {
 
 impl Database {
     /// A libpq connection string, for tools that want one.
+    ///
+    /// ```no_run
+    /// # async fn f(db: waifu::Database) {
+    /// let url = db.connection_string(); // postgres://user:password@host:port/database
+    /// assert!(url.starts_with("postgres://"));
+    /// # }
+    /// ```
     pub fn connection_string(&self) -> String {
         let c = &self.credentials;
         format!(

@@ -92,6 +92,14 @@ pub enum HelloError {
 
 impl HelloError {
     /// Whether trying again later can help (unreachable or 5xx).
+    ///
+    /// ```no_run
+    /// # async fn f(w: waifu::Waifu) {
+    /// if let Err(e) = w.hello().await {
+    ///     assert!(e.is_transient() || e.to_string().contains("refused"));
+    /// }
+    /// # }
+    /// ```
     pub fn is_transient(&self) -> bool {
         match self {
             HelloError::Unreachable(_) => true,
@@ -327,6 +335,12 @@ fn log_hello(answer: &HelloResponse) {
 
 /// Wait before retry number `attempt` (0-based): 250 ms doubling up to 30 s,
 /// with ±20 % jitter so a fleet does not retry in step.
+///
+/// ```
+/// let first = waifu::backoff(0);
+/// assert!(first >= std::time::Duration::from_millis(200));
+/// assert!(waifu::backoff(50) <= std::time::Duration::from_secs(36));
+/// ```
 pub fn backoff(attempt: u32) -> Duration {
     let base = Duration::from_millis(250)
         .saturating_mul(1u32 << attempt.min(16))
