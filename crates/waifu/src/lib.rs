@@ -266,12 +266,16 @@ impl Waifu {
     /// ```
     pub async fn announce(self) {
         let mut attempt = 0;
+        let mut announced = false;
         loop {
             match self.hello().await {
                 Ok(answer) => {
-                    if attempt > 0 || !answer.binds.is_empty() {
+                    // The first success and the first after failures are logged;
+                    // routine re-hellos are not.
+                    if !announced || attempt > 0 {
                         log_hello(&answer);
                     }
+                    announced = true;
                     attempt = 0;
                     tokio::time::sleep(self.rehello_every).await;
                 }
