@@ -11,7 +11,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use crate::harness::{self, Orch, Relay, temp_dir};
+use crate::harness::{self, Orch, temp_dir};
 use crate::pg::{self, unique_db};
 use crate::waifu::TestWaifu;
 
@@ -476,17 +476,7 @@ async fn interrupted_provisioning_is_finished_and_squatters_are_refused() {
 
 #[tokio::test]
 async fn database_outage_is_503_and_recovers_without_restart() {
-    let backend = format!("127.0.0.1:{}", pg::cluster().port).parse().unwrap();
-    let relay = Relay::start(backend).await;
-    let c = pg::cluster();
-    let url = format!(
-        "postgres://{}:{}@{}/{}",
-        c.user,
-        c.password,
-        relay.addr,
-        unique_db("dbout")
-    );
-    let orch = harness::start_with_url(&url, &[]).await;
+    let (orch, relay) = harness::start_behind_relay(&unique_db("dbout")).await;
     assert_eq!(database(&orch, "before", "x").await.0, StatusCode::OK);
     relay.cut();
     let started = Instant::now();

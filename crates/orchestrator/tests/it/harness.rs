@@ -264,6 +264,19 @@ pub fn raw_status(response: &str) -> u16 {
         .unwrap_or_else(|| panic!("no status line in {response:?}"))
 }
 
+/// An orchestrator whose connections to PostgreSQL go through a [`Relay`],
+/// so the test can make the database unreachable for it alone.
+pub async fn start_behind_relay(db: &str) -> (Orch, Relay) {
+    let cluster = pg::cluster();
+    let backend = format!("127.0.0.1:{}", cluster.port).parse().unwrap();
+    let relay = Relay::start(backend).await;
+    let url = format!(
+        "postgres://{}:{}@{}/{db}",
+        cluster.user, cluster.password, relay.addr
+    );
+    (start_with_url(&url, &[]).await, relay)
+}
+
 /// A TCP relay to a backend that the test can cut and restore, to make
 /// PostgreSQL unreachable for one orchestrator without stopping it for all.
 pub struct Relay {

@@ -6,8 +6,8 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::harness::{self, Relay, send};
-use crate::pg::{self, unique_db};
+use crate::harness::{self, send};
+use crate::pg::unique_db;
 use crate::waifu::TestWaifu;
 
 fn assert_error(status: StatusCode, body: &Value, want_status: StatusCode, want_code: &str) {
@@ -329,17 +329,7 @@ async fn restart_restores_routes_without_a_new_hello() {
 
 #[tokio::test]
 async fn database_outage_keeps_proxying_and_recovers() {
-    let backend = format!("127.0.0.1:{}", pg::cluster().port).parse().unwrap();
-    let relay = Relay::start(backend).await;
-    let c = pg::cluster();
-    let url = format!(
-        "postgres://{}:{}@{}/{}",
-        c.user,
-        c.password,
-        relay.addr,
-        unique_db("outage")
-    );
-    let orch = harness::start_with_url(&url, &[]).await;
+    let (orch, relay) = harness::start_behind_relay(&unique_db("outage")).await;
     let w = TestWaifu::start("w").await;
     orch.register("w", &w.host(), json!({})).await;
 
