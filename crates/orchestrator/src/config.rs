@@ -118,6 +118,10 @@ pub struct Config {
     /// above UPSTREAM_TIMEOUT.
     #[arg(long, env = "IDLE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
+    /// Threads serving requests; default: the CPUs this process may run on. With
+    /// 1, a single-threaded runtime is used (no work-stealing overhead).
+    #[arg(long, env = "WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
     /// On SIGTERM, in-flight requests get this long to finish.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,

@@ -3,43 +3,61 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use orchestrator::{Cli, Command, Config, Listeners, LogFormat};
+use orchestrator::{CheckArgs, Cli, Command, Config, Listeners, LogFormat};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: could not start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let result = match cli.command {
+        Some(Command::Check(args)) => check(&args),
+        Some(Command::Serve(config)) => run(*config),
+        None => run(cli.serve),
     };
-    let config = match cli.command {
-        Some(Command::Serve(config)) => *config,
-        None => cli.serve,
-        Some(Command::Check(args)) => {
-            let report = runtime.block_on(orchestrator::check::check(&args.url, args.timeout));
-            println!("{report}");
-            return if report.passed() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            };
-        }
-    };
-    init_tracing(config.log_format);
-    match runtime.block_on(serve(config)) {
-        Ok(()) => ExitCode::SUCCESS,
+    match result {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// `orchestrator check URL`: prints the report; exit 0 only if all rules pass.
+fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(orchestrator::check::check(&args.url, args.timeout));
+    println!("{report}");
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `orchestrator serve`, on a runtime of `WORKER_THREADS` threads (default:
+/// the CPUs this process may use); one thread means a single-threaded runtime.
+fn run(config: Config) -> anyhow::Result<ExitCode> {
+    init_tracing(config.log_format);
+    let threads = config
+        .worker_threads
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1)
+        .max(1);
+    let runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(serve(config))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
