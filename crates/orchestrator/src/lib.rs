@@ -31,6 +31,64 @@ use tracing::{info, warn};
 pub use config::{CheckArgs, Cli, Command, Config, ConfigError, LogFormat};
 pub use managed::ManagedError;
 
+/// The proxy's hot path, exposed for the micro-benchmark (`benches/hot_path.rs`).
+#[doc(hidden)]
+pub mod hot_path {
+    use std::sync::Arc;
+
+    use tokio_util::sync::CancellationToken;
+
+    use crate::routes::{BindRoute, Instance, RouteTable, WaifuRoute};
+
+    /// The guard: the canonical path, or why the target is refused.
+    pub fn normalize(raw: &str) -> Result<std::borrow::Cow<'_, str>, &'static str> {
+        crate::proxy::guard::normalize(raw).map_err(|r| match r {
+            crate::proxy::guard::Rejection::Internal => "internal",
+            crate::proxy::guard::Rejection::Ambiguous(why) => why,
+        })
+    }
+
+    /// A route table with `waifus` waifus (`w0`, `w1`, ...) and as many binds
+    /// (`b{i}.test` → waifu `w{i}`, prefix `/p`).
+    #[derive(Debug)]
+    pub struct Table(RouteTable);
+
+    impl Table {
+        pub fn new(waifus: usize) -> Table {
+            let token = CancellationToken::new();
+            let routes: Vec<Arc<WaifuRoute>> = (0..waifus)
+                .map(|i| {
+                    let upstream =
+                        waifus_protocol::parse_host(&format!("10.0.{}.{}:8080", i / 250, i % 250))
+                            .expect("valid host");
+                    let instance = Arc::new(Instance::new(upstream, true, &token));
+                    Arc::new(WaifuRoute::new(&format!("w{i}"), vec![instance]))
+                })
+                .collect();
+            let binds: Vec<(String, BindRoute)> = routes
+                .iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    let bind = BindRoute {
+                        prefix: "/p".into(),
+                        target: "/t".into(),
+                        waifu: w.clone(),
+                    };
+                    (format!("b{i}.test"), bind)
+                })
+                .collect();
+            Table(RouteTable::new(Some("localhost"), routes, binds))
+        }
+
+        /// Resolves and picks an instance; returns the upstream path's length.
+        pub fn route(&self, host: &str, path: &str) -> Option<usize> {
+            let resolved = self.0.resolve(host, path)?;
+            resolved.waifu.pick()?;
+            Some(resolved.path.len())
+        }
+    }
+}
+
 /// Locating PostgreSQL's programs and the user to run them as; shared with
 /// the test harness, which starts its own throwaway cluster.
 #[doc(hidden)]
