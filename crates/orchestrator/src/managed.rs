@@ -80,7 +80,7 @@ impl Managed {
         let user = run_as()?;
         let data_dir = std::path::absolute(data_dir).map_err(io("resolve", data_dir))?;
         create_dir(&data_dir, if user.is_some() { 0o711 } else { 0o700 })?;
-        let cluster = data_dir.join("postgres");
+        let cluster = cluster_dir(&data_dir, user)?;
         let password = read_or_create_secret(&data_dir.join("postgres-password"))?;
         let port = read_or_pick_port(&data_dir.join("postgres-port"))?;
         if !cluster.join("PG_VERSION").exists() {
@@ -175,6 +175,54 @@ fn find_bindir_in(
     versions.pop().map(|(_, d)| d)
 }
 
+/// Where the cluster lives: `DATA_DIR/postgres`, unless PostgreSQL's user
+/// cannot reach it (as root, with DATA_DIR under a private directory such as
+/// `/root`): then `/var/lib/waifus/postgres-{hash of DATA_DIR}`, said in a
+/// WARN line. Everything else stays in DATA_DIR.
+fn cluster_dir(data_dir: &Path, user: Option<(u32, u32)>) -> Result<PathBuf, ManagedError> {
+    let preferred = data_dir.join("postgres");
+    let Some((uid, gid)) = user else {
+        return Ok(preferred);
+    };
+    let outside = data_dir
+        .ancestors()
+        .skip(1)
+        .any(|dir| !searchable(dir, uid, gid));
+    if !outside || preferred.join("PG_VERSION").exists() {
+        return Ok(preferred);
+    }
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(data_dir.as_os_str().as_encoded_bytes());
+    let home = Path::new("/var/lib/waifus");
+    create_dir(home, 0o711)?;
+    let cluster = home.join(format!(
+        "postgres-{}",
+        &crate::provision::secret::hex(&digest)[..16]
+    ));
+    warn!(
+        data_dir = %data_dir.display(),
+        cluster = %cluster.display(),
+        "the user postgres cannot reach DATA_DIR (a parent directory is private); \
+         keeping the managed cluster outside it"
+    );
+    Ok(cluster)
+}
+
+/// Whether `uid`/`gid` may pass through `dir` (execute permission).
+fn searchable(dir: &Path, uid: u32, gid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return false;
+    };
+    let mode = meta.mode();
+    if meta.uid() == uid {
+        mode & 0o100 != 0
+    } else if meta.gid() == gid {
+        mode & 0o010 != 0
+    } else {
+        mode & 0o001 != 0
+    }
+}
+
 /// `None` to run PostgreSQL as ourselves; the `postgres` user's ids as root.
 pub fn run_as() -> Result<Option<(u32, u32)>, ManagedError> {
     use std::os::unix::fs::MetadataExt;
@@ -266,8 +314,10 @@ async fn initdb(
     if let Some((uid, gid)) = user {
         std::os::unix::fs::chown(cluster, Some(uid), Some(gid)).map_err(io("chown", cluster))?;
     }
-    // initdb reads the superuser password from a file it must be able to open.
-    let pwfile = data_dir.join(".initdb-password");
+    // initdb reads the superuser password from a file it must be able to
+    // open, and runs in a directory it can enter: both beside the cluster.
+    let beside = cluster.parent().unwrap_or(data_dir);
+    let pwfile = beside.join(".initdb-password");
     write_private(&pwfile, password)?;
     if let Some((uid, gid)) = user {
         std::os::unix::fs::chown(&pwfile, Some(uid), Some(gid)).map_err(io("chown", &pwfile))?;
@@ -284,7 +334,7 @@ async fn initdb(
             "--locale=C",
         ])
         .arg(format!("--pwfile={}", pwfile.display()))
-        .current_dir(data_dir)
+        .current_dir(beside)
         .output()
         .await;
     let _ = std::fs::remove_file(&pwfile);
@@ -434,6 +484,21 @@ mod tests {
             std::fs::write(bin.join(p), "").unwrap();
         }
         bin
+    }
+
+    #[test]
+    fn private_parents_are_detected() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = std::env::temp_dir().join(format!("waifus-search-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&root).unwrap();
+        let other = (54_321, 54_321);
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(!searchable(&root, other.0, other.1));
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711)).unwrap();
+        assert!(searchable(&root, other.0, other.1));
+        // Not root-specific: without another user, the preferred place is kept.
+        assert_eq!(cluster_dir(&root, None).unwrap(), root.join("postgres"));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
