@@ -118,6 +118,10 @@ pub struct Config {
     /// above UPSTREAM_TIMEOUT.
     #[arg(long, env = "IDLE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
+    /// Most client connections served at once on the public listener; beyond
+    /// it new connections wait in the kernel's backlog until one closes.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value = "4096", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
     /// Threads serving requests; default: the CPUs this process may run on. With
     /// 1, a single-threaded runtime is used (no work-stealing overhead).
     #[arg(long, env = "WORKER_THREADS")]

@@ -212,6 +212,7 @@ async fn serve(
     let limits = server::ConnLimits {
         header_read_timeout: config.header_read_timeout,
         idle_timeout: config.idle_timeout,
+        max_connections: config.max_connections,
     };
     let drain = config.shutdown_timeout;
     let public = tokio::spawn(server::serve_public(

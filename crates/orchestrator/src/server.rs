@@ -32,6 +32,8 @@ use crate::proxy::Proxy;
 pub(crate) struct ConnLimits {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Connections served at once; the accept loop waits for a free slot.
+    pub max_connections: u32,
 }
 
 /// Largest HTTP/1 header block (and read buffer); beyond it, 431.
@@ -62,7 +64,16 @@ pub(crate) async fn serve_public(
         .max_header_list_size(MAX_H2_HEADER_LIST)
         .max_concurrent_streams(256);
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections as usize));
     loop {
+        // At the limit, stop accepting: newcomers wait in the kernel's backlog.
+        let slot = tokio::select! {
+            () = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -92,6 +103,7 @@ pub(crate) async fn serve_public(
             if let Err(e) = close_when_idle(conn, activity, idle, peer).await {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);

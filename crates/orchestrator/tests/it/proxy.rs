@@ -433,3 +433,33 @@ async fn slow_clients_are_timed_out() {
     assert!(closed.is_ok(), "a half-sent request must be cut off");
     orch.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    let orch = harness::start(&unique_db("maxconn"), &["--max-connections", "2"]).await;
+    let w = TestWaifu::start("w").await;
+    orch.register("w", &w.host(), json!({})).await;
+    // Two idle connections hold both slots.
+    let first = TcpStream::connect(orch.public).await.unwrap();
+    let second = TcpStream::connect(orch.public).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A third waits in the kernel's backlog: connected, but not served.
+    let mut third = TcpStream::connect(orch.public).await.unwrap();
+    third
+        .write_all(b"GET /w/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let early = tokio::time::timeout(Duration::from_millis(700), third.read(&mut buf)).await;
+    assert!(early.is_err(), "a connection beyond the limit was served");
+    // A slot frees: the waiting connection is served.
+    drop(first);
+    let n = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf))
+        .await
+        .expect("served once a slot was free")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    drop(second);
+    orch.stop().await.unwrap();
+}
