@@ -95,16 +95,10 @@ async fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitSta
 }
 
 async fn hello(internal: SocketAddr, name: &str, host: &str, binds: serde_json::Value) {
-    let body = json!({"name": name, "host": host, "additionalBinds": binds}).to_string();
-    let r = send(
-        internal,
-        Method::POST,
-        "/__internal/hello",
-        &[],
-        Bytes::from(body),
-    )
-    .await
-    .unwrap();
+    let body = json!({"name": name, "host": host, "additionalBinds": binds});
+    let r = harness::post_json(internal, "/__internal/hello", &body)
+        .await
+        .unwrap();
     assert_eq!(r.status, StatusCode::OK);
 }
 
@@ -232,15 +226,8 @@ async fn managed_postgres_is_the_default() {
     signal_pid(first, "-KILL");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let body = json!({"name": "again", "host": "127.0.0.1:1"}).to_string();
-        let r = send(
-            p.internal,
-            Method::POST,
-            "/__internal/hello",
-            &[],
-            Bytes::from(body),
-        )
-        .await;
+        let body = json!({"name": "again", "host": "127.0.0.1:1"});
+        let r = harness::post_json(p.internal, "/__internal/hello", &body).await;
         let restarted = std::fs::read_to_string(data.join("postgres/postmaster.pid"))
             .ok()
             .and_then(|p| p.lines().next()?.trim().parse::<u32>().ok())
@@ -277,16 +264,10 @@ async fn managed_postgres_is_the_default() {
 }
 
 async fn managed_database(internal: SocketAddr) -> serde_json::Value {
-    let body = json!({"name": "managed", "secret": "managed-secret"}).to_string();
-    let r = send(
-        internal,
-        Method::POST,
-        "/__internal/database",
-        &[],
-        Bytes::from(body),
-    )
-    .await
-    .unwrap();
+    let body = json!({"name": "managed", "secret": "managed-secret"});
+    let r = harness::post_json(internal, "/__internal/database", &body)
+        .await
+        .unwrap();
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     serde_json::from_slice(&r.body).unwrap()
 }

@@ -16,16 +16,10 @@ use crate::pg::{self, unique_db};
 use crate::waifu::TestWaifu;
 
 async fn database(orch: &Orch, name: &str, secret: &str) -> (StatusCode, Value, http::HeaderMap) {
-    let body = json!({"name": name, "secret": secret}).to_string();
-    let r = harness::send(
-        orch.internal,
-        Method::POST,
-        "/__internal/database",
-        &[],
-        Bytes::from(body),
-    )
-    .await
-    .unwrap();
+    let body = json!({"name": name, "secret": secret});
+    let r = harness::post_json(orch.internal, "/__internal/database", &body)
+        .await
+        .unwrap();
     let v = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
     (r.status, v, r.headers)
 }

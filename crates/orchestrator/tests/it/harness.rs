@@ -245,6 +245,12 @@ pub async fn send(
     })
 }
 
+/// POSTs JSON to `path` on `addr` (an internal listener); `None` if it could
+/// not be sent.
+pub async fn post_json(addr: SocketAddr, path: &str, body: &Value) -> Option<Reply> {
+    send(addr, Method::POST, path, &[], Bytes::from(body.to_string())).await
+}
+
 /// Writes raw bytes on a new connection and reads until the server closes
 /// (or 10 s pass); returns what came back.
 pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
