@@ -14,6 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use waifus_protocol::Upstream;
 
+use crate::proxy::upstream::ConnPool;
+
 /// One running copy of a waifu, shared by the route table and its health task.
 #[derive(Debug)]
 pub(crate) struct Instance {
@@ -32,6 +34,8 @@ pub(crate) struct Instance {
     pub critical_since_ms: AtomicU64,
     /// Cancelled when the instance leaves the registry: stops its health task.
     pub retired: CancellationToken,
+    /// Idle keep-alive connections to it.
+    pub pool: ConnPool,
 }
 
 impl Instance {
@@ -47,6 +51,7 @@ impl Instance {
             last_check_ms: AtomicU64::new(0),
             critical_since_ms: AtomicU64::new(if healthy { 0 } else { now_ms() }),
             retired: parent.child_token(),
+            pool: ConnPool::default(),
         }
     }
 

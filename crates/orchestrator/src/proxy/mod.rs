@@ -8,6 +8,7 @@
 
 pub(crate) mod guard;
 mod headers;
+pub(crate) mod upstream;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -20,9 +21,9 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
@@ -32,12 +33,13 @@ use crate::health::{self, Outcome};
 use crate::registry::Registry;
 use guard::Rejection;
 use headers::Forwarded;
+use upstream::{Answer, Outgoing, SendError, UpstreamBody};
 
 /// Longest request target accepted (path and query), in bytes; longer is 414.
 pub(crate) const MAX_TARGET_LEN: usize = 8 * 1024;
 
 /// Body of every proxied response: the waifu's stream, or our own error.
-pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub(crate) type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
 /// Timeouts towards waifus.
 #[derive(Debug, Clone, Copy)]
@@ -51,8 +53,7 @@ pub(crate) struct UpstreamConfig {
 #[derive(Debug)]
 pub(crate) struct Proxy {
     registry: Arc<Registry>,
-    /// Pooled keep-alive client to waifus (HTTP/1.1).
-    client: Client<HttpConnector, Incoming>,
+    connect_timeout: Duration,
     response_timeout: Duration,
     /// Owns upgraded tunnels so shutdown can wait for them.
     tunnels: TaskTracker,
@@ -67,18 +68,9 @@ impl Proxy {
         tunnels: TaskTracker,
         hard_stop: CancellationToken,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .set_host(false)
-            .build(connector);
         Proxy {
             registry,
-            client,
+            connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
             tunnels,
             hard_stop,
@@ -102,32 +94,20 @@ impl Proxy {
         req: Request<Incoming>,
         client: SocketAddr,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+        let (mut parts, body) = req.into_parts();
+        let target_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
         if target_len > MAX_TARGET_LEN {
             return Err(ProxyError::TargetTooLong);
         }
-        let (host_value, host) = request_host(&req).ok_or(ProxyError::BadHost)?;
-        let path = guard::normalize(req.uri().path()).map_err(ProxyError::Guard)?;
+        let (host_value, host) = request_host(&parts).ok_or(ProxyError::BadHost)?;
+        let path = guard::normalize(parts.uri.path()).map_err(ProxyError::Guard)?;
         let table = self.registry.routes();
         let resolved = table.resolve(&host, &path).ok_or(ProxyError::NoRoute)?;
         if guard::reaches_internal(&resolved.path) {
             return Err(ProxyError::Guard(Rejection::Internal));
         }
         let instance = resolved.waifu.pick().ok_or(ProxyError::NoHealthy)?.clone();
-        let path_and_query = match req.uri().query() {
-            Some(q) => Cow::Owned(format!("{}?{q}", resolved.path)),
-            None => resolved.path.clone(),
-        };
-        let uri = http::Uri::builder()
-            .scheme("http")
-            .authority(instance.authority.clone())
-            .path_and_query(path_and_query.as_ref())
-            .build()
-            .map_err(|_| ProxyError::Guard(Rejection::Ambiguous("unusable request target")))?;
-        let prefix = resolved.prefix.to_owned();
-        drop(table);
 
-        let (mut parts, body) = req.into_parts();
         let upgrade = wants_upgrade(&parts).then(|| parts.extensions.remove::<OnUpgrade>());
         let upgrade = upgrade.flatten();
         headers::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
@@ -138,50 +118,69 @@ impl Proxy {
                 client: client.ip(),
                 proto: "http",
                 host: &host_value,
-                prefix: &prefix,
+                prefix: resolved.prefix,
             },
         );
-        parts.uri = uri;
-        parts.version = Version::HTTP_11;
+        let outgoing = Outgoing::new(
+            parts.method,
+            &resolved.path,
+            parts.uri.query(),
+            std::mem::take(&mut parts.headers),
+            body,
+            upgrade.is_some(),
+        );
+        drop(table);
 
-        let sent = self.client.request(Request::from_parts(parts, body));
-        let response = match tokio::time::timeout(self.response_timeout, sent).await {
-            Err(_) => return Err(ProxyError::Timeout),
-            Ok(Err(e)) if is_timeout(&e) => return Err(ProxyError::Timeout),
+        let sent = upstream::send(&instance, outgoing, self.connect_timeout);
+        let answer = match tokio::time::timeout(self.response_timeout, sent).await {
+            Err(_) | Ok(Err(SendError::ConnectTimeout)) => return Err(ProxyError::Timeout),
             Ok(Err(e)) => {
-                if e.is_connect() {
+                if matches!(e, SendError::Connect(_)) {
                     health::record(&instance, Outcome::Down);
                 }
                 debug!(instance = %instance.upstream, error = %e, "upstream failed");
                 return Err(ProxyError::Upstream);
             }
-            Ok(Ok(response)) => response,
+            Ok(Ok(answer)) => answer,
         };
-        let (mut rparts, rbody) = response.into_parts();
-        if rparts.status == StatusCode::SWITCHING_PROTOCOLS {
-            let (Some(client_side), Some(upstream_side)) =
-                (upgrade, rparts.extensions.remove::<OnUpgrade>())
-            else {
-                return Err(ProxyError::Upstream);
-            };
-            headers::strip_hop_by_hop(&mut rparts.headers, true);
-            self.tunnel(client_side, upstream_side);
-        } else {
-            headers::strip_hop_by_hop(&mut rparts.headers, false);
+        match answer {
+            Answer::Response(response) => {
+                let (mut rparts, rbody) = response.into_parts();
+                headers::strip_hop_by_hop(&mut rparts.headers, false);
+                Ok(Response::from_parts(rparts, Either::Left(rbody)))
+            }
+            Answer::Switched {
+                response,
+                io,
+                early,
+            } => {
+                let client_side = upgrade.ok_or(ProxyError::Upstream)?;
+                let (mut rparts, ()) = response.into_parts();
+                headers::strip_hop_by_hop(&mut rparts.headers, true);
+                self.tunnel(client_side, io, early);
+                let empty = Either::Right(Full::new(Bytes::new()));
+                Ok(Response::from_parts(rparts, empty))
+            }
         }
-        Ok(Response::from_parts(rparts, Either::Left(rbody)))
     }
 
-    /// Relays bytes both ways once both sides have switched protocols.
-    fn tunnel(&self, client_side: OnUpgrade, upstream_side: OnUpgrade) {
+    /// Relays bytes both ways once the client's side has switched protocols
+    /// too; `early` is what the waifu sent right after its 101.
+    fn tunnel(&self, client_side: OnUpgrade, mut upstream: TcpStream, early: Bytes) {
         let stop = self.hard_stop.clone();
         self.tunnels.spawn(async move {
-            let Ok((client_io, upstream_io)) = tokio::try_join!(client_side, upstream_side) else {
+            let Ok(client_io) = client_side.await else {
                 return;
             };
-            let (mut c, mut u) = (TokioIo::new(client_io), TokioIo::new(upstream_io));
+            let mut client_io = TokioIo::new(client_io);
+            let relay = async {
+                if !early.is_empty() {
+                    client_io.write_all(&early).await?;
+                }
+                tokio::io::copy_bidirectional(&mut client_io, &mut upstream).await
+            };
             tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut c, &mut u) => {}
+                _ = relay => {}
                 () = stop.cancelled() => {}
             }
         });
@@ -201,28 +200,17 @@ fn wants_upgrade(parts: &http::request::Parts) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return io.kind() == std::io::ErrorKind::TimedOut;
-        }
-        source = s.source();
-    }
-    false
-}
-
 /// The host a request is for, as sent and normalised (lowercase, no port,
 /// no trailing dot). The absolute-form target's authority wins over `Host`
 /// (RFC 9112 §3.2.2); HTTP/2 carries it in `:authority`.
-fn request_host(req: &Request<Incoming>) -> Option<(HeaderValue, Cow<'_, str>)> {
-    let (value, raw) = match req.uri().authority() {
+fn request_host(req: &http::request::Parts) -> Option<(HeaderValue, Cow<'_, str>)> {
+    let (value, raw) = match req.uri.authority() {
         Some(authority) => (
             HeaderValue::from_str(authority.as_str()).ok()?,
             authority.as_str(),
         ),
         None => {
-            let mut hosts = req.headers().get_all(header::HOST).iter();
+            let mut hosts = req.headers.get_all(header::HOST).iter();
             let value = hosts.next()?;
             if hosts.next().is_some() {
                 return None;
