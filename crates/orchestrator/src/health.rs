@@ -2,7 +2,8 @@
 //!
 //! Every instance gets its own task: `GET {instance}/__internal/health` every
 //! `HEALTH_INTERVAL` (±10 % jitter, so thousands of instances do not beat in
-//! step) with `HEALTH_TIMEOUT`. The rules:
+//! step) with `HEALTH_TIMEOUT`, over the same keep-alive connections the
+//! proxy uses (so a check also keeps one warm). The rules:
 //!
 //! - a new instance is not routed to before its first successful check, which
 //!   runs as soon as it says hello;
@@ -19,16 +20,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::Method;
+use http::header::{self, HeaderMap, HeaderValue};
+use http_body_util::{BodyExt, Limited};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::proxy::upstream::{self, Answer, Outgoing, SendError};
 use crate::registry::{Registry, Watch};
 use crate::routes::{Instance, now_ms};
 
@@ -53,8 +53,6 @@ pub(crate) enum Outcome {
     Failed,
 }
 
-type CheckClient = Client<HttpConnector, Empty<Bytes>>;
-
 /// Starts a checking task for every instance the registry announces.
 pub(crate) async fn supervise(
     registry: Arc<Registry>,
@@ -63,26 +61,18 @@ pub(crate) async fn supervise(
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.timeout));
-    connector.set_nodelay(true);
-    let client: CheckClient = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(config.interval * 2)
-        .pool_max_idle_per_host(1)
-        .build(connector);
     loop {
         let watch = tokio::select! {
             () = shutdown.cancelled() => return,
             w = watched.recv() => match w { Some(w) => w, None => return },
         };
-        let task = watch_instance(registry.clone(), client.clone(), watch, config);
+        let task = watch_instance(registry.clone(), watch, config);
         tracker.spawn(task);
     }
 }
 
 async fn watch_instance(
     registry: Arc<Registry>,
-    client: CheckClient,
     Watch { name, instance }: Watch,
     config: HealthConfig,
 ) {
@@ -90,7 +80,7 @@ async fn watch_instance(
     loop {
         let outcome = tokio::select! {
             () = instance.retired.cancelled() => return,
-            o = check(&client, &instance, config.timeout) => o,
+            o = check(&instance, config.timeout) => o,
         };
         let healthy = record(&instance, outcome);
         if healthy != persisted {
@@ -161,26 +151,24 @@ pub(crate) fn set_healthy(instance: &Instance, healthy: bool) {
     }
 }
 
-async fn check(client: &CheckClient, instance: &Instance, timeout: Duration) -> Outcome {
-    let uri = http::Uri::builder()
-        .scheme("http")
-        .authority(instance.authority.clone())
-        .path_and_query("/__internal/health")
-        .build();
-    let Ok(uri) = uri else { return Outcome::Down };
-    let request = http::Request::get(uri)
-        .header(http::header::USER_AGENT, "waifus-orchestrator")
-        .body(Empty::new());
-    let Ok(request) = request else {
-        return Outcome::Down;
-    };
-    match tokio::time::timeout(timeout, client.request(request)).await {
+async fn check(instance: &Arc<Instance>, timeout: Duration) -> Outcome {
+    let mut headers = HeaderMap::with_capacity(2);
+    if let Ok(host) = HeaderValue::from_str(instance.authority.as_str()) {
+        headers.insert(header::HOST, host);
+    }
+    headers.insert(
+        header::USER_AGENT,
+        HeaderValue::from_static("waifus-orchestrator"),
+    );
+    let request = Outgoing::bodyless(Method::GET, "/__internal/health", headers);
+    let answer = tokio::time::timeout(timeout, upstream::send(instance, request, timeout)).await;
+    match answer {
         Err(_) => Outcome::Failed,
-        Ok(Err(e)) if e.is_connect() => Outcome::Down,
-        Ok(Err(_)) => Outcome::Failed,
-        Ok(Ok(response)) => {
+        Ok(Err(SendError::Connect(_) | SendError::ConnectTimeout)) => Outcome::Down,
+        Ok(Err(_) | Ok(Answer::Switched { .. })) => Outcome::Failed,
+        Ok(Ok(Answer::Response(response))) => {
             let ok = response.status().is_success();
-            // Drain a small body so the connection can be reused.
+            // Read a small body to its end so the connection is reused.
             let _ =
                 tokio::time::timeout(timeout, Limited::new(response.into_body(), 4096).collect())
                     .await;

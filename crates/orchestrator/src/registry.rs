@@ -179,8 +179,14 @@ impl Registry {
                 outcome.reason = Some(RefusalReason::Taken);
             }
         }
+        let before = state.waifus.get(&hello.name).map(|e| e.binds.clone());
         let new_instance = self.apply_hello(&mut state, &hello.name, upstream, accepted);
-        self.publish(&state);
+        let after = state.waifus.get(&hello.name).map(|e| &e.binds);
+        // A repeated hello (SDKs re-hello every 30 s) changes nothing.
+        if new_instance.is_some() || before.as_ref() != after {
+            let old = before.iter().flatten().map(|(key, _)| key.host.as_str());
+            self.publish_waifu(&state, &hello.name, old);
+        }
         drop(state);
         if let Some(instance) = new_instance {
             info!(name = %hello.name, instance = %instance.upstream, "new instance");
@@ -248,6 +254,9 @@ impl Registry {
     ) -> Result<(), StoreError> {
         let mut state = self.state.lock().await;
         self.store.remove_instance(name, &instance.upstream).await?;
+        let old_hosts: Vec<String> = state.waifus.get(name).map_or_else(Vec::new, |e| {
+            e.binds.iter().map(|(key, _)| key.host.clone()).collect()
+        });
         if let Some(entry) = state.waifus.get_mut(name) {
             entry.instances.retain(|i| !Arc::ptr_eq(i, instance));
             if entry.instances.is_empty() {
@@ -256,10 +265,27 @@ impl Registry {
                 entry.route = Arc::new(WaifuRoute::new(name, entry.instances.clone()));
             }
         }
-        self.publish(&state);
+        self.publish_waifu(&state, name, old_hosts.iter().map(String::as_str));
         instance.retired.cancel();
         info!(name, instance = %instance.upstream, "deregistered instance");
         Ok(())
+    }
+
+    /// Publishes the table after a change to one waifu only; `old_hosts`
+    /// are the hosts it was bound on before. Writers hold the state lock, so
+    /// the table read here is the latest.
+    fn publish_waifu<'a>(
+        &self,
+        state: &State,
+        name: &str,
+        old_hosts: impl IntoIterator<Item = &'a str>,
+    ) {
+        let now = state
+            .waifus
+            .get(name)
+            .map(|e| (&e.route, e.binds.as_slice()));
+        let table = self.routes.load().with_waifu(name, now, old_hosts);
+        self.routes.store(Arc::new(table));
     }
 
     fn publish(&self, state: &State) {

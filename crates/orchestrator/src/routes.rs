@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
-use waifus_protocol::Upstream;
+use waifus_protocol::{BindKey, Upstream};
 
 use crate::proxy::upstream::ConnPool;
 
@@ -100,12 +100,12 @@ impl WaifuRoute {
 }
 
 /// One accepted bind, as the proxy matches it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct BindRoute {
     /// `""` or `/a/b`: matched on whole segments of the canonical path.
-    pub prefix: Box<str>,
+    pub prefix: Arc<str>,
     /// `""` or `/t`: prepended to what follows the prefix.
-    pub target: Box<str>,
+    pub target: Arc<str>,
     pub waifu: Arc<WaifuRoute>,
 }
 
@@ -120,13 +120,17 @@ pub(crate) struct Resolved<'a> {
 }
 
 /// An immutable snapshot of all routes.
+///
+/// Keys and values are shared (`Arc`), so deriving the next table after a
+/// change to one waifu ([`RouteTable::with_waifu`]) copies pointers, not
+/// strings: hellos stay cheap with tens of thousands of routes.
 #[derive(Debug, Default)]
 pub(crate) struct RouteTable {
     /// `None` means `MAIN_DOMAIN=*`: every host not claimed by a bind.
-    main_domain: Option<Box<str>>,
-    waifus: HashMap<Box<str>, Arc<WaifuRoute>>,
+    main_domain: Option<Arc<str>>,
+    waifus: HashMap<Arc<str>, Arc<WaifuRoute>>,
     /// Lowercase host → binds, longest prefix first.
-    hosts: HashMap<Box<str>, Box<[BindRoute]>>,
+    hosts: HashMap<Arc<str>, Arc<[BindRoute]>>,
 }
 
 impl RouteTable {
@@ -137,21 +141,76 @@ impl RouteTable {
     ) -> Self {
         let waifus = waifus
             .into_iter()
-            .map(|w| (w.name.clone(), w))
+            .map(|w| (Arc::from(&*w.name), w))
             .collect::<HashMap<_, _>>();
-        let mut by_host: HashMap<Box<str>, Vec<BindRoute>> = HashMap::new();
+        let mut by_host: HashMap<Arc<str>, Vec<BindRoute>> = HashMap::new();
         for (host, bind) in binds {
             by_host.entry(host.into()).or_default().push(bind);
         }
         let hosts = by_host
             .into_iter()
-            .map(|(host, mut binds)| {
-                binds.sort_by_key(|b| std::cmp::Reverse(b.prefix.len()));
-                (host, binds.into_boxed_slice())
-            })
+            .map(|(host, binds)| (host, sorted(binds)))
             .collect();
         RouteTable {
             main_domain: main_domain.map(Into::into),
+            waifus,
+            hosts,
+        }
+    }
+
+    /// The table after one waifu changed: `now` is its route and binds
+    /// (`None` once it is gone), `old_hosts` the hosts it was bound on.
+    /// Only those hosts' bind lists are rebuilt.
+    pub(crate) fn with_waifu<'o>(
+        &self,
+        name: &str,
+        now: Option<(&Arc<WaifuRoute>, &[(BindKey, String)])>,
+        old_hosts: impl IntoIterator<Item = &'o str>,
+    ) -> RouteTable {
+        let mut waifus = self.waifus.clone();
+        let mut hosts = self.hosts.clone();
+        match now {
+            Some((route, _)) => {
+                waifus.insert(name.into(), route.clone());
+            }
+            None => {
+                waifus.remove(name);
+            }
+        }
+        let binds = now.map_or(&[][..], |(_, b)| b);
+        let mut affected: Vec<&str> = binds.iter().map(|(key, _)| key.host.as_str()).collect();
+        for host in old_hosts {
+            affected.push(host);
+        }
+        affected.sort_unstable();
+        affected.dedup();
+        for host in affected {
+            let mut list: Vec<BindRoute> = hosts
+                .get(host)
+                .map(|l| {
+                    l.iter()
+                        .filter(|b| &*b.waifu.name != name)
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let Some((route, _)) = now {
+                for (key, target) in binds.iter().filter(|(k, _)| k.host == host) {
+                    list.push(BindRoute {
+                        prefix: key.prefix.as_str().into(),
+                        target: target.as_str().into(),
+                        waifu: route.clone(),
+                    });
+                }
+            }
+            if list.is_empty() {
+                hosts.remove(host);
+            } else {
+                hosts.insert(host.into(), sorted(list));
+            }
+        }
+        RouteTable {
+            main_domain: self.main_domain.clone(),
             waifus,
             hosts,
         }
@@ -184,6 +243,12 @@ impl RouteTable {
             prefix: &path[..=end],
         })
     }
+}
+
+/// Longest prefix first, so the most specific bind wins.
+fn sorted(mut binds: Vec<BindRoute>) -> Arc<[BindRoute]> {
+    binds.sort_by_key(|b| std::cmp::Reverse(b.prefix.len()));
+    binds.into()
 }
 
 fn resolve_bind<'a>(bind: &'a BindRoute, path: &'a str) -> Option<Resolved<'a>> {
@@ -268,6 +333,81 @@ mod tests {
             any.resolve("whatever.example", "/other/x").map(|r| r.path),
             Some(Cow::Borrowed("/x"))
         );
+    }
+
+    /// Deriving a table after one waifu changed routes exactly like building
+    /// it from scratch: binds added, moved between hosts and dropped.
+    #[test]
+    fn incremental_update_matches_a_rebuild() {
+        use waifus_protocol::parse_bind_key;
+        let key = |b: &str| parse_bind_key(b).unwrap();
+        let (a, b) = (waifu("a"), waifu("b"));
+        let b_binds = vec![(key("http://shared.test/b"), String::new())];
+        let full = |a_binds: &[(BindKey, String)], with_a: bool| {
+            let mut binds: Vec<(String, BindRoute)> = Vec::new();
+            let mut waifus = vec![b.clone()];
+            for (w, list) in [(&b, &b_binds[..]), (&a, a_binds)] {
+                if Arc::ptr_eq(w, &a) && !with_a {
+                    continue;
+                }
+                for (k, t) in list {
+                    binds.push((k.host.clone(), bind(&k.prefix, t, w)));
+                }
+            }
+            if with_a {
+                waifus.push(a.clone());
+            }
+            RouteTable::new(Some("localhost"), waifus, binds)
+        };
+        let probes = [
+            ("localhost", "/a/x"),
+            ("localhost", "/b/x"),
+            ("shared.test", "/b/x"),
+            ("shared.test", "/a/x"),
+            ("shared.test", "/x"),
+            ("one.test", "/x"),
+            ("two.test", "/t/x"),
+        ];
+        let routes = |t: &RouteTable| -> Vec<Option<(String, String)>> {
+            probes
+                .iter()
+                .map(|(h, p)| {
+                    t.resolve(h, p)
+                        .map(|r| (r.waifu.name.to_string(), r.path.into_owned()))
+                })
+                .collect()
+        };
+        let steps: Vec<Option<Vec<(BindKey, String)>>> = vec![
+            Some(vec![
+                (key("http://one.test"), String::new()),
+                (key("http://shared.test/a"), "/in".into()),
+            ]),
+            Some(vec![
+                (key("http://two.test/t"), String::new()),
+                (key("http://shared.test"), String::new()),
+            ]),
+            Some(vec![]),
+            None,
+        ];
+        let mut table = full(&[], false);
+        let mut old: Vec<BindKey> = Vec::new();
+        for step in steps {
+            let hosts: Vec<&str> = old.iter().map(|k| k.host.as_str()).collect();
+            let next = table.with_waifu("a", step.as_ref().map(|s| (&a, s.as_slice())), hosts);
+            let want = full(step.as_deref().unwrap_or(&[]), step.is_some());
+            assert_eq!(routes(&next), routes(&want), "after {step:?}");
+            assert_eq!(
+                next.hosts.len(),
+                want.hosts.len(),
+                "no empty host lists left behind"
+            );
+            old = step
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            table = next;
+        }
     }
 
     #[test]

@@ -151,6 +151,11 @@ impl Outgoing {
         Self::encode(method, path, query, headers, body, upgrade)
     }
 
+    /// A request without a body, such as a health check.
+    pub(crate) fn bodyless(method: Method, path: &str, headers: HeaderMap) -> Self {
+        Self::encode(method, path, None, headers, None, false)
+    }
+
     fn encode(
         method: Method,
         path: &str,
