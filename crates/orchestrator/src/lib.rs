@@ -19,6 +19,7 @@ mod registry;
 mod routes;
 mod server;
 mod store;
+mod strict;
 
 use std::sync::Arc;
 use std::time::Duration;

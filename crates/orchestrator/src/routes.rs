@@ -119,6 +119,9 @@ pub(crate) struct Resolved<'a> {
     pub prefix: &'a str,
 }
 
+/// A waifu's current route and accepted binds (with their targets).
+pub(crate) type WaifuNow<'a> = (&'a Arc<WaifuRoute>, &'a [(BindKey, String)]);
+
 /// An immutable snapshot of all routes.
 ///
 /// Keys and values are shared (`Arc`), so deriving the next table after a
@@ -164,7 +167,7 @@ impl RouteTable {
     pub(crate) fn with_waifu<'o>(
         &self,
         name: &str,
-        now: Option<(&Arc<WaifuRoute>, &[(BindKey, String)])>,
+        now: Option<WaifuNow<'_>>,
         old_hosts: impl IntoIterator<Item = &'o str>,
     ) -> RouteTable {
         let mut waifus = self.waifus.clone();
@@ -342,7 +345,7 @@ mod tests {
         use waifus_protocol::parse_bind_key;
         let key = |b: &str| parse_bind_key(b).unwrap();
         let (a, b) = (waifu("a"), waifu("b"));
-        let b_binds = vec![(key("http://shared.test/b"), String::new())];
+        let b_binds = [(key("http://shared.test/b"), String::new())];
         let full = |a_binds: &[(BindKey, String)], with_a: bool| {
             let mut binds: Vec<(String, BindRoute)> = Vec::new();
             let mut waifus = vec![b.clone()];

@@ -6,7 +6,8 @@
 //! keep-alive connections), header blocks and request targets are size
 //! limited, and any connection on which no byte moved for `IDLE_TIMEOUT` is
 //! closed (this is what ends idle or dead HTTP/2 connections; upgraded
-//! tunnels are handed off and not bound by it).
+//! tunnels are handed off and not bound by it). Request framing is checked
+//! strictly before hyper parses it ([`crate::strict`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::proxy::Proxy;
+use crate::strict::Strict;
 
 /// Limits on what a client may send.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +58,9 @@ pub(crate) async fn serve_public(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        // A refused request ends the stream after the good ones before it
+        // (crate::strict): those are still answered.
+        .half_close(true)
         .max_buf_size(MAX_HEADER_BYTES)
         .max_headers(MAX_HEADERS);
     builder
@@ -147,7 +152,7 @@ where
 /// it was accepted.
 #[derive(Debug)]
 struct Tracked {
-    inner: TcpStream,
+    inner: Strict,
     started: Instant,
     activity: Arc<AtomicU64>,
 }
@@ -155,7 +160,7 @@ struct Tracked {
 impl Tracked {
     fn new(inner: TcpStream, activity: Arc<AtomicU64>) -> Self {
         Tracked {
-            inner,
+            inner: Strict::new(inner),
             started: Instant::now(),
             activity,
         }

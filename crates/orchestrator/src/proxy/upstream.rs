@@ -35,8 +35,9 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_FIELDS: usize = 100;
 /// Largest chunk-size line or trailer block.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
-/// Bytes asked of the kernel per read.
-const READ_SIZE: usize = 16 * 1024;
+/// Bytes asked of the kernel per read. Buffers are not kept with idle
+/// connections: ten thousand instances would pin that much memory each.
+const READ_SIZE: usize = 8 * 1024;
 /// Idle connections kept per instance.
 const MAX_IDLE: usize = 256;
 /// An idle connection older than this is closed rather than reused: a waifu
@@ -47,7 +48,6 @@ const IDLE_FOR: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub(crate) struct IdleConn {
     io: TcpStream,
-    buf: BytesMut,
     since: Instant,
 }
 
@@ -68,17 +68,12 @@ impl ConnPool {
         }
     }
 
-    fn checkin(&self, io: TcpStream, mut buf: BytesMut) {
-        if buf.capacity() > 2 * READ_SIZE {
-            buf = BytesMut::new();
-        }
-        buf.clear();
+    fn checkin(&self, io: TcpStream) {
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < MAX_IDLE
         {
             idle.push(IdleConn {
                 io,
-                buf,
                 since: Instant::now(),
             });
         }
@@ -242,7 +237,7 @@ pub(crate) async fn send(
     let mut fresh = false;
     loop {
         let (mut io, mut buf, reused) = match instance.pool.checkout() {
-            Some(c) => (c.io, c.buf, true),
+            Some(c) => (c.io, BytesMut::with_capacity(READ_SIZE), true),
             None => {
                 fresh = true;
                 let (io, buf) = connect(instance, connect_timeout).await?;
@@ -671,9 +666,7 @@ impl UpstreamBody {
             && self.upload.is_none()
             && self.buf.is_empty()
         {
-            self.instance
-                .pool
-                .checkin(io, std::mem::take(&mut self.buf));
+            self.instance.pool.checkin(io);
         }
     }
 

@@ -15,3 +15,4 @@ mod health;
 mod openapi;
 mod proxy;
 mod registration;
+mod smuggling;

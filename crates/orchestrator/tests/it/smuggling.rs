@@ -1,0 +1,129 @@
+//! Request smuggling (issue 6 §2): malformed HTTP/1 framing is refused with
+//! 400 and a closed connection, over raw sockets against the real listener;
+//! a pipelined request after a good one goes through the guard like any other.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness;
+use crate::pg::unique_db;
+use crate::waifu::TestWaifu;
+
+/// Sends `request` and reads until the server closes; `None` if it did not
+/// close within 10 s.
+async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> Option<String> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
+        .await
+        .ok()?
+        .ok()?;
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn statuses(responses: &str) -> Vec<u16> {
+    responses
+        .split("HTTP/1.1 ")
+        .skip(1)
+        .filter_map(|r| r.get(..3)?.parse().ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn malformed_framing_is_refused_and_closed() {
+    let orch = harness::start(&unique_db("smuggle"), &[]).await;
+    let w = TestWaifu::start("w").await;
+    orch.register("w", &w.host(), json!({})).await;
+    let cases: &[(&str, &str)] = &[
+        (
+            "CL and TE",
+            "POST /w/echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "two CLs",
+            "POST /w/echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        ),
+        (
+            "plus CL",
+            "POST /w/echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: +3\r\n\r\nabc",
+        ),
+        (
+            "empty CL",
+            "POST /w/echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: \r\n\r\n",
+        ),
+        (
+            "xchunked",
+            "POST /w/echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "chunked tab",
+            "POST /w/echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\t\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "identity, chunked",
+            "POST /w/echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "second TE",
+            "POST /w/echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "obs-fold",
+            "GET /w/x HTTP/1.1\r\nHost: localhost\r\nX-A: a\r\n b\r\n\r\n",
+        ),
+        ("bare LF", "GET /w/x HTTP/1.1\nHost: localhost\n\n"),
+        (
+            "space before colon",
+            "GET /w/x HTTP/1.1\r\nHost : localhost\r\n\r\n",
+        ),
+    ];
+    for (what, request) in cases {
+        let got = exchange(orch.public, request.as_bytes()).await;
+        let got = got.unwrap_or_else(|| panic!("{what}: the connection was not closed"));
+        // Refused by our strict check (JSON body) or, for what it sees
+        // first, by hyper itself (empty body): a 400 either way.
+        assert_eq!(statuses(&got), [400], "{what}: {got}");
+        // After a good request on the same connection: the good one is
+        // answered, then the bad one refused.
+        let good = "GET /w/first HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        let both = format!("{good}{request}");
+        let got = exchange(orch.public, both.as_bytes()).await;
+        let got = got.unwrap_or_else(|| panic!("{what} (pipelined): not closed"));
+        assert_eq!(statuses(&got), [200, 400], "{what} (pipelined): {got}");
+    }
+    // None of the malformed requests reached the waifu.
+    let seen = w.seen.lock().unwrap().clone();
+    assert!(seen.iter().all(|t| t == "/first"), "{seen:?}");
+    orch.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn pipelined_requests_each_go_through_the_guard() {
+    let orch = harness::start(&unique_db("pipeline"), &[]).await;
+    let w = TestWaifu::start("w").await;
+    orch.register("w", &w.host(), json!({})).await;
+    // A request hidden in a body is data: echoed, never routed.
+    let hidden = "GET /w/__internal/x HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let requests = [
+        "GET /w/a HTTP/1.1\r\nHost: localhost\r\n\r\n".to_string(),
+        "GET /w/__internal/health HTTP/1.1\r\nHost: localhost\r\n\r\n".to_string(),
+        format!(
+            "POST /w/echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{hidden}",
+            hidden.len()
+        ),
+        "GET /w/%5f_internal/y HTTP/1.1\r\nHost: localhost\r\n\r\n".to_string(),
+        "GET /w/b HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_string(),
+    ]
+    .concat();
+    let got = exchange(orch.public, requests.as_bytes())
+        .await
+        .expect("closed");
+    assert_eq!(statuses(&got), [200, 404, 200, 404, 200], "{got}");
+    let seen = w.seen.lock().unwrap().clone();
+    assert_eq!(seen, ["/a", "/echo", "/b"]);
+    orch.stop().await.unwrap();
+}
