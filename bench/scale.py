@@ -43,7 +43,11 @@ def hello(conn, name, host, binds=None):
     data = r.read()
     if r.status != 200:
         sys.exit(f"hello {name}: {r.status} {data[:200]!r}")
-    return json.loads(data)
+    answer = json.loads(data)
+    refused = [b for b in answer["binds"] if not b["accepted"]]
+    if refused:
+        sys.exit(f"hello {name}: binds refused: {refused}")
+    return answer
 
 
 def main():
@@ -77,7 +81,7 @@ def main():
         time.sleep(0.2)
     up = f"127.0.0.1:{backend}"
     conn = hello_conn(internal)
-    hello(conn, "app", up, {"http://app.bind.test": ""})
+    hello(conn, "app", up, {"http://app.bind.test": "/"})
     main_url = f"http://127.0.0.1:{public}/app/hello"
     R.wait_ok(main_url, "the first waifu")
 
@@ -101,7 +105,7 @@ def main():
                 i = next(names, None)
             if i is None:
                 return
-            hello(c, f"w{i}", up, {f"http://w{i}.bind.test": ""})
+            hello(c, f"w{i}", up, {f"http://w{i}.bind.test": "/"})
 
     threads = [threading.Thread(target=register) for _ in range(8)]
     for t in threads:

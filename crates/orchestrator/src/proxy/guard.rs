@@ -10,7 +10,9 @@
 //! (400): an encoded `/`, `\` raw or encoded, NUL and other control bytes,
 //! bad percent-encoding, bytes that are not UTF-8 after decoding (this covers
 //! overlong UTF-8), a decoded `%HH` that would decode again, a `.` or `..`
-//! segment carrying `;` parameters, and `..` climbing above the root.
+//! segment carrying `;` parameters, and `..` climbing above the root. A
+//! segment that Unicode normalisation (NFKC) or Unicode case mapping turns
+//! into a reserved one is treated as reserved (404).
 
 use std::borrow::Cow;
 
@@ -95,7 +97,7 @@ fn normalize_slow(raw: &str) -> Result<String, Rejection> {
                 trailing_slash = true;
             }
             None => {
-                if is_internal_segment(segment) {
+                if is_internal_segment(segment) || looks_internal(segment) {
                     return Err(Rejection::Internal);
                 }
                 kept.push(segment);
@@ -148,6 +150,31 @@ fn decode_once(raw: &[u8]) -> Result<Vec<u8>, Rejection> {
         }
     }
     Ok(out)
+}
+
+/// Whether a non-ASCII segment reads as reserved to a backend that
+/// normalises Unicode (NFKC: `＿＿ｉｎｔｅｒｎａｌ`, `ⅰ`, mathematical
+/// letters) or compares case with Unicode rules (`ı` upper-cases to `I`).
+fn looks_internal(segment: &str) -> bool {
+    use unicode_normalization::UnicodeNormalization;
+    if segment.is_ascii() {
+        return false;
+    }
+    let nfkc: String = segment.nfkc().collect();
+    [segment, nfkc.as_str()].iter().any(|s| {
+        let (lower, upper) = (s.to_lowercase(), s.to_uppercase());
+        let (lower_nfkc, upper_nfkc): (String, String) =
+            (lower.nfkc().collect(), upper.nfkc().collect());
+        [
+            s,
+            &lower.as_str(),
+            &upper.as_str(),
+            &lower_nfkc.as_str(),
+            &upper_nfkc.as_str(),
+        ]
+        .iter()
+        .any(|v| is_internal_segment(v))
+    })
 }
 
 fn has_percent_triplet(bytes: &[u8]) -> bool {
@@ -238,6 +265,14 @@ mod tests {
             ("/link//__internal", NotFound),
             ("http://localhost/link/__internal/health", NotFound),
             ("http://localhost/%5f_internal", NotFound),
+            // Unicode look-alikes: fullwidth, dotless i (upper-cases to I),
+            // small roman numeral one (NFKC: i), mathematical bold i.
+            ("/w/%EF%BC%BF%EF%BC%BFinternal", NotFound),
+            ("/w/__%C4%B1nternal", NotFound),
+            ("/w/__%E2%85%B0nternal/x", NotFound),
+            ("/w/__%F0%9D%90%A2nternal", NotFound),
+            ("/w/%EF%BC%BF%EF%BC%BF%EF%BC%A9NTERNAL", NotFound),
+            ("/w/caf%C3%A9", Path("/w/caf%C3%A9")),
             // prefix boundary: not a reserved segment
             ("/name__internal", Path("/name__internal")),
             ("/link/x__internal", Path("/link/x__internal")),

@@ -300,3 +300,125 @@ fn bad_settings_are_clear_errors() {
         assert!(err.contains(needle), "{k}={v}: {err}");
     }
 }
+
+/// Resident memory (KiB) and open descriptors of a process.
+fn rss_and_fds(pid: u32) -> (u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    (rss, fds)
+}
+
+/// Soak (issue 6 §5): 60 s of load on 256 connections while waifus say
+/// hello and vanish every 100 ms (and get deregistered). No unexpected
+/// answer, and no growth of descriptors or memory beyond a stated bound.
+#[tokio::test]
+async fn soak_with_churning_waifus() {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    const CONNS: usize = 256;
+    const SOAK: Duration = Duration::from_secs(60);
+    /// Bounds on growth between the first seconds of load and the end.
+    const MAX_FD_GROWTH: usize = 64;
+    const MAX_RSS_GROWTH_KIB: u64 = 32 * 1024;
+
+    let url = pg::cluster().url(&unique_db("soak"));
+    let p = spawn_with(&[("DATABASE_URL", &url), ("DEREGISTER_AFTER", "1s")]).await;
+    let stable = TestWaifu::start("stable").await;
+    hello(p.internal, "stable", &stable.host(), json!({})).await;
+    wait_routable(p.public, "localhost", "/stable/x").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, unexpected) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let client: Client<_, http_body_util::Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(CONNS)
+        .build_http();
+    let public = p.public;
+    let mut workers = Vec::new();
+    for i in 0..CONNS {
+        let (stop, ok, unexpected, client) =
+            (stop.clone(), ok.clone(), unexpected.clone(), client.clone());
+        workers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                // Mostly the stable waifu; sometimes one that may be gone.
+                let (target, churny) = if (n + i as u64) % 8 == 0 {
+                    (format!("/c{}/x", n % 600), true)
+                } else {
+                    ("/stable/x".to_owned(), false)
+                };
+                let req = http::Request::get(format!("http://{public}{target}"))
+                    .header("host", "localhost")
+                    .body(http_body_util::Empty::new())
+                    .unwrap();
+                let answer =
+                    tokio::time::timeout(Duration::from_secs(10), client.request(req)).await;
+                let status = match answer {
+                    Ok(Ok(r)) => {
+                        let s = r.status().as_u16();
+                        let _ = http_body_util::BodyExt::collect(r.into_body()).await;
+                        s
+                    }
+                    _ => 0,
+                };
+                let expected = status == 200 || (churny && matches!(status, 404 | 502 | 503));
+                if expected {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    unexpected.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("soak: {target} answered {status}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }));
+    }
+
+    let started = Instant::now();
+    let mut alive: std::collections::VecDeque<TestWaifu> = std::collections::VecDeque::new();
+    let mut baseline = None;
+    let mut i = 0;
+    while started.elapsed() < SOAK {
+        let w = TestWaifu::start("churn").await;
+        hello(p.internal, &format!("c{}", i % 600), &w.host(), json!({})).await;
+        alive.push_back(w);
+        if alive.len() > 5 {
+            alive.pop_front(); // vanishes: its connections drop
+        }
+        i += 1;
+        if baseline.is_none() && started.elapsed() > Duration::from_secs(5) {
+            baseline = Some(rss_and_fds(p.child.id()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let (rss0, fds0) = baseline.unwrap();
+    let (rss1, fds1) = rss_and_fds(p.child.id());
+    let (ok, unexpected) = (
+        ok.load(Ordering::Relaxed),
+        unexpected.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "soak: {ok} expected answers, {unexpected} unexpected; {i} hellos; \
+         RSS {rss0} -> {rss1} KiB, fds {fds0} -> {fds1}"
+    );
+    assert!(ok > 10_000, "too little load: {ok}");
+    assert_eq!(unexpected, 0);
+    assert!(fds1 <= fds0 + MAX_FD_GROWTH, "fds {fds0} -> {fds1}");
+    assert!(
+        rss1 <= rss0 + MAX_RSS_GROWTH_KIB,
+        "RSS {rss0} -> {rss1} KiB"
+    );
+}
