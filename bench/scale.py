@@ -4,19 +4,24 @@ routable latency, and health-check rounds under load.
 
     bash bench/scale.sh          # builds release binaries, then runs this
 
-1. Throughput and p99 through the orchestrator with one waifu registered.
-2. 10,000 more waifus registered, each with its own bind host; every one is
-   health-checked (HEALTH_INTERVAL 5 s, so each load run spans rounds over
-   10,000 instances). Throughput and p99 again, through the main domain and
-   through a bind; ratios to step 1.
-3. 1,000 hellos of new waifus, one at a time: the time from sending the hello
-   to the first 200 through the proxy (hello, first health check, publish).
+Two orchestrators, one after the other:
+
+A. Routing state only (HEALTH_INTERVAL 1 h, so no periodic checks run during
+   the load): throughput and p99 with one waifu, then with 10,000 more
+   waifus, each with its own bind host, through the main domain and through a
+   bind; then 1,000 hellos of new waifus, one at a time, timing hello to the
+   first 200 through the proxy (hello, publish, first health check).
+B. Health checking (HEALTH_INTERVAL 5 s, the default): throughput and p99
+   with one waifu, then with 10,000 instances checked every 5 s, so every
+   load run spans two full health rounds.
 
 The orchestrator runs pinned to CPU 0; wrk, the backend and this script to CPU 1.
 Runs (with baseline and loaded rounds interleaved) take about 3 minutes.
 """
 
 import argparse
+import shutil
+import signal
 import http.client
 import json
 import os
@@ -50,29 +55,17 @@ def hello(conn, name, host, binds=None):
     return answer
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--waifus", type=int, default=10_000)
-    ap.add_argument("--hellos", type=int, default=1_000)
-    ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--conns", type=int, default=64)
-    ap.add_argument("--out", default=os.path.join(R.ROOT, "bench", "scale-results.md"))
-    args = ap.parse_args()
-    if not __import__("shutil").which("wrk"):
-        sys.exit("missing: wrk (Debian: apt-get install wrk)")
-    os.sched_setaffinity(0, {int(R.LOAD_CPU)})
-
+def phase(args, interval, hellos):
     release = os.path.join(R.ROOT, "target", "release")
     tmp = tempfile.mkdtemp(prefix="waifus-scale-")
     os.chmod(tmp, 0o755)
     log = open(os.path.join(tmp, "servers.log"), "w")
     backend, public, internal = R.free_port(), R.free_port(), R.free_port()
-    R.start([os.path.join(release, "bench-backend"), f"127.0.0.1:{backend}"], R.LOAD_CPU, log)
+    backend_proc = R.start([os.path.join(release, "bench-backend"), f"127.0.0.1:{backend}"], R.LOAD_CPU, log)
     R.wait_ok(f"http://127.0.0.1:{backend}/hello", "the backend")
     orch = R.start([os.path.join(release, "orchestrator")], R.PROXY_CPU, log, env=dict(
         os.environ, DATA_DIR=os.path.join(tmp, "data"), PUBLIC_ADDR=f"127.0.0.1:{public}",
-        INTERNAL_ADDR=f"127.0.0.1:{internal}", RUST_LOG="warn", HEALTH_INTERVAL="5s",
+        INTERNAL_ADDR=f"127.0.0.1:{internal}", RUST_LOG="warn", HEALTH_INTERVAL=interval,
         MAIN_DOMAIN="localhost"))
     deadline = time.time() + 90
     while R.get(f"http://127.0.0.1:{internal}/__internal/health") != 204:
@@ -86,14 +79,12 @@ def main():
     R.wait_ok(main_url, "the first waifu")
 
     def load(host="localhost"):
-        out = R.wrk(main_url if host == "localhost" else f"http://127.0.0.1:{public}/hello",
-                         args.conns, args.seconds, host)
-        return out
+        url = main_url if host == "localhost" else f"http://127.0.0.1:{public}/hello"
+        return R.wrk(url, args.conns, args.seconds, host)
 
     R.quiet()
-    base = [load() for _ in range(args.rounds)]
+    out = {"base": [load() for _ in range(args.rounds)]}
 
-    # Register many waifus, 8 at a time.
     started = time.time()
     names = iter(range(args.waifus))
     lock = threading.Lock()
@@ -112,21 +103,19 @@ def main():
         t.start()
     for t in threads:
         t.join()
-    registered_in = time.time() - started
-    fds_orch = len(os.listdir(f"/proc/{orch.pid}/fd"))
-    # Wait until a full health round has passed, so every instance is healthy.
-    time.sleep(6)
+    out["registered_in"] = time.time() - started
     R.wait_ok(f"http://127.0.0.1:{public}/w{args.waifus - 1}/hello", "the last waifu")
-    many, many_bind = [], []
+    time.sleep(6)
+    out["many"], out["many_bind"] = [], []
     for _ in range(args.rounds):
-        many.append(load())
-        many_bind.append(load(f"w{args.waifus // 2}.bind.test"))
-    rss = R.memory_kib([orch.pid], "VmRSS")
+        out["many"].append(load())
+        out["many_bind"].append(load(f"w{args.waifus // 2}.bind.test"))
+    out["rss"] = R.memory_kib([orch.pid], "VmRSS")
+    out["fds"] = len(os.listdir(f"/proc/{orch.pid}/fd"))
 
-    # hello -> routable, one at a time.
     latencies = []
     proxy = http.client.HTTPConnection("127.0.0.1", public, timeout=10)
-    for i in range(args.hellos):
+    for i in range(hellos):
         t0 = time.perf_counter()
         hello(conn, f"n{i}", up)
         while True:
@@ -138,32 +127,55 @@ def main():
             if time.perf_counter() - t0 > 10:
                 sys.exit(f"n{i} not routable after 10 s (last status {r.status})")
         latencies.append((time.perf_counter() - t0) * 1e3)
-    latencies.sort()
-    p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
+    out["latencies"] = sorted(latencies)
+    for p in (orch, backend_proc):
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(timeout=30)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--waifus", type=int, default=10_000)
+    ap.add_argument("--hellos", type=int, default=1_000)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--conns", type=int, default=64)
+    ap.add_argument("--out", default=os.path.join(R.ROOT, "bench", "scale-results.md"))
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("missing: wrk (Debian: apt-get install wrk)")
+    os.sched_setaffinity(0, {int(R.LOAD_CPU)})
+    a = phase(args, "1h", args.hellos)
+    b = phase(args, "5s", 0)
 
     med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
     lines = [
         f"Run: {time.strftime('%Y-%m-%d %H:%M')}; orchestrator on CPU {R.PROXY_CPU}, wrk and backend on "
         f"CPU {R.LOAD_CPU}; `wrk -c{args.conns} -d{args.seconds}s`, {args.rounds} rounds each (median, min–max).",
         "",
-        "| routes registered | path | req/s | × one waifu | p99 ms | × one waifu | errors |",
-        "|---|---|---|---|---|---|---|",
+        "| health checks | routes registered | path | req/s | × one waifu | p99 ms | × one waifu | errors |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for label, path, rs in [("1 waifu", "main domain `/app`", base),
-                            (f"{args.waifus + 1:,} waifus + binds", "main domain `/app`", many),
-                            (f"{args.waifus + 1:,} waifus + binds", "bind host", many_bind)]:
-        lines.append(
-            f"| {label} | {path} | {R.fmt([r['rps'] for r in rs])} | {med(rs, 'rps') / med(base, 'rps'):.2f} | "
-            f"{R.fmt([r['p99'] for r in rs], digits=2)} | {med(rs, 'p99') / med(base, 'p99'):.2f} | "
-            f"{sum(r['errors'] for r in rs)} |")
+    n = f"{args.waifus + 1:,} waifus + binds"
+    for checks, res in [("every 1 h (none during runs)", a), ("every 5 s (2 rounds per run)", b)]:
+        base = res["base"]
+        for label, path, rs in [("1 waifu", "main domain", base), (n, "main domain", res["many"]),
+                                (n, "bind host", res["many_bind"])]:
+            lines.append(
+                f"| {checks} | {label} | {path} | {R.fmt([r['rps'] for r in rs])} | "
+                f"{med(rs, 'rps') / med(base, 'rps'):.2f} | {R.fmt([r['p99'] for r in rs], digits=2)} | "
+                f"{med(rs, 'p99') / med(base, 'p99'):.2f} | {sum(r['errors'] for r in rs)} |")
+    lat = a["latencies"]
+    p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
     lines += [
         "",
-        f"Registering {args.waifus:,} waifus (8 clients): {registered_in:.1f} s "
-        f"({args.waifus / registered_in:,.0f} hellos/s). Orchestrator RSS with them: "
-        f"{rss / 1024:.1f} MiB; open fds: {fds_orch}.",
-        f"Hello → routable over {args.hellos:,} hellos (on top of {args.waifus:,} waifus; hello, then GETs "
-        f"until 200): p50 {p(0.5):.2f} ms, p99 {p(0.99):.2f} ms, max {latencies[-1]:.2f} ms.",
-        "Each load run spans at least one health round over every instance (HEALTH_INTERVAL 5 s).",
+        f"Registering {args.waifus:,} waifus (8 clients): {a['registered_in']:.1f} s "
+        f"({args.waifus / a['registered_in']:,.0f} hellos/s). Orchestrator with them: RSS "
+        f"{a['rss'] / 1024:.1f} MiB, {a['fds']} open fds (1 h checks); RSS {b['rss'] / 1024:.1f} MiB, "
+        f"{b['fds']} fds (5 s checks, one kept-alive connection per instance).",
+        f"Hello → routable over {len(lat):,} hellos on top of {args.waifus:,} waifus (Python client: "
+        f"hello, then GETs until 200): p50 {p(0.5):.2f} ms, p99 {p(0.99):.2f} ms, max {lat[-1]:.2f} ms.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -352,7 +352,7 @@ async fn soak_with_churning_waifus() {
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 // Mostly the stable waifu; sometimes one that may be gone.
-                let (target, churny) = if (n + i as u64) % 8 == 0 {
+                let (target, churny) = if (n + i as u64).is_multiple_of(8) {
                     (format!("/c{}/x", n % 600), true)
                 } else {
                     ("/stable/x".to_owned(), false)
