@@ -223,7 +223,7 @@ async fn serve(
         shutdown.clone(),
         drain,
     ));
-    let internal = tokio::spawn(serve_internal(
+    let internal = tokio::spawn(server::serve_internal(
         listeners.internal,
         api::router(api::AppState {
             registry: registry.clone(),
@@ -231,6 +231,7 @@ async fn serve(
             incidents,
             store,
         }),
+        limits,
         shutdown.clone(),
         drain,
     ));
@@ -301,27 +302,5 @@ fn public_db(config: &Config, url: &str) -> provision::PublicDb {
             .or(url_host)
             .unwrap_or_else(|| "localhost".to_owned()),
         port: config.db_public_port.or(url_port).unwrap_or(5432),
-    }
-}
-
-async fn serve_internal(
-    listener: TcpListener,
-    router: axum::Router,
-    shutdown: CancellationToken,
-    drain: Duration,
-) {
-    let stopping = shutdown.clone();
-    let app = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let served = axum::serve(listener, app).with_graceful_shutdown(stopping.cancelled_owned());
-    let served = std::pin::pin!(served.into_future());
-    tokio::select! {
-        r = served => {
-            if let Err(e) = r {
-                warn!(error = %e, "internal listener failed");
-            }
-        }
-        () = async { shutdown.cancelled().await; tokio::time::sleep(drain).await } => {
-            warn!("drain timed out; closing remaining internal connections");
-        }
     }
 }

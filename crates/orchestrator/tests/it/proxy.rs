@@ -426,11 +426,16 @@ async fn slow_clients_are_timed_out() {
         &["--header-read-timeout", "500ms"],
     )
     .await;
-    let mut s = TcpStream::connect(orch.public).await.unwrap();
-    s.write_all(b"GET /w/ HTTP/1.1\r\nHost: loc").await.unwrap();
-    let mut out = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
-    assert!(closed.is_ok(), "a half-sent request must be cut off");
+    for (listener, addr) in [("public", orch.public), ("internal", orch.internal)] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /w/ HTTP/1.1\r\nHost: loc").await.unwrap();
+        let mut out = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        assert!(
+            closed.is_ok(),
+            "{listener}: a half-sent request must be cut off"
+        );
+    }
     orch.stop().await.unwrap();
 }
 
