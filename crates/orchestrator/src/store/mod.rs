@@ -145,20 +145,24 @@ impl Store {
     ) -> Result<Vec<bool>, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        tx.execute(
-            "INSERT INTO waifus (name) VALUES ($1)
-             ON CONFLICT (name) DO UPDATE SET updated_at = now()",
-            &[&name],
-        )
-        .await?;
-        tx.execute(
-            "INSERT INTO instances (name, host) VALUES ($1, $2)
-             ON CONFLICT (name, host) DO UPDATE SET last_hello = now()",
-            &[&name, &instance.to_string()],
-        )
-        .await?;
+        // Cached statements: one round trip each, not a parse and a run.
+        let waifu = tx
+            .prepare_cached(
+                "INSERT INTO waifus (name) VALUES ($1)
+                 ON CONFLICT (name) DO UPDATE SET updated_at = now()",
+            )
+            .await?;
+        tx.execute(&waifu, &[&name]).await?;
+        let upsert_instance = tx
+            .prepare_cached(
+                "INSERT INTO instances (name, host) VALUES ($1, $2)
+                 ON CONFLICT (name, host) DO UPDATE SET last_hello = now()",
+            )
+            .await?;
+        tx.execute(&upsert_instance, &[&name, &instance.to_string()])
+            .await?;
         let claim = tx
-            .prepare(
+            .prepare_cached(
                 "INSERT INTO binds (host, prefix, bind, target, name) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (host, prefix) DO UPDATE
                    SET bind = EXCLUDED.bind, target = EXCLUDED.target
@@ -187,12 +191,14 @@ impl Store {
             }
             granted.push(row.is_some());
         }
-        tx.execute(
-            "DELETE FROM binds WHERE name = $1 AND (host, prefix) NOT IN
-               (SELECT * FROM unnest($2::text[], $3::text[]))",
-            &[&name, &kept_hosts, &kept_prefixes],
-        )
-        .await?;
+        let release = tx
+            .prepare_cached(
+                "DELETE FROM binds WHERE name = $1 AND (host, prefix) NOT IN
+                   (SELECT * FROM unnest($2::text[], $3::text[]))",
+            )
+            .await?;
+        tx.execute(&release, &[&name, &kept_hosts, &kept_prefixes])
+            .await?;
         tx.commit().await?;
         Ok(granted)
     }
