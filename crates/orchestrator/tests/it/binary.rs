@@ -221,7 +221,9 @@ async fn managed_postgres_is_the_default() {
     drop(client);
 
     // PostgreSQL dies: the orchestrator starts it again, and registration
-    // works again without a restart.
+    // works again without a restart. Proxying never stops meanwhile.
+    let load = crate::faults::Load::start(p.public, &["/w/x"], 4);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let first = postmaster_pid(&data);
     signal_pid(first, "-KILL");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -242,6 +244,13 @@ async fn managed_postgres_is_the_default() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(get(p.public, "localhost", "/w/").await, StatusCode::OK);
+    let samples = load.finish().await;
+    assert!(samples.len() > 20, "too little load: {}", samples.len());
+    let failed: Vec<_> = samples.iter().filter(|s| s.status != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "requests failed while PostgreSQL restarted: {failed:?}"
+    );
     let second = postmaster_pid(&data);
 
     signal(&p.child, "-TERM");

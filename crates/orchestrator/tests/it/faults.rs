@@ -23,22 +23,22 @@ use crate::waifu::TestWaifu;
 /// One request of the load: which path, its status (0: transport error),
 /// how long it took and when it started.
 #[derive(Debug, Clone)]
-struct Sample {
-    path: &'static str,
-    status: u16,
-    took: Duration,
-    at: Instant,
+pub struct Sample {
+    pub path: &'static str,
+    pub status: u16,
+    pub took: Duration,
+    pub at: Instant,
 }
 
 /// Workers sending GETs round the given paths until stopped.
-struct Load {
+pub struct Load {
     samples: Arc<Mutex<Vec<Sample>>>,
     stop: CancellationToken,
     workers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Load {
-    fn start(public: SocketAddr, paths: &[&'static str], workers: usize) -> Load {
+    pub fn start(public: SocketAddr, paths: &[&'static str], workers: usize) -> Load {
         let samples = Arc::new(Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
         let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
@@ -84,7 +84,7 @@ impl Load {
         }
     }
 
-    async fn finish(self) -> Vec<Sample> {
+    pub async fn finish(self) -> Vec<Sample> {
         self.stop.cancel();
         for w in self.workers {
             w.await.unwrap();

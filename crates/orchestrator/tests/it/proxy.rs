@@ -439,6 +439,40 @@ async fn slow_clients_are_timed_out() {
     orch.stop().await.unwrap();
 }
 
+/// An idle keep-alive connection is closed after the header-read timeout
+/// (which also bounds the wait for the next request), and one on which
+/// nothing moves at all after `IDLE_TIMEOUT`.
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    let orch = harness::start(
+        &unique_db("idleconn"),
+        &["--header-read-timeout", "600ms", "--idle-timeout", "1s"],
+    )
+    .await;
+    let w = TestWaifu::start("w").await;
+    orch.register("w", &w.host(), json!({})).await;
+    let mut s = TcpStream::connect(orch.public).await.unwrap();
+    s.write_all(b"GET /w/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "an idle keep-alive connection stayed open");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "closed too early"
+    );
+    // A connection that never sends anything.
+    let mut silent = TcpStream::connect(orch.public).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "a silent connection stayed open");
+    orch.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn connections_beyond_the_limit_wait_for_a_free_slot() {
     let orch = harness::start(&unique_db("maxconn"), &["--max-connections", "2"]).await;
