@@ -114,6 +114,8 @@ def phase(args, interval, hellos):
     out["fds"] = len(os.listdir(f"/proc/{orch.pid}/fd"))
 
     latencies = []
+    # Fresh connections: idle ones were closed by the header-read timeout.
+    conn = hello_conn(internal)
     proxy = http.client.HTTPConnection("127.0.0.1", public, timeout=10)
     for i in range(hellos):
         t0 = time.perf_counter()

@@ -61,9 +61,21 @@ pub(crate) async fn supervise(
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let mut reap = tokio::time::interval(upstream::IDLE_FOR / 2);
+    reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let watch = tokio::select! {
             () = shutdown.cancelled() => return,
+            _ = reap.tick() => {
+                // Idle upstream connections past their age are closed here,
+                // not only when the next request finds them.
+                for waifu in registry.routes().waifu_routes() {
+                    for instance in waifu.instances.iter() {
+                        instance.pool.reap(upstream::IDLE_FOR);
+                    }
+                }
+                continue;
+            }
             w = watched.recv() => match w { Some(w) => w, None => return },
         };
         let task = watch_instance(registry.clone(), watch, config);

@@ -219,6 +219,11 @@ impl RouteTable {
         }
     }
 
+    /// Every waifu's route.
+    pub(crate) fn waifu_routes(&self) -> impl Iterator<Item = &Arc<WaifuRoute>> {
+        self.waifus.values()
+    }
+
     /// The route of a waifu by name (used by the internal API).
     pub(crate) fn waifu(&self, name: &str) -> Option<&Arc<WaifuRoute>> {
         self.waifus.get(name)

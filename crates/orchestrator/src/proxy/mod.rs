@@ -130,6 +130,11 @@ impl Proxy {
             upgrade.is_some(),
         );
         drop(table);
+        // The target and the Host value are slices of hyper's read buffer:
+        // holding them while the waifu answers would keep that buffer (8 KiB
+        // per connection) alive next to the one the next read allocates.
+        drop(parts.uri);
+        drop(host_value);
 
         let sent = upstream::send(&instance, outgoing, self.connect_timeout);
         let answer = match tokio::time::timeout(self.response_timeout, sent).await {

@@ -47,7 +47,7 @@ const MIN_READ: usize = 1024;
 const MAX_IDLE: usize = 256;
 /// An idle connection older than this is closed rather than reused: a waifu
 /// may have timed it out already.
-const IDLE_FOR: Duration = Duration::from_secs(30);
+pub(crate) const IDLE_FOR: Duration = Duration::from_secs(30);
 
 /// An idle keep-alive connection to an instance.
 #[derive(Debug)]
@@ -70,6 +70,14 @@ impl ConnPool {
             if conn.since.elapsed() < IDLE_FOR && is_quiet(&conn.io) {
                 return Some(conn);
             }
+        }
+    }
+
+    /// Closes idle connections older than `max_age`, so an instance checked
+    /// rarely and not proxied to does not hold a descriptor forever.
+    pub(crate) fn reap(&self, max_age: Duration) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.retain(|c| c.since.elapsed() < max_age);
         }
     }
 
@@ -1130,10 +1138,14 @@ mod tests {
             assert_eq!(body, "ok", "round {round}");
             if round == 0 {
                 assert_eq!(instance.pool.idle.lock().unwrap().len(), 1);
+                instance.pool.reap(Duration::from_secs(30));
+                assert_eq!(instance.pool.idle.lock().unwrap().len(), 1, "young: kept");
                 closed_rx.take().unwrap().await.unwrap();
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+        instance.pool.reap(Duration::ZERO);
+        assert!(instance.pool.idle.lock().unwrap().is_empty(), "old: closed");
     }
 
     proptest! {
