@@ -70,27 +70,7 @@ pub(crate) async fn serve_public(
         .max_concurrent_streams(256);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections as usize));
-    loop {
-        // At the limit, stop accepting: newcomers wait in the kernel's backlog.
-        let slot = tokio::select! {
-            () = shutdown.cancelled() => break,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer, slot)) = next_connection(&listener, &slots, &shutdown).await {
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(AtomicU64::new(0));
         let io = TokioIo::new(Tracked::new(stream, activity.clone()));
@@ -112,11 +92,43 @@ pub(crate) async fn serve_public(
         });
     }
     drop(listener);
+    drain_or_give_up(graceful, drain, "public").await;
+}
+
+/// The next connection to serve and its slot; `None` once shutting down.
+/// At `MAX_CONNECTIONS` no connection is accepted: newcomers wait in the
+/// kernel's backlog.
+async fn next_connection(
+    listener: &TcpListener,
+    slots: &Arc<tokio::sync::Semaphore>,
+    shutdown: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
+    let slot = tokio::select! {
+        () = shutdown.cancelled() => return None,
+        slot = slots.clone().acquire_owned() => slot.ok()?,
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => return Some((stream, peer, slot)),
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Waits for watched connections to finish, at most `drain`.
+async fn drain_or_give_up(graceful: GracefulShutdown, drain: Duration, which: &str) {
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()
     {
-        warn!("drain timed out; closing remaining public connections");
+        warn!("drain timed out; closing remaining {which} connections");
     }
 }
 
@@ -143,25 +155,7 @@ pub(crate) async fn serve_internal(
         .max_header_list_size(MAX_H2_HEADER_LIST);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections as usize));
-    loop {
-        let slot = tokio::select! {
-            () = shutdown.cancelled() => break,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "accept failed on the internal listener");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer, slot)) = next_connection(&listener, &slots, &shutdown).await {
         let service = router
             .clone()
             .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
@@ -178,12 +172,7 @@ pub(crate) async fn serve_internal(
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        warn!("drain timed out; closing remaining internal connections");
-    }
+    drain_or_give_up(graceful, drain, "internal").await;
 }
 
 /// Runs a connection, dropping it once no byte moved for `idle`.
