@@ -80,6 +80,35 @@ async fn main_domain_strips_the_prefix_and_sets_forwarded_headers() {
     orch.stop().await.unwrap();
 }
 
+/// HEAD gets the waifu's headers (with its Content-Length) and no body, and
+/// the kept-alive connections on both sides stay usable afterwards.
+#[tokio::test]
+async fn head_requests_get_headers_only() {
+    let orch = harness::start(&unique_db("head"), &[]).await;
+    let w = TestWaifu::start("w").await;
+    orch.register("w", &w.host(), json!({})).await;
+    let get = orch.get("localhost", "/w/x").await;
+    assert_eq!(get.status, StatusCode::OK);
+    for _ in 0..3 {
+        let head = orch
+            .request(Method::HEAD, "localhost", "/w/x", &[], Bytes::new())
+            .await;
+        assert_eq!(head.status, StatusCode::OK);
+        assert!(head.body.is_empty());
+        // The echo waifu's body names the method: one byte longer for HEAD.
+        let length: usize = head.headers["content-length"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(length, get.body.len() + 1);
+        let again = orch.get("localhost", "/w/x").await;
+        assert_eq!(again.json()["method"], "GET");
+        assert_eq!(again.body.len(), get.body.len());
+    }
+    orch.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn bodies_stream_both_ways() {
     let orch = harness::start(&unique_db("stream"), &[]).await;
