@@ -53,21 +53,11 @@ pub(crate) async fn serve_public(
     shutdown: CancellationToken,
     drain: Duration,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        // A refused request ends the stream after the good ones before it
-        // (crate::strict): those are still answered.
-        .half_close(true)
-        .max_buf_size(MAX_HEADER_BYTES)
-        .max_headers(MAX_HEADERS);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(MAX_H2_HEADER_LIST)
-        .max_concurrent_streams(256);
+    let mut builder = limited_builder(limits);
+    // A refused request ends the stream after the good ones before it
+    // (crate::strict): those are still answered.
+    builder.http1().half_close(true);
+    builder.http2().max_concurrent_streams(256);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections as usize));
     while let Some((stream, peer, slot)) = next_connection(&listener, &slots, &shutdown).await {
@@ -122,6 +112,23 @@ async fn next_connection(
     }
 }
 
+/// HTTP/1.1 and h2c with the header limits and header-read timeout that
+/// every listener applies.
+fn limited_builder(limits: ConnLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .max_headers(MAX_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_H2_HEADER_LIST);
+    builder
+}
+
 /// Waits for watched connections to finish, at most `drain`.
 async fn drain_or_give_up(graceful: GracefulShutdown, drain: Duration, which: &str) {
     if tokio::time::timeout(drain, graceful.shutdown())
@@ -142,17 +149,7 @@ pub(crate) async fn serve_internal(
     shutdown: CancellationToken,
     drain: Duration,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(MAX_HEADER_BYTES)
-        .max_headers(MAX_HEADERS);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(MAX_H2_HEADER_LIST);
+    let builder = limited_builder(limits);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections as usize));
     while let Some((stream, peer, slot)) = next_connection(&listener, &slots, &shutdown).await {
