@@ -85,7 +85,11 @@ pub(crate) async fn supervise(
 
 async fn watch_instance(
     registry: Arc<Registry>,
-    Watch { name, instance }: Watch,
+    Watch {
+        name,
+        instance,
+        mut committed,
+    }: Watch,
     config: HealthConfig,
 ) {
     let mut persisted = instance.is_healthy();
@@ -95,6 +99,13 @@ async fn watch_instance(
             o = check(&instance, config.timeout) => o,
         };
         let healthy = record(&instance, outcome);
+        if let Some(stored) = committed.take() {
+            // Nothing is stored for an instance whose hello did not commit.
+            tokio::select! {
+                () = instance.retired.cancelled() => return,
+                r = stored => if r.is_err() { return },
+            }
+        }
         if healthy != persisted {
             if healthy {
                 info!(%name, instance = %instance.upstream, "instance is healthy");

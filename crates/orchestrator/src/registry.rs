@@ -10,12 +10,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use waifus_protocol::{
     BindError, BindInfo, BindKey, BindOutcome, Hello, HelloResponse, HostError, InstanceInfo,
-    NameError, RefusalReason, Upstream, WaifuInfo, parse_bind_key, parse_bind_target, parse_host,
+    NameError, RefusalReason, WaifuInfo, parse_bind_key, parse_bind_target, parse_host,
     validate_name,
 };
 
@@ -38,6 +38,11 @@ pub(crate) enum HelloError {
 pub(crate) struct Watch {
     pub name: Arc<str>,
     pub instance: Arc<Instance>,
+    /// For an instance from a hello still being stored: fires once it is
+    /// stored, or is dropped if storing failed. The first check runs while
+    /// the transaction commits, so a healthy instance is routable as soon
+    /// as it is published; its health is stored only after the commit.
+    pub committed: Option<oneshot::Receiver<()>>,
 }
 
 #[derive(Debug, Default)]
@@ -102,6 +107,7 @@ impl Registry {
                 let _ = watch.send(Watch {
                     name: name.clone(),
                     instance: instance.clone(),
+                    committed: None,
                 });
             }
             let entry = Entry::new(&stored.name, instances, stored.binds);
@@ -166,6 +172,22 @@ impl Registry {
             .collect();
 
         let mut state = self.state.lock().await;
+        let known = state
+            .waifus
+            .get(&hello.name)
+            .is_some_and(|e| e.instances.iter().any(|i| i.upstream == upstream));
+        // A new instance gets its first health check while the hello commits.
+        let mut fresh = None;
+        if !known {
+            let instance = Arc::new(Instance::new(upstream.clone(), false, &self.shutdown));
+            let (committed, on_commit) = oneshot::channel();
+            let _ = self.watch.send(Watch {
+                name: hello.name.as_str().into(),
+                instance: instance.clone(),
+                committed: Some(on_commit),
+            });
+            fresh = Some((instance, committed));
+        }
         let granted = self.store.hello(&hello.name, &upstream, &claims).await?;
         let mut granted = granted.into_iter();
         let mut accepted = Vec::new();
@@ -180,7 +202,8 @@ impl Registry {
             }
         }
         let before = state.waifus.get(&hello.name).map(|e| e.binds.clone());
-        let new_instance = self.apply_hello(&mut state, &hello.name, upstream, accepted);
+        let (new_instance, committed) = fresh.unzip();
+        Self::apply_hello(&mut state, &hello.name, accepted, new_instance.clone());
         let after = state.waifus.get(&hello.name).map(|e| &e.binds);
         // A repeated hello (SDKs re-hello every 30 s) changes nothing.
         if new_instance.is_some() || before.as_ref() != after {
@@ -198,10 +221,9 @@ impl Registry {
                      health checks and not be routed to; register it with http://"
                 );
             }
-            let _ = self.watch.send(Watch {
-                name: hello.name.as_str().into(),
-                instance,
-            });
+        }
+        if let Some(committed) = committed {
+            let _ = committed.send(());
         }
         Ok(HelloResponse {
             name: hello.name.clone(),
@@ -223,26 +245,22 @@ impl Registry {
         Ok((key, target.0))
     }
 
-    /// Applies a recorded hello to memory; returns the instance if it is new.
+    /// Applies a recorded hello to memory: its binds, and its instance if new.
     fn apply_hello(
-        &self,
         state: &mut State,
         name: &str,
-        upstream: Upstream,
         binds: Vec<(BindKey, String)>,
-    ) -> Option<Arc<Instance>> {
+        new_instance: Option<Arc<Instance>>,
+    ) {
         let entry = state
             .waifus
             .entry(name.to_owned())
             .or_insert_with(|| Entry::new(name, Vec::new(), Vec::new()));
         entry.binds = binds;
-        if entry.instances.iter().any(|i| i.upstream == upstream) {
-            return None;
+        if let Some(instance) = new_instance {
+            entry.instances.push(instance);
+            entry.route = Arc::new(WaifuRoute::new(name, entry.instances.clone()));
         }
-        let instance = Arc::new(Instance::new(upstream, false, &self.shutdown));
-        entry.instances.push(instance.clone());
-        entry.route = Arc::new(WaifuRoute::new(name, entry.instances.clone()));
-        Some(instance)
     }
 
     /// Drops an instance that stayed critical too long; its waifu and binds
