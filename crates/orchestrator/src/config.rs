@@ -85,9 +85,15 @@ pub struct Config {
     /// `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
-    /// TLS listener, on when a certificate source is configured.
-    #[arg(long, env = "HTTPS_ADDR", default_value = "0.0.0.0:8443")]
-    pub https_addr: SocketAddr,
+    /// TLS listener [default: 0.0.0.0:8443]. On when CERT_DIR or
+    /// ACME_DIRECTORY is set; setting it alone turns TLS on with self-signed
+    /// development certificates for localhost-style hosts.
+    #[arg(long, env = "HTTPS_ADDR")]
+    pub https_addr: Option<SocketAddr>,
+    /// Port put in redirects to HTTPS [default: HTTPS_ADDR's port]; set it
+    /// to 443 when a port mapping or firewall forwards 443 to HTTPS_ADDR.
+    #[arg(long, env = "PUBLIC_HTTPS_PORT")]
+    pub public_https_port: Option<u16>,
     /// Directory of PEM certificates `{host}.crt` / `{host}.key`.
     #[arg(long, env = "CERT_DIR")]
     pub cert_dir: Option<PathBuf>,
@@ -97,6 +103,14 @@ pub struct Config {
     /// Contact e-mail for the ACME account.
     #[arg(long, env = "ACME_EMAIL")]
     pub acme_email: Option<String>,
+    /// ACME challenge tried first; a failed order retries with the other.
+    #[arg(
+        long,
+        env = "ACME_CHALLENGE",
+        value_enum,
+        default_value = "tls-alpn-01"
+    )]
+    pub acme_challenge: crate::tls::acme::Challenge,
     /// Extra PEM root trusted for the ACME directory itself.
     #[arg(long, env = "ACME_CA_FILE")]
     pub acme_ca_file: Option<PathBuf>,
@@ -142,14 +156,93 @@ pub enum ConfigError {
     ZeroDuration(&'static str),
     #[error("INCIDENT_WEBHOOK_URL {0:?} is not an absolute http:// or https:// URL")]
     WebhookUrl(String),
-    #[error(
-        "TLS is not available in this version; unset CERT_DIR and ACME_DIRECTORY \
-         (HTTPS for binds comes with issue 7)"
-    )]
-    TlsUnsupported,
+    #[error("CERT_DIR {path}: {error}")]
+    CertDir { path: String, error: String },
+    #[error("ACME_DIRECTORY {0:?} is not an https:// URL")]
+    AcmeDirectory(String),
+    #[error("ACME_CA_FILE {path}: {error}")]
+    AcmeCaFile { path: String, error: String },
+    #[error("{0} is set but ACME_DIRECTORY is not")]
+    AcmeUnused(&'static str),
 }
 
+/// The TLS listener's settings, when it is on.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsConfig {
+    /// Port used in redirects to HTTPS; `None`: the listener's own.
+    pub public_port: Option<u16>,
+    pub cert_dir: Option<PathBuf>,
+    pub acme: Option<crate::tls::acme::AcmeConfig>,
+    /// Neither source configured: self-signed development certificates.
+    pub dev: bool,
+}
+
+/// `HTTPS_ADDR` when it is not set.
+pub const DEFAULT_HTTPS_ADDR: &str = "0.0.0.0:8443";
+
 impl Config {
+    /// Whether the TLS listener is on (and must be bound).
+    pub fn tls_on(&self) -> bool {
+        self.https_addr.is_some() || self.cert_dir.is_some() || self.acme_directory.is_some()
+    }
+
+    /// `HTTPS_ADDR` or its default.
+    pub fn https_addr(&self) -> SocketAddr {
+        self.https_addr.unwrap_or_else(|| {
+            DEFAULT_HTTPS_ADDR
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 8443)))
+        })
+    }
+
+    /// The TLS settings, checked; `None` when TLS is off.
+    pub(crate) fn tls(&self) -> Result<Option<TlsConfig>, ConfigError> {
+        if self.acme_directory.is_none() {
+            if self.acme_email.is_some() {
+                return Err(ConfigError::AcmeUnused("ACME_EMAIL"));
+            }
+            if self.acme_ca_file.is_some() {
+                return Err(ConfigError::AcmeUnused("ACME_CA_FILE"));
+            }
+        }
+        if !self.tls_on() {
+            return Ok(None);
+        }
+        if let Some(dir) = &self.cert_dir {
+            crate::tls::files::check_dir(dir).map_err(|e| ConfigError::CertDir {
+                path: dir.display().to_string(),
+                error: e.to_string(),
+            })?;
+        }
+        let acme = match &self.acme_directory {
+            None => None,
+            Some(url) => {
+                let uri: Option<http::Uri> = url.parse().ok();
+                if !uri.is_some_and(|u| u.scheme_str() == Some("https") && u.host().is_some()) {
+                    return Err(ConfigError::AcmeDirectory(url.clone()));
+                }
+                if let Some(path) = &self.acme_ca_file {
+                    check_pem_roots(path).map_err(|error| ConfigError::AcmeCaFile {
+                        path: path.display().to_string(),
+                        error,
+                    })?;
+                }
+                Some(crate::tls::acme::AcmeConfig {
+                    directory: url.clone(),
+                    email: self.acme_email.clone(),
+                    ca_file: self.acme_ca_file.clone(),
+                    challenge: self.acme_challenge,
+                })
+            }
+        };
+        Ok(Some(TlsConfig {
+            public_port: self.public_https_port,
+            cert_dir: self.cert_dir.clone(),
+            dev: self.cert_dir.is_none() && acme.is_none(),
+            acme,
+        }))
+    }
+
     /// The incident webhook, checked.
     pub(crate) fn webhook_uri(&self) -> Result<Option<http::Uri>, ConfigError> {
         let Some(url) = &self.incident_webhook_url else {
@@ -167,9 +260,7 @@ impl Config {
     /// Checks what clap cannot; returns the normalised main domain
     /// (`None` for `*`).
     pub fn validate(&self) -> Result<Option<String>, ConfigError> {
-        if self.cert_dir.is_some() || self.acme_directory.is_some() {
-            return Err(ConfigError::TlsUnsupported);
-        }
+        self.tls()?;
         self.webhook_uri()?;
         for (name, d) in [
             ("HEALTH_INTERVAL", self.health_interval),
@@ -192,6 +283,20 @@ impl Config {
             _ => Err(ConfigError::MainDomain(self.main_domain.clone())),
         }
     }
+}
+
+/// A PEM file with at least one certificate.
+fn check_pem_roots(path: &std::path::Path) -> Result<(), String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| e.to_string())?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("no certificate in it".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

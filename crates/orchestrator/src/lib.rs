@@ -20,6 +20,7 @@ mod routes;
 mod server;
 mod store;
 mod strict;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,6 +75,7 @@ pub mod hot_path {
                         prefix: "/p".into(),
                         target: "/t".into(),
                         waifu: w.clone(),
+                        tls: false,
                     };
                     (format!("b{i}.test"), bind)
                 })
@@ -104,6 +106,8 @@ pub use store::StoreError;
 pub struct Listeners {
     pub public: TcpListener,
     pub internal: TcpListener,
+    /// The TLS listener; must be bound when [`Config::tls_on`].
+    pub https: Option<TcpListener>,
 }
 
 /// Why the orchestrator could not run.
@@ -119,6 +123,10 @@ pub enum RunError {
     Key(#[from] provision::secret::KeyError),
     #[error("could not read a listener's address: {0}")]
     Io(#[from] std::io::Error),
+    #[error("TLS is on but no listener was bound for HTTPS_ADDR")]
+    NoHttpsListener,
+    #[error("could not set up TLS: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 /// Runs until `shutdown` is cancelled, then drains in-flight requests for at
@@ -132,6 +140,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let main_domain = config.validate()?;
+    if config.tls_on() && listeners.https.is_none() {
+        return Err(RunError::NoHttpsListener);
+    }
     let managed = match &config.database_url {
         Some(_) => None,
         None => Some(managed::Managed::start(&config.data_dir).await?),
@@ -181,6 +192,40 @@ async fn serve(
         tasks.clone(),
         shutdown.clone(),
     ));
+    let tls = match (config.tls()?, listeners.https) {
+        (Some(tls), Some(listener)) => Some((tls, listener)),
+        _ => None,
+    };
+    let certs = tls
+        .as_ref()
+        .map(|(tls, _)| Arc::new(tls::Certs::new(registry.clone(), tls.dev)));
+    if let (Some((tls, _)), Some(certs)) = (&tls, &certs)
+        && let Some(acme) = &tls.acme
+    {
+        // Stored certificates are served from the first handshake on.
+        if let Err(e) = tls::acme::load_stored(&acme.directory, certs, &store).await {
+            warn!(error = %e, "cannot load stored certificates yet");
+        }
+    }
+    let certs = tls.as_ref().zip(certs).map(|((tls, _), certs)| {
+        if let Some(dir) = &tls.cert_dir {
+            tasks.spawn(tls::files::watch(
+                dir.clone(),
+                certs.clone(),
+                shutdown.clone(),
+            ));
+        }
+        if let Some(acme) = &tls.acme {
+            tasks.spawn(tls::acme::manage(
+                acme.clone(),
+                certs.clone(),
+                registry.clone(),
+                store.clone(),
+                shutdown.clone(),
+            ));
+        }
+        certs
+    });
     let proxy = Arc::new(proxy::Proxy::new(
         registry.clone(),
         proxy::UpstreamConfig {
@@ -189,6 +234,16 @@ async fn serve(
         },
         tasks.clone(),
         hard_stop.clone(),
+        match (&tls, &certs) {
+            (Some((tls, listener)), Some(certs)) => Some(proxy::HttpsInfo {
+                certs: certs.clone(),
+                port: match tls.public_port {
+                    Some(port) => port,
+                    None => listener.local_addr()?.port(),
+                },
+            }),
+            _ => None,
+        },
     ));
     let incidents = incidents::Incidents::new(
         store.clone(),
@@ -218,11 +273,26 @@ async fn serve(
     let drain = config.shutdown_timeout;
     let public = tokio::spawn(server::serve_public(
         listeners.public,
-        proxy,
+        proxy.clone(),
         limits,
         shutdown.clone(),
         drain,
     ));
+    let https = match (tls, certs) {
+        (Some((tls, listener)), Some(certs)) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(certs)?));
+            info!(addr = %listener.local_addr()?, dev = tls.dev, "HTTPS listener on");
+            Some(tokio::spawn(server::serve_tls(
+                listener,
+                acceptor,
+                proxy.clone(),
+                limits,
+                shutdown.clone(),
+                drain,
+            )))
+        }
+        _ => None,
+    };
     let internal = tokio::spawn(server::serve_internal(
         listeners.internal,
         api::router(api::AppState {
@@ -240,6 +310,9 @@ async fn serve(
     shutdown.cancelled().await;
     info!("shutting down: draining in-flight requests");
     let _ = tokio::join!(public, internal);
+    if let Some(https) = https {
+        let _ = https.await;
+    }
     instances.cancel();
     tasks.close();
     if tokio::time::timeout(Duration::from_secs(2), tasks.wait())

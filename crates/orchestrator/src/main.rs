@@ -70,6 +70,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listeners = Listeners {
         public: bind(config.public_addr, "PUBLIC_ADDR").await?,
         internal: bind(config.internal_addr, "INTERNAL_ADDR").await?,
+        https: match config.tls_on() {
+            true => Some(bind(config.https_addr(), "HTTPS_ADDR").await?),
+            false => None,
+        },
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));

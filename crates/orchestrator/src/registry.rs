@@ -83,6 +83,8 @@ pub(crate) struct Registry {
     /// Parent of every instance's `retired` token.
     shutdown: CancellationToken,
     watch: mpsc::UnboundedSender<Watch>,
+    /// Signalled on every published change.
+    changed: tokio::sync::Notify,
 }
 
 impl Registry {
@@ -121,6 +123,7 @@ impl Registry {
             public_base,
             shutdown,
             watch,
+            changed: tokio::sync::Notify::new(),
         };
         let loaded = {
             let state = registry.state.lock().await;
@@ -304,6 +307,7 @@ impl Registry {
             .map(|e| (&e.route, e.binds.as_slice()));
         let table = self.routes.load().with_waifu(name, now, old_hosts);
         self.routes.store(Arc::new(table));
+        self.changed.notify_one();
     }
 
     fn publish(&self, state: &State) {
@@ -313,6 +317,7 @@ impl Registry {
                     prefix: key.prefix.as_str().into(),
                     target: target.as_str().into(),
                     waifu: entry.route.clone(),
+                    tls: key.scheme == waifus_protocol::Scheme::Https,
                 };
                 (key.host.clone(), route)
             })
@@ -320,6 +325,13 @@ impl Registry {
         let waifus = state.waifus.values().map(|e| e.route.clone());
         let table = RouteTable::new(self.main_domain.as_deref(), waifus, binds);
         self.routes.store(Arc::new(table));
+        self.changed.notify_one();
+    }
+
+    /// Resolves after routes changed since the last call (one listener:
+    /// the certificate manager).
+    pub(crate) async fn routes_changed(&self) {
+        self.changed.notified().await;
     }
 
     /// Handles `GET /__internal/waifus`.

@@ -107,6 +107,8 @@ pub(crate) struct BindRoute {
     /// `""` or `/t`: prepended to what follows the prefix.
     pub target: Arc<str>,
     pub waifu: Arc<WaifuRoute>,
+    /// An `https://` bind: served on the TLS listener only.
+    pub tls: bool,
 }
 
 /// Where a request goes.
@@ -117,6 +119,8 @@ pub(crate) struct Resolved<'a> {
     pub path: Cow<'a, str>,
     /// The part of the public path that was stripped (`X-Forwarded-Prefix`).
     pub prefix: &'a str,
+    /// Matched an `https://` bind.
+    pub tls: bool,
 }
 
 /// A waifu's current route and accepted binds (with their targets).
@@ -203,6 +207,7 @@ impl RouteTable {
                         prefix: key.prefix.as_str().into(),
                         target: target.as_str().into(),
                         waifu: route.clone(),
+                        tls: key.scheme == waifus_protocol::Scheme::Https,
                     });
                 }
             }
@@ -229,6 +234,25 @@ impl RouteTable {
         self.waifus.get(name)
     }
 
+    /// Whether requests for this lowercase host are routed at all (a bind
+    /// host or the main domain).
+    pub(crate) fn serves_host(&self, host: &str) -> bool {
+        self.hosts.contains_key(host) || self.main_domain.as_deref().is_none_or(|m| m == host)
+    }
+
+    /// The main domain; `None` for `MAIN_DOMAIN=*`.
+    pub(crate) fn main_domain(&self) -> Option<&str> {
+        self.main_domain.as_deref()
+    }
+
+    /// Hosts with at least one `https://` bind.
+    pub(crate) fn tls_hosts(&self) -> impl Iterator<Item = &str> {
+        self.hosts
+            .iter()
+            .filter(|(_, binds)| binds.iter().any(|b| b.tls))
+            .map(|(host, _)| &**host)
+    }
+
     /// Resolves a lowercase host without port and a canonical path.
     pub(crate) fn resolve<'a>(&'a self, host: &str, path: &'a str) -> Option<Resolved<'a>> {
         if let Some(binds) = self.hosts.get(host) {
@@ -249,6 +273,7 @@ impl RouteTable {
             waifu,
             path: Cow::Borrowed(if rest.is_empty() { "/" } else { rest }),
             prefix: &path[..=end],
+            tls: false,
         })
     }
 }
@@ -274,6 +299,7 @@ fn resolve_bind<'a>(bind: &'a BindRoute, path: &'a str) -> Option<Resolved<'a>> 
         waifu: &bind.waifu,
         path,
         prefix: &bind.prefix,
+        tls: bind.tls,
     })
 }
 
@@ -293,6 +319,7 @@ mod tests {
             prefix: prefix.into(),
             target: target.into(),
             waifu: w.clone(),
+            tls: false,
         }
     }
 

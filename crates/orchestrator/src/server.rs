@@ -10,6 +10,7 @@
 //! strictly before hyper parses it ([`crate::strict`]).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
@@ -20,14 +21,14 @@ use std::time::{Duration, Instant};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::proxy::Proxy;
-use crate::strict::Strict;
+use crate::strict::{Socket, Strict};
 
 /// Limits on what a client may send.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +46,15 @@ const MAX_HEADERS: usize = 100;
 /// Largest HTTP/2 header list.
 const MAX_H2_HEADER_LIST: u32 = 64 * 1024;
 
+/// What the proxy knows of the connection a request came on.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Via {
+    /// The TLS listener.
+    pub tls: bool,
+    /// The name the client asked for in its TLS handshake.
+    pub sni: Option<Arc<str>>,
+}
+
 /// Serves the public proxy until `shutdown`, then drains for at most `drain`.
 pub(crate) async fn serve_public(
     listener: TcpListener,
@@ -53,36 +63,118 @@ pub(crate) async fn serve_public(
     shutdown: CancellationToken,
     drain: Duration,
 ) {
-    let mut builder = limited_builder(limits);
-    // A refused request ends the stream after the good ones before it
-    // (crate::strict): those are still answered.
-    builder.http1().half_close(true);
-    builder.http2().max_concurrent_streams(256);
+    let builder = public_builder(limits);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections as usize));
     while let Some((stream, peer, slot)) = next_connection(&listener, &slots, &shutdown).await {
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(AtomicU64::new(0));
-        let io = TokioIo::new(Tracked::new(stream, activity.clone()));
-        let proxy = proxy.clone();
-        let service = service_fn(move |req| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(io, service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        let idle = limits.idle_timeout;
+        let watcher = graceful.watcher();
+        let conn = serve_proxied(
+            &builder,
+            watcher,
+            stream,
+            peer,
+            proxy.clone(),
+            Via::default(),
+            limits,
+        );
         tokio::spawn(async move {
-            if let Err(e) = close_when_idle(conn, activity, idle, peer).await {
-                debug!(%peer, error = %e, "connection ended with an error");
-            }
+            conn.await;
             drop(slot);
         });
     }
     drop(listener);
     drain_or_give_up(graceful, drain, "public").await;
+}
+
+/// Serves the proxy over TLS until `shutdown`, then drains for at most
+/// `drain`. The handshake must finish within the header-read timeout; a
+/// TLS-ALPN-01 validation ends after its handshake.
+pub(crate) async fn serve_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    proxy: Arc<Proxy>,
+    limits: ConnLimits,
+    shutdown: CancellationToken,
+    drain: Duration,
+) {
+    let builder = public_builder(limits);
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections as usize));
+    while let Some((stream, peer, slot)) = next_connection(&listener, &slots, &shutdown).await {
+        let _ = stream.set_nodelay(true);
+        let (acceptor, builder, proxy) = (acceptor.clone(), builder.clone(), proxy.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let handshake =
+                tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
+            let mut tls = match handshake.await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let (_, session) = tls.get_ref();
+            if session.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+                debug!(%peer, "answered a TLS-ALPN-01 validation");
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+                return;
+            }
+            let via = Via {
+                tls: true,
+                sni: session.server_name().map(|n| n.to_ascii_lowercase().into()),
+            };
+            serve_proxied(&builder, watcher, tls, peer, proxy, via, limits).await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    drain_or_give_up(graceful, drain, "TLS").await;
+}
+
+/// The public listeners' builder: shared limits, half-close for refusals,
+/// bounded HTTP/2 streams.
+fn public_builder(limits: ConnLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = limited_builder(limits);
+    // A refused request ends the stream after the good ones before it
+    // (crate::strict): those are still answered.
+    builder.http1().half_close(true);
+    builder.http2().max_concurrent_streams(256);
+    builder
+}
+
+/// One proxied connection: strict framing, the idle bound, upgrades.
+fn serve_proxied<S: Socket + Send + 'static>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    stream: S,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+    via: Via,
+    limits: ConnLimits,
+) -> impl Future<Output = ()> + Send + 'static {
+    let activity = Arc::new(AtomicU64::new(0));
+    let io = TokioIo::new(Tracked::new(stream, activity.clone()));
+    let service = service_fn(move |req| {
+        let proxy = proxy.clone();
+        let via = via.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(req, peer, &via).await) }
+    });
+    let conn = builder
+        .serve_connection_with_upgrades(io, service)
+        .into_owned();
+    let conn = watcher.watch(conn);
+    let idle = limits.idle_timeout;
+    async move {
+        if let Err(e) = close_when_idle(conn, activity, idle, peer).await {
+            debug!(%peer, error = %e, "connection ended with an error");
+        }
+    }
 }
 
 /// The next connection to serve and its slot; `None` once shutting down.
@@ -203,14 +295,14 @@ where
 /// A socket that records when it last moved a byte, in milliseconds since
 /// it was accepted.
 #[derive(Debug)]
-struct Tracked {
-    inner: Strict,
+struct Tracked<S: Socket> {
+    inner: Strict<S>,
     started: Instant,
     activity: Arc<AtomicU64>,
 }
 
-impl Tracked {
-    fn new(inner: TcpStream, activity: Arc<AtomicU64>) -> Self {
+impl<S: Socket> Tracked<S> {
+    fn new(inner: S, activity: Arc<AtomicU64>) -> Self {
         Tracked {
             inner: Strict::new(inner),
             started: Instant::now(),
@@ -224,7 +316,7 @@ impl Tracked {
     }
 }
 
-impl AsyncRead for Tracked {
+impl<S: Socket> AsyncRead for Tracked<S> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -238,7 +330,7 @@ impl AsyncRead for Tracked {
     }
 }
 
-impl AsyncWrite for Tracked {
+impl<S: Socket> AsyncWrite for Tracked<S> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,

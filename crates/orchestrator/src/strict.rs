@@ -440,10 +440,46 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// A client connection [`Strict`] can wrap.
+pub(crate) trait Socket: AsyncRead + AsyncWrite + Unpin {
+    /// Writes what it can of `buf` without waiting (used when dropped).
+    fn write_now(&mut self, buf: &[u8]);
+}
+
+impl Socket for TcpStream {
+    fn write_now(&mut self, buf: &[u8]) {
+        let _ = self.try_write(buf);
+    }
+}
+
+impl Socket for tokio_rustls::server::TlsStream<TcpStream> {
+    fn write_now(&mut self, buf: &[u8]) {
+        use std::io::Write;
+        let (tcp, tls) = self.get_mut();
+        if tls.writer().write_all(buf).is_err() {
+            return;
+        }
+        struct Now<'a>(&'a TcpStream);
+        impl Write for Now<'_> {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0.try_write(buf)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        while tls.wants_write() {
+            if !matches!(tls.write_tls(&mut Now(tcp)), Ok(n) if n > 0) {
+                break;
+            }
+        }
+    }
+}
+
 /// A client socket whose HTTP/1 requests are checked by a [`Checker`].
 #[derive(Debug)]
-pub(crate) struct Strict {
-    inner: TcpStream,
+pub(crate) struct Strict<S: Socket = TcpStream> {
+    inner: S,
     checker: Checker,
     /// Checked bytes that did not fit in hyper's buffer yet.
     approved: Vec<u8>,
@@ -454,8 +490,8 @@ pub(crate) struct Strict {
     reply: Option<(Vec<u8>, usize)>,
 }
 
-impl Strict {
-    pub(crate) fn new(inner: TcpStream) -> Self {
+impl<S: Socket> Strict<S> {
+    pub(crate) fn new(inner: S) -> Self {
         Strict {
             inner,
             checker: Checker::default(),
@@ -473,18 +509,18 @@ impl Strict {
     }
 }
 
-impl Drop for Strict {
+impl<S: Socket> Drop for Strict<S> {
     /// hyper may drop a connection without shutting it down (when the last
     /// good message is followed by an incomplete one): the refusal is still
     /// sent, best effort, without blocking.
     fn drop(&mut self) {
         if let Some((reply, written)) = self.reply.take() {
-            let _ = self.inner.try_write(&reply[written..]);
+            self.inner.write_now(&reply[written..]);
         }
     }
 }
 
-impl AsyncRead for Strict {
+impl<S: Socket> AsyncRead for Strict<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -545,7 +581,7 @@ impl AsyncRead for Strict {
     }
 }
 
-impl AsyncWrite for Strict {
+impl<S: Socket> AsyncWrite for Strict<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -31,6 +31,8 @@ use waifus_protocol::ErrorBody;
 
 use crate::health::{self, Outcome};
 use crate::registry::Registry;
+use crate::server::Via;
+use crate::tls::Certs;
 use guard::Rejection;
 use headers::Forwarded;
 use upstream::{Answer, Outgoing, SendError, UpstreamBody};
@@ -49,10 +51,25 @@ pub(crate) struct UpstreamConfig {
     pub response_timeout: Duration,
 }
 
+/// What the plain listener needs to know about HTTPS.
+#[derive(Debug)]
+pub(crate) struct HttpsInfo {
+    /// Answers to HTTP-01 validations.
+    pub certs: Arc<Certs>,
+    /// Port put in redirects to HTTPS.
+    pub port: u16,
+}
+
+/// Where ACME HTTP-01 validations ask (RFC 8555 §8.3).
+const ACME_CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
+
 /// The proxy's shared state.
 #[derive(Debug)]
 pub(crate) struct Proxy {
     registry: Arc<Registry>,
+    /// `None` when the TLS listener is off: `https://` binds are then
+    /// served on the plain listener as before.
+    https: Option<HttpsInfo>,
     connect_timeout: Duration,
     response_timeout: Duration,
     /// Owns upgraded tunnels so shutdown can wait for them.
@@ -67,9 +84,11 @@ impl Proxy {
         config: UpstreamConfig,
         tunnels: TaskTracker,
         hard_stop: CancellationToken,
+        https: Option<HttpsInfo>,
     ) -> Self {
         Proxy {
             registry,
+            https,
             connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
             tunnels,
@@ -82,8 +101,9 @@ impl Proxy {
         &self,
         req: Request<Incoming>,
         client: SocketAddr,
+        via: &Via,
     ) -> Response<ProxyBody> {
-        match self.forward(req, client).await {
+        match self.forward(req, client, via).await {
             Ok(response) => response,
             Err(e) => e.into_response(),
         }
@@ -93,6 +113,7 @@ impl Proxy {
         &self,
         req: Request<Incoming>,
         client: SocketAddr,
+        via: &Via,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         let target_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
@@ -100,11 +121,30 @@ impl Proxy {
             return Err(ProxyError::TargetTooLong);
         }
         let (host_value, host) = request_host(&parts).ok_or(ProxyError::BadHost)?;
+        if via.sni.as_deref().is_some_and(|sni| sni != host) {
+            // A connection set up for one name must not serve another.
+            return Err(ProxyError::Misdirected);
+        }
+        if let Some(https) = &self.https
+            && !via.tls
+            && let Some(token) = parts.uri.path().strip_prefix(ACME_CHALLENGE_PATH)
+            && let Some(answer) = https.certs.http_challenge(token)
+        {
+            return Ok(challenge_answer(answer));
+        }
         let path = guard::normalize(parts.uri.path()).map_err(ProxyError::Guard)?;
         let table = self.registry.routes();
         let resolved = table.resolve(&host, &path).ok_or(ProxyError::NoRoute)?;
         if guard::reaches_internal(&resolved.path) {
             return Err(ProxyError::Guard(Rejection::Internal));
+        }
+        if resolved.tls
+            && !via.tls
+            && let Some(https) = &self.https
+        {
+            return Err(ProxyError::ToHttps(https_location(
+                &host, https.port, &parts.uri,
+            )));
         }
         let instance = resolved.waifu.pick().ok_or(ProxyError::NoHealthy)?.clone();
 
@@ -116,7 +156,7 @@ impl Proxy {
             &mut parts.headers,
             &Forwarded {
                 client: client.ip(),
-                proto: "http",
+                proto: if via.tls { "https" } else { "http" },
                 host: &host_value,
                 prefix: resolved.prefix,
             },
@@ -192,6 +232,25 @@ impl Proxy {
     }
 }
 
+/// `200` with a pending HTTP-01 key authorization.
+fn challenge_answer(key_authorization: String) -> Response<ProxyBody> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(key_authorization))));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    response
+}
+
+/// `https://{host}[:port]{path}[?query]` for a redirect from plain HTTP.
+fn https_location(host: &str, port: u16, uri: &http::Uri) -> String {
+    let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    match port {
+        443 => format!("https://{host}{target}"),
+        port => format!("https://{host}:{port}{target}"),
+    }
+}
+
 /// HTTP/1.1 with `Connection: upgrade` and an `Upgrade` header.
 fn wants_upgrade(parts: &http::request::Parts) -> bool {
     parts.version == Version::HTTP_11
@@ -256,11 +315,29 @@ enum ProxyError {
     NoHealthy,
     Upstream,
     Timeout,
+    /// An `https://` bind asked for over plain HTTP: where to go instead.
+    ToHttps(String),
+    /// The Host is not the name the TLS connection was made for.
+    Misdirected,
 }
 
 impl ProxyError {
     fn into_response(self) -> Response<ProxyBody> {
+        let mut location = None;
         let (status, code, message) = match self {
+            ProxyError::ToHttps(to) => {
+                location = HeaderValue::from_str(&to).ok();
+                (
+                    StatusCode::PERMANENT_REDIRECT,
+                    "https_only",
+                    "this address is served over HTTPS only",
+                )
+            }
+            ProxyError::Misdirected => (
+                StatusCode::MISDIRECTED_REQUEST,
+                "misdirected",
+                "the Host does not match the name this TLS connection was made for",
+            ),
             ProxyError::TargetTooLong => (
                 StatusCode::URI_TOO_LONG,
                 "uri_too_long",
@@ -310,6 +387,9 @@ impl ProxyError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
+        if let Some(location) = location {
+            headers.insert(header::LOCATION, location);
+        }
         response
     }
 }
@@ -317,6 +397,21 @@ impl ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn https_locations() {
+        let uri: http::Uri = "/a/b?q=1".parse().unwrap();
+        assert_eq!(
+            https_location("x.test", 443, &uri),
+            "https://x.test/a/b?q=1"
+        );
+        assert_eq!(
+            https_location("x.test", 8443, &uri),
+            "https://x.test:8443/a/b?q=1"
+        );
+        let absolute: http::Uri = "http://x.test/p".parse().unwrap();
+        assert_eq!(https_location("x.test", 443, &absolute), "https://x.test/p");
+    }
 
     #[test]
     fn hosts() {

@@ -11,6 +11,7 @@ use super::StoreError;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_registry.sql"),
     include_str!("migrations/0002_databases_incidents.sql"),
+    include_str!("migrations/0003_acme.sql"),
 ];
 
 /// Advisory lock key serialising migrations across orchestrators ("waifus01").

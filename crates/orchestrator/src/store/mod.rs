@@ -5,7 +5,10 @@
 //! Every connection has bounded connect and statement timeouts: an unreachable
 //! server turns into a [`StoreError`] within seconds, never a hang.
 
+mod acme;
 mod migrate;
+
+pub(crate) use acme::StoredCert;
 
 use std::time::Duration;
 

@@ -21,6 +21,8 @@ use crate::pg;
 pub struct Orch {
     pub public: SocketAddr,
     pub internal: SocketAddr,
+    /// The TLS listener, when TLS is on.
+    pub https: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), RunError>>,
 }
@@ -32,6 +34,37 @@ pub async fn start(db: &str, extra: &[&str]) -> Orch {
 }
 
 pub async fn start_with_url(url: &str, extra: &[&str]) -> Orch {
+    start_with_ports(url, extra, None).await
+}
+
+/// Listeners bound before the orchestrator starts, so their ports can be
+/// handed to something else first (an ACME test server).
+pub struct Ports {
+    pub public: TcpListener,
+    pub internal: TcpListener,
+    pub https: TcpListener,
+}
+
+impl Ports {
+    pub async fn bind() -> Ports {
+        Ports {
+            public: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            internal: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            https: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        }
+    }
+}
+
+/// As [`start_with_url`], on `ports` if given (else fresh ports; the TLS
+/// one only when the flags turn TLS on).
+pub async fn start_with_ports(url: &str, extra: &[&str], ports: Option<Ports>) -> Orch {
+    // TEST_LOG=debug (or any filter) shows the orchestrators' logs.
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("TEST_LOG"))
+            .with_test_writer()
+            .try_init();
+    }
     let defaults = [
         ("--health-interval", "100ms"),
         ("--health-timeout", "1s"),
@@ -52,19 +85,27 @@ pub async fn start_with_url(url: &str, extra: &[&str]) -> Orch {
     }
     args.extend_from_slice(extra);
     let config = Cli::try_parse_from(&args).expect("test flags").serve;
-    let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let internal = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (public_addr, internal_addr) =
-        (public.local_addr().unwrap(), internal.local_addr().unwrap());
+    let ports = match ports {
+        Some(ports) => ports,
+        None => Ports::bind().await,
+    };
+    let https = config.tls_on().then_some(ports.https);
+    let (public_addr, internal_addr) = (
+        ports.public.local_addr().unwrap(),
+        ports.internal.local_addr().unwrap(),
+    );
+    let https_addr = https.as_ref().map(|l| l.local_addr().unwrap());
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(orchestrator::run(
-        config,
-        Listeners { public, internal },
-        shutdown.clone(),
-    ));
+    let listeners = Listeners {
+        public: ports.public,
+        internal: ports.internal,
+        https,
+    };
+    let task = tokio::spawn(orchestrator::run(config, listeners, shutdown.clone()));
     let orch = Orch {
         public: public_addr,
         internal: internal_addr,
+        https: https_addr,
         shutdown,
         task,
     };

@@ -7,6 +7,7 @@ mod harness;
 mod pg;
 mod waifu;
 
+mod acme;
 mod binary;
 mod check;
 mod database;
@@ -19,3 +20,4 @@ mod proxy;
 mod registration;
 mod slowloris;
 mod smuggling;
+mod tls;
