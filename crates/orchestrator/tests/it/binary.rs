@@ -297,6 +297,9 @@ fn bad_settings_are_clear_errors() {
         ("PUBLIC_ADDR", "nowhere", "public-addr"),
         ("LOG_FORMAT", "xml", "log-format"),
         ("MAIN_DOMAIN", "a/b", "MAIN_DOMAIN"),
+        ("CERT_DIR", "/nonexistent/certs", "CERT_DIR"),
+        ("ACME_DIRECTORY", "http://ca.example/dir", "ACME_DIRECTORY"),
+        ("HTTPS_ADDR", "nowhere", "https-addr"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
             .env_clear()
@@ -429,5 +432,52 @@ async fn soak_with_churning_waifus() {
     assert!(
         rss1 <= rss0 + MAX_RSS_GROWTH_KIB,
         "RSS {rss0} -> {rss1} KiB"
+    );
+}
+
+#[tokio::test]
+async fn https_in_the_real_binary() {
+    let ca = crate::tls::TestCa::new();
+    let certs = harness::temp_dir("bin-certs");
+    let (crt, key) = ca.leaf(&["bin.example.com"]);
+    std::fs::write(certs.join("bin.example.com.crt"), crt).unwrap();
+    std::fs::write(certs.join("bin.example.com.key"), key).unwrap();
+    let https = free_addr();
+    let url = pg::cluster().url(&unique_db("bin_https"));
+    let p = spawn_with(&[
+        ("DATABASE_URL", url.as_str()),
+        ("CERT_DIR", certs.to_str().unwrap()),
+        ("HTTPS_ADDR", &https.to_string()),
+    ])
+    .await;
+    let w = TestWaifu::start("b").await;
+    hello(
+        p.internal,
+        "b",
+        &w.host(),
+        json!({"https://bin.example.com": "/"}),
+    )
+    .await;
+    let trust = crate::tls::Trust::Roots(vec![ca.cert.clone()]);
+    crate::tls::eventually(Duration::from_secs(15), "routable over TLS", || async {
+        crate::tls::get(https, "bin.example.com", "/x", &trust, true)
+            .await
+            .status
+            == StatusCode::OK
+    })
+    .await;
+    let plain = send(
+        p.public,
+        Method::GET,
+        "/x",
+        &[("host", "bin.example.com")],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(plain.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        plain.headers["location"],
+        format!("https://bin.example.com:{}/x", https.port()).as_str()
     );
 }

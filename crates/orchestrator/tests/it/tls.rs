@@ -575,3 +575,64 @@ async fn tls_settings_are_checked_at_start() {
         assert!(err.contains(want), "{err}");
     }
 }
+
+#[tokio::test]
+async fn slow_handshakes_are_cut_and_framing_is_strict_over_tls() {
+    let ca = TestCa::new();
+    let dir = harness::temp_dir("certs");
+    write_pair(&dir, "s.example.com", &ca.leaf(&["s.example.com"]));
+    let orch = harness::start(
+        &pg::unique_db("tls_strict"),
+        &[
+            "--cert-dir",
+            dir.to_str().unwrap(),
+            "--main-domain",
+            "s.example.com",
+            "--header-read-timeout",
+            "1s",
+        ],
+    )
+    .await;
+    let https = orch.https.unwrap();
+    let w = with_echo(&orch, "w", json!({})).await;
+
+    // A connection that never says hello is closed after the header-read timeout.
+    let mut silent = TcpStream::connect(https).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut silent, &mut buf),
+    )
+    .await
+    .expect("closed within the timeout");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+
+    // Content-Length with Transfer-Encoding over TLS: 400, and nothing
+    // smuggled reaches the waifu.
+    let trust = Trust::Roots(vec![ca.cert.clone()]);
+    let mut tls = connect(https, "s.example.com", &trust, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let smuggle = "POST /w/echo HTTP/1.1\r\nHost: s.example.com\r\nContent-Length: 4\r\n\
+                   Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /w/smuggled HTTP/1.1\r\nHost: s.example.com\r\n\r\n";
+    tokio::io::AsyncWriteExt::write_all(&mut tls, smuggle.as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut tls, &mut answer),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
+    assert!(
+        w.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|t| !t.contains("smuggled"))
+    );
+    orch.stop().await.unwrap();
+}
