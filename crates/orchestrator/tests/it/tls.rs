@@ -523,25 +523,74 @@ async fn only_tls_1_2_and_1_3_with_h2_and_http1() {
     // No ALPN at all still works (HTTP/1.1).
     let tls = connect(https, "v.example.com", &trust, &[]).await.unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), None);
-    // An SSLv3/TLS 1.0 ClientHello is refused outright.
-    let mut tcp = TcpStream::connect(https).await.unwrap();
-    let hello_tls10: &[u8] = &[
-        0x16, 0x03, 0x01, 0x00, 0x2f, 0x01, 0x00, 0x00, 0x2b, 0x03, 0x01, 0, 0, 0, 0, 0, 0, 0, 0,
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x00, 0x00, 0x02,
-        0x00, 0x2f, 0x01, 0x00,
-    ];
-    tokio::io::AsyncWriteExt::write_all(&mut tcp, hello_tls10)
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut answer),
-    )
-    .await;
-    // An alert record (0x15) or a plain close, never a ServerHello (0x16).
-    assert!(answer.first() != Some(&0x16), "{answer:?}");
+    // A hand-made ClientHello: as TLS 1.2 it gets a ServerHello (so it is
+    // well-formed); as TLS 1.0 or 1.1, a fatal protocol_version alert.
+    let first_record = |version: u16| async move {
+        let mut tcp = TcpStream::connect(https).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut tcp, &client_hello(version, "v.example.com"))
+            .await
+            .unwrap();
+        let mut head = [0u8; 7];
+        let read = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut head),
+        )
+        .await;
+        assert!(matches!(read, Ok(Ok(_))), "{read:?}");
+        head
+    };
+    let tls12 = first_record(0x0303).await;
+    assert_eq!((tls12[0], tls12[5]), (0x16, 2), "a ServerHello: {tls12:?}");
+    for old in [0x0301, 0x0302] {
+        let answer = first_record(old).await;
+        assert_eq!(answer[0], 0x15, "an alert record: {answer:?}");
+        assert_eq!(
+            &answer[5..7],
+            &[2u8, 70],
+            "fatal protocol_version: {answer:?}"
+        );
+    }
     orch.stop().await.unwrap();
+}
+
+/// A minimal but well-formed ClientHello offering only `version` (no
+/// supported_versions extension), with SNI.
+fn client_hello(version: u16, sni: &str) -> Vec<u8> {
+    fn u16be(v: usize) -> [u8; 2] {
+        u16::try_from(v).unwrap().to_be_bytes()
+    }
+    let mut sni_ext = Vec::new();
+    sni_ext.extend(u16be(sni.len() + 3));
+    sni_ext.push(0);
+    sni_ext.extend(u16be(sni.len()));
+    sni_ext.extend(sni.as_bytes());
+    let mut exts = Vec::new();
+    for (kind, data) in [
+        (0x0000u16, sni_ext),
+        (0x000a, vec![0, 2, 0, 0x17]),
+        (0x000b, vec![1, 0]),
+        (0x000d, vec![0, 4, 4, 3, 8, 4]),
+    ] {
+        exts.extend(kind.to_be_bytes());
+        exts.extend(u16be(data.len()));
+        exts.extend(data);
+    }
+    let mut body = Vec::new();
+    body.extend(version.to_be_bytes());
+    body.extend([7u8; 32]);
+    body.push(0);
+    // ECDHE-ECDSA/RSA-AES128-GCM-SHA256, which TLS 1.2 supports.
+    body.extend([0, 4, 0xc0, 0x2b, 0xc0, 0x2f]);
+    body.extend([1, 0]);
+    body.extend(u16be(exts.len()));
+    body.extend(exts);
+    let mut handshake = vec![1, 0];
+    handshake.extend(u16be(body.len()));
+    handshake.extend(body);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend(u16be(handshake.len()));
+    record.extend(handshake);
+    record
 }
 
 #[tokio::test]
