@@ -22,6 +22,7 @@ use waifus_protocol::{
 };
 
 use crate::incidents::{IncidentKind, Incidents};
+use crate::metrics::Metrics;
 use crate::provision::{ProvisionError, Provisioner};
 use crate::registry::{HelloError, Registry};
 use crate::store::{Store, StoreError};
@@ -40,6 +41,7 @@ pub(crate) struct AppState {
     pub provisioner: Arc<Provisioner>,
     pub incidents: Incidents,
     pub store: Store,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The internal API's router.
@@ -51,6 +53,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/__internal/waifus", get(list))
         .route("/__internal/waifus/{name}/health", get(waifu_health))
         .route("/__internal/incidents", get(incidents))
+        .route("/__internal/metrics", get(metrics))
+        .route("/__internal/status", get(status))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -160,8 +164,13 @@ async fn hello(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Body,
 ) -> Result<Json<HelloResponse>, ApiError> {
-    let hello: Hello = json_body(body).await?;
-    let response = state.registry.hello(&hello).await?;
+    let response = hello_inner(&state, body).await;
+    state.metrics.hello(match &response {
+        Ok(_) => "ok",
+        Err(e) if e.status_and_code().0 == StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        Err(_) => "invalid",
+    });
+    let (hello, response) = response?;
     for outcome in &response.binds {
         if outcome.reason == Some(RefusalReason::Taken) {
             state.incidents.report(
@@ -175,17 +184,71 @@ async fn hello(
     Ok(Json(response))
 }
 
+async fn hello_inner(state: &AppState, body: Body) -> Result<(Hello, HelloResponse), ApiError> {
+    let hello: Hello = json_body(body).await?;
+    let response = state.registry.hello(&hello).await?;
+    Ok((hello, response))
+}
+
 async fn database(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Body,
 ) -> Result<Json<DatabaseCredentials>, ApiError> {
-    let request: DatabaseRequest = json_body(body).await?;
-    let credentials = state
-        .provisioner
-        .credentials(&request.name, &request.secret, peer.ip())
-        .await?;
-    Ok(Json(credentials))
+    let answer = async {
+        let request: DatabaseRequest = json_body(body).await?;
+        let credentials = state
+            .provisioner
+            .credentials(&request.name, &request.secret, peer.ip())
+            .await?;
+        Ok::<_, ApiError>(credentials)
+    }
+    .await;
+    state.metrics.database_call(match &answer {
+        Ok(_) => "ok",
+        Err(e) => match e.status_and_code().1 {
+            "wrong_secret" => "wrong_secret",
+            "too_many_attempts" => "throttled",
+            "conflict" => "conflict",
+            "database_unavailable" => "unavailable",
+            _ => "invalid",
+        },
+    });
+    Ok(Json(answer?))
+}
+
+/// `GET /__internal/status`: HTML, or JSON for `Accept: application/json`.
+async fn status(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let snapshot = crate::status::collect(&state).await;
+    let wants_json = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/json"));
+    if wants_json {
+        return Json(snapshot).into_response();
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        crate::status::html(&snapshot),
+    )
+        .into_response()
+}
+
+/// `GET /__internal/metrics`: Prometheus text (OpenMetrics).
+async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state.metrics.render();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn list(State(state): State<AppState>) -> Json<Vec<WaifuInfo>> {

@@ -28,6 +28,29 @@ pub enum Command {
     Serve(Box<Config>),
     /// Check that a waifu follows the protocol (exit 0 only if it does).
     Check(CheckArgs),
+    /// Print a running orchestrator's waifus, instances, binds, databases and
+    /// recent incidents (what /__internal/status shows).
+    Status(ClientArgs),
+    /// Print a running orchestrator's newest incidents.
+    Incidents(IncidentsArgs),
+}
+
+/// Where a running orchestrator's internal API is.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Its internal API address.
+    #[arg(long, env = "INTERNAL_ADDR", default_value = "127.0.0.1:2137")]
+    pub internal_addr: SocketAddr,
+}
+
+/// Arguments of `orchestrator incidents`.
+#[derive(Debug, Clone, Args)]
+pub struct IncidentsArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// How many, newest first.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: u32,
 }
 
 /// Arguments of `orchestrator check`.
@@ -114,6 +137,11 @@ pub struct Config {
     /// Extra PEM root trusted for the ACME directory itself.
     #[arg(long, env = "ACME_CA_FILE")]
     pub acme_ca_file: Option<PathBuf>,
+
+    /// One log line per proxied request (target `access`, in LOG_FORMAT).
+    #[arg(long, env = "ACCESS_LOG", default_value = "false", action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub access_log: bool,
 
     /// An instance unhealthy this long is deregistered.
     #[arg(long, env = "DEREGISTER_AFTER", default_value = "10m", value_parser = humantime::parse_duration)]

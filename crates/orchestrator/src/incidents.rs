@@ -55,6 +55,7 @@ pub(crate) struct Incidents {
     store: Store,
     tasks: TaskTracker,
     webhook: Option<mpsc::Sender<IncidentInfo>>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl Incidents {
@@ -64,6 +65,7 @@ impl Incidents {
         tasks: TaskTracker,
         webhook_url: Option<http::Uri>,
         shutdown: CancellationToken,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> Self {
         let webhook = webhook_url.map(|url| {
             let (tx, rx) = mpsc::channel(WEBHOOK_QUEUE);
@@ -74,6 +76,7 @@ impl Incidents {
             store,
             tasks,
             webhook,
+            metrics,
         }
     }
 
@@ -81,6 +84,7 @@ impl Incidents {
     pub(crate) fn report(&self, kind: IncidentKind, name: &str, source: IpAddr, detail: String) {
         let source = source.to_canonical().to_string();
         warn!(kind = kind.as_str(), name, %source, %detail, "incident");
+        self.metrics.incident(kind.as_str());
         let incident = IncidentInfo {
             time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             kind: kind.as_str().to_owned(),

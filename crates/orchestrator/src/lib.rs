@@ -13,11 +13,13 @@ mod config;
 mod health;
 mod incidents;
 mod managed;
+mod metrics;
 mod provision;
 mod proxy;
 mod registry;
 mod routes;
 mod server;
+pub mod status;
 mod store;
 mod strict;
 mod tls;
@@ -30,7 +32,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-pub use config::{CheckArgs, Cli, Command, Config, ConfigError, LogFormat};
+pub use config::{
+    CheckArgs, Cli, ClientArgs, Command, Config, ConfigError, IncidentsArgs, LogFormat,
+};
 pub use managed::ManagedError;
 
 /// The proxy's hot path, exposed for the micro-benchmark (`benches/hot_path.rs`).
@@ -177,8 +181,10 @@ async fn serve(
         registry::Registry::load(store.clone(), main_domain, public_base, instances.clone())
             .await?;
     let registry = Arc::new(registry);
+    let metrics = metrics::Metrics::new(registry.clone());
 
     let tasks = TaskTracker::new();
+    tasks.spawn(metrics::sample_rate(metrics.clone(), shutdown.clone()));
     let hard_stop = CancellationToken::new();
     let health_config = health::HealthConfig {
         interval: config.health_interval,
@@ -231,6 +237,7 @@ async fn serve(
         proxy::UpstreamConfig {
             connect_timeout: config.upstream_connect_timeout,
             response_timeout: config.upstream_timeout,
+            access_log: config.access_log,
         },
         tasks.clone(),
         hard_stop.clone(),
@@ -244,12 +251,14 @@ async fn serve(
             }),
             _ => None,
         },
+        metrics.clone(),
     ));
     let incidents = incidents::Incidents::new(
         store.clone(),
         tasks.clone(),
         config.webhook_uri()?,
         shutdown.clone(),
+        metrics.clone(),
     );
     let provisioner = Arc::new(provision::Provisioner::new(
         store.clone(),
@@ -277,6 +286,7 @@ async fn serve(
         limits,
         shutdown.clone(),
         drain,
+        metrics.connections("public"),
     ));
     let https = match (tls, certs) {
         (Some((tls, listener)), Some(certs)) => {
@@ -289,6 +299,7 @@ async fn serve(
                 limits,
                 shutdown.clone(),
                 drain,
+                metrics.connections("tls"),
             )))
         }
         _ => None,
@@ -300,10 +311,12 @@ async fn serve(
             provisioner,
             incidents,
             store,
+            metrics: metrics.clone(),
         }),
         limits,
         shutdown.clone(),
         drain,
+        metrics.connections("internal"),
     ));
     info!("orchestrator ready");
 

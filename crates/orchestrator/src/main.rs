@@ -11,6 +11,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Check(args)) => check(&args),
+        Some(Command::Status(args)) => {
+            report(orchestrator::status::status_report(args.internal_addr))
+        }
+        Some(Command::Incidents(args)) => report(orchestrator::status::incidents_report(
+            args.client.internal_addr,
+            args.limit,
+        )),
         Some(Command::Serve(config)) => run(*config),
         None => run(cli.serve),
     };
@@ -37,10 +44,22 @@ fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `orchestrator status` and `orchestrator incidents`: prints what a running
+/// orchestrator's internal API answers.
+fn report(
+    fetch: impl std::future::Future<Output = anyhow::Result<String>>,
+) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    print!("{}", runtime.block_on(fetch)?);
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `orchestrator serve`, on a runtime of `WORKER_THREADS` threads (default:
 /// the CPUs this process may use); one thread means a single-threaded runtime.
 fn run(config: Config) -> anyhow::Result<ExitCode> {
-    init_tracing(config.log_format);
+    init_tracing(config.log_format, config.access_log);
     let threads = config
         .worker_threads
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
@@ -98,11 +117,20 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, access_log: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    if access_log {
+        // ACCESS_LOG wins over a quieter RUST_LOG.
+        if let Ok(access) = "access=info".parse() {
+            filter = filter.add_directive(access);
+        }
+    }
+    // Colours only for a terminal, never into files or journald.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

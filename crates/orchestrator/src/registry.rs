@@ -262,7 +262,7 @@ impl Registry {
         entry.binds = binds;
         if let Some(instance) = new_instance {
             entry.instances.push(instance);
-            entry.route = Arc::new(WaifuRoute::new(name, entry.instances.clone()));
+            entry.route = Arc::new(entry.route.rebuilt(entry.instances.clone()));
         }
     }
 
@@ -283,7 +283,7 @@ impl Registry {
             if entry.instances.is_empty() {
                 state.waifus.remove(name);
             } else {
-                entry.route = Arc::new(WaifuRoute::new(name, entry.instances.clone()));
+                entry.route = Arc::new(entry.route.rebuilt(entry.instances.clone()));
             }
         }
         self.publish_waifu(&state, name, old_hosts.iter().map(String::as_str));

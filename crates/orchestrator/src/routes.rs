@@ -14,6 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use waifus_protocol::{BindKey, Upstream};
 
+use crate::metrics::LazyStats;
 use crate::proxy::upstream::ConnPool;
 
 /// One running copy of a waifu, shared by the route table and its health task.
@@ -73,6 +74,8 @@ pub(crate) struct WaifuRoute {
     pub instances: Box<[Arc<Instance>]>,
     /// Round-robin cursor.
     next: AtomicUsize,
+    /// Its request counters, kept across rebuilds of the route.
+    pub stats: Arc<LazyStats>,
 }
 
 impl WaifuRoute {
@@ -81,6 +84,17 @@ impl WaifuRoute {
             name: name.into(),
             instances: instances.into_boxed_slice(),
             next: AtomicUsize::new(0),
+            stats: Arc::default(),
+        }
+    }
+
+    /// The same waifu with other instances; its counters carry over.
+    pub(crate) fn rebuilt(&self, instances: Vec<Arc<Instance>>) -> Self {
+        WaifuRoute {
+            name: self.name.clone(),
+            instances: instances.into_boxed_slice(),
+            next: AtomicUsize::new(0),
+            stats: self.stats.clone(),
         }
     }
 

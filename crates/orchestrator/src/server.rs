@@ -27,8 +27,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::metrics::Open;
 use crate::proxy::Proxy;
 use crate::strict::{Socket, Strict};
+use prometheus_client::metrics::gauge::Gauge;
 
 /// Limits on what a client may send.
 #[derive(Debug, Clone, Copy)]
@@ -62,6 +64,7 @@ pub(crate) async fn serve_public(
     limits: ConnLimits,
     shutdown: CancellationToken,
     drain: Duration,
+    open: Gauge,
 ) {
     let builder = public_builder(limits);
     let graceful = GracefulShutdown::new();
@@ -78,9 +81,10 @@ pub(crate) async fn serve_public(
             Via::default(),
             limits,
         );
+        let counted = Open::new(&open);
         tokio::spawn(async move {
             conn.await;
-            drop(slot);
+            drop((slot, counted));
         });
     }
     drop(listener);
@@ -97,6 +101,7 @@ pub(crate) async fn serve_tls(
     limits: ConnLimits,
     shutdown: CancellationToken,
     drain: Duration,
+    open: Gauge,
 ) {
     let builder = public_builder(limits);
     let graceful = GracefulShutdown::new();
@@ -105,7 +110,9 @@ pub(crate) async fn serve_tls(
         let _ = stream.set_nodelay(true);
         let (acceptor, builder, proxy) = (acceptor.clone(), builder.clone(), proxy.clone());
         let watcher = graceful.watcher();
+        let counted = Open::new(&open);
         tokio::spawn(async move {
+            let _counted = counted;
             let handshake =
                 tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
             let mut tls = match handshake.await {
@@ -240,6 +247,7 @@ pub(crate) async fn serve_internal(
     limits: ConnLimits,
     shutdown: CancellationToken,
     drain: Duration,
+    open: Gauge,
 ) {
     let builder = limited_builder(limits);
     let graceful = GracefulShutdown::new();
@@ -253,11 +261,12 @@ pub(crate) async fn serve_internal(
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);
+        let counted = Open::new(&open);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 debug!(%peer, error = %e, "internal connection ended with an error");
             }
-            drop(slot);
+            drop((slot, counted));
         });
     }
     drop(listener);

@@ -72,6 +72,11 @@ pub(crate) struct Forwarded<'a> {
     pub prefix: &'a str,
 }
 
+/// The request id `set_forwarded` kept or generated.
+pub(crate) fn request_id(headers: &HeaderMap) -> Option<&HeaderValue> {
+    headers.get(&X_REQUEST_ID)
+}
+
 /// Writes the forwarded headers onto a request going to a waifu.
 pub(crate) fn set_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
     for name in &DROPPED {

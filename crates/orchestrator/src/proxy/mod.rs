@@ -6,6 +6,7 @@
 //! back. Bodies are never collected. An `Upgrade` is relayed only after the
 //! waifu answers `101 Switching Protocols`.
 
+mod access;
 pub(crate) mod guard;
 mod headers;
 pub(crate) mod upstream;
@@ -13,7 +14,7 @@ pub(crate) mod upstream;
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -30,7 +31,9 @@ use tracing::debug;
 use waifus_protocol::ErrorBody;
 
 use crate::health::{self, Outcome};
+use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::routes::{Instance, WaifuRoute};
 use crate::server::Via;
 use crate::tls::Certs;
 use guard::Rejection;
@@ -43,12 +46,25 @@ pub(crate) const MAX_TARGET_LEN: usize = 8 * 1024;
 /// Body of every proxied response: the waifu's stream, or our own error.
 pub(crate) type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
-/// Timeouts towards waifus.
+/// What the client gets: the body, written to the access log when it ends.
+pub(crate) type ClientBody = access::Logged<ProxyBody>;
+
+/// What a request turned out to be, for metrics and the access log.
+#[derive(Debug, Default)]
+struct Served {
+    waifu: Option<Arc<WaifuRoute>>,
+    instance: Option<Arc<Instance>>,
+    request_id: Option<HeaderValue>,
+}
+
+/// Timeouts towards waifus, and what to record.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Until the waifu's response headers arrive.
     pub response_timeout: Duration,
+    /// One access log line per request.
+    pub access_log: bool,
 }
 
 /// What the plain listener needs to know about HTTPS.
@@ -70,6 +86,8 @@ pub(crate) struct Proxy {
     /// `None` when the TLS listener is off: `https://` binds are then
     /// served on the plain listener as before.
     https: Option<HttpsInfo>,
+    metrics: Arc<Metrics>,
+    access_log: bool,
     connect_timeout: Duration,
     response_timeout: Duration,
     /// Owns upgraded tunnels so shutdown can wait for them.
@@ -85,10 +103,13 @@ impl Proxy {
         tunnels: TaskTracker,
         hard_stop: CancellationToken,
         https: Option<HttpsInfo>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Proxy {
             registry,
             https,
+            metrics,
+            access_log: config.access_log,
             connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
             tunnels,
@@ -96,16 +117,38 @@ impl Proxy {
         }
     }
 
-    /// Serves one request from the public listener.
+    /// Serves one request from a public listener.
     pub(crate) async fn handle(
         &self,
         req: Request<Incoming>,
         client: SocketAddr,
         via: &Via,
-    ) -> Response<ProxyBody> {
-        match self.forward(req, client, via).await {
+    ) -> Response<ClientBody> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let entry = self
+            .access_log
+            .then(|| access::Entry::begin(&req, client.ip(), started, via.tls));
+        let mut served = Served::default();
+        let response = match self.forward(req, client, via, &mut served).await {
             Ok(response) => response,
             Err(e) => e.into_response(),
+        };
+        let status = response.status();
+        let stats = match &served.waifu {
+            Some(waifu) => waifu.stats.get(),
+            None => &self.metrics.unrouted,
+        };
+        stats.record(&method, status, started.elapsed());
+        match entry {
+            None => response.map(access::Logged::off),
+            Some(mut entry) => {
+                entry.status = status.as_u16();
+                entry.waifu = served.waifu.map(|w| w.name.clone());
+                entry.instance = served.instance.map(|i| i.upstream.to_string());
+                entry.request_id = served.request_id;
+                response.map(|body| access::Logged::new(body, entry))
+            }
         }
     }
 
@@ -114,6 +157,7 @@ impl Proxy {
         req: Request<Incoming>,
         client: SocketAddr,
         via: &Via,
+        served: &mut Served,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         let target_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
@@ -146,7 +190,11 @@ impl Proxy {
                 &host, https.port, &parts.uri,
             )));
         }
+        served.waifu = Some(resolved.waifu.clone());
         let instance = resolved.waifu.pick().ok_or(ProxyError::NoHealthy)?.clone();
+        if self.access_log {
+            served.instance = Some(instance.clone());
+        }
 
         let upgrade = wants_upgrade(&parts).then(|| parts.extensions.remove::<OnUpgrade>());
         let upgrade = upgrade.flatten();
@@ -161,6 +209,9 @@ impl Proxy {
                 prefix: resolved.prefix,
             },
         );
+        if self.access_log {
+            served.request_id = headers::request_id(&parts.headers).cloned();
+        }
         let outgoing = Outgoing::new(
             parts.method,
             &resolved.path,
@@ -182,6 +233,9 @@ impl Proxy {
             Ok(Err(e)) => {
                 if matches!(e, SendError::Connect(_)) {
                     health::record(&instance, Outcome::Down);
+                    if let Some(waifu) = &served.waifu {
+                        self.metrics.connect_error(&waifu.name);
+                    }
                 }
                 debug!(instance = %instance.upstream, error = %e, "upstream failed");
                 return Err(ProxyError::Upstream);

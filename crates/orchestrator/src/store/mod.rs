@@ -211,6 +211,15 @@ impl Store {
         Ok(self.pool.get().await?)
     }
 
+    /// Every waifu database and its state (`provisioning` or `ready`).
+    pub(crate) async fn databases(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query("SELECT name, state FROM databases ORDER BY name", &[])
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     pub(crate) async fn insert_incident(&self, i: &IncidentInfo) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
         client

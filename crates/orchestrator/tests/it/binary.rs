@@ -52,6 +52,11 @@ async fn spawn(db_url: &str) -> Proc {
 }
 
 async fn spawn_with(env: &[(&str, &str)]) -> Proc {
+    spawn_logging(env, Stdio::null()).await
+}
+
+/// As [`spawn_with`], with the process's log (stderr) going to `log`.
+async fn spawn_logging(env: &[(&str, &str)], log: impl Into<Stdio>) -> Proc {
     let (public, internal) = (free_addr(), free_addr());
     let child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
         .env_clear()
@@ -63,7 +68,7 @@ async fn spawn_with(env: &[(&str, &str)]) -> Proc {
         .env("SHUTDOWN_TIMEOUT", "10s")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     let mut p = Proc {
@@ -480,4 +485,90 @@ async fn https_in_the_real_binary() {
         plain.headers["location"],
         format!("https://bin.example.com:{}/x", https.port()).as_str()
     );
+}
+
+#[tokio::test]
+async fn access_log_lines_in_json_and_text() {
+    let w = TestWaifu::start("a").await;
+    for format in ["json", "text"] {
+        let dir = harness::temp_dir("access");
+        let log_path = dir.join("stderr.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let url = pg::cluster().url(&unique_db("access"));
+        let mut p = spawn_logging(
+            &[
+                ("DATABASE_URL", url.as_str()),
+                ("ACCESS_LOG", "true"),
+                ("LOG_FORMAT", format),
+                // ACCESS_LOG is not silenced by a quieter filter.
+                ("RUST_LOG", "warn"),
+            ],
+            log,
+        )
+        .await;
+        hello(p.internal, "a", &w.host(), json!({})).await;
+        wait_routable(p.public, "localhost", "/a/ready").await;
+        let r = send(
+            p.public,
+            Method::GET,
+            "/a/logged?token=secret",
+            &[("host", "localhost"), ("x-request-id", "req-42")],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        let body_len = r.body.len();
+        assert_eq!(
+            get(p.public, "localhost", "/missing/x").await,
+            StatusCode::NOT_FOUND
+        );
+        signal(&p.child, "-TERM");
+        assert!(
+            wait_exit(&mut p.child, Duration::from_secs(20))
+                .await
+                .success()
+        );
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        assert!(
+            !log.contains("token=secret"),
+            "queries stay out of the log: {log}"
+        );
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("/a/logged")).collect();
+        assert_eq!(lines.len(), 1, "{log}");
+        let missing = log.lines().filter(|l| l.contains("/missing/x")).count();
+        assert_eq!(missing, 1, "{log}");
+        if format == "json" {
+            let line: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+            assert_eq!(line["target"], "access");
+            let f = &line["fields"];
+            assert_eq!(f["method"], "GET");
+            assert_eq!(f["host"], "localhost");
+            assert_eq!(f["path"], "/a/logged");
+            assert_eq!(f["status"], 200);
+            assert_eq!(f["bytes"], body_len as u64);
+            assert_eq!(f["waifu"], "a");
+            assert_eq!(f["instance"], format!("http://{}", w.host()));
+            assert_eq!(f["request_id"], "req-42");
+            assert_eq!(f["client"], "127.0.0.1");
+            assert!(f["duration_ms"].as_f64().unwrap() > 0.0);
+            assert!(line["timestamp"].is_string());
+        } else {
+            let line = lines[0];
+            assert!(
+                !line.contains('\u{1b}'),
+                "no colour codes in a file: {line}"
+            );
+            for part in [
+                " INFO access: ",
+                "status=200",
+                " waifu=a ",
+                "request_id=req-42",
+                "method=GET",
+                "path=/a/logged ",
+            ] {
+                assert!(line.contains(part), "{part} in {line}");
+            }
+        }
+    }
 }

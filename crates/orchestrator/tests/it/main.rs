@@ -16,6 +16,7 @@ mod guard;
 mod h2;
 mod health;
 mod openapi;
+mod ops;
 mod proxy;
 mod registration;
 mod slowloris;

@@ -1,0 +1,429 @@
+//! The status page (`GET /__internal/status`, issue 8) and the
+//! `orchestrator status` / `orchestrator incidents` commands.
+//!
+//! One snapshot ([`Status`]) feeds all three: rendered as self-refreshing
+//! HTML (no script, no external asset), as JSON when asked with
+//! `Accept: application/json`, and as text tables by the CLI, which reads
+//! that JSON from a running orchestrator.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use waifus_protocol::{IncidentInfo, WaifuInfo};
+
+use crate::api::AppState;
+
+/// Incidents shown on the page.
+const RECENT_INCIDENTS: i64 = 20;
+/// The page reloads itself this often.
+const REFRESH_SECONDS: u32 = 5;
+
+/// Everything the page shows.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub version: String,
+    pub uptime_seconds: u64,
+    /// Proxied requests per second, over the last few seconds.
+    pub requests_per_second: f64,
+    pub open_connections: i64,
+    pub waifus: Vec<WaifuStatus>,
+    /// Newest first.
+    pub incidents: Vec<IncidentInfo>,
+    /// Set when the state database could not be read: databases and
+    /// incidents are then unknown.
+    pub store_error: Option<String>,
+}
+
+/// A waifu and whether it has a database.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WaifuStatus {
+    #[serde(flatten)]
+    pub info: WaifuInfo,
+    /// `ready`, `provisioning`, or `None` for no database.
+    pub database: Option<String>,
+}
+
+pub(crate) async fn collect(state: &AppState) -> Status {
+    let waifus = state.registry.list().await;
+    let (databases, incidents, store_error) = match tokio::try_join!(
+        state.store.databases(),
+        state.store.incidents(RECENT_INCIDENTS)
+    ) {
+        Ok((d, i)) => (d, i, None),
+        Err(e) => (Vec::new(), Vec::new(), Some(e.to_string())),
+    };
+    let waifus = waifus
+        .into_iter()
+        .map(|info| {
+            let database = databases
+                .iter()
+                .find(|(name, _)| *name == info.name)
+                .map(|(_, state)| state.clone());
+            WaifuStatus { info, database }
+        })
+        .collect();
+    Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        uptime_seconds: state.metrics.uptime().as_secs(),
+        requests_per_second: state.metrics.request_rate(),
+        open_connections: state.metrics.open_connections(),
+        waifus,
+        incidents,
+        store_error,
+    }
+}
+
+/// HTML-escapes text for element content and quoted attributes.
+fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn uptime(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86_400),
+    }
+}
+
+/// The page. Every value that came from outside is escaped.
+pub(crate) fn html(status: &Status) -> String {
+    let mut h = String::with_capacity(8 * 1024);
+    let healthy = status
+        .waifus
+        .iter()
+        .filter(|w| w.info.instances.iter().any(|i| i.healthy))
+        .count();
+    let _ = write!(
+        h,
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="{REFRESH_SECONDS}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>waifus status</title>
+<style>
+body{{font:14px/1.4 system-ui,sans-serif;margin:1.5rem;color:#222;background:#fafafa}}
+h1{{font-size:1.4rem;margin:0 0 .5rem}} h2{{font-size:1.1rem;margin:1.5rem 0 .5rem}}
+table{{border-collapse:collapse;width:100%;background:#fff}}
+th,td{{text-align:left;padding:.3rem .6rem;border-bottom:1px solid #e3e3e3;vertical-align:top}}
+th{{background:#f0f0f0;font-weight:600}} code{{font-size:13px}}
+.ok{{color:#17723b;font-weight:600}} .bad{{color:#b3261e;font-weight:600}}
+.summary span{{display:inline-block;margin-right:1.5rem}} .warn{{background:#fff4e5;padding:.5rem;border:1px solid #f0c36d}}
+</style></head><body>
+<h1>waifus status</h1>
+<p class="summary"><span>version <b>{version}</b></span><span>up <b>{up}</b></span>
+<span id="rate"><b>{rate:.1}</b> requests/s</span><span><b>{conns}</b> open connections</span>
+<span><b>{healthy}</b> of <b>{total}</b> waifus healthy</span></p>
+"#,
+        version = esc(&status.version),
+        up = uptime(status.uptime_seconds),
+        rate = status.requests_per_second,
+        conns = status.open_connections,
+        total = status.waifus.len(),
+    );
+    if let Some(e) = &status.store_error {
+        let _ = writeln!(
+            h,
+            r#"<p class="warn">The state database cannot be read ({}): databases and incidents are not shown. Routing goes on.</p>"#,
+            esc(e)
+        );
+    }
+    h.push_str("<h2>Waifus</h2>\n");
+    if status.waifus.is_empty() {
+        h.push_str("<p>No waifu has said hello yet.</p>\n");
+    } else {
+        h.push_str(
+            "<table id=\"waifus\"><thead><tr><th>Waifu</th><th>Instances</th><th>Binds</th>\
+             <th>Database</th></tr></thead><tbody>\n",
+        );
+        for w in &status.waifus {
+            let _ = write!(
+                h,
+                r#"<tr class="waifu"><td><a href="{url}"><b>{name}</b></a></td><td>"#,
+                url = esc(&w.info.url),
+                name = esc(&w.info.name)
+            );
+            for i in &w.info.instances {
+                let (class, word) = if i.healthy {
+                    ("ok", "healthy")
+                } else {
+                    ("bad", "unhealthy")
+                };
+                let checked = i.last_check.as_deref().unwrap_or("never");
+                let _ = write!(
+                    h,
+                    r#"<div><code>{host}</code> <span class="{class}">{word}</span> <small>checked {checked}</small></div>"#,
+                    host = esc(&i.host),
+                    checked = esc(checked),
+                );
+            }
+            h.push_str("</td><td>");
+            for b in &w.info.binds {
+                let _ = write!(
+                    h,
+                    "<div><code>{}</code> → <code>{}</code></div>",
+                    esc(&b.bind),
+                    esc(&b.target)
+                );
+            }
+            let database = match (&w.database, &status.store_error) {
+                (Some(state), _) => esc(state),
+                (None, None) => "—".to_owned(),
+                (None, Some(_)) => "unknown".to_owned(),
+            };
+            let _ = writeln!(h, "</td><td>{database}</td></tr>");
+        }
+        h.push_str("</tbody></table>\n");
+    }
+    h.push_str("<h2>Recent incidents</h2>\n");
+    if status.incidents.is_empty() {
+        h.push_str("<p>None.</p>\n");
+    } else {
+        h.push_str(
+            "<table id=\"incidents\"><thead><tr><th>Time</th><th>Kind</th><th>Waifu</th>\
+             <th>Source</th><th>Detail</th></tr></thead><tbody>\n",
+        );
+        for i in &status.incidents {
+            let _ = writeln!(
+                h,
+                "<tr class=\"incident\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&i.time),
+                esc(&i.kind),
+                esc(&i.name),
+                esc(&i.source),
+                esc(&i.detail)
+            );
+        }
+        h.push_str("</tbody></table>\n");
+    }
+    let _ = writeln!(
+        h,
+        "<p><small>Refreshes every {REFRESH_SECONDS} s. JSON: <code>curl -H 'Accept: application/json' \
+         …/__internal/status</code>; metrics: <a href=\"/__internal/metrics\">/__internal/metrics</a>.</small></p>\n</body></html>"
+    );
+    h
+}
+
+/// Fetches `path` from a running orchestrator's internal API as JSON.
+async fn fetch<T: serde::de::DeserializeOwned>(addr: SocketAddr, path: &str) -> anyhow::Result<T> {
+    use anyhow::Context as _;
+    use http_body_util::{BodyExt, Empty, Limited};
+    let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let request = http::Request::get(format!("http://{addr}{path}"))
+        .header(http::header::ACCEPT, "application/json")
+        .body(Empty::new())?;
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+        .await
+        .map_err(|_| anyhow::anyhow!("{addr} did not answer within 10 s"))?
+        .with_context(|| format!("cannot reach the orchestrator's internal API at {addr}"))?;
+    let status = response.status();
+    let body = Limited::new(response.into_body(), 64 << 20)
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the answer: {e}"))?
+        .to_bytes();
+    if !status.is_success() {
+        anyhow::bail!(
+            "{path} answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    serde_json::from_slice(&body)
+        .with_context(|| format!("{path} did not answer the expected JSON"))
+}
+
+/// Left-aligned columns separated by two spaces.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for (i, cell) in cells.enumerate() {
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            text.push_str(cell);
+            if i + 1 < widths.len() {
+                text.extend(std::iter::repeat_n(' ', pad + 2));
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+/// `orchestrator status`: the page's content as tables.
+pub async fn status_report(addr: SocketAddr) -> anyhow::Result<String> {
+    let status: Status = fetch(addr, "/__internal/status").await?;
+    let mut out = format!(
+        "orchestrator {}, up {}, {:.1} requests/s, {} open connections\n",
+        status.version,
+        uptime(status.uptime_seconds),
+        status.requests_per_second,
+        status.open_connections
+    );
+    if let Some(e) = &status.store_error {
+        let _ = writeln!(out, "warning: the state database cannot be read: {e}");
+    }
+    out.push('\n');
+    let mut waifus = Vec::new();
+    let mut instances = Vec::new();
+    let mut binds = Vec::new();
+    for w in &status.waifus {
+        let healthy = w.info.instances.iter().filter(|i| i.healthy).count();
+        waifus.push(vec![
+            w.info.name.clone(),
+            format!("{healthy}/{}", w.info.instances.len()),
+            w.info.binds.len().to_string(),
+            w.database.clone().unwrap_or_else(|| "-".into()),
+            w.info.url.clone(),
+        ]);
+        for i in &w.info.instances {
+            instances.push(vec![
+                w.info.name.clone(),
+                i.host.clone(),
+                if i.healthy { "healthy" } else { "unhealthy" }.into(),
+                i.last_check.clone().unwrap_or_else(|| "never".into()),
+            ]);
+        }
+        for b in &w.info.binds {
+            binds.push(vec![w.info.name.clone(), b.bind.clone(), b.target.clone()]);
+        }
+    }
+    if waifus.is_empty() {
+        out.push_str("no waifus\n");
+    } else {
+        out += &table(&["WAIFU", "HEALTHY", "BINDS", "DATABASE", "URL"], &waifus);
+        out.push('\n');
+        out += &table(&["WAIFU", "INSTANCE", "STATE", "LAST CHECK"], &instances);
+        if !binds.is_empty() {
+            out.push('\n');
+            out += &table(&["WAIFU", "BIND", "TARGET"], &binds);
+        }
+    }
+    out.push('\n');
+    out += &incident_table(&status.incidents);
+    Ok(out)
+}
+
+/// `orchestrator incidents`: the newest `limit` incidents as a table.
+pub async fn incidents_report(addr: SocketAddr, limit: u32) -> anyhow::Result<String> {
+    let incidents: Vec<IncidentInfo> =
+        fetch(addr, &format!("/__internal/incidents?limit={limit}")).await?;
+    Ok(incident_table(&incidents))
+}
+
+fn incident_table(incidents: &[IncidentInfo]) -> String {
+    if incidents.is_empty() {
+        return "no incidents\n".into();
+    }
+    let rows: Vec<Vec<String>> = incidents
+        .iter()
+        .map(|i| {
+            vec![
+                i.time.clone(),
+                i.kind.clone(),
+                i.name.clone(),
+                i.source.clone(),
+                i.detail.clone(),
+            ]
+        })
+        .collect();
+    table(&["TIME", "KIND", "WAIFU", "SOURCE", "DETAIL"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use waifus_protocol::{BindInfo, InstanceInfo};
+
+    fn sample() -> Status {
+        Status {
+            version: "0.1.0".into(),
+            uptime_seconds: 4000,
+            requests_per_second: 12.5,
+            open_connections: 3,
+            waifus: vec![WaifuStatus {
+                info: WaifuInfo {
+                    name: "link".into(),
+                    url: "http://localhost:8080/link".into(),
+                    instances: vec![InstanceInfo {
+                        host: "http://127.0.0.1:3000".into(),
+                        healthy: true,
+                        last_check: Some("2026-11-27T23:00:00Z".into()),
+                    }],
+                    binds: vec![BindInfo {
+                        bind: "https://link.waifu".into(),
+                        target: "/<script>".into(),
+                    }],
+                },
+                database: Some("ready".into()),
+            }],
+            incidents: vec![IncidentInfo {
+                time: "2026-11-27T23:00:01Z".into(),
+                kind: "wrong_secret".into(),
+                name: "link".into(),
+                source: "10.0.0.5".into(),
+                detail: "a \"quoted\" <b>detail</b> & more".into(),
+            }],
+            store_error: None,
+        }
+    }
+
+    #[test]
+    fn html_escapes_everything_from_outside() {
+        let page = html(&sample());
+        assert!(page.contains("/&lt;script&gt;"));
+        assert!(page.contains("a &quot;quoted&quot; &lt;b&gt;detail&lt;/b&gt; &amp; more"));
+        assert!(!page.contains("<script>"));
+        assert!(page.contains(r#"http-equiv="refresh""#));
+        assert!(!page.contains("http://") || page.contains(r#"href="http://localhost:8080/link""#));
+    }
+
+    #[test]
+    fn tables_line_up() {
+        let t = table(
+            &["A", "LONGER"],
+            &[
+                vec!["xyz".into(), "1".into()],
+                vec!["q".into(), "22".into()],
+            ],
+        );
+        assert_eq!(t, "A    LONGER\nxyz  1\nq    22\n");
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let json = serde_json::to_string(&sample()).unwrap();
+        assert!(json.contains(r#""requestsPerSecond":12.5"#), "{json}");
+        assert!(json.contains(r#""database":"ready""#), "{json}");
+        let back: Status = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.waifus[0].info.name, "link");
+    }
+}

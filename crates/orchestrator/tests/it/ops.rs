@@ -1,0 +1,389 @@
+//! Operating the orchestrator (issue 8): metrics, the status page (also in
+//! a real headless Chromium), and the `status` / `incidents` commands.
+
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::{self, Orch};
+use crate::pg;
+use crate::waifu::TestWaifu;
+
+async fn scrape(orch: &Orch) -> String {
+    let r = harness::send(
+        orch.internal,
+        Method::GET,
+        "/__internal/metrics",
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    String::from_utf8(r.body.to_vec()).unwrap()
+}
+
+/// The value of the sample line that starts with `series` (name and labels
+/// exactly as written), or `None`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn metrics_count_what_operators_need() {
+    let db = pg::unique_db("metrics");
+    // Checks once an hour: the killed instance below is found by the proxy.
+    let orch = harness::start(&db, &["--health-interval", "1h"]).await;
+    let w = TestWaifu::start("m").await;
+    orch.register("m", &w.host(), json!({})).await;
+    orch.wait_health("m", StatusCode::NO_CONTENT).await;
+    for _ in 0..3 {
+        assert_eq!(orch.get("localhost", "/m/x").await.status, StatusCode::OK);
+    }
+    let r = harness::send(
+        orch.public,
+        Method::POST,
+        "/m/echo",
+        &[("host", "localhost")],
+        Bytes::from_static(b"hi"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        orch.get("localhost", "/nobody/x").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let (status, _) = orch.hello(json!({"name": "Bad Name", "host": "x:1"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A database, then a wrong secret: an incident.
+    let creds = json!({"name": "m", "secret": "correct horse battery staple"});
+    let r = harness::post_json(orch.internal, "/__internal/database", &creds)
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    let wrong = json!({"name": "m", "secret": "wrong horse battery staple!!"});
+    let r = harness::post_json(orch.internal, "/__internal/database", &wrong)
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // A connection held open on the public listener.
+    let mut held = tokio::net::TcpStream::connect(orch.public).await.unwrap();
+    held.write_all(b"GET /m/held HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let _ = held.read(&mut buf).await.unwrap();
+
+    let text = scrape(&orch).await;
+    let get = r#"waifus_requests_total{waifu="m",method="GET",status="2xx"}"#;
+    assert_eq!(sample(&text, get), Some(4.0), "{text}");
+    let post = r#"waifus_requests_total{waifu="m",method="POST",status="2xx"}"#;
+    assert_eq!(sample(&text, post), Some(1.0), "{text}");
+    let unrouted = r#"waifus_requests_total{waifu="-",method="GET",status="4xx"}"#;
+    assert_eq!(sample(&text, unrouted), Some(1.0), "{text}");
+    let count = r#"waifus_request_duration_seconds_count{waifu="m"}"#;
+    assert_eq!(sample(&text, count), Some(5.0), "{text}");
+    let inf = r#"waifus_request_duration_seconds_bucket{le="+Inf",waifu="m"}"#;
+    let inf_alt = r#"waifus_request_duration_seconds_bucket{waifu="m",le="+Inf"}"#;
+    assert_eq!(
+        sample(&text, inf).or(sample(&text, inf_alt)),
+        Some(5.0),
+        "{text}"
+    );
+    let healthy = format!(
+        r#"waifus_instance_healthy{{waifu="m",instance="{}"}}"#,
+        format_args!("http://{}", w.host())
+    );
+    assert_eq!(sample(&text, &healthy), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, r#"waifus_hellos_total{outcome="ok"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"waifus_hellos_total{outcome="invalid"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, r#"waifus_database_calls_total{outcome="ok"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"waifus_database_calls_total{outcome="wrong_secret"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, r#"waifus_incidents_total{kind="wrong_secret"}"#),
+        Some(1.0)
+    );
+    let public = sample(&text, r#"waifus_open_connections{listener="public"}"#);
+    assert!(public.is_some_and(|n| n >= 1.0), "{text}");
+    let internal = sample(&text, r#"waifus_open_connections{listener="internal"}"#);
+    assert!(internal.is_some_and(|n| n >= 1.0), "{text}");
+    assert!(text.trim_end().ends_with("# EOF"));
+
+    // The instance dies: the proxy's failed connect is counted, and the
+    // instance is reported unhealthy.
+    w.kill();
+    assert_eq!(
+        orch.get("localhost", "/m/x").await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    let text = scrape(&orch).await;
+    let errors = r#"waifus_upstream_connect_errors_total{waifu="m"}"#;
+    assert_eq!(sample(&text, errors), Some(1.0), "{text}");
+    assert_eq!(sample(&text, &healthy), Some(0.0), "{text}");
+    drop(held);
+    orch.stop().await.unwrap();
+}
+
+/// An orchestrator with a healthy waifu (bind, database) and an incident.
+async fn populated(db: &str) -> (Orch, TestWaifu) {
+    let orch = harness::start(db, &[]).await;
+    let w = TestWaifu::start("shop").await;
+    orch.register("shop", &w.host(), json!({"http://shop.test": "/api"}))
+        .await;
+    orch.wait_health("shop", StatusCode::NO_CONTENT).await;
+    let creds = json!({"name": "shop", "secret": "correct horse battery staple"});
+    let r = harness::post_json(orch.internal, "/__internal/database", &creds)
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    let wrong = json!({"name": "shop", "secret": "wrong horse battery staple!!"});
+    let r = harness::post_json(orch.internal, "/__internal/database", &wrong)
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // An instance that never answers, for an unhealthy row.
+    let (status, _) = orch
+        .hello(json!({"name": "ghost", "host": "127.0.0.1:9"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    orch.wait_health("ghost", StatusCode::SERVICE_UNAVAILABLE)
+        .await;
+    (orch, w)
+}
+
+#[tokio::test]
+async fn status_page_html_and_json() {
+    let (orch, _w) = populated(&pg::unique_db("status")).await;
+    let page = harness::send(
+        orch.internal,
+        Method::GET,
+        "/__internal/status",
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
+    let html = String::from_utf8(page.body.to_vec()).unwrap();
+    for needle in [
+        "shop",
+        "http://shop.test",
+        "/api",
+        "ready",
+        "wrong_secret",
+        "ghost",
+        "unhealthy",
+    ] {
+        assert!(html.contains(needle), "{needle} missing from the page");
+    }
+    assert!(
+        !html.contains("src=\"http") && !html.contains("href=\"https://"),
+        "no external assets"
+    );
+
+    let json = harness::send(
+        orch.internal,
+        Method::GET,
+        "/__internal/status",
+        &[("accept", "application/json")],
+        Bytes::new(),
+    )
+    .await
+    .unwrap()
+    .json();
+    let shop = json["waifus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "shop")
+        .unwrap();
+    assert_eq!(shop["database"], "ready");
+    assert_eq!(shop["instances"][0]["healthy"], true);
+    assert_eq!(json["incidents"][0]["kind"], "wrong_secret");
+    assert!(json["requestsPerSecond"].is_number());
+    // Not on the public listener.
+    let r = orch.get("localhost", "/__internal/status").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    orch.stop().await.unwrap();
+}
+
+fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+}
+
+#[tokio::test]
+async fn status_page_renders_in_headless_chromium() {
+    let Some(browser) = chromium() else {
+        eprintln!("SKIPPED: no Chromium (Debian: apt-get install chromium)");
+        return;
+    };
+    let (orch, _w) = populated(&pg::unique_db("status_browser")).await;
+    // Some traffic, so the rate is not zero once sampled.
+    for _ in 0..20 {
+        orch.get("localhost", "/shop/x").await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let url = format!("http://{}/__internal/status", orch.internal);
+    let profile = harness::temp_dir("chromium");
+    let browser = browser.to_owned();
+    let dom = tokio::task::spawn_blocking(move || {
+        Command::new(browser)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(["--virtual-time-budget=2000", "--dump-dom", &url])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        dom.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    // What the browser built from the page: the tables and their rows.
+    assert!(dom.contains("<title>waifus status</title>"), "{dom}");
+    assert!(dom.contains(r#"<table id="waifus">"#), "{dom}");
+    assert_eq!(dom.matches(r#"<tr class="waifu">"#).count(), 2, "{dom}");
+    assert!(dom.contains(r#"<span class="ok">healthy</span>"#), "{dom}");
+    assert!(
+        dom.contains(r#"<span class="bad">unhealthy</span>"#),
+        "{dom}"
+    );
+    assert!(dom.contains(r#"<tr class="incident">"#), "{dom}");
+    assert!(dom.contains("wrong_secret"), "{dom}");
+    let rate: f64 = dom
+        .split(r#"<span id="rate"><b>"#)
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no rate in {dom}"));
+    assert!(rate >= 0.0);
+    orch.stop().await.unwrap();
+}
+
+fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .env_clear()
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn status_and_incidents_commands_print_tables() {
+    let (orch, w) = populated(&pg::unique_db("status_cli")).await;
+    let addr = orch.internal.to_string();
+    let out = tokio::task::spawn_blocking({
+        let addr = addr.clone();
+        move || cli(&["status", "--internal-addr", &addr])
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let header = |h: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with(h))
+            .unwrap_or_else(|| panic!("{h}: {text}"))
+    };
+    let waifus = header("WAIFU  HEALTHY");
+    assert!(
+        lines[waifus + 1..]
+            .iter()
+            .any(|l| l.starts_with("ghost ") && l.contains("0/1")),
+        "{text}"
+    );
+    assert!(
+        lines[waifus + 1..]
+            .iter()
+            .any(|l| l.starts_with("shop ") && l.contains("1/1") && l.contains("ready")),
+        "{text}"
+    );
+    let instances = header("WAIFU  INSTANCE");
+    let shop_instance = format!("http://{}", w.host());
+    assert!(
+        lines[instances + 1..]
+            .iter()
+            .any(|l| l.contains(&shop_instance) && l.contains("healthy")),
+        "{text}"
+    );
+    assert!(text.contains("http://shop.test"), "{text}");
+    assert!(text.contains("wrong_secret"), "{text}");
+
+    let out = tokio::task::spawn_blocking({
+        let addr = addr.clone();
+        move || cli(&["incidents", "--internal-addr", &addr, "--limit", "5"])
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("TIME"), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.contains("wrong_secret")).count(),
+        1,
+        "{text}"
+    );
+    orch.stop().await.unwrap();
+
+    // Nobody there: a clear error and a failing exit code.
+    let out = tokio::task::spawn_blocking(move || cli(&["status", "--internal-addr", &addr]))
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach the orchestrator's internal API"),
+        "{err}"
+    );
+}
