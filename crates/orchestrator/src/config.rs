@@ -118,7 +118,7 @@ pub struct Config {
     #[arg(long, env = "PUBLIC_HTTPS_PORT")]
     pub public_https_port: Option<u16>,
     /// Directory of PEM certificates `{host}.crt` / `{host}.key`.
-    #[arg(long, env = "CERT_DIR")]
+    #[arg(long, env = "CERT_DIR", value_parser = any_path())]
     pub cert_dir: Option<PathBuf>,
     /// ACME directory URL for automatic certificates.
     #[arg(long, env = "ACME_DIRECTORY")]
@@ -135,7 +135,7 @@ pub struct Config {
     )]
     pub acme_challenge: crate::tls::acme::Challenge,
     /// Extra PEM root trusted for the ACME directory itself.
-    #[arg(long, env = "ACME_CA_FILE")]
+    #[arg(long, env = "ACME_CA_FILE", value_parser = any_path())]
     pub acme_ca_file: Option<PathBuf>,
 
     /// One log line per proxied request (target `access`, in LOG_FORMAT).
@@ -209,6 +209,28 @@ pub(crate) struct TlsConfig {
 pub const DEFAULT_HTTPS_ADDR: &str = "0.0.0.0:8443";
 
 impl Config {
+    /// Optional settings given as empty strings count as unset, as
+    /// `ACME_DIRECTORY=` or compose's `${ACME_DIRECTORY:-}` mean.
+    pub fn normalized(mut self) -> Self {
+        for text in [
+            &mut self.database_url,
+            &mut self.db_public_host,
+            &mut self.incident_webhook_url,
+            &mut self.acme_directory,
+            &mut self.acme_email,
+        ] {
+            if text.as_deref().is_some_and(|t| t.trim().is_empty()) {
+                *text = None;
+            }
+        }
+        for path in [&mut self.cert_dir, &mut self.acme_ca_file] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                *path = None;
+            }
+        }
+        self
+    }
+
     /// Whether the TLS listener is on (and must be bound).
     pub fn tls_on(&self) -> bool {
         self.https_addr.is_some() || self.cert_dir.is_some() || self.acme_directory.is_some()
@@ -313,6 +335,12 @@ impl Config {
     }
 }
 
+/// A path, empty allowed (then [`Config::normalized`] makes it unset).
+fn any_path() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
+    use clap::builder::TypedValueParser;
+    clap::builder::OsStringValueParser::new().map(PathBuf::from)
+}
+
 /// A PEM file with at least one certificate.
 fn check_pem_roots(path: &std::path::Path) -> Result<(), String> {
     use rustls::pki_types::CertificateDer;
@@ -346,6 +374,23 @@ mod tests {
             panic!("serve expected")
         };
         assert_eq!(c.health_interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn empty_optional_settings_are_unset() {
+        let cli = parse(&[
+            "orchestrator",
+            "--acme-directory",
+            "",
+            "--cert-dir",
+            "",
+            "--acme-email",
+            " ",
+        ]);
+        let c = cli.serve.normalized();
+        assert!(c.acme_directory.is_none() && c.cert_dir.is_none() && c.acme_email.is_none());
+        assert!(!c.tls_on());
+        assert!(c.validate().is_ok());
     }
 
     #[test]

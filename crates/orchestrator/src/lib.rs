@@ -143,6 +143,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    let config = config.normalized();
     let main_domain = config.validate()?;
     if config.tls_on() && listeners.https.is_none() {
         return Err(RunError::NoHttpsListener);

@@ -18,8 +18,8 @@ fn main() -> ExitCode {
             args.client.internal_addr,
             args.limit,
         )),
-        Some(Command::Serve(config)) => run(*config),
-        None => run(cli.serve),
+        Some(Command::Serve(config)) => run(config.normalized()),
+        None => run(cli.serve.normalized()),
     };
     match result {
         Ok(code) => code,

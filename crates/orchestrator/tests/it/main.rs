@@ -11,6 +11,7 @@ mod acme;
 mod binary;
 mod check;
 mod database;
+mod deploy;
 mod faults;
 mod guard;
 mod h2;
