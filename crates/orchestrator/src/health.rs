@@ -60,6 +60,7 @@ pub(crate) async fn supervise(
     config: HealthConfig,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    leading: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut reap = tokio::time::interval(upstream::IDLE_FOR / 2);
     reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -78,7 +79,7 @@ pub(crate) async fn supervise(
             }
             w = watched.recv() => match w { Some(w) => w, None => return },
         };
-        let task = watch_instance(registry.clone(), watch, config);
+        let task = watch_instance(registry.clone(), watch, config, leading.clone());
         tracker.spawn(task);
     }
 }
@@ -91,9 +92,22 @@ async fn watch_instance(
         mut committed,
     }: Watch,
     config: HealthConfig,
+    mut leading: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut persisted = instance.is_healthy();
+    // The first check of an instance from this process's hello runs here
+    // whoever leads: it makes the instance routable at once.
+    let mut first = committed.is_some();
     loop {
+        if !first && !*leading.borrow() {
+            // Another orchestrator checks; health comes from the store.
+            tokio::select! {
+                () = instance.retired.cancelled() => return,
+                r = leading.wait_for(|l| *l) => if r.is_err() { return },
+            }
+            persisted = instance.is_healthy();
+        }
+        first = false;
         let outcome = tokio::select! {
             () = instance.retired.cancelled() => return,
             o = check(&instance, config.timeout) => o,

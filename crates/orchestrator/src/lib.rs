@@ -17,6 +17,7 @@ mod metrics;
 mod provision;
 mod proxy;
 mod registry;
+mod replicas;
 mod routes;
 mod server;
 pub mod status;
@@ -178,9 +179,15 @@ async fn serve(
     };
     let public_base = public_base(main_domain.as_deref(), listeners.public.local_addr()?);
     let instances = CancellationToken::new();
-    let (registry, watched) =
-        registry::Registry::load(store.clone(), main_domain, public_base, instances.clone())
-            .await?;
+    let (leading, leading_rx) = tokio::sync::watch::channel(true);
+    let (registry, watched) = registry::Registry::load(
+        store.clone(),
+        main_domain,
+        public_base,
+        instances.clone(),
+        leading_rx.clone(),
+    )
+    .await?;
     let registry = Arc::new(registry);
     let metrics = metrics::Metrics::new(registry.clone());
 
@@ -197,6 +204,13 @@ async fn serve(
         watched,
         health_config,
         tasks.clone(),
+        shutdown.clone(),
+        leading_rx,
+    ));
+    tasks.spawn(replicas::follow(
+        registry.clone(),
+        store.clone(),
+        leading,
         shutdown.clone(),
     ));
     let tls = match (config.tls()?, listeners.https) {

@@ -310,6 +310,14 @@ impl Collector for ProxyCollector {
                 )?;
         }
 
+        let mut leader = encoder.encode_descriptor(
+            "health_leader",
+            "1 when this orchestrator runs the health checks (one does at a time)",
+            None,
+            MetricType::Gauge,
+        )?;
+        leader.encode_gauge(&i64::from(self.routes.leads_health_checks()))?;
+
         let mut health = encoder.encode_descriptor(
             "instance_healthy",
             "1 when an instance passes its health checks and receives traffic",

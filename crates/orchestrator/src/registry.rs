@@ -85,6 +85,9 @@ pub(crate) struct Registry {
     watch: mpsc::UnboundedSender<Watch>,
     /// Signalled on every published change.
     changed: tokio::sync::Notify,
+    /// Whether this orchestrator runs the health checks (crate::replicas):
+    /// if not, instance health comes from the store.
+    leading: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Registry {
@@ -95,6 +98,7 @@ impl Registry {
         main_domain: Option<String>,
         public_base: String,
         shutdown: CancellationToken,
+        leading: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(Registry, mpsc::UnboundedReceiver<Watch>), StoreError> {
         let (watch, watched) = mpsc::unbounded_channel();
         let mut state = State::default();
@@ -124,6 +128,7 @@ impl Registry {
             shutdown,
             watch,
             changed: tokio::sync::Notify::new(),
+            leading,
         };
         let loaded = {
             let state = registry.state.lock().await;
@@ -132,6 +137,11 @@ impl Registry {
         };
         info!(waifus = loaded, "loaded state");
         Ok((registry, watched))
+    }
+
+    /// Whether this orchestrator runs the health checks now.
+    pub(crate) fn leads_health_checks(&self) -> bool {
+        *self.leading.borrow()
     }
 
     /// The current route table; cheap, lock-free.
@@ -264,6 +274,101 @@ impl Registry {
             entry.instances.push(instance);
             entry.route = Arc::new(entry.route.rebuilt(entry.instances.clone()));
         }
+    }
+
+    /// Brings every waifu in memory in line with the store (another
+    /// orchestrator may have changed them). The store is read under the
+    /// state lock, so a hello of this process cannot fall between the read
+    /// and the update.
+    pub(crate) async fn resync_all(&self) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        let stored = self.store.load().await?;
+        let stored_names: HashSet<String> = stored.iter().map(|w| w.name.clone()).collect();
+        let gone: Vec<String> = state
+            .waifus
+            .keys()
+            .filter(|n| !stored_names.contains(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.apply_stored(&mut state, &name, None);
+        }
+        for waifu in stored {
+            let name = waifu.name.clone();
+            self.apply_stored(&mut state, &name, Some(waifu));
+        }
+        self.publish(&state);
+        Ok(())
+    }
+
+    /// Brings one waifu in line with the store (after a change notification).
+    pub(crate) async fn resync_waifu(&self, name: &str) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        let stored = self.store.load_waifu(name).await?;
+        let old_hosts = self.apply_stored(&mut state, name, stored);
+        self.publish_waifu(&state, name, old_hosts.iter().map(String::as_str));
+        Ok(())
+    }
+
+    /// Makes one waifu in memory what the store says; returns the hosts it
+    /// was bound on before. Instances keep their identity (connections,
+    /// counters); their health is taken from the store unless this process
+    /// runs the checks.
+    fn apply_stored(
+        &self,
+        state: &mut State,
+        name: &str,
+        stored: Option<crate::store::StoredWaifu>,
+    ) -> Vec<String> {
+        let old_hosts = state.waifus.get(name).map_or_else(Vec::new, |e| {
+            e.binds.iter().map(|(key, _)| key.host.clone()).collect()
+        });
+        let Some(stored) = stored.filter(|s| !s.instances.is_empty()) else {
+            if let Some(entry) = state.waifus.remove(name) {
+                for instance in &entry.instances {
+                    instance.retired.cancel();
+                }
+            }
+            return old_hosts;
+        };
+        let leading = *self.leading.borrow();
+        let entry = state
+            .waifus
+            .entry(name.to_owned())
+            .or_insert_with(|| Entry::new(name, Vec::new(), Vec::new()));
+        let mut changed = false;
+        entry.instances.retain(|i| {
+            let keep = stored.instances.iter().any(|(up, _)| *up == i.upstream);
+            if !keep {
+                i.retired.cancel();
+                changed = true;
+            }
+            keep
+        });
+        for (upstream, healthy) in stored.instances {
+            match entry.instances.iter().find(|i| i.upstream == upstream) {
+                Some(instance) => {
+                    if !leading {
+                        crate::health::set_healthy(instance, healthy);
+                    }
+                }
+                None => {
+                    let instance = Arc::new(Instance::new(upstream, healthy, &self.shutdown));
+                    entry.instances.push(instance.clone());
+                    let _ = self.watch.send(Watch {
+                        name: name.into(),
+                        instance,
+                        committed: None,
+                    });
+                    changed = true;
+                }
+            }
+        }
+        entry.binds = stored.binds;
+        if changed {
+            entry.route = Arc::new(entry.route.rebuilt(entry.instances.clone()));
+        }
+        old_hosts
     }
 
     /// Drops an instance that stayed critical too long; its waifu and binds

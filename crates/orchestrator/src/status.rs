@@ -29,6 +29,8 @@ pub struct Status {
     /// Proxied requests per second, over the last few seconds.
     pub requests_per_second: f64,
     pub open_connections: i64,
+    /// Whether this orchestrator runs the health checks (one at a time does).
+    pub health_leader: bool,
     pub waifus: Vec<WaifuStatus>,
     /// Newest first.
     pub incidents: Vec<IncidentInfo>,
@@ -71,6 +73,7 @@ pub(crate) async fn collect(state: &AppState) -> Status {
         uptime_seconds: state.metrics.uptime().as_secs(),
         requests_per_second: state.metrics.request_rate(),
         open_connections: state.metrics.open_connections(),
+        health_leader: state.registry.leads_health_checks(),
         waifus,
         incidents,
         store_error,
@@ -129,13 +132,19 @@ th{{background:#f0f0f0;font-weight:600}} code{{font-size:13px}}
 <h1>waifus status</h1>
 <p class="summary"><span>version <b>{version}</b></span><span>up <b>{up}</b></span>
 <span id="rate"><b>{rate:.1}</b> requests/s</span><span><b>{conns}</b> open connections</span>
-<span><b>{healthy}</b> of <b>{total}</b> waifus healthy</span></p>
+<span><b>{healthy}</b> of <b>{total}</b> waifus healthy</span>
+<span>health checks: <b>{leader}</b></span></p>
 "#,
         version = esc(&status.version),
         up = uptime(status.uptime_seconds),
         rate = status.requests_per_second,
         conns = status.open_connections,
         total = status.waifus.len(),
+        leader = if status.health_leader {
+            "run here"
+        } else {
+            "run by another orchestrator"
+        },
     );
     if let Some(e) = &status.store_error {
         let _ = writeln!(
@@ -282,11 +291,16 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 pub async fn status_report(addr: SocketAddr) -> anyhow::Result<String> {
     let status: Status = fetch(addr, "/__internal/status").await?;
     let mut out = format!(
-        "orchestrator {}, up {}, {:.1} requests/s, {} open connections\n",
+        "orchestrator {}, up {}, {:.1} requests/s, {} open connections, health checks {}\n",
         status.version,
         uptime(status.uptime_seconds),
         status.requests_per_second,
-        status.open_connections
+        status.open_connections,
+        if status.health_leader {
+            "run here"
+        } else {
+            "run by another orchestrator"
+        }
     );
     if let Some(e) = &status.store_error {
         let _ = writeln!(out, "warning: the state database cannot be read: {e}");
@@ -369,6 +383,7 @@ mod tests {
             uptime_seconds: 4000,
             requests_per_second: 12.5,
             open_connections: 3,
+            health_leader: true,
             waifus: vec![WaifuStatus {
                 info: WaifuInfo {
                     name: "link".into(),

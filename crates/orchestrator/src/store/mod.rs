@@ -43,7 +43,13 @@ pub enum StoreError {
 #[derive(Clone, Debug)]
 pub(crate) struct Store {
     pool: Pool,
+    /// For sessions of their own (LISTEN and the health-check lock).
+    config: std::sync::Arc<tokio_postgres::Config>,
 }
+
+/// The channel every change to waifus, instances, binds or health is
+/// announced on, in the transaction that makes it (payload: the waifu's name).
+pub(crate) const CHANGES: &str = "waifus_changes";
 
 /// A waifu as stored.
 #[derive(Debug)]
@@ -73,6 +79,7 @@ impl Store {
             .application_name("waifus-orchestrator")
             .keepalives(true);
         migrate::ensure_database(&config).await?;
+        let session_config = std::sync::Arc::new(config.clone());
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -89,7 +96,56 @@ impl Store {
             .build()?;
         let mut client = pool.get().await?;
         migrate::run(&mut client).await?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            config: session_config,
+        })
+    }
+
+    /// Connection settings for a session outside the pool.
+    pub(crate) fn session_config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    /// One waifu as stored, or `None` when it is not registered.
+    pub(crate) async fn load_waifu(&self, name: &str) -> Result<Option<StoredWaifu>, StoreError> {
+        let client = self.pool.get().await?;
+        if client
+            .query_opt("SELECT 1 FROM waifus WHERE name = $1", &[&name])
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let mut waifu = StoredWaifu {
+            name: name.to_owned(),
+            instances: Vec::new(),
+            binds: Vec::new(),
+        };
+        for row in client
+            .query(
+                "SELECT host, healthy FROM instances WHERE name = $1",
+                &[&name],
+            )
+            .await?
+        {
+            let host: &str = row.get(0);
+            let upstream = waifus_protocol::parse_host(host).map_err(|e| StoreError::Corrupt {
+                what: format!("instance {host:?}: {e}"),
+            })?;
+            waifu.instances.push((upstream, row.get(1)));
+        }
+        for row in client
+            .query("SELECT bind, target FROM binds WHERE name = $1", &[&name])
+            .await?
+        {
+            let bind: &str = row.get(0);
+            let key = waifus_protocol::parse_bind_key(bind).map_err(|e| StoreError::Corrupt {
+                what: format!("bind {bind:?}: {e}"),
+            })?;
+            waifu.binds.push((key, row.get(1)));
+        }
+        Ok(Some(waifu))
     }
 
     /// Loads every waifu with its instances and binds.
@@ -202,6 +258,8 @@ impl Store {
             .await?;
         tx.execute(&release, &[&name, &kept_hosts, &kept_prefixes])
             .await?;
+        let notify = tx.prepare_cached("SELECT pg_notify($1, $2)").await?;
+        tx.execute(&notify, &[&CHANGES, &name]).await?;
         tx.commit().await?;
         Ok(granted)
     }
@@ -265,8 +323,12 @@ impl Store {
         let client = self.pool.get().await?;
         client
             .execute(
-                "UPDATE instances SET healthy = $3 WHERE name = $1 AND host = $2",
-                &[&name, &instance.to_string(), &healthy],
+                "WITH changed AS (
+                   UPDATE instances SET healthy = $3
+                   WHERE name = $1 AND host = $2 AND healthy IS DISTINCT FROM $3
+                   RETURNING name)
+                 SELECT pg_notify($4, name) FROM changed",
+                &[&name, &instance.to_string(), &healthy, &CHANGES],
             )
             .await?;
         Ok(())
@@ -291,6 +353,8 @@ impl Store {
             &[&name],
         )
         .await?;
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANGES, &name])
+            .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -572,3 +572,95 @@ async fn access_log_lines_in_json_and_text() {
         }
     }
 }
+
+async fn leads(internal: SocketAddr) -> Option<bool> {
+    let r = send(
+        internal,
+        Method::GET,
+        "/__internal/status",
+        &[("accept", "application/json")],
+        Bytes::new(),
+    )
+    .await?;
+    r.json()["healthLeader"].as_bool()
+}
+
+#[tokio::test]
+async fn two_orchestrators_share_routes_and_one_runs_health_checks() {
+    let url = pg::cluster().url(&unique_db("replicas"));
+    let mut a = spawn(&url).await;
+    let b = spawn(&url).await;
+    // Both have settled who leads: exactly one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (a_leads, b_leads) = loop {
+        let both = (leads(a.internal).await, leads(b.internal).await);
+        if let (Some(x), Some(y)) = both
+            && x != y
+        {
+            break (x, y);
+        }
+        assert!(Instant::now() < deadline, "no single leader: {both:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(a_leads && !b_leads, "the first to start leads");
+
+    // A hello to one is routable on the other within a second.
+    let w = TestWaifu::start("shared").await;
+    hello(
+        a.internal,
+        "shared",
+        &w.host(),
+        json!({"http://shared.test": "/"}),
+    )
+    .await;
+    let said_hello = Instant::now();
+    while get(b.public, "shared.test", "/x").await != StatusCode::OK {
+        assert!(
+            said_hello.elapsed() < Duration::from_secs(1),
+            "not routable on the other orchestrator within a second"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        get(b.public, "localhost", "/shared/x").await,
+        StatusCode::OK
+    );
+    // And the other way round.
+    let v = TestWaifu::start("second").await;
+    hello(b.internal, "second", &v.host(), json!({})).await;
+    wait_routable(a.public, "localhost", "/second/x").await;
+
+    // The follower routes by the health the leader stores.
+    w.healthy.store(false, std::sync::atomic::Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(b.public, "shared.test", "/x").await != StatusCode::SERVICE_UNAVAILABLE {
+        assert!(
+            Instant::now() < deadline,
+            "the follower never saw the instance go unhealthy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    wait_routable(b.public, "shared.test", "/x").await;
+
+    // The leader is killed: the other takes over the checks within seconds
+    // and goes on checking (it notices the waifu going unhealthy again).
+    signal(&a.child, "-KILL");
+    wait_exit(&mut a.child, Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while leads(b.internal).await != Some(true) {
+        assert!(Instant::now() < deadline, "no takeover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.healthy.store(false, std::sync::atomic::Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(b.public, "shared.test", "/x").await != StatusCode::SERVICE_UNAVAILABLE {
+        assert!(
+            Instant::now() < deadline,
+            "health checks stopped with the leader"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    wait_routable(b.public, "shared.test", "/x").await;
+}
