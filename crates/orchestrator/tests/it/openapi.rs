@@ -152,6 +152,22 @@ fn conforms(
         panic!("{method} {template} answered {status}, which is not documented")
     });
     let response = resolve(spec, response);
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    if let Some(content) = response.get("content").and_then(Value::as_object)
+        && media != "application/json"
+    {
+        // A documented non-JSON answer (HTML, metrics text): its type must
+        // be one the document names.
+        assert!(
+            content.contains_key(media),
+            "{method} {template} {status}: {media:?} is not documented"
+        );
+        return;
+    }
     match response.pointer("/content/application~1json/schema") {
         None => assert!(
             body.is_empty(),
@@ -292,6 +308,35 @@ async fn real_responses_match_docs_openapi_yaml() {
             &r.body,
         );
         exercised.insert((template.to_owned(), method.to_owned(), r.status.as_u16()));
+    }
+    // The status page as HTML and as JSON, and the metrics.
+    for (template, path, accept) in [
+        ("/__internal/status", "/__internal/status", "text/html"),
+        (
+            "/__internal/status",
+            "/__internal/status",
+            "application/json",
+        ),
+        ("/__internal/metrics", "/__internal/metrics", "*/*"),
+    ] {
+        let r = send(
+            orch.internal,
+            Method::GET,
+            path,
+            &[("accept", accept)],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+        conforms(
+            &spec,
+            template,
+            "get",
+            r.status.as_u16(),
+            &r.headers,
+            &r.body,
+        );
+        exercised.insert((template.to_owned(), "get".to_owned(), r.status.as_u16()));
     }
     // Incidents are written in the background: the list has them now.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
