@@ -3,7 +3,7 @@
 //! Every write to waifus, instances, binds or health sends a notification on
 //! [`CHANGES`] in its own transaction. Each orchestrator keeps one session
 //! of its own that `LISTEN`s there and reloads the waifu a notification
-//! names; it reloads everything after (re)connecting and every
+//! names (skipping its own writes, which it has applied already); it reloads everything after (re)connecting and every
 //! [`RESYNC_EVERY`], so a missed notification heals.
 //!
 //! Health checks run on one orchestrator at a time: the one holding a
@@ -72,13 +72,20 @@ async fn session(
 ) -> Result<(), StoreError> {
     let (client, mut connection) = store.session_config().connect(NoTls).await?;
     let (names, mut changed) = mpsc::unbounded_channel::<String>();
+    let own = format!("{} ", store.origin());
     // The connection must be polled for notifications to arrive (and for
     // queries on `client` to run).
     let driver = tokio::spawn(async move {
         loop {
             match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                 Some(Ok(AsyncMessage::Notification(n))) => {
-                    if names.send(n.payload().to_owned()).is_err() {
+                    // Our own writes are in memory already.
+                    let payload = n.payload();
+                    if payload.starts_with(&own) {
+                        continue;
+                    }
+                    let name = payload.split_once(' ').map_or(payload, |(_, name)| name);
+                    if names.send(name.to_owned()).is_err() {
                         return;
                     }
                 }

@@ -45,10 +45,14 @@ pub(crate) struct Store {
     pool: Pool,
     /// For sessions of their own (LISTEN and the health-check lock).
     config: std::sync::Arc<tokio_postgres::Config>,
+    /// This process's tag on its change notifications, so it can skip its
+    /// own (it has applied them already).
+    origin: std::sync::Arc<str>,
 }
 
 /// The channel every change to waifus, instances, binds or health is
-/// announced on, in the transaction that makes it (payload: the waifu's name).
+/// announced on, in the transaction that makes it. Payload: `{origin} {name}`,
+/// the writing process's [`Store::origin`] and the waifu's name.
 pub(crate) const CHANGES: &str = "waifus_changes";
 
 /// A waifu as stored.
@@ -99,7 +103,17 @@ impl Store {
         Ok(Store {
             pool,
             config: session_config,
+            origin: format!("{:016x}", fastrand::u64(..)).into(),
         })
+    }
+
+    /// The tag this process puts on its change notifications.
+    pub(crate) fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    fn change(&self, name: &str) -> String {
+        format!("{} {name}", self.origin)
     }
 
     /// Connection settings for a session outside the pool.
@@ -259,7 +273,7 @@ impl Store {
         tx.execute(&release, &[&name, &kept_hosts, &kept_prefixes])
             .await?;
         let notify = tx.prepare_cached("SELECT pg_notify($1, $2)").await?;
-        tx.execute(&notify, &[&CHANGES, &name]).await?;
+        tx.execute(&notify, &[&CHANGES, &self.change(name)]).await?;
         tx.commit().await?;
         Ok(granted)
     }
@@ -327,8 +341,14 @@ impl Store {
                    UPDATE instances SET healthy = $3
                    WHERE name = $1 AND host = $2 AND healthy IS DISTINCT FROM $3
                    RETURNING name)
-                 SELECT pg_notify($4, name) FROM changed",
-                &[&name, &instance.to_string(), &healthy, &CHANGES],
+                 SELECT pg_notify($4, $5) FROM changed",
+                &[
+                    &name,
+                    &instance.to_string(),
+                    &healthy,
+                    &CHANGES,
+                    &self.change(name),
+                ],
             )
             .await?;
         Ok(())
@@ -353,7 +373,7 @@ impl Store {
             &[&name],
         )
         .await?;
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANGES, &name])
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANGES, &self.change(name)])
             .await?;
         tx.commit().await?;
         Ok(())
