@@ -145,6 +145,14 @@ fn images_are_small_and_run_as_a_user() {
         assert!(copies[0].contains(&format!("/out/{image} ")), "{copies:?}");
     }
     assert_eq!(stage, "hello");
+    // The build context leaves out build output and local state.
+    let ignore = std::fs::read_to_string(deploy_dir().join("../.dockerignore")).unwrap();
+    for entry in ["target/", "data/", ".git/"] {
+        assert!(
+            ignore.lines().any(|l| l.trim() == entry),
+            "{entry} in .dockerignore"
+        );
+    }
 }
 
 #[tokio::test]
