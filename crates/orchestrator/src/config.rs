@@ -143,6 +143,11 @@ pub struct Config {
           value_parser = clap::builder::BoolishValueParser::new())]
     pub access_log: bool,
 
+    /// Full reload of routes from the state database, in case a change
+    /// notification from another orchestrator was missed.
+    #[arg(long, env = "RESYNC_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub resync_interval: Duration,
+
     /// An instance unhealthy this long is deregistered.
     #[arg(long, env = "DEREGISTER_AFTER", default_value = "10m", value_parser = humantime::parse_duration)]
     pub deregister_after: Duration,
@@ -319,6 +324,7 @@ impl Config {
             ("UPSTREAM_TIMEOUT", self.upstream_timeout),
             ("HEADER_READ_TIMEOUT", self.header_read_timeout),
             ("IDLE_TIMEOUT", self.idle_timeout),
+            ("RESYNC_INTERVAL", self.resync_interval),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));

@@ -211,6 +211,7 @@ async fn serve(
         registry.clone(),
         store.clone(),
         leading,
+        config.resync_interval,
         shutdown.clone(),
     ));
     let tls = match (config.tls()?, listeners.https) {

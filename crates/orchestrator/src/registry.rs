@@ -48,6 +48,11 @@ pub(crate) struct Watch {
 #[derive(Debug, Default)]
 struct State {
     waifus: BTreeMap<String, Entry>,
+    /// Last change to each waifu made here (hello, deregistration, a
+    /// notification applied), by [`Registry::seq`]: a full resync read
+    /// before that change must not undo it. Gone waifus stay until the next
+    /// full resync.
+    touched: std::collections::HashMap<String, u64>,
 }
 
 #[derive(Debug)]
@@ -88,6 +93,8 @@ pub(crate) struct Registry {
     /// Whether this orchestrator runs the health checks (crate::replicas):
     /// if not, instance health comes from the store.
     leading: tokio::sync::watch::Receiver<bool>,
+    /// Counts changes applied to memory; see `State::touched`.
+    seq: std::sync::atomic::AtomicU64,
 }
 
 impl Registry {
@@ -129,6 +136,7 @@ impl Registry {
             watch,
             changed: tokio::sync::Notify::new(),
             leading,
+            seq: std::sync::atomic::AtomicU64::new(0),
         };
         let loaded = {
             let state = registry.state.lock().await;
@@ -217,6 +225,7 @@ impl Registry {
         let before = state.waifus.get(&hello.name).map(|e| e.binds.clone());
         let (new_instance, committed) = fresh.unzip();
         Self::apply_hello(&mut state, &hello.name, accepted, new_instance.clone());
+        self.touch(&mut state, &hello.name);
         let after = state.waifus.get(&hello.name).map(|e| &e.binds);
         // A repeated hello (SDKs re-hello every 30 s) changes nothing.
         if new_instance.is_some() || before.as_ref() != after {
@@ -276,80 +285,104 @@ impl Registry {
         }
     }
 
+    /// Records that `name` changed in memory now.
+    fn touch(&self, state: &mut State, name: &str) {
+        let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        state.touched.insert(name.to_owned(), seq);
+    }
+
     /// Brings every waifu in memory in line with the store (another
-    /// orchestrator may have changed them). The store is read under the
-    /// state lock, so a hello of this process cannot fall between the read
-    /// and the update.
+    /// orchestrator may have changed them, or a notification was missed).
+    /// The store is read without the state lock, so hellos are not held up;
+    /// waifus changed here since the read began are left as they are. The
+    /// table is published only if something differed.
     pub(crate) async fn resync_all(&self) -> Result<(), StoreError> {
-        let mut state = self.state.lock().await;
+        let since = self.seq.load(std::sync::atomic::Ordering::SeqCst);
         let stored = self.store.load().await?;
-        let stored_names: HashSet<String> = stored.iter().map(|w| w.name.clone()).collect();
+        let mut state = self.state.lock().await;
+        let fresh = |state: &State, name: &str| state.touched.get(name).is_some_and(|s| *s > since);
+        let stored_names: HashSet<&str> = stored.iter().map(|w| w.name.as_str()).collect();
         let gone: Vec<String> = state
             .waifus
             .keys()
-            .filter(|n| !stored_names.contains(*n))
+            .filter(|n| !stored_names.contains(n.as_str()))
             .cloned()
             .collect();
+        let mut changed = false;
         for name in gone {
-            self.apply_stored(&mut state, &name, None);
+            if !fresh(&state, &name) {
+                changed |= self.apply_stored(&mut state, &name, None).1;
+            }
         }
         for waifu in stored {
             let name = waifu.name.clone();
-            self.apply_stored(&mut state, &name, Some(waifu));
+            if !fresh(&state, &name) {
+                changed |= self.apply_stored(&mut state, &name, Some(waifu)).1;
+            }
         }
-        self.publish(&state);
+        state.touched.retain(|_, seq| *seq > since);
+        if changed {
+            self.publish(&state);
+        }
         Ok(())
     }
 
     /// Brings one waifu in line with the store (after a change notification).
+    /// Read under the state lock: nothing of this process falls in between.
     pub(crate) async fn resync_waifu(&self, name: &str) -> Result<(), StoreError> {
         let mut state = self.state.lock().await;
         let stored = self.store.load_waifu(name).await?;
-        let old_hosts = self.apply_stored(&mut state, name, stored);
-        self.publish_waifu(&state, name, old_hosts.iter().map(String::as_str));
+        let (old_hosts, changed) = self.apply_stored(&mut state, name, stored);
+        self.touch(&mut state, name);
+        if changed {
+            self.publish_waifu(&state, name, old_hosts.iter().map(String::as_str));
+        }
         Ok(())
     }
 
     /// Makes one waifu in memory what the store says; returns the hosts it
-    /// was bound on before. Instances keep their identity (connections,
-    /// counters); their health is taken from the store unless this process
-    /// runs the checks.
+    /// was bound on before and whether anything differed. Instances keep
+    /// their identity (connections, counters); their health is taken from
+    /// the store unless this process runs the checks.
     fn apply_stored(
         &self,
         state: &mut State,
         name: &str,
         stored: Option<crate::store::StoredWaifu>,
-    ) -> Vec<String> {
+    ) -> (Vec<String>, bool) {
         let old_hosts = state.waifus.get(name).map_or_else(Vec::new, |e| {
             e.binds.iter().map(|(key, _)| key.host.clone()).collect()
         });
         let Some(stored) = stored.filter(|s| !s.instances.is_empty()) else {
-            if let Some(entry) = state.waifus.remove(name) {
-                for instance in &entry.instances {
-                    instance.retired.cancel();
-                }
+            let Some(entry) = state.waifus.remove(name) else {
+                return (old_hosts, false);
+            };
+            for instance in &entry.instances {
+                instance.retired.cancel();
             }
-            return old_hosts;
+            return (old_hosts, true);
         };
         let leading = *self.leading.borrow();
+        let mut changed = !state.waifus.contains_key(name);
         let entry = state
             .waifus
             .entry(name.to_owned())
             .or_insert_with(|| Entry::new(name, Vec::new(), Vec::new()));
-        let mut changed = false;
+        let mut instances_changed = false;
         entry.instances.retain(|i| {
             let keep = stored.instances.iter().any(|(up, _)| *up == i.upstream);
             if !keep {
                 i.retired.cancel();
-                changed = true;
+                instances_changed = true;
             }
             keep
         });
         for (upstream, healthy) in stored.instances {
             match entry.instances.iter().find(|i| i.upstream == upstream) {
                 Some(instance) => {
-                    if !leading {
+                    if !leading && instance.is_healthy() != healthy {
                         crate::health::set_healthy(instance, healthy);
+                        // Routing reads the flag itself: nothing to publish.
                     }
                 }
                 None => {
@@ -360,15 +393,19 @@ impl Registry {
                         instance,
                         committed: None,
                     });
-                    changed = true;
+                    instances_changed = true;
                 }
             }
         }
-        entry.binds = stored.binds;
-        if changed {
-            entry.route = Arc::new(entry.route.rebuilt(entry.instances.clone()));
+        if sorted_binds(&entry.binds) != sorted_binds(&stored.binds) {
+            entry.binds = stored.binds;
+            changed = true;
         }
-        old_hosts
+        if instances_changed {
+            entry.route = Arc::new(entry.route.rebuilt(entry.instances.clone()));
+            changed = true;
+        }
+        (old_hosts, changed)
     }
 
     /// Drops an instance that stayed critical too long; its waifu and binds
@@ -391,6 +428,7 @@ impl Registry {
                 entry.route = Arc::new(entry.route.rebuilt(entry.instances.clone()));
             }
         }
+        self.touch(&mut state, name);
         self.publish_waifu(&state, name, old_hosts.iter().map(String::as_str));
         instance.retired.cancel();
         info!(name, instance = %instance.upstream, "deregistered instance");
@@ -464,6 +502,16 @@ impl Registry {
             })
             .collect()
     }
+}
+
+/// Binds in a canonical order, for comparing two lists.
+fn sorted_binds(binds: &[(BindKey, String)]) -> Vec<(String, &str)> {
+    let mut v: Vec<(String, &str)> = binds
+        .iter()
+        .map(|(k, t)| (k.canonical(), t.as_str()))
+        .collect();
+    v.sort_unstable();
+    v
 }
 
 fn instance_info(instance: &Instance) -> InstanceInfo {

@@ -3,8 +3,9 @@
 //! Every write to waifus, instances, binds or health sends a notification on
 //! [`CHANGES`] in its own transaction. Each orchestrator keeps one session
 //! of its own that `LISTEN`s there and reloads the waifu a notification
-//! names (skipping its own writes, which it has applied already); it reloads everything after (re)connecting and every
-//! [`RESYNC_EVERY`], so a missed notification heals.
+//! names (skipping its own writes, which it has applied already); it reloads
+//! everything after (re)connecting and every `RESYNC_INTERVAL`, so a missed
+//! notification heals.
 //!
 //! Health checks run on one orchestrator at a time: the one holding a
 //! session-level advisory lock on that same session. When it dies its
@@ -25,8 +26,6 @@ use tracing::{debug, info, warn};
 use crate::registry::Registry;
 use crate::store::{CHANGES, Store, StoreError};
 
-/// Full reload from the store, in case a notification was missed.
-const RESYNC_EVERY: Duration = Duration::from_secs(30);
 /// How often a follower tries to take the health-check lock.
 const TRY_LOCK_EVERY: Duration = Duration::from_secs(1);
 /// The health-check leader's advisory lock key ("waifusHC").
@@ -39,13 +38,14 @@ pub(crate) async fn follow(
     registry: Arc<Registry>,
     store: Store,
     leading: watch::Sender<bool>,
+    resync_every: Duration,
     shutdown: CancellationToken,
 ) {
     let mut pause = Duration::from_millis(250);
     loop {
         let session = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = session(&registry, &store, &leading) => r,
+            r = session(&registry, &store, &leading, resync_every) => r,
         };
         // No session: nobody can be known to lead, so check here too.
         if !*leading.borrow() {
@@ -69,6 +69,7 @@ async fn session(
     registry: &Registry,
     store: &Store,
     leading: &watch::Sender<bool>,
+    resync_every: Duration,
 ) -> Result<(), StoreError> {
     let (client, mut connection) = store.session_config().connect(NoTls).await?;
     let (names, mut changed) = mpsc::unbounded_channel::<String>();
@@ -121,7 +122,7 @@ async fn session(
     leading.send_replace(lead);
     // Listening already: nothing that happens from here on is missed.
     registry.resync_all().await?;
-    let mut resync = tokio::time::interval(RESYNC_EVERY);
+    let mut resync = tokio::time::interval(resync_every);
     resync.tick().await;
     let mut lock_retry = tokio::time::interval(TRY_LOCK_EVERY);
     loop {

@@ -101,10 +101,10 @@ impl<B: Body> Logged<B> {
         Logged { inner, entry: None }
     }
 
-    pub(crate) fn new(inner: B, entry: Entry) -> Self {
+    pub(crate) fn new(inner: B, entry: Box<Entry>) -> Self {
         Logged {
             inner,
-            entry: Some(Box::new(entry)),
+            entry: Some(entry),
         }
     }
 }

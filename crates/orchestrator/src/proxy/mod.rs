@@ -126,9 +126,10 @@ impl Proxy {
     ) -> Response<ClientBody> {
         let started = Instant::now();
         let method = req.method().clone();
+        // Boxed: the request's future stays small when the log is off.
         let entry = self
             .access_log
-            .then(|| access::Entry::begin(&req, client.ip(), started, via.tls));
+            .then(|| Box::new(access::Entry::begin(&req, client.ip(), started, via.tls)));
         let mut served = Served::default();
         let response = match self.forward(req, client, via, &mut served).await {
             Ok(response) => response,

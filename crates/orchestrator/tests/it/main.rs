@@ -20,6 +20,7 @@ mod openapi;
 mod ops;
 mod proxy;
 mod registration;
+mod replicas;
 mod slowloris;
 mod smuggling;
 mod tls;
