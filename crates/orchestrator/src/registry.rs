@@ -152,6 +152,11 @@ impl Registry {
         *self.leading.borrow()
     }
 
+    /// The current route table, to hold across an await.
+    pub(crate) fn routes_now(&self) -> Arc<RouteTable> {
+        self.routes.load_full()
+    }
+
     /// The current route table; cheap, lock-free.
     pub(crate) fn routes(&self) -> arc_swap::Guard<Arc<RouteTable>> {
         self.routes.load()
@@ -314,10 +319,14 @@ impl Registry {
                 changed |= self.apply_stored(&mut state, &name, None).1;
             }
         }
-        for waifu in stored {
+        for (i, waifu) in stored.into_iter().enumerate() {
             let name = waifu.name.clone();
             if !fresh(&state, &name) {
                 changed |= self.apply_stored(&mut state, &name, Some(waifu)).1;
+            }
+            if i % 512 == 511 {
+                // Thousands of waifus: let requests run in between.
+                tokio::task::yield_now().await;
             }
         }
         state.touched.retain(|_, seq| *seq > since);

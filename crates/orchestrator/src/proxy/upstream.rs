@@ -75,10 +75,14 @@ impl ConnPool {
 
     /// Closes idle connections older than `max_age`, so an instance checked
     /// rarely and not proxied to does not hold a descriptor forever.
-    pub(crate) fn reap(&self, max_age: Duration) {
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.retain(|c| c.since.elapsed() < max_age);
-        }
+    /// Closes connections idle for `max_age`; returns how many.
+    pub(crate) fn reap(&self, max_age: Duration) -> usize {
+        let Ok(mut idle) = self.idle.lock() else {
+            return 0;
+        };
+        let before = idle.len();
+        idle.retain(|c| c.since.elapsed() < max_age);
+        before - idle.len()
     }
 
     fn checkin(&self, io: TcpStream) {
