@@ -296,8 +296,9 @@ async fn serve(
         max_connections: config.max_connections,
     };
     let drain = config.shutdown_timeout;
-    let public = tokio::spawn(server::serve_public(
+    let public = tokio::spawn(server::serve_proxy(
         listeners.public,
+        None,
         proxy.clone(),
         limits,
         shutdown.clone(),
@@ -308,9 +309,9 @@ async fn serve(
         (Some((tls, listener)), Some(certs)) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(certs)?));
             info!(addr = %listener.local_addr()?, dev = tls.dev, "HTTPS listener on");
-            Some(tokio::spawn(server::serve_tls(
+            Some(tokio::spawn(server::serve_proxy(
                 listener,
-                acceptor,
+                Some(acceptor),
                 proxy.clone(),
                 limits,
                 shutdown.clone(),

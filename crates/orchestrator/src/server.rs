@@ -57,9 +57,13 @@ pub(crate) struct Via {
     pub sni: Option<Arc<str>>,
 }
 
-/// Serves the public proxy until `shutdown`, then drains for at most `drain`.
-pub(crate) async fn serve_public(
+/// Serves the proxy on one public listener (plain, or TLS with `tls`)
+/// until `shutdown`, then drains for at most `drain`. Over TLS the
+/// handshake must finish within the header-read timeout, and a TLS-ALPN-01
+/// validation ends after its handshake.
+pub(crate) async fn serve_proxy(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     proxy: Arc<Proxy>,
     limits: ConnLimits,
     shutdown: CancellationToken,
@@ -72,45 +76,24 @@ pub(crate) async fn serve_public(
     while let Some((stream, peer, slot)) = next_connection(&listener, &slots, &shutdown).await {
         let _ = stream.set_nodelay(true);
         let watcher = graceful.watcher();
-        let conn = serve_proxied(
-            &builder,
-            watcher,
-            stream,
-            peer,
-            proxy.clone(),
-            Via::default(),
-            limits,
-        );
         let counted = Open::new(&open);
-        tokio::spawn(async move {
-            conn.await;
-            drop((slot, counted));
-        });
-    }
-    drop(listener);
-    drain_or_give_up(graceful, drain, "public").await;
-}
-
-/// Serves the proxy over TLS until `shutdown`, then drains for at most
-/// `drain`. The handshake must finish within the header-read timeout; a
-/// TLS-ALPN-01 validation ends after its handshake.
-pub(crate) async fn serve_tls(
-    listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    proxy: Arc<Proxy>,
-    limits: ConnLimits,
-    shutdown: CancellationToken,
-    drain: Duration,
-    open: Gauge,
-) {
-    let builder = public_builder(limits);
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections as usize));
-    while let Some((stream, peer, slot)) = next_connection(&listener, &slots, &shutdown).await {
-        let _ = stream.set_nodelay(true);
+        let Some(acceptor) = &tls else {
+            let conn = serve_proxied(
+                &builder,
+                watcher,
+                stream,
+                peer,
+                proxy.clone(),
+                Via::default(),
+                limits,
+            );
+            tokio::spawn(async move {
+                conn.await;
+                drop((slot, counted));
+            });
+            continue;
+        };
         let (acceptor, builder, proxy) = (acceptor.clone(), builder.clone(), proxy.clone());
-        let watcher = graceful.watcher();
-        let counted = Open::new(&open);
         tokio::spawn(async move {
             let _counted = counted;
             let handshake =
@@ -141,7 +124,8 @@ pub(crate) async fn serve_tls(
         });
     }
     drop(listener);
-    drain_or_give_up(graceful, drain, "TLS").await;
+    let which = if tls.is_some() { "TLS" } else { "public" };
+    drain_or_give_up(graceful, drain, which).await;
 }
 
 /// The public listeners' builder: shared limits, half-close for refusals,
