@@ -1,7 +1,8 @@
-//! Accepting connections on the public listener and draining them on shutdown.
+//! Accepting connections on the listeners and draining them on shutdown.
 //!
-//! HTTP/1.1 and h2c (prior knowledge) on one port through hyper-util's auto
-//! builder. Slow or stuck clients are bounded: HTTP/1 must deliver a
+//! The public listener speaks HTTP/1.1 and h2c (prior knowledge) through
+//! hyper-util's auto builder; the TLS listener the same after a rustls
+//! handshake (ALPN h2 or http/1.1); the internal listener serves the API. Slow or stuck clients are bounded: HTTP/1 must deliver a
 //! request's headers within `HEADER_READ_TIMEOUT` (which also closes idle
 //! keep-alive connections), header blocks and request targets are size
 //! limited, and any connection on which no byte moved for `IDLE_TIMEOUT` is
