@@ -119,6 +119,24 @@ impl Pebble {
         pebble
     }
 
+    /// Pebble validating against the orchestrator that will serve on `ports`.
+    async fn for_ports(ports: &Ports, validity: u64) -> Pebble {
+        let port = |l: &tokio::net::TcpListener| l.local_addr().unwrap().port();
+        Pebble::start(port(&ports.public), port(&ports.https), validity).await
+    }
+
+    /// The orchestrator flags that point it at this Pebble, then `extra`.
+    fn flags(&self, extra: &[&str]) -> Vec<String> {
+        let mut flags = vec![
+            "--acme-directory".to_owned(),
+            self.directory.clone(),
+            "--acme-ca-file".to_owned(),
+            self.ca_file.to_str().unwrap().to_owned(),
+        ];
+        flags.extend(extra.iter().map(|f| f.to_string()));
+        flags
+    }
+
     /// The root Pebble signs certificates under (new on every start).
     async fn root(&self) -> CertificateDer<'static> {
         let trust = Trust::Roots(vec![self.ca.cert.clone()]);
@@ -154,26 +172,17 @@ async fn tls_alpn_issues_renews_and_a_restart_needs_no_order() {
         return;
     }
     let ports = Ports::bind().await;
-    let (http_port, tls_port) = (
-        ports.public.local_addr().unwrap().port(),
-        ports.https.local_addr().unwrap().port(),
-    );
     // 30 s certificates: renewed after 20 s.
-    let pebble = Pebble::start(http_port, tls_port, 30).await;
+    let pebble = Pebble::for_ports(&ports, 30).await;
     let db = pg::unique_db("acme_alpn");
     let url = pg::cluster().url(&db);
-    let ca_file = pebble.ca_file.to_str().unwrap().to_owned();
-    let directory = pebble.directory.clone();
-    let flags = [
-        "--acme-directory",
-        &directory,
-        "--acme-ca-file",
-        &ca_file,
+    let flags = pebble.flags(&[
         "--acme-email",
         "ops@example.net",
         "--acme-challenge",
         "tls-alpn-01",
-    ];
+    ]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let orch = harness::start_with_ports(&url, &flags, Some(ports)).await;
     let https = orch.https.unwrap();
     let waifu = TestWaifu::start("app").await;
@@ -235,24 +244,16 @@ async fn http01_for_accepted_binds_and_main_domain_only() {
         return;
     }
     let ports = Ports::bind().await;
-    let (http_port, tls_port) = (
-        ports.public.local_addr().unwrap().port(),
-        ports.https.local_addr().unwrap().port(),
-    );
-    let pebble = Pebble::start(http_port, tls_port, 3600).await;
+    let pebble = Pebble::for_ports(&ports, 3600).await;
     let db = pg::unique_db("acme_http01");
     let url = pg::cluster().url(&db);
-    let ca_file = pebble.ca_file.to_str().unwrap().to_owned();
-    let flags = [
-        "--acme-directory",
-        &pebble.directory,
-        "--acme-ca-file",
-        &ca_file,
+    let flags = pebble.flags(&[
         "--acme-challenge",
         "http-01",
         "--main-domain",
         "main.example.net",
-    ];
+    ]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let orch = harness::start_with_ports(&url, &flags, Some(ports)).await;
     let https = orch.https.unwrap();
     let owner = TestWaifu::start("owner").await;
