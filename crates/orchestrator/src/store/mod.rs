@@ -205,9 +205,15 @@ impl Store {
         Ok(waifus)
     }
 
-    /// Records a hello in one transaction: the waifu, the instance, and the
-    /// binds it asks for. Binds held by another waifu are not taken over;
-    /// binds this waifu held but no longer asks for are released.
+    /// Records a hello atomically: the waifu, the instance, and the binds
+    /// it asks for. Binds held by another waifu are not taken over; binds
+    /// this waifu held but no longer asks for are released.
+    ///
+    /// One statement (its own transaction), so one round trip: a hello took
+    /// seven before, and on a busy core each cost more than the commit.
+    /// Data-modifying `WITH` parts all run; the foreign keys to `waifus` are
+    /// checked at the end of the statement, after its insert. The claimed
+    /// and the released binds are disjoint, so no row is touched twice.
     ///
     /// Returns, per claim, whether it was granted.
     pub(crate) async fn hello(
@@ -216,66 +222,62 @@ impl Store {
         instance: &Upstream,
         claims: &[BindClaim<'_>],
     ) -> Result<Vec<bool>, StoreError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        // Cached statements: one round trip each, not a parse and a run.
-        let waifu = tx
+        let client = self.pool.get().await?;
+        let hello = client
             .prepare_cached(
-                "INSERT INTO waifus (name) VALUES ($1)
-                 ON CONFLICT (name) DO UPDATE SET updated_at = now()",
+                "WITH waifu AS (
+                   INSERT INTO waifus (name) VALUES ($1)
+                   ON CONFLICT (name) DO UPDATE SET updated_at = now()),
+                 instance AS (
+                   INSERT INTO instances (name, host) VALUES ($1, $2)
+                   ON CONFLICT (name, host) DO UPDATE SET last_hello = now()),
+                 claimed AS (
+                   INSERT INTO binds (host, prefix, bind, target, name)
+                   SELECT host, prefix, bind, target, $1
+                   FROM unnest($3::text[], $4::text[], $5::text[], $6::text[])
+                     AS c (host, prefix, bind, target)
+                   ON CONFLICT (host, prefix) DO UPDATE
+                     SET bind = EXCLUDED.bind, target = EXCLUDED.target
+                     WHERE binds.name = EXCLUDED.name
+                   RETURNING host, prefix),
+                 released AS (
+                   DELETE FROM binds WHERE name = $1 AND (host, prefix) NOT IN
+                     (SELECT * FROM unnest($3::text[], $4::text[])))
+                 SELECT (SELECT array_agg(host) FROM claimed),
+                        (SELECT array_agg(prefix) FROM claimed),
+                        pg_notify($7, $8)",
             )
             .await?;
-        tx.execute(&waifu, &[&name]).await?;
-        let upsert_instance = tx
-            .prepare_cached(
-                "INSERT INTO instances (name, host) VALUES ($1, $2)
-                 ON CONFLICT (name, host) DO UPDATE SET last_hello = now()",
+        let hosts: Vec<&str> = claims.iter().map(|c| c.key.host.as_str()).collect();
+        let prefixes: Vec<&str> = claims.iter().map(|c| c.key.prefix.as_str()).collect();
+        let canonical: Vec<String> = claims.iter().map(|c| c.key.canonical()).collect();
+        let targets: Vec<&str> = claims.iter().map(|c| c.target).collect();
+        let row = client
+            .query_one(
+                &hello,
+                &[
+                    &name,
+                    &instance.to_string(),
+                    &hosts,
+                    &prefixes,
+                    &canonical,
+                    &targets,
+                    &CHANGES,
+                    &self.change(name),
+                ],
             )
             .await?;
-        tx.execute(&upsert_instance, &[&name, &instance.to_string()])
-            .await?;
-        let claim = tx
-            .prepare_cached(
-                "INSERT INTO binds (host, prefix, bind, target, name) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (host, prefix) DO UPDATE
-                   SET bind = EXCLUDED.bind, target = EXCLUDED.target
-                   WHERE binds.name = EXCLUDED.name
-                 RETURNING 1",
-            )
-            .await?;
-        let mut granted = Vec::with_capacity(claims.len());
-        let (mut kept_hosts, mut kept_prefixes) = (Vec::new(), Vec::new());
-        for c in claims {
-            let row = tx
-                .query_opt(
-                    &claim,
-                    &[
-                        &c.key.host,
-                        &c.key.prefix,
-                        &c.key.canonical(),
-                        &c.target,
-                        &name,
-                    ],
-                )
-                .await?;
-            if row.is_some() {
-                kept_hosts.push(c.key.host.as_str());
-                kept_prefixes.push(c.key.prefix.as_str());
-            }
-            granted.push(row.is_some());
-        }
-        let release = tx
-            .prepare_cached(
-                "DELETE FROM binds WHERE name = $1 AND (host, prefix) NOT IN
-                   (SELECT * FROM unnest($2::text[], $3::text[]))",
-            )
-            .await?;
-        tx.execute(&release, &[&name, &kept_hosts, &kept_prefixes])
-            .await?;
-        let notify = tx.prepare_cached("SELECT pg_notify($1, $2)").await?;
-        tx.execute(&notify, &[&CHANGES, &self.change(name)]).await?;
-        tx.commit().await?;
-        Ok(granted)
+        let granted_hosts: Vec<String> = row.get::<_, Option<_>>(0).unwrap_or_default();
+        let granted_prefixes: Vec<String> = row.get::<_, Option<_>>(1).unwrap_or_default();
+        Ok(claims
+            .iter()
+            .map(|c| {
+                granted_hosts
+                    .iter()
+                    .zip(&granted_prefixes)
+                    .any(|(h, p)| *h == c.key.host && *p == c.key.prefix)
+            })
+            .collect())
     }
 
     /// A dedicated connection, for work that holds session state (locks).
