@@ -390,3 +390,84 @@ async fn internal_api_is_not_on_the_public_listener() {
     }
     orch.stop().await.unwrap();
 }
+
+/// Hellos from six waifus race for one bind: exactly one gets it, the
+/// others are told it is taken, and the store and the routes agree.
+#[tokio::test]
+async fn racing_hellos_grant_a_bind_once() {
+    let orch = harness::start(&unique_db("race"), &[]).await;
+    let w = TestWaifu::start("w").await;
+    let claim = |name: &'static str| {
+        let body = json!({
+            "name": name,
+            "host": w.host(),
+            "additionalBinds": {"http://race.test": "/", format!("http://{name}.race.test"): "/"},
+        });
+        let orch = &orch;
+        async move { (name, orch.hello(body).await) }
+    };
+    let answers = tokio::join!(
+        claim("r1"),
+        claim("r2"),
+        claim("r3"),
+        claim("r4"),
+        claim("r5"),
+        claim("r6")
+    );
+    let answers = [
+        answers.0, answers.1, answers.2, answers.3, answers.4, answers.5,
+    ];
+    let mut winners = Vec::new();
+    for (name, (status, body)) in &answers {
+        assert_eq!(*status, StatusCode::OK, "{body}");
+        let outcome = |bind: &str| {
+            body["binds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|o| o["bind"] == bind)
+                .unwrap_or_else(|| panic!("{bind} missing in {body}"))
+                .clone()
+        };
+        assert_eq!(
+            outcome(&format!("http://{name}.race.test"))["accepted"],
+            true
+        );
+        let shared = outcome("http://race.test");
+        if shared["accepted"] == true {
+            winners.push(*name);
+        } else {
+            assert_eq!(shared["reason"], "taken", "{body}");
+        }
+    }
+    assert_eq!(winners.len(), 1, "{answers:?}");
+    let (_, list) = orch
+        .internal_json(Method::GET, "/__internal/waifus", String::new())
+        .await;
+    let holders: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| {
+            w["binds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|b| b["bind"] == "http://race.test")
+        })
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(holders, winners, "{list}");
+    orch.wait_health(winners[0], StatusCode::NO_CONTENT).await;
+    let r = send(
+        orch.public,
+        Method::GET,
+        "/hello",
+        &[("host", "race.test")],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    orch.stop().await.unwrap();
+}
