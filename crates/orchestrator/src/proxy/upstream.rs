@@ -40,7 +40,7 @@ const MAX_CHUNK_LINE: usize = 4 * 1024;
 const READ_SIZE: usize = 8 * 1024;
 /// First buffer of a request: most response heads and small bodies fit, and
 /// at hundreds of requests in flight the difference shows in peak memory.
-const FIRST_BUF: usize = 4 * 1024;
+const FIRST_BUF: usize = 2 * 1024;
 /// Below this much free space, a read first grows the buffer.
 const MIN_READ: usize = 1024;
 /// Idle connections kept per instance.
