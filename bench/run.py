@@ -101,16 +101,18 @@ def tree(pid):
     return out
 
 
-def cpu_seconds(pids):
-    total = 0
+def cpu_split(pids):
+    """(user, system) CPU seconds of these processes."""
+    user = system = 0
     for p in pids:
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime + stime
+            user += int(fields[11])  # utime
+            system += int(fields[12])  # stime
         except OSError:
             pass
-    return total / CLK_TCK
+    return user / CLK_TCK, system / CLK_TCK
 
 
 def memory_kib(pids, field):
@@ -300,10 +302,14 @@ def main():
             wrk(urls[name], conns, 2)
         for _ in range(args.rounds):
             for name in names:
-                before = cpu_seconds(pids(name))
+                before = cpu_split(pids(name))
                 r = wrk(urls[name], conns, args.seconds)
-                used = cpu_seconds(pids(name)) - before
-                r["cpu_us"] = used / r["requests"] * 1e6 if name != "direct" and r["requests"] else None
+                after = cpu_split(pids(name))
+                counted = name != "direct" and r["requests"]
+                per = (lambda s: s / r["requests"] * 1e6) if counted else (lambda s: None)
+                r["user_us"] = per(after[0] - before[0])
+                r["sys_us"] = per(after[1] - before[1])
+                r["cpu_us"] = per(after[0] + after[1] - before[0] - before[1])
                 results.setdefault((name, conns), []).append(r)
     peak = {n: memory_kib(pids(n), "VmHWM") for n in urls}
 
@@ -326,6 +332,20 @@ def main():
                 f"| {name} | {conns} | {fmt([r['rps'] for r in rs])} | {rps / b_rps:.2f} | "
                 f"{fmt([r['p50'] for r in rs], digits=2)} | {fmt([r['p99'] for r in rs], digits=2)} | "
                 f"{p99 / b_p99:.2f} | {fmt(cpu, digits=1)} | {cpu_ratio} | {sum(r['errors'] for r in rs)} |")
+    lines += ["", "Where each proxy's CPU time per request goes (median µs; user space and kernel, "
+              "from `/proc/PID/stat`), and the kernel time alone against the CPU target "
+              "(0.8× nginx's total):", "",
+              "| target | conns | user µs/req | kernel µs/req | kernel ÷ (0.8 × nginx total) |",
+              "|---|---|---|---|---|"]
+    for conns in [int(c) for c in args.conns.split(",")]:
+        b_cpu = statistics.median(r["cpu_us"] for r in results[("nginx", conns)])
+        for name in names:
+            rs = results[(name, conns)]
+            if rs[0]["cpu_us"] is None:
+                continue
+            user = statistics.median(r["user_us"] for r in rs)
+            system = statistics.median(r["sys_us"] for r in rs)
+            lines.append(f"| {name} | {conns} | {user:.1f} | {system:.1f} | {system / (0.8 * b_cpu):.2f} |")
     lines += ["", "| target | idle RSS KiB | peak RSS KiB | × nginx peak |", "|---|---|---|---|"]
     for name in names:
         if name == "direct":

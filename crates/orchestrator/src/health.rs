@@ -205,7 +205,7 @@ async fn check(instance: &Arc<Instance>, timeout: Duration) -> Outcome {
         header::USER_AGENT,
         HeaderValue::from_static("waifus-orchestrator"),
     );
-    let request = Outgoing::bodyless(Method::GET, "/__internal/health", headers);
+    let request = Outgoing::bodyless(Method::GET, "/__internal/health", &headers);
     let answer = tokio::time::timeout(timeout, upstream::send(instance, request, timeout)).await;
     match answer {
         Err(_) => Outcome::Failed,

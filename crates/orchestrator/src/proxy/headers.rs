@@ -7,8 +7,10 @@
 //! `X-Original-URL` and `X-Rewrite-URL` are dropped: they would let a client
 //! claim another path or origin to a waifu that trusts them.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use bytes::BytesMut;
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 
@@ -66,79 +68,154 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 pub(crate) struct Forwarded<'a> {
     pub client: IpAddr,
     pub proto: &'static str,
-    /// The host as the client sent it (with port, if any).
     pub host: &'a HeaderValue,
-    /// The stripped public prefix; empty for none.
     pub prefix: &'a str,
 }
 
-/// The request id `set_forwarded` kept or generated.
-pub(crate) fn request_id(headers: &HeaderMap) -> Option<&HeaderValue> {
-    headers.get(&X_REQUEST_ID)
+/// The `X-Request-Id` a request was sent with: the client's when sane,
+/// else a new one.
+#[derive(Debug)]
+pub(crate) enum RequestId<'a> {
+    Client(&'a HeaderValue),
+    Minted([u8; 32]),
 }
 
-/// Writes the forwarded headers onto a request going to a waifu.
-pub(crate) fn set_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
-    for name in &DROPPED {
-        headers.remove(name);
+impl RequestId<'_> {
+    /// An owned copy (it does not keep the client's request buffer alive).
+    pub(crate) fn to_value(&self) -> HeaderValue {
+        let bytes = match self {
+            RequestId::Client(v) => v.as_bytes(),
+            RequestId::Minted(id) => id,
+        };
+        HeaderValue::from_bytes(bytes).unwrap_or_else(|_| HeaderValue::from_static("-"))
     }
-    let client = fwd.client.to_canonical();
-    let xff = match join_values(headers, &X_FORWARDED_FOR) {
-        Some(prior) => HeaderValue::try_from(format!("{prior}, {client}")),
-        None => HeaderValue::try_from(client.to_string()),
-    };
-    if let Ok(xff) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), xff);
-    }
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(fwd.proto),
-    );
-    headers.insert(X_FORWARDED_HOST.clone(), fwd.host.clone());
-    match HeaderValue::from_str(fwd.prefix) {
-        Ok(prefix) if !fwd.prefix.is_empty() => {
-            headers.insert(X_FORWARDED_PREFIX.clone(), prefix);
-        }
-        _ => {
-            headers.remove(&X_FORWARDED_PREFIX);
-        }
-    }
-    let keep_id = headers
+}
+
+/// Writes the request's fields as the waifu gets them, as `name: value`
+/// lines into `head`: the client's, less hop-by-hop fields (with `upgrade`,
+/// `Upgrade` stays and `Connection: upgrade` is written), `Expect`,
+/// `Content-Length` (framing is the caller's) and every forwarding field a
+/// client could forge; then the proxy's own `X-Forwarded-*`, `X-Request-Id`
+/// unless the client's is sane, and `Host` if the client sent none.
+///
+/// Written straight into the request head rather than edited in the header
+/// map first: no allocation and no hashing per field.
+pub(crate) fn write_request_fields<'h>(
+    head: &mut BytesMut,
+    headers: &'h HeaderMap,
+    upgrade: bool,
+    fwd: &Forwarded<'_>,
+) -> RequestId<'h> {
+    // Fields the `Connection` header names are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    let kept_id = headers
         .get(&X_REQUEST_ID)
-        .is_some_and(|v| is_sane_request_id(v.as_bytes()));
-    if !keep_id {
-        headers.insert(X_REQUEST_ID.clone(), new_request_id());
+        .filter(|v| is_sane_request_id(v.as_bytes()) && !named.contains(&X_REQUEST_ID));
+    let mut saw_host = false;
+    let mut prior_for = false;
+    for (name, value) in headers {
+        if *name == header::UPGRADE {
+            if !upgrade {
+                continue;
+            }
+        } else if is_hop_by_hop(name) || named.contains(name) || is_replaced(name) {
+            continue;
+        }
+        if *name == X_FORWARDED_FOR {
+            prior_for = true;
+            continue;
+        }
+        if *name == X_REQUEST_ID {
+            // Only the first value, and only if sane.
+            if kept_id.is_some_and(|kept| std::ptr::eq(kept, value)) {
+                write_field(head, name.as_str().as_bytes(), value.as_bytes());
+            }
+            continue;
+        }
+        saw_host |= *name == header::HOST;
+        write_field(head, name.as_str().as_bytes(), value.as_bytes());
     }
-    if !headers.contains_key(header::HOST) {
-        headers.insert(header::HOST, fwd.host.clone());
+    // X-Forwarded-For is appended to: the client may sit behind proxies.
+    head.extend_from_slice(b"x-forwarded-for: ");
+    if prior_for {
+        for value in headers.get_all(&X_FORWARDED_FOR) {
+            if value.to_str().is_ok() {
+                head.extend_from_slice(value.as_bytes());
+                head.extend_from_slice(b", ");
+            }
+        }
+    }
+    let _ = write!(head, "{}\r\n", fwd.client.to_canonical());
+    write_field(head, b"x-forwarded-proto", fwd.proto.as_bytes());
+    write_field(head, b"x-forwarded-host", fwd.host.as_bytes());
+    if !fwd.prefix.is_empty() && HeaderValue::from_str(fwd.prefix).is_ok() {
+        write_field(head, b"x-forwarded-prefix", fwd.prefix.as_bytes());
+    }
+    if !saw_host {
+        write_field(head, b"host", fwd.host.as_bytes());
+    }
+    if upgrade {
+        write_field(head, b"connection", b"upgrade");
+    }
+    match kept_id {
+        Some(id) => RequestId::Client(id),
+        None => {
+            let id = new_request_id();
+            write_field(head, b"x-request-id", &id);
+            RequestId::Minted(id)
+        }
     }
 }
 
-/// Comma-joins every value of a repeated header; `None` if absent.
-fn join_values(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
-    let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
-    let first = values.next()?;
-    Some(values.fold(first.to_owned(), |mut acc, v| {
-        acc.push_str(", ");
-        acc.push_str(v);
-        acc
-    }))
+fn write_field(head: &mut BytesMut, name: &[u8], value: &[u8]) {
+    head.extend_from_slice(name);
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value);
+    head.extend_from_slice(b"\r\n");
 }
 
-/// A client's request id is kept if it is short, visible ASCII.
+/// Hop-by-hop fields other than `Upgrade`, and what never goes upstream
+/// as the client sent it.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
+        || *name == header::PROXY_AUTHENTICATE
+        || *name == header::PROXY_AUTHORIZATION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::EXPECT
+        || *name == header::CONTENT_LENGTH
+}
+
+/// Forwarding fields the proxy writes itself, or drops.
+fn is_replaced(name: &HeaderName) -> bool {
+    *name == X_FORWARDED_PROTO
+        || *name == X_FORWARDED_HOST
+        || *name == X_FORWARDED_PREFIX
+        || DROPPED.contains(name)
+}
+
 fn is_sane_request_id(id: &[u8]) -> bool {
     (1..=128).contains(&id.len()) && id.iter().all(|b| b.is_ascii_graphic())
 }
 
-fn new_request_id() -> HeaderValue {
+fn new_request_id() -> [u8; 32] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut n = fastrand::u128(..);
-    let mut buf = [0u8; 32];
-    for b in buf.iter_mut() {
+    let mut id = [0u8; 32];
+    for b in id.iter_mut() {
         *b = HEX[(n & 15) as usize];
         n >>= 4;
     }
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    id
 }
 
 #[cfg(test)]
@@ -178,9 +255,34 @@ mod tests {
         assert_eq!(h["connection"], "upgrade");
     }
 
+    /// The fields `write_request_fields` writes, parsed back; `(name, value)`
+    /// in order, and the request id it reports.
+    fn sent(h: &HeaderMap, upgrade: bool, fwd: &Forwarded<'_>) -> (Vec<(String, String)>, String) {
+        let mut head = BytesMut::new();
+        let id = write_request_fields(&mut head, h, upgrade, fwd).to_value();
+        let text = std::str::from_utf8(&head).unwrap();
+        let fields = text
+            .strip_suffix("\r\n")
+            .unwrap()
+            .split("\r\n")
+            .map(|line| {
+                let (name, value) = line.split_once(": ").unwrap();
+                (name.to_owned(), value.to_owned())
+            })
+            .collect();
+        (fields, id.to_str().unwrap().to_owned())
+    }
+
+    fn one<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        let mut values = fields.iter().filter(|(n, _)| n == name);
+        let first = values.next().map(|(_, v)| v.as_str());
+        assert!(values.next().is_none(), "{name} twice in {fields:?}");
+        first
+    }
+
     #[test]
     fn forwarded() {
-        let mut h = map(&[
+        let h = map(&[
             ("x-forwarded-for", "1.1.1.1"),
             ("x-forwarded-for", "2.2.2.2"),
             ("x-forwarded-proto", "https"),
@@ -188,7 +290,9 @@ mod tests {
             ("x-forwarded-prefix", "/evil"),
             ("forwarded", "for=evil"),
             ("x-original-url", "/__internal/health"),
+            ("x-rewrite-url", "/__internal/health"),
             ("x-request-id", "abc-123"),
+            ("accept", "*/*"),
         ]);
         let host = HeaderValue::from_static("localhost:8080");
         let fwd = Forwarded {
@@ -197,25 +301,86 @@ mod tests {
             host: &host,
             prefix: "",
         };
-        set_forwarded(&mut h, &fwd);
-        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 127.0.0.1");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "localhost:8080");
-        assert!(!h.contains_key("x-forwarded-prefix"));
-        assert!(!h.contains_key("forwarded"));
-        assert!(!h.contains_key("x-original-url"));
-        assert_eq!(h["x-request-id"], "abc-123");
-        assert_eq!(h["host"], "localhost:8080");
-
-        let mut h = map(&[("x-request-id", &"x".repeat(200))]);
-        set_forwarded(
-            &mut h,
-            &Forwarded {
-                prefix: "/link",
-                ..fwd
-            },
+        let (f, id) = sent(&h, false, &fwd);
+        assert_eq!(
+            one(&f, "x-forwarded-for"),
+            Some("1.1.1.1, 2.2.2.2, 127.0.0.1")
         );
-        assert_eq!(h["x-request-id"].len(), 32);
-        assert_eq!(h["x-forwarded-prefix"], "/link");
+        assert_eq!(one(&f, "x-forwarded-proto"), Some("http"));
+        assert_eq!(one(&f, "x-forwarded-host"), Some("localhost:8080"));
+        assert_eq!(one(&f, "x-forwarded-prefix"), None);
+        assert_eq!(one(&f, "forwarded"), None);
+        assert_eq!(one(&f, "x-original-url"), None);
+        assert_eq!(one(&f, "x-rewrite-url"), None);
+        assert_eq!(one(&f, "x-request-id"), Some("abc-123"));
+        assert_eq!(id, "abc-123");
+        assert_eq!(one(&f, "host"), Some("localhost:8080"));
+        assert_eq!(one(&f, "accept"), Some("*/*"));
+
+        // An insane id is replaced; the client's own Host is kept.
+        let h = map(&[("x-request-id", &"x".repeat(200)), ("host", "Example.test")]);
+        let fwd = Forwarded {
+            prefix: "/link",
+            ..fwd
+        };
+        let (f, id) = sent(&h, false, &fwd);
+        let minted = one(&f, "x-request-id").unwrap();
+        assert_eq!(minted.len(), 32);
+        assert_eq!(minted, id);
+        assert_eq!(one(&f, "x-forwarded-prefix"), Some("/link"));
+        assert_eq!(one(&f, "x-forwarded-for"), Some("127.0.0.1"));
+        assert_eq!(one(&f, "host"), Some("Example.test"));
+    }
+
+    /// Hop-by-hop fields never reach the waifu, including those `Connection`
+    /// names, even forwarding fields named there; an upgrade keeps `Upgrade`.
+    #[test]
+    fn request_hop_by_hop() {
+        let host = HeaderValue::from_static("h.test");
+        let fwd = Forwarded {
+            client: "10.0.0.1".parse().unwrap(),
+            proto: "https",
+            host: &host,
+            prefix: "",
+        };
+        let h = map(&[
+            (
+                "connection",
+                "keep-alive, x-secret, x-request-id, X-Forwarded-For",
+            ),
+            ("x-secret", "1"),
+            ("x-request-id", "kept?"),
+            ("x-forwarded-for", "9.9.9.9"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "5"),
+            ("expect", "100-continue"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "x"),
+            ("proxy-connection", "keep-alive"),
+            ("trailer", "x"),
+            ("x-kept", "1"),
+        ]);
+        let (f, id) = sent(&h, false, &fwd);
+        let names: Vec<&str> = f.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "x-kept",
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+                "host",
+                "x-request-id"
+            ]
+        );
+        assert_eq!(one(&f, "x-forwarded-for"), Some("10.0.0.1"));
+        assert_ne!(id, "kept?");
+
+        let h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        let (f, _) = sent(&h, true, &fwd);
+        assert_eq!(one(&f, "upgrade"), Some("websocket"));
+        assert_eq!(one(&f, "connection"), Some("upgrade"));
     }
 }

@@ -199,33 +199,31 @@ impl Proxy {
 
         let upgrade = wants_upgrade(&parts).then(|| parts.extensions.remove::<OnUpgrade>());
         let upgrade = upgrade.flatten();
-        headers::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
-        parts.headers.remove(header::EXPECT);
-        headers::set_forwarded(
-            &mut parts.headers,
-            &Forwarded {
-                client: client.ip(),
-                proto: if via.tls { "https" } else { "http" },
-                host: &host_value,
-                prefix: resolved.prefix,
-            },
-        );
-        if self.access_log {
-            served.request_id = headers::request_id(&parts.headers).cloned();
-        }
-        let outgoing = Outgoing::new(
+        let forwarded = Forwarded {
+            client: client.ip(),
+            proto: if via.tls { "https" } else { "http" },
+            host: &host_value,
+            prefix: resolved.prefix,
+        };
+        let (outgoing, request_id) = Outgoing::new(
             parts.method,
             &resolved.path,
             parts.uri.query(),
-            std::mem::take(&mut parts.headers),
+            &parts.headers,
             body,
             upgrade.is_some(),
+            &forwarded,
         );
+        if self.access_log {
+            served.request_id = Some(request_id.to_value());
+        }
         drop(table);
-        // The target and the Host value are slices of hyper's read buffer:
-        // holding them while the waifu answers would keep that buffer (8 KiB
-        // per connection) alive next to the one the next read allocates.
+        // The target, the Host value and the header values are slices of
+        // hyper's read buffer: holding them while the waifu answers would
+        // keep that buffer (8 KiB per connection) alive next to the one the
+        // next read allocates.
         drop(parts.uri);
+        drop(parts.headers);
         drop(host_value);
 
         let sent = upstream::send(&instance, outgoing, self.connect_timeout);

@@ -27,6 +27,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::proxy::headers::{Forwarded, RequestId, write_request_fields};
 use crate::routes::Instance;
 
 /// Largest response head from a waifu.
@@ -148,35 +149,50 @@ enum ReqFraming {
 }
 
 impl Outgoing {
-    /// Encodes the request head. `path_and_query` must be a valid request
-    /// target; `headers` must be free of hop-by-hop fields (except
-    /// `Connection: upgrade` with `upgrade`).
-    pub(crate) fn new(
+    /// Encodes the request head of a proxied request: the client's fields
+    /// as [`headers::write_request_fields`] rewrites them. `path` and
+    /// `query` must form a valid request target. Returns the request id sent.
+    pub(crate) fn new<'h>(
         method: Method,
         path: &str,
         query: Option<&str>,
-        headers: HeaderMap,
+        headers: &'h HeaderMap,
         body: Incoming,
         upgrade: bool,
-    ) -> Self {
+        forwarded: &Forwarded<'_>,
+    ) -> (Self, RequestId<'h>) {
         let body = (!body.is_end_stream()).then_some(body);
-        Self::encode(method, path, query, headers, body, upgrade)
+        let had_length = headers.contains_key(header::CONTENT_LENGTH);
+        let mut id = None;
+        let outgoing = Self::encode(method, path, query, had_length, body, upgrade, |head| {
+            id = Some(write_request_fields(head, headers, upgrade, forwarded));
+        });
+        let id = id.unwrap_or(RequestId::Minted([b'-'; 32]));
+        (outgoing, id)
     }
 
-    /// A request without a body, such as a health check.
-    pub(crate) fn bodyless(method: Method, path: &str, headers: HeaderMap) -> Self {
-        Self::encode(method, path, None, headers, None, false)
+    /// A request without a body, such as a health check; `headers` are
+    /// sent as they are.
+    pub(crate) fn bodyless(method: Method, path: &str, headers: &HeaderMap) -> Self {
+        Self::encode(method, path, None, false, None, false, |head| {
+            for (name, value) in headers {
+                head.extend_from_slice(name.as_str().as_bytes());
+                head.extend_from_slice(b": ");
+                head.extend_from_slice(value.as_bytes());
+                head.extend_from_slice(b"\r\n");
+            }
+        })
     }
 
     fn encode(
         method: Method,
         path: &str,
         query: Option<&str>,
-        mut headers: HeaderMap,
+        had_length: bool,
         body: Option<Incoming>,
         upgrade: bool,
+        fields: impl FnOnce(&mut BytesMut),
     ) -> Self {
-        let had_length = headers.remove(header::CONTENT_LENGTH).is_some();
         let length = body.as_ref().map(|b| b.size_hint().exact());
         let framing = match length {
             None => ReqFraming::Empty,
@@ -192,12 +208,7 @@ impl Outgoing {
             head.extend_from_slice(q.as_bytes());
         }
         head.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in &headers {
-            head.extend_from_slice(name.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            head.extend_from_slice(b"\r\n");
-        }
+        fields(&mut head);
         match framing {
             ReqFraming::Empty if had_length => head.extend_from_slice(b"content-length: 0\r\n"),
             ReqFraming::Empty => {}
@@ -907,7 +918,7 @@ mod tests {
         let token = CancellationToken::new();
         let host = parse_host(&format!("127.0.0.1:{port}")).unwrap();
         let instance = Arc::new(Instance::new(host, true, &token));
-        let req = Outgoing::encode(method, "/x", None, HeaderMap::new(), None, false);
+        let req = Outgoing::bodyless(method, "/x", &HeaderMap::new());
         let got = match send(&instance, req, Duration::from_secs(5)).await {
             Err(e) => Err(e.to_string()),
             Ok(Answer::Switched { .. }) => Err("switched".into()),
@@ -1134,7 +1145,7 @@ mod tests {
         let instance = Arc::new(Instance::new(host, true, &token));
         let mut closed_rx = Some(closed_rx);
         for round in 0..2 {
-            let req = Outgoing::encode(Method::GET, "/", None, HeaderMap::new(), None, false);
+            let req = Outgoing::bodyless(Method::GET, "/", &HeaderMap::new());
             let Ok(Answer::Response(r)) = send(&instance, req, Duration::from_secs(5)).await else {
                 panic!("round {round}: no response");
             };
