@@ -4,19 +4,20 @@ routable latency, and health-check rounds under load.
 
     bash bench/scale.sh          # builds release binaries, then runs this
 
-Two orchestrators, one after the other:
+Two phases, one after the other, each with two orchestrators side by side on
+the same core: one keeps a single waifu (the baseline), the other gets 10,000
+more, each with its own bind host. Their load rounds alternate (one waifu,
+10,000 through the main domain, 10,000 through a bind, ...), so drift in the
+machine's speed hits both alike.
 
 A. Routing state only (HEALTH_INTERVAL 1 h, so no periodic checks run during
-   the load): throughput and p99 with one waifu, then with 10,000 more
-   waifus, each with its own bind host, through the main domain and through a
-   bind; then 1,000 hellos of new waifus, one at a time, timing hello to the
-   first 200 through the proxy (hello, publish, first health check).
-B. Health checking (HEALTH_INTERVAL 5 s, the default): throughput and p99
-   with one waifu, then with 10,000 instances checked every 5 s, so every
-   load run spans two full health rounds.
+   the load); then 1,000 hellos of new waifus, one at a time, timing hello to
+   the first 200 through the proxy (hello, publish, first health check).
+B. Health checking (HEALTH_INTERVAL 5 s, the default): 10,000 instances
+   checked every 5 s, so every load run spans two full health rounds.
 
-The orchestrator runs pinned to CPU 0; wrk, the backend and this script to CPU 1.
-Runs (with baseline and loaded rounds interleaved) take about 3 minutes.
+The orchestrators run pinned to CPU 0; wrk, the backend and this script to
+CPU 1. About 7 minutes.
 """
 
 import argparse
@@ -55,16 +56,13 @@ def hello(conn, name, host, binds=None):
     return answer
 
 
-def phase(args, interval, hellos):
+def orchestrator(tmp, tag, interval, log, up):
+    """Starts an orchestrator with the waifu "app" (bound to app.bind.test);
+    returns (process, public port, internal port)."""
     release = os.path.join(R.ROOT, "target", "release")
-    tmp = tempfile.mkdtemp(prefix="waifus-scale-")
-    os.chmod(tmp, 0o755)
-    log = open(os.path.join(tmp, "servers.log"), "w")
-    backend, public, internal = R.free_port(), R.free_port(), R.free_port()
-    backend_proc = R.start([os.path.join(release, "bench-backend"), f"127.0.0.1:{backend}"], R.LOAD_CPU, log)
-    R.wait_ok(f"http://127.0.0.1:{backend}/hello", "the backend")
-    orch = R.start([os.path.join(release, "orchestrator")], R.PROXY_CPU, log, env=dict(
-        os.environ, DATA_DIR=os.path.join(tmp, "data"), PUBLIC_ADDR=f"127.0.0.1:{public}",
+    public, internal = R.free_port(), R.free_port()
+    proc = R.start([os.path.join(release, "orchestrator")], R.PROXY_CPU, log, env=dict(
+        os.environ, DATA_DIR=os.path.join(tmp, f"data-{tag}"), PUBLIC_ADDR=f"127.0.0.1:{public}",
         INTERNAL_ADDR=f"127.0.0.1:{internal}", RUST_LOG="warn", HEALTH_INTERVAL=interval,
         MAIN_DOMAIN="localhost"))
     deadline = time.time() + 90
@@ -72,18 +70,26 @@ def phase(args, interval, hellos):
         if time.time() > deadline:
             sys.exit("the orchestrator did not become ready")
         time.sleep(0.2)
+    hello(hello_conn(internal), "app", up, {"http://app.bind.test": "/"})
+    R.wait_ok(f"http://127.0.0.1:{public}/app/hello", "the first waifu")
+    return proc, public, internal
+
+
+def phase(args, interval, hellos):
+    release = os.path.join(R.ROOT, "target", "release")
+    tmp = tempfile.mkdtemp(prefix="waifus-scale-")
+    os.chmod(tmp, 0o755)
+    log = open(os.path.join(tmp, "servers.log"), "w")
+    backend = R.free_port()
+    backend_proc = R.start([os.path.join(release, "bench-backend"), f"127.0.0.1:{backend}"], R.LOAD_CPU, log)
+    R.wait_ok(f"http://127.0.0.1:{backend}/hello", "the backend")
     up = f"127.0.0.1:{backend}"
-    conn = hello_conn(internal)
-    hello(conn, "app", up, {"http://app.bind.test": "/"})
-    main_url = f"http://127.0.0.1:{public}/app/hello"
-    R.wait_ok(main_url, "the first waifu")
-
-    def load(host="localhost"):
-        url = main_url if host == "localhost" else f"http://127.0.0.1:{public}/hello"
-        return R.wrk(url, args.conns, args.seconds, host)
-
-    R.quiet()
-    out = {"base": [load() for _ in range(args.rounds)]}
+    # Two orchestrators on the same core, measured in turns: one keeps a
+    # single waifu (the baseline), the other gets 10,000 more. Interleaving
+    # their rounds keeps the ratio honest on a machine whose speed drifts.
+    one, one_public, _ = orchestrator(tmp, "one", interval, log, up)
+    orch, public, internal = orchestrator(tmp, "many", interval, log, up)
+    out = {}
 
     started = time.time()
     names = iter(range(args.waifus))
@@ -106,10 +112,13 @@ def phase(args, interval, hellos):
     out["registered_in"] = time.time() - started
     R.wait_ok(f"http://127.0.0.1:{public}/w{args.waifus - 1}/hello", "the last waifu")
     time.sleep(6)
-    out["many"], out["many_bind"] = [], []
+    R.quiet()
+    out["base"], out["many"], out["many_bind"] = [], [], []
     for _ in range(args.rounds):
-        out["many"].append(load())
-        out["many_bind"].append(load(f"w{args.waifus // 2}.bind.test"))
+        out["base"].append(R.wrk(f"http://127.0.0.1:{one_public}/app/hello", args.conns, args.seconds))
+        out["many"].append(R.wrk(f"http://127.0.0.1:{public}/app/hello", args.conns, args.seconds))
+        out["many_bind"].append(R.wrk(f"http://127.0.0.1:{public}/hello", args.conns, args.seconds,
+                                      f"w{args.waifus // 2}.bind.test"))
     out["rss"] = R.memory_kib([orch.pid], "VmRSS")
     out["fds"] = len(os.listdir(f"/proc/{orch.pid}/fd"))
 
@@ -130,7 +139,7 @@ def phase(args, interval, hellos):
                 sys.exit(f"n{i} not routable after 10 s (last status {r.status})")
         latencies.append((time.perf_counter() - t0) * 1e3)
     out["latencies"] = sorted(latencies)
-    for p in (orch, backend_proc):
+    for p in (orch, one, backend_proc):
         os.killpg(p.pid, signal.SIGTERM)
         p.wait(timeout=30)
     return out
