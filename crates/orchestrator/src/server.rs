@@ -10,7 +10,6 @@
 //! tunnels are handed off and not bound by it). Request framing is checked
 //! strictly before hyper parses it ([`crate::strict`]).
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -152,11 +151,7 @@ fn serve_proxied<S: Socket + Send + 'static>(
 ) -> impl Future<Output = ()> + Send + 'static {
     let activity = Arc::new(AtomicU64::new(0));
     let io = TokioIo::new(Tracked::new(stream, activity.clone()));
-    let service = service_fn(move |req| {
-        let proxy = proxy.clone();
-        let via = via.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req, peer, &via).await) }
-    });
+    let service = service_fn(move |req| proxy.handle(req, peer, &via));
     let conn = builder
         .serve_connection_with_upgrades(io, service)
         .into_owned();

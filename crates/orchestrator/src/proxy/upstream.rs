@@ -268,7 +268,9 @@ pub(crate) async fn send(
             Some(c) => (c.io, BytesMut::with_capacity(FIRST_BUF), true),
             None => {
                 fresh = true;
-                let (io, buf) = connect(instance, connect_timeout).await?;
+                // Boxed: the connect and its timer would otherwise be part of
+                // every request's future, which hyper allocates and moves.
+                let (io, buf) = Box::pin(connect(instance, connect_timeout)).await?;
                 (io, buf, false)
             }
         };
