@@ -96,8 +96,12 @@ pub(crate) async fn serve_proxy(
         let (acceptor, builder, proxy) = (acceptor.clone(), builder.clone(), proxy.clone());
         tokio::spawn(async move {
             let _counted = counted;
-            let handshake =
-                tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
+            // Boxed: the handshake's state is only needed until it ends, not
+            // for the whole life of the connection's task.
+            let handshake = Box::pin(tokio::time::timeout(
+                limits.header_read_timeout,
+                acceptor.accept(stream),
+            ));
             let mut tls = match handshake.await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
