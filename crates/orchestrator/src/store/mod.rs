@@ -178,10 +178,18 @@ impl Store {
         let find = |waifus: &mut Vec<StoredWaifu>, name: &str| {
             waifus.binary_search_by(|w| w.name.as_str().cmp(name)).ok()
         };
-        for row in client
+        // Decoding tens of thousands of rows takes milliseconds: requests
+        // on this thread get a turn every few hundred (a periodic resync
+        // runs this while proxying).
+        for (n, row) in client
             .query("SELECT name, host, healthy FROM instances", &[])
             .await?
+            .into_iter()
+            .enumerate()
         {
+            if n % 512 == 511 {
+                tokio::task::yield_now().await;
+            }
             let host: &str = row.get(1);
             let upstream = waifus_protocol::parse_host(host).map_err(|e| StoreError::Corrupt {
                 what: format!("instance {host:?}: {e}"),
@@ -190,10 +198,15 @@ impl Store {
                 waifus[i].instances.push((upstream, row.get(2)));
             }
         }
-        for row in client
+        for (n, row) in client
             .query("SELECT name, bind, target FROM binds", &[])
             .await?
+            .into_iter()
+            .enumerate()
         {
+            if n % 512 == 511 {
+                tokio::task::yield_now().await;
+            }
             let bind: &str = row.get(1);
             let key = waifus_protocol::parse_bind_key(bind).map_err(|e| StoreError::Corrupt {
                 what: format!("bind {bind:?}: {e}"),
