@@ -249,6 +249,9 @@ impl Store {
                    SELECT host, prefix, bind, target, $1
                    FROM unnest($3::text[], $4::text[], $5::text[], $6::text[])
                      AS c (host, prefix, bind, target)
+                   -- One order for every hello: two claiming the same binds
+                   -- wait for each other instead of deadlocking.
+                   ORDER BY host, prefix
                    ON CONFLICT (host, prefix) DO UPDATE
                      SET bind = EXCLUDED.bind, target = EXCLUDED.target
                      WHERE binds.name = EXCLUDED.name
