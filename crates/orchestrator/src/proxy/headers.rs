@@ -31,14 +31,7 @@ static DROPPED: [HeaderName; 3] = [
 /// `Connection` is reset to `upgrade`, so a protocol switch can be relayed.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
+        for name in connection_named(headers) {
             if !(keep_upgrade && name == header::UPGRADE) {
                 headers.remove(&name);
             }
@@ -106,14 +99,7 @@ pub(crate) fn write_request_fields<'h>(
     upgrade: bool,
     fwd: &Forwarded<'_>,
 ) -> RequestId<'h> {
-    // Fields the `Connection` header names are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
+    let named = connection_named(headers);
     let kept_id = headers
         .get(&X_REQUEST_ID)
         .filter(|v| is_sane_request_id(v.as_bytes()) && !named.contains(&X_REQUEST_ID));
@@ -171,6 +157,17 @@ pub(crate) fn write_request_fields<'h>(
             RequestId::Minted(id)
         }
     }
+}
+
+/// The fields the `Connection` header names: hop-by-hop too.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect()
 }
 
 fn write_field(head: &mut BytesMut, name: &[u8], value: &[u8]) {
