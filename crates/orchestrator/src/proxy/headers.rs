@@ -170,7 +170,8 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-fn write_field(head: &mut BytesMut, name: &[u8], value: &[u8]) {
+/// One `name: value` line.
+pub(crate) fn write_field(head: &mut BytesMut, name: &[u8], value: &[u8]) {
     head.extend_from_slice(name);
     head.extend_from_slice(b": ");
     head.extend_from_slice(value);

@@ -27,7 +27,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::proxy::headers::{Forwarded, RequestId, write_request_fields};
+use crate::proxy::headers::{Forwarded, RequestId, write_field, write_request_fields};
 use crate::routes::Instance;
 
 /// Largest response head from a waifu.
@@ -163,36 +163,33 @@ impl Outgoing {
     ) -> (Self, RequestId<'h>) {
         let body = (!body.is_end_stream()).then_some(body);
         let had_length = headers.contains_key(header::CONTENT_LENGTH);
-        let mut id = None;
-        let outgoing = Self::encode(method, path, query, had_length, body, upgrade, |head| {
-            id = Some(write_request_fields(head, headers, upgrade, forwarded));
-        });
-        let id = id.unwrap_or(RequestId::Minted([b'-'; 32]));
-        (outgoing, id)
+        Self::encode(method, path, query, had_length, body, upgrade, |head| {
+            write_request_fields(head, headers, upgrade, forwarded)
+        })
     }
 
     /// A request without a body, such as a health check; `headers` are
     /// sent as they are.
     pub(crate) fn bodyless(method: Method, path: &str, headers: &HeaderMap) -> Self {
-        Self::encode(method, path, None, false, None, false, |head| {
+        let (outgoing, ()) = Self::encode(method, path, None, false, None, false, |head| {
             for (name, value) in headers {
-                head.extend_from_slice(name.as_str().as_bytes());
-                head.extend_from_slice(b": ");
-                head.extend_from_slice(value.as_bytes());
-                head.extend_from_slice(b"\r\n");
+                write_field(head, name.as_str().as_bytes(), value.as_bytes());
             }
-        })
+        });
+        outgoing
     }
 
-    fn encode(
+    /// Encodes the head around the fields `fields` writes; returns what
+    /// it returns too.
+    fn encode<R>(
         method: Method,
         path: &str,
         query: Option<&str>,
         had_length: bool,
         body: Option<Incoming>,
         upgrade: bool,
-        fields: impl FnOnce(&mut BytesMut),
-    ) -> Self {
+        fields: impl FnOnce(&mut BytesMut) -> R,
+    ) -> (Self, R) {
         let length = body.as_ref().map(|b| b.size_hint().exact());
         let framing = match length {
             None => ReqFraming::Empty,
@@ -208,7 +205,7 @@ impl Outgoing {
             head.extend_from_slice(q.as_bytes());
         }
         head.extend_from_slice(b" HTTP/1.1\r\n");
-        fields(&mut head);
+        let written = fields(&mut head);
         match framing {
             ReqFraming::Empty if had_length => head.extend_from_slice(b"content-length: 0\r\n"),
             ReqFraming::Empty => {}
@@ -219,13 +216,14 @@ impl Outgoing {
             ReqFraming::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         }
         head.extend_from_slice(b"\r\n");
-        Outgoing {
+        let outgoing = Outgoing {
             method,
             head,
             body,
             framing,
             upgrade,
-        }
+        };
+        (outgoing, written)
     }
 }
 
