@@ -1,14 +1,19 @@
 //! Accepting connections on the listeners and draining them on shutdown.
 //!
-//! The public listener speaks HTTP/1.1 and h2c (prior knowledge) through
-//! hyper-util's auto builder; the TLS listener the same after a rustls
-//! handshake (ALPN h2 or http/1.1); the internal listener serves the API. Slow or stuck clients are bounded: HTTP/1 must deliver a
-//! request's headers within `HEADER_READ_TIMEOUT` (which also closes idle
-//! keep-alive connections), header blocks and request targets are size
-//! limited, and any connection on which no byte moved for `IDLE_TIMEOUT` is
-//! closed (this is what ends idle or dead HTTP/2 connections; upgraded
-//! tunnels are handed off and not bound by it). Request framing is checked
-//! strictly before hyper parses it ([`crate::strict`]).
+//! The public listener speaks HTTP/1.1 and h2c (prior knowledge): requests
+//! without a body are served by its own loop ([`h1`]), and the first
+//! request that loop leaves alone hands the connection to hyper-util's auto
+//! builder. The TLS listener does the same after a rustls handshake (ALPN
+//! h2 or http/1.1); the internal listener serves the API with hyper. Slow
+//! or stuck clients are bounded: HTTP/1 must deliver a request's headers
+//! within `HEADER_READ_TIMEOUT` (which also closes idle keep-alive
+//! connections), header blocks and request targets are size limited, and
+//! any connection on which no byte moved for `IDLE_TIMEOUT` is closed (this
+//! is what ends idle or dead HTTP/2 connections; upgraded tunnels are
+//! handed off and not bound by it). Request framing is checked strictly
+//! before either parses it ([`crate::strict`]).
+
+mod h1;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,13 +23,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::metrics::Open;
@@ -42,9 +47,9 @@ pub(crate) struct ConnLimits {
 }
 
 /// Largest HTTP/1 header block (and read buffer); beyond it, 431.
-const MAX_HEADER_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Most header fields in one request.
-const MAX_HEADERS: usize = 100;
+pub(crate) const MAX_HEADERS: usize = 100;
 /// Largest HTTP/2 header list.
 const MAX_H2_HEADER_LIST: u32 = 64 * 1024;
 
@@ -70,31 +75,32 @@ pub(crate) async fn serve_proxy(
     drain: Duration,
     open: Gauge,
 ) {
-    let builder = public_builder(limits);
-    let graceful = GracefulShutdown::new();
+    let builder = Arc::new(public_builder(limits));
+    // hyper's graceful shutdown only watches hyper's own connections; the
+    // fast path drains on `shutdown` itself and hands it to hyper.
+    let connections = TaskTracker::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections as usize));
     while let Some((stream, peer, slot)) = next_connection(&listener, &slots, &shutdown).await {
         let _ = stream.set_nodelay(true);
-        let watcher = graceful.watcher();
         let counted = Open::new(&open);
+        let conn = h1::Conn {
+            proxy: proxy.clone(),
+            peer,
+            via: Via::default(),
+            header_read_timeout: limits.header_read_timeout,
+            builder: builder.clone(),
+            draining: shutdown.clone(),
+        };
         let Some(acceptor) = &tls else {
-            let conn = serve_proxied(
-                &builder,
-                watcher,
-                stream,
-                peer,
-                proxy.clone(),
-                Via::default(),
-                limits,
-            );
-            tokio::spawn(async move {
-                conn.await;
+            let served = serve_proxied(stream, conn, limits);
+            connections.spawn(async move {
+                served.await;
                 drop((slot, counted));
             });
             continue;
         };
-        let (acceptor, builder, proxy) = (acceptor.clone(), builder.clone(), proxy.clone());
-        tokio::spawn(async move {
+        let acceptor = acceptor.clone();
+        connections.spawn(async move {
             let _counted = counted;
             // Boxed: the handshake's state is only needed until it ends, not
             // for the whole life of the connection's task.
@@ -123,13 +129,19 @@ pub(crate) async fn serve_proxy(
                 tls: true,
                 sni: session.server_name().map(|n| n.to_ascii_lowercase().into()),
             };
-            serve_proxied(&builder, watcher, tls, peer, proxy, via, limits).await;
+            serve_proxied(tls, h1::Conn { via, ..conn }, limits).await;
             drop(slot);
         });
     }
     drop(listener);
+    connections.close();
     let which = if tls.is_some() { "TLS" } else { "public" };
-    drain_or_give_up(graceful, drain, which).await;
+    if tokio::time::timeout(drain, connections.wait())
+        .await
+        .is_err()
+    {
+        warn!("drain timed out; closing remaining {which} connections");
+    }
 }
 
 /// The public listeners' builder: shared limits, half-close for refusals,
@@ -143,29 +155,22 @@ fn public_builder(limits: ConnLimits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// One proxied connection: strict framing, the idle bound, upgrades.
+/// One proxied connection: strict framing, the idle bound, the HTTP/1.1
+/// fast path and hyper for the rest ([`h1`]).
 fn serve_proxied<S: Socket + Send + 'static>(
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: Watcher,
     stream: S,
-    peer: SocketAddr,
-    proxy: Arc<Proxy>,
-    via: Via,
+    conn: h1::Conn,
     limits: ConnLimits,
 ) -> impl Future<Output = ()> + Send + 'static {
     let activity = Arc::new(AtomicU64::new(0));
-    let io = TokioIo::new(Tracked::new(stream, activity.clone()));
-    let service = service_fn(move |req| proxy.handle(req, peer, &via));
-    let conn = builder
-        .serve_connection_with_upgrades(io, service)
-        .into_owned();
+    let io = Tracked::new(stream, activity.clone());
+    let peer = conn.peer;
     // Boxed: a future moved into an `async` block and awaited there is
-    // stored twice, once per level of nesting. Unboxed, this connection's
-    // task was 12 KiB, of which hyper's own state is 1.9.
-    let conn = Box::pin(watcher.watch(conn));
+    // stored twice, once per level of nesting.
+    let served = Box::pin(h1::serve(io, conn));
     let idle = limits.idle_timeout;
     async move {
-        if let Err(e) = close_when_idle(conn, activity, idle, peer).await {
+        if let Err(e) = close_when_idle(served, activity, idle, peer).await {
             debug!(%peer, error = %e, "connection ended with an error");
         }
     }

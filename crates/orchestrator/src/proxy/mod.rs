@@ -141,7 +141,7 @@ impl Proxy {
     /// cheaper to allocate.
     pub(crate) fn handle(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<Option<Incoming>>,
         client: SocketAddr,
         via: &Via,
     ) -> impl Future<Output = Result<Response<ClientBody>, Infallible>> + Send + use<> {
@@ -194,7 +194,7 @@ impl Proxy {
     /// answer without a waifu.
     fn prepare(
         &self,
-        req: Request<Incoming>,
+        req: Request<Option<Incoming>>,
         client: SocketAddr,
         via: &Via,
         served: &mut Served,

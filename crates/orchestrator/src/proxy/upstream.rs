@@ -157,11 +157,11 @@ impl Outgoing {
         path: &str,
         query: Option<&str>,
         headers: &'h HeaderMap,
-        body: Incoming,
+        body: Option<Incoming>,
         upgrade: bool,
         forwarded: &Forwarded<'_>,
     ) -> (Self, RequestId<'h>) {
-        let body = (!body.is_end_stream()).then_some(body);
+        let body = body.filter(|b| !b.is_end_stream());
         let had_length = headers.contains_key(header::CONTENT_LENGTH);
         Self::encode(method, path, query, had_length, body, upgrade, |head| {
             write_request_fields(head, headers, upgrade, forwarded)

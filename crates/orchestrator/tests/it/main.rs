@@ -16,6 +16,7 @@ mod faults;
 mod guard;
 mod h2;
 mod health;
+mod http1;
 mod openapi;
 mod ops;
 mod proxy;

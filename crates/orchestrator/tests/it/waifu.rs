@@ -189,6 +189,21 @@ impl State {
                 });
                 Response::new(Either::Right(Either::Left(ChannelBody(rx))))
             }
+            "/status" => {
+                // `/status?code=N`: that status, with a body where one may be.
+                let code = req
+                    .uri()
+                    .query()
+                    .and_then(|q| q.strip_prefix("code="))
+                    .and_then(|v| v.parse().ok())
+                    .and_then(|c| StatusCode::from_u16(c).ok())
+                    .unwrap_or(StatusCode::OK);
+                let body = match code.as_u16() {
+                    204 | 304 => "",
+                    _ => "status body",
+                };
+                full(code, body)
+            }
             "/slow" => {
                 let ms = req
                     .uri()
