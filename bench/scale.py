@@ -6,9 +6,10 @@ routable latency, and health-check rounds under load.
 
 Two phases, one after the other, each with two orchestrators side by side on
 the same core: one keeps a single waifu (the baseline), the other gets 10,000
-more, each with its own bind host. Their load rounds alternate (one waifu,
-10,000 through the main domain, 10,000 through a bind, ...), so drift in the
-machine's speed hits both alike.
+more, each with its own bind host. Their load rounds alternate (one waifu
+and 10,000 through the main domain, then the same through a bind host, ...),
+so drift in the machine's speed hits both alike, and each path is compared
+with the same path on the baseline.
 
 A. Routing state only (HEALTH_INTERVAL 1 h, so no periodic checks run during
    the load); then 1,000 hellos of new waifus, one at a time, timing hello to
@@ -17,7 +18,7 @@ B. Health checking (HEALTH_INTERVAL 5 s, the default): 10,000 instances
    checked every 5 s, so every load run spans two full health rounds.
 
 The orchestrators run pinned to CPU 0; wrk, the backend and this script to
-CPU 1. About 7 minutes.
+CPU 1. About 9 minutes.
 """
 
 import argparse
@@ -113,12 +114,23 @@ def phase(args, interval, hellos):
     R.wait_ok(f"http://127.0.0.1:{public}/w{args.waifus - 1}/hello", "the last waifu")
     time.sleep(6)
     R.quiet()
-    out["base"], out["many"], out["many_bind"] = [], [], []
+    def load(proc, url, host="localhost"):
+        """One wrk run, with the orchestrator's CPU time per request."""
+        before = sum(R.cpu_split([proc.pid]))
+        r = R.wrk(url, args.conns, args.seconds, host)
+        r["cpu_us"] = (sum(R.cpu_split([proc.pid])) - before) * 1e6 / max(r["requests"], 1)
+        return r
+
+    # Each path is compared with the same path on the baseline: a bind
+    # skips the prefix rewrite, so it is cheaper on both.
+    for key in ("base", "base_bind", "many", "many_bind"):
+        out[key] = []
     for _ in range(args.rounds):
-        out["base"].append(R.wrk(f"http://127.0.0.1:{one_public}/app/hello", args.conns, args.seconds))
-        out["many"].append(R.wrk(f"http://127.0.0.1:{public}/app/hello", args.conns, args.seconds))
-        out["many_bind"].append(R.wrk(f"http://127.0.0.1:{public}/hello", args.conns, args.seconds,
-                                      f"w{args.waifus // 2}.bind.test"))
+        out["base"].append(load(one, f"http://127.0.0.1:{one_public}/app/hello"))
+        out["many"].append(load(orch, f"http://127.0.0.1:{public}/app/hello"))
+        out["base_bind"].append(load(one, f"http://127.0.0.1:{one_public}/hello", "app.bind.test"))
+        out["many_bind"].append(load(orch, f"http://127.0.0.1:{public}/hello",
+                                     f"w{args.waifus // 2}.bind.test"))
     out["rss"] = R.memory_kib([orch.pid], "VmRSS")
     out["fds"] = len(os.listdir(f"/proc/{orch.pid}/fd"))
 
@@ -165,18 +177,25 @@ def main():
         f"Run: {time.strftime('%Y-%m-%d %H:%M')}; orchestrator on CPU {R.PROXY_CPU}, wrk and backend on "
         f"CPU {R.LOAD_CPU}; `wrk -c{args.conns} -d{args.seconds}s`, {args.rounds} rounds each (median, min–max).",
         "",
-        "| health checks | routes registered | path | req/s | × one waifu | p99 ms | × one waifu | errors |",
-        "|---|---|---|---|---|---|---|---|",
+        "Each ratio compares a path with the same path on the one-waifu orchestrator, measured in "
+        "the same rounds. CPU is the orchestrator's (user + kernel) per request.",
+        "",
+        "| health checks | routes registered | path | req/s | × one waifu | p99 ms | × one waifu "
+        "| CPU µs/req | × one waifu | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     n = f"{args.waifus + 1:,} waifus + binds"
     for checks, res in [("every 1 h (none during runs)", a), ("every 5 s (2 rounds per run)", b)]:
-        base = res["base"]
-        for label, path, rs in [("1 waifu", "main domain", base), (n, "main domain", res["many"]),
-                                (n, "bind host", res["many_bind"])]:
+        for label, path, rs, base in [
+                ("1 waifu", "main domain", res["base"], res["base"]),
+                (n, "main domain", res["many"], res["base"]),
+                ("1 waifu", "bind host", res["base_bind"], res["base_bind"]),
+                (n, "bind host", res["many_bind"], res["base_bind"])]:
             lines.append(
                 f"| {checks} | {label} | {path} | {R.fmt([r['rps'] for r in rs])} | "
                 f"{med(rs, 'rps') / med(base, 'rps'):.2f} | {R.fmt([r['p99'] for r in rs], digits=2)} | "
-                f"{med(rs, 'p99') / med(base, 'p99'):.2f} | {sum(r['errors'] for r in rs)} |")
+                f"{med(rs, 'p99') / med(base, 'p99'):.2f} | {R.fmt([r['cpu_us'] for r in rs], digits=1)} | "
+                f"{med(rs, 'cpu_us') / med(base, 'cpu_us'):.2f} | {sum(r['errors'] for r in rs)} |")
     lat = a["latencies"]
     p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
     lines += [

@@ -21,6 +21,7 @@ use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -192,9 +193,10 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         return Parsed::Partial;
     }
     let mut fields = [Field::default(); MAX_HEADERS];
-    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut raw);
-    let len = match req.parse(buf) {
+    // Uninitialised: 3 KiB of headers are not zeroed for every request.
+    let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut raw) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::HandOff,
