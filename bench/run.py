@@ -237,7 +237,14 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--conns", default="64,256")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results.md"))
+    ap.add_argument("--targets", default="direct,nginx,haproxy,caddy,orchestrator",
+                    help="which targets get load (nginx always: ratios are to it); fewer "
+                         "targets leave time for more rounds")
     args = ap.parse_args()
+    targets = set(args.targets.split(",")) | {"nginx"}
+    unknown = targets - {"direct", "nginx", "haproxy", "caddy", "orchestrator"}
+    if unknown:
+        sys.exit("unknown targets: " + ", ".join(sorted(unknown)))
 
     missing = [t for t in ("nginx", "haproxy", "caddy", "wrk", "taskset") if not shutil.which(t)]
     if missing:
@@ -295,7 +302,7 @@ def main():
     time.sleep(2)
     idle = {n: memory_kib(pids(n), "VmRSS") for n in urls}
     quiet()
-    names = list(urls)
+    names = [n for n in urls if n in targets]
     results = {}
     for conns in [int(c) for c in args.conns.split(",")]:
         for name in names:  # warm-up, discarded

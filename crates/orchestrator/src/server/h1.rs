@@ -77,6 +77,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut buf = BytesMut::with_capacity(READ_BUF);
+    // Response heads (and small bodies) are gathered here, kept for the
+    // next response.
+    let mut out = BytesMut::new();
     let mut timer = HeadTimer::new(conn.header_read_timeout);
     loop {
         // Read until a whole head is in, or it is clear hyper must take over.
@@ -119,7 +122,7 @@ where
         let Ok(response) = conn.proxy.handle(request, conn.peer, &conn.via).await;
         // The drain may have begun while the waifu answered.
         let close_after = close_after || conn.draining.is_cancelled();
-        respond(&mut io, response, is_head, close_after).await?;
+        respond(&mut io, &mut out, response, is_head, close_after).await?;
         if close_after {
             return close(&mut io).await;
         }
@@ -322,6 +325,7 @@ impl HeadTimer {
 /// the connection must not be used again.
 async fn respond<S: AsyncWrite + Unpin>(
     io: &mut S,
+    out: &mut BytesMut,
     response: Response<ClientBody>,
     is_head: bool,
     close: bool,
@@ -339,9 +343,10 @@ async fn respond<S: AsyncWrite + Unpin>(
             None => Framing::Chunked,
         }
     };
-    let mut out = BytesMut::with_capacity(512);
+    out.clear();
+    out.reserve(512);
     encode_head(
-        &mut out,
+        out,
         status,
         &parts.headers,
         framing,
@@ -350,7 +355,7 @@ async fn respond<S: AsyncWrite + Unpin>(
     );
     if matches!(framing, Framing::None) {
         drop(body);
-        return flush(io, &mut out).await;
+        return flush(io, out).await;
     }
     let mut left = match framing {
         Framing::Length(n) => Some(n),
@@ -362,7 +367,7 @@ async fn respond<S: AsyncWrite + Unpin>(
         let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
             Poll::Ready(frame) => frame,
             Poll::Pending => {
-                flush(io, &mut out).await?;
+                flush(io, out).await?;
                 body.frame().await
             }
         };
@@ -381,11 +386,11 @@ async fn respond<S: AsyncWrite + Unpin>(
             Some(left) => {
                 // More than announced would desynchronise the client.
                 *left = left.checked_sub(data.len() as u64).ok_or(ConnError::Body)?;
-                put(io, &mut out, data).await?;
+                put(io, out, data).await?;
             }
             None => {
-                let _ = write!(ChunkSize(&mut out), "{:x}\r\n", data.len());
-                put(io, &mut out, data).await?;
+                let _ = write!(ChunkSize(out), "{:x}\r\n", data.len());
+                put(io, out, data).await?;
                 out.extend_from_slice(b"\r\n");
             }
         }
@@ -396,7 +401,12 @@ async fn respond<S: AsyncWrite + Unpin>(
         Some(_) => return Err(ConnError::Body),
         None => out.extend_from_slice(b"0\r\n\r\n"),
     }
-    flush(io, &mut out).await
+    flush(io, out).await?;
+    if out.capacity() > 4 * READ_BUF {
+        // A large body passed through: do not keep its buffer.
+        *out = BytesMut::new();
+    }
+    Ok(())
 }
 
 /// `fmt::Write` into a `BytesMut`.
