@@ -141,7 +141,7 @@ pub(crate) fn write_request_fields<'h>(
     head.extend_from_slice(b"\r\n");
     write_field(head, b"x-forwarded-proto", fwd.proto.as_bytes());
     write_field(head, b"x-forwarded-host", fwd.host.as_bytes());
-    if !fwd.prefix.is_empty() && HeaderValue::from_str(fwd.prefix).is_ok() {
+    if !fwd.prefix.is_empty() && is_field_value(fwd.prefix) {
         write_field(head, b"x-forwarded-prefix", fwd.prefix.as_bytes());
     }
     if !saw_host {
@@ -169,6 +169,12 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect()
+}
+
+/// Whether `HeaderValue` would take `s` (checked without building one,
+/// which copies).
+fn is_field_value(s: &str) -> bool {
+    s.bytes().all(|b| (b >= 0x20 && b != 0x7f) || b == b'\t')
 }
 
 /// An address as `Display` writes it; IPv4 without the formatting
@@ -241,6 +247,22 @@ fn new_request_id() -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_values_are_judged_as_header_value_judges_them() {
+        for b in 0..=255u8 {
+            let s = [b'a', b, b'z'];
+            let Ok(s) = std::str::from_utf8(&s) else {
+                continue;
+            };
+            assert_eq!(
+                is_field_value(s),
+                HeaderValue::from_str(s).is_ok(),
+                "{b:#x}"
+            );
+        }
+        assert!(is_field_value("/ü/"));
+    }
 
     #[test]
     fn addresses_are_written_as_displayed() {
