@@ -671,4 +671,57 @@ mod tests {
             "HTTP/1.1 204 No Content\r\ndate: then\r\nx-y: z\r\n\r\n"
         );
     }
+
+    proptest::proptest! {
+        /// Whatever the head: the loop takes exactly one head and nothing
+        /// after it, and only one without a body, an upgrade or `Expect`;
+        /// anything else leaves every byte for hyper.
+        #[test]
+        fn a_head_is_taken_whole_or_not_at_all(
+            method in proptest::sample::select(vec!["GET", "HEAD", "POST", "PUT", "CONNECT", "PRI", "get", "G T"]),
+            target in proptest::sample::select(vec!["/", "/w/a?b", "*", "http://x/", "x:1", "/a b", "/\u{e9}", ""]),
+            version in proptest::sample::select(vec!["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "http/1.1"]),
+            fields in proptest::collection::vec(proptest::sample::select(vec![
+                "Host: x", "Content-Length: 0", "Content-Length: 7", "content-length: 00",
+                "Transfer-Encoding: chunked", "Upgrade: h2c", "Expect: 100-continue",
+                "Connection: close", "Connection: keep-alive", "X-A: \u{1}", "X A: b", "Te: trailers",
+            ]), 0..5),
+            rest in proptest::sample::select(vec!["", "hello!!", "GET / HTTP/1.1\r\n\r\n", "\r\n"]),
+        ) {
+            let mut raw = format!("{method} {target} {version}\r\n");
+            for field in &fields {
+                raw.push_str(field);
+                raw.push_str("\r\n");
+            }
+            raw.push_str("\r\n");
+            raw.push_str(rest);
+            let (p, left) = parsed(&raw);
+            match p {
+                Parsed::Fast(head) => {
+                    let taken = raw.len() - left.len();
+                    proptest::prop_assert_eq!(&left[..], &raw.as_bytes()[taken..]);
+                    proptest::prop_assert!(raw[..taken].ends_with("\r\n\r\n"));
+                    proptest::prop_assert_eq!(&raw[taken..], rest);
+                    proptest::prop_assert_eq!(version, "HTTP/1.1");
+                    proptest::prop_assert!(target.starts_with('/'));
+                    for field in &fields {
+                        let name = field.split(':').next().unwrap_or("").to_ascii_lowercase();
+                        proptest::prop_assert!(
+                            !["transfer-encoding", "upgrade", "expect"].contains(&name.as_str())
+                                && *field != "Content-Length: 7"
+                                && *field != "content-length: 00",
+                            "{field} stayed in the fast loop"
+                        );
+                    }
+                    proptest::prop_assert_eq!(
+                        head.close,
+                        fields.contains(&"Connection: close")
+                    );
+                }
+                Parsed::HandOff | Parsed::Partial => {
+                    proptest::prop_assert_eq!(&left[..], raw.as_bytes());
+                }
+            }
+        }
+    }
 }
