@@ -198,25 +198,7 @@ async fn a_connection_changes_hands_mid_stream() {
         .unwrap();
     let first = read_one(&mut s).await;
     assert_eq!(first.status, 200);
-    s.write_all(
-        b"GET /w/ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
-    assert!(head.starts_with("http/1.1 101"), "{head}");
-    s.write_all(b"through the tunnel").await.unwrap();
-    let mut echoed = vec![0u8; 18];
-    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut echoed))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&echoed, b"through the tunnel");
+    harness::upgrade_and_echo(&mut s, "/w/ws", b"through the tunnel").await;
 
     // HTTP/1.0 without keep-alive: answered, then closed; a request
     // pipelined before it on the fast loop is answered first.

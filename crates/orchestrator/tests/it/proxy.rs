@@ -321,26 +321,8 @@ async fn upgrades_tunnel_only_after_101() {
     orch.register("w", &w.host(), json!({})).await;
 
     let mut s = TcpStream::connect(orch.public).await.unwrap();
-    s.write_all(
-        b"GET /w/ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
-    assert!(head.starts_with("http/1.1 101"), "{head}");
+    let head = harness::upgrade_and_echo(&mut s, "/w/ws", b"ping through the tunnel").await;
     assert!(head.contains("upgrade: echo"), "{head}");
-    s.write_all(b"ping through the tunnel").await.unwrap();
-    let mut echoed = vec![0u8; 23];
-    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut echoed))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&echoed, b"ping through the tunnel");
 
     // A waifu that answers 200 to an upgrade request gets no tunnel: the
     // connection stays HTTP, and the next request on it is proxied (and
