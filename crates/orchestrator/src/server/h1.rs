@@ -81,6 +81,10 @@ where
     // next response.
     let mut out = BytesMut::new();
     let mut timer = HeadTimer::new(conn.header_read_timeout);
+    // One wait on the drain for the whole connection: a new one per read
+    // would register with (and leave) the token's waiter list every time.
+    let drained = conn.draining.clone().cancelled_owned();
+    tokio::pin!(drained);
     loop {
         // Read until a whole head is in, or it is clear hyper must take over.
         let head = loop {
@@ -105,7 +109,7 @@ where
                     tracing::debug!(peer = %conn.peer, "request head not received in time");
                     return Ok(());
                 }
-                () = conn.draining.cancelled(), if buf.is_empty() => {
+                () = &mut drained, if buf.is_empty() => {
                     return close(&mut io).await;
                 }
             };
