@@ -42,6 +42,9 @@ const READ_SIZE: usize = 8 * 1024;
 /// First buffer of a request: most response heads and small bodies fit, and
 /// at hundreds of requests in flight the difference shows in peak memory.
 const FIRST_BUF: usize = 2 * 1024;
+/// A request body ready when the head is written joins it in one write, up
+/// to this much in all.
+const COALESCE: usize = 16 * 1024;
 /// Below this much free space, a read first grows the buffer.
 const MIN_READ: usize = 1024;
 /// Idle connections kept per instance.
@@ -260,6 +263,12 @@ pub(crate) async fn send(
     } = req;
     let retryable = framing == ReqFraming::Empty && method.is_idempotent();
     let mut upload = body.map(|body| Upload::new(body, framing));
+    let mut head = head;
+    if let Some(upload) = upload.as_mut() {
+        // A small body that is already here goes out with the head: one
+        // write, and a waifu reading the head finds its body complete.
+        std::future::poll_fn(|cx| Poll::Ready(upload.take_ready(&mut head, cx))).await?;
+    }
     let mut fresh = false;
     loop {
         let (mut io, mut buf, reused) = match instance.pool.checkout() {
@@ -346,6 +355,57 @@ impl Upload {
         }
     }
 
+    /// Moves body bytes that are ready now, framed, onto the end of `head`
+    /// while it stays under [`COALESCE`]; a larger frame is queued as usual.
+    fn take_ready(&mut self, head: &mut BytesMut, cx: &mut Context<'_>) -> Result<(), SendError> {
+        while !self.ended && self.pending.is_empty() && head.len() < COALESCE {
+            let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) else {
+                return Ok(());
+            };
+            match frame {
+                Some(Err(e)) => return Err(SendError::RequestBody(e)),
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue; // trailers are not forwarded
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if head.len() + data.len() > COALESCE {
+                        self.queue(data);
+                        return Ok(());
+                    }
+                    if self.chunked {
+                        let _ = write!(head, "{:x}\r\n", data.len());
+                        head.extend_from_slice(&data);
+                        head.extend_from_slice(b"\r\n");
+                    } else {
+                        head.extend_from_slice(&data);
+                    }
+                }
+                None => {
+                    self.ended = true;
+                    if self.chunked {
+                        head.extend_from_slice(b"0\r\n\r\n");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a data frame, framed.
+    fn queue(&mut self, data: Bytes) {
+        if self.chunked {
+            self.pending
+                .push_back(Bytes::from(format!("{:x}\r\n", data.len())));
+            self.pending.push_back(data);
+            self.pending.push_back(Bytes::from_static(b"\r\n"));
+        } else {
+            self.pending.push_back(data);
+        }
+    }
+
     /// Writes as much of the body as can go without waiting; `Ready(Ok)`
     /// once all of it is written.
     fn poll_upload(
@@ -375,14 +435,7 @@ impl Upload {
                     if let Ok(data) = frame.into_data()
                         && !data.is_empty()
                     {
-                        if self.chunked {
-                            self.pending
-                                .push_back(Bytes::from(format!("{:x}\r\n", data.len())));
-                            self.pending.push_back(data);
-                            self.pending.push_back(Bytes::from_static(b"\r\n"));
-                        } else {
-                            self.pending.push_back(data);
-                        }
+                        self.queue(data);
                     }
                 }
                 None => {
