@@ -316,6 +316,12 @@ impl<S: Socket> Tracked<S> {
     }
 }
 
+impl<S: Socket> h1::Unread for Tracked<S> {
+    fn unread(&mut self, bytes: &[u8]) {
+        self.inner.unread(bytes);
+    }
+}
+
 impl<S: Socket> AsyncRead for Tracked<S> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,

@@ -501,6 +501,18 @@ impl<S: Socket> Strict<S> {
         }
     }
 
+    /// Puts bytes this socket delivered back in front of what it delivers
+    /// next (the fast HTTP/1.1 loop handing a connection to hyper). They
+    /// were checked on their way out, so they are not checked again.
+    pub(crate) fn unread(&mut self, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            let mut approved = Vec::with_capacity(bytes.len() + self.approved.len());
+            approved.extend_from_slice(bytes);
+            approved.extend_from_slice(&self.approved);
+            self.approved = approved;
+        }
+    }
+
     fn refuse(&mut self, v: Violation) {
         tracing::debug!(violation = v.message(), "refusing a malformed request");
         self.refused = true;

@@ -25,10 +25,10 @@ use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
@@ -36,7 +36,7 @@ use hyper::body::Body;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::{MAX_HEADER_BYTES, MAX_HEADERS, Via};
@@ -74,7 +74,7 @@ pub(crate) enum ConnError {
 /// Serves a connection until the client or the drain ends it.
 pub(crate) async fn serve<S>(mut io: S, conn: Conn) -> Result<(), ConnError>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Unread + AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut buf = BytesMut::with_capacity(READ_BUF);
     // Response heads (and small bodies) are gathered here, kept for the
@@ -90,10 +90,10 @@ where
         let head = loop {
             match parse(&mut buf) {
                 Parsed::Fast(head) => break head,
-                Parsed::HandOff => return hand_off(io, buf.freeze(), &conn).await,
+                Parsed::HandOff => return hand_off(io, &buf, &conn).await,
                 Parsed::Partial if buf.len() >= MAX_HEADER_BYTES => {
                     // hyper answers 431 for a head this long.
-                    return hand_off(io, buf.freeze(), &conn).await;
+                    return hand_off(io, &buf, &conn).await;
                 }
                 Parsed::Partial => {}
             }
@@ -139,18 +139,25 @@ async fn close<S: AsyncWrite + Unpin>(io: &mut S) -> Result<(), ConnError> {
     Ok(())
 }
 
+/// A client socket that can take back bytes read from it: they are read
+/// again first.
+pub(crate) trait Unread {
+    fn unread(&mut self, bytes: &[u8]);
+}
+
 /// Gives the connection to hyper, `read` being what came from the client
 /// and was not answered yet.
-async fn hand_off<S>(io: S, read: Bytes, conn: &Conn) -> Result<(), ConnError>
+async fn hand_off<S>(mut io: S, read: &[u8], conn: &Conn) -> Result<(), ConnError>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Unread + AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    io.unread(read);
     let proxy = conn.proxy.clone();
     let (peer, via) = (conn.peer, conn.via.clone());
     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
         proxy.handle(req.map(Some), peer, &via)
     });
-    let io = TokioIo::new(Rewind { read, inner: io });
+    let io = TokioIo::new(io);
     let served = conn.builder.serve_connection_with_upgrades(io, service);
     // Boxed: kept apart from the fast path's state.
     let mut served = Box::pin(served);
@@ -519,59 +526,6 @@ fn http_date(out: &mut BytesMut) {
         }
         out.extend_from_slice(text.as_bytes());
     });
-}
-
-/// The client's socket, with bytes already read from it put back in front.
-#[derive(Debug)]
-struct Rewind<S> {
-    read: Bytes,
-    inner: S,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.read.is_empty() {
-            let n = self.read.len().min(buf.remaining());
-            buf.put_slice(&self.read[..n]);
-            self.read.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]
