@@ -36,6 +36,7 @@ def stop_all():
     for p in STARTED:
         try:
             os.killpg(p.pid, signal.SIGTERM)
+            os.killpg(p.pid, signal.SIGCONT)  # scale.py stops orchestrators in turn
         except ProcessLookupError:
             pass
     deadline = time.time() + 20

@@ -6,22 +6,25 @@ routable latency, and health-check rounds under load.
 
 Two phases, one after the other, each with two orchestrators side by side on
 the same core: one keeps a single waifu (the baseline), the other gets 10,000
-more, each with its own bind host. Their load rounds alternate (one waifu
-and 10,000 through the main domain, then the same through a bind host, ...),
-so drift in the machine's speed hits both alike, and each path is compared
-with the same path on the baseline.
+more, each with its own bind host. Their load runs come in pairs, the
+same path on both back to back, in alternating order (one waifu then 10,000,
+then 10,000 then one, ...), so drift in the machine's speed hits both alike;
+each ratio is the median of the per-pair ratios. The orchestrator not under load is
+stopped (SIGSTOP; its PostgreSQL runs on) for the other's turn, so that its
+health rounds and resyncs never land in the baseline's measurement.
 
 A. Routing state only (HEALTH_INTERVAL 1 h, so no periodic checks run during
    the load); then 1,000 hellos of new waifus, one at a time, timing hello to
    the first 200 through the proxy (hello, publish, first health check).
 B. Health checking (HEALTH_INTERVAL 5 s, the default): 10,000 instances
-   checked every 5 s, so every load run spans two full health rounds.
+   checked every 5 s, so every load run spans a full health round.
 
 The orchestrators run pinned to CPU 0; wrk, the backend and this script to
 CPU 1. About 9 minutes.
 """
 
 import argparse
+import atexit
 import shutil
 import signal
 import http.client
@@ -78,16 +81,19 @@ def orchestrator(tmp, tag, interval, log, up):
 
 def phase(args, interval, hellos):
     release = os.path.join(R.ROOT, "target", "release")
-    tmp = tempfile.mkdtemp(prefix="waifus-scale-")
+    tmp = tempfile.mkdtemp(prefix="waifus-scale-", dir=args.data_in)
+    # Removed only after every process is stopped (atexit runs last first).
+    atexit.register(lambda: (R.stop_all(), shutil.rmtree(tmp, True)))
     os.chmod(tmp, 0o755)
     log = open(os.path.join(tmp, "servers.log"), "w")
     backend = R.free_port()
     backend_proc = R.start([os.path.join(release, "bench-backend"), f"127.0.0.1:{backend}"], R.LOAD_CPU, log)
     R.wait_ok(f"http://127.0.0.1:{backend}/hello", "the backend")
     up = f"127.0.0.1:{backend}"
-    # Two orchestrators on the same core, measured in turns: one keeps a
-    # single waifu (the baseline), the other gets 10,000 more. Interleaving
-    # their rounds keeps the ratio honest on a machine whose speed drifts.
+    # Two orchestrators on the same core, measured in turns, the other one
+    # stopped: one keeps a single waifu (the baseline), the other gets 10,000
+    # more. Interleaving their rounds keeps the ratio honest on a machine
+    # whose speed drifts.
     one, one_public, _ = orchestrator(tmp, "one", interval, log, up)
     orch, public, internal = orchestrator(tmp, "many", interval, log, up)
     out = {}
@@ -114,8 +120,18 @@ def phase(args, interval, hellos):
     R.wait_ok(f"http://127.0.0.1:{public}/w{args.waifus - 1}/hello", "the last waifu")
     time.sleep(6)
     R.quiet()
+    def only(proc):
+        """Stops the other orchestrator (not its PostgreSQL) until `proc`'s
+        turn is over: its background work (health rounds, resyncs) would
+        otherwise share CPU 0 with the one measured and land in both sides
+        of every comparison alike."""
+        for p in (one, orch):
+            os.kill(p.pid, signal.SIGCONT if p is proc else signal.SIGSTOP)
+        time.sleep(1)
+
     def load(proc, url, host="localhost"):
         """One wrk run, with the orchestrator's CPU time per request."""
+        only(proc)
         before = sum(R.cpu_split([proc.pid]))
         r = R.wrk(url, args.conns, args.seconds, host)
         r["cpu_us"] = (sum(R.cpu_split([proc.pid])) - before) * 1e6 / max(r["requests"], 1)
@@ -125,12 +141,20 @@ def phase(args, interval, hellos):
     # skips the prefix rewrite, so it is cheaper on both.
     for key in ("base", "base_bind", "many", "many_bind"):
         out[key] = []
-    for _ in range(args.rounds):
-        out["base"].append(load(one, f"http://127.0.0.1:{one_public}/app/hello"))
-        out["many"].append(load(orch, f"http://127.0.0.1:{public}/app/hello"))
-        out["base_bind"].append(load(one, f"http://127.0.0.1:{one_public}/hello", "app.bind.test"))
-        out["many_bind"].append(load(orch, f"http://127.0.0.1:{public}/hello",
-                                     f"w{args.waifus // 2}.bind.test"))
+    # Runs come in pairs, one waifu and 10,000 on the same path back to
+    # back, in alternating order (ABBA...), so each pair sees the same
+    # machine and slow drift cancels; ratios are taken per pair.
+    pairs = [
+        (("base", one, f"http://127.0.0.1:{one_public}/app/hello", "localhost"),
+         ("many", orch, f"http://127.0.0.1:{public}/app/hello", "localhost")),
+        (("base_bind", one, f"http://127.0.0.1:{one_public}/hello", "app.bind.test"),
+         ("many_bind", orch, f"http://127.0.0.1:{public}/hello", f"w{args.waifus // 2}.bind.test")),
+    ]
+    for i in range(args.rounds):
+        for pair in pairs:
+            for key, proc, url, host in (pair if i % 2 == 0 else pair[::-1]):
+                out[key].append(load(proc, url, host))
+    only(orch)
     out["rss"] = R.memory_kib([orch.pid], "VmRSS")
     out["fds"] = len(os.listdir(f"/proc/{orch.pid}/fd"))
 
@@ -153,6 +177,7 @@ def phase(args, interval, hellos):
     out["latencies"] = sorted(latencies)
     for p in (orch, one, backend_proc):
         os.killpg(p.pid, signal.SIGTERM)
+        os.killpg(p.pid, signal.SIGCONT)
         p.wait(timeout=30)
     return out
 
@@ -161,9 +186,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--waifus", type=int, default=10_000)
     ap.add_argument("--hellos", type=int, default=1_000)
-    ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--conns", type=int, default=64)
+    ap.add_argument("--data-in", default=None, metavar="DIR",
+                    help="where the orchestrators' data directories (their PostgreSQL) go; "
+                         "default: the system's temporary directory. /dev/shm takes the disk's "
+                         "fsync out of the hello timings")
     ap.add_argument("--out", default=os.path.join(R.ROOT, "bench", "scale-results.md"))
     args = ap.parse_args()
     if not shutil.which("wrk"):
@@ -172,20 +201,26 @@ def main():
     a = phase(args, "1h", args.hellos)
     b = phase(args, "5s", 0)
 
-    med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
+    def ratio(rs, base, k):
+        """Median (min–max) of the per-pair ratios."""
+        return R.fmt([r[k] / b[k] for r, b in zip(rs, base)], digits=2)
+
+    where = args.data_in or tempfile.gettempdir()
     lines = [
         f"Run: {time.strftime('%Y-%m-%d %H:%M')}; orchestrator on CPU {R.PROXY_CPU}, wrk and backend on "
-        f"CPU {R.LOAD_CPU}; `wrk -c{args.conns} -d{args.seconds}s`, {args.rounds} rounds each (median, min–max).",
+        f"CPU {R.LOAD_CPU}; `wrk -c{args.conns} -d{args.seconds}s`, {args.rounds} rounds each (median, min–max); "
+        f"data directories in {where}.",
         "",
-        "Each ratio compares a path with the same path on the one-waifu orchestrator, measured in "
-        "the same rounds. CPU is the orchestrator's (user + kernel) per request.",
+        "Each ratio compares a path with the same path on the one-waifu orchestrator: the median "
+        "(min–max) of the ratios of runs made back to back, the other orchestrator stopped. CPU is "
+        "the orchestrator's (user + kernel) per request.",
         "",
         "| health checks | routes registered | path | req/s | × one waifu | p99 ms | × one waifu "
         "| CPU µs/req | × one waifu | errors |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     n = f"{args.waifus + 1:,} waifus + binds"
-    for checks, res in [("every 1 h (none during runs)", a), ("every 5 s (2 rounds per run)", b)]:
+    for checks, res in [("every 1 h (none during runs)", a), ("every 5 s (a round per run)", b)]:
         for label, path, rs, base in [
                 ("1 waifu", "main domain", res["base"], res["base"]),
                 (n, "main domain", res["many"], res["base"]),
@@ -193,9 +228,9 @@ def main():
                 (n, "bind host", res["many_bind"], res["base_bind"])]:
             lines.append(
                 f"| {checks} | {label} | {path} | {R.fmt([r['rps'] for r in rs])} | "
-                f"{med(rs, 'rps') / med(base, 'rps'):.2f} | {R.fmt([r['p99'] for r in rs], digits=2)} | "
-                f"{med(rs, 'p99') / med(base, 'p99'):.2f} | {R.fmt([r['cpu_us'] for r in rs], digits=1)} | "
-                f"{med(rs, 'cpu_us') / med(base, 'cpu_us'):.2f} | {sum(r['errors'] for r in rs)} |")
+                f"{ratio(rs, base, 'rps')} | {R.fmt([r['p99'] for r in rs], digits=2)} | "
+                f"{ratio(rs, base, 'p99')} | {R.fmt([r['cpu_us'] for r in rs], digits=1)} | "
+                f"{ratio(rs, base, 'cpu_us')} | {sum(r['errors'] for r in rs)} |")
     lat = a["latencies"]
     p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
     lines += [

@@ -24,6 +24,7 @@ use http::Method;
 use http::header::{self, HeaderMap, HeaderValue};
 use http_body_util::{BodyExt, Limited};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -149,12 +150,31 @@ async fn watch_instance(
                 Err(e) => warn!(%name, error = %e, "could not deregister instance"),
             }
         }
-        let jitter = 0.9 + fastrand::f64() * 0.2;
+        let due = Instant::now() + config.interval.mul_f64(0.9 + fastrand::f64() * 0.2);
         tokio::select! {
             () = instance.retired.cancelled() => return,
-            () = tokio::time::sleep(config.interval.mul_f64(jitter)) => {}
+            () = tokio::time::sleep_until(due) => {}
+        }
+        if let Some(pause) = respread(Instant::now() - due, config.interval, fastrand::f64()) {
+            tokio::select! {
+                () = instance.retired.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
         }
     }
+}
+
+/// A check that wakes up this late means the process did not run (a stopped
+/// or suspended VM, a `SIGSTOP`) or its thread was starved.
+const STALLED: Duration = Duration::from_millis(100);
+
+/// After a stall, every check that fell due meanwhile is overdue at once:
+/// rather than sending them all in one burst, and keeping them in step from
+/// then on, each waits a random part of an interval more, so the checks are
+/// spread out again. `late` is how long past its time the check woke up;
+/// `unit` is uniform in [0, 1).
+fn respread(late: Duration, interval: Duration, unit: f64) -> Option<Duration> {
+    (late > STALLED).then(|| interval.mul_f64(unit))
 }
 
 /// How long the instance has been not healthy.
@@ -254,5 +274,20 @@ mod tests {
             "a refused connection counts at once"
         );
         assert!(critical_for(&i) < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn only_a_stall_respreads_the_checks() {
+        let interval = Duration::from_secs(5);
+        for late in [Duration::ZERO, Duration::from_millis(3), STALLED] {
+            assert_eq!(respread(late, interval, 0.7), None, "{late:?} late");
+        }
+        let stalled = Duration::from_secs(20);
+        assert_eq!(respread(stalled, interval, 0.0), Some(Duration::ZERO));
+        assert_eq!(
+            respread(stalled, interval, 0.5),
+            Some(Duration::from_millis(2500))
+        );
+        assert!(respread(stalled, interval, 0.999_999).unwrap() < interval);
     }
 }
