@@ -20,7 +20,7 @@ B. Health checking (HEALTH_INTERVAL 5 s, the default): 10,000 instances
    checked every 5 s, so every load run spans a full health round.
 
 The orchestrators run pinned to CPU 0; wrk, the backend and this script to
-CPU 1. About 9 minutes.
+CPU 1. About 12 minutes.
 """
 
 import argparse
