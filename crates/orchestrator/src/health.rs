@@ -153,8 +153,8 @@ async fn watch_instance(
                 Err(e) => warn!(%name, error = %e, "could not deregister instance"),
             }
         }
-        let jitter = config.interval.mul_f64(0.9 + fastrand::f64() * 0.2);
-        let due = on_grid(Instant::now() + jitter, epoch);
+        let period = config.interval.mul_f64(0.9 + fastrand::f64() * 0.2);
+        let due = on_grid(Instant::now() + period, epoch);
         tokio::select! {
             () = instance.retired.cancelled() => return,
             () = tokio::time::sleep_until(due) => {}
@@ -309,7 +309,7 @@ mod tests {
             let t = epoch + Duration::from_micros(n);
             assert!(
                 on_grid(t, epoch) >= t && on_grid(t, epoch) - t < GRID,
-                "{n} ms"
+                "{n} µs"
             );
         }
     }
