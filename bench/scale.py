@@ -30,7 +30,6 @@ import signal
 import http.client
 import json
 import os
-import statistics
 import sys
 import tempfile
 import threading
@@ -90,10 +89,7 @@ def phase(args, interval, hellos):
     backend_proc = R.start([os.path.join(release, "bench-backend"), f"127.0.0.1:{backend}"], R.LOAD_CPU, log)
     R.wait_ok(f"http://127.0.0.1:{backend}/hello", "the backend")
     up = f"127.0.0.1:{backend}"
-    # Two orchestrators on the same core, measured in turns, the other one
-    # stopped: one keeps a single waifu (the baseline), the other gets 10,000
-    # more. Interleaving their rounds keeps the ratio honest on a machine
-    # whose speed drifts.
+    # The baseline keeps a single waifu; the other gets 10,000 more.
     one, one_public, _ = orchestrator(tmp, "one", interval, log, up)
     orch, public, internal = orchestrator(tmp, "many", interval, log, up)
     out = {}
@@ -203,7 +199,7 @@ def main():
 
     def ratio(rs, base, k):
         """Median (min–max) of the per-pair ratios."""
-        return R.fmt([r[k] / b[k] for r, b in zip(rs, base)], digits=2)
+        return R.fmt([run[k] / against[k] for run, against in zip(rs, base)], digits=2)
 
     where = args.data_in or tempfile.gettempdir()
     lines = [
