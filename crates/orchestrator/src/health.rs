@@ -21,7 +21,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use http::Method;
-use http::header::{self, HeaderMap, HeaderValue};
 use http_body_util::{BodyExt, Limited};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -106,6 +105,11 @@ async fn watch_instance(
     epoch: Instant,
     mut leading: tokio::sync::watch::Receiver<bool>,
 ) {
+    // One wait for retirement, registered once, and one timer entry,
+    // re-armed for each wait, serve every step below.
+    let retired = instance.retired.clone().cancelled_owned();
+    let sleep = tokio::time::sleep_until(epoch);
+    tokio::pin!(retired, sleep);
     let mut persisted = instance.is_healthy();
     // The first check of an instance from this process's hello runs here
     // whoever leads: it makes the instance routable at once.
@@ -114,21 +118,21 @@ async fn watch_instance(
         if !first && !*leading.borrow() {
             // Another orchestrator checks; health comes from the store.
             tokio::select! {
-                () = instance.retired.cancelled() => return,
+                () = &mut retired => return,
                 r = leading.wait_for(|l| *l) => if r.is_err() { return },
             }
             persisted = instance.is_healthy();
         }
         first = false;
         let outcome = tokio::select! {
-            () = instance.retired.cancelled() => return,
+            () = &mut retired => return,
             o = check(&instance, config.timeout) => o,
         };
         let healthy = record(&instance, outcome);
         if let Some(stored) = committed.take() {
             // Nothing is stored for an instance whose hello did not commit.
             tokio::select! {
-                () = instance.retired.cancelled() => return,
+                () = &mut retired => return,
                 r = stored => if r.is_err() { return },
             }
         }
@@ -155,14 +159,16 @@ async fn watch_instance(
         }
         let period = config.interval.mul_f64(0.9 + fastrand::f64() * 0.2);
         let due = on_grid(Instant::now() + period, epoch);
+        sleep.as_mut().reset(due);
         tokio::select! {
-            () = instance.retired.cancelled() => return,
-            () = tokio::time::sleep_until(due) => {}
+            () = &mut retired => return,
+            () = &mut sleep => {}
         }
         if let Some(pause) = respread(Instant::now() - due, config.interval, fastrand::f64()) {
+            sleep.as_mut().reset(Instant::now() + pause);
             tokio::select! {
-                () = instance.retired.cancelled() => return,
-                () = tokio::time::sleep(pause) => {}
+                () = &mut retired => return,
+                () = &mut sleep => {}
             }
         }
     }
@@ -235,34 +241,37 @@ pub(crate) fn set_healthy(instance: &Instance, healthy: bool) {
     }
 }
 
+/// One check: the request, the response head and its body, all within
+/// `timeout` (one timer). A 2xx head counts as a success even if its body
+/// is then cut off by the deadline; the body is read only so that the
+/// connection can be reused.
 async fn check(instance: &Arc<Instance>, timeout: Duration) -> Outcome {
-    let mut headers = HeaderMap::with_capacity(2);
-    if let Ok(host) = HeaderValue::from_str(instance.authority.as_str()) {
-        headers.insert(header::HOST, host);
-    }
-    headers.insert(
-        header::USER_AGENT,
-        HeaderValue::from_static("waifus-orchestrator"),
+    let request = Outgoing::bodyless(
+        Method::GET,
+        "/__internal/health",
+        &[
+            ("host", instance.authority.as_str()),
+            ("user-agent", "waifus-orchestrator"),
+        ],
     );
-    let request = Outgoing::bodyless(Method::GET, "/__internal/health", &headers);
-    let answer = tokio::time::timeout(timeout, upstream::send(instance, request, timeout)).await;
-    match answer {
-        Err(_) => Outcome::Failed,
-        Ok(Err(SendError::Connect(_) | SendError::ConnectTimeout)) => Outcome::Down,
-        Ok(Err(_) | Ok(Answer::Switched { .. })) => Outcome::Failed,
-        Ok(Ok(Answer::Response(response))) => {
-            let ok = response.status().is_success();
-            // Read a small body to its end so the connection is reused.
-            let _ =
-                tokio::time::timeout(timeout, Limited::new(response.into_body(), 4096).collect())
-                    .await;
-            if ok {
-                Outcome::Success
-            } else {
-                Outcome::Failed
+    let mut outcome = Outcome::Failed;
+    let exchange = async {
+        outcome = match upstream::send(instance, request, timeout).await {
+            Err(SendError::Connect(_) | SendError::ConnectTimeout) => Outcome::Down,
+            Err(_) | Ok(Answer::Switched { .. }) => Outcome::Failed,
+            Ok(Answer::Response(response)) => {
+                if !response.status().is_success() {
+                    Outcome::Failed
+                } else {
+                    outcome = Outcome::Success;
+                    let _ = Limited::new(response.into_body(), 4096).collect().await;
+                    Outcome::Success
+                }
             }
-        }
-    }
+        };
+    };
+    let _ = tokio::time::timeout(timeout, exchange).await;
+    outcome
 }
 
 #[cfg(test)]

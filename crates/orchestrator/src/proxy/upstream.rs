@@ -171,12 +171,12 @@ impl Outgoing {
         })
     }
 
-    /// A request without a body, such as a health check; `headers` are
-    /// sent as they are.
-    pub(crate) fn bodyless(method: Method, path: &str, headers: &HeaderMap) -> Self {
+    /// A request without a body, such as a health check; `fields` (name,
+    /// value) are written as they are, so they must be valid field text.
+    pub(crate) fn bodyless(method: Method, path: &str, fields: &[(&str, &str)]) -> Self {
         let (outgoing, ()) = Self::encode(method, path, None, false, None, false, |head| {
-            for (name, value) in headers {
-                write_field(head, name.as_str().as_bytes(), value.as_bytes());
+            for (name, value) in fields {
+                write_field(head, name.as_bytes(), value.as_bytes());
             }
         });
         outgoing
@@ -971,7 +971,7 @@ mod tests {
         let token = CancellationToken::new();
         let host = parse_host(&format!("127.0.0.1:{port}")).unwrap();
         let instance = Arc::new(Instance::new(host, true, &token));
-        let req = Outgoing::bodyless(method, "/x", &HeaderMap::new());
+        let req = Outgoing::bodyless(method, "/x", &[]);
         let got = match send(&instance, req, Duration::from_secs(5)).await {
             Err(e) => Err(e.to_string()),
             Ok(Answer::Switched { .. }) => Err("switched".into()),
@@ -1198,7 +1198,7 @@ mod tests {
         let instance = Arc::new(Instance::new(host, true, &token));
         let mut closed_rx = Some(closed_rx);
         for round in 0..2 {
-            let req = Outgoing::bodyless(Method::GET, "/", &HeaderMap::new());
+            let req = Outgoing::bodyless(Method::GET, "/", &[]);
             let Ok(Answer::Response(r)) = send(&instance, req, Duration::from_secs(5)).await else {
                 panic!("round {round}: no response");
             };

@@ -155,3 +155,65 @@ async fn critical_instances_are_deregistered() {
     assert_eq!(body["binds"][0]["accepted"], true, "{body}");
     orch.stop().await.unwrap();
 }
+
+/// How [`raw_waifu`] answers its health checks.
+const ANSWER: u8 = 0;
+const HANG: u8 = 1;
+const STALL_BODY: u8 = 2;
+
+/// A waifu on a bare socket whose health endpoint answers 204, never
+/// answers, or sends a 200 head and then stalls in its body, as `mode` says.
+async fn raw_waifu(mode: std::sync::Arc<std::sync::atomic::AtomicU8>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut io, _)) = listener.accept().await {
+            let mode = mode.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 1024];
+                while let Ok(n @ 1..) = io.read(&mut buf).await {
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let answer: &[u8] = match mode.load(Ordering::SeqCst) {
+                            ANSWER => b"HTTP/1.1 204 No Content\r\n\r\n",
+                            STALL_BODY => b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nok",
+                            _ => b"",
+                        };
+                        if io.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    host
+}
+
+#[tokio::test]
+async fn a_check_must_answer_within_its_timeout() {
+    let orch = harness::start(&unique_db("check_timeout"), &["--health-timeout", "300ms"]).await;
+    let mode = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(STALL_BODY));
+    let host = raw_waifu(mode.clone()).await;
+    let (status, _) = orch.hello(json!({"name": "t", "host": host})).await;
+    assert_eq!(status, StatusCode::OK);
+    // A 2xx head is a success even if the body then stalls past the
+    // deadline: the instance becomes healthy and stays so over several
+    // checks (each of which times out reading the body).
+    orch.wait_health("t", StatusCode::NO_CONTENT).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    orch.wait_health("t", StatusCode::NO_CONTENT).await;
+    // No answer at all within the timeout is a failure.
+    mode.store(HANG, Ordering::SeqCst);
+    orch.wait_health("t", StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(
+        orch.get("localhost", "/t/").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    mode.store(ANSWER, Ordering::SeqCst);
+    orch.wait_health("t", StatusCode::NO_CONTENT).await;
+    orch.stop().await.unwrap();
+}
