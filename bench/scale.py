@@ -27,6 +27,7 @@ import argparse
 import atexit
 import shutil
 import signal
+import subprocess
 import http.client
 import json
 import os
@@ -126,12 +127,24 @@ def phase(args, interval, hellos):
         time.sleep(1)
 
     def load(proc, url, host="localhost"):
-        """One wrk run, with the orchestrator's CPU time per request."""
+        """One wrk run, with the orchestrator's CPU time per request, then
+        with --steady-rate one open-loop run at that rate."""
         only(proc)
         before = sum(R.cpu_split([proc.pid]))
         r = R.wrk(url, args.conns, args.seconds, host)
         r["cpu_us"] = (sum(R.cpu_split([proc.pid])) - before) * 1e6 / max(r["requests"], 1)
+        if args.steady_rate:
+            r["steady"] = steady(url, host)
         return r
+
+    def steady(url, host):
+        port = url.split("//", 1)[1].split("/", 1)[0]
+        path = "/" + url.split("//", 1)[1].split("/", 1)[1]
+        out = subprocess.run(
+            ["taskset", "-c", R.LOAD_CPU, os.path.join(release, "bench-load"), port, host, path,
+             str(args.conns), str(args.steady_rate), str(args.seconds)],
+            capture_output=True, text=True, timeout=args.seconds + 60, check=True).stdout
+        return json.loads(out)
 
     # Each path is compared with the same path on the baseline: a bind
     # skips the prefix rewrite, so it is cheaper on both.
@@ -185,6 +198,10 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--conns", type=int, default=64)
+    ap.add_argument("--steady-rate", type=int, default=0, metavar="REQ_PER_S",
+                    help="after each wrk run, an open-loop run at this rate (bench-load), "
+                         "for latency at a load the proxy carries; off by default: on a "
+                         "noisy VM its tail is the VM's (bench/README.md)")
     ap.add_argument("--data-in", default=None, metavar="DIR",
                     help="where the orchestrators' data directories (their PostgreSQL) go; "
                          "default: the system's temporary directory. /dev/shm takes the disk's "
@@ -216,17 +233,39 @@ def main():
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     n = f"{args.waifus + 1:,} waifus + binds"
-    for checks, res in [("every 1 h (none during runs)", a), ("every 5 s (a round per run)", b)]:
-        for label, path, rs, base in [
-                ("1 waifu", "main domain", res["base"], res["base"]),
-                (n, "main domain", res["many"], res["base"]),
-                ("1 waifu", "bind host", res["base_bind"], res["base_bind"]),
-                (n, "bind host", res["many_bind"], res["base_bind"])]:
+
+    def rows():
+        """(health checks, routes, path, runs, the baseline's runs) per row."""
+        for checks, res in [("every 1 h (none during runs)", a), ("every 5 s (a round per run)", b)]:
+            yield checks, "1 waifu", "main domain", res["base"], res["base"]
+            yield checks, n, "main domain", res["many"], res["base"]
+            yield checks, "1 waifu", "bind host", res["base_bind"], res["base_bind"]
+            yield checks, n, "bind host", res["many_bind"], res["base_bind"]
+
+    for checks, label, path, rs, base in rows():
+        lines.append(
+            f"| {checks} | {label} | {path} | {R.fmt([r['rps'] for r in rs])} | "
+            f"{ratio(rs, base, 'rps')} | {R.fmt([r['p99'] for r in rs], digits=2)} | "
+            f"{ratio(rs, base, 'p99')} | {R.fmt([r['cpu_us'] for r in rs], digits=1)} | "
+            f"{ratio(rs, base, 'cpu_us')} | {sum(r['errors'] for r in rs)} |")
+    if args.steady_rate:
+        lines += [
+            "",
+            f"Open loop at a steady {args.steady_rate:,} req/s (`bench-load`, {args.conns} connections, "
+            f"{args.seconds} s, right after each wrk run on the same orchestrator): latency from when "
+            "each request was due, ratios per pair as above.",
+            "",
+            "| health checks | routes registered | path | p50 ms | p99 ms | × one waifu | p99.9 ms "
+            "| × one waifu | errors |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for checks, label, path, rs, base in rows():
+            ss, bs = [r["steady"] for r in rs], [r["steady"] for r in base]
             lines.append(
-                f"| {checks} | {label} | {path} | {R.fmt([r['rps'] for r in rs])} | "
-                f"{ratio(rs, base, 'rps')} | {R.fmt([r['p99'] for r in rs], digits=2)} | "
-                f"{ratio(rs, base, 'p99')} | {R.fmt([r['cpu_us'] for r in rs], digits=1)} | "
-                f"{ratio(rs, base, 'cpu_us')} | {sum(r['errors'] for r in rs)} |")
+                f"| {checks} | {label} | {path} | {R.fmt([x['p50'] for x in ss], digits=2)} | "
+                f"{R.fmt([x['p99'] for x in ss], digits=2)} | {ratio(ss, bs, 'p99')} | "
+                f"{R.fmt([x['p999'] for x in ss], digits=2)} | {ratio(ss, bs, 'p999')} | "
+                f"{sum(x['sent'] - x['answered'] for x in ss)} |")
     lat = a["latencies"]
     p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
     lines += [

@@ -21,14 +21,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use http::Method;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::proxy::upstream::{self, Answer, Outgoing, SendError};
+use crate::proxy::upstream::{self, Answer, Outgoing, SendError, UpstreamBody};
 use crate::registry::{Registry, Watch};
 use crate::routes::{Instance, now_ms};
 
@@ -142,17 +142,22 @@ async fn watch_instance(
             } else {
                 warn!(%name, instance = %instance.upstream, ?outcome, "instance is unhealthy");
             }
-            match registry
-                .store()
-                .set_health(&name, &instance.upstream, healthy)
-                .await
+            // Boxed, as is the deregistration below: these rare awaits
+            // would otherwise set the size of every instance's task (2.7
+            // KiB rather than 1.8; 9 MB with 10,000 instances).
+            match Box::pin(
+                registry
+                    .store()
+                    .set_health(&name, &instance.upstream, healthy),
+            )
+            .await
             {
                 Ok(()) => persisted = healthy,
                 Err(e) => warn!(%name, error = %e, "could not store health state"),
             }
         }
         if !healthy && critical_for(&instance) >= config.deregister_after {
-            match registry.deregister(&name, &instance).await {
+            match Box::pin(registry.deregister(&name, &instance)).await {
                 Ok(()) => return,
                 Err(e) => warn!(%name, error = %e, "could not deregister instance"),
             }
@@ -245,33 +250,58 @@ pub(crate) fn set_healthy(instance: &Instance, healthy: bool) {
 /// `timeout` (one timer). A 2xx head counts as a success even if its body
 /// is then cut off by the deadline; the body is read only so that the
 /// connection can be reused.
+///
+/// This future is part of every instance's task, so what it holds across
+/// its awaits is kept small: the answer is taken apart before the body is
+/// read.
 async fn check(instance: &Arc<Instance>, timeout: Duration) -> Outcome {
-    let request = Outgoing::bodyless(
-        Method::GET,
-        "/__internal/health",
-        &[
-            ("host", instance.authority.as_str()),
-            ("user-agent", "waifus-orchestrator"),
-        ],
-    );
     let mut outcome = Outcome::Failed;
     let exchange = async {
-        outcome = match upstream::send(instance, request, timeout).await {
-            Err(SendError::Connect(_) | SendError::ConnectTimeout) => Outcome::Down,
-            Err(_) | Ok(Answer::Switched { .. }) => Outcome::Failed,
-            Ok(Answer::Response(response)) => {
-                if !response.status().is_success() {
-                    Outcome::Failed
-                } else {
-                    outcome = Outcome::Success;
-                    let _ = Limited::new(response.into_body(), 4096).collect().await;
-                    Outcome::Success
-                }
+        let request = Outgoing::bodyless(
+            Method::GET,
+            "/__internal/health",
+            &[
+                ("host", instance.authority.as_str()),
+                ("user-agent", "waifus-orchestrator"),
+            ],
+        );
+        let body = match judge(upstream::send(instance, request, timeout).await) {
+            Ok(body) => body,
+            Err(failed) => {
+                outcome = failed;
+                return;
             }
         };
+        outcome = Outcome::Success;
+        drain(body).await;
     };
     let _ = tokio::time::timeout(timeout, exchange).await;
     outcome
+}
+
+/// A check's answer: the body of a 2xx response still to be read, or the
+/// outcome of anything else.
+fn judge(answer: Result<Answer, SendError>) -> Result<UpstreamBody, Outcome> {
+    match answer {
+        Err(SendError::Connect(_) | SendError::ConnectTimeout) => Err(Outcome::Down),
+        Ok(Answer::Response(response)) if response.status().is_success() => {
+            Ok(response.into_body())
+        }
+        Err(_) | Ok(Answer::Response(_) | Answer::Switched { .. }) => Err(Outcome::Failed),
+    }
+}
+
+/// Reads a check's body to its end, so that its connection goes back to the
+/// pool; a body over 4 KiB, or a broken one, is dropped with its connection.
+async fn drain(mut body: UpstreamBody) {
+    let mut left = 4096usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        let n = frame.data_ref().map_or(0, bytes::Buf::remaining);
+        match left.checked_sub(n) {
+            Some(l) => left = l,
+            None => return,
+        }
+    }
 }
 
 #[cfg(test)]
