@@ -221,15 +221,34 @@ impl Orch {
     }
 }
 
-/// A fresh directory under the system's temporary directory.
+/// A fresh directory in this test binary's own temporary directory, which
+/// is removed when the binary exits.
 pub fn temp_dir(what: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "waifus-it-{what}-{}-{}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
+    let dir = temp_root().join(format!("{what}-{}", fastrand::u64(..)));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// `waifus-it-{pid}` under the system's temporary directory. Like the
+/// PostgreSQL cluster's supervisor (`pg.rs`), a shell waits for its stdin, a
+/// pipe this process holds, to close, however the binary exits, and then
+/// removes the directory.
+fn temp_root() -> &'static std::path::Path {
+    static ROOT: std::sync::OnceLock<(std::path::PathBuf, std::process::Child)> =
+        std::sync::OnceLock::new();
+    let (root, _janitor) = ROOT.get_or_init(|| {
+        let root = std::env::temp_dir().join(format!("waifus-it-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let janitor = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg("read _ignored; rm -rf \"$0\"")
+            .arg(&root)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the temporary directory's janitor");
+        (root, janitor)
+    });
+    root
 }
 
 /// A whole response.
