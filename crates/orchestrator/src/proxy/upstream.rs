@@ -93,6 +93,11 @@ impl ConnPool {
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < MAX_IDLE
         {
+            // Most instances only ever keep their health check's connection:
+            // room for one, not the four a first push would make.
+            if idle.capacity() == 0 {
+                idle.reserve_exact(1);
+            }
             idle.push(IdleConn {
                 io,
                 since: Instant::now(),
