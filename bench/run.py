@@ -58,12 +58,21 @@ def start(cmd, cpu, log, env=None):
     return p
 
 
+GIVEN = set()
+
+
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A free loopback port, never one this script handed out before: the
+    kernel may offer a just-closed port again, and two servers told the same
+    port means one fails to start while the other answers for both."""
+    while True:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        if port not in GIVEN:
+            GIVEN.add(port)
+            return port
 
 
 def get(url, host="localhost", timeout=2):
@@ -290,6 +299,13 @@ def main():
     for name in procs:
         urls[name] = f"http://127.0.0.1:{port[name]}/app/hello"
         wait_ok(urls[name], name)
+    # Whatever answered must be the server started for it.
+    for name, proc in procs.items():
+        if proc.poll() is not None:
+            log.flush()
+            with open(log.name) as f:
+                tail = "".join(f.readlines()[-20:])
+            sys.exit(f"{name} exited (status {proc.returncode}); the servers' log ends:\n{tail}")
 
     # Only the proxy's own processes count (not the orchestrator's PostgreSQL).
     def pids(name):
