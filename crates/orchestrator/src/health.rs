@@ -143,8 +143,8 @@ async fn watch_instance(
                 warn!(%name, instance = %instance.upstream, ?outcome, "instance is unhealthy");
             }
             // Boxed, as is the deregistration below: these rare awaits
-            // would otherwise set the size of every instance's task (2.7
-            // KiB rather than 1.8; 9 MB with 10,000 instances).
+            // (futures of 1.6 and 2.0 KiB) would otherwise set the size of
+            // every instance's task, which is 1.3 KiB without them.
             match Box::pin(
                 registry
                     .store()
