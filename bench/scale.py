@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as R  # noqa: E402  (shared helpers: start, wrk, get, free_port, ...)
@@ -138,10 +139,10 @@ def phase(args, interval, hellos):
         return r
 
     def steady(url, host):
-        port = url.split("//", 1)[1].split("/", 1)[0]
-        path = "/" + url.split("//", 1)[1].split("/", 1)[1]
+        target = urllib.parse.urlsplit(url)
         out = subprocess.run(
-            ["taskset", "-c", R.LOAD_CPU, os.path.join(release, "bench-load"), port, host, path,
+            ["taskset", "-c", R.LOAD_CPU, os.path.join(release, "bench-load"), target.netloc, host,
+             target.path,
              str(args.conns), str(args.steady_rate), str(args.seconds)],
             capture_output=True, text=True, timeout=args.seconds + 60, check=True).stdout
         return json.loads(out)
