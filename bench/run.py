@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Side-by-side proxy benchmark: direct, nginx, HAProxy, Caddy, orchestrator.
+"""Side-by-side proxy benchmark: direct, relay, nginx, HAProxy, Caddy, orchestrator.
 
     bash bench/run.sh            # builds release binaries, then runs this
 
@@ -8,7 +8,12 @@ backend with upstream keep-alive. Proxies run pinned to CPU 0 with one worker;
 wrk and the backend run pinned to CPU 1. Rounds are interleaved (A B C D E A B
 C D E ...), and each metric is reported as the median with min-max, and as a
 ratio to nginx. Installs nothing; says what is missing. Stops every process it
-started. Bounded: the default run takes about 5 minutes.
+started. Bounded: the default run takes about 6 minutes.
+
+"relay" is not a proxy but the floor under all of them (`bench-relay`): bytes
+copied between a client connection and an upstream connection of its own,
+no HTTP at all, with the same system calls per request as a proxy. What a
+proxy spends above it is its HTTP work.
 """
 
 import argparse
@@ -247,12 +252,12 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--conns", default="64,256")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results.md"))
-    ap.add_argument("--targets", default="direct,nginx,haproxy,caddy,orchestrator",
+    ap.add_argument("--targets", default="direct,relay,nginx,haproxy,caddy,orchestrator",
                     help="which targets get load (nginx always: ratios are to it); fewer "
                          "targets leave time for more rounds")
     args = ap.parse_args()
     targets = set(args.targets.split(",")) | {"nginx"}
-    unknown = targets - {"direct", "nginx", "haproxy", "caddy", "orchestrator"}
+    unknown = targets - {"direct", "relay", "nginx", "haproxy", "caddy", "orchestrator"}
     if unknown:
         sys.exit("unknown targets: " + ", ".join(sorted(unknown)))
 
@@ -261,7 +266,7 @@ def main():
         sys.exit("missing: " + ", ".join(missing) + "\ninstall them (Debian): apt-get install "
                  + " ".join({"taskset": "util-linux"}.get(m, m) for m in missing))
     release = os.path.join(ROOT, "target", "release")
-    for b in ("orchestrator", "bench-backend"):
+    for b in ("orchestrator", "bench-backend", "bench-relay"):
         if not os.path.exists(os.path.join(release, b)):
             sys.exit(f"missing {release}/{b}: run bash bench/run.sh (it builds them)")
     if (os.cpu_count() or 1) < 2:
@@ -272,13 +277,15 @@ def main():
     atexit.register(shutil.rmtree, tmp, True)
     log = open(os.path.join(tmp, "servers.log"), "w")
     backend = free_port()
-    port = {n: free_port() for n in ("nginx", "haproxy", "caddy", "orchestrator")}
+    port = {n: free_port() for n in ("relay", "nginx", "haproxy", "caddy", "orchestrator")}
     internal = free_port()
     paths = configs(tmp, port, backend)
 
     start([os.path.join(release, "bench-backend"), f"127.0.0.1:{backend}"], LOAD_CPU, log)
     wait_ok(f"http://127.0.0.1:{backend}/hello", "the backend")
     procs = {
+        "relay": start([os.path.join(release, "bench-relay"), f"127.0.0.1:{port['relay']}",
+                        f"127.0.0.1:{backend}"], PROXY_CPU, log),
         "nginx": start(["nginx", "-c", paths["nginx.conf"], "-g", "daemon off;"], PROXY_CPU, log),
         "haproxy": start(["haproxy", "-db", "-f", paths["haproxy.cfg"]], PROXY_CPU, log),
         "caddy": start(["caddy", "run", "--config", paths["Caddyfile"], "--adapter", "caddyfile"],
@@ -297,6 +304,7 @@ def main():
         f"http://127.0.0.1:{internal}/__internal/hello", data=hello, method="POST"), timeout=5)
     urls = {"direct": f"http://127.0.0.1:{backend}/hello"}
     for name in procs:
+        # The relay does not strip the prefix: the backend answers any path.
         urls[name] = f"http://127.0.0.1:{port[name]}/app/hello"
         wait_ok(urls[name], name)
     # Whatever answered must be the server started for it.
