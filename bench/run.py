@@ -8,7 +8,7 @@ backend with upstream keep-alive. Proxies run pinned to CPU 0 with one worker;
 wrk and the backend run pinned to CPU 1. Rounds are interleaved (A B C D E A B
 C D E ...), and each metric is reported as the median with min-max, and as a
 ratio to nginx. Installs nothing; says what is missing. Stops every process it
-started. Bounded: the default run takes about 6 minutes.
+started. Bounded: the default run takes about 8 minutes.
 
 "relay" is not a proxy but the floor under all of them (`bench-relay`): bytes
 copied between a client connection and an upstream connection of its own,
