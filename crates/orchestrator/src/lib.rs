@@ -55,6 +55,38 @@ pub mod hot_path {
         })
     }
 
+    /// A request head as the public listener's HTTP/1.1 loop takes it.
+    #[derive(Debug)]
+    pub struct H1Head {
+        pub method: String,
+        /// The request target, as the proxy reads it.
+        pub target: String,
+        /// Field names (lowercase) and values, in order.
+        pub fields: Vec<(String, Vec<u8>)>,
+        /// The client asked to close the connection after this request.
+        pub close: bool,
+    }
+
+    /// What the public listener makes of `data` arriving in one read (for
+    /// `fuzz/fuzz_targets/h1.rs`): how many bytes the strict framing check
+    /// lets through, the head the HTTP/1.1 loop serves itself from those, if
+    /// any, and the bytes it leaves in its buffer (all it was given when it
+    /// serves none: hyper gets them).
+    pub fn h1_parse(data: &[u8]) -> (usize, Option<H1Head>, Vec<u8>) {
+        let (passed, head, left) = crate::server::h1::parse_copy(data);
+        let head = head.map(|(parts, close)| H1Head {
+            method: parts.method.to_string(),
+            target: parts.uri.to_string(),
+            fields: parts
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+                .collect(),
+            close,
+        });
+        (passed, head, left)
+    }
+
     /// A route table with `waifus` waifus (`w0`, `w1`, ...) and as many binds
     /// (`b{i}.test` → waifu `w{i}`, prefix `/p`).
     #[derive(Debug)]

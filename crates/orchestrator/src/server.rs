@@ -13,7 +13,7 @@
 //! handed off and not bound by it). Request framing is checked strictly
 //! before either parses it ([`crate::strict`]).
 
-mod h1;
+pub(crate) mod h1;
 
 use std::future::Future;
 use std::net::SocketAddr;

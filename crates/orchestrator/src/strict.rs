@@ -11,7 +11,11 @@
 //! - has a field name that is not a token;
 //! - has more than one `Content-Length` or `Transfer-Encoding` field, or both;
 //! - has a `Content-Length` that is not plain digits (`+5`, empty, a list);
-//! - has a `Transfer-Encoding` other than exactly `chunked`.
+//! - has a `Transfer-Encoding` other than exactly `chunked`;
+//! - has a `#` in its request target. A fragment is not part of any
+//!   request-target form (RFC 9112 §3.2); `http::Uri` would drop it
+//!   silently, where other servers keep it in the path (HAProxy before 2.8.2
+//!   did, CVE-2023-45539).
 //!
 //! [`Strict`] wraps the client's socket. It follows message boundaries
 //! (request heads, `Content-Length` and chunked bodies) so that every
@@ -53,6 +57,7 @@ pub(crate) enum Violation {
     BadEncoding,
     LengthAndEncoding,
     BadChunk,
+    Fragment,
     HeadTooLarge,
 }
 
@@ -70,6 +75,7 @@ impl Violation {
             Violation::BadEncoding => "Transfer-Encoding other than chunked",
             Violation::LengthAndEncoding => "both Content-Length and Transfer-Encoding",
             Violation::BadChunk => "invalid chunked framing",
+            Violation::Fragment => "a request target with a fragment (#)",
             Violation::HeadTooLarge => "the request head is too large",
         }
     }
@@ -359,7 +365,16 @@ fn judge_head(head: &[u8]) -> Result<Framing, Violation> {
         .split(|&b| b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
         .skip_while(|l| l.is_empty());
-    let _request_line = lines.next();
+    // The target is the request line's second word; a `#` there is
+    // refused wherever it is (fragments are for clients, never sent).
+    if let Some(line) = lines.next()
+        && line
+            .split(|&b| b == b' ')
+            .nth(1)
+            .is_some_and(|t| t.contains(&b'#'))
+    {
+        return Err(Violation::Fragment);
+    }
     let (mut length, mut encoding) = (None::<&[u8]>, None::<&[u8]>);
     let (mut connection_upgrade, mut upgrade) = (false, false);
     for line in lines {
@@ -754,6 +769,17 @@ mod tests {
             ("bare LF ending", "GET / HTTP/1.1\r\nhost: a\n\n", BareLf),
             ("bare CR", "GET / HTTP/1.1\r\nhost: a\rx: y\r\n\r\n", BareCr),
             ("no colon", "GET / HTTP/1.1\r\nhost a\r\n\r\n", BadFieldName),
+            ("fragment", "GET /w#a HTTP/1.1\r\nhost: a\r\n\r\n", Fragment),
+            (
+                "fragment before a query",
+                "GET /w#a?b=1 HTTP/1.1\r\nhost: a\r\n\r\n",
+                Fragment,
+            ),
+            (
+                "fragment hiding a path",
+                "GET /app/x#/../__internal/y HTTP/1.1\r\nhost: a\r\n\r\n",
+                Fragment,
+            ),
             (
                 "bad name",
                 "GET / HTTP/1.1\r\nho\"st: a\r\n\r\n",

@@ -528,6 +528,20 @@ fn http_date(out: &mut BytesMut) {
     });
 }
 
+/// What this loop makes of `data` arriving in one read, for the fuzz
+/// target (through `crate::hot_path`): how many bytes the strict check
+/// lets through, the request served here from those (with its `close`
+/// flag), if any, and the bytes left in the buffer after it.
+pub(crate) fn parse_copy(data: &[u8]) -> (usize, Option<(http::request::Parts, bool)>, Vec<u8>) {
+    let passed = crate::strict::Checker::default().check(data).pass;
+    let mut buf = BytesMut::from(&data[..passed]);
+    let head = match parse(&mut buf) {
+        Parsed::Fast(head) => Some((head.parts, head.close)),
+        Parsed::Partial | Parsed::HandOff => None,
+    };
+    (passed, head, buf.to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

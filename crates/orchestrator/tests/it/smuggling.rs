@@ -80,6 +80,12 @@ async fn malformed_framing_is_refused_and_closed() {
             "space before colon",
             "GET /w/x HTTP/1.1\r\nHost : localhost\r\n\r\n",
         ),
+        // A fragment would be dropped by `http::Uri` on the way in: the
+        // waifu would get `/x` for a target that says more.
+        (
+            "fragment",
+            "GET /w/x#/../__internal/y HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        ),
     ];
     for (what, request) in cases {
         let got = exchange(orch.public, request.as_bytes()).await;
