@@ -87,6 +87,21 @@ pub mod hot_path {
         (passed, head, left)
     }
 
+    /// How the proxy reads a waifu's answer, for `fuzz/fuzz_targets/upstream.rs`.
+    pub use crate::proxy::upstream::{BodyEnd, Decoded};
+
+    /// What the proxy makes of `data` when it is all a waifu sends on a
+    /// connection (answering a `HEAD` when `head` is set, else a `GET`)
+    /// before closing it.
+    pub fn upstream_decode(data: &[u8], head: bool) -> Decoded {
+        let method = if head {
+            http::Method::HEAD
+        } else {
+            http::Method::GET
+        };
+        crate::proxy::upstream::decode_copy(data, &method)
+    }
+
     /// A route table with `waifus` waifus (`w0`, `w1`, ...) and as many binds
     /// (`b{i}.test` → waifu `w{i}`, prefix `/p`).
     #[derive(Debug)]

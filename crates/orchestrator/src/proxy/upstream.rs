@@ -785,6 +785,15 @@ impl UpstreamBody {
         let buf = &mut self.buf;
         match chunk {
             Chunk::Size => match httparse::parse_chunk_size(buf) {
+                // httparse takes any byte in an extension, a bare LF or NUL
+                // included; a waifu's stream is read one way only.
+                Ok(httparse::Status::Complete((len, _))) if has_ctl(&buf[..len - 2]) => Err(
+                    BodyError::BadChunk("control character in a chunk-size line"),
+                ),
+                // ... and reads a line with no digits (`;x`, empty) as size 0.
+                Ok(httparse::Status::Complete(_)) if !buf[0].is_ascii_hexdigit() => {
+                    Err(BodyError::BadChunk("a chunk-size line without a size"))
+                }
                 Ok(httparse::Status::Complete((len, size))) => {
                     buf.advance(len);
                     self.state = State::Chunk(if size == 0 {
@@ -833,6 +842,9 @@ impl UpstreamBody {
                         Ok(None)
                     };
                 };
+                if end > 0 && !is_field_line(&buf[..end]) {
+                    return Err(BodyError::BadChunk("malformed trailer line"));
+                }
                 buf.advance(end + 2);
                 if end == 0 {
                     self.state = State::Done;
@@ -841,6 +853,21 @@ impl UpstreamBody {
             }
         }
     }
+}
+
+/// Whether `line` has a control character other than HTAB (a CR or LF
+/// inside a line, a NUL).
+fn has_ctl(line: &[u8]) -> bool {
+    line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+}
+
+/// Whether a trailer line is a field: a token, a colon, a value without
+/// control characters.
+fn is_field_line(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    colon > 0 && HeaderName::from_bytes(&line[..colon]).is_ok() && !has_ctl(&line[colon + 1..])
 }
 
 impl Body for UpstreamBody {
@@ -934,6 +961,108 @@ impl Body for UpstreamBody {
             _ => SizeHint::default(),
         }
     }
+}
+
+/// What the upstream client makes of `data` when it is all a waifu sends
+/// on a connection before closing it, for the fuzz target (through
+/// `crate::hot_path`): the parsed head and the body decoded as
+/// [`UpstreamBody`] decodes it, with what that leaves.
+pub(crate) fn decode_copy(data: &[u8], method: &Method) -> Decoded {
+    let mut buf = BytesMut::from(data);
+    let head = match parse_head(&mut buf, method) {
+        Ok(Some(head)) => head,
+        Ok(None) => return Decoded::HeadIncomplete,
+        Err(_) => return Decoded::Refused,
+    };
+    let status = head.response.status().as_u16();
+    if status == 101 {
+        return Decoded::Switched { early: buf.len() };
+    }
+    let state = match head.framing {
+        RespFraming::None | RespFraming::Length(0) => State::Done,
+        RespFraming::Length(n) => State::Length(n),
+        RespFraming::Chunked => State::Chunk(Chunk::Size),
+        RespFraming::UntilClose => State::UntilClose,
+    };
+    let upstream = waifus_protocol::parse_host("fuzz.invalid:1").expect("a valid host");
+    let token = tokio_util::sync::CancellationToken::new();
+    let mut decoder = UpstreamBody {
+        io: None,
+        buf,
+        state,
+        keep_alive: head.keep_alive,
+        upload: None,
+        instance: Arc::new(Instance::new(upstream, true, &token)),
+    };
+    let mut body = Vec::new();
+    // `poll_frame`'s loop, with the end of `data` as the end of the stream.
+    let ending = loop {
+        match decoder.state {
+            State::Done => break BodyEnd::Complete,
+            State::UntilClose => {
+                body.extend_from_slice(&decoder.buf.split());
+                break BodyEnd::AtClose;
+            }
+            State::Length(left) => {
+                if decoder.buf.is_empty() {
+                    break BodyEnd::Truncated;
+                }
+                let n = usize::try_from(left)
+                    .unwrap_or(usize::MAX)
+                    .min(decoder.buf.len());
+                body.extend_from_slice(&decoder.buf.split_to(n));
+                let left = left - n as u64;
+                decoder.state = if left == 0 {
+                    State::Done
+                } else {
+                    State::Length(left)
+                };
+            }
+            State::Chunk(chunk) => match decoder.step_chunked(chunk) {
+                Ok(Some(data)) => body.extend_from_slice(&data),
+                Ok(None) => break BodyEnd::Truncated,
+                Err(_) => break BodyEnd::BadChunk,
+            },
+        }
+    };
+    let left = decoder.buf.len();
+    // `release`'s condition: only a complete message with nothing after it
+    // leaves the connection fit for another request.
+    let reusable = ending == BodyEnd::Complete && decoder.keep_alive && left == 0;
+    Decoded::Response {
+        status,
+        body,
+        ending,
+        left,
+        reusable,
+    }
+}
+
+/// See [`decode_copy`].
+#[derive(Debug)]
+pub enum Decoded {
+    Refused,
+    HeadIncomplete,
+    Switched {
+        early: usize,
+    },
+    Response {
+        status: u16,
+        body: Vec<u8>,
+        ending: BodyEnd,
+        /// Bytes after the message.
+        left: usize,
+        reusable: bool,
+    },
+}
+
+/// How a decoded body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyEnd {
+    Complete,
+    AtClose,
+    Truncated,
+    BadChunk,
 }
 
 #[cfg(test)]
@@ -1164,6 +1293,38 @@ mod tests {
                 "truncated chunked",
                 "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel",
                 "mid-body",
+            ),
+            // Found by `fuzz/fuzz_targets/upstream.rs`: httparse takes any
+            // byte in a chunk extension, and trailers were only split at CRLF.
+            (
+                "NUL in an extension",
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2;x=\0\r\nok\r\n0\r\n\r\n",
+                "control character in a chunk-size line",
+            ),
+            (
+                "bare LF in an extension",
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0;x\n\r\n\r\n",
+                "control character in a chunk-size line",
+            ),
+            (
+                "no size, only an extension",
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n;x=1\r\n\r\n",
+                "without a size",
+            ),
+            (
+                "an empty chunk-size line",
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\r\n\r\n",
+                "without a size",
+            ),
+            (
+                "bare LF in the trailers",
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\nx: 1\n\r\n",
+                "malformed trailer line",
+            ),
+            (
+                "a trailer that is not a field",
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\nhello\r\n\r\n",
+                "malformed trailer line",
             ),
         ];
         for (what, raw, want) in bodies {
