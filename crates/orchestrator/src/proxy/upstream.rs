@@ -680,16 +680,10 @@ fn finish(
         };
     }
     let (parts, ()) = response.into_parts();
-    let state = match framing {
-        RespFraming::None | RespFraming::Length(0) => State::Done,
-        RespFraming::Length(n) => State::Length(n),
-        RespFraming::Chunked => State::Chunk(Chunk::Size),
-        RespFraming::UntilClose => State::UntilClose,
-    };
     let mut body = UpstreamBody {
         io: Some(io),
         buf,
-        state,
+        state: State::from(framing),
         keep_alive,
         upload,
         instance: instance.clone(),
@@ -720,6 +714,18 @@ enum State {
     Chunk(Chunk),
     UntilClose,
     Done,
+}
+
+impl From<RespFraming> for State {
+    /// Where reading a body framed so starts.
+    fn from(framing: RespFraming) -> State {
+        match framing {
+            RespFraming::None | RespFraming::Length(0) => State::Done,
+            RespFraming::Length(n) => State::Length(n),
+            RespFraming::Chunked => State::Chunk(Chunk::Size),
+            RespFraming::UntilClose => State::UntilClose,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -978,12 +984,7 @@ pub(crate) fn decode_copy(data: &[u8], method: &Method) -> Decoded {
     if status == 101 {
         return Decoded::Switched { early: buf.len() };
     }
-    let state = match head.framing {
-        RespFraming::None | RespFraming::Length(0) => State::Done,
-        RespFraming::Length(n) => State::Length(n),
-        RespFraming::Chunked => State::Chunk(Chunk::Size),
-        RespFraming::UntilClose => State::UntilClose,
-    };
+    let state = State::from(head.framing);
     let upstream = waifus_protocol::parse_host("fuzz.invalid:1").expect("a valid host");
     let token = tokio_util::sync::CancellationToken::new();
     let mut decoder = UpstreamBody {
