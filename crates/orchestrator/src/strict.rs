@@ -451,7 +451,7 @@ fn trim_spaces(mut v: &[u8]) -> &[u8] {
 }
 
 /// RFC 9110 §5.6.2 token characters.
-fn is_tchar(b: u8) -> bool {
+pub(crate) fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 

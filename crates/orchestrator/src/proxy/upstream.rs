@@ -785,6 +785,22 @@ impl UpstreamBody {
         Poll::Ready(Some(Err(e)))
     }
 
+    /// Takes up to `left` buffered bytes of a sized body; the state says
+    /// what remains.
+    fn take_sized(&mut self, left: u64) -> Bytes {
+        let n = usize::try_from(left)
+            .unwrap_or(usize::MAX)
+            .min(self.buf.len());
+        let data = self.buf.split_to(n).freeze();
+        let left = left - n as u64;
+        self.state = if left == 0 {
+            State::Done
+        } else {
+            State::Length(left)
+        };
+        data
+    }
+
     /// Advances the chunked decoder over what is buffered: data to yield,
     /// `None` to read more.
     fn step_chunked(&mut self, chunk: Chunk) -> Result<Option<Bytes>, BodyError> {
@@ -873,7 +889,9 @@ fn is_field_line(line: &[u8]) -> bool {
     let Some(colon) = line.iter().position(|&b| b == b':') else {
         return false;
     };
-    colon > 0 && HeaderName::from_bytes(&line[..colon]).is_ok() && !has_ctl(&line[colon + 1..])
+    colon > 0
+        && line[..colon].iter().all(|&b| crate::strict::is_tchar(b))
+        && !has_ctl(&line[colon + 1..])
 }
 
 impl Body for UpstreamBody {
@@ -904,16 +922,8 @@ impl Body for UpstreamBody {
                     return Poll::Ready(None);
                 }
                 State::Length(left) => {
-                    let buf = &mut this.buf;
-                    if !buf.is_empty() {
-                        let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-                        let data = buf.split_to(n).freeze();
-                        let left = left - n as u64;
-                        this.state = if left == 0 {
-                            State::Done
-                        } else {
-                            State::Length(left)
-                        };
+                    if !this.buf.is_empty() {
+                        let data = this.take_sized(left);
                         if this.state == State::Done {
                             this.release();
                         }
@@ -1008,16 +1018,7 @@ pub(crate) fn decode_copy(data: &[u8], method: &Method) -> Decoded {
                 if decoder.buf.is_empty() {
                     break BodyEnd::Truncated;
                 }
-                let n = usize::try_from(left)
-                    .unwrap_or(usize::MAX)
-                    .min(decoder.buf.len());
-                body.extend_from_slice(&decoder.buf.split_to(n));
-                let left = left - n as u64;
-                decoder.state = if left == 0 {
-                    State::Done
-                } else {
-                    State::Length(left)
-                };
+                body.extend_from_slice(&decoder.take_sized(left));
             }
             State::Chunk(chunk) => match decoder.step_chunked(chunk) {
                 Ok(Some(data)) => body.extend_from_slice(&data),
