@@ -328,6 +328,7 @@ async fn serve(
         key,
         public_db(config, url),
         incidents.clone(),
+        provision::hasher::Hasher::start()?,
     ));
     let reconciler = provisioner.clone();
     tasks.spawn(async move {

@@ -10,20 +10,20 @@
 //! step is idempotent, so an interrupted provisioning completes on the next
 //! call, or at start-up by [`Provisioner::reconcile`], which needs no secret.
 
+pub(crate) mod hasher;
 pub(crate) mod secret;
 mod sql;
 pub(crate) mod throttle;
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
 use tracing::{info, warn};
 use waifus_protocol::{DatabaseCredentials, NameError, validate_name};
 
 use crate::incidents::{IncidentKind, Incidents};
 use crate::store::{Store, StoreError};
+use hasher::Hasher;
 use secret::PasswordKey;
 use throttle::Throttle;
 
@@ -31,8 +31,6 @@ use throttle::Throttle;
 const DEADLINE: Duration = Duration::from_millis(4500);
 /// Longest secret accepted.
 pub(crate) const MAX_SECRET: usize = 1024;
-/// Argon2 runs at once; each takes 19 MiB and a core for tens of ms.
-const ARGON2_PERMITS: usize = 2;
 /// Throttled attempts are stored as incidents at most this often per name.
 const THROTTLED_INCIDENT_EVERY: Duration = Duration::from_secs(10);
 
@@ -80,7 +78,8 @@ pub(crate) struct Provisioner {
     public: PublicDb,
     incidents: Incidents,
     throttle: Throttle,
-    argon2: Arc<Semaphore>,
+    /// Argon2 runs on its own threads, with bounded memory.
+    hasher: Hasher,
     /// Last time a `throttled` incident was stored, per name.
     throttled_reported: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
 }
@@ -111,6 +110,7 @@ impl Provisioner {
         key: PasswordKey,
         public: PublicDb,
         incidents: Incidents,
+        hasher: Hasher,
     ) -> Self {
         Provisioner {
             store,
@@ -118,7 +118,7 @@ impl Provisioner {
             public,
             incidents,
             throttle: Throttle::default(),
-            argon2: Arc::new(Semaphore::new(ARGON2_PERMITS)),
+            hasher,
             throttled_reported: std::sync::Mutex::default(),
         }
     }
@@ -201,22 +201,18 @@ impl Provisioner {
         let password = self.key.password(name, secret);
         let mut row = match load(client, name).await? {
             Some(row) => {
-                let hash = row.secret_hash.clone();
-                let secret = secret.to_owned();
-                if !self
-                    .argon2(move || secret::verify_secret(&secret, &hash))
-                    .await?
-                {
+                let verified = self.hasher.verify(secret, &row.secret_hash).await;
+                if !verified.map_err(|e| ProvisionError::Unavailable(e.to_string()))? {
                     return Err(ProvisionError::WrongSecret);
                 }
                 row
             }
             None => {
-                let owned = secret.to_owned();
                 let hash = self
-                    .argon2(move || secret::hash_secret(&owned))
-                    .await?
-                    .map_err(|e| ProvisionError::Unavailable(format!("argon2: {e}")))?;
+                    .hasher
+                    .hash(secret)
+                    .await
+                    .map_err(|e| ProvisionError::Unavailable(e.to_string()))?;
                 let row = Row {
                     secret_hash: hash,
                     verifier: postgres_protocol::password::scram_sha_256(password.as_bytes()),
@@ -260,21 +256,6 @@ impl Provisioner {
             host: self.public.host.clone(),
             port: self.public.port,
         })
-    }
-
-    /// Runs Argon2 on a blocking thread, at most [`ARGON2_PERMITS`] at once.
-    async fn argon2<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, ProvisionError> {
-        let _permit = self
-            .argon2
-            .acquire()
-            .await
-            .map_err(|_| ProvisionError::Unavailable("shutting down".into()))?;
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| ProvisionError::Unavailable(format!("argon2 task: {e}")))
     }
 
     /// Completes every provisioning left half-done (start-up). Needs no

@@ -1,7 +1,7 @@
 //! Secrets and passwords (DESIGN.md §2 "Database provisioning").
 //!
 //! - A waifu's secret is stored only as an Argon2id PHC string with OWASP's
-//!   parameters (19 MiB, t=2, p=1).
+//!   parameters (19 MiB, t=2, p=1), made and checked by [`super::hasher`].
 //! - Its database password is *derived*, never stored: HMAC-SHA256 under a
 //!   256-bit key kept in `DATA_DIR/db-password.key` (0600), over the waifu's
 //!   name and secret. Nothing in PostgreSQL can be decrypted into a password,
@@ -18,9 +18,6 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use argon2::Argon2;
-use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
@@ -114,23 +111,6 @@ fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     m.finalize().into_bytes().into()
 }
 
-/// Argon2id PHC string of a secret, with a random salt. CPU- and
-/// memory-heavy: call it from a blocking thread.
-pub(crate) fn hash_secret(secret: &str) -> Result<String, argon2::password_hash::Error> {
-    Ok(Argon2::default()
-        .hash_password(secret.as_bytes())?
-        .to_string())
-}
-
-/// Whether `secret` matches a stored PHC string. Heavy, like [`hash_secret`].
-pub(crate) fn verify_secret(secret: &str, phc: &str) -> bool {
-    PasswordHash::new(phc).is_ok_and(|h| {
-        Argon2::default()
-            .verify_password(secret.as_bytes(), &h)
-            .is_ok()
-    })
-}
-
 /// Bytes from the operating system's CSPRNG.
 pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], getrandom::Error> {
     let mut out = [0u8; N];
@@ -184,16 +164,6 @@ mod tests {
         );
         assert_eq!(k.id().len(), 16);
         assert!(!format!("{k:?}").contains(&hex(&[7; 32])));
-    }
-
-    #[test]
-    fn argon2id_with_owasp_parameters() {
-        let phc = hash_secret("correct horse").unwrap();
-        assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
-        assert!(!phc.contains("correct horse"));
-        assert!(verify_secret("correct horse", &phc));
-        assert!(!verify_secret("wrong horse", &phc));
-        assert!(!verify_secret("correct horse", "not a hash"));
     }
 
     #[test]

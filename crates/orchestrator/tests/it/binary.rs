@@ -318,6 +318,59 @@ fn bad_settings_are_clear_errors() {
     }
 }
 
+/// A field of `/proc/{pid}/status` in KiB (`VmRSS`, `VmHWM`).
+fn vm_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Each Argon2id run fills 19 MiB. Database calls, 20 at a time, must not
+/// leave that much behind per call (or per thread that ever ran one):
+/// resident memory stays within 48 MiB of what it was before them, at its
+/// peak and after.
+#[tokio::test]
+async fn database_calls_keep_memory_bounded() {
+    const CALLS: usize = 160;
+    const AT_ONCE: usize = 20;
+    const BOUND_KIB: u64 = 48 * 1024;
+    let p = spawn(&pg::cluster().url(&unique_db("argon2_memory"))).await;
+    let body = json!({"name": "mem", "secret": "mem-secret"});
+    let first = harness::post_json(p.internal, "/__internal/database", &body)
+        .await
+        .unwrap();
+    assert_eq!(first.status, StatusCode::OK);
+    let pid = p.child.id();
+    // The first call ran Argon2 once: one thread's buffer is counted in.
+    let idle = vm_kib(pid, "VmRSS");
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers: Vec<_> = (0..AT_ONCE)
+        .map(|_| {
+            let (next, internal, body) = (next.clone(), p.internal, body.clone());
+            tokio::spawn(async move {
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < CALLS {
+                    let r = harness::post_json(internal, "/__internal/database", &body)
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status, StatusCode::OK);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let (after, peak) = (vm_kib(pid, "VmRSS"), vm_kib(pid, "VmHWM"));
+    eprintln!(
+        "{CALLS} database calls, {AT_ONCE} at a time: RSS {idle} -> {after} KiB, peak {peak} KiB"
+    );
+    assert!(after <= idle + BOUND_KIB, "RSS {idle} -> {after} KiB");
+    assert!(peak <= idle + BOUND_KIB, "peak {peak} KiB, idle {idle} KiB");
+}
+
 /// Resident memory (KiB) and open descriptors of a process.
 fn rss_and_fds(pid: u32) -> (u64, usize) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
