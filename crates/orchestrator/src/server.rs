@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::metrics::Open;
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, Via};
 use crate::strict::{Socket, Strict};
 use prometheus_client::metrics::gauge::Gauge;
 
@@ -52,15 +52,6 @@ pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
 pub(crate) const MAX_HEADERS: usize = 100;
 /// Largest HTTP/2 header list.
 const MAX_H2_HEADER_LIST: u32 = 64 * 1024;
-
-/// What the proxy knows of the connection a request came on.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Via {
-    /// The TLS listener.
-    pub tls: bool,
-    /// The name the client asked for in its TLS handshake.
-    pub sni: Option<Arc<str>>,
-}
 
 /// Serves the proxy on one public listener (plain, or TLS with `tls`)
 /// until `shutdown`, then drains for at most `drain`. Over TLS the
@@ -128,6 +119,7 @@ pub(crate) async fn serve_proxy(
             let via = Via {
                 tls: true,
                 sni: session.server_name().map(|n| n.to_ascii_lowercase().into()),
+                switched: None,
             };
             serve_proxied(tls, h1::Conn { via, ..conn }, limits).await;
             drop(slot);
@@ -159,11 +151,14 @@ fn public_builder(limits: ConnLimits) -> auto::Builder<TokioExecutor> {
 /// fast path and hyper for the rest ([`h1`]).
 fn serve_proxied<S: Socket + Send + 'static>(
     stream: S,
-    conn: h1::Conn,
+    mut conn: h1::Conn,
     limits: ConnLimits,
 ) -> impl Future<Output = ()> + Send + 'static {
     let activity = Arc::new(AtomicU64::new(0));
-    let io = Tracked::new(stream, activity.clone());
+    // The proxy raises it when it relays a 101; the strict check then stops.
+    let switched = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    conn.via.switched = Some(switched.clone());
+    let io = Tracked::new(Strict::new(stream, switched), activity.clone());
     let peer = conn.peer;
     // Boxed: a future moved into an `async` block and awaited there is
     // stored twice, once per level of nesting.
@@ -302,9 +297,9 @@ struct Tracked<S: Socket> {
 }
 
 impl<S: Socket> Tracked<S> {
-    fn new(inner: S, activity: Arc<AtomicU64>) -> Self {
+    fn new(inner: Strict<S>, activity: Arc<AtomicU64>) -> Self {
         Tracked {
-            inner: Strict::new(inner),
+            inner,
             started: Instant::now(),
             activity,
         }

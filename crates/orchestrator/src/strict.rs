@@ -22,15 +22,23 @@
 //! pipelined request is checked too, and hands hyper only bytes of messages
 //! that passed. Bytes of an incomplete head are held back until it is
 //! complete. On a violation hyper sees the end of the stream after the last
-//! good message; once it has answered those and shuts the connection down,
-//! the `400` is written and the connection closed.
+//! good message. A violation between messages is a request of its own: once
+//! hyper has answered the ones before it and shuts the connection down, the
+//! `400` is written and the connection closed. A violation inside a body
+//! belongs to a request hyper is already serving: that request's body ends
+//! in an error, the proxy gives it its one answer (`400`, or a cut
+//! connection if its response had begun), and nothing more is written.
 //!
-//! An HTTP/2 prior-knowledge preface or an upgrade request ends the checks
-//! for that connection: what follows is not HTTP/1 framing (hyper's h2
-//! codec is strict on its own).
+//! Two things end the checks for a connection: an HTTP/2 prior-knowledge
+//! preface (hyper's h2 codec is strict on its own), and a `101` the proxy
+//! actually relayed, after which the bytes are a WebSocket tunnel's. An
+//! upgrade request alone changes nothing: if the waifu refuses it, the
+//! connection carries on as HTTP/1.1 and every later request is checked.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -115,7 +123,7 @@ enum Framing {
     ChunkEnd,
     /// After the last chunk: trailer lines until an empty one.
     Trailers,
-    /// No more checks (HTTP/2, an upgrade) for this connection.
+    /// No more checks (HTTP/2, a relayed switch) for this connection.
     Opaque,
 }
 
@@ -154,6 +162,20 @@ impl Default for Checker {
 }
 
 impl Checker {
+    /// Ends the checks (a protocol switch was relayed); returns the bytes
+    /// held back, which are the new protocol's.
+    pub(crate) fn stop_checking(&mut self) -> Vec<u8> {
+        self.framing = Framing::Opaque;
+        self.head = Vec::new();
+        std::mem::take(&mut self.held)
+    }
+
+    /// Whether the stream is between messages (or past checking), rather
+    /// than inside a request's body.
+    pub(crate) fn between_messages(&self) -> bool {
+        matches!(self.framing, Framing::Head | Framing::Opaque)
+    }
+
     /// Judges `data` (previously held bytes, then new ones, as one run).
     /// Bytes after `pass` that are not a violation are an unfinished head
     /// or line: the caller holds them back and offers them again with more.
@@ -376,7 +398,6 @@ fn judge_head(head: &[u8]) -> Result<Framing, Violation> {
         return Err(Violation::Fragment);
     }
     let (mut length, mut encoding) = (None::<&[u8]>, None::<&[u8]>);
-    let (mut connection_upgrade, mut upgrade) = (false, false);
     for line in lines {
         if line.first().is_some_and(|&b| b == b' ' || b == b'\t') {
             return Err(Violation::ObsFold);
@@ -396,19 +417,13 @@ fn judge_head(head: &[u8]) -> Result<Framing, Violation> {
             if length.replace(value).is_some() {
                 return Err(Violation::TwoLengths);
             }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            if encoding.replace(&line[colon + 1..]).is_some() {
-                return Err(Violation::TwoEncodings);
-            }
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            connection_upgrade |= value
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
-        } else if name.eq_ignore_ascii_case(b"upgrade") {
-            upgrade = true;
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            && encoding.replace(&line[colon + 1..]).is_some()
+        {
+            return Err(Violation::TwoEncodings);
         }
     }
-    let framing = match (length, encoding) {
+    Ok(match (length, encoding) {
         (Some(_), Some(_)) => return Err(Violation::LengthAndEncoding),
         (Some(value), None) => {
             let ok = !value.is_empty() && value.len() <= 19 && value.iter().all(u8::is_ascii_digit);
@@ -433,11 +448,7 @@ fn judge_head(head: &[u8]) -> Result<Framing, Violation> {
             Framing::ChunkSize
         }
         (None, None) => Framing::Head,
-    };
-    if connection_upgrade && upgrade {
-        return Ok(Framing::Opaque);
-    }
-    Ok(framing)
+    })
 }
 
 fn trim_spaces(mut v: &[u8]) -> &[u8] {
@@ -496,6 +507,10 @@ impl Socket for tokio_rustls::server::TlsStream<TcpStream> {
 pub(crate) struct Strict<S: Socket = TcpStream> {
     inner: S,
     checker: Checker,
+    /// Raised by the proxy once it relayed a `101` on this connection.
+    switched: Arc<AtomicBool>,
+    /// Whether `switched` was seen raised (and the checks ended).
+    tunnel: bool,
     /// Checked bytes that did not fit in hyper's buffer yet.
     approved: Vec<u8>,
     /// The violation found: reads end after `approved`, and the refusal
@@ -506,10 +521,12 @@ pub(crate) struct Strict<S: Socket = TcpStream> {
 }
 
 impl<S: Socket> Strict<S> {
-    pub(crate) fn new(inner: S) -> Self {
+    pub(crate) fn new(inner: S, switched: Arc<AtomicBool>) -> Self {
         Strict {
             inner,
             checker: Checker::default(),
+            switched,
+            tunnel: false,
             approved: Vec::new(),
             refused: false,
             reply: None,
@@ -532,7 +549,22 @@ impl<S: Socket> Strict<S> {
         tracing::debug!(violation = v.message(), "refusing a malformed request");
         self.refused = true;
         self.checker.held = Vec::new();
-        self.reply = Some((v.response(), 0));
+        // Inside a body, the request is hyper's to answer (its body fails):
+        // a reply of ours would be a second final response.
+        if self.checker.between_messages() {
+            self.reply = Some((v.response(), 0));
+        }
+    }
+
+    /// Once the proxy relayed a `101`, the rest is the tunnel's: checks end,
+    /// held bytes go through, and no HTTP refusal is ever written into it.
+    fn follow_switch(&mut self) {
+        if !self.tunnel && self.switched.load(Ordering::Acquire) {
+            self.tunnel = true;
+            self.reply = None;
+            let held = self.checker.stop_checking();
+            self.approved.extend_from_slice(&held);
+        }
     }
 }
 
@@ -554,6 +586,7 @@ impl<S: Socket> AsyncRead for Strict<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        this.follow_switch();
         loop {
             if !this.approved.is_empty() {
                 let n = this.approved.len().min(buf.remaining());
@@ -843,10 +876,6 @@ mod tests {
                 "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\n\n",
             ),
             (
-                "upgrade",
-                "GET / HTTP/1.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n\x01\n\n",
-            ),
-            (
                 "leading empty line",
                 "\r\nGET / HTTP/1.1\r\nhost: a\r\n\r\n",
             ),
@@ -855,6 +884,109 @@ mod tests {
             let stream = [raw.as_bytes(), GET.as_bytes()].concat();
             assert_eq!(run(&[&stream]), (stream.clone(), None), "{what}");
         }
+    }
+
+    /// An upgrade request is a request like any other: what follows it is
+    /// checked until a switch is actually relayed.
+    #[test]
+    fn an_upgrade_request_leaves_the_checks_on() {
+        let upgrade = "GET / HTTP/1.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n";
+        let h2c = "GET / HTTP/1.1\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\n\
+                   http2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n";
+        let smuggle =
+            "POST / HTTP/1.1\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n";
+        for first in [upgrade, h2c] {
+            let stream = format!("{first}{smuggle}");
+            assert_eq!(
+                run(&[stream.as_bytes()]),
+                (
+                    first.as_bytes().to_vec(),
+                    Some(Violation::LengthAndEncoding)
+                ),
+                "{first}"
+            );
+            // Binary after the head, as a tunnel would carry: not HTTP/1.
+            let stream = format!("{first}\x01\n\n");
+            assert_eq!(run(&[stream.as_bytes()]).1, Some(Violation::BareLf));
+        }
+    }
+
+    impl Socket for tokio::io::DuplexStream {
+        fn write_now(&mut self, _buf: &[u8]) {}
+    }
+
+    /// Reads what `Strict` lets through until it ends the stream or
+    /// nothing more comes for a moment.
+    async fn drain(strict: &mut Strict<tokio::io::DuplexStream>) -> (Vec<u8>, bool) {
+        use tokio::io::AsyncReadExt;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 256];
+        loop {
+            let read =
+                tokio::time::timeout(std::time::Duration::from_millis(100), strict.read(&mut buf));
+            match read.await {
+                Ok(Ok(0)) => return (out, true),
+                Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+                Ok(Err(e)) => panic!("{e}"),
+                Err(_) => return (out, false),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_checks_end_only_when_the_proxy_says_it_switched() {
+        use tokio::io::AsyncWriteExt;
+        let head = b"GET / HTTP/1.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n";
+        let frames = b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58\n\r\x00";
+        for switch in [false, true] {
+            let (mut client, server) = tokio::io::duplex(4096);
+            let switched = Arc::new(AtomicBool::new(false));
+            let mut strict = Strict::new(server, switched.clone());
+            client.write_all(head).await.unwrap();
+            assert_eq!(drain(&mut strict).await, (head.to_vec(), false));
+            switched.store(switch, Ordering::Release);
+            client.write_all(frames).await.unwrap();
+            let (through, ended) = drain(&mut strict).await;
+            if switch {
+                assert_eq!((through, ended), (frames.to_vec(), false));
+                // Nothing is ever written into the tunnel by the check.
+                assert!(strict.reply.is_none());
+            } else {
+                assert_eq!(
+                    (through, ended),
+                    (Vec::new(), true),
+                    "refused: the stream ends"
+                );
+                assert!(strict.reply.is_some(), "a 400 follows the last good answer");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_breaks_its_framing_gets_no_second_answer() {
+        use tokio::io::AsyncWriteExt;
+        let head = b"POST /echo HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n";
+        for body in [&b"zz\r\n"[..], b"3\r\nabc\r\nzz\r\n", b"3\r\nabcX"] {
+            let (mut client, server) = tokio::io::duplex(4096);
+            let mut strict = Strict::new(server, Arc::new(AtomicBool::new(false)));
+            client.write_all(head).await.unwrap();
+            client.write_all(body).await.unwrap();
+            let (through, ended) = drain(&mut strict).await;
+            assert!(ended, "{body:?}: the body must end for hyper");
+            assert!(through.starts_with(head));
+            // The request is hyper's (and the proxy's) to answer, once.
+            assert!(strict.reply.is_none(), "{body:?}");
+        }
+        // Between messages, the refusal is a request of its own.
+        let (mut client, server) = tokio::io::duplex(4096);
+        let mut strict = Strict::new(server, Arc::new(AtomicBool::new(false)));
+        client
+            .write_all(b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\nx: y\n\n")
+            .await
+            .unwrap();
+        let (_, ended) = drain(&mut strict).await;
+        assert!(ended);
+        assert!(strict.reply.is_some());
     }
 
     #[test]

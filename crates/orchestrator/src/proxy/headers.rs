@@ -1,11 +1,21 @@
 //! Header rewriting between the client and the waifu.
 //!
 //! Hop-by-hop headers (RFC 9110 §7.6.1) are removed both ways, including
-//! every header the `Connection` field names. The `X-Forwarded-*` family is
-//! written by us: a client's `X-Forwarded-Proto/Host/Prefix` is replaced,
-//! never trusted; `X-Forwarded-For` is appended to. `Forwarded`,
-//! `X-Original-URL` and `X-Rewrite-URL` are dropped: they would let a client
-//! claim another path or origin to a waifu that trusts them.
+//! every header the `Connection` field names. `Upgrade` and
+//! `HTTP2-Settings` never go upstream as the client sent them: only a
+//! WebSocket handshake is relayed, and for it the proxy writes
+//! `Upgrade: websocket` and `Connection: upgrade` itself
+//! ([`super::websocket`]). The `X-Forwarded-*` family, `X-Real-IP` and
+//! `Host` are written by us: a client's `X-Forwarded-Proto/Host/Prefix` and
+//! `X-Real-IP` are replaced, never trusted; `X-Forwarded-For` is appended
+//! to; `Host` is the authority the request was routed by (RFC 9112 §3.2.2).
+//! Dropped outright, because a waifu that trusts them could be told another
+//! path, origin or client address: `Forwarded`, `X-Original-URL`,
+//! `X-Rewrite-URL`, `True-Client-IP`, `X-Client-IP`, `Client-IP`,
+//! `X-Cluster-Client-IP`, `CF-Connecting-IP`, `Fastly-Client-IP`,
+//! `X-Originating-IP`, and every field whose name contains `_` (CGI-style
+//! servers read `X_Forwarded_For` and `Transfer_Encoding` as the real
+//! thing; nginx drops them by default too).
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -15,20 +25,13 @@ use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-static DROPPED: [HeaderName; 3] = [
-    HeaderName::from_static("forwarded"),
-    HeaderName::from_static("x-original-url"),
-    HeaderName::from_static("x-rewrite-url"),
-];
 
-/// Removes hop-by-hop headers. With `keep_upgrade`, `Upgrade` survives and
-/// `Connection` is reset to `upgrade`, so a protocol switch can be relayed.
+/// Removes hop-by-hop headers from a waifu's response. With
+/// `keep_upgrade` (a WebSocket handshake's `101`), `Upgrade` survives and
+/// `Connection` is reset to `upgrade`, so the switch can be relayed.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if headers.contains_key(header::CONNECTION) {
         for name in connection_named(headers) {
@@ -85,32 +88,28 @@ impl RequestId<'_> {
 }
 
 /// Writes the request's fields as the waifu gets them, as `name: value`
-/// lines into `head`: the client's, less hop-by-hop fields (with `upgrade`,
-/// `Upgrade` stays and `Connection: upgrade` is written), `Expect`,
-/// `Content-Length` (framing is the caller's) and every forwarding field a
-/// client could forge; then the proxy's own `X-Forwarded-*`, `X-Request-Id`
-/// unless the client's is sane, and `Host` if the client sent none.
+/// lines into `head`: the client's, less hop-by-hop fields, `Expect`,
+/// `Content-Length` (framing is the caller's), `Host` and every field a
+/// client could forge (see the module's list); then the proxy's own
+/// `X-Forwarded-*`, `Host`, `X-Real-IP`, `X-Request-Id` unless the
+/// client's is sane, and with `websocket` the handshake's `Upgrade` and
+/// `Connection`.
 ///
 /// Written straight into the request head rather than edited in the header
 /// map first: no allocation and no hashing per field.
 pub(crate) fn write_request_fields<'h>(
     head: &mut BytesMut,
     headers: &'h HeaderMap,
-    upgrade: bool,
+    websocket: bool,
     fwd: &Forwarded<'_>,
 ) -> RequestId<'h> {
     let named = connection_named(headers);
     let kept_id = headers
         .get(&X_REQUEST_ID)
         .filter(|v| is_sane_request_id(v.as_bytes()) && !named.contains(&X_REQUEST_ID));
-    let mut saw_host = false;
     let mut prior_for = false;
     for (name, value) in headers {
-        if *name == header::UPGRADE {
-            if !upgrade {
-                continue;
-            }
-        } else if is_hop_by_hop(name) || named.contains(name) || is_replaced(name) {
+        if is_not_forwarded(name) || named.contains(name) {
             continue;
         }
         if *name == X_FORWARDED_FOR {
@@ -124,7 +123,6 @@ pub(crate) fn write_request_fields<'h>(
             }
             continue;
         }
-        saw_host |= *name == header::HOST;
         write_field(head, name.as_str().as_bytes(), value.as_bytes());
     }
     // X-Forwarded-For is appended to: the client may sit behind proxies.
@@ -137,17 +135,20 @@ pub(crate) fn write_request_fields<'h>(
             }
         }
     }
-    write_ip(head, fwd.client.to_canonical());
+    let client = fwd.client.to_canonical();
+    write_ip(head, client);
     head.extend_from_slice(b"\r\n");
     write_field(head, b"x-forwarded-proto", fwd.proto.as_bytes());
     write_field(head, b"x-forwarded-host", fwd.host.as_bytes());
     if !fwd.prefix.is_empty() && is_field_value(fwd.prefix) {
         write_field(head, b"x-forwarded-prefix", fwd.prefix.as_bytes());
     }
-    if !saw_host {
-        write_field(head, b"host", fwd.host.as_bytes());
-    }
-    if upgrade {
+    write_field(head, b"host", fwd.host.as_bytes());
+    head.extend_from_slice(b"x-real-ip: ");
+    write_ip(head, client);
+    head.extend_from_slice(b"\r\n");
+    if websocket {
+        write_field(head, b"upgrade", b"websocket");
         write_field(head, b"connection", b"upgrade");
     }
     match kept_id {
@@ -206,12 +207,13 @@ pub(crate) fn write_field(head: &mut BytesMut, name: &[u8], value: &[u8]) {
     head.extend_from_slice(b"\r\n");
 }
 
-/// Hop-by-hop fields other than `Upgrade`, and what never goes upstream
-/// as the client sent it.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    *name == header::CONNECTION
-        || *name == KEEP_ALIVE
-        || *name == PROXY_CONNECTION
+/// Client fields that never reach a waifu as sent: hop-by-hop ones
+/// (`Upgrade` and `HTTP2-Settings` included), framing (the proxy re-frames),
+/// `Host` and the forwarding fields (the proxy writes its own), and fields a
+/// waifu could take for a trusted client address, path or origin.
+fn is_not_forwarded(name: &HeaderName) -> bool {
+    if *name == header::CONNECTION
+        || *name == header::UPGRADE
         || *name == header::PROXY_AUTHENTICATE
         || *name == header::PROXY_AUTHORIZATION
         || *name == header::TE
@@ -219,14 +221,30 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || *name == header::TRANSFER_ENCODING
         || *name == header::EXPECT
         || *name == header::CONTENT_LENGTH
-}
-
-/// Forwarding fields the proxy writes itself, or drops.
-fn is_replaced(name: &HeaderName) -> bool {
-    *name == X_FORWARDED_PROTO
-        || *name == X_FORWARDED_HOST
-        || *name == X_FORWARDED_PREFIX
-        || DROPPED.contains(name)
+        || *name == header::HOST
+        || *name == header::FORWARDED
+    {
+        return true;
+    }
+    matches!(
+        name.as_str(),
+        "keep-alive"
+            | "proxy-connection"
+            | "http2-settings"
+            | "x-forwarded-proto"
+            | "x-forwarded-host"
+            | "x-forwarded-prefix"
+            | "x-real-ip"
+            | "x-original-url"
+            | "x-rewrite-url"
+            | "true-client-ip"
+            | "x-client-ip"
+            | "client-ip"
+            | "x-cluster-client-ip"
+            | "cf-connecting-ip"
+            | "fastly-client-ip"
+            | "x-originating-ip"
+    ) || name.as_str().contains('_')
 }
 
 fn is_sane_request_id(id: &[u8]) -> bool {
@@ -379,7 +397,8 @@ mod tests {
         assert_eq!(one(&f, "host"), Some("localhost:8080"));
         assert_eq!(one(&f, "accept"), Some("*/*"));
 
-        // An insane id is replaced; the client's own Host is kept.
+        // An insane id is replaced; the client's own Host is not what the
+        // request was routed by, so it is replaced too.
         let h = map(&[("x-request-id", &"x".repeat(200)), ("host", "Example.test")]);
         let fwd = Forwarded {
             prefix: "/link",
@@ -391,7 +410,85 @@ mod tests {
         assert_eq!(minted, id);
         assert_eq!(one(&f, "x-forwarded-prefix"), Some("/link"));
         assert_eq!(one(&f, "x-forwarded-for"), Some("127.0.0.1"));
-        assert_eq!(one(&f, "host"), Some("Example.test"));
+        assert_eq!(one(&f, "host"), Some("localhost:8080"));
+    }
+
+    /// Fields a waifu could trust for the client's address, or read as
+    /// framing or forwarding fields (CGI maps `_` and `-` alike), never
+    /// reach it as the client sent them; `X-Real-IP` is the peer's address.
+    #[test]
+    fn forgeable_fields_are_dropped_or_replaced() {
+        let h = map(&[
+            ("x-real-ip", "6.6.6.6"),
+            ("true-client-ip", "6.6.6.6"),
+            ("x-client-ip", "6.6.6.6"),
+            ("client-ip", "6.6.6.6"),
+            ("x-cluster-client-ip", "6.6.6.6"),
+            ("cf-connecting-ip", "6.6.6.6"),
+            ("fastly-client-ip", "6.6.6.6"),
+            ("x-originating-ip", "6.6.6.6"),
+            ("transfer_encoding", "chunked"),
+            ("x_forwarded_for", "6.6.6.6"),
+            ("content_length", "0"),
+            ("x-kept", "1"),
+        ]);
+        let host = HeaderValue::from_static("h.test");
+        let fwd = Forwarded {
+            client: "10.0.0.1".parse().unwrap(),
+            proto: "http",
+            host: &host,
+            prefix: "",
+        };
+        let (f, _) = sent(&h, false, &fwd);
+        let names: Vec<&str> = f.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "x-kept",
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+                "host",
+                "x-real-ip",
+                "x-request-id"
+            ]
+        );
+        assert_eq!(one(&f, "x-real-ip"), Some("10.0.0.1"));
+        assert_eq!(one(&f, "x-forwarded-for"), Some("10.0.0.1"));
+    }
+
+    /// No upgrade token but the WebSocket handshake's is ever sent, and
+    /// that one only as the proxy writes it; `HTTP2-Settings` never.
+    #[test]
+    fn only_websocket_upgrades_go_upstream() {
+        let host = HeaderValue::from_static("h.test");
+        let fwd = Forwarded {
+            client: "10.0.0.1".parse().unwrap(),
+            proto: "http",
+            host: &host,
+            prefix: "",
+        };
+        for upgrade in ["h2c", "websocket, h2c", "WebSocket"] {
+            // Whether or not the client names them in `Connection`.
+            for connection in ["Upgrade", "Upgrade, HTTP2-Settings"] {
+                let h = map(&[
+                    ("connection", connection),
+                    ("upgrade", upgrade),
+                    ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+                ]);
+                let (f, _) = sent(&h, false, &fwd);
+                for (name, _) in &f {
+                    assert!(
+                        !["upgrade", "connection", "http2-settings"].contains(&name.as_str()),
+                        "{upgrade} / {connection}: {f:?}"
+                    );
+                }
+                let (f, _) = sent(&h, true, &fwd);
+                assert_eq!(one(&f, "upgrade"), Some("websocket"), "{f:?}");
+                assert_eq!(one(&f, "connection"), Some("upgrade"));
+                assert_eq!(one(&f, "http2-settings"), None);
+            }
+        }
     }
 
     /// Hop-by-hop fields never reach the waifu, including those `Connection`
@@ -434,6 +531,7 @@ mod tests {
                 "x-forwarded-proto",
                 "x-forwarded-host",
                 "host",
+                "x-real-ip",
                 "x-request-id"
             ]
         );

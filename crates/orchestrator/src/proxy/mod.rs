@@ -3,18 +3,21 @@
 //! One request: check the target's length, find the host, run the
 //! [`guard`], resolve a route in the current table (no lock), pick a healthy
 //! instance, rewrite headers, stream the body to the waifu and its answer
-//! back. Bodies are never collected. An `Upgrade` is relayed only after the
-//! waifu answers `101 Switching Protocols`.
+//! back. Bodies are never collected. The only upgrade relayed is a
+//! WebSocket handshake ([`websocket`]), and only once the waifu has
+//! completed it with its `101 Switching Protocols`.
 
 mod access;
 pub(crate) mod guard;
 mod headers;
 pub(crate) mod upstream;
+mod websocket;
 
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -35,7 +38,6 @@ use crate::health::{self, Outcome};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::routes::{Instance, WaifuRoute};
-use crate::server::Via;
 use crate::tls::Certs;
 use guard::Rejection;
 use headers::Forwarded;
@@ -60,7 +62,29 @@ enum Prepared {
 struct Exchange {
     instance: Arc<Instance>,
     outgoing: Outgoing,
-    upgrade: Option<OnUpgrade>,
+    upgrade: Option<Switch>,
+}
+
+/// A WebSocket handshake sent on to the waifu.
+struct Switch {
+    /// The client's side of the connection, once its `101` is written.
+    client: OnUpgrade,
+    key: websocket::Key,
+    /// The connection's flag to raise once the switch is relayed.
+    switched: Option<Arc<AtomicBool>>,
+}
+
+/// What the proxy knows of the connection a request came on.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Via {
+    /// The TLS listener.
+    pub tls: bool,
+    /// The name the client asked for in its TLS handshake.
+    pub sni: Option<Arc<str>>,
+    /// Raised when a `101` is relayed on this HTTP/1 connection: its bytes
+    /// are a tunnel's from then on, no longer requests to check. Until
+    /// then, an upgrade request is just a request.
+    pub switched: Option<Arc<AtomicBool>>,
 }
 
 /// What a request turned out to be, for metrics and the access log.
@@ -204,11 +228,7 @@ impl Proxy {
         if target_len > MAX_TARGET_LEN {
             return Err(ProxyError::TargetTooLong);
         }
-        let (host_value, host) = request_host(&parts).ok_or(ProxyError::BadHost)?;
-        if via.sni.as_deref().is_some_and(|sni| sni != host) {
-            // A connection set up for one name must not serve another.
-            return Err(ProxyError::Misdirected);
-        }
+        let (host_value, host) = request_authority(&parts, via)?;
         if let Some(https) = &self.https
             && !via.tls
             && let Some(token) = parts.uri.path().strip_prefix(ACME_CHALLENGE_PATH)
@@ -236,8 +256,14 @@ impl Proxy {
             served.instance = Some(instance.clone());
         }
 
-        let upgrade = wants_upgrade(&parts).then(|| parts.extensions.remove::<OnUpgrade>());
-        let upgrade = upgrade.flatten();
+        let upgrade =
+            websocket::Key::of(&parts.method, parts.version, &parts.headers).and_then(|key| {
+                Some(Switch {
+                    client: parts.extensions.remove::<OnUpgrade>()?,
+                    key,
+                    switched: via.switched.clone(),
+                })
+            });
         let forwarded = Forwarded {
             client: client.ip(),
             proto: if via.tls { "https" } else { "http" },
@@ -271,11 +297,18 @@ impl Proxy {
         &self,
         answer: Result<Result<Answer, SendError>, tokio::time::error::Elapsed>,
         instance: &Arc<Instance>,
-        upgrade: Option<OnUpgrade>,
+        upgrade: Option<Switch>,
         served: &Served,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let answer = match answer {
             Err(_) | Ok(Err(SendError::ConnectTimeout)) => return Err(ProxyError::Timeout),
+            // The client's body broke off or broke its framing: the
+            // exchange with the waifu is dropped (its connection closed)
+            // and this is the request's only answer.
+            Ok(Err(SendError::RequestBody(e))) => {
+                debug!(error = %e, "the request body failed");
+                return Err(ProxyError::BadBody);
+            }
             Ok(Err(e)) => {
                 if matches!(e, SendError::Connect(_)) {
                     health::record(instance, Outcome::Down);
@@ -299,10 +332,20 @@ impl Proxy {
                 io,
                 early,
             } => {
-                let client_side = upgrade.ok_or(ProxyError::Upstream)?;
+                let switch = upgrade.ok_or(ProxyError::Upstream)?;
+                if !switch.key.is_accepted_by(response.headers()) {
+                    // Not the handshake we forwarded: its server may still
+                    // be reading HTTP, so nothing is relayed, and `io` is
+                    // closed here.
+                    debug!(instance = %instance.upstream, "a 101 that does not complete the WebSocket handshake");
+                    return Err(ProxyError::Upstream);
+                }
+                if let Some(switched) = &switch.switched {
+                    switched.store(true, Ordering::Release);
+                }
                 let (mut rparts, ()) = response.into_parts();
                 headers::strip_hop_by_hop(&mut rparts.headers, true);
-                self.tunnel(client_side, io, early);
+                self.tunnel(switch.client, io, early);
                 let empty = Either::Right(Full::new(Bytes::new()));
                 Ok(Response::from_parts(rparts, empty))
             }
@@ -351,38 +394,72 @@ fn https_location(host: &str, port: u16, uri: &http::Uri) -> String {
     }
 }
 
-/// HTTP/1.1 with `Connection: upgrade` and an `Upgrade` header.
-fn wants_upgrade(parts: &http::request::Parts) -> bool {
-    parts.version == Version::HTTP_11
-        && parts.headers.contains_key(header::UPGRADE)
-        && parts
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-}
-
-/// The host a request is for, as sent and normalised (lowercase, no port,
-/// no trailing dot). The absolute-form target's authority wins over `Host`
-/// (RFC 9112 §3.2.2); HTTP/2 carries it in `:authority`.
-fn request_host(req: &http::request::Parts) -> Option<(HeaderValue, Cow<'_, str>)> {
+/// The authority a request is routed by, as sent, and its host normalised
+/// (lowercase, no port, no trailing dot).
+///
+/// An absolute-form target's authority wins over `Host`, which a proxy
+/// must replace with it (RFC 9112 §3.2.2); HTTP/2 carries it in
+/// `:authority`, and a `host` field naming anything else makes the request
+/// malformed (RFC 9113 §8.3.1). Over TLS, neither may name another host
+/// than the connection was made for.
+fn request_authority<'a>(
+    req: &'a http::request::Parts,
+    via: &Via,
+) -> Result<(HeaderValue, Cow<'a, str>), ProxyError> {
+    let mut fields = req.headers.get_all(header::HOST).iter();
+    let field = fields.next();
+    if fields.next().is_some() {
+        return Err(ProxyError::BadHost);
+    }
     let (value, raw) = match req.uri.authority() {
-        Some(authority) => (
-            HeaderValue::from_str(authority.as_str()).ok()?,
-            authority.as_str(),
-        ),
-        None => {
-            let mut hosts = req.headers.get_all(header::HOST).iter();
-            let value = hosts.next()?;
-            if hosts.next().is_some() {
-                return None;
+        Some(authority) => {
+            if req.version == Version::HTTP_2
+                && let Some(field) = field
+                && !same_authority(field.as_bytes(), authority.as_str())
+            {
+                return Err(if via.tls {
+                    ProxyError::Misdirected
+                } else {
+                    ProxyError::HostMismatch
+                });
             }
-            (value.clone(), value.to_str().ok()?)
+            let value =
+                HeaderValue::from_str(authority.as_str()).map_err(|_| ProxyError::BadHost)?;
+            (value, authority.as_str())
+        }
+        None => {
+            let value = field.ok_or(ProxyError::BadHost)?;
+            let raw = value.to_str().map_err(|_| ProxyError::BadHost)?;
+            (value.clone(), raw)
         }
     };
-    Some((value, normalize_host(raw)?))
+    let host = normalize_host(raw).ok_or(ProxyError::BadHost)?;
+    if let Some(sni) = via.sni.as_deref() {
+        // A connection set up for one name must not serve another.
+        let named = field.and_then(|f| f.to_str().ok()).and_then(normalize_host);
+        if sni != host || named.is_some_and(|named| named != sni) {
+            return Err(ProxyError::Misdirected);
+        }
+    }
+    Ok((value, host))
+}
+
+/// Whether a `host` field names the same host and port as an authority.
+fn same_authority(field: &[u8], authority: &str) -> bool {
+    let Ok(field) = std::str::from_utf8(field) else {
+        return false;
+    };
+    normalize_host(field).is_some_and(|h| normalize_host(authority).is_some_and(|a| a == h))
+        && port(field) == port(authority)
+}
+
+/// The port of an authority, if it names one.
+fn port(raw: &str) -> Option<&str> {
+    let after_host = match raw.strip_prefix('[') {
+        Some(v6) => &v6[v6.find(']')? + 1..],
+        None => raw.find(':').map_or("", |i| &raw[i..]),
+    };
+    after_host.strip_prefix(':').filter(|p| !p.is_empty())
 }
 
 fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
@@ -410,6 +487,10 @@ fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
 enum ProxyError {
     TargetTooLong,
     BadHost,
+    /// Over HTTP/2 without TLS: `host` and `:authority` disagree.
+    HostMismatch,
+    /// The client's request body broke off or broke its framing.
+    BadBody,
     Guard(Rejection),
     NoRoute,
     NoHealthy,
@@ -424,6 +505,8 @@ enum ProxyError {
 impl ProxyError {
     fn into_response(self) -> Response<ProxyBody> {
         let mut location = None;
+        // What is left of a broken request body cannot be read past.
+        let close = matches!(self, ProxyError::BadBody);
         let (status, code, message) = match self {
             ProxyError::ToHttps(to) => {
                 location = HeaderValue::from_str(&to).ok();
@@ -447,6 +530,16 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST,
                 "bad_host",
                 "the request has no valid Host",
+            ),
+            ProxyError::HostMismatch => (
+                StatusCode::BAD_REQUEST,
+                "bad_host",
+                "the host field and the request's authority disagree",
+            ),
+            ProxyError::BadBody => (
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the request body ended early or broke its framing",
             ),
             ProxyError::Guard(Rejection::Ambiguous(why)) => {
                 (StatusCode::BAD_REQUEST, "bad_path", why)
@@ -487,6 +580,9 @@ impl ProxyError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
+        if close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some(location) = location {
             headers.insert(header::LOCATION, location);
         }
@@ -511,6 +607,41 @@ mod tests {
         );
         let absolute: http::Uri = "http://x.test/p".parse().unwrap();
         assert_eq!(https_location("x.test", 443, &absolute), "https://x.test/p");
+    }
+
+    #[test]
+    fn authorities_compare_by_host_and_port() {
+        let same = [
+            ("localhost", "localhost"),
+            ("LocalHost", "localhost"),
+            ("a.test.", "a.test"),
+            ("a.test:8080", "A.test:8080"),
+            ("[::1]:80", "[::1]:80"),
+        ];
+        for (field, authority) in same {
+            assert!(
+                same_authority(field.as_bytes(), authority),
+                "{field} {authority}"
+            );
+        }
+        let different = [
+            ("secure.localhost", "localhost"),
+            ("localhost:8080", "localhost"),
+            ("localhost", "localhost:8080"),
+            ("[::1]:80", "[::1]:81"),
+            ("[::1]", "[::2]"),
+            ("a b", "a b"),
+        ];
+        for (field, authority) in different {
+            assert!(
+                !same_authority(field.as_bytes(), authority),
+                "{field} {authority}"
+            );
+        }
+        assert_eq!(port("[::1]:8080"), Some("8080"));
+        assert_eq!(port("[::1]"), None);
+        assert_eq!(port("a:"), None);
+        assert_eq!(port("a:1"), Some("1"));
     }
 
     #[test]

@@ -750,6 +750,8 @@ pub(crate) enum BodyError {
     Truncated,
     #[error("bad chunked encoding: {0}")]
     BadChunk(&'static str),
+    #[error("the client's request body failed")]
+    RequestBody,
 }
 
 impl UpstreamBody {
@@ -906,6 +908,13 @@ impl Body for UpstreamBody {
         if let (Some(upload), Some(io)) = (this.upload.as_mut(), this.io.as_mut()) {
             match upload.poll_upload(io, cx) {
                 Poll::Ready(Ok(())) => this.upload = None,
+                // The client's body broke: the exchange is over, and the
+                // client's connection is cut (its answer has begun).
+                Poll::Ready(Err(SendError::RequestBody(e))) => {
+                    tracing::debug!(error = %e, "the request body failed mid-response");
+                    this.upload = None;
+                    return this.fail(BodyError::RequestBody);
+                }
                 // The waifu stopped reading; its answer may still be whole.
                 Poll::Ready(Err(e)) => {
                     tracing::debug!(error = %e, "request body not fully sent");

@@ -39,8 +39,8 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::{MAX_HEADER_BYTES, MAX_HEADERS, Via};
-use crate::proxy::{ClientBody, Proxy};
+use super::{MAX_HEADER_BYTES, MAX_HEADERS};
+use crate::proxy::{ClientBody, Proxy, Via};
 
 /// First read buffer; it grows up to `MAX_HEADER_BYTES` for a long head.
 const READ_BUF: usize = 2 * 1024;

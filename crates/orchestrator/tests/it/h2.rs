@@ -12,11 +12,11 @@ use crate::harness;
 use crate::pg::unique_db;
 use crate::waifu::TestWaifu;
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How the server answered one request.
 #[derive(Debug, PartialEq)]
-enum Answer {
+pub enum Answer {
     /// Response headers; the status when it was sent as an indexed field.
     Status(Option<u16>),
     /// RST_STREAM on the request's stream.
@@ -25,7 +25,7 @@ enum Answer {
     Gone,
 }
 
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = u32::try_from(payload.len()).unwrap();
     let mut f = len.to_be_bytes()[1..].to_vec();
     f.extend_from_slice(&[kind, flags]);
@@ -35,7 +35,7 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 }
 
 /// HPACK: every field as a literal without indexing, new name, no Huffman.
-fn block(fields: &[(&str, &str)]) -> Vec<u8> {
+pub fn block(fields: &[(&str, &str)]) -> Vec<u8> {
     let mut b = Vec::new();
     for (name, value) in fields {
         b.push(0);
@@ -50,6 +50,14 @@ fn block(fields: &[(&str, &str)]) -> Vec<u8> {
 /// Sends one HEADERS frame (END_STREAM, END_HEADERS) on stream 1.
 async fn request(addr: SocketAddr, fields: &[(&str, &str)]) -> Answer {
     let mut s = TcpStream::connect(addr).await.unwrap();
+    request_on(&mut s, fields).await
+}
+
+/// As [`request`], on a connection of the caller's (TLS with ALPN h2).
+pub async fn request_on<S>(s: &mut S, fields: &[(&str, &str)]) -> Answer
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut out = PREFACE.to_vec();
     out.extend(frame(0x4, 0, 0, &[])); // SETTINGS
     out.extend(frame(0x1, 0x5, 1, &block(fields)));
@@ -253,5 +261,45 @@ async fn h2_pseudo_header_oddities_never_reach_a_waifu() {
     // Only the control request ever reached the waifu.
     let seen = w.seen.lock().unwrap().clone();
     assert_eq!(seen, ["/ok"]);
+    orch.stop().await.unwrap();
+}
+
+/// `host` and `:authority` must agree (RFC 9113 §8.3.1): else 400, and the
+/// waifu gets the authority it was routed by as its Host.
+#[tokio::test]
+async fn host_and_authority_must_agree() {
+    let orch = harness::start(&unique_db("h2host"), &[]).await;
+    let w = TestWaifu::start("w").await;
+    orch.register("w", &w.host(), json!({"http://echo.test": "/"}))
+        .await;
+    let mismatched = [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "localhost"),
+        (":path", "/w/mismatch"),
+        ("host", "echo.test"),
+    ];
+    assert_eq!(
+        request(orch.public, &mismatched).await,
+        Answer::Status(Some(400))
+    );
+    let port = [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "localhost"),
+        (":path", "/w/port"),
+        ("host", "localhost:1"),
+    ];
+    assert_eq!(request(orch.public, &port).await, Answer::Status(Some(400)));
+    let same = [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "echo.test"),
+        (":path", "/same"),
+        ("host", "Echo.Test"),
+    ];
+    assert_eq!(request(orch.public, &same).await, Answer::Status(Some(200)));
+    let seen = w.seen.lock().unwrap().clone();
+    assert_eq!(seen, ["/same"]);
     orch.stop().await.unwrap();
 }

@@ -321,13 +321,18 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Asks for an upgrade to the test waifu's echo protocol on `stream` and
-/// checks a message comes back through the tunnel; returns the response
-/// head, lowercased.
+/// A WebSocket handshake for `path` (RFC 6455 §4.1).
+pub fn websocket_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
+/// Opens a WebSocket to the test waifu on `stream` and checks a message
+/// comes back through the tunnel; returns the response head, lowercased.
 pub async fn upgrade_and_echo(stream: &mut TcpStream, path: &str, message: &[u8]) -> String {
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
-    );
+    let request = websocket_request(path);
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 4096];
     let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))

@@ -25,3 +25,4 @@ mod replicas;
 mod slowloris;
 mod smuggling;
 mod tls;
+mod upgrades;

@@ -314,6 +314,68 @@ async fn connect_failure_is_502_and_fast() {
     orch.stop().await.unwrap();
 }
 
+/// Client fields a waifu might trust for the client's address, or read as
+/// framing (CGI servers map `_` to `-`), never reach it as sent.
+#[tokio::test]
+async fn client_fields_a_waifu_might_trust_are_dropped_or_replaced() {
+    let orch = harness::start(&unique_db("forged"), &[]).await;
+    let w = TestWaifu::start("w").await;
+    orch.register("w", &w.host(), json!({})).await;
+    let forged = [
+        ("x-real-ip", "6.6.6.6"),
+        ("true-client-ip", "6.6.6.6"),
+        ("x-client-ip", "6.6.6.6"),
+        ("cf-connecting-ip", "6.6.6.6"),
+        ("transfer_encoding", "chunked"),
+        ("x_forwarded_for", "6.6.6.6"),
+        ("x_real_ip", "6.6.6.6"),
+    ];
+    // The fast path (no body) and hyper's (a body).
+    for body in [Bytes::new(), Bytes::from_static(b"body")] {
+        let method = if body.is_empty() {
+            Method::GET
+        } else {
+            Method::POST
+        };
+        let r = orch
+            .request(method, "localhost", "/w/forged", &forged, body)
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        let h = r.json()["headers"].clone();
+        assert_eq!(h["x-real-ip"], json!(["127.0.0.1"]), "{h}");
+        assert_eq!(h["x-forwarded-for"], json!(["127.0.0.1"]), "{h}");
+        for (name, _) in &forged[1..] {
+            assert!(h.get(name).is_none(), "{name} reached the waifu: {h}");
+        }
+    }
+    orch.stop().await.unwrap();
+}
+
+/// The Host a waifu gets is the authority the request was routed by: an
+/// absolute-form target's, not a different Host field's (RFC 9112 §3.2.2).
+#[tokio::test]
+async fn the_waifu_gets_the_routed_authority_as_host() {
+    let orch = harness::start(&unique_db("absolute"), &[]).await;
+    let w = TestWaifu::start("w").await;
+    orch.register("w", &w.host(), json!({"http://echo.test": "/"}))
+        .await;
+    let out = raw(
+        orch.public,
+        b"GET http://Echo.Test:8080/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&out), 200, "{out}");
+    let body = &out[out.find("\r\n\r\n").unwrap() + 4..];
+    let echo: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(echo["target"], "/x");
+    assert_eq!(echo["headers"]["host"], json!(["Echo.Test:8080"]));
+    assert_eq!(
+        echo["headers"]["x-forwarded-host"],
+        json!(["Echo.Test:8080"])
+    );
+    orch.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn upgrades_tunnel_only_after_101() {
     let orch = harness::start(&unique_db("upgrade"), &[]).await;
@@ -322,18 +384,21 @@ async fn upgrades_tunnel_only_after_101() {
 
     let mut s = TcpStream::connect(orch.public).await.unwrap();
     let head = harness::upgrade_and_echo(&mut s, "/w/ws", b"ping through the tunnel").await;
-    assert!(head.contains("upgrade: echo"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
 
     // A waifu that answers 200 to an upgrade request gets no tunnel: the
     // connection stays HTTP, and the next request on it is proxied (and
     // guarded) like any other.
     let mut s = TcpStream::connect(orch.public).await.unwrap();
-    s.write_all(
-        b"GET /w/no-upgrade HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n\
-          GET /w/__internal/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    let requests = format!(
+        "{}GET /w/__internal/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        harness::websocket_request("/w/no-upgrade")
+    );
+    s.write_all(requests.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
         .await

@@ -1,6 +1,7 @@
-//! Request smuggling (issue 6 §2): malformed HTTP/1 framing is refused with
-//! 400 and a closed connection, over raw sockets against the real listener;
-//! a pipelined request after a good one goes through the guard like any other.
+//! Request smuggling: malformed HTTP/1 framing is refused with 400 and a
+//! closed connection, over raw sockets against the real listener; a
+//! pipelined request after a good one goes through the guard like any
+//! other; a request whose body breaks its framing gets one answer only.
 
 use std::time::Duration;
 
@@ -131,5 +132,66 @@ async fn pipelined_requests_each_go_through_the_guard() {
     assert_eq!(statuses(&got), [200, 404, 200, 404, 200], "{got}");
     let seen = w.seen.lock().unwrap().clone();
     assert_eq!(seen, ["/a", "/echo", "/b"]);
+    orch.stop().await.unwrap();
+}
+
+/// A chunked body that breaks its framing after its request went to the
+/// waifu: one final answer (400 before the waifu answered, a cut connection
+/// after), never a 502 followed by a 400, and never counted as the waifu's
+/// failure.
+#[tokio::test]
+async fn a_broken_request_body_gets_one_answer() {
+    let orch = harness::start(&unique_db("onebody"), &[]).await;
+    let w = TestWaifu::start("w").await;
+    orch.register("w", &w.host(), json!({})).await;
+    let head = "POST /w/echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n";
+    for body in ["zz\r\n", "5\r\nhello\r\nzz\r\n", "5\r\nhelloXX"] {
+        let got = exchange(orch.public, format!("{head}{body}").as_bytes())
+            .await
+            .unwrap_or_else(|| panic!("{body:?}: not closed"));
+        assert_eq!(statuses(&got), [400], "{body:?}: {got}");
+        assert!(got.contains(r#""error":"bad_request""#), "{got}");
+    }
+    // The bad chunk comes once the waifu is already streaming its answer:
+    // that answer is cut off, and nothing follows it.
+    let mut stream = TcpStream::connect(orch.public).await.unwrap();
+    stream
+        .write_all(format!("{head}5\r\nhello\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut first))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut got = String::from_utf8_lossy(&first[..n]).into_owned();
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    stream.write_all(b"zz\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+        .await
+        .expect("closed")
+        .unwrap();
+    got.push_str(&String::from_utf8_lossy(&rest));
+    assert_eq!(statuses(&got), [200], "{got}");
+    assert!(
+        !got.ends_with("0\r\n\r\n"),
+        "the answer looks complete: {got}"
+    );
+    // None of it is the waifu's failure.
+    let metrics = harness::send(
+        orch.internal,
+        http::Method::GET,
+        "/__internal/metrics",
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await
+    .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        !metrics.contains(r#"waifus_requests_total{waifu="w",method="POST",status="5xx"}"#),
+        "{metrics}"
+    );
     orch.stop().await.unwrap();
 }

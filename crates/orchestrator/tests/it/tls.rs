@@ -234,7 +234,7 @@ where
     }
 }
 
-fn write_pair(dir: &std::path::Path, host: &str, (crt, key): &(String, String)) {
+pub fn write_pair(dir: &std::path::Path, host: &str, (crt, key): &(String, String)) {
     // Key first, then the certificate, as an operator's script might.
     std::fs::write(dir.join(format!("{host}.key")), key).unwrap();
     std::fs::write(dir.join(format!("{host}.crt")), crt).unwrap();
@@ -423,6 +423,74 @@ async fn https_binds_redirect_plain_http_and_hosts_must_match_sni() {
         .unwrap();
     let response = send.send_request(req).await.unwrap();
     assert_eq!(response.status(), StatusCode::MISDIRECTED_REQUEST);
+    orch.stop().await.unwrap();
+}
+
+/// Every field that names a host must name the one the TLS connection was
+/// made for: `:authority` and `host` over HTTP/2, the absolute-form
+/// target and `Host` over HTTP/1.1; else 421, and the waifu sees nothing.
+#[tokio::test]
+async fn every_host_field_must_match_the_tls_name() {
+    let ca = TestCa::new();
+    let dir = harness::temp_dir("certs");
+    for host in ["localhost", "secure.localhost"] {
+        write_pair(&dir, host, &ca.leaf(&[host]));
+    }
+    let orch = harness::start(
+        &pg::unique_db("tls_hosts"),
+        &["--cert-dir", dir.to_str().unwrap()],
+    )
+    .await;
+    let https = orch.https.unwrap();
+    let w = with_echo(&orch, "w", json!({"https://secure.localhost": "/"})).await;
+    let trust = Trust::Roots(vec![ca.cert.clone()]);
+
+    // HTTP/2: SNI and :authority `localhost`, a host field for the bind.
+    let mut tls = connect(https, "localhost", &trust, &[b"h2"]).await.unwrap();
+    let fields = [
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":authority", "localhost"),
+        (":path", "/w/h2-mismatch"),
+        ("host", "secure.localhost"),
+    ];
+    let answer = crate::h2::request_on(&mut tls, &fields).await;
+    assert!(
+        !matches!(answer, crate::h2::Answer::Status(Some(s)) if s < 400),
+        "{answer:?}"
+    );
+    // The same with a matching host field is served (control).
+    let mut tls = connect(https, "localhost", &trust, &[b"h2"]).await.unwrap();
+    let fields = [
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":authority", "localhost"),
+        (":path", "/w/h2-match"),
+        ("host", "LOCALHOST"),
+    ];
+    let answer = crate::h2::request_on(&mut tls, &fields).await;
+    assert_eq!(answer, crate::h2::Answer::Status(Some(200)));
+
+    // HTTP/1.1: an absolute-form target for the TLS name, Host for another.
+    let mut tls = connect(https, "localhost", &trust, &[b"http/1.1"])
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut tls,
+        b"GET https://localhost/w/h1-mismatch HTTP/1.1\r\nHost: secure.localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut tls, &mut answer),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 421"), "{answer}");
+    let seen = w.seen.lock().unwrap().clone();
+    assert_eq!(seen, ["/h2-match"]);
     orch.stop().await.unwrap();
 }
 

@@ -4,8 +4,9 @@
 //! - `POST /echo`: streams the request body back;
 //! - `GET /stream`: sends 1 MiB, waits for `release`, then 2 MiB more;
 //! - `GET /slow?ms=N`: answers after N ms;
-//! - `GET /ws`: upgrades (101) and echoes bytes; `GET /no-upgrade`: 200 even
-//!   when asked to upgrade;
+//! - `GET /ws`: completes a WebSocket handshake (101 with the right
+//!   `Sec-WebSocket-Accept`), then echoes raw bytes (no framing: the proxy
+//!   only relays); `GET /no-upgrade`: 200 even when asked to upgrade;
 //! - anything else: a JSON echo of the request as received.
 //!
 //! Every request that came through the proxy (it carries `X-Forwarded-For`)
@@ -218,6 +219,11 @@ impl State {
                 if path == "/no-upgrade" {
                     return full(StatusCode::OK, "no upgrade here");
                 }
+                let accept = req
+                    .headers()
+                    .get("sec-websocket-key")
+                    .map(|k| websocket_accept(k.as_bytes()))
+                    .unwrap_or_default();
                 let on = hyper::upgrade::on(&mut req);
                 tokio::spawn(async move {
                     if let Ok(upgraded) = on.await {
@@ -232,9 +238,12 @@ impl State {
                 });
                 let mut r = Response::new(Either::Right(Either::Right(Empty::new())));
                 *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-                r.headers_mut().insert("upgrade", "echo".parse().unwrap());
+                r.headers_mut()
+                    .insert("upgrade", "websocket".parse().unwrap());
                 r.headers_mut()
                     .insert("connection", "upgrade".parse().unwrap());
+                r.headers_mut()
+                    .insert("sec-websocket-accept", accept.parse().unwrap());
                 r
             }
             _ => {
@@ -263,4 +272,30 @@ impl State {
             }
         }
     }
+}
+
+/// The `Sec-WebSocket-Accept` for a client's key (RFC 6455 §4.2.2), with an
+/// encoder of its own rather than the proxy's.
+pub fn websocket_accept(key: &[u8]) -> String {
+    use sha1::Digest;
+    let digest = sha1::Sha1::new()
+        .chain_update(key)
+        .chain_update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11")
+        .finalize();
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for group in digest.chunks(3) {
+        let mut n = 0u32;
+        for (i, b) in group.iter().enumerate() {
+            n |= u32::from(*b) << (16 - 8 * i);
+        }
+        for i in 0..4 {
+            if i <= group.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
