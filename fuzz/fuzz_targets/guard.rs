@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
     if !raw.starts_with('/') || !raw.bytes().all(|b| b.is_ascii_graphic()) {
         return;
     }
-    let Ok(path) = orchestrator::hot_path::normalize(raw) else {
+    let Ok(path) = orchestrator::testing::normalize(raw) else {
         return;
     };
     for view in lax_views(&path) {

@@ -19,7 +19,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let (passed, head, left) = orchestrator::hot_path::h1_parse(data);
+    let (passed, head, left) = orchestrator::testing::h1_parse(data);
     let data = &data[..passed];
     let Some(head) = head else {
         assert_eq!(left, data, "a head not served here must leave every byte");

@@ -17,7 +17,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use orchestrator::hot_path::{BodyEnd, Decoded, upstream_decode};
+use orchestrator::testing::{BodyEnd, Decoded, upstream_decode};
 
 fuzz_target!(|input: &[u8]| {
     let Some((&first, data)) = input.split_first() else {

@@ -4,7 +4,7 @@
 //!     cargo bench -p orchestrator --bench hot_path
 
 use divan::black_box;
-use orchestrator::hot_path::{Table, normalize};
+use orchestrator::testing::{Table, normalize};
 
 fn main() {
     divan::main();

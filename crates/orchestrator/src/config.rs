@@ -1,8 +1,10 @@
-//! Every setting, parsed in one place (DESIGN.md §2 "Orchestrator process").
+//! Every setting, parsed in one place and checked once.
 //!
 //! Each is a flag with an environment variable of the same meaning. The
-//! settings DESIGN.md lists come first; the rest are timeouts an operator of
-//! Traefik or nginx would expect to be able to tune.
+//! settings of the orchestrator's documented contract come first; the rest
+//! are timeouts an operator of Traefik or nginx would expect to be able to
+//! tune. [`Config::validate`] turns a parsed [`Config`] into [`Settings`],
+//! which is what the orchestrator runs on.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -312,11 +314,24 @@ impl Config {
         }
     }
 
-    /// Checks what clap cannot; returns the normalised main domain
-    /// (`None` for `*`).
-    pub fn validate(&self) -> Result<Option<String>, ConfigError> {
-        self.tls()?;
-        self.webhook_uri()?;
+    /// Checks what clap cannot (after [`Config::normalized`]); the settings
+    /// the orchestrator runs on.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        let config = self.clone().normalized();
+        let main_domain = config.main_domain()?;
+        let tls = config.tls()?;
+        let webhook = config.webhook_uri()?;
+        Ok(Settings {
+            config,
+            main_domain,
+            tls,
+            webhook,
+        })
+    }
+
+    /// The normalised main domain (`None` for `*`), after the durations
+    /// are checked.
+    fn main_domain(&self) -> Result<Option<String>, ConfigError> {
         for (name, d) in [
             ("HEALTH_INTERVAL", self.health_interval),
             ("HEALTH_TIMEOUT", self.health_timeout),
@@ -338,6 +353,26 @@ impl Config {
             Ok(k) if k.prefix.is_empty() && k.port.is_none() => Ok(Some(k.host)),
             _ => Err(ConfigError::MainDomain(self.main_domain.clone())),
         }
+    }
+}
+
+/// Settings checked by [`Config::validate`]: what [`crate::run`] takes.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The settings as given (empty optional ones unset).
+    pub config: Config,
+    /// `None` for `MAIN_DOMAIN=*`; lowercase otherwise.
+    pub(crate) main_domain: Option<String>,
+    /// The TLS listener's settings; `None` when it is off.
+    pub(crate) tls: Option<TlsConfig>,
+    /// Where incidents are also sent.
+    pub(crate) webhook: Option<http::Uri>,
+}
+
+impl Settings {
+    /// Whether the TLS listener is on (and must be bound).
+    pub fn tls_on(&self) -> bool {
+        self.tls.is_some()
     }
 }
 
@@ -403,9 +438,12 @@ mod tests {
     fn validation() {
         let mut c = parse(&["orchestrator"]).serve;
         c.main_domain = "Example.COM".into();
-        assert_eq!(c.validate().unwrap().as_deref(), Some("example.com"));
+        assert_eq!(
+            c.validate().unwrap().main_domain.as_deref(),
+            Some("example.com")
+        );
         c.main_domain = "*".into();
-        assert_eq!(c.validate().unwrap(), None);
+        assert_eq!(c.validate().unwrap().main_domain, None);
         c.main_domain = "a/b".into();
         assert!(matches!(c.validate(), Err(ConfigError::MainDomain(_))));
         c.main_domain = "localhost".into();

@@ -1,23 +1,18 @@
-//! Active health checks (DESIGN.md §1.3, issue 2 §6).
+//! Active health checks: when each instance is checked, and what is done
+//! with the answer.
 //!
 //! Every instance gets its own task: `GET {instance}/__internal/health` every
 //! `HEALTH_INTERVAL` (±10 % jitter, so thousands of instances do not beat in
 //! step) with `HEALTH_TIMEOUT`, over the same keep-alive connections the
-//! proxy uses (so a check also keeps one warm). The rules:
-//!
-//! - a new instance is not routed to before its first successful check, which
-//!   runs as soon as it says hello;
-//! - any 2xx is a success (204 is what the protocol asks for; the conformance
-//!   checker is strict about it, routing is not);
-//! - a refused or failed connection makes the instance unhealthy at once; any
-//!   other failure (timeout, non-2xx, broken response) does so after
-//!   [`UNHEALTHY_AFTER`] in a row;
-//! - one success makes it healthy again;
-//! - an instance not healthy for `DEREGISTER_AFTER` is deregistered, like
-//!   Consul's `deregister_critical_service_after`.
+//! proxy uses (so a check also keeps one warm). A new instance's first check
+//! runs as soon as it says hello. Any 2xx is a success (204 is what the
+//! protocol asks for; the conformance checker is strict about it, routing is
+//! not); how outcomes turn into the routing flag is the instance's own rule
+//! ([`Instance::record`]). An instance not healthy for `DEREGISTER_AFTER` is
+//! deregistered, like Consul's `deregister_critical_service_after`: the only
+//! write this module asks for, through [`Deregister`].
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use http::Method;
@@ -28,12 +23,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::proxy::upstream::{self, Answer, Outgoing, SendError, UpstreamBody};
-use crate::registry::{Registry, Watch};
-use crate::routes::{Instance, now_ms};
-
-/// Soft failures in a row that make an instance unhealthy.
-pub(crate) const UNHEALTHY_AFTER: u32 = 2;
+use crate::routing::{Instance, Outcome, Routes};
+use crate::store::{Store, StoreError};
+use crate::upstream::{self, Answer, Outgoing, SendError, UpstreamBody};
 
 /// Timing of the checks.
 #[derive(Debug, Clone, Copy)]
@@ -43,27 +35,69 @@ pub(crate) struct HealthConfig {
     pub deregister_after: Duration,
 }
 
-/// What one check found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    Success,
-    /// Connection refused or failed: counts at once.
-    Down,
-    /// Timeout, non-2xx or broken response: counts after a few in a row.
-    Failed,
+/// A new instance the health checker must start watching.
+#[derive(Debug)]
+pub(crate) struct Watch {
+    pub name: Arc<str>,
+    pub instance: Arc<Instance>,
+    /// For an instance from a hello still being stored: fires once it is
+    /// stored, or is dropped if storing failed. The first check runs while
+    /// the transaction commits, so a healthy instance is routable as soon
+    /// as it is published; its health is stored only after the commit.
+    pub committed: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+/// The one write health checks make: dropping an instance that stayed
+/// critical too long (its waifu and binds go with its last instance).
+pub(crate) trait Deregister: Send + Sync + 'static {
+    fn deregister(
+        &self,
+        name: &str,
+        instance: &Arc<Instance>,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// What every instance's task shares.
+#[derive(Debug)]
+struct Shared<R> {
+    registry: Arc<R>,
+    store: Store,
+    config: HealthConfig,
+    /// The start of the checks' grid ([`on_grid`]).
+    epoch: Instant,
+}
+
+/// Where health checks send what they find.
+#[derive(Debug)]
+pub(crate) struct Checked<R> {
+    /// Drops instances critical for too long.
+    pub registry: Arc<R>,
+    /// Where health changes are stored, for other orchestrators and restarts.
+    pub store: Store,
+    /// The table whose idle connections are reaped.
+    pub routes: Routes,
 }
 
 /// Starts a checking task for every instance the registry announces.
-pub(crate) async fn supervise(
-    registry: Arc<Registry>,
+pub(crate) async fn supervise<R: Deregister>(
+    checked: Checked<R>,
     mut watched: mpsc::UnboundedReceiver<Watch>,
     config: HealthConfig,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     leading: tokio::sync::watch::Receiver<bool>,
 ) {
-    // The checks' grid (`on_grid`) starts here.
-    let epoch = Instant::now();
+    let Checked {
+        registry,
+        store,
+        routes,
+    } = checked;
+    let shared = Arc::new(Shared {
+        registry,
+        store,
+        config,
+        epoch: Instant::now(),
+    });
     let mut reap = tokio::time::interval(upstream::IDLE_FOR / 2);
     reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -74,11 +108,11 @@ pub(crate) async fn supervise(
                 // not only when the next request finds them. Closing ten
                 // thousand at once would stall this thread for tens of
                 // milliseconds: requests get a turn every few closes.
-                let table = registry.routes_now();
+                let table = routes.load_full();
                 let mut since_yield = 0;
                 for waifu in table.waifu_routes() {
                     for instance in waifu.instances.iter() {
-                        since_yield += 1 + 16 * instance.pool.reap(upstream::IDLE_FOR);
+                        since_yield += 1 + 16 * instance.endpoint.pool.reap(upstream::IDLE_FOR);
                         if since_yield >= 1024 {
                             since_yield = 0;
                             tokio::task::yield_now().await;
@@ -89,22 +123,21 @@ pub(crate) async fn supervise(
             }
             w = watched.recv() => match w { Some(w) => w, None => return },
         };
-        let task = watch_instance(registry.clone(), watch, config, epoch, leading.clone());
+        let task = watch_instance(shared.clone(), watch, leading.clone());
         tracker.spawn(task);
     }
 }
 
-async fn watch_instance(
-    registry: Arc<Registry>,
+async fn watch_instance<R: Deregister>(
+    shared: Arc<Shared<R>>,
     Watch {
         name,
         instance,
         mut committed,
     }: Watch,
-    config: HealthConfig,
-    epoch: Instant,
     mut leading: tokio::sync::watch::Receiver<bool>,
 ) {
+    let (config, epoch) = (shared.config, shared.epoch);
     // One wait for retirement, registered once, and one timer entry,
     // re-armed for each wait, serve every step below.
     let retired = instance.retired.clone().cancelled_owned();
@@ -128,7 +161,7 @@ async fn watch_instance(
             () = &mut retired => return,
             o = check(&instance, config.timeout) => o,
         };
-        let healthy = record(&instance, outcome);
+        let healthy = instance.record(outcome);
         if let Some(stored) = committed.take() {
             // Nothing is stored for an instance whose hello did not commit.
             tokio::select! {
@@ -145,19 +178,13 @@ async fn watch_instance(
             // Boxed, as is the deregistration below: these rare awaits
             // (futures of 1.6 and 2.0 KiB) would otherwise set the size of
             // every instance's task, which is 1.3 KiB without them.
-            match Box::pin(
-                registry
-                    .store()
-                    .set_health(&name, &instance.upstream, healthy),
-            )
-            .await
-            {
+            match Box::pin(shared.store.set_health(&name, &instance.upstream, healthy)).await {
                 Ok(()) => persisted = healthy,
                 Err(e) => warn!(%name, error = %e, "could not store health state"),
             }
         }
-        if !healthy && critical_for(&instance) >= config.deregister_after {
-            match Box::pin(registry.deregister(&name, &instance)).await {
+        if !healthy && instance.critical_for() >= config.deregister_after {
+            match Box::pin(shared.registry.deregister(&name, &instance)).await {
                 Ok(()) => return,
                 Err(e) => warn!(%name, error = %e, "could not deregister instance"),
             }
@@ -207,45 +234,6 @@ fn respread(late: Duration, interval: Duration, unit: f64) -> Option<Duration> {
     (late > STALLED).then(|| interval.mul_f64(unit))
 }
 
-/// How long the instance has been not healthy.
-fn critical_for(instance: &Instance) -> Duration {
-    match instance.critical_since_ms.load(Relaxed) {
-        0 => Duration::ZERO,
-        since => Duration::from_millis(now_ms().saturating_sub(since)),
-    }
-}
-
-/// Applies one outcome to the instance; returns whether it is now healthy.
-pub(crate) fn record(instance: &Instance, outcome: Outcome) -> bool {
-    instance.last_check_ms.store(now_ms(), Relaxed);
-    let healthy = match outcome {
-        Outcome::Success => {
-            instance.failures.store(0, Relaxed);
-            true
-        }
-        Outcome::Down => {
-            instance.failures.fetch_add(1, Relaxed);
-            false
-        }
-        Outcome::Failed => {
-            let failures = instance.failures.fetch_add(1, Relaxed) + 1;
-            instance.is_healthy() && failures < UNHEALTHY_AFTER
-        }
-    };
-    set_healthy(instance, healthy);
-    healthy
-}
-
-/// Flips the routing flag, keeping `critical_since_ms` consistent with it.
-pub(crate) fn set_healthy(instance: &Instance, healthy: bool) {
-    let was = instance.healthy.swap(healthy, Relaxed);
-    if healthy {
-        instance.critical_since_ms.store(0, Relaxed);
-    } else if was {
-        instance.critical_since_ms.store(now_ms(), Relaxed);
-    }
-}
-
 /// One check: the request, the response head and its body, all within
 /// `timeout` (one timer). A 2xx head counts as a success even if its body
 /// is then cut off by the deadline; the body is read only so that the
@@ -261,7 +249,7 @@ async fn check(instance: &Arc<Instance>, timeout: Duration) -> Outcome {
             Method::GET,
             "/__internal/health",
             &[
-                ("host", instance.authority.as_str()),
+                ("host", instance.endpoint.authority.as_str()),
                 ("user-agent", "waifus-orchestrator"),
             ],
         );
@@ -307,32 +295,6 @@ async fn drain(mut body: UpstreamBody) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use waifus_protocol::parse_host;
-
-    #[test]
-    fn transitions() {
-        let token = CancellationToken::new();
-        let i = Instance::new(parse_host("a:1").unwrap(), false, &token);
-        assert!(
-            i.critical_since_ms.load(Relaxed) > 0,
-            "new instances are critical"
-        );
-        assert!(!record(&i, Outcome::Failed));
-        assert!(
-            record(&i, Outcome::Success),
-            "healthy after the first success"
-        );
-        assert_eq!(i.critical_since_ms.load(Relaxed), 0);
-        assert!(record(&i, Outcome::Failed), "one soft failure is tolerated");
-        assert!(!record(&i, Outcome::Failed), "two soft failures are not");
-        assert!(i.critical_since_ms.load(Relaxed) > 0);
-        assert!(record(&i, Outcome::Success));
-        assert!(
-            !record(&i, Outcome::Down),
-            "a refused connection counts at once"
-        );
-        assert!(critical_for(&i) < Duration::from_secs(5));
-    }
 
     #[test]
     fn checks_fall_due_on_the_grid() {

@@ -1,25 +1,25 @@
-//! `orchestrator`: parse settings, set up logging, bind, run until a signal.
+//! `orchestrator`: parse settings, set up logging, bind, run until a signal;
+//! or one of the client commands in [`cli`].
+
+mod cli;
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use orchestrator::{CheckArgs, Cli, Command, Config, Listeners, LogFormat};
+use orchestrator::{Cli, Command, Config, Listeners, LogFormat, Settings};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Some(Command::Check(args)) => check(&args),
-        Some(Command::Status(args)) => {
-            report(orchestrator::status::status_report(args.internal_addr))
+        Some(Command::Check(args)) => cli::check(&args),
+        Some(Command::Status(args)) => cli::report(cli::status(args.internal_addr)),
+        Some(Command::Incidents(args)) => {
+            cli::report(cli::incidents(args.client.internal_addr, args.limit))
         }
-        Some(Command::Incidents(args)) => report(orchestrator::status::incidents_report(
-            args.client.internal_addr,
-            args.limit,
-        )),
-        Some(Command::Serve(config)) => run(config.normalized()),
-        None => run(cli.serve.normalized()),
+        Some(Command::Serve(config)) => run(&config),
+        None => run(&cli.serve),
     };
     match result {
         Ok(code) => code,
@@ -30,35 +30,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// `orchestrator check URL`: prints the report; exit 0 only if all rules pass.
-fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let report = runtime.block_on(orchestrator::check::check(&args.url, args.timeout));
-    println!("{report}");
-    Ok(if report.passed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-/// `orchestrator status` and `orchestrator incidents`: prints what a running
-/// orchestrator's internal API answers.
-fn report(
-    fetch: impl std::future::Future<Output = anyhow::Result<String>>,
-) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    print!("{}", runtime.block_on(fetch)?);
-    Ok(ExitCode::SUCCESS)
-}
-
 /// `orchestrator serve`, on a runtime of `WORKER_THREADS` threads (default:
 /// the CPUs this process may use); one thread means a single-threaded runtime.
-fn run(config: Config) -> anyhow::Result<ExitCode> {
+fn run(config: &Config) -> anyhow::Result<ExitCode> {
+    let settings = config.validate()?;
+    let config = &settings.config;
     init_tracing(config.log_format, config.access_log);
     let threads = config
         .worker_threads
@@ -75,12 +51,12 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
             .enable_all()
             .build()?
     };
-    runtime.block_on(serve(config))?;
+    runtime.block_on(serve(settings))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    config.validate()?;
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let config = &settings.config;
     let bind = |addr, what: &'static str| async move {
         TcpListener::bind(addr)
             .await
@@ -89,14 +65,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listeners = Listeners {
         public: bind(config.public_addr, "PUBLIC_ADDR").await?,
         internal: bind(config.internal_addr, "INTERNAL_ADDR").await?,
-        https: match config.tls_on() {
+        https: match settings.tls_on() {
             true => Some(bind(config.https_addr(), "HTTPS_ADDR").await?),
             false => None,
         },
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    orchestrator::run(config, listeners, shutdown).await?;
+    orchestrator::run(settings, listeners, shutdown).await?;
     Ok(())
 }
 

@@ -10,6 +10,7 @@
 //! step is idempotent, so an interrupted provisioning completes on the next
 //! call, or at start-up by [`Provisioner::reconcile`], which needs no secret.
 
+mod error;
 pub(crate) mod hasher;
 pub(crate) mod secret;
 mod sql;
@@ -19,49 +20,17 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
-use waifus_protocol::{DatabaseCredentials, NameError, validate_name};
+use waifus_protocol::{DatabaseCredentials, validate_name};
 
-use crate::incidents::{IncidentKind, Incidents};
-use crate::store::{Store, StoreError};
+use crate::ops::incidents::{IncidentKind, Incidents};
+use crate::store::Store;
+pub(crate) use error::{DEADLINE, MAX_SECRET, ProvisionError, Unavailable};
 use hasher::Hasher;
 use secret::PasswordKey;
 use throttle::Throttle;
 
-/// Bound on the whole database part of one call: past it, 503.
-const DEADLINE: Duration = Duration::from_millis(4500);
-/// Longest secret accepted.
-pub(crate) const MAX_SECRET: usize = 1024;
 /// Throttled attempts are stored as incidents at most this often per name.
 const THROTTLED_INCIDENT_EVERY: Duration = Duration::from_secs(10);
-
-/// Why credentials were not handed out.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ProvisionError {
-    #[error("invalid name: {0}")]
-    Name(#[from] NameError),
-    #[error("the secret must be 1 to {MAX_SECRET} bytes")]
-    Secret,
-    #[error("the secret does not match the one this waifu registered with")]
-    WrongSecret,
-    #[error("too many wrong secrets for this name; retry in {} s", .0.as_secs().max(1))]
-    Throttled(Duration),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("the database server is unreachable or too slow: {0}")]
-    Unavailable(String),
-}
-
-impl From<StoreError> for ProvisionError {
-    fn from(e: StoreError) -> Self {
-        ProvisionError::Unavailable(e.to_string())
-    }
-}
-
-impl From<tokio_postgres::Error> for ProvisionError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        ProvisionError::Unavailable(e.to_string())
-    }
-}
 
 /// Where waifus reach the database server.
 #[derive(Debug, Clone)]
@@ -147,7 +116,7 @@ impl Provisioner {
             result
         })
         .await
-        .unwrap_or_else(|_| Err(ProvisionError::Unavailable("timed out".into())));
+        .unwrap_or_else(|_| Err(Unavailable::TimedOut.into()));
         match &outcome {
             Err(ProvisionError::WrongSecret) => {
                 let lock = self.throttle.failure(name, Instant::now());
@@ -201,18 +170,13 @@ impl Provisioner {
         let password = self.key.password(name, secret);
         let mut row = match load(client, name).await? {
             Some(row) => {
-                let verified = self.hasher.verify(secret, &row.secret_hash).await;
-                if !verified.map_err(|e| ProvisionError::Unavailable(e.to_string()))? {
+                if !self.hasher.verify(secret, &row.secret_hash).await? {
                     return Err(ProvisionError::WrongSecret);
                 }
                 row
             }
             None => {
-                let hash = self
-                    .hasher
-                    .hash(secret)
-                    .await
-                    .map_err(|e| ProvisionError::Unavailable(e.to_string()))?;
+                let hash = self.hasher.hash(secret).await?;
                 let row = Row {
                     secret_hash: hash,
                     verifier: postgres_protocol::password::scram_sha_256(password.as_bytes()),

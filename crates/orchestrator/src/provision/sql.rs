@@ -8,7 +8,7 @@
 use postgres_protocol::escape::{escape_identifier, escape_literal};
 use tokio_postgres::Client;
 
-use super::ProvisionError;
+use super::error::{Conflicting, ProvisionError};
 
 /// Most connections one waifu role may hold at once.
 pub(crate) const CONNECTION_LIMIT: u32 = 20;
@@ -51,9 +51,11 @@ pub(crate) async fn ensure_role(
             let privileged: bool = row.get(0);
             let comment: Option<String> = row.get(1);
             if privileged || comment.as_deref() != Some(marker(name).as_str()) {
-                return Err(ProvisionError::Conflict(format!(
-                    "a role named {role} exists and was not made by waifus for {name}"
-                )));
+                return Err(ProvisionError::Conflict {
+                    kind: Conflicting::Role,
+                    object: role.to_owned(),
+                    name: name.to_owned(),
+                });
             }
             tx.batch_execute(&format!(
                 "ALTER ROLE {ident} LOGIN CONNECTION LIMIT {CONNECTION_LIMIT} PASSWORD {password}"
@@ -100,9 +102,11 @@ pub(crate) async fn ensure_database(
                     .as_deref()
                     .is_none_or(|c| c == marker(name).as_str());
             if !ours {
-                return Err(ProvisionError::Conflict(format!(
-                    "a database named {database} exists and was not made by waifus for {name}"
-                )));
+                return Err(ProvisionError::Conflict {
+                    kind: Conflicting::Database,
+                    object: database.to_owned(),
+                    name: name.to_owned(),
+                });
             }
         }
     }

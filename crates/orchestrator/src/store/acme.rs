@@ -2,7 +2,8 @@
 
 use std::time::SystemTime;
 
-use super::{Store, StoreError};
+use super::Store;
+use super::error::StoreError;
 
 /// A certificate as stored.
 #[derive(Debug)]

@@ -5,7 +5,10 @@ use tracing::{info, warn};
 
 use postgres_protocol::escape::escape_identifier;
 
-use super::StoreError;
+use super::error::StoreError;
+
+/// Database used for state when `DATABASE_URL` names none.
+pub(super) const DEFAULT_STATE_DATABASE: &str = "waifus";
 
 /// Migrations in order; a version is its index + 1. Never edit a shipped one.
 const MIGRATIONS: &[&str] = &[
@@ -21,7 +24,7 @@ const MIGRATION_LOCK: i64 = 0x7761_6966_7573_3031;
 pub(super) async fn ensure_database(config: &tokio_postgres::Config) -> Result<(), StoreError> {
     let dbname = config
         .get_dbname()
-        .unwrap_or(super::DEFAULT_STATE_DATABASE)
+        .unwrap_or(DEFAULT_STATE_DATABASE)
         .to_owned();
     match connect(config).await {
         Ok(()) => return Ok(()),

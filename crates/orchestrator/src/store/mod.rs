@@ -1,14 +1,16 @@
-//! Orchestrator state in PostgreSQL (DESIGN.md §3): waifus, instances, binds.
+//! Orchestrator state in PostgreSQL: waifus, instances, binds, databases,
+//! incidents, certificates.
 //!
 //! The state lives in the orchestrator's own database, created if missing and
 //! migrated under an advisory lock so several orchestrators can start at once.
 //! Every connection has bounded connect and statement timeouts: an unreachable
 //! server turns into a [`StoreError`] within seconds, never a hang.
 
-mod acme;
+pub(crate) mod acme;
+mod error;
 mod migrate;
 
-pub(crate) use acme::StoredCert;
+pub use error::StoreError;
 
 use std::time::Duration;
 
@@ -16,28 +18,10 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 use waifus_protocol::{BindKey, IncidentInfo, Upstream};
 
-/// Database used for state when `DATABASE_URL` names none.
-pub(crate) const DEFAULT_STATE_DATABASE: &str = "waifus";
-
 /// Bound on connecting and on waiting for a pooled connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bound on any one statement, set server-side.
 const STATEMENT_TIMEOUT_MS: u32 = 4000;
-
-/// What went wrong talking to PostgreSQL.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("DATABASE_URL is not a valid PostgreSQL URL: {0}")]
-    BadUrl(#[source] tokio_postgres::Error),
-    #[error("could not get a PostgreSQL connection: {0}")]
-    Pool(#[from] deadpool_postgres::PoolError),
-    #[error("PostgreSQL error: {0}")]
-    Db(#[from] tokio_postgres::Error),
-    #[error("could not build the connection pool: {0}")]
-    Build(#[from] deadpool_postgres::BuildError),
-    #[error("stored state is corrupt: {what}")]
-    Corrupt { what: String },
-}
 
 /// Handle to the state database.
 #[derive(Clone, Debug)]
@@ -75,7 +59,7 @@ impl Store {
     pub(crate) async fn open(url: &str) -> Result<Store, StoreError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(StoreError::BadUrl)?;
         if config.get_dbname().is_none() {
-            config.dbname(DEFAULT_STATE_DATABASE);
+            config.dbname(migrate::DEFAULT_STATE_DATABASE);
         }
         config
             .connect_timeout(CONNECT_TIMEOUT)

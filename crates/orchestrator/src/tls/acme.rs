@@ -38,8 +38,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Certs, Issued, is_public_host, provider};
-use crate::registry::Registry;
-use crate::store::{Store, StoredCert};
+use crate::routing::Routes;
+use crate::store::Store;
+use crate::store::acme::StoredCert;
 
 /// The challenge tried first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -109,7 +110,7 @@ struct Failing {
 pub(crate) async fn manage(
     config: AcmeConfig,
     certs: Arc<Certs>,
-    registry: Arc<Registry>,
+    routes: Routes,
     store: Store,
     shutdown: CancellationToken,
 ) {
@@ -135,7 +136,7 @@ pub(crate) async fn manage(
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(FIRST_BACKOFF);
         };
-        renew_forever(&config, &account, &certs, &registry, &store).await;
+        renew_forever(&config, &account, &certs, &routes, &store).await;
     };
     tokio::select! {
         () = shutdown.cancelled() => {}
@@ -147,12 +148,12 @@ async fn renew_forever(
     config: &AcmeConfig,
     account: &Account,
     certs: &Certs,
-    registry: &Registry,
+    routes: &Routes,
     store: &Store,
 ) {
     let mut failing: HashMap<String, Failing> = HashMap::new();
     loop {
-        let wanted = wanted_hosts(registry, certs);
+        let wanted = wanted_hosts(routes, certs);
         failing.retain(|host, _| wanted.contains(host));
         let now = SystemTime::now();
         let due_at = |host: &str, failing: &HashMap<String, Failing>| {
@@ -210,14 +211,14 @@ async fn renew_forever(
             .clamp(Duration::from_millis(200), MAX_SLEEP);
         tokio::select! {
             () = tokio::time::sleep(next) => {}
-            () = registry.routes_changed() => {}
+            () = routes.changed() => {}
         }
     }
 }
 
 /// Hosts to hold an ACME certificate for, sorted.
-fn wanted_hosts(registry: &Registry, certs: &Certs) -> Vec<String> {
-    let routes = registry.routes();
+fn wanted_hosts(routes: &Routes, certs: &Certs) -> Vec<String> {
+    let routes = routes.load();
     let mut hosts: Vec<String> = routes
         .tls_hosts()
         .chain(routes.main_domain())

@@ -27,7 +27,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::registry::Registry;
+use crate::routing::Routes;
 
 /// ALPN protocol of TLS-ALPN-01 validations (RFC 8737).
 pub(crate) const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
@@ -83,18 +83,18 @@ pub(crate) struct Certs {
     http_challenges: Mutex<HashMap<String, String>>,
     /// Self-signed certificates made so far; `None` when not in development mode.
     dev: Option<Mutex<CertMap>>,
-    registry: Arc<Registry>,
+    routes: Routes,
 }
 
 impl Certs {
-    pub(crate) fn new(registry: Arc<Registry>, dev: bool) -> Certs {
+    pub(crate) fn new(routes: Routes, dev: bool) -> Certs {
         Certs {
             files: ArcSwap::default(),
             acme: ArcSwap::default(),
             alpn_challenges: Mutex::default(),
             http_challenges: Mutex::default(),
             dev: dev.then(Mutex::default),
-            registry,
+            routes,
         }
     }
 
@@ -156,7 +156,7 @@ impl Certs {
             return Some(issued.key.clone());
         }
         let dev = self.dev.as_ref()?;
-        if !is_dev_host(host) || !self.registry.routes().serves_host(host) {
+        if !is_dev_host(host) || !self.routes.load().serves_host(host) {
             return None;
         }
         let mut made = dev.lock().unwrap_or_else(PoisonError::into_inner);
@@ -193,7 +193,7 @@ impl ResolvesServerCert for Certs {
         match name {
             Some(host) => self.for_host(&host),
             None => {
-                let routes = self.registry.routes();
+                let routes = self.routes.load();
                 self.for_host(routes.main_domain()?)
             }
         }

@@ -85,6 +85,7 @@ pub async fn start_with_ports(url: &str, extra: &[&str], ports: Option<Ports>) -
     }
     args.extend_from_slice(extra);
     let config = Cli::try_parse_from(&args).expect("test flags").serve;
+    let config = config.validate().expect("valid test settings");
     let ports = match ports {
         Some(ports) => ports,
         None => Ports::bind().await,

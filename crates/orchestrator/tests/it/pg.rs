@@ -111,7 +111,7 @@ pub fn unique_db(prefix: &str) -> String {
 }
 
 fn bindir() -> PathBuf {
-    orchestrator::postgres_programs::find_bindir().unwrap_or_else(|| {
+    orchestrator::testing::postgres_programs::find_bindir().unwrap_or_else(|| {
         panic!(
             "PostgreSQL server programs (initdb, postgres, pg_ctl) were not found on PATH, \
              via pg_config or in /usr/lib/postgresql/*/bin: install the Debian package \
@@ -122,7 +122,7 @@ fn bindir() -> PathBuf {
 
 /// uid/gid to run PostgreSQL as: ourselves, or `postgres` when we are root.
 fn run_as() -> Option<(u32, u32)> {
-    orchestrator::postgres_programs::run_as().unwrap_or_else(|e| panic!("{e}"))
+    orchestrator::testing::postgres_programs::run_as().unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn command(path: impl AsRef<Path>, user: Option<(u32, u32)>) -> Command {

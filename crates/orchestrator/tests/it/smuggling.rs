@@ -195,3 +195,32 @@ async fn a_broken_request_body_gets_one_answer() {
     );
     orch.stop().await.unwrap();
 }
+
+/// A request's chunks are read by the rules a waifu's answers are read by:
+/// what the response decoder refuses (a size line without digits, a bare LF
+/// or a NUL in an extension, a trailer that is no field) is refused here too,
+/// with our JSON 400 and a close, and what follows never becomes a request.
+#[tokio::test]
+async fn request_chunks_are_read_as_strictly_as_response_chunks() {
+    let orch = harness::start(&unique_db("chunkrules"), &[]).await;
+    let w = TestWaifu::start("w").await;
+    orch.register("w", &w.host(), json!({})).await;
+    let head = "POST /w/echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let next = "GET /w/smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    for body in [
+        ";x=1\r\n\r\n",
+        "\r\n\r\n",
+        "1;a\nb\r\nx\r\n0\r\n\r\n",
+        "1;\0\r\nx\r\n0\r\n\r\n",
+        "0\r\nhello\r\n\r\n",
+    ] {
+        let got = exchange(orch.public, format!("{head}{body}{next}").as_bytes())
+            .await
+            .unwrap_or_else(|| panic!("{body:?}: not closed"));
+        assert_eq!(statuses(&got), [400], "{body:?}: {got}");
+        assert!(got.contains(r#""error":"bad_request""#), "{body:?}: {got}");
+    }
+    let seen = w.seen.lock().unwrap().clone();
+    assert!(seen.iter().all(|t| t != "/smuggled"), "{seen:?}");
+    orch.stop().await.unwrap();
+}

@@ -1,72 +1,21 @@
-//! The immutable route table the proxy reads without locks (DESIGN.md §3).
+//! The immutable route table: which waifu a host and path go to.
 //!
-//! The registry builds a new [`RouteTable`] after every change and swaps it in
-//! atomically; a request loads the current table once and resolves against it.
-//! Instance health lives in atomics inside each [`Instance`], so the health
-//! checker changes routing without rebuilding the table.
+//! The registry builds a new [`RouteTable`] after every change and swaps it
+//! in ([`super::Routes`]); a request loads the current table once and
+//! resolves against it. Instance health lives in atomics inside each
+//! [`Instance`], so the health checker changes routing without rebuilding
+//! the table.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio_util::sync::CancellationToken;
-use waifus_protocol::{BindKey, Upstream};
+use waifus_protocol::BindKey;
 
-use crate::metrics::LazyStats;
-use crate::proxy::upstream::ConnPool;
-
-/// One running copy of a waifu, shared by the route table and its health task.
-#[derive(Debug)]
-pub(crate) struct Instance {
-    /// Where to connect; its canonical string is the instance's identity.
-    pub upstream: Upstream,
-    /// Pre-parsed `host:port`, cloned into each upstream URI without parsing.
-    pub authority: http::uri::Authority,
-    /// Whether the proxy may send traffic here.
-    pub healthy: AtomicBool,
-    /// Failed checks in a row; drives the healthy → unhealthy transition.
-    pub failures: AtomicU32,
-    /// Unix milliseconds of the last completed check; 0 before the first.
-    pub last_check_ms: AtomicU64,
-    /// Unix milliseconds since which the instance is not healthy; 0 when it is.
-    /// Deregistration counts from here.
-    pub critical_since_ms: AtomicU64,
-    /// Cancelled when the instance leaves the registry: stops its health task.
-    pub retired: CancellationToken,
-    /// Idle keep-alive connections to it.
-    pub pool: ConnPool,
-}
-
-impl Instance {
-    pub(crate) fn new(upstream: Upstream, healthy: bool, parent: &CancellationToken) -> Self {
-        // The protocol crate only produces valid authorities.
-        let authority = http::uri::Authority::try_from(upstream.authority())
-            .unwrap_or_else(|_| http::uri::Authority::from_static("invalid.invalid:1"));
-        Instance {
-            upstream,
-            authority,
-            healthy: AtomicBool::new(healthy),
-            failures: AtomicU32::new(0),
-            last_check_ms: AtomicU64::new(0),
-            critical_since_ms: AtomicU64::new(if healthy { 0 } else { now_ms() }),
-            retired: parent.child_token(),
-            pool: ConnPool::default(),
-        }
-    }
-
-    pub(crate) fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
-    }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+use super::instance::Instance;
+use super::shards::Shards;
+use super::stats::LazyStats;
 
 /// Everything the proxy needs to send a request to a waifu.
 #[derive(Debug)]
@@ -154,82 +103,6 @@ pub(crate) struct RouteTable {
     waifus: Shards<Arc<WaifuRoute>>,
     /// Lowercase host → binds, longest prefix first.
     hosts: Shards<Arc<[BindRoute]>>,
-}
-
-/// Number of shards in a [`Shards`] map (a power of two).
-const SHARDS: usize = 256;
-
-/// A string-keyed map that is cheap to copy and change one entry in: its
-/// entries live in [`SHARDS`] hash maps behind `Arc`s, so a copy shares them
-/// all and a write clones only the shard it changes (about 1/256 of the
-/// entries). Copying a whole map of 10,000 routes and dropping the old one
-/// took about a millisecond per hello; this takes microseconds.
-#[derive(Debug, Clone)]
-pub(crate) struct Shards<V> {
-    /// Picks the shard; keyed per map so names cannot be chosen to crowd one.
-    hasher: std::hash::RandomState,
-    shards: Vec<Arc<HashMap<Arc<str>, V>>>,
-}
-
-impl<V> Default for Shards<V> {
-    fn default() -> Self {
-        Shards {
-            hasher: std::hash::RandomState::new(),
-            shards: (0..SHARDS).map(|_| Arc::new(HashMap::new())).collect(),
-        }
-    }
-}
-
-impl<V: Clone> Shards<V> {
-    fn shard(&self, key: &str) -> usize {
-        // The low bits: `SHARDS` is a power of two.
-        self.hasher.hash_one(key) as usize & (SHARDS - 1)
-    }
-
-    pub(crate) fn get(&self, key: &str) -> Option<&V> {
-        self.shards[self.shard(key)].get(key)
-    }
-
-    pub(crate) fn contains_key(&self, key: &str) -> bool {
-        self.get(key).is_some()
-    }
-
-    /// Inserts or replaces; clones the shard if another copy shares it.
-    pub(crate) fn insert(&mut self, key: Arc<str>, value: V) {
-        let i = self.shard(&key);
-        Arc::make_mut(&mut self.shards[i]).insert(key, value);
-    }
-
-    pub(crate) fn remove(&mut self, key: &str) {
-        let i = self.shard(key);
-        // Only a shard that holds the key is cloned.
-        if self.shards[i].contains_key(key) {
-            Arc::make_mut(&mut self.shards[i]).remove(key);
-        }
-    }
-
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.len()).sum()
-    }
-
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &V)> {
-        self.shards.iter().flat_map(|s| s.iter())
-    }
-
-    pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
-        self.iter().map(|(_, v)| v)
-    }
-}
-
-impl<V: Clone> FromIterator<(Arc<str>, V)> for Shards<V> {
-    fn from_iter<I: IntoIterator<Item = (Arc<str>, V)>>(entries: I) -> Self {
-        let mut map = Shards::default();
-        for (key, value) in entries {
-            map.insert(key, value);
-        }
-        map
-    }
 }
 
 impl RouteTable {
@@ -398,6 +271,7 @@ fn resolve_bind<'a>(bind: &'a BindRoute, path: &'a str) -> Option<Resolved<'a>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_util::sync::CancellationToken;
     use waifus_protocol::parse_host;
 
     fn waifu(name: &str) -> Arc<WaifuRoute> {
@@ -535,40 +409,6 @@ mod tests {
                 .collect();
             table = next;
         }
-    }
-
-    /// A copy shares every shard until written; a write changes the copy
-    /// only, and clones only the shard it touches.
-    #[test]
-    fn shards_copy_on_write() {
-        let mut map: Shards<u32> = (0..1000u32)
-            .map(|i| (Arc::from(i.to_string()), i))
-            .collect();
-        assert_eq!(map.len(), 1000);
-        let before = map.clone();
-        map.insert("5".into(), 55);
-        map.insert("new".into(), 1);
-        map.remove("7");
-        map.remove("absent");
-        assert_eq!((map.len(), before.len()), (1000, 1000));
-        assert_eq!((map.get("5"), before.get("5")), (Some(&55), Some(&5)));
-        assert_eq!((map.get("7"), before.get("7")), (None, Some(&7)));
-        assert_eq!((map.get("new"), before.get("new")), (Some(&1), None));
-        assert!(map.contains_key("999") && !map.contains_key("1000"));
-        let shared = map
-            .shards
-            .iter()
-            .zip(&before.shards)
-            .filter(|(a, b)| Arc::ptr_eq(a, b))
-            .count();
-        assert!(
-            shared >= SHARDS - 3,
-            "only written shards are copied: {shared} shared"
-        );
-        let mut keys: Vec<u32> = map.values().copied().collect();
-        keys.sort_unstable();
-        assert_eq!(keys.len(), 1000);
-        assert_eq!(map.iter().count(), 1000);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Several orchestrators on one PostgreSQL (issue 8).
+//! Several orchestrators on one PostgreSQL.
 //!
 //! Every write to waifus, instances, binds or health sends a notification on
 //! [`CHANGES`] in its own transaction. Each orchestrator keeps one session
@@ -23,7 +23,13 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::registry::Registry;
+use std::collections::HashSet;
+
+use waifus_protocol::BindKey;
+
+use super::{Entry, Registry, State, Watch};
+use crate::routing::Instance;
+use crate::store::StoredWaifu;
 use crate::store::{CHANGES, Store, StoreError};
 
 /// How often a follower tries to take the health-check lock.
@@ -160,4 +166,139 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Following the store: what another orchestrator (or a missed
+/// notification) changed is brought into memory here.
+impl Registry {
+    /// Brings every waifu in memory in line with the store (another
+    /// orchestrator may have changed them, or a notification was missed).
+    /// The store is read without the state lock, so hellos are not held up;
+    /// waifus changed here since the read began are left as they are. The
+    /// table is published only if something differed.
+    pub(crate) async fn resync_all(&self) -> Result<(), StoreError> {
+        let since = self.seq.load(std::sync::atomic::Ordering::SeqCst);
+        let stored = self.store.load().await?;
+        let mut state = self.state.lock().await;
+        let fresh = |state: &State, name: &str| state.touched.get(name).is_some_and(|s| *s > since);
+        let stored_names: HashSet<&str> = stored.iter().map(|w| w.name.as_str()).collect();
+        let gone: Vec<String> = state
+            .waifus
+            .keys()
+            .filter(|n| !stored_names.contains(n.as_str()))
+            .cloned()
+            .collect();
+        let mut changed = false;
+        for name in gone {
+            if !fresh(&state, &name) {
+                changed |= self.apply_stored(&mut state, &name, None).1;
+            }
+        }
+        for (i, waifu) in stored.into_iter().enumerate() {
+            let name = waifu.name.clone();
+            if !fresh(&state, &name) {
+                changed |= self.apply_stored(&mut state, &name, Some(waifu)).1;
+            }
+            if i % 512 == 511 {
+                // Thousands of waifus: let requests run in between.
+                tokio::task::yield_now().await;
+            }
+        }
+        state.touched.retain(|_, seq| *seq > since);
+        if changed {
+            self.publish(&state);
+        }
+        Ok(())
+    }
+
+    /// Brings one waifu in line with the store (after a change notification).
+    /// Read under the state lock: nothing of this process falls in between.
+    pub(crate) async fn resync_waifu(&self, name: &str) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        let stored = self.store.load_waifu(name).await?;
+        let (old_hosts, changed) = self.apply_stored(&mut state, name, stored);
+        self.touch(&mut state, name);
+        if changed {
+            self.publish_waifu(&state, name, old_hosts.iter().map(String::as_str));
+        }
+        Ok(())
+    }
+
+    /// Makes one waifu in memory what the store says; returns the hosts it
+    /// was bound on before and whether anything differed. Instances keep
+    /// their identity (connections, counters); their health is taken from
+    /// the store unless this process runs the checks.
+    fn apply_stored(
+        &self,
+        state: &mut State,
+        name: &str,
+        stored: Option<StoredWaifu>,
+    ) -> (Vec<String>, bool) {
+        let old_hosts = state.waifus.get(name).map_or_else(Vec::new, |e| {
+            e.binds.iter().map(|(key, _)| key.host.clone()).collect()
+        });
+        let Some(stored) = stored.filter(|s| !s.instances.is_empty()) else {
+            let Some(entry) = state.waifus.remove(name) else {
+                return (old_hosts, false);
+            };
+            for instance in &entry.instances {
+                instance.retired.cancel();
+            }
+            return (old_hosts, true);
+        };
+        let leading = *self.leading.borrow();
+        let mut changed = !state.waifus.contains_key(name);
+        let entry = state
+            .waifus
+            .entry(name.to_owned())
+            .or_insert_with(|| Entry::new(name, Vec::new(), Vec::new()));
+        let mut instances_changed = false;
+        entry.instances.retain(|i| {
+            let keep = stored.instances.iter().any(|(up, _)| *up == i.upstream);
+            if !keep {
+                i.retired.cancel();
+                instances_changed = true;
+            }
+            keep
+        });
+        for (upstream, healthy) in stored.instances {
+            match entry.instances.iter().find(|i| i.upstream == upstream) {
+                Some(instance) => {
+                    if !leading && instance.is_healthy() != healthy {
+                        instance.set_healthy(healthy);
+                        // Routing reads the flag itself: nothing to publish.
+                    }
+                }
+                None => {
+                    let instance = Arc::new(Instance::new(upstream, healthy, &self.shutdown));
+                    entry.instances.push(instance.clone());
+                    let _ = self.watch.send(Watch {
+                        name: name.into(),
+                        instance,
+                        committed: None,
+                    });
+                    instances_changed = true;
+                }
+            }
+        }
+        if sorted_binds(&entry.binds) != sorted_binds(&stored.binds) {
+            entry.binds = stored.binds;
+            changed = true;
+        }
+        if instances_changed {
+            entry.route = Arc::new(entry.route.rebuilt(entry.instances.clone()));
+            changed = true;
+        }
+        (old_hosts, changed)
+    }
+}
+
+/// Binds in a canonical order, for comparing two lists.
+fn sorted_binds(binds: &[(BindKey, String)]) -> Vec<(String, &str)> {
+    let mut v: Vec<(String, &str)> = binds
+        .iter()
+        .map(|(k, t)| (k.canonical(), t.as_str()))
+        .collect();
+    v.sort_unstable();
+    v
 }

@@ -1,4 +1,5 @@
-//! The internal API on `INTERNAL_ADDR` (DESIGN.md §2 "Internal API").
+//! The internal API on `INTERNAL_ADDR`: hello, database, the waifus and
+//! their health, incidents, metrics, the status page.
 //!
 //! Only for waifus and operators inside the private network; the public
 //! listener never routes here. Every error is `{"error", "message"}` with
@@ -7,6 +8,8 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+mod error;
 
 use axum::Json;
 use axum::Router;
@@ -17,27 +20,27 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use waifus_protocol::{
-    DatabaseCredentials, DatabaseRequest, ErrorBody, Hello, HelloResponse, IncidentInfo,
-    RefusalReason, WaifuInfo,
+    DatabaseCredentials, DatabaseRequest, Hello, HelloResponse, IncidentInfo, RefusalReason,
+    WaifuInfo,
 };
 
-use crate::incidents::{IncidentKind, Incidents};
-use crate::metrics::Metrics;
-use crate::provision::{ProvisionError, Provisioner};
-use crate::registry::{HelloError, Registry};
-use crate::store::{Store, StoreError};
+use crate::ops::incidents::{IncidentKind, Incidents};
+use crate::ops::metrics::Metrics;
+use crate::ops::status::{RECENT_INCIDENTS, Status, WaifuStatus, html};
+use crate::provision::Provisioner;
+use crate::registry::Registry;
+use crate::routing::Routes;
+use crate::store::Store;
+use error::{ApiError, INCIDENTS_MAX, MAX_BODY};
 
-/// Largest request body the internal API reads.
-pub(crate) const MAX_BODY: usize = 64 * 1024;
-
-/// Default and largest number of incidents one listing returns.
+/// Incidents one listing returns unless asked for another number.
 const INCIDENTS_DEFAULT: i64 = 100;
-const INCIDENTS_MAX: i64 = 1000;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
     pub registry: Arc<Registry>,
+    pub routes: Routes,
     pub provisioner: Arc<Provisioner>,
     pub incidents: Incidents,
     pub store: Store,
@@ -58,91 +61,6 @@ pub(crate) fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-}
-
-/// Every error of the internal API.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ApiError {
-    #[error("the request body is larger than {MAX_BODY} bytes")]
-    TooLarge,
-    #[error("the request body could not be read")]
-    BadBody,
-    #[error("the body is not the expected JSON: {0}")]
-    BadJson(#[from] serde_json::Error),
-    #[error(transparent)]
-    Hello(#[from] HelloError),
-    #[error(transparent)]
-    Provision(#[from] ProvisionError),
-    #[error("the database server is unreachable: {0}")]
-    Store(#[from] StoreError),
-    #[error("bad query string: limit must be a whole number from 1 to {INCIDENTS_MAX}")]
-    BadQuery,
-    #[error("no waifu is registered under this name")]
-    UnknownWaifu,
-    #[error("the waifu has no healthy instance")]
-    NoHealthyInstance,
-    #[error("there is no such endpoint on the internal API")]
-    NotFound,
-    #[error("this endpoint does not accept that method")]
-    MethodNotAllowed,
-}
-
-impl ApiError {
-    fn status_and_code(&self) -> (StatusCode, &'static str) {
-        match self {
-            ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
-            ApiError::BadBody => (StatusCode::BAD_REQUEST, "bad_body"),
-            ApiError::BadJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
-            ApiError::Hello(HelloError::Name(_)) => (StatusCode::BAD_REQUEST, "invalid_name"),
-            ApiError::Hello(HelloError::Host(_)) => (StatusCode::BAD_REQUEST, "invalid_host"),
-            ApiError::Hello(HelloError::Store(_)) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
-            }
-            ApiError::Provision(e) => match e {
-                ProvisionError::Name(_) => (StatusCode::BAD_REQUEST, "invalid_name"),
-                ProvisionError::Secret => (StatusCode::BAD_REQUEST, "invalid_secret"),
-                ProvisionError::WrongSecret => (StatusCode::FORBIDDEN, "wrong_secret"),
-                ProvisionError::Throttled(_) => {
-                    (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts")
-                }
-                ProvisionError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-                ProvisionError::Unavailable(_) => {
-                    (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
-                }
-            },
-            ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
-            ApiError::BadQuery => (StatusCode::BAD_REQUEST, "bad_query"),
-            ApiError::UnknownWaifu => (StatusCode::NOT_FOUND, "unknown_waifu"),
-            ApiError::NoHealthyInstance => (StatusCode::SERVICE_UNAVAILABLE, "no_healthy_instance"),
-            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
-        if status.is_server_error() {
-            tracing::warn!(error = %self, "internal API error");
-        }
-        let body = ErrorBody {
-            error: code.to_owned(),
-            message: self.to_string(),
-        };
-        let retry_after = match &self {
-            ApiError::Provision(ProvisionError::Throttled(wait)) => Some(wait.as_secs().max(1)),
-            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(5),
-            _ => None,
-        };
-        let mut response = (status, Json(body)).into_response();
-        if let Some(secs) = retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
-        }
-        response
-    }
 }
 
 /// Reads a JSON body with a size bound, whatever its content type says.
@@ -206,20 +124,15 @@ async fn database(
     .await;
     state.metrics.database_call(match &answer {
         Ok(_) => "ok",
-        Err(e) => match e.status_and_code().1 {
-            "wrong_secret" => "wrong_secret",
-            "too_many_attempts" => "throttled",
-            "conflict" => "conflict",
-            "database_unavailable" => "unavailable",
-            _ => "invalid",
-        },
+        Err(ApiError::Provision(e)) => e.outcome(),
+        Err(_) => "invalid",
     });
     Ok(Json(answer?))
 }
 
 /// `GET /__internal/status`: HTML, or JSON for `Accept: application/json`.
 async fn status(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
-    let snapshot = crate::status::collect(&state).await;
+    let snapshot = collect(&state).await;
     let wants_json = headers
         .get_all(header::ACCEPT)
         .iter()
@@ -233,7 +146,7 @@ async fn status(State(state): State<AppState>, headers: axum::http::HeaderMap) -
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        crate::status::html(&snapshot),
+        html(&snapshot),
     )
         .into_response()
 }
@@ -261,7 +174,7 @@ async fn waifu_health(
 ) -> Result<StatusCode, ApiError> {
     // A name that is not even a valid path parameter is no known waifu.
     let Path(name) = name.map_err(|_| ApiError::UnknownWaifu)?;
-    let routes = state.registry.routes();
+    let routes = state.routes.load();
     let waifu = routes.waifu(&name).ok_or(ApiError::UnknownWaifu)?;
     if waifu.instances.iter().any(|i| i.is_healthy()) {
         Ok(StatusCode::NO_CONTENT)
@@ -293,4 +206,36 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
+}
+
+/// The status page's snapshot.
+async fn collect(state: &AppState) -> Status {
+    let waifus = state.registry.list().await;
+    let (databases, incidents, store_error) = match tokio::try_join!(
+        state.store.databases(),
+        state.store.incidents(RECENT_INCIDENTS)
+    ) {
+        Ok((d, i)) => (d, i, None),
+        Err(e) => (Vec::new(), Vec::new(), Some(e.to_string())),
+    };
+    let waifus = waifus
+        .into_iter()
+        .map(|info| {
+            let database = databases
+                .iter()
+                .find(|(name, _)| *name == info.name)
+                .map(|(_, state)| state.clone());
+            WaifuStatus { info, database }
+        })
+        .collect();
+    Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        uptime_seconds: state.metrics.uptime().as_secs(),
+        requests_per_second: state.metrics.request_rate(),
+        open_connections: state.metrics.open_connections(),
+        health_leader: state.registry.leads_health_checks(),
+        waifus,
+        incidents,
+        store_error,
+    }
 }

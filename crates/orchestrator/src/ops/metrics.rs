@@ -1,16 +1,15 @@
-//! Prometheus metrics (issue 8), served at `GET /__internal/metrics`.
+//! Prometheus metrics, served at `GET /__internal/metrics`.
 //!
 //! The proxy's per-request counters are plain atomics kept with each waifu's
-//! route ([`RequestStats`], allocated on a waifu's first request) and turned
-//! into metrics only when scraped, so a request takes no lock and hashes no
-//! label set. Rarer events (hellos, database calls, incidents, connect
-//! errors) use prometheus-client's labelled families.
+//! route ([`crate::routing::stats`]) and turned into metrics only when
+//! scraped, so a request takes no lock and hashes no label set. Rarer events
+//! (hellos, database calls, incidents) use prometheus-client's labelled
+//! families.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use http::{Method, StatusCode};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -19,76 +18,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry as PromRegistry;
 
-use crate::registry::Registry;
-
-/// Methods counted separately; anything else is `OTHER`.
-const METHODS: [&str; 8] = [
-    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER",
-];
-const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-/// Upper bounds of the latency buckets, in seconds.
-const LATENCY_BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
-/// Requests one waifu answered, by method and status class, and how long
-/// their response headers took.
-#[derive(Debug, Default)]
-pub(crate) struct RequestStats {
-    counts: [[AtomicU64; CLASSES.len()]; METHODS.len()],
-    /// Non-cumulative; the last one is `+Inf`.
-    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
-    sum_micros: AtomicU64,
-}
-
-impl RequestStats {
-    pub(crate) fn record(&self, method: &Method, status: StatusCode, took: Duration) {
-        let m = method_index(method);
-        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
-        self.counts[m][class].fetch_add(1, Relaxed);
-        let secs = took.as_secs_f64();
-        let bucket = LATENCY_BUCKETS
-            .iter()
-            .position(|&le| secs <= le)
-            .unwrap_or(LATENCY_BUCKETS.len());
-        self.buckets[bucket].fetch_add(1, Relaxed);
-        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        self.sum_micros.fetch_add(micros, Relaxed);
-    }
-
-    /// Every request counted so far.
-    pub(crate) fn total(&self) -> u64 {
-        self.counts.iter().flatten().map(|c| c.load(Relaxed)).sum()
-    }
-}
-
-fn method_index(method: &Method) -> usize {
-    match *method {
-        Method::GET => 0,
-        Method::HEAD => 1,
-        Method::POST => 2,
-        Method::PUT => 3,
-        Method::PATCH => 4,
-        Method::DELETE => 5,
-        Method::OPTIONS => 6,
-        _ => 7,
-    }
-}
-
-/// A waifu's [`RequestStats`], allocated on its first request (most of ten
-/// thousand idle waifus never pay for them).
-#[derive(Debug, Default)]
-pub(crate) struct LazyStats(OnceLock<Box<RequestStats>>);
-
-impl LazyStats {
-    pub(crate) fn get(&self) -> &RequestStats {
-        self.0.get_or_init(Box::default)
-    }
-
-    fn if_used(&self) -> Option<&RequestStats> {
-        self.0.get().map(|b| &**b)
-    }
-}
+use crate::routing::Routes;
+use crate::routing::stats::{CLASSES, LATENCY_BUCKETS, METHODS, RequestStats};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
@@ -98,11 +29,6 @@ struct OutcomeLabel {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct WaifuLabel {
-    waifu: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -117,18 +43,19 @@ pub(crate) struct Metrics {
     hellos: Family<OutcomeLabel, Counter>,
     database_calls: Family<OutcomeLabel, Counter>,
     incidents: Family<KindLabel, Counter>,
-    connect_errors: Family<WaifuLabel, Counter>,
     connections: Family<ListenerLabel, Gauge>,
-    /// Requests that matched no waifu (404s, 400s, redirects).
+    /// Requests that matched no waifu (404s, 400s, redirects), counted by
+    /// the proxy.
     pub unrouted: Arc<RequestStats>,
-    routes: Arc<Registry>,
+    routes: Routes,
     started: std::time::Instant,
     /// Requests per second over the last sample (f64 bits), see [`sample_rate`].
     rate: AtomicU64,
 }
 
 impl Metrics {
-    pub(crate) fn new(routes: Arc<Registry>) -> Arc<Metrics> {
+    /// `leading` says whether this orchestrator runs the health checks.
+    pub(crate) fn new(routes: Routes, leading: tokio::sync::watch::Receiver<bool>) -> Arc<Metrics> {
         let mut registry = PromRegistry::with_prefix("waifus");
         let hellos = Family::default();
         registry.register(
@@ -148,12 +75,6 @@ impl Metrics {
             "Incidents reported, by kind",
             incidents.clone(),
         );
-        let connect_errors = Family::default();
-        registry.register(
-            "upstream_connect_errors",
-            "Failed connections to a waifu's instances",
-            connect_errors.clone(),
-        );
         let connections = Family::default();
         registry.register(
             "open_connections",
@@ -164,13 +85,13 @@ impl Metrics {
         registry.register_collector(Box::new(ProxyCollector {
             routes: routes.clone(),
             unrouted: unrouted.clone(),
+            leading,
         }));
         Arc::new(Metrics {
             registry,
             hellos,
             database_calls,
             incidents,
-            connect_errors,
             connections,
             unrouted,
             routes,
@@ -210,13 +131,6 @@ impl Metrics {
         self.incidents.get_or_create(&KindLabel { kind }).inc();
     }
 
-    pub(crate) fn connect_error(&self, waifu: &str) {
-        let label = WaifuLabel {
-            waifu: waifu.to_owned(),
-        };
-        self.connect_errors.get_or_create(&label).inc();
-    }
-
     /// The open-connections gauge of one listener (`public`, `tls`, `internal`).
     pub(crate) fn connections(&self, listener: &'static str) -> Gauge {
         self.connections
@@ -226,7 +140,7 @@ impl Metrics {
 
     /// Every proxied request counted so far.
     pub(crate) fn requests_total(&self) -> u64 {
-        let routes = self.routes.routes();
+        let routes = self.routes.load();
         routes
             .waifu_routes()
             .filter_map(|w| w.stats.if_used())
@@ -248,13 +162,14 @@ impl Metrics {
 /// Scrape-time view of the route table: requests, latency, instance health.
 #[derive(Debug)]
 struct ProxyCollector {
-    routes: Arc<Registry>,
+    routes: Routes,
     unrouted: Arc<RequestStats>,
+    leading: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Collector for ProxyCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let routes = self.routes.routes();
+        let routes = self.routes.load();
         let mut waifus: Vec<(&str, &RequestStats)> = routes
             .waifu_routes()
             .filter_map(|w| Some((&*w.name, w.stats.if_used()?)))
@@ -271,7 +186,7 @@ impl Collector for ProxyCollector {
         for (waifu, stats) in &waifus {
             for (m, method) in METHODS.iter().enumerate() {
                 for (c, class) in CLASSES.iter().enumerate() {
-                    let n = stats.counts[m][c].load(Relaxed);
+                    let n = stats.count(m, c);
                     if n == 0 {
                         continue;
                     }
@@ -292,17 +207,14 @@ impl Collector for ProxyCollector {
             MetricType::Histogram,
         )?;
         for (waifu, stats) in &waifus {
-            let mut buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+            let (counts, sum) = stats.latency();
+            let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
                 .iter()
-                .zip(&stats.buckets)
-                .map(|(&le, n)| (le, n.load(Relaxed)))
+                .chain([&f64::MAX])
+                .zip(counts)
+                .map(|(&le, n)| (le, n))
                 .collect();
-            let inf = stats.buckets[LATENCY_BUCKETS.len()].load(Relaxed);
-            buckets.push((f64::MAX, inf));
             let count = buckets.iter().map(|(_, n)| n).sum();
-            // Microseconds to seconds; exact enough for a sum.
-            #[allow(clippy::cast_precision_loss)]
-            let sum = stats.sum_micros.load(Relaxed) as f64 / 1e6;
             latency
                 .encode_family(&[("waifu", *waifu)])?
                 .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
@@ -316,7 +228,22 @@ impl Collector for ProxyCollector {
             None,
             MetricType::Gauge,
         )?;
-        leader.encode_gauge(&i64::from(self.routes.leads_health_checks()))?;
+        leader.encode_gauge(&i64::from(*self.leading.borrow()))?;
+
+        let mut errors = encoder.encode_descriptor(
+            "upstream_connect_errors",
+            "Failed connections to a waifu's instances",
+            None,
+            MetricType::Counter,
+        )?;
+        for (waifu, stats) in &waifus {
+            let n = stats.connect_errors();
+            if n > 0 && *waifu != "-" {
+                errors
+                    .encode_family(&[("waifu", *waifu)])?
+                    .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&n, None)?;
+            }
+        }
 
         let mut health = encoder.encode_descriptor(
             "instance_healthy",
@@ -375,34 +302,5 @@ impl Open {
 impl Drop for Open {
     fn drop(&mut self) {
         self.0.dec();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stats_classify_and_bucket() {
-        let s = RequestStats::default();
-        s.record(&Method::GET, StatusCode::OK, Duration::from_micros(300));
-        s.record(
-            &Method::GET,
-            StatusCode::NOT_FOUND,
-            Duration::from_millis(3),
-        );
-        s.record(
-            &Method::from_bytes(b"PROPFIND").unwrap(),
-            StatusCode::BAD_GATEWAY,
-            Duration::from_secs(60),
-        );
-        assert_eq!(s.counts[0][1].load(Relaxed), 1);
-        assert_eq!(s.counts[0][3].load(Relaxed), 1);
-        assert_eq!(s.counts[7][4].load(Relaxed), 1);
-        assert_eq!(s.buckets[0].load(Relaxed), 1, "0.3 ms ≤ 0.5 ms");
-        assert_eq!(s.buckets[3].load(Relaxed), 1, "3 ms ≤ 5 ms");
-        assert_eq!(s.buckets[LATENCY_BUCKETS.len()].load(Relaxed), 1, "+Inf");
-        assert_eq!(s.total(), 3);
-        assert_eq!(s.sum_micros.load(Relaxed), 60_003_300);
     }
 }

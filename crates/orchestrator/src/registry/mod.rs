@@ -2,14 +2,17 @@
 //!
 //! A hello is validated (protocol crate), recorded in PostgreSQL in one
 //! transaction, applied to the in-memory model, and published as a new
-//! immutable [`RouteTable`] (DESIGN.md §3 "Flow of a hello"). Writers are
-//! serialised by one async mutex so memory never disagrees with the database;
-//! readers (the proxy) never take it.
+//! immutable [`RouteTable`] through the one [`RouteWriter`]. Writers are
+//! serialised by one async mutex so memory never disagrees with the
+//! database; readers (the proxy, TLS, metrics, health) hold a
+//! [`crate::routing::Routes`] handle and never take it. Other orchestrators
+//! on the same database are followed by [`replicas`].
+
+pub(crate) mod replicas;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -19,7 +22,8 @@ use waifus_protocol::{
     validate_name,
 };
 
-use crate::routes::{BindRoute, Instance, RouteTable, WaifuRoute};
+use crate::health::Watch;
+use crate::routing::{BindRoute, Instance, RouteTable, RouteWriter, WaifuRoute};
 use crate::store::{BindClaim, Store, StoreError};
 
 /// Why a hello was refused as a whole.
@@ -31,18 +35,6 @@ pub(crate) enum HelloError {
     Host(#[from] HostError),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// A new instance the health checker must start watching.
-#[derive(Debug)]
-pub(crate) struct Watch {
-    pub name: Arc<str>,
-    pub instance: Arc<Instance>,
-    /// For an instance from a hello still being stored: fires once it is
-    /// stored, or is dropped if storing failed. The first check runs while
-    /// the transaction commits, so a healthy instance is routable as soon
-    /// as it is published; its health is stored only after the commit.
-    pub committed: Option<oneshot::Receiver<()>>,
 }
 
 #[derive(Debug, Default)]
@@ -78,7 +70,7 @@ impl Entry {
 /// Routing state: the published table, the model behind it, and its store.
 #[derive(Debug)]
 pub(crate) struct Registry {
-    routes: ArcSwap<RouteTable>,
+    routes: RouteWriter,
     state: Mutex<State>,
     store: Store,
     /// `None` for `MAIN_DOMAIN=*`.
@@ -88,19 +80,24 @@ pub(crate) struct Registry {
     /// Parent of every instance's `retired` token.
     shutdown: CancellationToken,
     watch: mpsc::UnboundedSender<Watch>,
-    /// Signalled on every published change.
-    changed: tokio::sync::Notify,
-    /// Whether this orchestrator runs the health checks (crate::replicas):
+    /// Whether this orchestrator runs the health checks ([`replicas`]):
     /// if not, instance health comes from the store.
     leading: tokio::sync::watch::Receiver<bool>,
     /// Counts changes applied to memory; see `State::touched`.
     seq: std::sync::atomic::AtomicU64,
 }
 
+impl crate::health::Deregister for Registry {
+    async fn deregister(&self, name: &str, instance: &Arc<Instance>) -> Result<(), StoreError> {
+        Registry::deregister(self, name, instance).await
+    }
+}
+
 impl Registry {
     /// Loads the stored state and publishes it; returns the registry and the
     /// stream of instances to health-check (starting with every loaded one).
     pub(crate) async fn load(
+        routes: RouteWriter,
         store: Store,
         main_domain: Option<String>,
         public_base: String,
@@ -127,14 +124,13 @@ impl Registry {
             state.waifus.insert(stored.name, entry);
         }
         let registry = Registry {
-            routes: ArcSwap::from_pointee(RouteTable::default()),
+            routes,
             state: Mutex::new(state),
             store,
             main_domain,
             public_base,
             shutdown,
             watch,
-            changed: tokio::sync::Notify::new(),
             leading,
             seq: std::sync::atomic::AtomicU64::new(0),
         };
@@ -150,20 +146,6 @@ impl Registry {
     /// Whether this orchestrator runs the health checks now.
     pub(crate) fn leads_health_checks(&self) -> bool {
         *self.leading.borrow()
-    }
-
-    /// The current route table, to hold across an await.
-    pub(crate) fn routes_now(&self) -> Arc<RouteTable> {
-        self.routes.load_full()
-    }
-
-    /// The current route table; cheap, lock-free.
-    pub(crate) fn routes(&self) -> arc_swap::Guard<Arc<RouteTable>> {
-        self.routes.load()
-    }
-
-    pub(crate) fn store(&self) -> &Store {
-        &self.store
     }
 
     /// Handles `POST /__internal/hello`.
@@ -298,127 +280,6 @@ impl Registry {
         state.touched.insert(name.to_owned(), seq);
     }
 
-    /// Brings every waifu in memory in line with the store (another
-    /// orchestrator may have changed them, or a notification was missed).
-    /// The store is read without the state lock, so hellos are not held up;
-    /// waifus changed here since the read began are left as they are. The
-    /// table is published only if something differed.
-    pub(crate) async fn resync_all(&self) -> Result<(), StoreError> {
-        let since = self.seq.load(std::sync::atomic::Ordering::SeqCst);
-        let stored = self.store.load().await?;
-        let mut state = self.state.lock().await;
-        let fresh = |state: &State, name: &str| state.touched.get(name).is_some_and(|s| *s > since);
-        let stored_names: HashSet<&str> = stored.iter().map(|w| w.name.as_str()).collect();
-        let gone: Vec<String> = state
-            .waifus
-            .keys()
-            .filter(|n| !stored_names.contains(n.as_str()))
-            .cloned()
-            .collect();
-        let mut changed = false;
-        for name in gone {
-            if !fresh(&state, &name) {
-                changed |= self.apply_stored(&mut state, &name, None).1;
-            }
-        }
-        for (i, waifu) in stored.into_iter().enumerate() {
-            let name = waifu.name.clone();
-            if !fresh(&state, &name) {
-                changed |= self.apply_stored(&mut state, &name, Some(waifu)).1;
-            }
-            if i % 512 == 511 {
-                // Thousands of waifus: let requests run in between.
-                tokio::task::yield_now().await;
-            }
-        }
-        state.touched.retain(|_, seq| *seq > since);
-        if changed {
-            self.publish(&state);
-        }
-        Ok(())
-    }
-
-    /// Brings one waifu in line with the store (after a change notification).
-    /// Read under the state lock: nothing of this process falls in between.
-    pub(crate) async fn resync_waifu(&self, name: &str) -> Result<(), StoreError> {
-        let mut state = self.state.lock().await;
-        let stored = self.store.load_waifu(name).await?;
-        let (old_hosts, changed) = self.apply_stored(&mut state, name, stored);
-        self.touch(&mut state, name);
-        if changed {
-            self.publish_waifu(&state, name, old_hosts.iter().map(String::as_str));
-        }
-        Ok(())
-    }
-
-    /// Makes one waifu in memory what the store says; returns the hosts it
-    /// was bound on before and whether anything differed. Instances keep
-    /// their identity (connections, counters); their health is taken from
-    /// the store unless this process runs the checks.
-    fn apply_stored(
-        &self,
-        state: &mut State,
-        name: &str,
-        stored: Option<crate::store::StoredWaifu>,
-    ) -> (Vec<String>, bool) {
-        let old_hosts = state.waifus.get(name).map_or_else(Vec::new, |e| {
-            e.binds.iter().map(|(key, _)| key.host.clone()).collect()
-        });
-        let Some(stored) = stored.filter(|s| !s.instances.is_empty()) else {
-            let Some(entry) = state.waifus.remove(name) else {
-                return (old_hosts, false);
-            };
-            for instance in &entry.instances {
-                instance.retired.cancel();
-            }
-            return (old_hosts, true);
-        };
-        let leading = *self.leading.borrow();
-        let mut changed = !state.waifus.contains_key(name);
-        let entry = state
-            .waifus
-            .entry(name.to_owned())
-            .or_insert_with(|| Entry::new(name, Vec::new(), Vec::new()));
-        let mut instances_changed = false;
-        entry.instances.retain(|i| {
-            let keep = stored.instances.iter().any(|(up, _)| *up == i.upstream);
-            if !keep {
-                i.retired.cancel();
-                instances_changed = true;
-            }
-            keep
-        });
-        for (upstream, healthy) in stored.instances {
-            match entry.instances.iter().find(|i| i.upstream == upstream) {
-                Some(instance) => {
-                    if !leading && instance.is_healthy() != healthy {
-                        crate::health::set_healthy(instance, healthy);
-                        // Routing reads the flag itself: nothing to publish.
-                    }
-                }
-                None => {
-                    let instance = Arc::new(Instance::new(upstream, healthy, &self.shutdown));
-                    entry.instances.push(instance.clone());
-                    let _ = self.watch.send(Watch {
-                        name: name.into(),
-                        instance,
-                        committed: None,
-                    });
-                    instances_changed = true;
-                }
-            }
-        }
-        if sorted_binds(&entry.binds) != sorted_binds(&stored.binds) {
-            entry.binds = stored.binds;
-            changed = true;
-        }
-        if instances_changed {
-            entry.route = Arc::new(entry.route.rebuilt(entry.instances.clone()));
-            changed = true;
-        }
-        (old_hosts, changed)
-    }
-
     /// Drops an instance that stayed critical too long; its waifu and binds
     /// go with its last instance. Memory follows only once the store agreed.
     pub(crate) async fn deregister(
@@ -459,9 +320,8 @@ impl Registry {
             .waifus
             .get(name)
             .map(|e| (&e.route, e.binds.as_slice()));
-        let table = self.routes.load().with_waifu(name, now, old_hosts);
-        self.routes.store(Arc::new(table));
-        self.changed.notify_one();
+        let table = self.routes.current().with_waifu(name, now, old_hosts);
+        self.routes.publish(table);
     }
 
     fn publish(&self, state: &State) {
@@ -478,14 +338,7 @@ impl Registry {
         });
         let waifus = state.waifus.values().map(|e| e.route.clone());
         let table = RouteTable::new(self.main_domain.as_deref(), waifus, binds);
-        self.routes.store(Arc::new(table));
-        self.changed.notify_one();
-    }
-
-    /// Resolves after routes changed since the last call (one listener:
-    /// the certificate manager).
-    pub(crate) async fn routes_changed(&self) {
-        self.changed.notified().await;
+        self.routes.publish(table);
     }
 
     /// Handles `GET /__internal/waifus`.
@@ -513,16 +366,6 @@ impl Registry {
             })
             .collect()
     }
-}
-
-/// Binds in a canonical order, for comparing two lists.
-fn sorted_binds(binds: &[(BindKey, String)]) -> Vec<(String, &str)> {
-    let mut v: Vec<(String, &str)> = binds
-        .iter()
-        .map(|(k, t)| (k.canonical(), t.as_str()))
-        .collect();
-    v.sort_unstable();
-    v
 }
 
 fn instance_info(instance: &Instance) -> InstanceInfo {

@@ -1,22 +1,19 @@
-//! The status page (`GET /__internal/status`, issue 8) and the
-//! `orchestrator status` / `orchestrator incidents` commands.
+//! The status page (`GET /__internal/status`) and the text the
+//! `orchestrator status` / `orchestrator incidents` commands print.
 //!
 //! One snapshot ([`Status`]) feeds all three: rendered as self-refreshing
 //! HTML (no script, no external asset), as JSON when asked with
 //! `Accept: application/json`, and as text tables by the CLI, which reads
-//! that JSON from a running orchestrator.
+//! that JSON from a running orchestrator. Pure rendering: who gathers the
+//! snapshot is the internal API's business.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use waifus_protocol::{IncidentInfo, WaifuInfo};
 
-use crate::api::AppState;
-
 /// Incidents shown on the page.
-const RECENT_INCIDENTS: i64 = 20;
+pub(crate) const RECENT_INCIDENTS: i64 = 20;
 /// The page reloads itself this often.
 const REFRESH_SECONDS: u32 = 5;
 
@@ -49,37 +46,6 @@ pub struct WaifuStatus {
     pub database: Option<String>,
 }
 
-pub(crate) async fn collect(state: &AppState) -> Status {
-    let waifus = state.registry.list().await;
-    let (databases, incidents, store_error) = match tokio::try_join!(
-        state.store.databases(),
-        state.store.incidents(RECENT_INCIDENTS)
-    ) {
-        Ok((d, i)) => (d, i, None),
-        Err(e) => (Vec::new(), Vec::new(), Some(e.to_string())),
-    };
-    let waifus = waifus
-        .into_iter()
-        .map(|info| {
-            let database = databases
-                .iter()
-                .find(|(name, _)| *name == info.name)
-                .map(|(_, state)| state.clone());
-            WaifuStatus { info, database }
-        })
-        .collect();
-    Status {
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        uptime_seconds: state.metrics.uptime().as_secs(),
-        requests_per_second: state.metrics.request_rate(),
-        open_connections: state.metrics.open_connections(),
-        health_leader: state.registry.leads_health_checks(),
-        waifus,
-        incidents,
-        store_error,
-    }
-}
-
 /// HTML-escapes text for element content and quoted attributes.
 fn esc(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -106,7 +72,7 @@ fn uptime(secs: u64) -> String {
 }
 
 /// The page. Every value that came from outside is escaped.
-pub(crate) fn html(status: &Status) -> String {
+pub fn html(status: &Status) -> String {
     let mut h = String::with_capacity(8 * 1024);
     let healthy = status
         .waifus
@@ -229,36 +195,6 @@ th{{background:#f0f0f0;font-weight:600}} code{{font-size:13px}}
     h
 }
 
-/// Fetches `path` from a running orchestrator's internal API as JSON.
-async fn fetch<T: serde::de::DeserializeOwned>(addr: SocketAddr, path: &str) -> anyhow::Result<T> {
-    use anyhow::Context as _;
-    use http_body_util::{BodyExt, Empty, Limited};
-    let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
-    let request = http::Request::get(format!("http://{addr}{path}"))
-        .header(http::header::ACCEPT, "application/json")
-        .body(Empty::new())?;
-    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
-        .await
-        .map_err(|_| anyhow::anyhow!("{addr} did not answer within 10 s"))?
-        .with_context(|| format!("cannot reach the orchestrator's internal API at {addr}"))?;
-    let status = response.status();
-    let body = Limited::new(response.into_body(), 64 << 20)
-        .collect()
-        .await
-        .map_err(|e| anyhow::anyhow!("reading the answer: {e}"))?
-        .to_bytes();
-    if !status.is_success() {
-        anyhow::bail!(
-            "{path} answered {status}: {}",
-            String::from_utf8_lossy(&body)
-        );
-    }
-    serde_json::from_slice(&body)
-        .with_context(|| format!("{path} did not answer the expected JSON"))
-}
-
 /// Left-aligned columns separated by two spaces.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
@@ -287,9 +223,8 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// `orchestrator status`: the page's content as tables.
-pub async fn status_report(addr: SocketAddr) -> anyhow::Result<String> {
-    let status: Status = fetch(addr, "/__internal/status").await?;
+/// The page's content as text tables (`orchestrator status`).
+pub fn text(status: &Status) -> String {
     let mut out = format!(
         "orchestrator {}, up {}, {:.1} requests/s, {} open connections, health checks {}\n",
         status.version,
@@ -343,17 +278,11 @@ pub async fn status_report(addr: SocketAddr) -> anyhow::Result<String> {
     }
     out.push('\n');
     out += &incident_table(&status.incidents);
-    Ok(out)
+    out
 }
 
-/// `orchestrator incidents`: the newest `limit` incidents as a table.
-pub async fn incidents_report(addr: SocketAddr, limit: u32) -> anyhow::Result<String> {
-    let incidents: Vec<IncidentInfo> =
-        fetch(addr, &format!("/__internal/incidents?limit={limit}")).await?;
-    Ok(incident_table(&incidents))
-}
-
-fn incident_table(incidents: &[IncidentInfo]) -> String {
+/// Incidents as a text table (`orchestrator incidents`).
+pub fn incident_table(incidents: &[IncidentInfo]) -> String {
     if incidents.is_empty() {
         return "no incidents\n".into();
     }

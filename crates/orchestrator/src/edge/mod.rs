@@ -1,4 +1,5 @@
-//! Accepting connections on the listeners and draining them on shutdown.
+//! The listeners: accepting connections, bounding them, draining them on
+//! shutdown.
 //!
 //! The public listener speaks HTTP/1.1 and h2c (prior knowledge): requests
 //! without a body are served by its own loop ([`h1`]), and the first
@@ -10,32 +11,35 @@
 //! connections), header blocks and request targets are size limited, and
 //! any connection on which no byte moved for `IDLE_TIMEOUT` is closed (this
 //! is what ends idle or dead HTTP/2 connections; upgraded tunnels are
-//! handed off and not bound by it). Request framing is checked strictly
-//! before either parses it ([`crate::strict`]).
+//! handed off and not bound by it, [`idle`]). Request framing is checked
+//! strictly before either parses it ([`strict`]).
 
-pub(crate) mod h1;
+mod h1;
+mod idle;
+pub(crate) mod strict;
+
+pub(crate) use h1::{Parsed, parse as parse_fast};
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
+use waifus_http1::limits::{MAX_FIELDS, MAX_HEAD};
 
-use crate::metrics::Open;
+use crate::ops::metrics::Open;
 use crate::proxy::{Proxy, Via};
-use crate::strict::{Socket, Strict};
+use idle::{Tracked, close_when_idle};
 use prometheus_client::metrics::gauge::Gauge;
+use strict::{Socket, Strict};
 
 /// Limits on what a client may send.
 #[derive(Debug, Clone, Copy)]
@@ -46,10 +50,6 @@ pub(crate) struct ConnLimits {
     pub max_connections: u32,
 }
 
-/// Largest HTTP/1 header block (and read buffer); beyond it, 431.
-pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// Most header fields in one request.
-pub(crate) const MAX_HEADERS: usize = 100;
 /// Largest HTTP/2 header list.
 const MAX_H2_HEADER_LIST: u32 = 64 * 1024;
 
@@ -206,8 +206,8 @@ fn limited_builder(limits: ConnLimits) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(MAX_HEADER_BYTES)
-        .max_headers(MAX_HEADERS);
+        .max_buf_size(MAX_HEAD)
+        .max_headers(MAX_FIELDS);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -258,119 +258,4 @@ pub(crate) async fn serve_internal(
     }
     drop(listener);
     drain_or_give_up(graceful, drain, "internal").await;
-}
-
-/// Runs a connection, dropping it once no byte moved for `idle`.
-async fn close_when_idle<F, E>(
-    mut conn: Pin<Box<F>>,
-    activity: Arc<AtomicU64>,
-    idle: Duration,
-    peer: SocketAddr,
-) -> Result<(), E>
-where
-    F: std::future::Future<Output = Result<(), E>>,
-{
-    let started = Instant::now();
-    loop {
-        let last = Duration::from_millis(activity.load(Ordering::Relaxed));
-        let deadline = started + last + idle;
-        tokio::select! {
-            r = conn.as_mut() => return r,
-            () = tokio::time::sleep_until(deadline.into()) => {
-                let now_last = Duration::from_millis(activity.load(Ordering::Relaxed));
-                if now_last == last {
-                    debug!(%peer, "closing idle connection");
-                    return Ok(());
-                }
-            }
-        }
-    }
-}
-
-/// A socket that records when it last moved a byte, in milliseconds since
-/// it was accepted.
-#[derive(Debug)]
-struct Tracked<S: Socket> {
-    inner: Strict<S>,
-    started: Instant,
-    activity: Arc<AtomicU64>,
-}
-
-impl<S: Socket> Tracked<S> {
-    fn new(inner: Strict<S>, activity: Arc<AtomicU64>) -> Self {
-        Tracked {
-            inner,
-            started: Instant::now(),
-            activity,
-        }
-    }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.activity.store(ms, Ordering::Relaxed);
-    }
-}
-
-impl<S: Socket> h1::Unread for Tracked<S> {
-    fn unread(&mut self, bytes: &[u8]) {
-        self.inner.unread(bytes);
-    }
-}
-
-impl<S: Socket> AsyncRead for Tracked<S> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        if r.is_ready() {
-            self.touch();
-        }
-        r
-    }
-}
-
-impl<S: Socket> AsyncWrite for Tracked<S> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        if r.is_ready() {
-            self.touch();
-        }
-        r
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let r = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if r.is_ready() {
-            self.touch();
-        }
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }

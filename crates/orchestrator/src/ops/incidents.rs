@@ -55,7 +55,7 @@ pub(crate) struct Incidents {
     store: Store,
     tasks: TaskTracker,
     webhook: Option<mpsc::Sender<IncidentInfo>>,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    metrics: std::sync::Arc<crate::ops::metrics::Metrics>,
 }
 
 impl Incidents {
@@ -65,7 +65,7 @@ impl Incidents {
         tasks: TaskTracker,
         webhook_url: Option<http::Uri>,
         shutdown: CancellationToken,
-        metrics: std::sync::Arc<crate::metrics::Metrics>,
+        metrics: std::sync::Arc<crate::ops::metrics::Metrics>,
     ) -> Self {
         let webhook = webhook_url.map(|url| {
             let (tx, rx) = mpsc::channel(WEBHOOK_QUEUE);

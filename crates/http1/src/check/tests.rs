@@ -1,0 +1,290 @@
+use super::*;
+use proptest::prelude::*;
+
+/// Feeds `pieces` as successive reads, as the socket wrapper does: returns what
+/// hyper would get and the violation, if any.
+fn run(pieces: &[&[u8]]) -> (Vec<u8>, Option<Violation>) {
+    let mut checker = Checker::default();
+    let mut out = Vec::new();
+    for piece in pieces {
+        let mut data = checker.take_held();
+        data.extend_from_slice(piece);
+        let verdict = checker.check(&data);
+        out.extend_from_slice(&data[..verdict.pass]);
+        if verdict.violation.is_some() {
+            return (out, verdict.violation);
+        }
+        checker.hold(data[verdict.pass..].to_vec());
+    }
+    (out, None)
+}
+
+const GET: &str = "GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+
+#[test]
+fn refused_heads() {
+    use Violation::*;
+    let cases: &[(&str, &str, Violation)] = &[
+        (
+            "CL and TE",
+            "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+            LengthAndEncoding,
+        ),
+        (
+            "two CLs",
+            "POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\nabc",
+            TwoLengths,
+        ),
+        (
+            "CL list",
+            "POST / HTTP/1.1\r\ncontent-length: 3, 3\r\n\r\nabc",
+            BadLength,
+        ),
+        (
+            "plus CL",
+            "POST / HTTP/1.1\r\ncontent-length: +3\r\n\r\nabc",
+            BadLength,
+        ),
+        (
+            "empty CL",
+            "POST / HTTP/1.1\r\ncontent-length: \r\n\r\n",
+            BadLength,
+        ),
+        (
+            "negative CL",
+            "POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n",
+            BadLength,
+        ),
+        (
+            "huge CL",
+            "POST / HTTP/1.1\r\ncontent-length: 99999999999999999999\r\n\r\n",
+            BadLength,
+        ),
+        (
+            "xchunked",
+            "POST / HTTP/1.1\r\ntransfer-encoding: xchunked\r\n\r\n",
+            BadEncoding,
+        ),
+        (
+            "chunked tab",
+            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\t\r\n\r\n",
+            BadEncoding,
+        ),
+        (
+            "tab chunked",
+            "POST / HTTP/1.1\r\ntransfer-encoding:\tchunked\r\n\r\n",
+            BadEncoding,
+        ),
+        (
+            "identity, chunked",
+            "POST / HTTP/1.1\r\ntransfer-encoding: identity, chunked\r\n\r\n",
+            BadEncoding,
+        ),
+        (
+            "chunked, chunked",
+            "POST / HTTP/1.1\r\ntransfer-encoding: chunked, chunked\r\n\r\n",
+            BadEncoding,
+        ),
+        (
+            "second TE",
+            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
+            TwoEncodings,
+        ),
+        (
+            "obs-fold",
+            "GET / HTTP/1.1\r\nhost: a\r\nx-a: b\r\n c\r\n\r\n",
+            ObsFold,
+        ),
+        (
+            "obs-fold tab",
+            "GET / HTTP/1.1\r\nhost: a\r\n\tc\r\n\r\n",
+            ObsFold,
+        ),
+        (
+            "space before colon",
+            "GET / HTTP/1.1\r\nhost : a\r\n\r\n",
+            SpaceBeforeColon,
+        ),
+        (
+            "TE space before colon",
+            "POST / HTTP/1.1\r\ntransfer-encoding : chunked\r\n\r\n",
+            SpaceBeforeColon,
+        ),
+        ("bare LF in head", "GET / HTTP/1.1\nhost: a\r\n\r\n", BareLf),
+        ("bare LF ending", "GET / HTTP/1.1\r\nhost: a\n\n", BareLf),
+        ("bare CR", "GET / HTTP/1.1\r\nhost: a\rx: y\r\n\r\n", BareCr),
+        ("no colon", "GET / HTTP/1.1\r\nhost a\r\n\r\n", BadFieldName),
+        ("fragment", "GET /w#a HTTP/1.1\r\nhost: a\r\n\r\n", Fragment),
+        (
+            "fragment before a query",
+            "GET /w#a?b=1 HTTP/1.1\r\nhost: a\r\n\r\n",
+            Fragment,
+        ),
+        (
+            "fragment hiding a path",
+            "GET /app/x#/../__internal/y HTTP/1.1\r\nhost: a\r\n\r\n",
+            Fragment,
+        ),
+        (
+            "bad name",
+            "GET / HTTP/1.1\r\nho\"st: a\r\n\r\n",
+            BadFieldName,
+        ),
+        (
+            "bad chunk size",
+            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+            BadChunk(ChunkError::NoSize),
+        ),
+        (
+            "no CRLF after chunk",
+            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n1\r\naXX",
+            BadChunk(ChunkError::NoCrlf),
+        ),
+        // What httparse alone would take: a size line with no digits,
+        // a bare LF or a NUL in an extension, a trailer that is no field.
+        (
+            "chunk line without a size",
+            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n;x=1\r\n",
+            BadChunk(ChunkError::NoSize),
+        ),
+        (
+            "bare LF in a chunk extension",
+            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n1;a\nb\r\nx\r\n",
+            BadChunk(ChunkError::Control),
+        ),
+        (
+            "NUL in a chunk extension",
+            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n1;\0\r\nx\r\n",
+            BadChunk(ChunkError::Control),
+        ),
+        (
+            "a trailer that is not a field",
+            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n0\r\nhello\r\n\r\n",
+            BadChunk(ChunkError::BadTrailer),
+        ),
+    ];
+    for (what, raw, want) in cases {
+        let (passed, violation) = run(&[raw.as_bytes()]);
+        assert_eq!(violation, Some(*want), "{what}");
+        // Nothing of a refused head reaches hyper.
+        let in_body = matches!(want, BadChunk(_));
+        let refused_at = if in_body { passed.len() } else { 0 };
+        assert_eq!(passed.len(), refused_at, "{what}");
+        // Split anywhere, the head is still refused, and hyper never
+        // gets all of it (it would need the final empty line).
+        if !in_body {
+            for k in 1..raw.len() {
+                let (passed, violation) = run(&[&raw.as_bytes()[..k], &raw.as_bytes()[k..]]);
+                assert!(violation.is_some(), "{what} split at {k}");
+                assert!(find(&passed, b"\r\n\r\n").is_none(), "{what} split at {k}");
+                assert!(
+                    !passed.windows(2).any(|w| w == b"\n\n"),
+                    "{what} split at {k}"
+                );
+            }
+        }
+        // The same, after a good request: that one passes whole.
+        let (passed, violation) = run(&[GET.as_bytes(), raw.as_bytes()]);
+        assert_eq!(violation, Some(*want), "{what} (pipelined)");
+        assert!(passed.starts_with(GET.as_bytes()), "{what} (pipelined)");
+    }
+}
+
+#[test]
+fn accepted_streams() {
+    let cases: &[(&str, &str)] = &[
+        ("get", GET),
+        (
+            "length",
+            "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nhello",
+        ),
+        (
+            "chunked",
+            "POST / HTTP/1.1\r\ntransfer-encoding:  Chunked \r\n\r\n5;x=1\r\nhello\r\n0\r\nt: 1\r\n\r\n",
+        ),
+        (
+            "a body that looks like a bad head",
+            "POST / HTTP/1.1\r\ncontent-length: 20\r\n\r\nGET / HTTP/1.1\nx\n\n\n\n",
+        ),
+        (
+            "h2 preface",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\n\n",
+        ),
+        (
+            "leading empty line",
+            "\r\nGET / HTTP/1.1\r\nhost: a\r\n\r\n",
+        ),
+    ];
+    for (what, raw) in cases {
+        let stream = [raw.as_bytes(), GET.as_bytes()].concat();
+        assert_eq!(run(&[&stream]), (stream.clone(), None), "{what}");
+    }
+}
+
+/// An upgrade request is a request like any other: what follows it is
+/// checked until a switch is actually relayed.
+#[test]
+fn an_upgrade_request_leaves_the_checks_on() {
+    let upgrade = "GET / HTTP/1.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n";
+    let h2c = "GET / HTTP/1.1\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\n\
+               http2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n";
+    let smuggle =
+        "POST / HTTP/1.1\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n";
+    for first in [upgrade, h2c] {
+        let stream = format!("{first}{smuggle}");
+        assert_eq!(
+            run(&[stream.as_bytes()]),
+            (
+                first.as_bytes().to_vec(),
+                Some(Violation::LengthAndEncoding)
+            ),
+            "{first}"
+        );
+        // Binary after the head, as a tunnel would carry: not HTTP/1.
+        let stream = format!("{first}\x01\n\n");
+        assert_eq!(run(&[stream.as_bytes()]).1, Some(Violation::BareLf));
+    }
+}
+
+#[test]
+fn a_bad_line_ending_is_refused_before_the_head_ends() {
+    let (passed, violation) = run(&[b"GET / HTTP/1.1\nhost: a"]);
+    assert_eq!((passed.len(), violation), (0, Some(Violation::BareLf)));
+}
+
+proptest! {
+    /// However a valid pipelined stream is split into reads, all of it
+    /// passes, in order.
+    #[test]
+    fn any_split_of_valid_requests_passes(
+        bodies in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..4),
+        chunked in any::<bool>(),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+    ) {
+        let mut stream = Vec::new();
+        for body in &bodies {
+            if chunked {
+                stream.extend_from_slice(b"POST /c HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n");
+                for part in body.chunks(7) {
+                    stream.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+                    stream.extend_from_slice(part);
+                    stream.extend_from_slice(b"\r\n");
+                }
+                stream.extend_from_slice(b"0\r\n\r\n");
+            } else {
+                stream.extend_from_slice(format!("POST /l HTTP/1.1\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes());
+                stream.extend_from_slice(body);
+            }
+        }
+        let mut at: Vec<usize> = cuts.iter().map(|i| i.index(stream.len())).collect();
+        at.push(stream.len());
+        at.sort_unstable();
+        let mut pieces: Vec<&[u8]> = Vec::new();
+        let mut from = 0;
+        for to in at {
+            pieces.push(&stream[from..to]);
+            from = to;
+        }
+        prop_assert_eq!(run(&pieces), (stream.clone(), None));
+    }
+}

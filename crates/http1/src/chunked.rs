@@ -1,0 +1,249 @@
+//! The chunked transfer coding (RFC 9112 §7.1), read one strict way for
+//! requests and responses alike.
+//!
+//! RFC 9112 lets a reader be lenient, and `httparse` is: it takes any byte
+//! in a chunk extension (a bare LF, a NUL) and reads a chunk-size line with
+//! no digits (`;x`, or nothing) as size 0. Two readers that disagree on
+//! where a chunk ends are how request smuggling starts, so here:
+//!
+//! - a chunk-size line starts with its hex size and holds no control
+//!   character but HTAB before its CRLF, and is at most [`MAX_LINE`] long;
+//! - chunk data is followed by exactly CRLF;
+//! - every trailer line is a `name: value` field line ending in CRLF.
+//!
+//! [`Chunked`] tells what the front of a buffer is; it never copies.
+
+use crate::limits::MAX_LINE;
+use crate::token::{has_ctl, is_field_line};
+
+/// Where a chunked body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Chunked {
+    /// Expecting a chunk-size line.
+    #[default]
+    Size,
+    /// Inside a chunk's data, this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+    /// The body is complete.
+    Done,
+}
+
+/// What the front of the buffer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// This many bytes of chunk data.
+    Data(usize),
+    /// This many bytes of framing (a size line, a CRLF, a trailer line, the
+    /// final empty line).
+    Framing(usize),
+    /// Nothing can be judged before more bytes arrive.
+    More,
+}
+
+/// How a chunked body broke its framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ChunkError {
+    #[error("a chunk-size line without a size")]
+    NoSize,
+    #[error("an invalid chunk size")]
+    BadSize,
+    #[error("a control character in a chunk-size line")]
+    Control,
+    #[error("a chunk-size line too long")]
+    LongLine,
+    #[error("chunk data not followed by CRLF")]
+    NoCrlf,
+    #[error("a malformed trailer line")]
+    BadTrailer,
+    #[error("a trailer line too long")]
+    LongTrailer,
+}
+
+impl Chunked {
+    /// Judges the front of `buf`. The caller consumes the bytes a
+    /// [`Step::Data`] or [`Step::Framing`] names and calls again; on
+    /// [`Step::More`] it keeps what it has and adds what comes next.
+    pub fn step(&mut self, buf: &[u8]) -> Result<Step, ChunkError> {
+        match *self {
+            Chunked::Done => Ok(Step::Framing(0)),
+            Chunked::Size => {
+                let (line, complete) = line_of(buf);
+                // Judged in the same order whether the line is whole or
+                // not, so that how bytes arrive never changes the verdict.
+                if line.first().is_some_and(|b| !b.is_ascii_hexdigit())
+                    || (complete && line.is_empty())
+                {
+                    return Err(ChunkError::NoSize);
+                }
+                if has_ctl(line) {
+                    return Err(ChunkError::Control);
+                }
+                if line.len() > MAX_LINE {
+                    return Err(ChunkError::LongLine);
+                }
+                if !complete {
+                    return Ok(Step::More);
+                }
+                let size = match httparse::parse_chunk_size(&buf[..line.len() + 2]) {
+                    Ok(httparse::Status::Complete((_, size))) => size,
+                    _ => return Err(ChunkError::BadSize),
+                };
+                *self = if size == 0 {
+                    Chunked::Trailers
+                } else {
+                    Chunked::Data(size)
+                };
+                Ok(Step::Framing(line.len() + 2))
+            }
+            Chunked::Data(left) => {
+                if buf.is_empty() {
+                    return Ok(Step::More);
+                }
+                let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                let left = left - n as u64;
+                *self = if left == 0 {
+                    Chunked::DataEnd
+                } else {
+                    Chunked::Data(left)
+                };
+                Ok(Step::Data(n))
+            }
+            Chunked::DataEnd => match buf {
+                [] | [b'\r'] => Ok(Step::More),
+                [b'\r', b'\n', ..] => {
+                    *self = Chunked::Size;
+                    Ok(Step::Framing(2))
+                }
+                _ => Err(ChunkError::NoCrlf),
+            },
+            Chunked::Trailers => {
+                let (line, complete) = line_of(buf);
+                if has_ctl(line) {
+                    return Err(ChunkError::BadTrailer);
+                }
+                if line.len() > MAX_LINE {
+                    return Err(ChunkError::LongTrailer);
+                }
+                if !complete {
+                    return Ok(Step::More);
+                }
+                if line.is_empty() {
+                    *self = Chunked::Done;
+                } else if !is_field_line(line) {
+                    return Err(ChunkError::BadTrailer);
+                }
+                Ok(Step::Framing(line.len() + 2))
+            }
+        }
+    }
+
+    /// Whether the final empty line was read.
+    pub fn is_done(&self) -> bool {
+        *self == Chunked::Done
+    }
+}
+
+/// The line at the front of `buf` without its CRLF, and whether it is
+/// whole; an unfinished line without a CR that may be the start of its CRLF.
+fn line_of(buf: &[u8]) -> (&[u8], bool) {
+    match buf.windows(2).position(|w| w == b"\r\n") {
+        Some(end) => (&buf[..end], true),
+        None => (buf.strip_suffix(b"\r").unwrap_or(buf), false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Decodes `pieces` arriving one after another: the data, and whether
+    /// the body ended, or the error.
+    fn decode(pieces: &[&[u8]]) -> Result<(Vec<u8>, bool), ChunkError> {
+        let mut c = Chunked::default();
+        let mut data = Vec::new();
+        let mut buf: Vec<u8> = Vec::new();
+        for piece in pieces {
+            buf.extend_from_slice(piece);
+            loop {
+                if c.is_done() {
+                    return Ok((data, true));
+                }
+                match c.step(&buf)? {
+                    Step::More => break,
+                    Step::Data(n) => {
+                        data.extend_from_slice(&buf[..n]);
+                        buf.drain(..n);
+                    }
+                    Step::Framing(n) => {
+                        buf.drain(..n);
+                    }
+                }
+            }
+        }
+        Ok((data, c.is_done()))
+    }
+
+    #[test]
+    fn bodies() {
+        let ok: &[(&[u8], &[u8])] = &[
+            (b"5\r\nhello\r\n0\r\n\r\n", b"hello"),
+            (b"5;x=1\r\nhello\r\n0\r\n\r\n", b"hello"),
+            (b"5 ; x=\"a\tb\"\r\nhello\r\n0\r\n\r\n", b"hello"),
+            (
+                b"A\r\n0123456789\r\n0\r\nt: 1\r\nu:2\r\n\r\n",
+                b"0123456789",
+            ),
+            (b"0\r\n\r\n", b""),
+            (b"000\r\n\r\n", b""),
+        ];
+        for (wire, want) in ok {
+            assert_eq!(decode(&[wire]), Ok((want.to_vec(), true)), "{wire:?}");
+            // Byte by byte, the same.
+            let pieces: Vec<&[u8]> = wire.chunks(1).collect();
+            assert_eq!(decode(&pieces), Ok((want.to_vec(), true)), "{wire:?} split");
+        }
+        use ChunkError::*;
+        let bad: &[(&[u8], ChunkError)] = &[
+            (b"zz\r\n", NoSize),
+            (b";x=1\r\n", NoSize),
+            (b"\r\n", NoSize),
+            (b" 5\r\nhello", NoSize),
+            (b"5;\0\r\nhello", Control),
+            (b"5;a\nb\r\nhello", Control),
+            (b"5;a\rb\r\nhello", Control),
+            (b"5\r\nhelloX", NoCrlf),
+            (b"5\r\nhello\n0\r\n", NoCrlf),
+            (b"0\r\nhello\r\n\r\n", BadTrailer),
+            (b"0\r\nt: \0\r\n\r\n", BadTrailer),
+            (b"0\r\nt: 1\n\r\n", BadTrailer),
+            (b"ffffffffffffffffffff\r\n", BadSize),
+        ];
+        for (wire, want) in bad {
+            assert_eq!(decode(&[wire]), Err(*want), "{wire:?}");
+            let pieces: Vec<&[u8]> = wire.chunks(1).collect();
+            assert_eq!(decode(&pieces), Err(*want), "{wire:?} split");
+        }
+        let long = [b"5;".as_slice(), &[b'x'; MAX_LINE]].concat();
+        assert_eq!(decode(&[&long]), Err(LongLine));
+    }
+
+    proptest! {
+        /// Whatever the bytes, a decoder never takes more than it was given,
+        /// and agrees with itself however the bytes are split.
+        #[test]
+        fn splitting_never_changes_the_verdict(
+            wire in prop::collection::vec(prop::sample::select(b"0123456789abcdefxyz;= \t\r\n:\0".to_vec()), 0..80),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let whole = decode(&[&wire]);
+            let k = cut.index(wire.len() + 1);
+            let split = decode(&[&wire[..k], &wire[k..]]);
+            prop_assert_eq!(whole, split);
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Writing an HTTP/1.1 response head (RFC 9112 §4, §6), as hyper writes
+//! one, for the public listener's own loop.
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+use bytes::BytesMut;
+use http::header;
+use http::{HeaderMap, StatusCode};
+
+/// How the body that follows a head is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delimited {
+    /// No body follows.
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// The status line and fields. Framing fields are ours to write: a
+/// `Content-Length` is kept only when `keep_length` (the answer to a `HEAD`:
+/// the length the `GET` would have), `204`/`304`/1xx have neither, and
+/// `Connection` is written only as `close` when `close`. A `Date` is added
+/// if the fields have none.
+pub fn response_head(
+    out: &mut BytesMut,
+    status: StatusCode,
+    headers: &HeaderMap,
+    delimited: Delimited,
+    keep_length: bool,
+    close: bool,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut has_date = false;
+    for (name, value) in headers {
+        match *name {
+            header::CONTENT_LENGTH if !keep_length => continue,
+            header::TRANSFER_ENCODING | header::CONNECTION => continue,
+            header::TRAILER if delimited != Delimited::Chunked => continue,
+            header::DATE => has_date = true,
+            _ => {}
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match delimited {
+        Delimited::Length(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        Delimited::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Delimited::None => {}
+    }
+    if !has_date {
+        out.extend_from_slice(b"date: ");
+        http_date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The line that starts a chunk of `len` bytes.
+pub fn chunk_size_line(out: &mut BytesMut, len: usize) {
+    let _ = write!(out, "{len:x}\r\n");
+}
+
+/// One `name: value` field line.
+pub fn field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The current time as an HTTP date, formatted once a second per thread.
+pub fn http_date(out: &mut BytesMut) {
+    thread_local! {
+        static CACHE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHE.with_borrow_mut(|(at, text)| {
+        if *at != secs {
+            *at = secs;
+            text.clear();
+            let _ = write!(text, "{}", httpdate::HttpDate::from(now));
+        }
+        out.extend_from_slice(text.as_bytes());
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn heads_are_encoded_as_hyper_encodes_them() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-length", HeaderValue::from_static("99"));
+        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        headers.insert("date", HeaderValue::from_static("then"));
+        headers.insert("x-y", HeaderValue::from_static("z"));
+        let head = |status: u16, delimited, keep_length, close| {
+            let mut out = BytesMut::new();
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            response_head(&mut out, status, &headers, delimited, keep_length, close);
+            String::from_utf8(out.to_vec()).unwrap_or_default()
+        };
+        assert_eq!(
+            head(200, Delimited::Length(3), false, false),
+            "HTTP/1.1 200 OK\r\ndate: then\r\nx-y: z\r\ncontent-length: 3\r\n\r\n"
+        );
+        assert_eq!(
+            head(599, Delimited::Chunked, false, true),
+            "HTTP/1.1 599 \r\ndate: then\r\nx-y: z\r\ntransfer-encoding: chunked\r\n\
+             connection: close\r\n\r\n"
+        );
+        // HEAD: the length the GET would have had.
+        assert_eq!(
+            head(200, Delimited::None, true, false),
+            "HTTP/1.1 200 OK\r\ncontent-length: 99\r\ndate: then\r\nx-y: z\r\n\r\n"
+        );
+        assert_eq!(
+            head(204, Delimited::None, false, false),
+            "HTTP/1.1 204 No Content\r\ndate: then\r\nx-y: z\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn dates_and_chunk_lines() {
+        let mut out = BytesMut::new();
+        http_date(&mut out);
+        let date = std::str::from_utf8(&out).unwrap_or_default();
+        assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
+        let mut out = BytesMut::new();
+        chunk_size_line(&mut out, 255);
+        assert_eq!(&out[..], b"ff\r\n");
+    }
+}

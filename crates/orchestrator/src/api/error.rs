@@ -1,0 +1,102 @@
+//! The internal API's one error type: every failure renders as
+//! `{"error", "message"}` with the status it names.
+
+use axum::Json;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use waifus_protocol::ErrorBody;
+
+use crate::provision::ProvisionError;
+use crate::registry::HelloError;
+use crate::store::StoreError;
+
+/// Largest request body the internal API reads.
+pub(crate) const MAX_BODY: usize = 64 * 1024;
+
+/// Largest number of incidents one listing returns.
+pub(super) const INCIDENTS_MAX: i64 = 1000;
+
+/// Every error of the internal API.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApiError {
+    #[error("the request body is larger than {MAX_BODY} bytes")]
+    TooLarge,
+    #[error("the request body could not be read")]
+    BadBody,
+    #[error("the body is not the expected JSON: {0}")]
+    BadJson(#[from] serde_json::Error),
+    #[error(transparent)]
+    Hello(#[from] HelloError),
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
+    #[error("the database server is unreachable: {0}")]
+    Store(#[from] StoreError),
+    #[error("bad query string: limit must be a whole number from 1 to {INCIDENTS_MAX}")]
+    BadQuery,
+    #[error("no waifu is registered under this name")]
+    UnknownWaifu,
+    #[error("the waifu has no healthy instance")]
+    NoHealthyInstance,
+    #[error("there is no such endpoint on the internal API")]
+    NotFound,
+    #[error("this endpoint does not accept that method")]
+    MethodNotAllowed,
+}
+
+impl ApiError {
+    pub(super) fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::BadBody => (StatusCode::BAD_REQUEST, "bad_body"),
+            ApiError::BadJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
+            ApiError::Hello(HelloError::Name(_)) => (StatusCode::BAD_REQUEST, "invalid_name"),
+            ApiError::Hello(HelloError::Host(_)) => (StatusCode::BAD_REQUEST, "invalid_host"),
+            ApiError::Hello(HelloError::Store(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
+            }
+            ApiError::Provision(e) => match e {
+                ProvisionError::Name(_) => (StatusCode::BAD_REQUEST, "invalid_name"),
+                ProvisionError::Secret => (StatusCode::BAD_REQUEST, "invalid_secret"),
+                ProvisionError::WrongSecret => (StatusCode::FORBIDDEN, "wrong_secret"),
+                ProvisionError::Throttled(_) => {
+                    (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts")
+                }
+                ProvisionError::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
+                ProvisionError::Unavailable(_) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
+                }
+            },
+            ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
+            ApiError::BadQuery => (StatusCode::BAD_REQUEST, "bad_query"),
+            ApiError::UnknownWaifu => (StatusCode::NOT_FOUND, "unknown_waifu"),
+            ApiError::NoHealthyInstance => (StatusCode::SERVICE_UNAVAILABLE, "no_healthy_instance"),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "internal API error");
+        }
+        let body = ErrorBody {
+            error: code.to_owned(),
+            message: self.to_string(),
+        };
+        let retry_after = match &self {
+            ApiError::Provision(ProvisionError::Throttled(wait)) => Some(wait.as_secs().max(1)),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(5),
+            _ => None,
+        };
+        let mut response = (status, Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        response
+    }
+}

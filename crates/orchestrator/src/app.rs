@@ -1,0 +1,330 @@
+//! Wiring: builds the parts from the settings, spawns the tasks that own
+//! them, serves the listeners, and drains everything on shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::{Config, ConfigError, Settings};
+use crate::managed::{self, ManagedError};
+use crate::ops::incidents;
+use crate::ops::metrics;
+use crate::provision::{self, hasher::Hasher};
+use crate::registry::{self, replicas};
+use crate::store::{self, StoreError};
+use crate::{api, edge, health, proxy, routing, tls};
+
+/// The two sockets the orchestrator serves, bound by the caller (tests bind
+/// port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    pub public: TcpListener,
+    pub internal: TcpListener,
+    /// The TLS listener; must be bound when [`Config::tls_on`].
+    pub https: Option<TcpListener>,
+}
+
+/// Why the orchestrator could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Managed(#[from] ManagedError),
+    #[error("could not open the state database: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Key(#[from] provision::secret::KeyError),
+    #[error("could not read a listener's address: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("TLS is on but no listener was bound for HTTPS_ADDR")]
+    NoHttpsListener,
+    #[error("could not set up TLS: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// Runs until `shutdown` is cancelled, then drains in-flight requests for at
+/// most `SHUTDOWN_TIMEOUT` and returns.
+///
+/// Readiness: the internal API answers `GET /__internal/health` only once
+/// state is loaded and both listeners are being served.
+pub async fn run(
+    settings: Settings,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let config = &settings.config;
+    if settings.tls_on() && listeners.https.is_none() {
+        return Err(RunError::NoHttpsListener);
+    }
+    let managed = match &config.database_url {
+        Some(_) => None,
+        None => Some(managed::Managed::start(&config.data_dir).await?),
+    };
+    let url = match (&config.database_url, &managed) {
+        (Some(url), _) => url.clone(),
+        (None, Some(m)) => m.url.clone(),
+        (None, None) => return Err(ConfigError::NoDatabase.into()),
+    };
+    let served = serve(&settings, &url, listeners, &shutdown).await;
+    if let Some(managed) = managed {
+        managed.stop().await;
+    }
+    served
+}
+
+async fn serve(
+    settings: &Settings,
+    url: &str,
+    listeners: Listeners,
+    shutdown: &CancellationToken,
+) -> Result<(), RunError> {
+    let config = &settings.config;
+    let key =
+        provision::secret::PasswordKey::load_or_create(&config.data_dir.join("db-password.key"))?;
+    let main_domain = settings.main_domain.clone();
+    let Some(store) = open_store(url, shutdown).await? else {
+        return Ok(());
+    };
+    let public_base = public_base(main_domain.as_deref(), listeners.public.local_addr()?);
+    let instances = CancellationToken::new();
+    let (leading, leading_rx) = tokio::sync::watch::channel(true);
+    let (writer, routes) = routing::routes();
+    let (registry, watched) = registry::Registry::load(
+        writer,
+        store.clone(),
+        main_domain,
+        public_base,
+        instances.clone(),
+        leading_rx.clone(),
+    )
+    .await?;
+    let registry = Arc::new(registry);
+    let metrics = metrics::Metrics::new(routes.clone(), leading_rx.clone());
+
+    let tasks = TaskTracker::new();
+    tasks.spawn(metrics::sample_rate(metrics.clone(), shutdown.clone()));
+    let hard_stop = CancellationToken::new();
+    let health_config = health::HealthConfig {
+        interval: config.health_interval,
+        timeout: config.health_timeout,
+        deregister_after: config.deregister_after,
+    };
+    tasks.spawn(health::supervise(
+        health::Checked {
+            registry: registry.clone(),
+            store: store.clone(),
+            routes: routes.clone(),
+        },
+        watched,
+        health_config,
+        tasks.clone(),
+        shutdown.clone(),
+        leading_rx,
+    ));
+    tasks.spawn(replicas::follow(
+        registry.clone(),
+        store.clone(),
+        leading,
+        config.resync_interval,
+        shutdown.clone(),
+    ));
+    let tls = match (settings.tls.clone(), listeners.https) {
+        (Some(tls), Some(listener)) => Some((tls, listener)),
+        _ => None,
+    };
+    let certs = tls
+        .as_ref()
+        .map(|(tls, _)| Arc::new(tls::Certs::new(routes.clone(), tls.dev)));
+    if let (Some((tls, _)), Some(certs)) = (&tls, &certs)
+        && let Some(acme) = &tls.acme
+    {
+        // Stored certificates are served from the first handshake on.
+        if let Err(e) = tls::acme::load_stored(&acme.directory, certs, &store).await {
+            warn!(error = %e, "cannot load stored certificates yet");
+        }
+    }
+    let certs = tls.as_ref().zip(certs).map(|((tls, _), certs)| {
+        if let Some(dir) = &tls.cert_dir {
+            tasks.spawn(tls::files::watch(
+                dir.clone(),
+                certs.clone(),
+                shutdown.clone(),
+            ));
+        }
+        if let Some(acme) = &tls.acme {
+            tasks.spawn(tls::acme::manage(
+                acme.clone(),
+                certs.clone(),
+                routes.clone(),
+                store.clone(),
+                shutdown.clone(),
+            ));
+        }
+        certs
+    });
+    let proxy = Arc::new(proxy::Proxy::new(
+        routes.clone(),
+        proxy::UpstreamConfig {
+            connect_timeout: config.upstream_connect_timeout,
+            response_timeout: config.upstream_timeout,
+            access_log: config.access_log,
+        },
+        tasks.clone(),
+        hard_stop.clone(),
+        match (&tls, &certs) {
+            (Some((tls, listener)), Some(certs)) => Some(proxy::HttpsInfo {
+                certs: certs.clone(),
+                port: match tls.public_port {
+                    Some(port) => port,
+                    None => listener.local_addr()?.port(),
+                },
+            }),
+            _ => None,
+        },
+        metrics.unrouted.clone(),
+    ));
+    let incidents = incidents::Incidents::new(
+        store.clone(),
+        tasks.clone(),
+        settings.webhook.clone(),
+        shutdown.clone(),
+        metrics.clone(),
+    );
+    let provisioner = Arc::new(provision::Provisioner::new(
+        store.clone(),
+        key,
+        public_db(config, url),
+        incidents.clone(),
+        Hasher::start()?,
+    ));
+    let reconciler = provisioner.clone();
+    tasks.spawn(async move {
+        match reconciler.reconcile().await {
+            Ok(0) => {}
+            Ok(n) => info!(count = n, "finished interrupted provisionings"),
+            Err(e) => warn!(error = %e, "could not finish interrupted provisionings"),
+        }
+    });
+    let limits = edge::ConnLimits {
+        header_read_timeout: config.header_read_timeout,
+        idle_timeout: config.idle_timeout,
+        max_connections: config.max_connections,
+    };
+    let drain = config.shutdown_timeout;
+    let public = tokio::spawn(edge::serve_proxy(
+        listeners.public,
+        None,
+        proxy.clone(),
+        limits,
+        shutdown.clone(),
+        drain,
+        metrics.connections("public"),
+    ));
+    let https = match (tls, certs) {
+        (Some((tls, listener)), Some(certs)) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(certs)?));
+            info!(addr = %listener.local_addr()?, dev = tls.dev, "HTTPS listener on");
+            Some(tokio::spawn(edge::serve_proxy(
+                listener,
+                Some(acceptor),
+                proxy.clone(),
+                limits,
+                shutdown.clone(),
+                drain,
+                metrics.connections("tls"),
+            )))
+        }
+        _ => None,
+    };
+    let internal = tokio::spawn(edge::serve_internal(
+        listeners.internal,
+        api::router(api::AppState {
+            registry: registry.clone(),
+            routes,
+            provisioner,
+            incidents,
+            store,
+            metrics: metrics.clone(),
+        }),
+        limits,
+        shutdown.clone(),
+        drain,
+        metrics.connections("internal"),
+    ));
+    info!("orchestrator ready");
+
+    shutdown.cancelled().await;
+    info!("shutting down: draining in-flight requests");
+    let _ = tokio::join!(public, internal);
+    if let Some(https) = https {
+        let _ = https.await;
+    }
+    instances.cancel();
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(2), tasks.wait())
+        .await
+        .is_err()
+    {
+        hard_stop.cancel();
+        tasks.wait().await;
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Opens the store, retrying while the server is unreachable (it may still be
+/// starting); `None` if shutdown came first. A malformed URL fails at once.
+async fn open_store(
+    url: &str,
+    shutdown: &CancellationToken,
+) -> Result<Option<store::Store>, StoreError> {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match store::Store::open(url).await {
+            Ok(store) => return Ok(Some(store)),
+            Err(e @ StoreError::BadUrl(_)) => return Err(e),
+            Err(e) => warn!(error = %e, retry_in = ?delay, "PostgreSQL is not available yet"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// `http://{main_domain}[:port]`, the base of the URLs hello answers carry.
+fn public_base(main_domain: Option<&str>, public: std::net::SocketAddr) -> String {
+    let host = main_domain.unwrap_or("localhost");
+    match public.port() {
+        80 => format!("http://{host}"),
+        port => format!("http://{host}:{port}"),
+    }
+}
+
+/// Host and port handed to waifus: `DB_PUBLIC_HOST`/`DB_PUBLIC_PORT`, else
+/// the server's own address from the URL in use (for the managed cluster,
+/// 127.0.0.1 and its port: what a waifu on this machine reaches).
+fn public_db(config: &Config, url: &str) -> provision::PublicDb {
+    let parsed: Option<tokio_postgres::Config> = url.parse().ok();
+    let url_host = parsed.as_ref().and_then(|c| {
+        c.get_hosts().iter().find_map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => Some(h.clone()),
+            _ => None,
+        })
+    });
+    let url_port = parsed.as_ref().and_then(|c| c.get_ports().first().copied());
+    provision::PublicDb {
+        host: config
+            .db_public_host
+            .clone()
+            .or(url_host)
+            .unwrap_or_else(|| "localhost".to_owned()),
+        port: config.db_public_port.or(url_port).unwrap_or(5432),
+    }
+}

@@ -1,0 +1,119 @@
+//! Every way a proxied request ends without a waifu's answer, and the JSON
+//! `{"error","message"}` answer each gets.
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::{Either, Full};
+use waifus_protocol::ErrorBody;
+
+use super::body::ProxyBody;
+use super::guard::Rejection;
+
+/// Every way a proxied request can end without a waifu's answer.
+#[derive(Debug)]
+pub(super) enum ProxyError {
+    TargetTooLong,
+    BadHost,
+    /// Over HTTP/2 without TLS: `host` and `:authority` disagree.
+    HostMismatch,
+    /// The client's request body broke off or broke its framing.
+    BadBody,
+    Guard(Rejection),
+    NoRoute,
+    NoHealthy,
+    Upstream,
+    Timeout,
+    /// An `https://` bind asked for over plain HTTP: where to go instead.
+    ToHttps(String),
+    /// The Host is not the name the TLS connection was made for.
+    Misdirected,
+}
+
+impl ProxyError {
+    pub(super) fn into_response(self) -> Response<ProxyBody> {
+        let mut location = None;
+        // What is left of a broken request body cannot be read past.
+        let close = matches!(self, ProxyError::BadBody);
+        let (status, code, message) = match self {
+            ProxyError::ToHttps(to) => {
+                location = HeaderValue::from_str(&to).ok();
+                (
+                    StatusCode::PERMANENT_REDIRECT,
+                    "https_only",
+                    "this address is served over HTTPS only",
+                )
+            }
+            ProxyError::Misdirected => (
+                StatusCode::MISDIRECTED_REQUEST,
+                "misdirected",
+                "the Host does not match the name this TLS connection was made for",
+            ),
+            ProxyError::TargetTooLong => (
+                StatusCode::URI_TOO_LONG,
+                "uri_too_long",
+                "the request target is too long",
+            ),
+            ProxyError::BadHost => (
+                StatusCode::BAD_REQUEST,
+                "bad_host",
+                "the request has no valid Host",
+            ),
+            ProxyError::HostMismatch => (
+                StatusCode::BAD_REQUEST,
+                "bad_host",
+                "the host field and the request's authority disagree",
+            ),
+            ProxyError::BadBody => (
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the request body ended early or broke its framing",
+            ),
+            ProxyError::Guard(Rejection::Ambiguous(why)) => {
+                (StatusCode::BAD_REQUEST, "bad_path", why)
+            }
+            ProxyError::Guard(Rejection::Internal) | ProxyError::NoRoute => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no waifu serves this host and path",
+            ),
+            ProxyError::NoHealthy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the waifu has no healthy instance right now",
+            ),
+            ProxyError::Upstream => (
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                "the waifu could not be reached or answered badly",
+            ),
+            ProxyError::Timeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway_timeout",
+                "the waifu did not answer in time",
+            ),
+        };
+        let body = serde_json::to_vec(&ErrorBody {
+            error: code.to_owned(),
+            message: message.to_owned(),
+        })
+        .unwrap_or_default();
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        if close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some(location) = location {
+            headers.insert(header::LOCATION, location);
+        }
+        response
+    }
+}

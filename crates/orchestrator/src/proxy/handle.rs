@@ -1,0 +1,361 @@
+//! One public request, from its head to the waifu's answer: checked,
+//! routed, encoded, sent, relayed.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+use super::access;
+use super::body::{ClientBody, ProxyBody};
+use super::error::ProxyError;
+use super::guard::{self, Rejection};
+use super::headers::{self, Forwarded, write_request_fields};
+use super::host::{https_location, request_authority};
+use super::via::Via;
+use super::websocket;
+use crate::routing::stats::RequestStats;
+use crate::routing::{Instance, Outcome, Routes, WaifuRoute};
+use crate::tls::Certs;
+use crate::upstream::{self, Answer, Outgoing, SendError};
+
+/// Longest request target accepted (path and query), in bytes; longer is 414.
+pub(crate) const MAX_TARGET_LEN: usize = 8 * 1024;
+
+/// A request checked, routed and encoded, or answered without a waifu.
+enum Prepared {
+    Send(Exchange),
+    Answer(Response<ProxyBody>),
+}
+
+/// What waiting for the waifu needs.
+struct Exchange {
+    instance: Arc<Instance>,
+    outgoing: Outgoing,
+    upgrade: Option<Switch>,
+}
+
+/// A WebSocket handshake sent on to the waifu.
+struct Switch {
+    /// The client's side of the connection, once its `101` is written.
+    client: OnUpgrade,
+    key: websocket::Key,
+    /// The connection's flag to raise once the switch is relayed.
+    switched: Option<Arc<AtomicBool>>,
+}
+
+/// What a request turned out to be, for metrics and the access log.
+#[derive(Debug, Default)]
+struct Served {
+    waifu: Option<Arc<WaifuRoute>>,
+    instance: Option<Arc<Instance>>,
+    request_id: Option<HeaderValue>,
+}
+
+/// Timeouts towards waifus, and what to record.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UpstreamConfig {
+    pub connect_timeout: Duration,
+    /// Until the waifu's response headers arrive.
+    pub response_timeout: Duration,
+    /// One access log line per request.
+    pub access_log: bool,
+}
+
+/// What the plain listener needs to know about HTTPS.
+#[derive(Debug)]
+pub(crate) struct HttpsInfo {
+    /// Answers to HTTP-01 validations.
+    pub certs: Arc<Certs>,
+    /// Port put in redirects to HTTPS.
+    pub port: u16,
+}
+
+/// Where ACME HTTP-01 validations ask (RFC 8555 §8.3).
+const ACME_CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
+
+/// The proxy's shared state.
+#[derive(Debug)]
+pub(crate) struct Proxy {
+    routes: Routes,
+    /// `None` when the TLS listener is off: `https://` binds are then
+    /// served on the plain listener as before.
+    https: Option<HttpsInfo>,
+    /// Counts requests that matched no waifu (each waifu's own counters
+    /// live with its route).
+    unrouted: Arc<RequestStats>,
+    access_log: bool,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    /// Owns upgraded tunnels so shutdown can wait for them.
+    tunnels: TaskTracker,
+    /// Cancelled when draining is over: closes remaining tunnels.
+    hard_stop: CancellationToken,
+}
+
+impl Proxy {
+    pub(crate) fn new(
+        routes: Routes,
+        config: UpstreamConfig,
+        tunnels: TaskTracker,
+        hard_stop: CancellationToken,
+        https: Option<HttpsInfo>,
+        unrouted: Arc<RequestStats>,
+    ) -> Self {
+        Proxy {
+            routes,
+            https,
+            unrouted,
+            access_log: config.access_log,
+            connect_timeout: config.connect_timeout,
+            response_timeout: config.response_timeout,
+            tunnels,
+            hard_stop,
+        }
+    }
+
+    /// Serves one request from a public listener.
+    ///
+    /// Everything up to sending is done here, synchronously; the future
+    /// returned holds only what waiting for the waifu needs. hyper boxes
+    /// and moves this future for every request: an `async fn` taking the
+    /// request kept it twice across the wait (an argument is stored as well
+    /// as the local it moves to), 2.1 KiB in all, where small blocks are
+    /// cheaper to allocate.
+    pub(crate) fn handle(
+        self: &Arc<Self>,
+        req: Request<Option<Incoming>>,
+        client: SocketAddr,
+        via: &Via,
+    ) -> impl Future<Output = Result<Response<ClientBody>, Infallible>> + Send + use<> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        // Boxed: the request's future stays small when the log is off.
+        let entry = self
+            .access_log
+            .then(|| Box::new(access::Entry::begin(&req, client.ip(), started, via.tls)));
+        let mut served = Served::default();
+        let prepared = self.prepare(req, client, via, &mut served);
+        let this = self.clone();
+        // One flat block: nested `async fn`s would each keep their own
+        // copy of what they were given.
+        async move {
+            let response = match prepared {
+                Ok(Prepared::Send(Exchange {
+                    instance,
+                    outgoing,
+                    upgrade,
+                })) => {
+                    let sent = upstream::send(&instance, outgoing, this.connect_timeout);
+                    let answer = tokio::time::timeout(this.response_timeout, sent).await;
+                    this.relay(answer, &instance, upgrade, &served)
+                }
+                Ok(Prepared::Answer(response)) => Ok(response),
+                Err(e) => Err(e),
+            };
+            let response = response.unwrap_or_else(ProxyError::into_response);
+            let status = response.status();
+            let stats = match &served.waifu {
+                Some(waifu) => waifu.stats.get(),
+                None => &this.unrouted,
+            };
+            stats.record(&method, status, started.elapsed());
+            Ok(match entry {
+                None => response.map(access::Logged::off),
+                Some(mut entry) => {
+                    entry.status = status.as_u16();
+                    entry.waifu = served.waifu.map(|w| w.name.clone());
+                    entry.instance = served.instance.map(|i| i.upstream.to_string());
+                    entry.request_id = served.request_id;
+                    response.map(|body| access::Logged::new(body, entry))
+                }
+            })
+        }
+    }
+
+    /// Checks, routes and encodes a request: what to send where, or the
+    /// answer without a waifu.
+    fn prepare(
+        &self,
+        req: Request<Option<Incoming>>,
+        client: SocketAddr,
+        via: &Via,
+        served: &mut Served,
+    ) -> Result<Prepared, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        let target_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+        if target_len > MAX_TARGET_LEN {
+            return Err(ProxyError::TargetTooLong);
+        }
+        let (host_value, host) = request_authority(&parts, via)?;
+        if let Some(https) = &self.https
+            && !via.tls
+            && let Some(token) = parts.uri.path().strip_prefix(ACME_CHALLENGE_PATH)
+            && let Some(answer) = https.certs.http_challenge(token)
+        {
+            return Ok(Prepared::Answer(challenge_answer(answer)));
+        }
+        let path = guard::normalize(parts.uri.path()).map_err(ProxyError::Guard)?;
+        let table = self.routes.load();
+        let resolved = table.resolve(&host, &path).ok_or(ProxyError::NoRoute)?;
+        if guard::reaches_internal(&resolved.path) {
+            return Err(ProxyError::Guard(Rejection::Internal));
+        }
+        if resolved.tls
+            && !via.tls
+            && let Some(https) = &self.https
+        {
+            return Err(ProxyError::ToHttps(https_location(
+                &host, https.port, &parts.uri,
+            )));
+        }
+        served.waifu = Some(resolved.waifu.clone());
+        let instance = resolved.waifu.pick().ok_or(ProxyError::NoHealthy)?.clone();
+        if self.access_log {
+            served.instance = Some(instance.clone());
+        }
+
+        let upgrade =
+            websocket::Key::of(&parts.method, parts.version, &parts.headers).and_then(|key| {
+                Some(Switch {
+                    client: parts.extensions.remove::<OnUpgrade>()?,
+                    key,
+                    switched: via.switched.clone(),
+                })
+            });
+        let forwarded = Forwarded {
+            client: client.ip(),
+            proto: if via.tls { "https" } else { "http" },
+            host: &host_value,
+            prefix: resolved.prefix,
+        };
+        let websocket = upgrade.is_some();
+        let had_length = parts.headers.contains_key(header::CONTENT_LENGTH);
+        let (outgoing, request_id) = Outgoing::new(
+            parts.method,
+            &resolved.path,
+            parts.uri.query(),
+            had_length,
+            body,
+            websocket,
+            |head| write_request_fields(head, &parts.headers, websocket, &forwarded),
+        );
+        if self.access_log {
+            served.request_id = Some(request_id.to_value());
+        }
+        // The target, the Host value and the header values are slices of
+        // hyper's read buffer; they all end here, so that buffer is free
+        // again while the waifu answers.
+        Ok(Prepared::Send(Exchange {
+            instance,
+            outgoing,
+            upgrade,
+        }))
+    }
+
+    /// The client's response to what the waifu answered (or did not).
+    fn relay(
+        &self,
+        answer: Result<Result<Answer, SendError>, tokio::time::error::Elapsed>,
+        instance: &Arc<Instance>,
+        upgrade: Option<Switch>,
+        served: &Served,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let answer = match answer {
+            Err(_) | Ok(Err(SendError::ConnectTimeout)) => return Err(ProxyError::Timeout),
+            // The client's body broke off or broke its framing: the
+            // exchange with the waifu is dropped (its connection closed)
+            // and this is the request's only answer.
+            Ok(Err(SendError::RequestBody(e))) => {
+                debug!(error = %e, "the request body failed");
+                return Err(ProxyError::BadBody);
+            }
+            Ok(Err(e)) => {
+                if matches!(e, SendError::Connect(_)) {
+                    instance.record(Outcome::Down);
+                    if let Some(waifu) = &served.waifu {
+                        waifu.stats.get().connect_error();
+                    }
+                }
+                debug!(instance = %instance.upstream, error = %e, "upstream failed");
+                return Err(ProxyError::Upstream);
+            }
+            Ok(Ok(answer)) => answer,
+        };
+        match answer {
+            Answer::Response(response) => {
+                let (mut rparts, rbody) = response.into_parts();
+                headers::strip_hop_by_hop(&mut rparts.headers, false);
+                Ok(Response::from_parts(rparts, Either::Left(rbody)))
+            }
+            Answer::Switched {
+                response,
+                io,
+                early,
+            } => {
+                let switch = upgrade.ok_or(ProxyError::Upstream)?;
+                if !switch.key.is_accepted_by(response.headers()) {
+                    // Not the handshake we forwarded: its server may still
+                    // be reading HTTP, so nothing is relayed, and `io` is
+                    // closed here.
+                    debug!(instance = %instance.upstream, "a 101 that does not complete the WebSocket handshake");
+                    return Err(ProxyError::Upstream);
+                }
+                if let Some(switched) = &switch.switched {
+                    switched.store(true, Ordering::Release);
+                }
+                let (mut rparts, ()) = response.into_parts();
+                headers::strip_hop_by_hop(&mut rparts.headers, true);
+                self.tunnel(switch.client, io, early);
+                let empty = Either::Right(Full::new(Bytes::new()));
+                Ok(Response::from_parts(rparts, empty))
+            }
+        }
+    }
+
+    /// Relays bytes both ways once the client's side has switched protocols
+    /// too; `early` is what the waifu sent right after its 101.
+    fn tunnel(&self, client_side: OnUpgrade, mut upstream: TcpStream, early: Bytes) {
+        let stop = self.hard_stop.clone();
+        self.tunnels.spawn(async move {
+            let Ok(client_io) = client_side.await else {
+                return;
+            };
+            let mut client_io = TokioIo::new(client_io);
+            let relay = async {
+                if !early.is_empty() {
+                    client_io.write_all(&early).await?;
+                }
+                tokio::io::copy_bidirectional(&mut client_io, &mut upstream).await
+            };
+            tokio::select! {
+                _ = relay => {}
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// `200` with a pending HTTP-01 key authorization.
+fn challenge_answer(key_authorization: String) -> Response<ProxyBody> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(key_authorization))));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    response
+}

@@ -1,0 +1,181 @@
+//! The host a request is for (RFC 9112 §3.2, RFC 9113 §8.3.1), and where a
+//! plain request for an HTTPS-only bind is sent instead.
+
+use std::borrow::Cow;
+
+use http::Version;
+use http::header::{self, HeaderValue};
+
+use super::error::ProxyError;
+use super::via::Via;
+
+/// The authority a request is routed by, as sent, and its host normalised
+/// (lowercase, no port, no trailing dot).
+///
+/// An absolute-form target's authority wins over `Host`, which a proxy
+/// must replace with it (RFC 9112 §3.2.2); HTTP/2 carries it in
+/// `:authority`, and a `host` field naming anything else makes the request
+/// malformed (RFC 9113 §8.3.1). Over TLS, neither may name another host
+/// than the connection was made for.
+pub(super) fn request_authority<'a>(
+    req: &'a http::request::Parts,
+    via: &Via,
+) -> Result<(HeaderValue, Cow<'a, str>), ProxyError> {
+    let mut fields = req.headers.get_all(header::HOST).iter();
+    let field = fields.next();
+    if fields.next().is_some() {
+        return Err(ProxyError::BadHost);
+    }
+    let (value, raw) = match req.uri.authority() {
+        Some(authority) => {
+            if req.version == Version::HTTP_2
+                && let Some(field) = field
+                && !same_authority(field.as_bytes(), authority.as_str())
+            {
+                return Err(if via.tls {
+                    ProxyError::Misdirected
+                } else {
+                    ProxyError::HostMismatch
+                });
+            }
+            let value =
+                HeaderValue::from_str(authority.as_str()).map_err(|_| ProxyError::BadHost)?;
+            (value, authority.as_str())
+        }
+        None => {
+            let value = field.ok_or(ProxyError::BadHost)?;
+            let raw = value.to_str().map_err(|_| ProxyError::BadHost)?;
+            (value.clone(), raw)
+        }
+    };
+    let host = normalize_host(raw).ok_or(ProxyError::BadHost)?;
+    if let Some(sni) = via.sni.as_deref() {
+        // A connection set up for one name must not serve another.
+        let named = field.and_then(|f| f.to_str().ok()).and_then(normalize_host);
+        if sni != host || named.is_some_and(|named| named != sni) {
+            return Err(ProxyError::Misdirected);
+        }
+    }
+    Ok((value, host))
+}
+
+/// Whether a `host` field names the same host and port as an authority.
+fn same_authority(field: &[u8], authority: &str) -> bool {
+    let Ok(field) = std::str::from_utf8(field) else {
+        return false;
+    };
+    normalize_host(field).is_some_and(|h| normalize_host(authority).is_some_and(|a| a == h))
+        && port(field) == port(authority)
+}
+
+/// The port of an authority, if it names one.
+fn port(raw: &str) -> Option<&str> {
+    let after_host = match raw.strip_prefix('[') {
+        Some(v6) => &v6[v6.find(']')? + 1..],
+        None => raw.find(':').map_or("", |i| &raw[i..]),
+    };
+    after_host.strip_prefix(':').filter(|p| !p.is_empty())
+}
+
+fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
+    let host = if raw.starts_with('[') {
+        &raw[..=raw.find(']')?]
+    } else {
+        raw.split_once(':').map_or(raw, |(h, _)| h)
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let valid = host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b));
+    if host.is_empty() || !valid {
+        return None;
+    }
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
+}
+
+/// `https://{host}[:port]{path}[?query]` for a redirect from plain HTTP.
+pub(super) fn https_location(host: &str, port: u16, uri: &http::Uri) -> String {
+    let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    match port {
+        443 => format!("https://{host}{target}"),
+        port => format!("https://{host}:{port}{target}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_locations() {
+        let uri: http::Uri = "/a/b?q=1".parse().unwrap();
+        assert_eq!(
+            https_location("x.test", 443, &uri),
+            "https://x.test/a/b?q=1"
+        );
+        assert_eq!(
+            https_location("x.test", 8443, &uri),
+            "https://x.test:8443/a/b?q=1"
+        );
+        let absolute: http::Uri = "http://x.test/p".parse().unwrap();
+        assert_eq!(https_location("x.test", 443, &absolute), "https://x.test/p");
+    }
+
+    #[test]
+    fn authorities_compare_by_host_and_port() {
+        let same = [
+            ("localhost", "localhost"),
+            ("LocalHost", "localhost"),
+            ("a.test.", "a.test"),
+            ("a.test:8080", "A.test:8080"),
+            ("[::1]:80", "[::1]:80"),
+        ];
+        for (field, authority) in same {
+            assert!(
+                same_authority(field.as_bytes(), authority),
+                "{field} {authority}"
+            );
+        }
+        let different = [
+            ("secure.localhost", "localhost"),
+            ("localhost:8080", "localhost"),
+            ("localhost", "localhost:8080"),
+            ("[::1]:80", "[::1]:81"),
+            ("[::1]", "[::2]"),
+            ("a b", "a b"),
+        ];
+        for (field, authority) in different {
+            assert!(
+                !same_authority(field.as_bytes(), authority),
+                "{field} {authority}"
+            );
+        }
+        assert_eq!(port("[::1]:8080"), Some("8080"));
+        assert_eq!(port("[::1]"), None);
+        assert_eq!(port("a:"), None);
+        assert_eq!(port("a:1"), Some("1"));
+    }
+
+    #[test]
+    fn hosts() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("localhost", Some("localhost")),
+            ("LocalHost:8080", Some("localhost")),
+            ("link.waifu.", Some("link.waifu")),
+            ("[::1]:8080", Some("[::1]")),
+            ("127.0.0.1:1", Some("127.0.0.1")),
+            ("", None),
+            (":80", None),
+            ("a b", None),
+            ("a/b", None),
+            ("[::1", None),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(normalize_host(raw).as_deref(), *want, "{raw:?}");
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! One running copy of a waifu, and the rules its health follows.
+//!
+//! - a new instance is not routed to before its first successful check;
+//! - any 2xx is a success;
+//! - a refused or failed connection makes the instance unhealthy at once; any
+//!   other failure (timeout, non-2xx, broken response) does so after
+//!   [`UNHEALTHY_AFTER`] in a row;
+//! - one success makes it healthy again.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
+use waifus_protocol::Upstream;
+
+use crate::upstream::{Endpoint, HasEndpoint};
+
+/// Soft failures in a row that make an instance unhealthy.
+pub(crate) const UNHEALTHY_AFTER: u32 = 2;
+
+/// What one check (or one proxied request) found out about an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Success,
+    /// Connection refused or failed: counts at once.
+    Down,
+    /// Timeout, non-2xx or broken response: counts after a few in a row.
+    Failed,
+}
+
+/// One running copy of a waifu, shared by the route table and its health task.
+#[derive(Debug)]
+pub(crate) struct Instance {
+    /// Where to connect; its canonical string is the instance's identity.
+    pub upstream: Upstream,
+    /// Its address, pre-parsed, and its idle keep-alive connections.
+    pub endpoint: Endpoint,
+    /// Whether the proxy may send traffic here.
+    pub healthy: AtomicBool,
+    /// Failed checks in a row; drives the healthy → unhealthy transition.
+    pub failures: AtomicU32,
+    /// Unix milliseconds of the last completed check; 0 before the first.
+    pub last_check_ms: AtomicU64,
+    /// Unix milliseconds since which the instance is not healthy; 0 when it is.
+    /// Deregistration counts from here.
+    pub critical_since_ms: AtomicU64,
+    /// Cancelled when the instance leaves the registry: stops its health task.
+    pub retired: CancellationToken,
+}
+
+impl Instance {
+    pub(crate) fn new(upstream: Upstream, healthy: bool, parent: &CancellationToken) -> Self {
+        // The protocol crate only produces valid authorities.
+        let authority = http::uri::Authority::try_from(upstream.authority())
+            .unwrap_or_else(|_| http::uri::Authority::from_static("invalid.invalid:1"));
+        Instance {
+            upstream,
+            endpoint: Endpoint::new(authority),
+            healthy: AtomicBool::new(healthy),
+            failures: AtomicU32::new(0),
+            last_check_ms: AtomicU64::new(0),
+            critical_since_ms: AtomicU64::new(if healthy { 0 } else { now_ms() }),
+            retired: parent.child_token(),
+        }
+    }
+
+    pub(crate) fn is_healthy(&self) -> bool {
+        self.healthy.load(Relaxed)
+    }
+
+    /// Applies what one check (or one request) found; returns whether the
+    /// instance is now healthy.
+    pub(crate) fn record(&self, outcome: Outcome) -> bool {
+        self.last_check_ms.store(now_ms(), Relaxed);
+        let healthy = match outcome {
+            Outcome::Success => {
+                self.failures.store(0, Relaxed);
+                true
+            }
+            Outcome::Down => {
+                self.failures.fetch_add(1, Relaxed);
+                false
+            }
+            Outcome::Failed => {
+                let failures = self.failures.fetch_add(1, Relaxed) + 1;
+                self.is_healthy() && failures < UNHEALTHY_AFTER
+            }
+        };
+        self.set_healthy(healthy);
+        healthy
+    }
+
+    /// Flips the routing flag, keeping `critical_since_ms` consistent with it.
+    pub(crate) fn set_healthy(&self, healthy: bool) {
+        let was = self.healthy.swap(healthy, Relaxed);
+        if healthy {
+            self.critical_since_ms.store(0, Relaxed);
+        } else if was {
+            self.critical_since_ms.store(now_ms(), Relaxed);
+        }
+    }
+
+    /// How long the instance has been not healthy.
+    pub(crate) fn critical_for(&self) -> Duration {
+        match self.critical_since_ms.load(Relaxed) {
+            0 => Duration::ZERO,
+            since => Duration::from_millis(now_ms().saturating_sub(since)),
+        }
+    }
+}
+
+impl HasEndpoint for Instance {
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use waifus_protocol::parse_host;
+
+    #[test]
+    fn transitions() {
+        let token = CancellationToken::new();
+        let i = Instance::new(parse_host("a:1").unwrap(), false, &token);
+        assert!(
+            i.critical_since_ms.load(Relaxed) > 0,
+            "new instances are critical"
+        );
+        assert!(!i.record(Outcome::Failed));
+        assert!(
+            i.record(Outcome::Success),
+            "healthy after the first success"
+        );
+        assert_eq!(i.critical_since_ms.load(Relaxed), 0);
+        assert!(i.record(Outcome::Failed), "one soft failure is tolerated");
+        assert!(!i.record(Outcome::Failed), "two soft failures are not");
+        assert!(i.critical_since_ms.load(Relaxed) > 0);
+        assert!(i.record(Outcome::Success));
+        assert!(
+            !i.record(Outcome::Down),
+            "a refused connection counts at once"
+        );
+        assert!(i.critical_for() < Duration::from_secs(5));
+    }
+}
