@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Scale benchmark (issue 5): routing with 10,000 waifus and binds, hello to
+"""Scale benchmark: routing with 10,000 waifus and binds, hello to
 routable latency, and health-check rounds under load.
 
     bash bench/scale.sh          # builds release binaries, then runs this

@@ -1,5 +1,5 @@
 //! The managed PostgreSQL cluster, the embedded default when `DATABASE_URL`
-//! is unset (DESIGN.md §2, issue 3 §7).
+//! is unset.
 //!
 //! `DATA_DIR/postgres` holds a cluster initialised with scram-sha-256 and a
 //! random superuser password kept in `DATA_DIR/postgres-password` (0600).

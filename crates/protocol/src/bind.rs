@@ -1,4 +1,4 @@
-//! Additional binds: `{"https://link.waifu/p": "/link"}` (DESIGN.md §2).
+//! Additional binds: `{"https://link.waifu/p": "/link"}`.
 //!
 //! A bind key is an absolute `http`/`https` URL with a host and an optional
 //! path prefix; no userinfo, query or fragment. A target is a path on the

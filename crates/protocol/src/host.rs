@@ -1,4 +1,4 @@
-//! Waifu instance addresses: the `host` field of a hello (DESIGN.md §2).
+//! Waifu instance addresses: the `host` field of a hello.
 //!
 //! Accepted forms: `hostname`, `hostname:port`, `ip:port`, `[v6]:port`, each
 //! optionally behind `http://` or `https://`. A bare host means port 80 (443

@@ -1,4 +1,5 @@
-//! Wire types and validation of the waifu seed protocol (DESIGN.md §1 and §2).
+//! Wire types and validation of the waifu protocol, shared by the
+//! orchestrator and the SDK.
 //!
 //! Shared by the orchestrator, which must refuse anything malformed before it
 //! touches state, and by the SDK, which should refuse it before it is sent.

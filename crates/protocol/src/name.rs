@@ -1,4 +1,4 @@
-//! Waifu names: a DNS label, `^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$` (DESIGN.md §2).
+//! Waifu names: a DNS label, `^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`.
 //!
 //! A name becomes a path segment, a database and a role name, so the rule is
 //! deliberately narrow: nothing in it needs quoting anywhere.
@@ -16,7 +16,7 @@ pub enum NameError {
     BadEdge,
 }
 
-/// Checks that `name` is a DNS label as DESIGN.md requires.
+/// Checks that `name` is a DNS label, as every waifu name must be.
 pub fn validate_name(name: &str) -> Result<(), NameError> {
     let bytes = name.as_bytes();
     let (Some(first), Some(last)) = (bytes.first(), bytes.last()) else {

@@ -1,4 +1,4 @@
-//! The reserved `__internal` path segment (DESIGN.md §1.4).
+//! The reserved `__internal` path segment: never reachable from outside.
 
 /// Whether one path segment is reserved: it starts with `__internal`, in any
 /// ASCII case.

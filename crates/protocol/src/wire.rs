@@ -1,4 +1,4 @@
-//! JSON bodies of the internal API (DESIGN.md §2, "Internal API").
+//! JSON bodies of the internal API.
 
 use std::collections::BTreeMap;
 
@@ -60,7 +60,7 @@ pub enum RefusalReason {
     InternalPath,
 }
 
-/// `POST /__internal/database` (issue 3).
+/// `POST /__internal/database`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DatabaseRequest {
     pub name: String,

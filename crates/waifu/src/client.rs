@@ -14,13 +14,20 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why a call did not produce an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    /// The orchestrator could not be reached (or took too long).
-    #[error("the orchestrator at {url} could not be reached: {why}")]
+    /// The orchestrator could not be reached, or its answer not read.
+    #[error("the orchestrator at {url} could not be reached: {source}")]
     Unreachable {
         /// The URL called.
         url: String,
         /// What failed.
-        why: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// No answer within the call's bound.
+    #[error("the orchestrator at {url} did not answer within {} s", CALL_TIMEOUT.as_secs())]
+    TimedOut {
+        /// The URL called.
+        url: String,
     },
 }
 
@@ -29,32 +36,36 @@ pub(crate) async fn post_json(
     url: &str,
     body: &impl serde::Serialize,
 ) -> Result<(StatusCode, Bytes), CallError> {
-    let unreachable = |why: String| CallError::Unreachable {
+    let unreachable = |source: Box<dyn std::error::Error + Send + Sync>| CallError::Unreachable {
         url: url.to_owned(),
-        why,
+        source,
     };
-    let body = serde_json::to_vec(body).map_err(|e| unreachable(e.to_string()))?;
+    let body = serde_json::to_vec(body).map_err(|e| unreachable(e.into()))?;
     let request = http::Request::post(url)
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|e| unreachable(e.into()))?;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let call = async {
         let response = client
             .request(request)
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| unreachable(e.into()))?;
         let status = response.status();
         let body = Limited::new(response.into_body(), 1 << 20)
             .collect()
             .await
-            .map_err(|e| unreachable(e.to_string()))?
+            .map_err(unreachable)?
             .to_bytes();
         Ok((status, body))
     };
     tokio::time::timeout(CALL_TIMEOUT, call)
         .await
-        .unwrap_or_else(|_| Err(unreachable("timed out".to_owned())))
+        .unwrap_or_else(|_| {
+            Err(CallError::TimedOut {
+                url: url.to_owned(),
+            })
+        })
 }
 
 /// The `message` of an `{"error","message"}` body, or the body itself.

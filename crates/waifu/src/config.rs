@@ -7,17 +7,35 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// `PORT` is not a port number.
-    #[error("PORT={0:?} is not a port number (1-65535)")]
-    Port(String),
+    #[error("PORT={value:?} is not a port number (1-65535)")]
+    Port {
+        /// What was given.
+        value: String,
+        /// Why it is not a number, if it is not one at all.
+        #[source]
+        source: Option<std::num::ParseIntError>,
+    },
     /// `WAIFU_BINDS` is not a JSON object of strings.
     #[error("WAIFU_BINDS is not a JSON object like {{\"https://link.waifu\": \"/link\"}}: {0}")]
     Binds(serde_json::Error),
     /// `LISTEN_ADDR` is not an IP address.
-    #[error("LISTEN_ADDR={0:?} is not an IP address (e.g. 0.0.0.0 or 127.0.0.1)")]
-    Listen(String),
+    #[error("LISTEN_ADDR={value:?} is not an IP address (e.g. 0.0.0.0 or 127.0.0.1)")]
+    Listen {
+        /// What was given.
+        value: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
     /// No usable name: neither `WAIFU_NAME` nor a valid hostname.
-    #[error("the waifu name {0:?} is not a DNS label (lowercase a-z, 0-9, '-'); set WAIFU_NAME")]
-    Name(String),
+    #[error(
+        "the waifu name {value:?} is not a DNS label (lowercase a-z, 0-9, '-'); set WAIFU_NAME"
+    )]
+    Name {
+        /// What was given.
+        value: String,
+        #[source]
+        source: waifus_protocol::NameError,
+    },
 }
 
 /// Reads the settings from `lookup` (the environment in
@@ -27,20 +45,37 @@ pub(crate) fn from_vars(
     hostname: &str,
 ) -> Result<crate::Waifu, ConfigError> {
     let port = match lookup("PORT") {
-        Some(p) => p
-            .trim()
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or(ConfigError::Port(p))?,
+        Some(value) => match value.trim().parse::<u16>() {
+            Ok(0) => {
+                return Err(ConfigError::Port {
+                    value,
+                    source: None,
+                });
+            }
+            Ok(port) => port,
+            Err(e) => {
+                return Err(ConfigError::Port {
+                    value,
+                    source: Some(e),
+                });
+            }
+        },
         None => 8080,
     };
     let listen = match lookup("LISTEN_ADDR") {
-        Some(a) => a.trim().parse().map_err(|_| ConfigError::Listen(a))?,
+        Some(value) => match value.trim().parse() {
+            Ok(ip) => ip,
+            Err(source) => return Err(ConfigError::Listen { value, source }),
+        },
         None => std::net::IpAddr::from([0, 0, 0, 0]),
     };
     let name = lookup("WAIFU_NAME").unwrap_or_else(|| hostname.to_owned());
-    waifus_protocol::validate_name(&name).map_err(|_| ConfigError::Name(name.clone()))?;
+    if let Err(source) = waifus_protocol::validate_name(&name) {
+        return Err(ConfigError::Name {
+            value: name,
+            source,
+        });
+    }
     let binds: BTreeMap<String, String> = match lookup("WAIFU_BINDS") {
         Some(json) if !json.trim().is_empty() => {
             serde_json::from_str(&json).map_err(ConfigError::Binds)?
@@ -126,15 +161,24 @@ mod tests {
     fn bad_values_are_precise_errors() {
         assert!(matches!(
             parse(&[("PORT", "http")]),
-            Err(ConfigError::Port(_))
+            Err(ConfigError::Port {
+                source: Some(_),
+                ..
+            })
         ));
-        assert!(matches!(parse(&[("PORT", "0")]), Err(ConfigError::Port(_))));
+        assert!(matches!(
+            parse(&[("PORT", "0")]),
+            Err(ConfigError::Port { source: None, .. })
+        ));
+        let e = parse(&[("LISTEN_ADDR", "everywhere")]).unwrap_err();
+        assert!(std::error::Error::source(&e).is_some(), "{e}");
         assert!(matches!(
             parse(&[("WAIFU_BINDS", "[1]")]),
             Err(ConfigError::Binds(_))
         ));
         let e = parse(&[("WAIFU_NAME", "Bad_Name")]).unwrap_err();
         assert!(e.to_string().contains("WAIFU_NAME"), "{e}");
+        assert!(std::error::Error::source(&e).is_some(), "{e}");
         assert!(from_vars(|_| None, "My_Laptop").is_err());
     }
 }

@@ -1,5 +1,5 @@
-//! Database credentials (DESIGN.md §1.2): asked once, cached in memory and on
-//! disk, used from the cache when the orchestrator is unreachable.
+//! Database credentials: asked once, cached in memory and on disk, used from
+//! the cache when the orchestrator is unreachable.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -24,8 +24,11 @@ pub enum DatabaseError {
     )]
     WrongSecret,
     /// 429: too many wrong secrets recently.
-    #[error("too many wrong secrets for this name; the orchestrator says: {0}")]
-    Throttled(String),
+    #[error("too many wrong secrets for this name; the orchestrator says: {message}")]
+    Throttled {
+        /// The orchestrator's message.
+        message: String,
+    },
     /// Any other refusal (400, 409, ...).
     #[error("the orchestrator refused ({status}): {message}")]
     Refused {
@@ -36,10 +39,29 @@ pub enum DatabaseError {
     },
     /// Unreachable or unavailable, and nothing cached.
     #[error("{0}; no cached credentials to fall back on (set WAIFU_CACHE_DIR to keep them)")]
-    Unavailable(String),
+    Unavailable(#[source] Unavailable),
     /// The pool could not be built from the credentials.
     #[error("could not build a connection pool: {0}")]
-    Pool(String),
+    Pool(#[source] deadpool_postgres::BuildError),
+}
+
+/// Why the orchestrator gave no credentials this time.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    /// It could not be reached.
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// It answered 200 with something else than credentials.
+    #[error("the orchestrator answered something unexpected: {0}")]
+    BadAnswer(#[source] serde_json::Error),
+    /// It answered 5xx (PostgreSQL unreachable, most likely).
+    #[error("the orchestrator is unavailable ({status}): {message}")]
+    Server {
+        /// HTTP status.
+        status: StatusCode,
+        /// The orchestrator's message.
+        message: String,
+    },
 }
 
 impl Waifu {
@@ -73,25 +95,24 @@ impl Waifu {
             name: self.name.clone(),
             secret,
         };
-        let fallback = |why: String| {
-            self.cache_file()
-                .and_then(|f| read_cache(&f))
-                .ok_or(DatabaseError::Unavailable(why))
+        let fallback = |why: Unavailable| match self.cache_file().and_then(|f| read_cache(&f)) {
+            Some(cached) => Ok(cached),
+            None => Err(DatabaseError::Unavailable(why)),
         };
         let credentials = match client::post_json(&url, &request).await {
-            Err(CallError::Unreachable { url, why }) => {
-                fallback(format!("the orchestrator at {url} is unreachable: {why}"))?
-            }
+            Err(e) => fallback(e.into())?,
             Ok((StatusCode::OK, body)) => serde_json::from_slice::<DatabaseCredentials>(&body)
-                .map_err(|e| DatabaseError::Unavailable(format!("unexpected answer: {e}")))?,
+                .map_err(|e| DatabaseError::Unavailable(Unavailable::BadAnswer(e)))?,
             Ok((StatusCode::FORBIDDEN, _)) => return Err(DatabaseError::WrongSecret),
             Ok((StatusCode::TOO_MANY_REQUESTS, body)) => {
-                return Err(DatabaseError::Throttled(client::error_message(&body)));
+                return Err(DatabaseError::Throttled {
+                    message: client::error_message(&body),
+                });
             }
-            Ok((status, body)) if status.is_server_error() => fallback(format!(
-                "the orchestrator is unavailable ({status}): {}",
-                client::error_message(&body)
-            ))?,
+            Ok((status, body)) if status.is_server_error() => fallback(Unavailable::Server {
+                status,
+                message: client::error_message(&body),
+            })?,
             Ok((status, body)) => {
                 return Err(DatabaseError::Refused {
                     status,
@@ -138,7 +159,7 @@ impl Waifu {
         let pool = deadpool_postgres::Pool::builder(manager)
             .max_size(8)
             .build()
-            .map_err(|e| DatabaseError::Pool(e.to_string()))?;
+            .map_err(DatabaseError::Pool)?;
         Ok(Database { credentials, pool })
     }
 }

@@ -1,7 +1,7 @@
 //! Write a waifu in minutes.
 //!
 //! A waifu is a small HTTP app behind the waifus orchestrator. This SDK does
-//! the protocol for you (DESIGN.md §1): it serves `GET /__internal/health`
+//! the protocol for you: it serves `GET /__internal/health`
 //! with 204, says hello to the orchestrator with retry and backoff (a waifu
 //! may start long before the orchestrator), says hello again periodically so
 //! an orchestrator that forgot it learns it again, asks for and caches its
@@ -35,7 +35,7 @@ use waifus_protocol::{DatabaseCredentials, Hello, HelloResponse};
 
 pub use client::CallError;
 pub use config::ConfigError;
-pub use database::{Database, DatabaseError};
+pub use database::{Database, DatabaseError, Unavailable};
 pub use waifus_protocol;
 
 /// How often a running waifu says hello again by default.

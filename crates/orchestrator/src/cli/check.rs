@@ -1,5 +1,5 @@
 //! `orchestrator check URL`: a conformance checker for a waifu written in any
-//! language (issue 4 §5). Each rule of the protocol that can be observed from
+//! language. Each rule of the protocol that can be observed from
 //! outside is checked and reported as passed or failed in plain words.
 
 use std::fmt;

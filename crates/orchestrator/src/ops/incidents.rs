@@ -1,4 +1,4 @@
-//! Incidents: security-relevant events an operator should see (issue 3 §4).
+//! Incidents: security-relevant events an operator should see.
 //!
 //! A wrong database secret, a throttled attempt and a bind refused as `taken`
 //! each become a row `{time, kind, name, source, detail}` in the

@@ -1,5 +1,5 @@
-//! Database provisioning: `POST /__internal/database` (DESIGN.md §1.2 and
-//! §2 "Database provisioning", issue 3).
+//! Database provisioning: `POST /__internal/database` gives each waifu a
+//! role and a database of its own, guarded by its secret.
 //!
 //! First call for a name: hash the secret (Argon2id), derive the password
 //! (see [`secret`]), record a `provisioning` row with the role's SCRAM

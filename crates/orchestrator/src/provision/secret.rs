@@ -1,4 +1,4 @@
-//! Secrets and passwords (DESIGN.md §2 "Database provisioning").
+//! Secrets and passwords of waifu databases.
 //!
 //! - A waifu's secret is stored only as an Argon2id PHC string with OWASP's
 //!   parameters (19 MiB, t=2, p=1), made and checked by [`super::hasher`].

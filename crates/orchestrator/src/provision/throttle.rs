@@ -1,4 +1,4 @@
-//! Throttling wrong secrets per waifu name (issue 3 §5).
+//! Throttling wrong secrets per waifu name.
 //!
 //! Five wrong secrets for a name within [`WINDOW`] lock the name for
 //! [`FIRST_LOCK`]; every wrong secret after a lockout (within [`MEMORY`] of

@@ -1,4 +1,4 @@
-//! The access log (issue 8): one line per proxied request, written when its
+//! The access log: one line per proxied request, written when its
 //! response body ends (or is dropped), with the bytes actually sent.
 //!
 //! Lines are `tracing` events of target `access` at INFO, so `LOG_FORMAT`

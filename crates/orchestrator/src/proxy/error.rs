@@ -20,6 +20,8 @@ pub(super) enum ProxyError {
     /// The client's request body broke off or broke its framing.
     BadBody,
     Guard(Rejection),
+    /// A host that is neither the main domain nor bound by any waifu.
+    UnknownHost,
     NoRoute,
     NoHealthy,
     Upstream,
@@ -76,6 +78,13 @@ impl ProxyError {
                 StatusCode::NOT_FOUND,
                 "not_found",
                 "no waifu serves this host and path",
+            ),
+            ProxyError::UnknownHost => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no waifu is bound to this host and it is not the main domain \
+                 (MAIN_DOMAIN): waifus are served at {main domain}/{name}/ and at \
+                 the hosts of their binds",
             ),
             ProxyError::NoHealthy => (
                 StatusCode::SERVICE_UNAVAILABLE,

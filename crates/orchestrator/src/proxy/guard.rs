@@ -1,4 +1,5 @@
-//! The `__internal` guard (DESIGN.md §1.4 and §2 "The `__internal` guard").
+//! The `__internal` guard: no public request reaches a path with a segment
+//! starting with `__internal`, however it is spelled.
 //!
 //! A request path is percent-decoded exactly once (RFC 3986 §2.1), its
 //! dot-segments are resolved (RFC 3986 §5.2.4), every segment is checked for

@@ -211,7 +211,13 @@ impl Proxy {
         }
         let path = guard::normalize(parts.uri.path()).map_err(ProxyError::Guard)?;
         let table = self.routes.load();
-        let resolved = table.resolve(&host, &path).ok_or(ProxyError::NoRoute)?;
+        let Some(resolved) = table.resolve(&host, &path) else {
+            return Err(if table.serves_host(&host) {
+                ProxyError::NoRoute
+            } else {
+                ProxyError::UnknownHost
+            });
+        };
         if guard::reaches_internal(&resolved.path) {
             return Err(ProxyError::Guard(Rejection::Internal));
         }

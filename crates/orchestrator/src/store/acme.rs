@@ -1,4 +1,4 @@
-//! ACME state (issue 7): the account and the certificates, per directory URL.
+//! ACME state: the account and the certificates, per directory URL.
 
 use std::time::SystemTime;
 

@@ -1,4 +1,4 @@
-//! HTTPS (issue 7): the certificates the TLS listener presents.
+//! HTTPS: the certificates the TLS listener presents.
 //!
 //! Per host, the first source that has a certificate wins:
 //! 1. `CERT_DIR`: `{host}.crt` / `{host}.key` PEM files (a `*.example.com`

@@ -1,4 +1,4 @@
-//! Automatic certificates (issue 7) against Debian's Pebble, a real ACME
+//! Automatic certificates against Debian's Pebble, a real ACME
 //! server, and pebble-challtestsrv, its mock DNS that answers 127.0.0.1 for
 //! every name. Validation is real: Pebble connects back to the
 //! orchestrator's listeners for TLS-ALPN-01 and HTTP-01.
@@ -40,11 +40,10 @@ fn installed() -> bool {
             .status()
             .is_ok()
     };
-    let ok = found("pebble") && found("pebble-challtestsrv");
-    if !ok {
-        eprintln!("SKIPPED: Debian's pebble package is not installed (apt-get install pebble)");
-    }
-    ok
+    harness::tool_present(
+        found("pebble") && found("pebble-challtestsrv"),
+        "Debian's pebble package (apt-get install pebble)",
+    )
 }
 
 fn free_port() -> u16 {

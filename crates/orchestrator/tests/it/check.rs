@@ -10,8 +10,11 @@ async fn check(target: &str, extra: &[&str]) -> (bool, String) {
         .arg("check")
         .arg(target)
         .args(extra)
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), out)
         .await
+        .expect("orchestrator check finished within 60 s")
         .unwrap();
     (
         out.status.success(),

@@ -1,4 +1,4 @@
-//! Faults under load (issue 6 §4): a waifu killed and brought back, a slow
+//! Faults under load: a waifu killed and brought back, a slow
 //! waifu, the database going away, all while a steady load runs.
 //!
 //! Latency bounds here are generous on purpose (seconds where the proxy
@@ -61,7 +61,11 @@ impl Load {
                         let status = match sent.await {
                             Ok(Ok(r)) => {
                                 let status = r.status().as_u16();
-                                let _ = r.into_body().collect().await;
+                                let _ = tokio::time::timeout(
+                                    Duration::from_secs(10),
+                                    r.into_body().collect(),
+                                )
+                                .await;
                                 status
                             }
                             _ => 0,

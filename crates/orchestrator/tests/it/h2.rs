@@ -1,4 +1,4 @@
-//! HTTP/2 (h2c prior knowledge) oddities (issue 6 §1), over raw frames so
+//! HTTP/2 (h2c prior knowledge) oddities, over raw frames so
 //! that malformed requests can be sent at all: no client library would.
 
 use std::net::SocketAddr;

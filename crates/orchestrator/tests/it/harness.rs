@@ -290,20 +290,19 @@ pub async fn send(
     if !has_host {
         req = req.header("host", addr.to_string());
     }
-    let response = tokio::time::timeout(
-        Duration::from_secs(20),
-        client.request(req.body(Full::new(body)).ok()?),
-    )
-    .await
-    .expect("request timed out")
-    .ok()?;
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.ok()?.to_bytes();
-    Some(Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    })
+    let exchange = async {
+        let response = client.request(req.body(Full::new(body)).ok()?).await.ok()?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.ok()?.to_bytes();
+        Some(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(20), exchange)
+        .await
+        .expect("request and answer within 20 s")
 }
 
 /// POSTs JSON to `path` on `addr` (an internal listener); `None` if it could
@@ -420,4 +419,59 @@ impl Relay {
     pub fn restore(&self) {
         self.up.store(true, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// Runs a command to its end, as `Command::output` does, but fails the test
+/// instead of hanging if it takes longer than `within`.
+pub fn output_within(cmd: &mut std::process::Command, within: Duration) -> std::process::Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    // Read both pipes while waiting, so a chatty child never blocks on them.
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::process::Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// Whether a tool a test needs is here. Without it the test is skipped
+/// (it says so on stderr), except in CI (`CI=true`), where a missing tool
+/// fails the test: `.ci/run` installs every one of them.
+pub fn tool_present(found: bool, what: &str) -> bool {
+    if !found {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(!ci, "{what} is missing, and CI=true: .ci/run installs it");
+        eprintln!("SKIPPED: {what} is missing");
+    }
+    found
 }

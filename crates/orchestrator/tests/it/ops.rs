@@ -1,4 +1,4 @@
-//! Operating the orchestrator (issue 8): metrics, the status page (also in
+//! Operating the orchestrator: metrics, the status page (also in
 //! a real headless Chromium), and the `status` / `incidents` commands.
 
 use std::process::Command;
@@ -153,19 +153,21 @@ async fn metrics_count_what_operators_need() {
     orch.stop().await.unwrap();
 }
 
-/// An orchestrator with a healthy waifu (bind, database) and an incident.
-async fn populated(db: &str) -> (Orch, TestWaifu) {
+/// An orchestrator with a healthy waifu `name` (bind `http://shop.test`,
+/// database) and an incident. Each test gives its own name: databases and
+/// roles are shared by the whole test cluster.
+async fn populated(db: &str, name: &str) -> (Orch, TestWaifu) {
     let orch = harness::start(db, &[]).await;
-    let w = TestWaifu::start("shop").await;
-    orch.register("shop", &w.host(), json!({"http://shop.test": "/api"}))
+    let w = TestWaifu::start(name).await;
+    orch.register(name, &w.host(), json!({"http://shop.test": "/api"}))
         .await;
-    orch.wait_health("shop", StatusCode::NO_CONTENT).await;
-    let creds = json!({"name": "shop", "secret": "correct horse battery staple"});
+    orch.wait_health(name, StatusCode::NO_CONTENT).await;
+    let creds = json!({"name": name, "secret": "correct horse battery staple"});
     let r = harness::post_json(orch.internal, "/__internal/database", &creds)
         .await
         .unwrap();
     assert_eq!(r.status, StatusCode::OK);
-    let wrong = json!({"name": "shop", "secret": "wrong horse battery staple!!"});
+    let wrong = json!({"name": name, "secret": "wrong horse battery staple!!"});
     let r = harness::post_json(orch.internal, "/__internal/database", &wrong)
         .await
         .unwrap();
@@ -182,7 +184,8 @@ async fn populated(db: &str) -> (Orch, TestWaifu) {
 
 #[tokio::test]
 async fn status_page_html_and_json() {
-    let (orch, _w) = populated(&pg::unique_db("status")).await;
+    let name = "shop-html";
+    let (orch, _w) = populated(&pg::unique_db("status"), name).await;
     let page = harness::send(
         orch.internal,
         Method::GET,
@@ -196,7 +199,7 @@ async fn status_page_html_and_json() {
     assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
     let html = String::from_utf8(page.body.to_vec()).unwrap();
     for needle in [
-        "shop",
+        name,
         "http://shop.test",
         "/api",
         "ready",
@@ -225,7 +228,7 @@ async fn status_page_html_and_json() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|w| w["name"] == "shop")
+        .find(|w| w["name"] == name)
         .unwrap();
     assert_eq!(shop["database"], "ready");
     assert_eq!(shop["instances"][0]["healthy"], true);
@@ -243,38 +246,40 @@ fn chromium() -> Option<&'static str> {
         .find(|b| {
             Command::new(b)
                 .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
         })
 }
 
 #[tokio::test]
 async fn status_page_renders_in_headless_chromium() {
-    let Some(browser) = chromium() else {
-        eprintln!("SKIPPED: no Chromium (Debian: apt-get install chromium)");
+    let browser = chromium();
+    if !harness::tool_present(browser.is_some(), "Chromium (apt-get install chromium)") {
         return;
-    };
-    let (orch, _w) = populated(&pg::unique_db("status_browser")).await;
+    }
+    let Some(browser) = browser else { return };
+    let (orch, _w) = populated(&pg::unique_db("status_browser"), "shop-browser").await;
     // Some traffic, so the rate is not zero once sampled.
     for _ in 0..20 {
-        orch.get("localhost", "/shop/x").await;
+        orch.get("localhost", "/shop-browser/x").await;
     }
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let url = format!("http://{}/__internal/status", orch.internal);
     let profile = harness::temp_dir("chromium");
     let browser = browser.to_owned();
     let dom = tokio::task::spawn_blocking(move || {
-        Command::new(browser)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .args(["--virtual-time-budget=2000", "--dump-dom", &url])
-            .output()
-            .unwrap()
+        let mut cmd = Command::new(browser);
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(["--virtual-time-budget=2000", "--dump-dom", &url]);
+        harness::output_within(&mut cmd, Duration::from_secs(120))
     })
     .await
     .unwrap();
@@ -306,16 +311,14 @@ async fn status_page_renders_in_headless_chromium() {
 }
 
 fn cli(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_orchestrator"))
-        .env_clear()
-        .args(args)
-        .output()
-        .unwrap()
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+    cmd.env_clear().args(args);
+    harness::output_within(&mut cmd, Duration::from_secs(60))
 }
 
 #[tokio::test]
 async fn status_and_incidents_commands_print_tables() {
-    let (orch, w) = populated(&pg::unique_db("status_cli")).await;
+    let (orch, w) = populated(&pg::unique_db("status_cli"), "shop-cli").await;
     let addr = orch.internal.to_string();
     let out = tokio::task::spawn_blocking({
         let addr = addr.clone();
@@ -330,13 +333,18 @@ async fn status_and_incidents_commands_print_tables() {
     );
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
+    // A header row: its first two column names, however wide the columns.
     let header = |h: &str| {
+        let (first, second) = h.split_once(' ').unwrap();
         lines
             .iter()
-            .position(|l| l.starts_with(h))
+            .position(|l| {
+                let mut words = l.split_whitespace();
+                words.next() == Some(first) && words.next() == Some(second)
+            })
             .unwrap_or_else(|| panic!("{h}: {text}"))
     };
-    let waifus = header("WAIFU  HEALTHY");
+    let waifus = header("WAIFU HEALTHY");
     assert!(
         lines[waifus + 1..]
             .iter()
@@ -346,10 +354,10 @@ async fn status_and_incidents_commands_print_tables() {
     assert!(
         lines[waifus + 1..]
             .iter()
-            .any(|l| l.starts_with("shop ") && l.contains("1/1") && l.contains("ready")),
+            .any(|l| l.starts_with("shop-cli ") && l.contains("1/1") && l.contains("ready")),
         "{text}"
     );
-    let instances = header("WAIFU  INSTANCE");
+    let instances = header("WAIFU INSTANCE");
     let shop_instance = format!("http://{}", w.host());
     assert!(
         lines[instances + 1..]

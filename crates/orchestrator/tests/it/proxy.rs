@@ -76,6 +76,13 @@ async fn main_domain_strips_the_prefix_and_sets_forwarded_headers() {
         let r = orch.get(host, target).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{host}{target}");
         assert_eq!(r.json()["error"], "not_found");
+        // A host nobody serves says what was expected instead.
+        let message = r.json()["message"].as_str().unwrap().to_owned();
+        assert_eq!(
+            message.contains("MAIN_DOMAIN"),
+            host == "other.test",
+            "{host}{target}: {message}"
+        );
     }
     orch.stop().await.unwrap();
 }
@@ -181,7 +188,11 @@ async fn bodies_stream_both_ways() {
     assert_eq!(frame.into_data().unwrap(), "first chunk");
     tx.send(Bytes::from_static(b"second")).await.unwrap();
     drop(tx);
-    let rest = body.collect().await.unwrap().to_bytes();
+    let rest = tokio::time::timeout(Duration::from_secs(10), body.collect())
+        .await
+        .expect("the rest of the body within 10 s")
+        .unwrap()
+        .to_bytes();
     assert_eq!(rest, "second");
     orch.stop().await.unwrap();
 }
@@ -437,7 +448,11 @@ async fn h2c_prior_knowledge_is_proxied() {
         assert_eq!(r.version(), http::Version::HTTP_2);
         assert_eq!(r.status(), want, "{target}");
         if want == StatusCode::OK {
-            let body = r.into_body().collect().await.unwrap().to_bytes();
+            let body = tokio::time::timeout(Duration::from_secs(10), r.into_body().collect())
+                .await
+                .expect("the body within 10 s")
+                .unwrap()
+                .to_bytes();
             let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(echo["target"], "/h2?x=1");
             assert_eq!(

@@ -1,4 +1,4 @@
-//! Slow clients (issue 6 §3): hundreds of connections holding half-sent
+//! Slow clients: hundreds of connections holding half-sent
 //! requests neither starve normal traffic nor stay open past the
 //! header-read timeout (default settings: 15 s).
 

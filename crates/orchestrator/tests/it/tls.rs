@@ -1,4 +1,4 @@
-//! HTTPS (issue 7): certificates from CERT_DIR and self-signed development
+//! HTTPS: certificates from CERT_DIR and self-signed development
 //! certificates, HTTP/2 and HTTP/1.1 over TLS, redirects from plain HTTP.
 
 use std::net::SocketAddr;
@@ -216,7 +216,11 @@ pub async fn get(addr: SocketAddr, host: &str, target: &str, trust: &Trust, h2: 
     let (parts, body) = response.into_parts();
     TlsReply {
         status: parts.status,
-        body: body.collect().await.unwrap().to_bytes(),
+        body: tokio::time::timeout(Duration::from_secs(10), body.collect())
+            .await
+            .expect("the body within 10 s")
+            .unwrap()
+            .to_bytes(),
         alpn: negotiated,
     }
 }

@@ -1,4 +1,4 @@
--- Waifus, their instances and their binds (DESIGN.md §3: state lives in PostgreSQL).
+-- Waifus, their instances and their binds: routing state lives in PostgreSQL.
 CREATE TABLE waifus (
     name          text PRIMARY KEY,
     registered_at timestamptz NOT NULL DEFAULT now(),

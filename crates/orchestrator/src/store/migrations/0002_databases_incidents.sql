@@ -1,4 +1,4 @@
--- Waifu databases (DESIGN.md §2 "Database provisioning").
+-- Waifu databases: one role and one database per waifu.
 CREATE TABLE databases (
     name           text PRIMARY KEY,
     -- Argon2id PHC string of the waifu's secret; the secret itself is never stored

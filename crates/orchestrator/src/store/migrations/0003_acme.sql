@@ -1,4 +1,4 @@
--- ACME (issue 7): the account per directory, and the certificates obtained,
+-- ACME: the account per directory, and the certificates obtained,
 -- shared by every orchestrator on this database and kept across restarts.
 CREATE TABLE acme_accounts (
     directory   text PRIMARY KEY,
