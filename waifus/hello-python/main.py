@@ -8,7 +8,8 @@ variables as the Rust SDK:
   WAIFU_NAME        default: the hostname
   WAIFU_HOST        default: {hostname}:{PORT}
   PORT              default 8080 (listens on all interfaces)
-  WAIFU_SECRET      asks for a database when set
+  WAIFU_SECRET      claims the name with every hello, and asks for a database
+  ORCHESTRATOR_TOKEN  the orchestrator's INTERNAL_TOKEN, sent as a bearer token
   WAIFU_BINDS       a JSON object like {"https://hello.waifu": "/"}
   LISTEN_ADDR       default 0.0.0.0 (all interfaces)
 
@@ -48,12 +49,18 @@ def settings():
     }
 
 
+TOKEN = os.environ.get("ORCHESTRATOR_TOKEN") or None
+
+
 def post(url, body, timeout=10):
     """POSTs JSON; returns (status, parsed body or None). Raises OSError when unreachable."""
+    headers = {"Content-Type": "application/json"}
+    if TOKEN:
+        headers["Authorization"] = "Bearer " + TOKEN
     request = urllib.request.Request(
         url,
         data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
+        headers=headers,
         method="POST",
     )
     try:
@@ -74,6 +81,8 @@ def backoff(attempt):
 def announce(cfg):
     """Says hello until it works, then again every 30 s."""
     body = {"name": cfg["name"], "host": cfg["host"], "additionalBinds": cfg["binds"]}
+    if cfg["secret"]:
+        body["secret"] = cfg["secret"]
     attempt = 0
     while True:
         try:

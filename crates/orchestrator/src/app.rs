@@ -13,7 +13,8 @@ use crate::config::{Config, ConfigError, Settings};
 use crate::managed::{self, ManagedError};
 use crate::ops::incidents;
 use crate::ops::metrics;
-use crate::provision::{self, hasher::Hasher};
+use crate::ownership::{self, hasher::Hasher};
+use crate::provision;
 use crate::registry::{self, replicas};
 use crate::store::{self, StoreError};
 use crate::{api, edge, health, proxy, routing, tls};
@@ -39,6 +40,8 @@ pub enum RunError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Key(#[from] provision::secret::KeyError),
+    #[error("the operating system's random number generator failed: {0}")]
+    Random(#[from] getrandom::Error),
     #[error("could not read a listener's address: {0}")]
     Io(#[from] std::io::Error),
     #[error("TLS is on but no listener was bound for HTTPS_ADDR")]
@@ -124,7 +127,7 @@ async fn serve(
         health_config,
         tasks.clone(),
         shutdown.clone(),
-        leading_rx,
+        leading_rx.clone(),
     ));
     tasks.spawn(replicas::follow(
         registry.clone(),
@@ -188,19 +191,34 @@ async fn serve(
         },
         metrics.unrouted.clone(),
     ));
-    let incidents = incidents::Incidents::new(
+    let incidents =
+        incidents::Incidents::new(store.clone(), settings.webhook.is_some(), metrics.clone());
+    if let Some(url) = settings.webhook.clone() {
+        tasks.spawn(incidents::deliver(
+            url,
+            store.clone(),
+            leading_rx.clone(),
+            incidents.wake(),
+            shutdown.clone(),
+        ));
+    }
+    tasks.spawn(prune_audit(
         store.clone(),
-        tasks.clone(),
-        settings.webhook.clone(),
+        config.audit_retention,
+        leading_rx.clone(),
         shutdown.clone(),
-        metrics.clone(),
-    );
+    ));
+    let ownership = Arc::new(ownership::Ownership::new(
+        store.clone(),
+        Hasher::start()?,
+        incidents.clone(),
+        config.hello_secret == crate::config::HelloSecret::Required,
+    )?);
     let provisioner = Arc::new(provision::Provisioner::new(
         store.clone(),
         key,
         public_db(config, url),
-        incidents.clone(),
-        Hasher::start()?,
+        ownership.clone(),
     ));
     let reconciler = provisioner.clone();
     tasks.spawn(async move {
@@ -246,10 +264,15 @@ async fn serve(
         api::router(api::AppState {
             registry: registry.clone(),
             routes,
+            ownership,
             provisioner,
             incidents,
             store,
             metrics: metrics.clone(),
+            tokens: Arc::new(api::Tokens::new(
+                config.internal_token.as_deref(),
+                config.admin_token.as_deref(),
+            )),
         }),
         limits,
         shutdown.clone(),
@@ -275,6 +298,31 @@ async fn serve(
     }
     info!("stopped");
     Ok(())
+}
+
+/// Deletes audit rows older than `keep`, hourly, on the orchestrator that
+/// leads (one does at a time), until `shutdown`.
+async fn prune_audit(
+    store: store::Store,
+    keep: Duration,
+    leading: tokio::sync::watch::Receiver<bool>,
+    shutdown: CancellationToken,
+) {
+    let mut every = tokio::time::interval(Duration::from_secs(60 * 60));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        if !*leading.borrow() {
+            continue;
+        }
+        match store.prune_audit(keep).await {
+            Ok(0) => {}
+            Ok(n) => info!(rows = n, "pruned the audit log"),
+            Err(e) => warn!(error = %e, "could not prune the audit log"),
+        }
+    }
 }
 
 /// Opens the store, retrying while the server is unreachable (it may still be

@@ -35,14 +35,45 @@ pub enum Command {
     Status(ClientArgs),
     /// Print a running orchestrator's newest incidents.
     Incidents(IncidentsArgs),
+    /// Print a running orchestrator's audit log, newest first.
+    Audit(AuditArgs),
 }
 
-/// Where a running orchestrator's internal API is.
+/// Where a running orchestrator's internal API is, and its tokens.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
     /// Its internal API address.
     #[arg(long, env = "INTERNAL_ADDR", default_value = "127.0.0.1:2137")]
     pub internal_addr: SocketAddr,
+    /// Sent as the bearer token, when set (it opens the operator endpoints).
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Sent when ADMIN_TOKEN is not set.
+    #[arg(long, env = "INTERNAL_TOKEN", hide_env_values = true)]
+    pub internal_token: Option<String>,
+}
+
+impl ClientArgs {
+    /// The bearer token to send: the admin token, else the internal one.
+    pub fn token(&self) -> Option<&str> {
+        self.admin_token
+            .as_deref()
+            .or(self.internal_token.as_deref())
+            .filter(|t| !t.is_empty())
+    }
+}
+
+/// Arguments of `orchestrator audit`.
+#[derive(Debug, Clone, Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Only this waifu's rows.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// How many, newest first.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: u32,
 }
 
 /// Arguments of `orchestrator incidents`.
@@ -178,6 +209,31 @@ pub struct Config {
     /// On SIGTERM, in-flight requests get this long to finish.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// When set, every internal API call but `GET /__internal/health` needs
+    /// `Authorization: Bearer {token}`.
+    #[arg(long, env = "INTERNAL_TOKEN", hide_env_values = true)]
+    pub internal_token: Option<String>,
+    /// When set, the operator endpoints (waifus, incidents, audit, metrics,
+    /// status) need this bearer token; INTERNAL_TOKEN does not open them.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// `optional`: a hello may carry a secret (it then claims the name);
+    /// `required`: every hello must.
+    #[arg(long, env = "HELLO_SECRET", value_enum, default_value = "optional")]
+    pub hello_secret: HelloSecret,
+    /// How long audit rows are kept.
+    #[arg(long, env = "AUDIT_RETENTION", default_value = "90d", value_parser = humantime::parse_duration)]
+    pub audit_retention: Duration,
+}
+
+/// Whether a hello must carry the waifu's secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HelloSecret {
+    /// A hello may carry a secret; a name nobody claimed takes one without.
+    Optional,
+    /// Every hello must carry a secret.
+    Required,
 }
 
 /// A setting that cannot work.
@@ -199,6 +255,10 @@ pub enum ConfigError {
     AcmeCaFile { path: String, error: String },
     #[error("{0} is set but ACME_DIRECTORY is not")]
     AcmeUnused(&'static str),
+    #[error("{0} must be 16 to 1024 visible ASCII characters (no spaces)")]
+    Token(&'static str),
+    #[error("ADMIN_TOKEN and INTERNAL_TOKEN must differ: every waifu knows INTERNAL_TOKEN")]
+    SameTokens,
 }
 
 /// The TLS listener's settings, when it is on.
@@ -211,6 +271,10 @@ pub(crate) struct TlsConfig {
     /// Neither source configured: self-signed development certificates.
     pub dev: bool,
 }
+
+/// Shortest and longest bearer token accepted in the settings.
+const MIN_TOKEN: usize = 16;
+const MAX_TOKEN: usize = 1024;
 
 /// `HTTPS_ADDR` when it is not set.
 pub const DEFAULT_HTTPS_ADDR: &str = "0.0.0.0:8443";
@@ -225,6 +289,8 @@ impl Config {
             &mut self.incident_webhook_url,
             &mut self.acme_directory,
             &mut self.acme_email,
+            &mut self.internal_token,
+            &mut self.admin_token,
         ] {
             if text.as_deref().is_some_and(|t| t.trim().is_empty()) {
                 *text = None;
@@ -321,12 +387,34 @@ impl Config {
         let main_domain = config.main_domain()?;
         let tls = config.tls()?;
         let webhook = config.webhook_uri()?;
+        config.check_tokens()?;
         Ok(Settings {
             config,
             main_domain,
             tls,
             webhook,
         })
+    }
+
+    /// Tokens that can be sent in an `Authorization` header as they are,
+    /// long enough not to be guessed, and not the same twice.
+    fn check_tokens(&self) -> Result<(), ConfigError> {
+        for (name, token) in [
+            ("INTERNAL_TOKEN", &self.internal_token),
+            ("ADMIN_TOKEN", &self.admin_token),
+        ] {
+            let usable = |t: &String| {
+                (MIN_TOKEN..=MAX_TOKEN).contains(&t.len())
+                    && t.bytes().all(|b| b.is_ascii_graphic())
+            };
+            if token.as_ref().is_some_and(|t| !usable(t)) {
+                return Err(ConfigError::Token(name));
+            }
+        }
+        if self.internal_token.is_some() && self.internal_token == self.admin_token {
+            return Err(ConfigError::SameTokens);
+        }
+        Ok(())
     }
 
     /// The normalised main domain (`None` for `*`), after the durations
@@ -340,6 +428,7 @@ impl Config {
             ("HEADER_READ_TIMEOUT", self.header_read_timeout),
             ("IDLE_TIMEOUT", self.idle_timeout),
             ("RESYNC_INTERVAL", self.resync_interval),
+            ("AUDIT_RETENTION", self.audit_retention),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
@@ -432,6 +521,31 @@ mod tests {
         assert!(c.acme_directory.is_none() && c.cert_dir.is_none() && c.acme_email.is_none());
         assert!(!c.tls_on());
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn tokens_are_checked() {
+        let good = "0123456789abcdef";
+        let check = |internal: &str, admin: &str| {
+            parse(&[
+                "orchestrator",
+                "--internal-token",
+                internal,
+                "--admin-token",
+                admin,
+            ])
+            .serve
+            .validate()
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        };
+        assert!(check(good, "fedcba9876543210").is_ok());
+        assert!(check("", "").is_ok(), "empty is unset");
+        let short = check("short", "").unwrap_err();
+        assert!(short.contains("INTERNAL_TOKEN"), "{short}");
+        let spaced = check(good, "has a space in it!").unwrap_err();
+        assert!(spaced.contains("ADMIN_TOKEN"), "{spaced}");
+        assert!(check(good, good).unwrap_err().contains("must differ"));
     }
 
     #[test]

@@ -50,10 +50,12 @@ pub(crate) struct Watch {
 /// The one write health checks make: dropping an instance that stayed
 /// critical too long (its waifu and binds go with its last instance).
 pub(crate) trait Deregister: Send + Sync + 'static {
+    /// `why` goes into the audit log.
     fn deregister(
         &self,
         name: &str,
         instance: &Arc<Instance>,
+        why: &str,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
 }
 
@@ -184,7 +186,11 @@ async fn watch_instance<R: Deregister>(
             }
         }
         if !healthy && instance.critical_for() >= config.deregister_after {
-            match Box::pin(shared.registry.deregister(&name, &instance)).await {
+            let why = format!(
+                "no healthy answer for {}",
+                humantime::format_duration(config.deregister_after)
+            );
+            match Box::pin(shared.registry.deregister(&name, &instance, &why)).await {
                 Ok(()) => return,
                 Err(e) => warn!(%name, error = %e, "could not deregister instance"),
             }

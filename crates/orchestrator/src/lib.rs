@@ -22,6 +22,7 @@ mod edge;
 mod health;
 mod managed;
 mod ops;
+mod ownership;
 mod provision;
 mod proxy;
 mod registry;
@@ -34,7 +35,8 @@ mod upstream;
 
 pub use app::{Listeners, RunError, run};
 pub use config::{
-    CheckArgs, Cli, ClientArgs, Command, Config, ConfigError, IncidentsArgs, LogFormat, Settings,
+    AuditArgs, CheckArgs, Cli, ClientArgs, Command, Config, ConfigError, HelloSecret,
+    IncidentsArgs, LogFormat, Settings,
 };
 pub use managed::ManagedError;
 pub use ops::status;

@@ -14,10 +14,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Check(args)) => cli::check(&args),
-        Some(Command::Status(args)) => cli::report(cli::status(args.internal_addr)),
-        Some(Command::Incidents(args)) => {
-            cli::report(cli::incidents(args.client.internal_addr, args.limit))
-        }
+        Some(Command::Status(args)) => cli::report(cli::status(args)),
+        Some(Command::Incidents(args)) => cli::report(cli::incidents(args.client, args.limit)),
+        Some(Command::Audit(args)) => cli::report(cli::audit(args)),
         Some(Command::Serve(config)) => run(&config),
         None => run(&cli.serve),
     };

@@ -16,6 +16,6 @@ pub use host::{HostError, Scheme, Upstream, parse_host};
 pub use name::{NameError, validate_name};
 pub use path::{is_internal_segment, path_has_internal_segment};
 pub use wire::{
-    BindInfo, BindOutcome, DatabaseCredentials, DatabaseRequest, ErrorBody, Hello, HelloResponse,
-    IncidentInfo, InstanceInfo, RefusalReason, WaifuInfo,
+    AuditEntry, BindInfo, BindOutcome, DatabaseCredentials, DatabaseRequest, ErrorBody, Hello,
+    HelloResponse, IncidentInfo, InstanceInfo, RefusalReason, WaifuInfo,
 };

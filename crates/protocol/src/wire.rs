@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// `POST /__internal/hello`: a waifu announcing one of its instances.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     pub name: String,
     pub host: String,
@@ -17,6 +17,21 @@ pub struct Hello {
         deserialize_with = "null_as_empty"
     )]
     pub additional_binds: BTreeMap<String, String>,
+    /// Claims the name on first use; required once the name is claimed.
+    /// `Debug` never shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for Hello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hello")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("additional_binds", &self.additional_binds)
+            .field("secret", &self.secret.as_ref().map(|_| "(hidden)"))
+            .finish()
+    }
 }
 
 fn null_as_empty<'de, D>(d: D) -> Result<BTreeMap<String, String>, D::Error>
@@ -61,10 +76,19 @@ pub enum RefusalReason {
 }
 
 /// `POST /__internal/database`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DatabaseRequest {
     pub name: String,
     pub secret: String,
+}
+
+impl std::fmt::Debug for DatabaseRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseRequest")
+            .field("name", &self.name)
+            .field("secret", &"(hidden)")
+            .finish()
+    }
 }
 
 /// Credentials handed to a waifu for its own database.
@@ -121,11 +145,30 @@ pub struct BindInfo {
 pub struct IncidentInfo {
     /// RFC 3339, UTC.
     pub time: String,
-    /// `wrong_secret`, `throttled` or `bind_taken`.
+    /// `wrong_secret`, `throttled`, `bind_taken`, `hello_without_secret`,
+    /// `hello_wrong_secret` or `unauthorized`.
     pub kind: String,
     /// The waifu concerned.
     pub name: String,
     /// The client address the request came from.
+    pub source: String,
+    /// One human sentence; never a secret.
+    pub detail: String,
+    /// Whether it reached `INCIDENT_WEBHOOK_URL` (always false without one).
+    #[serde(default)]
+    pub delivered: bool,
+}
+
+/// One entry of `GET /__internal/audit`: a change of routing or data state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// RFC 3339, UTC.
+    pub time: String,
+    /// `waifu_added`, `instance_added`, `bind_accepted`, `secret_claimed`, ...
+    pub action: String,
+    /// The waifu concerned.
+    pub name: String,
+    /// Who made the change: a client address, or `orchestrator`.
     pub source: String,
     /// One human sentence; never a secret.
     pub detail: String,

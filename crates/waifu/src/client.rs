@@ -31,18 +31,23 @@ pub enum CallError {
     },
 }
 
-/// POSTs JSON; returns the status and body.
+/// POSTs JSON, with `token` as a bearer token; returns the status and body.
 pub(crate) async fn post_json(
     url: &str,
     body: &impl serde::Serialize,
+    token: Option<&str>,
 ) -> Result<(StatusCode, Bytes), CallError> {
     let unreachable = |source: Box<dyn std::error::Error + Send + Sync>| CallError::Unreachable {
         url: url.to_owned(),
         source,
     };
     let body = serde_json::to_vec(body).map_err(|e| unreachable(e.into()))?;
-    let request = http::Request::post(url)
-        .header(http::header::CONTENT_TYPE, "application/json")
+    let mut request =
+        http::Request::post(url).header(http::header::CONTENT_TYPE, "application/json");
+    if let Some(token) = token {
+        request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| unreachable(e.into()))?;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();

@@ -92,6 +92,7 @@ pub(crate) fn from_vars(
         port,
         listen,
         secret: lookup("WAIFU_SECRET").filter(|s| !s.is_empty()),
+        token: lookup("ORCHESTRATOR_TOKEN").filter(|s| !s.is_empty()),
         binds,
         cache_dir: lookup("WAIFU_CACHE_DIR").map(PathBuf::from),
         rehello_every: crate::DEFAULT_REHELLO,

@@ -99,7 +99,7 @@ impl Waifu {
             Some(cached) => Ok(cached),
             None => Err(DatabaseError::Unavailable(why)),
         };
-        let credentials = match client::post_json(&url, &request).await {
+        let credentials = match client::post_json(&url, &request, self.token.as_deref()).await {
             Err(e) => fallback(e.into())?,
             Ok((StatusCode::OK, body)) => serde_json::from_slice::<DatabaseCredentials>(&body)
                 .map_err(|e| DatabaseError::Unavailable(Unavailable::BadAnswer(e)))?,

@@ -3,9 +3,11 @@
 //! A waifu is a small HTTP app behind the waifus orchestrator. This SDK does
 //! the protocol for you: it serves `GET /__internal/health`
 //! with 204, says hello to the orchestrator with retry and backoff (a waifu
-//! may start long before the orchestrator), says hello again periodically so
-//! an orchestrator that forgot it learns it again, asks for and caches its
-//! database credentials, and shuts down gracefully on SIGTERM or SIGINT.
+//! may start long before the orchestrator), with its secret (which claims
+//! its name from the first start) and its token, says hello again
+//! periodically so an orchestrator that forgot it learns it again, asks for
+//! and caches its database credentials, and shuts down gracefully on
+//! SIGTERM or SIGINT.
 //!
 //! ```no_run
 //! use axum::{Router, routing::get};
@@ -42,18 +44,40 @@ pub use waifus_protocol;
 pub const DEFAULT_REHELLO: Duration = Duration::from_secs(30);
 
 /// One waifu: who it is, where it listens, how to reach the orchestrator.
-#[derive(Debug, Clone)]
+/// Its `Debug` shows neither its secret nor its token.
+#[derive(Clone)]
 pub struct Waifu {
     orchestrator: String,
     name: String,
     host: String,
     port: u16,
     listen: std::net::IpAddr,
+    /// Claims the name with the first hello, guards the database.
     secret: Option<String>,
+    /// Sent as `Authorization: Bearer` on every call to the orchestrator.
+    token: Option<String>,
     binds: BTreeMap<String, String>,
     cache_dir: Option<PathBuf>,
     rehello_every: Duration,
     credentials: Arc<Mutex<Option<DatabaseCredentials>>>,
+}
+
+impl std::fmt::Debug for Waifu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |v: &Option<String>| v.as_ref().map(|_| "(hidden)");
+        f.debug_struct("Waifu")
+            .field("orchestrator", &self.orchestrator)
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("listen", &self.listen)
+            .field("secret", &hidden(&self.secret))
+            .field("token", &hidden(&self.token))
+            .field("binds", &self.binds)
+            .field("cache_dir", &self.cache_dir)
+            .field("rehello_every", &self.rehello_every)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why `serve` stopped with an error.
@@ -138,6 +162,7 @@ impl Waifu {
             port: 8080,
             listen: std::net::IpAddr::from([0, 0, 0, 0]),
             secret: None,
+            token: None,
             binds: BTreeMap::new(),
             cache_dir: None,
             rehello_every: DEFAULT_REHELLO,
@@ -182,6 +207,17 @@ impl Waifu {
     /// ```
     pub fn secret(mut self, secret: impl Into<String>) -> Self {
         self.secret = Some(secret.into());
+        self
+    }
+
+    /// The bearer token of the orchestrator's internal API
+    /// (`ORCHESTRATOR_TOKEN`, its `INTERNAL_TOKEN`).
+    ///
+    /// ```
+    /// let w = waifu::Waifu::new("a", "a:1").token("from-a-vault");
+    /// ```
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
         self
     }
 
@@ -240,8 +276,9 @@ impl Waifu {
             name: self.name.clone(),
             host: self.host.clone(),
             additional_binds: self.binds.clone(),
+            secret: self.secret.clone(),
         };
-        let (status, body) = client::post_json(&url, &hello).await?;
+        let (status, body) = client::post_json(&url, &hello, self.token.as_deref()).await?;
         if status != StatusCode::OK {
             return Err(HelloError::Refused {
                 status,

@@ -129,10 +129,15 @@ async fn until(
     }
 }
 
+/// The orchestrator's tokens; waifus get the internal one.
+const INTERNAL_TOKEN: &str = "e2e-internal-token-5f1c";
+const ADMIN_TOKEN: &str = "e2e-admin-token-77ab90";
+
 fn link(internal: SocketAddr, port: u16, cache: &Path) -> Proc {
     Proc::spawn(
         Command::new(env!("CARGO_BIN_EXE_link"))
             .env("ORCHESTRATOR_URL", format!("http://{internal}"))
+            .env("ORCHESTRATOR_TOKEN", INTERNAL_TOKEN)
             .env("WAIFU_NAME", "link")
             .env("WAIFU_HOST", format!("127.0.0.1:{port}"))
             .env("PORT", port.to_string())
@@ -168,6 +173,7 @@ async fn link_and_python_waifus_behind_the_orchestrator() {
             .env("PORT", py_port.to_string())
             .env("LISTEN_ADDR", "127.0.0.1")
             .env("WAIFU_SECRET", "python-secret")
+            .env("ORCHESTRATOR_TOKEN", INTERNAL_TOKEN)
             .stderr(std::fs::File::create(&py_log).unwrap()),
     );
     let mut orchestrator = Proc::spawn(
@@ -176,6 +182,10 @@ async fn link_and_python_waifus_behind_the_orchestrator() {
             .env("PUBLIC_ADDR", public.to_string())
             .env("INTERNAL_ADDR", internal.to_string())
             .env("HEALTH_INTERVAL", "200ms")
+            .env("INTERNAL_TOKEN", INTERNAL_TOKEN)
+            .env("ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("HELLO_SECRET", "required")
+            .env("ACCESS_LOG", "true")
             .stderr(std::fs::File::create(dir.join("orchestrator.log")).unwrap()),
     );
 
@@ -257,7 +267,59 @@ async fn link_and_python_waifus_behind_the_orchestrator() {
     let again = until(public, "GET", "link.waifu", &format!("/{code}"), "", 302).await;
     assert_eq!(again.location.as_deref(), Some("https://example.com/a?b=c"));
 
+    // Both waifus claimed their names with their first hello (the
+    // orchestrator requires a secret); the audit log, read with the admin
+    // token, says so, and the internal token does not open it.
+    let cli = |token_var: &str, token: &str, args: &[&str]| {
+        Command::new(orchestrator_bin())
+            .args(args)
+            .env_remove("ADMIN_TOKEN")
+            .env_remove("INTERNAL_TOKEN")
+            .env("INTERNAL_ADDR", internal.to_string())
+            .env(token_var, token)
+            .output()
+            .unwrap()
+    };
+    let audit = cli("ADMIN_TOKEN", ADMIN_TOKEN, &["audit"]);
+    let text = String::from_utf8_lossy(&audit.stdout);
+    assert!(
+        audit.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&audit.stderr)
+    );
+    for name in ["link", "hello-python"] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains("secret_claimed") && l.contains(name)),
+            "{text}"
+        );
+    }
+    let refused = cli("INTERNAL_TOKEN", INTERNAL_TOKEN, &["incidents"]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("401") && said.contains("unauthorized"),
+        "{said}"
+    );
+    // A hello for link without its secret is refused, even with the token.
+    let impostor = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
+        .args(["-H", &format!("Authorization: Bearer {INTERNAL_TOKEN}")])
+        .args(["-d", r#"{"name":"link","host":"127.0.0.1:1"}"#])
+        .arg(format!("http://{internal}/__internal/hello"))
+        .output();
+    if let Ok(out) = impostor {
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
+    }
+
     assert_eq!(orchestrator.stop(), Some(0));
     drop(_link_again);
+    // No token or secret in any log.
+    for log in ["orchestrator.log", "python.log"] {
+        let text = std::fs::read_to_string(dir.join(log)).unwrap();
+        for secret in [INTERNAL_TOKEN, ADMIN_TOKEN, "link-secret", "python-secret"] {
+            assert!(!text.contains(secret), "{secret} in {log}");
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,7 +6,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use waifus_protocol::ErrorBody;
 
-use crate::provision::ProvisionError;
+use crate::ownership::OwnershipError;
+use crate::provision::{MAX_SECRET, ProvisionError};
 use crate::registry::HelloError;
 use crate::store::StoreError;
 
@@ -29,16 +30,24 @@ pub(crate) enum ApiError {
     Hello(#[from] HelloError),
     #[error(transparent)]
     Provision(#[from] ProvisionError),
+    #[error(transparent)]
+    Ownership(#[from] OwnershipError),
+    #[error("the secret must be 1 to {MAX_SECRET} bytes")]
+    BadSecret,
     #[error("the database server is unreachable: {0}")]
     Store(#[from] StoreError),
     #[error("bad query string: limit must be a whole number from 1 to {INCIDENTS_MAX}")]
     BadQuery,
+    #[error("bad query string: name must be a waifu name (a DNS label)")]
+    BadQueryName,
     #[error("no waifu is registered under this name")]
     UnknownWaifu,
     #[error("the waifu has no healthy instance")]
     NoHealthyInstance,
     #[error("there is no such endpoint on the internal API")]
     NotFound,
+    #[error("this call needs a valid bearer token (Authorization: Bearer ...)")]
+    Unauthorized,
     #[error("this endpoint does not accept that method")]
     MethodNotAllowed,
 }
@@ -66,11 +75,25 @@ impl ApiError {
                     (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
                 }
             },
+            ApiError::Ownership(e) => match e {
+                OwnershipError::SecretRequired | OwnershipError::SecretAlwaysRequired => {
+                    (StatusCode::UNAUTHORIZED, "secret_required")
+                }
+                OwnershipError::WrongSecret => (StatusCode::FORBIDDEN, "wrong_secret"),
+                OwnershipError::Throttled(_) => {
+                    (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts")
+                }
+                OwnershipError::Unavailable(_) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
+                }
+            },
+            ApiError::BadSecret => (StatusCode::BAD_REQUEST, "invalid_secret"),
             ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
-            ApiError::BadQuery => (StatusCode::BAD_REQUEST, "bad_query"),
+            ApiError::BadQuery | ApiError::BadQueryName => (StatusCode::BAD_REQUEST, "bad_query"),
             ApiError::UnknownWaifu => (StatusCode::NOT_FOUND, "unknown_waifu"),
             ApiError::NoHealthyInstance => (StatusCode::SERVICE_UNAVAILABLE, "no_healthy_instance"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
         }
     }
@@ -87,7 +110,8 @@ impl IntoResponse for ApiError {
             message: self.to_string(),
         };
         let retry_after = match &self {
-            ApiError::Provision(ProvisionError::Throttled(wait)) => Some(wait.as_secs().max(1)),
+            ApiError::Provision(ProvisionError::Throttled(wait))
+            | ApiError::Ownership(OwnershipError::Throttled(wait)) => Some(wait.as_secs().max(1)),
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(5),
             _ => None,
         };

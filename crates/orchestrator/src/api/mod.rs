@@ -6,10 +6,12 @@
 //! the status it names; nothing a client sends can produce a 5xx other than
 //! 503 for an unreachable database.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 
+mod auth;
 mod error;
+mod state;
+mod tokens;
 
 use axum::Json;
 use axum::Router;
@@ -20,32 +22,21 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use waifus_protocol::{
-    DatabaseCredentials, DatabaseRequest, Hello, HelloResponse, IncidentInfo, RefusalReason,
-    WaifuInfo,
+    AuditEntry, DatabaseCredentials, DatabaseRequest, Hello, HelloResponse, IncidentInfo,
+    RefusalReason, WaifuInfo, validate_name,
 };
 
-use crate::ops::incidents::{IncidentKind, Incidents};
-use crate::ops::metrics::Metrics;
-use crate::ops::status::{RECENT_INCIDENTS, Status, WaifuStatus, html};
-use crate::provision::Provisioner;
-use crate::registry::Registry;
-use crate::routing::Routes;
-use crate::store::Store;
+use crate::ops::incidents::IncidentKind;
+use crate::ops::status::{RECENT_AUDIT, RECENT_INCIDENTS, Status, WaifuStatus, html};
+use crate::ownership::Asked;
+use crate::provision::MAX_SECRET;
+use crate::registry::HelloError;
 use error::{ApiError, INCIDENTS_MAX, MAX_BODY};
+pub(crate) use state::AppState;
+pub(crate) use tokens::Tokens;
 
 /// Incidents one listing returns unless asked for another number.
 const INCIDENTS_DEFAULT: i64 = 100;
-
-/// What the handlers share.
-#[derive(Debug, Clone)]
-pub(crate) struct AppState {
-    pub registry: Arc<Registry>,
-    pub routes: Routes,
-    pub provisioner: Arc<Provisioner>,
-    pub incidents: Incidents,
-    pub store: Store,
-    pub metrics: Arc<Metrics>,
-}
 
 /// The internal API's router.
 pub(crate) fn router(state: AppState) -> Router {
@@ -56,10 +47,15 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/__internal/waifus", get(list))
         .route("/__internal/waifus/{name}/health", get(waifu_health))
         .route("/__internal/incidents", get(incidents))
+        .route("/__internal/audit", get(audit))
         .route("/__internal/metrics", get(metrics))
         .route("/__internal/status", get(status))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
         .with_state(state)
 }
 
@@ -82,7 +78,7 @@ async fn hello(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Body,
 ) -> Result<Json<HelloResponse>, ApiError> {
-    let response = hello_inner(&state, body).await;
+    let response = hello_inner(&state, body, peer.ip()).await;
     state.metrics.hello(match &response {
         Ok(_) => "ok",
         Err(e) if e.status_and_code().0 == StatusCode::SERVICE_UNAVAILABLE => "unavailable",
@@ -91,20 +87,38 @@ async fn hello(
     let (hello, response) = response?;
     for outcome in &response.binds {
         if outcome.reason == Some(RefusalReason::Taken) {
-            state.incidents.report(
-                IncidentKind::BindTaken,
-                &hello.name,
-                peer.ip(),
-                format!("bind {} was refused: another waifu holds it", outcome.bind),
-            );
+            let detail = format!("bind {} was refused: another waifu holds it", outcome.bind);
+            let stored = state
+                .incidents
+                .record(IncidentKind::BindTaken, &hello.name, peer.ip(), detail)
+                .await;
+            if let Err(e) = stored {
+                tracing::warn!(error = %e, "could not store a bind_taken incident");
+            }
         }
     }
     Ok(Json(response))
 }
 
-async fn hello_inner(state: &AppState, body: Body) -> Result<(Hello, HelloResponse), ApiError> {
+/// A hello: its name's ownership checked (the refusal stored if it is
+/// refused), then registered.
+async fn hello_inner(
+    state: &AppState,
+    body: Body,
+    peer: IpAddr,
+) -> Result<(Hello, HelloResponse), ApiError> {
     let hello: Hello = json_body(body).await?;
-    let response = state.registry.hello(&hello).await?;
+    validate_name(&hello.name).map_err(HelloError::Name)?;
+    if let Some(secret) = &hello.secret
+        && (secret.is_empty() || secret.len() > MAX_SECRET)
+    {
+        return Err(ApiError::BadSecret);
+    }
+    state
+        .ownership
+        .admit(&hello.name, hello.secret.as_deref(), peer, Asked::Hello)
+        .await?;
+    let response = state.registry.hello(&hello, peer).await?;
     Ok((hello, response))
 }
 
@@ -183,6 +197,16 @@ async fn waifu_health(
     }
 }
 
+/// A listing's `limit`: [`INCIDENTS_DEFAULT`] when absent, at most
+/// [`INCIDENTS_MAX`].
+fn limit(asked: Option<i64>) -> Result<i64, ApiError> {
+    let limit = asked.unwrap_or(INCIDENTS_DEFAULT);
+    if !(1..=INCIDENTS_MAX).contains(&limit) {
+        return Err(ApiError::BadQuery);
+    }
+    Ok(limit)
+}
+
 #[derive(Debug, serde::Deserialize)]
 struct IncidentsQuery {
     limit: Option<i64>,
@@ -193,11 +217,29 @@ async fn incidents(
     query: Result<Query<IncidentsQuery>, QueryRejection>,
 ) -> Result<Json<Vec<IncidentInfo>>, ApiError> {
     let Query(query) = query.map_err(|_| ApiError::BadQuery)?;
-    let limit = query.limit.unwrap_or(INCIDENTS_DEFAULT);
-    if !(1..=INCIDENTS_MAX).contains(&limit) {
-        return Err(ApiError::BadQuery);
+    Ok(Json(state.store.incidents(limit(query.limit)?).await?))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct AuditQuery {
+    name: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /__internal/audit?name=&limit=`: the newest changes, newest first.
+async fn audit(
+    State(state): State<AppState>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<Vec<AuditEntry>>, ApiError> {
+    let Query(query) = query.map_err(|_| ApiError::BadQuery)?;
+    let limit = limit(query.limit)?;
+    let name = query.name.filter(|n| !n.is_empty());
+    if let Some(name) = &name
+        && validate_name(name).is_err()
+    {
+        return Err(ApiError::BadQueryName);
     }
-    Ok(Json(state.store.incidents(limit).await?))
+    Ok(Json(state.store.audit(name.as_deref(), limit).await?))
 }
 
 async fn not_found() -> ApiError {
@@ -211,12 +253,13 @@ async fn method_not_allowed() -> ApiError {
 /// The status page's snapshot.
 async fn collect(state: &AppState) -> Status {
     let waifus = state.registry.list().await;
-    let (databases, incidents, store_error) = match tokio::try_join!(
+    let (databases, incidents, audit, store_error) = match tokio::try_join!(
         state.store.databases(),
-        state.store.incidents(RECENT_INCIDENTS)
+        state.store.incidents(RECENT_INCIDENTS),
+        state.store.audit(None, RECENT_AUDIT)
     ) {
-        Ok((d, i)) => (d, i, None),
-        Err(e) => (Vec::new(), Vec::new(), Some(e.to_string())),
+        Ok((d, i, a)) => (d, i, a, None),
+        Err(e) => (Vec::new(), Vec::new(), Vec::new(), Some(e.to_string())),
     };
     let waifus = waifus
         .into_iter()
@@ -236,6 +279,7 @@ async fn collect(state: &AppState) -> Status {
         health_leader: state.registry.leads_health_checks(),
         waifus,
         incidents,
+        audit,
         store_error,
     }
 }

@@ -1,4 +1,5 @@
-//! The client commands: `orchestrator check`, `status` and `incidents`.
+//! The client commands: `orchestrator check`, `status`, `incidents` and
+//! `audit`.
 //! The only code that reports errors with `anyhow`, for a person to read.
 
 mod check;
@@ -7,9 +8,9 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use orchestrator::CheckArgs;
-use orchestrator::status::{Status, incident_table, text};
-use waifus_protocol::IncidentInfo;
+use orchestrator::status::{Status, audit_table, incident_table, text};
+use orchestrator::{AuditArgs, CheckArgs, ClientArgs};
+use waifus_protocol::{AuditEntry, IncidentInfo};
 
 /// `orchestrator check URL`: prints the report; exit 0 only if all rules pass.
 pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
@@ -37,29 +38,52 @@ pub fn report(
 }
 
 /// `orchestrator status`: the status page's content as tables.
-pub async fn status(addr: SocketAddr) -> anyhow::Result<String> {
-    let status: Status = fetch(addr, "/__internal/status").await?;
+pub async fn status(client: ClientArgs) -> anyhow::Result<String> {
+    let status: Status = fetch(&client, "/__internal/status").await?;
     Ok(text(&status))
 }
 
 /// `orchestrator incidents`: the newest `limit` incidents as a table.
-pub async fn incidents(addr: SocketAddr, limit: u32) -> anyhow::Result<String> {
+pub async fn incidents(client: ClientArgs, limit: u32) -> anyhow::Result<String> {
     let incidents: Vec<IncidentInfo> =
-        fetch(addr, &format!("/__internal/incidents?limit={limit}")).await?;
+        fetch(&client, &format!("/__internal/incidents?limit={limit}")).await?;
     Ok(incident_table(&incidents))
 }
 
-/// Fetches `path` from a running orchestrator's internal API as JSON.
-async fn fetch<T: serde::de::DeserializeOwned>(addr: SocketAddr, path: &str) -> anyhow::Result<T> {
+/// `orchestrator audit`: the newest audit rows as a table.
+pub async fn audit(args: AuditArgs) -> anyhow::Result<String> {
+    let mut path = format!("/__internal/audit?limit={}", args.limit);
+    if let Some(name) = &args.name {
+        if waifus_protocol::validate_name(name).is_err() {
+            anyhow::bail!("--name {name:?} is not a waifu name (a DNS label)");
+        }
+        path.push_str("&name=");
+        path.push_str(name);
+    }
+    let entries: Vec<AuditEntry> = fetch(&args.client, &path).await?;
+    Ok(audit_table(&entries))
+}
+
+/// Fetches `path` from a running orchestrator's internal API as JSON,
+/// with the client's token.
+async fn fetch<T: serde::de::DeserializeOwned>(
+    client: &ClientArgs,
+    path: &str,
+) -> anyhow::Result<T> {
+    let addr: SocketAddr = client.internal_addr;
+    let token = client.token();
     use anyhow::Context as _;
     use http_body_util::{BodyExt, Empty, Limited};
-    let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
+    let http: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http();
-    let request = http::Request::get(format!("http://{addr}{path}"))
-        .header(http::header::ACCEPT, "application/json")
-        .body(Empty::new())?;
-    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+    let mut request = http::Request::get(format!("http://{addr}{path}"))
+        .header(http::header::ACCEPT, "application/json");
+    if let Some(token) = token {
+        request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request.body(Empty::new())?;
+    let response = tokio::time::timeout(Duration::from_secs(10), http.request(request))
         .await
         .map_err(|_| anyhow::anyhow!("{addr} did not answer within 10 s"))?
         .with_context(|| format!("cannot reach the orchestrator's internal API at {addr}"))?;

@@ -1,14 +1,20 @@
 //! Incidents: security-relevant events an operator should see.
 //!
-//! A wrong database secret, a throttled attempt and a bind refused as `taken`
-//! each become a row `{time, kind, name, source, detail}` in the
-//! orchestrator's own tables, a WARN log line, and, when
-//! `INCIDENT_WEBHOOK_URL` is set, a JSON POST with both `text` (Slack) and
-//! `content` (Discord). Reporting never blocks the request that caused it:
-//! storing and sending happen in background tasks, the webhook with retries
-//! and backoff. No secret, attempted secret or hash is ever part of one.
+//! A wrong secret, a hello without the secret of a claimed name, a refused
+//! call on a locked name, a bind refused as `taken`, an internal API call
+//! without its token: each becomes a row `{time, kind, name, source,
+//! detail}` in the orchestrator's own tables and a WARN log line. A refusal
+//! and its incident are stored in one transaction that commits before the
+//! refusal is answered; if it cannot be stored, the caller answers 503.
+//!
+//! With `INCIDENT_WEBHOOK_URL` set, the same transaction adds a row to an
+//! outbox, and [`deliver`] POSTs it (JSON with `text` for Slack and
+//! `content` for Discord): at least once, retried with backoff for a day,
+//! across restarts, by one orchestrator at a time (the one that runs the
+//! health checks). No secret, attempted secret or hash is ever part of one.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,19 +23,23 @@ use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 use waifus_protocol::IncidentInfo;
 
-use crate::store::Store;
+use crate::ops::metrics::Metrics;
+use crate::store::incidents::NewIncident;
+use crate::store::ownership::NextFailure;
+use crate::store::{Store, StoreError};
 
-/// Webhook deliveries waiting; beyond this, new incidents are not sent (they
-/// are still stored and logged).
-const WEBHOOK_QUEUE: usize = 1024;
-/// Attempts per delivery, with 1 s, 2 s, 4 s, 8 s between them.
-const WEBHOOK_ATTEMPTS: u32 = 5;
+/// How long a delivery is retried before it is given up.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+/// Backoff between attempts: the first, and the longest.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(10 * 60);
+/// How often the deliverer looks for due rows without being woken.
+const POLL: Duration = Duration::from_secs(1);
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +47,9 @@ pub(crate) enum IncidentKind {
     WrongSecret,
     Throttled,
     BindTaken,
+    HelloWithoutSecret,
+    HelloWrongSecret,
+    Unauthorized,
 }
 
 impl IncidentKind {
@@ -45,6 +58,9 @@ impl IncidentKind {
             IncidentKind::WrongSecret => "wrong_secret",
             IncidentKind::Throttled => "throttled",
             IncidentKind::BindTaken => "bind_taken",
+            IncidentKind::HelloWithoutSecret => "hello_without_secret",
+            IncidentKind::HelloWrongSecret => "hello_wrong_secret",
+            IncidentKind::Unauthorized => "unauthorized",
         }
     }
 }
@@ -53,57 +69,80 @@ impl IncidentKind {
 #[derive(Debug, Clone)]
 pub(crate) struct Incidents {
     store: Store,
-    tasks: TaskTracker,
-    webhook: Option<mpsc::Sender<IncidentInfo>>,
-    metrics: std::sync::Arc<crate::ops::metrics::Metrics>,
+    /// Whether a webhook is configured: an outbox row goes with each.
+    webhook: bool,
+    /// Wakes this process's deliverer when a new incident is stored.
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
 }
 
 impl Incidents {
-    /// Starts the webhook sender (if a URL is given) as a task of `tasks`.
-    pub(crate) fn new(
-        store: Store,
-        tasks: TaskTracker,
-        webhook_url: Option<http::Uri>,
-        shutdown: CancellationToken,
-        metrics: std::sync::Arc<crate::ops::metrics::Metrics>,
-    ) -> Self {
-        let webhook = webhook_url.map(|url| {
-            let (tx, rx) = mpsc::channel(WEBHOOK_QUEUE);
-            tasks.spawn(deliver(url, rx, shutdown));
-            tx
-        });
+    pub(crate) fn new(store: Store, webhook: bool, metrics: Arc<Metrics>) -> Self {
         Incidents {
             store,
-            tasks,
             webhook,
+            wake: Arc::new(Notify::new()),
             metrics,
         }
     }
 
-    /// Logs, stores and sends an incident without waiting for any of it.
-    pub(crate) fn report(&self, kind: IncidentKind, name: &str, source: IpAddr, detail: String) {
+    /// What wakes the deliverer.
+    pub(crate) fn wake(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Logs and stores an incident; committed when this returns.
+    pub(crate) async fn record(
+        &self,
+        kind: IncidentKind,
+        name: &str,
+        source: IpAddr,
+        detail: String,
+    ) -> Result<(), StoreError> {
+        self.record_refusal(kind, name, source, None, |_| detail)
+            .await
+            .map(|_| ())
+    }
+
+    /// Logs and stores an incident with, when `count` is given, one more
+    /// failure against the name in the shared throttle, in one transaction;
+    /// `detail` is told the lockout that failure starts. Committed when
+    /// this returns; returns that lockout.
+    pub(crate) async fn record_refusal(
+        &self,
+        kind: IncidentKind,
+        name: &str,
+        source: IpAddr,
+        count: Option<NextFailure>,
+        detail: impl FnOnce(Option<Duration>) -> String,
+    ) -> Result<Option<Duration>, StoreError> {
         let source = source.to_canonical().to_string();
+        let mut logged = None;
+        let lock = self
+            .store
+            .refuse(
+                name,
+                count,
+                |lock| {
+                    let detail = detail(lock);
+                    logged = Some(detail.clone());
+                    NewIncident {
+                        kind: kind.as_str(),
+                        name: name.to_owned(),
+                        source: source.clone(),
+                        detail,
+                    }
+                },
+                self.webhook,
+            )
+            .await?;
+        let detail = logged.unwrap_or_default();
         warn!(kind = kind.as_str(), name, %source, %detail, "incident");
         self.metrics.incident(kind.as_str());
-        let incident = IncidentInfo {
-            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            kind: kind.as_str().to_owned(),
-            name: name.to_owned(),
-            source,
-            detail,
-        };
-        let store = self.store.clone();
-        let webhook = self.webhook.clone();
-        self.tasks.spawn(async move {
-            if let Err(e) = store.insert_incident(&incident).await {
-                warn!(error = %e, "could not store an incident");
-            }
-            if let Some(tx) = webhook
-                && tx.try_send(incident).is_err()
-            {
-                warn!("incident webhook queue is full; not sending this one");
-            }
-        });
+        if self.webhook {
+            self.wake.notify_one();
+        }
+        Ok(lock)
     }
 }
 
@@ -125,9 +164,15 @@ fn webhook_body(incident: &IncidentInfo) -> Bytes {
     Bytes::from(body.to_string())
 }
 
-async fn deliver(
+/// Delivers the outbox to `url` while this orchestrator leads (one does at
+/// a time), until `shutdown`: at least once, each row retried with
+/// exponential backoff ([`FIRST_BACKOFF`] up to [`MAX_BACKOFF`]) until it is
+/// [`GIVE_UP_AFTER`] old.
+pub(crate) async fn deliver(
     url: http::Uri,
-    mut queue: mpsc::Receiver<IncidentInfo>,
+    store: Store,
+    mut leading: watch::Receiver<bool>,
+    wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
     let mut http = HttpConnector::new();
@@ -146,36 +191,77 @@ async fn deliver(
     };
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
     loop {
-        let incident = tokio::select! {
-            () = shutdown.cancelled() => return,
-            i = queue.recv() => match i { Some(i) => i, None => return },
-        };
-        let body = webhook_body(&incident);
-        let mut backoff = Duration::from_secs(1);
-        for attempt in 1..=WEBHOOK_ATTEMPTS {
-            let request = http::Request::post(url.clone())
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .header(http::header::USER_AGENT, "waifus-orchestrator")
-                .body(Full::new(body.clone()));
-            let Ok(request) = request else { break };
-            let sent = tokio::time::timeout(Duration::from_secs(10), client.request(request)).await;
-            match sent {
-                Ok(Ok(r)) if r.status().is_success() => {
-                    debug!(attempt, "incident delivered to the webhook");
-                    break;
-                }
-                Ok(Ok(r)) => warn!(attempt, status = %r.status(), "incident webhook refused"),
-                Ok(Err(e)) => warn!(attempt, error = %e, "incident webhook unreachable"),
-                Err(_) => warn!(attempt, "incident webhook timed out"),
-            }
-            if attempt < WEBHOOK_ATTEMPTS {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff *= 2;
+        if !*leading.borrow() {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = leading.wait_for(|l| *l) => if r.is_err() { return },
             }
         }
+        match store.due_deliveries(16).await {
+            Ok(due) if !due.is_empty() => {
+                for d in due {
+                    let sent = send(&client, &url, &d.incident).await;
+                    let stored = match sent {
+                        Ok(()) => {
+                            debug!(
+                                attempts = d.attempts + 1,
+                                "incident delivered to the webhook"
+                            );
+                            store.delivered(d.id).await
+                        }
+                        Err(why) => {
+                            let retry = backoff(d.attempts);
+                            let give_up = d.age + retry >= GIVE_UP_AFTER;
+                            warn!(attempt = d.attempts + 1, error = %why, give_up, "incident webhook delivery failed");
+                            store
+                                .delivery_failed(d.id, (!give_up).then_some(retry), &why)
+                                .await
+                        }
+                    };
+                    if let Err(e) = stored {
+                        warn!(error = %e, "could not record a webhook delivery");
+                    }
+                }
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => debug!(error = %e, "the webhook outbox cannot be read now"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = wake.notified() => {}
+            () = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
+
+/// The wait before attempt `attempts + 2`.
+fn backoff(attempts: i32) -> Duration {
+    let doublings = u32::try_from(attempts.clamp(0, 20)).unwrap_or(0);
+    FIRST_BACKOFF
+        .saturating_mul(1 << doublings)
+        .min(MAX_BACKOFF)
+}
+
+/// One POST of one incident; the reason when it did not go through.
+async fn send<C>(
+    client: &Client<C, Full<Bytes>>,
+    url: &http::Uri,
+    incident: &IncidentInfo,
+) -> Result<(), String>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let request = http::Request::post(url.clone())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::USER_AGENT, "waifus-orchestrator")
+        .body(Full::new(webhook_body(incident)))
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(Duration::from_secs(10), client.request(request)).await {
+        Ok(Ok(r)) if r.status().is_success() => Ok(()),
+        Ok(Ok(r)) => Err(format!("refused with {}", r.status())),
+        Ok(Err(e)) => Err(format!("unreachable: {e}")),
+        Err(_) => Err("no answer within 10 s".to_owned()),
     }
 }
 
@@ -191,11 +277,19 @@ mod tests {
             name: "link".into(),
             source: "10.0.0.2".into(),
             detail: "the secret does not match".into(),
+            delivered: false,
         };
         let v: serde_json::Value = serde_json::from_slice(&webhook_body(&i)).unwrap();
         assert_eq!(v["text"], v["content"]);
         assert!(v["text"].as_str().unwrap().contains("wrong_secret"));
         assert_eq!(v["name"], "link");
         assert_eq!(v["source"], "10.0.0.2");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_ten_minutes() {
+        assert_eq!(backoff(0), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_secs(8));
+        assert_eq!(backoff(30), MAX_BACKOFF);
     }
 }

@@ -10,10 +10,12 @@
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
-use waifus_protocol::{IncidentInfo, WaifuInfo};
+use waifus_protocol::{AuditEntry, IncidentInfo, WaifuInfo};
 
 /// Incidents shown on the page.
 pub(crate) const RECENT_INCIDENTS: i64 = 20;
+/// Audit rows shown on the page.
+pub(crate) const RECENT_AUDIT: i64 = 20;
 /// The page reloads itself this often.
 const REFRESH_SECONDS: u32 = 5;
 
@@ -31,6 +33,10 @@ pub struct Status {
     pub waifus: Vec<WaifuStatus>,
     /// Newest first.
     pub incidents: Vec<IncidentInfo>,
+    /// The newest changes to names, instances, binds, secrets and
+    /// databases; newest first.
+    #[serde(default)]
+    pub audit: Vec<AuditEntry>,
     /// Set when the state database could not be read: databases and
     /// incidents are then unknown.
     pub store_error: Option<String>,
@@ -166,33 +172,60 @@ th{{background:#f0f0f0;font-weight:600}} code{{font-size:13px}}
         }
         h.push_str("</tbody></table>\n");
     }
-    h.push_str("<h2>Recent incidents</h2>\n");
-    if status.incidents.is_empty() {
-        h.push_str("<p>None.</p>\n");
-    } else {
-        h.push_str(
-            "<table id=\"incidents\"><thead><tr><th>Time</th><th>Kind</th><th>Waifu</th>\
-             <th>Source</th><th>Detail</th></tr></thead><tbody>\n",
-        );
-        for i in &status.incidents {
-            let _ = writeln!(
-                h,
-                "<tr class=\"incident\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&i.time),
-                esc(&i.kind),
-                esc(&i.name),
-                esc(&i.source),
-                esc(&i.detail)
-            );
-        }
-        h.push_str("</tbody></table>\n");
-    }
+    let incidents: Vec<[&str; 5]> = status
+        .incidents
+        .iter()
+        .map(|i| [&*i.time, &*i.kind, &*i.name, &*i.source, &*i.detail])
+        .collect();
+    log_table(
+        &mut h,
+        "Recent incidents",
+        "incidents",
+        "incident",
+        "Kind",
+        &incidents,
+    );
+    let changes: Vec<[&str; 5]> = status
+        .audit
+        .iter()
+        .map(|a| [&*a.time, &*a.action, &*a.name, &*a.source, &*a.detail])
+        .collect();
+    log_table(
+        &mut h,
+        "Recent changes",
+        "audit",
+        "change",
+        "Action",
+        &changes,
+    );
     let _ = writeln!(
         h,
         "<p><small>Refreshes every {REFRESH_SECONDS} s. JSON: <code>curl -H 'Accept: application/json' \
          …/__internal/status</code>; metrics: <a href=\"/__internal/metrics\">/__internal/metrics</a>.</small></p>\n</body></html>"
     );
     h
+}
+
+/// A section of log rows (time, what, waifu, source, detail), escaped.
+fn log_table(h: &mut String, title: &str, id: &str, class: &str, what: &str, rows: &[[&str; 5]]) {
+    let _ = writeln!(h, "<h2>{title}</h2>");
+    if rows.is_empty() {
+        h.push_str("<p>None.</p>\n");
+        return;
+    }
+    let _ = writeln!(
+        h,
+        "<table id=\"{id}\"><thead><tr><th>Time</th><th>{what}</th><th>Waifu</th>\
+         <th>Source</th><th>Detail</th></tr></thead><tbody>"
+    );
+    for row in rows {
+        let _ = write!(h, "<tr class=\"{class}\">");
+        for cell in row {
+            let _ = write!(h, "<td>{}</td>", esc(cell));
+        }
+        h.push_str("</tr>\n");
+    }
+    h.push_str("</tbody></table>\n");
 }
 
 /// Left-aligned columns separated by two spaces.
@@ -278,7 +311,29 @@ pub fn text(status: &Status) -> String {
     }
     out.push('\n');
     out += &incident_table(&status.incidents);
+    out.push('\n');
+    out += &audit_table(&status.audit);
     out
+}
+
+/// Audit rows as a text table (`orchestrator audit`).
+pub fn audit_table(entries: &[AuditEntry]) -> String {
+    if entries.is_empty() {
+        return "no changes recorded\n".into();
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|a| {
+            vec![
+                a.time.clone(),
+                a.action.clone(),
+                a.name.clone(),
+                a.source.clone(),
+                a.detail.clone(),
+            ]
+        })
+        .collect();
+    table(&["TIME", "ACTION", "WAIFU", "SOURCE", "DETAIL"], &rows)
 }
 
 /// Incidents as a text table (`orchestrator incidents`).
@@ -335,6 +390,14 @@ mod tests {
                 name: "link".into(),
                 source: "10.0.0.5".into(),
                 detail: "a \"quoted\" <b>detail</b> & more".into(),
+                delivered: false,
+            }],
+            audit: vec![AuditEntry {
+                time: "2026-11-27T22:59:00Z".into(),
+                action: "bind_accepted".into(),
+                name: "link".into(),
+                source: "10.0.0.5".into(),
+                detail: "<i>bind</i>".into(),
             }],
             store_error: None,
         }
@@ -344,6 +407,7 @@ mod tests {
     fn html_escapes_everything_from_outside() {
         let page = html(&sample());
         assert!(page.contains("/&lt;script&gt;"));
+        assert!(page.contains("&lt;i&gt;bind&lt;/i&gt;"));
         assert!(page.contains("a &quot;quoted&quot; &lt;b&gt;detail&lt;/b&gt; &amp; more"));
         assert!(!page.contains("<script>"));
         assert!(page.contains(r#"http-equiv="refresh""#));

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use waifus_protocol::NameError;
 
-use super::hasher::HashError;
+use crate::ownership::OwnershipError;
 use crate::store::StoreError;
 
 /// Bound on the whole database part of one call: past it, 503.
@@ -61,7 +61,7 @@ pub(crate) enum Unavailable {
     #[error("no answer within {} ms", DEADLINE.as_millis())]
     TimedOut,
     #[error(transparent)]
-    Hasher(#[from] HashError),
+    Ownership(OwnershipError),
 }
 
 impl From<StoreError> for ProvisionError {
@@ -72,12 +72,6 @@ impl From<StoreError> for ProvisionError {
 
 impl From<tokio_postgres::Error> for ProvisionError {
     fn from(e: tokio_postgres::Error) -> Self {
-        Unavailable::from(e).into()
-    }
-}
-
-impl From<HashError> for ProvisionError {
-    fn from(e: HashError) -> Self {
         Unavailable::from(e).into()
     }
 }

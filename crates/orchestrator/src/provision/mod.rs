@@ -1,36 +1,31 @@
 //! Database provisioning: `POST /__internal/database` gives each waifu a
 //! role and a database of its own, guarded by its secret.
 //!
-//! First call for a name: hash the secret (Argon2id), derive the password
-//! (see [`secret`]), record a `provisioning` row with the role's SCRAM
-//! verifier, create the role and the database, mark the row `ready`. Later
-//! calls: verify the secret and answer the same credentials. Everything for
+//! The secret is the name's own ([`crate::ownership`]: claimed by the first
+//! hello or database call that carries one, checked with Argon2id, wrong
+//! ones throttled and recorded). Once it is admitted, the first call for a
+//! name derives the password (see [`secret`]), records a `provisioning` row
+//! with the role's SCRAM verifier, creates the role and the database, and
+//! marks the row `ready`; later calls answer the same credentials. Everything for
 //! one name happens under a session advisory lock on a dedicated connection,
 //! so concurrent first calls create one database and give one answer; every
 //! step is idempotent, so an interrupted provisioning completes on the next
 //! call, or at start-up by [`Provisioner::reconcile`], which needs no secret.
 
 mod error;
-pub(crate) mod hasher;
 pub(crate) mod secret;
 mod sql;
-pub(crate) mod throttle;
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use tracing::{info, warn};
 use waifus_protocol::{DatabaseCredentials, validate_name};
 
-use crate::ops::incidents::{IncidentKind, Incidents};
+use crate::ownership::{Asked, Ownership, OwnershipError};
 use crate::store::Store;
 pub(crate) use error::{DEADLINE, MAX_SECRET, ProvisionError, Unavailable};
-use hasher::Hasher;
 use secret::PasswordKey;
-use throttle::Throttle;
-
-/// Throttled attempts are stored as incidents at most this often per name.
-const THROTTLED_INCIDENT_EVERY: Duration = Duration::from_secs(10);
 
 /// Where waifus reach the database server.
 #[derive(Debug, Clone)]
@@ -45,12 +40,8 @@ pub(crate) struct Provisioner {
     store: Store,
     key: PasswordKey,
     public: PublicDb,
-    incidents: Incidents,
-    throttle: Throttle,
-    /// Argon2 runs on its own threads, with bounded memory.
-    hasher: Hasher,
-    /// Last time a `throttled` incident was stored, per name.
-    throttled_reported: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+    /// Whose secret a call carries.
+    ownership: Arc<Ownership>,
 }
 
 /// The role and database identifier of a waifu: `waifu_{name}`, or for long
@@ -67,7 +58,6 @@ pub(crate) fn identifier(name: &str) -> String {
 
 /// A stored provisioning row.
 struct Row {
-    secret_hash: String,
     verifier: String,
     key_id: String,
     ready: bool,
@@ -78,17 +68,13 @@ impl Provisioner {
         store: Store,
         key: PasswordKey,
         public: PublicDb,
-        incidents: Incidents,
-        hasher: Hasher,
+        ownership: Arc<Ownership>,
     ) -> Self {
         Provisioner {
             store,
             key,
             public,
-            incidents,
-            throttle: Throttle::default(),
-            hasher,
-            throttled_reported: std::sync::Mutex::default(),
+            ownership,
         }
     }
 
@@ -103,62 +89,28 @@ impl Provisioner {
         if secret.is_empty() || secret.len() > MAX_SECRET {
             return Err(ProvisionError::Secret);
         }
-        if let Err(wait) = self.throttle.check(name, Instant::now()) {
-            self.report_throttled(name, source, wait);
-            return Err(ProvisionError::Throttled(wait));
-        }
-        let outcome = tokio::time::timeout(DEADLINE, async {
+        tokio::time::timeout(DEADLINE, async {
+            match self
+                .ownership
+                .admit(name, Some(secret), source, Asked::Database)
+                .await
+            {
+                Ok(_) => {}
+                Err(OwnershipError::WrongSecret) => return Err(ProvisionError::WrongSecret),
+                Err(OwnershipError::Throttled(wait)) => {
+                    return Err(ProvisionError::Throttled(wait));
+                }
+                Err(e) => return Err(Unavailable::Ownership(e).into()),
+            }
             let mut lock = NameLock::acquire(&self.store, name).await?;
             let result = self.provision(lock.client(), name, secret).await;
-            if matches!(result, Ok(_) | Err(ProvisionError::WrongSecret)) {
+            if result.is_ok() {
                 lock.release().await?;
             }
             result
         })
         .await
-        .unwrap_or_else(|_| Err(Unavailable::TimedOut.into()));
-        match &outcome {
-            Err(ProvisionError::WrongSecret) => {
-                let lock = self.throttle.failure(name, Instant::now());
-                let detail = match lock {
-                    Some(d) => format!(
-                        "a wrong database secret was presented; the name is locked for {} s",
-                        d.as_secs()
-                    ),
-                    None => "a wrong database secret was presented".to_owned(),
-                };
-                self.incidents
-                    .report(IncidentKind::WrongSecret, name, source, detail);
-            }
-            Ok(_) => self.throttle.success(name),
-            Err(_) => {}
-        }
-        outcome
-    }
-
-    fn report_throttled(&self, name: &str, source: IpAddr, wait: Duration) {
-        let now = Instant::now();
-        let mut reported = self
-            .throttled_reported
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if reported.len() > 100_000 {
-            reported.retain(|_, t| now.duration_since(*t) < THROTTLED_INCIDENT_EVERY);
-        }
-        let due = reported
-            .get(name)
-            .is_none_or(|t| now.duration_since(*t) >= THROTTLED_INCIDENT_EVERY);
-        if due {
-            reported.insert(name.to_owned(), now);
-            let detail = format!(
-                "a database call was refused: too many wrong secrets, locked for {} more s \
-                 (further refusals within {} s are not recorded separately)",
-                wait.as_secs().max(1),
-                THROTTLED_INCIDENT_EVERY.as_secs()
-            );
-            self.incidents
-                .report(IncidentKind::Throttled, name, source, detail);
-        }
+        .unwrap_or_else(|_| Err(Unavailable::TimedOut.into()))
     }
 
     async fn provision(
@@ -169,25 +121,18 @@ impl Provisioner {
     ) -> Result<DatabaseCredentials, ProvisionError> {
         let password = self.key.password(name, secret);
         let mut row = match load(client, name).await? {
-            Some(row) => {
-                if !self.hasher.verify(secret, &row.secret_hash).await? {
-                    return Err(ProvisionError::WrongSecret);
-                }
-                row
-            }
+            Some(row) => row,
             None => {
-                let hash = self.hasher.hash(secret).await?;
                 let row = Row {
-                    secret_hash: hash,
                     verifier: postgres_protocol::password::scram_sha_256(password.as_bytes()),
                     key_id: self.key.id().to_owned(),
                     ready: false,
                 };
                 client
                     .execute(
-                        "INSERT INTO databases (name, secret_hash, scram_verifier, key_id, state)
-                         VALUES ($1, $2, $3, $4, 'provisioning')",
-                        &[&name, &row.secret_hash, &row.verifier, &row.key_id],
+                        "INSERT INTO databases (name, scram_verifier, key_id, state)
+                         VALUES ($1, $2, $3, 'provisioning')",
+                        &[&name, &row.verifier, &row.key_id],
                     )
                     .await?;
                 info!(name, "provisioning a database");
@@ -253,15 +198,14 @@ impl Provisioner {
 async fn load(client: &tokio_postgres::Client, name: &str) -> Result<Option<Row>, ProvisionError> {
     let row = client
         .query_opt(
-            "SELECT secret_hash, scram_verifier, key_id, state FROM databases WHERE name = $1",
+            "SELECT scram_verifier, key_id, state FROM databases WHERE name = $1",
             &[&name],
         )
         .await?;
     Ok(row.map(|r| Row {
-        secret_hash: r.get(0),
-        verifier: r.get(1),
-        key_id: r.get(2),
-        ready: r.get::<_, &str>(3) == "ready",
+        verifier: r.get(0),
+        key_id: r.get(1),
+        ready: r.get::<_, &str>(2) == "ready",
     }))
 }
 
@@ -274,11 +218,16 @@ async fn finish(
     let ident = identifier(name);
     sql::ensure_role(client, name, &ident, verifier).await?;
     sql::ensure_database(client, name, &ident).await?;
+    // Marked ready, and audited the first time, in one statement.
     client
         .execute(
-            "UPDATE databases SET state = 'ready', ready_at = COALESCE(ready_at, now())
-             WHERE name = $1",
-            &[&name],
+            "WITH ready AS (
+               UPDATE databases SET state = 'ready', ready_at = COALESCE(ready_at, now())
+               WHERE name = $1 RETURNING (ready_at = now()) AS first)
+             INSERT INTO audit (action, name, source, detail)
+             SELECT 'database_created', $1, 'orchestrator', 'role and database ' || $2
+             FROM ready WHERE first",
+            &[&name, &ident],
         )
         .await?;
     Ok(())

@@ -88,8 +88,13 @@ pub(crate) struct Registry {
 }
 
 impl crate::health::Deregister for Registry {
-    async fn deregister(&self, name: &str, instance: &Arc<Instance>) -> Result<(), StoreError> {
-        Registry::deregister(self, name, instance).await
+    async fn deregister(
+        &self,
+        name: &str,
+        instance: &Arc<Instance>,
+        why: &str,
+    ) -> Result<(), StoreError> {
+        Registry::deregister(self, name, instance, why).await
     }
 }
 
@@ -149,7 +154,13 @@ impl Registry {
     }
 
     /// Handles `POST /__internal/hello`.
-    pub(crate) async fn hello(&self, hello: &Hello) -> Result<HelloResponse, HelloError> {
+    /// Handles `POST /__internal/hello` from `source`, whose ownership of
+    /// the name was checked before.
+    pub(crate) async fn hello(
+        &self,
+        hello: &Hello,
+        source: std::net::IpAddr,
+    ) -> Result<HelloResponse, HelloError> {
         validate_name(&hello.name)?;
         let upstream = parse_host(&hello.host)?;
         let mut outcomes = Vec::with_capacity(hello.additional_binds.len());
@@ -196,7 +207,11 @@ impl Registry {
             });
             fresh = Some((instance, committed));
         }
-        let granted = self.store.hello(&hello.name, &upstream, &claims).await?;
+        let source = source.to_canonical().to_string();
+        let granted = self
+            .store
+            .hello(&hello.name, &upstream, &claims, &source)
+            .await?;
         let mut granted = granted.into_iter();
         // Kept as the waifu's binds: sized exactly, as a pushed-to vector
         // would hold room for four (240 bytes too many per waifu).
@@ -286,9 +301,12 @@ impl Registry {
         &self,
         name: &str,
         instance: &Arc<Instance>,
+        why: &str,
     ) -> Result<(), StoreError> {
         let mut state = self.state.lock().await;
-        self.store.remove_instance(name, &instance.upstream).await?;
+        self.store
+            .remove_instance(name, &instance.upstream, "orchestrator", why)
+            .await?;
         let old_hosts: Vec<String> = state.waifus.get(name).map_or_else(Vec::new, |e| {
             e.binds.iter().map(|(key, _)| key.host.clone()).collect()
         });

@@ -10,11 +10,13 @@ use super::error::StoreError;
 /// Database used for state when `DATABASE_URL` names none.
 pub(super) const DEFAULT_STATE_DATABASE: &str = "waifus";
 
-/// Migrations in order; a version is its index + 1. Never edit a shipped one.
+/// Migrations in order; a version is its index + 1. Never change what a
+/// shipped one does (its comments aside: versions are not checksummed).
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_registry.sql"),
     include_str!("migrations/0002_databases_incidents.sql"),
     include_str!("migrations/0003_acme.sql"),
+    include_str!("migrations/0004_ownership_audit.sql"),
 ];
 
 /// Advisory lock key serialising migrations across orchestrators ("waifus01").

@@ -7,8 +7,12 @@
 //! server turns into a [`StoreError`] within seconds, never a hang.
 
 pub(crate) mod acme;
+mod audit;
 mod error;
+pub(crate) mod incidents;
 mod migrate;
+pub(crate) mod ownership;
+mod removal;
 
 pub use error::StoreError;
 
@@ -16,7 +20,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
-use waifus_protocol::{BindKey, IncidentInfo, Upstream};
+use waifus_protocol::{BindKey, Upstream};
 
 /// Bound on connecting and on waiting for a pooled connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -96,7 +100,7 @@ impl Store {
         &self.origin
     }
 
-    fn change(&self, name: &str) -> String {
+    pub(super) fn change(&self, name: &str) -> String {
         format!("{} {name}", self.origin)
     }
 
@@ -204,7 +208,8 @@ impl Store {
 
     /// Records a hello atomically: the waifu, the instance, and the binds
     /// it asks for. Binds held by another waifu are not taken over; binds
-    /// this waifu held but no longer asks for are released.
+    /// this waifu held but no longer asks for are released. Each change is
+    /// one audit row from `source`, in the same statement.
     ///
     /// One statement (its own transaction), so one round trip: a hello took
     /// seven before, and on a busy core each cost more than the commit.
@@ -218,16 +223,22 @@ impl Store {
         name: &str,
         instance: &Upstream,
         claims: &[BindClaim<'_>],
+        source: &str,
     ) -> Result<Vec<bool>, StoreError> {
         let client = self.pool.get().await?;
         let hello = client
             .prepare_cached(
                 "WITH waifu AS (
                    INSERT INTO waifus (name) VALUES ($1)
-                   ON CONFLICT (name) DO UPDATE SET updated_at = now()),
+                   ON CONFLICT (name) DO UPDATE SET updated_at = now()
+                   RETURNING xmax = 0 AS added),
                  instance AS (
                    INSERT INTO instances (name, host) VALUES ($1, $2)
-                   ON CONFLICT (name, host) DO UPDATE SET last_hello = now()),
+                   ON CONFLICT (name, host) DO UPDATE SET last_hello = now()
+                   RETURNING xmax = 0 AS added),
+                 -- The statement's snapshot: this waifu's binds before it.
+                 before AS (
+                   SELECT host, prefix, bind, target FROM binds WHERE name = $1),
                  claimed AS (
                    INSERT INTO binds (host, prefix, bind, target, name)
                    SELECT host, prefix, bind, target, $1
@@ -239,10 +250,26 @@ impl Store {
                    ON CONFLICT (host, prefix) DO UPDATE
                      SET bind = EXCLUDED.bind, target = EXCLUDED.target
                      WHERE binds.name = EXCLUDED.name
-                   RETURNING host, prefix),
+                   RETURNING host, prefix, bind, target),
                  released AS (
                    DELETE FROM binds WHERE name = $1 AND (host, prefix) NOT IN
-                     (SELECT * FROM unnest($3::text[], $4::text[])))
+                     (SELECT * FROM unnest($3::text[], $4::text[]))
+                   RETURNING bind),
+                 -- What changed, one audit row each: a repeated hello adds none.
+                 audited AS (
+                   INSERT INTO audit (action, name, source, detail)
+                   SELECT 'waifu_added', $1, $9, 'first hello' FROM waifu WHERE added
+                   UNION ALL
+                   SELECT 'instance_added', $1, $9, 'instance ' || $2 FROM instance WHERE added
+                   UNION ALL
+                   SELECT 'bind_accepted', $1, $9, 'bind ' || c.bind || ' -> ' ||
+                          CASE WHEN c.target = '' THEN '/' ELSE c.target END
+                   FROM claimed c
+                   WHERE NOT EXISTS (SELECT 1 FROM before b WHERE b.host = c.host
+                     AND b.prefix = c.prefix AND b.bind = c.bind AND b.target = c.target)
+                   UNION ALL
+                   SELECT 'bind_released', $1, $9, 'bind ' || bind || ' released: not in the latest hello'
+                   FROM released)
                  SELECT (SELECT array_agg(host) FROM claimed),
                         (SELECT array_agg(prefix) FROM claimed),
                         pg_notify($7, $8)",
@@ -264,6 +291,7 @@ impl Store {
                     &targets,
                     &CHANGES,
                     &self.change(name),
+                    &source,
                 ],
             )
             .await?;
@@ -292,41 +320,6 @@ impl Store {
             .query("SELECT name, state FROM databases ORDER BY name", &[])
             .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-    }
-
-    pub(crate) async fn insert_incident(&self, i: &IncidentInfo) -> Result<(), StoreError> {
-        let client = self.pool.get().await?;
-        client
-            .execute(
-                "INSERT INTO incidents (time, kind, name, source, detail)
-                 VALUES ($1::text::timestamptz, $2, $3, $4, $5)",
-                &[&i.time, &i.kind, &i.name, &i.source, &i.detail],
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// The newest `limit` incidents, newest first.
-    pub(crate) async fn incidents(&self, limit: i64) -> Result<Vec<IncidentInfo>, StoreError> {
-        let client = self.pool.get().await?;
-        let rows = client
-            .query(
-                "SELECT to_char(time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
-                        kind, name, source, detail
-                 FROM incidents ORDER BY time DESC, id DESC LIMIT $1",
-                &[&limit],
-            )
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| IncidentInfo {
-                time: r.get(0),
-                kind: r.get(1),
-                name: r.get(2),
-                source: r.get(3),
-                detail: r.get(4),
-            })
-            .collect())
     }
 
     /// Remembers an instance's health so a restart routes at once.
@@ -361,31 +354,6 @@ impl Store {
                 ],
             )
             .await?;
-        Ok(())
-    }
-
-    /// Deregisters an instance; the waifu and its binds go with its last one.
-    pub(crate) async fn remove_instance(
-        &self,
-        name: &str,
-        instance: &Upstream,
-    ) -> Result<(), StoreError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        tx.execute(
-            "DELETE FROM instances WHERE name = $1 AND host = $2",
-            &[&name, &instance.to_string()],
-        )
-        .await?;
-        tx.execute(
-            "DELETE FROM waifus WHERE name = $1
-               AND NOT EXISTS (SELECT 1 FROM instances WHERE name = $1)",
-            &[&name],
-        )
-        .await?;
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANGES, &self.change(name)])
-            .await?;
-        tx.commit().await?;
         Ok(())
     }
 }

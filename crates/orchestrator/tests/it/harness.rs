@@ -150,8 +150,21 @@ impl Orch {
     }
 
     pub async fn hello(&self, body: Value) -> (StatusCode, Value) {
-        self.internal_json(Method::POST, "/__internal/hello", body.to_string())
-            .await
+        self.hello_with(body, &[]).await
+    }
+
+    /// A hello with extra header fields (a bearer token).
+    pub async fn hello_with(&self, body: Value, headers: &[(&str, &str)]) -> (StatusCode, Value) {
+        let r = send(
+            self.internal,
+            Method::POST,
+            "/__internal/hello",
+            headers,
+            Bytes::from(body.to_string()),
+        )
+        .await
+        .expect("internal API reachable");
+        (r.status, r.json())
     }
 
     pub async fn internal_json(

@@ -19,6 +19,7 @@ mod health;
 mod http1;
 mod openapi;
 mod ops;
+mod ownership;
 mod proxy;
 mod registration;
 mod replicas;

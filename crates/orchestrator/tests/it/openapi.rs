@@ -184,17 +184,23 @@ fn conforms(
             );
         }
     }
-    for header in response
+    for (header, doc) in response
         .get("headers")
         .and_then(Value::as_object)
         .into_iter()
         .flatten()
-        .map(|(k, _)| k)
     {
-        assert!(
-            headers.contains_key(header.as_str()),
-            "{method} {template} {status}: no {header}"
-        );
+        let value = headers.get(header.as_str());
+        if doc["required"] != Value::Bool(false) {
+            assert!(value.is_some(), "{method} {template} {status}: no {header}");
+        }
+        if let (Some(value), Some(want)) = (value, doc.pointer("/schema/const")) {
+            assert_eq!(
+                value.to_str().ok(),
+                want.as_str(),
+                "{method} {template} {status}: {header}"
+            );
+        }
     }
 }
 
@@ -202,9 +208,18 @@ fn conforms(
 async fn real_responses_match_docs_openapi_yaml() {
     let spec = spec();
     assert_eq!(spec["openapi"], "3.1.0");
-    let orch = harness::start(&unique_db("openapi"), &[]).await;
+    const ADMIN: &str = "openapi-admin-token";
+    const INTERNAL: &str = "openapi-internal-token";
+    let orch = harness::start(
+        &unique_db("openapi"),
+        &["--admin-token", ADMIN, "--internal-token", INTERNAL],
+    )
+    .await;
+    let admin = format!("Bearer {ADMIN}");
+    let internal = format!("Bearer {INTERNAL}");
     let w = TestWaifu::start("w").await;
     let mut exercised = BTreeSet::new();
+    // (template, method, path, body), sent with the admin token.
     let calls: Vec<(&str, &str, String, Option<Value>)> = vec![
         (
             "/__internal/health",
@@ -274,8 +289,40 @@ async fn real_responses_match_docs_openapi_yaml() {
             "/__internal/incidents?limit=0".into(),
             None,
         ),
+        (
+            "/__internal/audit",
+            "get",
+            "/__internal/audit?name=w&limit=5".into(),
+            None,
+        ),
+        (
+            "/__internal/audit",
+            "get",
+            "/__internal/audit?limit=0".into(),
+            None,
+        ),
+        (
+            "/__internal/hello",
+            "post",
+            "/__internal/hello".into(),
+            Some(json!({"name": "owned", "host": w.host(), "secret": "owned-secret"})),
+        ),
+        (
+            "/__internal/hello",
+            "post",
+            "/__internal/hello".into(),
+            Some(json!({"name": "owned", "host": w.host()})),
+        ),
     ];
     let mut calls = calls;
+    for _ in 0..6 {
+        calls.push((
+            "/__internal/hello",
+            "post",
+            "/__internal/hello".into(),
+            Some(json!({"name": "owned", "host": w.host(), "secret": "not-it"})),
+        ));
+    }
     for _ in 0..6 {
         calls.push((
             "/__internal/database",
@@ -290,7 +337,14 @@ async fn real_responses_match_docs_openapi_yaml() {
         "/__internal/incidents".into(),
         None,
     ));
-    orch.register("w", &w.host(), json!({})).await;
+    calls.push(("/__internal/audit", "get", "/__internal/audit".into(), None));
+    let (status, body) = orch
+        .hello_with(
+            json!({"name": "w", "host": w.host(), "additionalBinds": {}}),
+            &[("authorization", &admin)],
+        )
+        .await;
+    assert_eq!(status, http::StatusCode::OK, "{body}");
     for (template, method, path, body) in calls {
         let m = if method == "get" {
             Method::GET
@@ -298,7 +352,9 @@ async fn real_responses_match_docs_openapi_yaml() {
             Method::POST
         };
         let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-        let r = send(orch.internal, m, &path, &[], body).await.unwrap();
+        let r = send(orch.internal, m, &path, &[("authorization", &admin)], body)
+            .await
+            .unwrap();
         conforms(
             &spec,
             template,
@@ -323,7 +379,7 @@ async fn real_responses_match_docs_openapi_yaml() {
             orch.internal,
             Method::GET,
             path,
-            &[("accept", accept)],
+            &[("accept", accept), ("authorization", &admin)],
             Bytes::new(),
         )
         .await
@@ -338,13 +394,76 @@ async fn real_responses_match_docs_openapi_yaml() {
         );
         exercised.insert((template.to_owned(), "get".to_owned(), r.status.as_u16()));
     }
-    // Incidents are written in the background: the list has them now.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Without a token, or with one that does not open the endpoint: 401.
+    for (template, method, path, token) in [
+        ("/__internal/hello", Method::POST, "/__internal/hello", None),
+        (
+            "/__internal/database",
+            Method::POST,
+            "/__internal/database",
+            None,
+        ),
+        (
+            "/__internal/waifus",
+            Method::GET,
+            "/__internal/waifus",
+            Some(&internal),
+        ),
+        (
+            "/__internal/waifus/{name}/health",
+            Method::GET,
+            "/__internal/waifus/w/health",
+            None,
+        ),
+        (
+            "/__internal/incidents",
+            Method::GET,
+            "/__internal/incidents",
+            Some(&internal),
+        ),
+        (
+            "/__internal/audit",
+            Method::GET,
+            "/__internal/audit",
+            Some(&internal),
+        ),
+        (
+            "/__internal/metrics",
+            Method::GET,
+            "/__internal/metrics",
+            None,
+        ),
+        (
+            "/__internal/status",
+            Method::GET,
+            "/__internal/status",
+            Some(&internal),
+        ),
+    ] {
+        let headers: Vec<(&str, &str)> = token
+            .map(|t| ("authorization", t.as_str()))
+            .into_iter()
+            .collect();
+        let r = send(
+            orch.internal,
+            method.clone(),
+            path,
+            &headers,
+            Bytes::from("{}"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status.as_u16(), 401, "{method} {path}");
+        let m = method.as_str().to_ascii_lowercase();
+        conforms(&spec, template, &m, 401, &r.headers, &r.body);
+        exercised.insert((template.to_owned(), m, 401));
+    }
+    // Incidents are committed before the refusal is answered.
     let r = send(
         orch.internal,
         Method::GET,
         "/__internal/incidents",
-        &[],
+        &[("authorization", &admin)],
         Bytes::new(),
     )
     .await
@@ -375,7 +494,12 @@ async fn real_responses_match_docs_openapi_yaml() {
     }
     for (template, method, status) in [
         ("/__internal/hello", "post", 400),
+        ("/__internal/hello", "post", 401),
+        ("/__internal/hello", "post", 403),
         ("/__internal/hello", "post", 413),
+        ("/__internal/hello", "post", 429),
+        ("/__internal/audit", "get", 200),
+        ("/__internal/audit", "get", 400),
         ("/__internal/database", "post", 403),
         ("/__internal/database", "post", 429),
         ("/__internal/waifus/{name}/health", "get", 404),

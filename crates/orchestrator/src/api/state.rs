@@ -1,0 +1,26 @@
+//! What the internal API's handlers share.
+
+use std::sync::Arc;
+
+use super::tokens::Tokens;
+use crate::ops::incidents::Incidents;
+use crate::ops::metrics::Metrics;
+use crate::ownership::Ownership;
+use crate::provision::Provisioner;
+use crate::registry::Registry;
+use crate::routing::Routes;
+use crate::store::Store;
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub(crate) struct AppState {
+    pub registry: Arc<Registry>,
+    pub routes: Routes,
+    pub ownership: Arc<Ownership>,
+    pub provisioner: Arc<Provisioner>,
+    pub incidents: Incidents,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    /// The bearer tokens calls must carry.
+    pub tokens: Arc<Tokens>,
+}
