@@ -233,13 +233,12 @@ async fn audit(
 ) -> Result<Json<Vec<AuditEntry>>, ApiError> {
     let Query(query) = query.map_err(|_| ApiError::BadQuery)?;
     let limit = limit(query.limit)?;
-    let name = query.name.filter(|n| !n.is_empty());
-    if let Some(name) = &name
+    if let Some(name) = &query.name
         && validate_name(name).is_err()
     {
         return Err(ApiError::BadQueryName);
     }
-    Ok(Json(state.store.audit(name.as_deref(), limit).await?))
+    Ok(Json(state.store.audit(query.name.as_deref(), limit).await?))
 }
 
 async fn not_found() -> ApiError {

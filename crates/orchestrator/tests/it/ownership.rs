@@ -665,15 +665,11 @@ async fn every_change_is_one_audit_row_and_repeats_are_none() {
     )
     .await;
     assert_refused(&r, StatusCode::BAD_REQUEST, "bad_query");
-    let r = call(
-        &orch,
-        Method::GET,
-        "/__internal/audit?name=Bad_Name",
-        None,
-        Value::Null,
-    )
-    .await;
-    assert_refused(&r, StatusCode::BAD_REQUEST, "bad_query");
+    for bad in ["Bad_Name", ""] {
+        let path = format!("/__internal/audit?name={bad}");
+        let r = call(&orch, Method::GET, &path, None, Value::Null).await;
+        assert_refused(&r, StatusCode::BAD_REQUEST, "bad_query");
+    }
     assert!(
         list(&orch, "/__internal/audit?name=nobody")
             .await
