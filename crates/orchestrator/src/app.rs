@@ -300,27 +300,29 @@ async fn serve(
     Ok(())
 }
 
-/// Deletes audit rows older than `keep`, hourly, on the orchestrator that
-/// leads (one does at a time), until `shutdown`.
+/// Deletes audit rows older than `keep` when this orchestrator starts to
+/// lead (one does at a time) and hourly while it does, until `shutdown`.
 async fn prune_audit(
     store: store::Store,
     keep: Duration,
-    leading: tokio::sync::watch::Receiver<bool>,
+    mut leading: tokio::sync::watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) {
-    let mut every = tokio::time::interval(Duration::from_secs(60 * 60));
     loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = every.tick() => {}
-        }
         if !*leading.borrow() {
-            continue;
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = leading.wait_for(|l| *l) => if r.is_err() { return },
+            }
         }
         match store.prune_audit(keep).await {
             Ok(0) => {}
             Ok(n) => info!(rows = n, "pruned the audit log"),
             Err(e) => warn!(error = %e, "could not prune the audit log"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(60 * 60)) => {}
         }
     }
 }

@@ -82,6 +82,7 @@ async fn hello(
     state.metrics.hello(match &response {
         Ok(_) => "ok",
         Err(e) if e.status_and_code().0 == StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        Err(ApiError::Ownership(e)) => e.outcome(),
         Err(_) => "invalid",
     });
     let (hello, response) = response?;

@@ -90,6 +90,20 @@ pub(crate) enum OwnershipUnavailable {
     Hasher(#[from] HashError),
 }
 
+impl OwnershipError {
+    /// The label of a refused call in the metrics.
+    pub(crate) fn outcome(&self) -> &'static str {
+        match self {
+            OwnershipError::SecretRequired | OwnershipError::SecretAlwaysRequired => {
+                "secret_required"
+            }
+            OwnershipError::WrongSecret => "wrong_secret",
+            OwnershipError::Throttled(_) => "throttled",
+            OwnershipError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
 impl From<StoreError> for OwnershipError {
     fn from(e: StoreError) -> Self {
         OwnershipUnavailable::from(e).into()

@@ -79,6 +79,9 @@ async fn metrics_count_what_operators_need() {
         .await
         .unwrap();
     assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // The name is claimed now: a hello without its secret is refused.
+    let (status, _) = orch.hello(json!({"name": "m", "host": w.host()})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     // A connection held open on the public listener.
     let mut held = tokio::net::TcpStream::connect(orch.public).await.unwrap();
     held.write_all(b"GET /m/held HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -115,6 +118,10 @@ async fn metrics_count_what_operators_need() {
     );
     assert_eq!(
         sample(&text, r#"waifus_hellos_total{outcome="invalid"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, r#"waifus_hellos_total{outcome="secret_required"}"#),
         Some(1.0)
     );
     assert_eq!(

@@ -700,3 +700,29 @@ async fn audit_rows_cannot_be_changed() {
         .unwrap_err();
     assert!(format!("{e:?}").contains("append-only"), "{e:?}");
 }
+
+#[tokio::test]
+async fn old_audit_rows_are_pruned_and_new_ones_kept() {
+    let db = unique_db("prune");
+    let data = harness::temp_dir("prune");
+    let data = data.to_str().unwrap();
+    let w = TestWaifu::start("w").await;
+    let orch = harness::start(&db, &["--data-dir", data]).await;
+    let r = hello(&orch, json!({"name": "old", "host": w.host()})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(audit_of(&orch, "old").await.len(), 2);
+    orch.stop().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Kept for one second: the leader prunes when it starts to lead.
+    let orch = harness::start(&db, &["--data-dir", data, "--audit-retention", "1s"]).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !audit_of(&orch, "old").await.is_empty() {
+        assert!(Instant::now() < deadline, "old rows were never pruned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = hello(&orch, json!({"name": "new", "host": w.host()})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(audit_of(&orch, "new").await.len(), 2, "pruned only hourly");
+    orch.stop().await.unwrap();
+}
