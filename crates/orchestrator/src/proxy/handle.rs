@@ -31,7 +31,10 @@ use super::websocket;
 use crate::routing::stats::RequestStats;
 use crate::routing::{Instance, Outcome, Routes, WaifuRoute};
 use crate::tls::Certs;
-use crate::upstream::{self, Answer, Outgoing, SendError};
+use crate::upstream::{self, Answer, Outgoing, SendError, Unanswered};
+
+/// What one exchange with a waifu came to.
+type Attempt = Result<Result<Answer, SendError>, tokio::time::error::Elapsed>;
 
 /// Longest request target accepted (path and query), in bytes; longer is 414.
 pub(crate) const MAX_TARGET_LEN: usize = 8 * 1024;
@@ -160,8 +163,7 @@ impl Proxy {
                     outgoing,
                     upgrade,
                 })) => {
-                    let sent = upstream::send(&instance, outgoing, this.connect_timeout);
-                    let answer = tokio::time::timeout(this.response_timeout, sent).await;
+                    let (answer, instance) = this.exchange(instance, outgoing, &mut served).await;
                     this.relay(answer, &instance, upgrade, &served)
                 }
                 Ok(Prepared::Answer(response)) => Ok(response),
@@ -273,10 +275,61 @@ impl Proxy {
         }))
     }
 
+    /// Sends the request and waits for the response head. A request that
+    /// could not be written to its instance at all (no connection, or a
+    /// socket that failed before taking a byte) goes to another healthy
+    /// instance, whatever its method: it cannot have done anything yet.
+    /// Returns the last instance tried.
+    async fn exchange(
+        &self,
+        mut instance: Arc<Instance>,
+        mut outgoing: Outgoing,
+        served: &mut Served,
+    ) -> (Attempt, Arc<Instance>) {
+        let mut tried: Vec<Arc<Instance>> = Vec::new();
+        loop {
+            let sent = upstream::try_send(&instance, outgoing, self.connect_timeout);
+            let answer = tokio::time::timeout(self.response_timeout, sent).await;
+            let (error, unsent) = match answer {
+                Ok(Err(Unanswered {
+                    error,
+                    unsent: Some(unsent),
+                })) => (error, unsent),
+                Ok(Ok(answer)) => return (Ok(Ok(answer)), instance),
+                Ok(Err(u)) => return (Ok(Err(u.error)), instance),
+                Err(elapsed) => return (Err(elapsed), instance),
+            };
+            let next = served.waifu.as_ref().and_then(|waifu| {
+                tried.push(instance.clone());
+                waifu.pick_except(&tried).cloned()
+            });
+            let Some(next) = next else {
+                return (Ok(Err(error)), instance);
+            };
+            self.unreachable(&instance, &error, served);
+            debug!(from = %instance.upstream, to = %next.upstream, error = %error, "request not sent; trying another instance");
+            if self.access_log {
+                served.instance = Some(next.clone());
+            }
+            instance = next;
+            outgoing = unsent;
+        }
+    }
+
+    /// Records a failed connection to `instance`: it is down.
+    fn unreachable(&self, instance: &Instance, error: &SendError, served: &Served) {
+        if matches!(error, SendError::Connect(_)) {
+            instance.record(Outcome::Down);
+            if let Some(waifu) = &served.waifu {
+                waifu.stats.get().connect_error();
+            }
+        }
+    }
+
     /// The client's response to what the waifu answered (or did not).
     fn relay(
         &self,
-        answer: Result<Result<Answer, SendError>, tokio::time::error::Elapsed>,
+        answer: Attempt,
         instance: &Arc<Instance>,
         upgrade: Option<Switch>,
         served: &Served,
@@ -291,12 +344,7 @@ impl Proxy {
                 return Err(ProxyError::BadBody);
             }
             Ok(Err(e)) => {
-                if matches!(e, SendError::Connect(_)) {
-                    instance.record(Outcome::Down);
-                    if let Some(waifu) = &served.waifu {
-                        waifu.stats.get().connect_error();
-                    }
-                }
+                self.unreachable(instance, &e, served);
                 debug!(instance = %instance.upstream, error = %e, "upstream failed");
                 return Err(ProxyError::Upstream);
             }

@@ -48,6 +48,15 @@ impl WaifuRoute {
         }
     }
 
+    /// A healthy instance other than those in `tried`, round robin.
+    pub(crate) fn pick_except(&self, tried: &[Arc<Instance>]) -> Option<&Arc<Instance>> {
+        let all = &*self.instances;
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..all.len())
+            .map(|i| &all[(start + i) % all.len()])
+            .find(|inst| inst.is_healthy() && !tried.iter().any(|t| Arc::ptr_eq(t, inst)))
+    }
+
     /// Picks a healthy instance, round robin; `None` when none is healthy.
     pub(crate) fn pick(&self) -> Option<&Arc<Instance>> {
         match &*self.instances {

@@ -28,7 +28,7 @@ mod response;
 mod tests;
 
 pub(crate) use body::UpstreamBody;
-pub(crate) use client::send;
+pub(crate) use client::{Unanswered, send, try_send};
 pub(crate) use endpoint::{Endpoint, HasEndpoint};
 pub(crate) use error::SendError;
 pub(crate) use pool::IDLE_FOR;

@@ -20,16 +20,19 @@ use super::error::SendError;
 const COALESCE: usize = 16 * 1024;
 
 /// A request ready to be written: everything but the body is already in
-/// `head`.
+/// `head`. It stays whole until a byte of it is written, so a request that
+/// could not be written at all can go to another instance.
 #[derive(Debug)]
 pub(crate) struct Outgoing {
     pub method: Method,
     pub(super) head: BytesMut,
     /// `None` for a request without a body.
-    pub(super) body: Option<Incoming>,
+    pub(super) upload: Option<Upload>,
     pub(super) framing: ReqFraming,
     /// Upgrade requested: a 101 is relayed instead of refused.
     pub upgrade: bool,
+    /// Body bytes that were ready have been moved onto `head` already.
+    pub(super) coalesced: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,9 +87,10 @@ impl Outgoing {
         let outgoing = Outgoing {
             method,
             head,
-            body,
+            upload: body.map(|body| Upload::new(body, framing)),
             framing,
             upgrade,
+            coalesced: false,
         };
         (outgoing, written)
     }

@@ -23,6 +23,7 @@ mod ownership;
 mod proxy;
 mod registration;
 mod replicas;
+mod rollout;
 mod slowloris;
 mod smuggling;
 mod tls;
