@@ -104,6 +104,7 @@ async fn serve(
         public_base,
         instances.clone(),
         leading_rx.clone(),
+        config.health_timeout,
     )
     .await?;
     let registry = Arc::new(registry);

@@ -151,10 +151,12 @@ async fn watch_instance<R: Deregister>(
     let mut first = committed.is_some();
     loop {
         if !first && !*leading.borrow() {
-            // Another orchestrator checks; health comes from the store.
+            // Another orchestrator checks; health comes from the store,
+            // unless a hello here asks for a check now.
             tokio::select! {
                 () = &mut retired => return,
                 r = leading.wait_for(|l| *l) => if r.is_err() { return },
+                () = instance.recheck.notified() => {}
             }
             persisted = instance.is_healthy();
         }
@@ -164,6 +166,7 @@ async fn watch_instance<R: Deregister>(
             o = check(&instance, config.timeout) => o,
         };
         let healthy = instance.record(outcome);
+        instance.check_done();
         if let Some(stored) = committed.take() {
             // Nothing is stored for an instance whose hello did not commit.
             tokio::select! {
@@ -201,6 +204,10 @@ async fn watch_instance<R: Deregister>(
         tokio::select! {
             () = &mut retired => return,
             () = &mut sleep => {}
+            () = instance.recheck.notified() => {
+                first = true;
+                continue;
+            }
         }
         if let Some(pause) = respread(Instant::now() - due, config.interval, fastrand::f64()) {
             sleep.as_mut().reset(Instant::now() + pause);

@@ -85,6 +85,9 @@ pub(crate) struct Registry {
     leading: tokio::sync::watch::Receiver<bool>,
     /// Counts changes applied to memory; see `State::touched`.
     seq: std::sync::atomic::AtomicU64,
+    /// How long a hello waits for the first check of its instance (the
+    /// health check timeout).
+    check_wait: std::time::Duration,
 }
 
 impl crate::health::Deregister for Registry {
@@ -108,6 +111,7 @@ impl Registry {
         public_base: String,
         shutdown: CancellationToken,
         leading: tokio::sync::watch::Receiver<bool>,
+        check_wait: std::time::Duration,
     ) -> Result<(Registry, mpsc::UnboundedReceiver<Watch>), StoreError> {
         let (watch, watched) = mpsc::unbounded_channel();
         let mut state = State::default();
@@ -138,6 +142,7 @@ impl Registry {
             watch,
             leading,
             seq: std::sync::atomic::AtomicU64::new(0),
+            check_wait,
         };
         let loaded = {
             let state = registry.state.lock().await;
@@ -194,10 +199,21 @@ impl Registry {
         let known = state
             .waifus
             .get(&hello.name)
-            .is_some_and(|e| e.instances.iter().any(|i| i.upstream == upstream));
-        // A new instance gets its first health check while the hello commits.
+            .and_then(|e| e.instances.iter().find(|i| i.upstream == upstream))
+            .cloned();
+        // An instance that is not healthy (it may just have restarted) is
+        // checked now, and a new one gets its first check, while the hello
+        // commits; the answer waits for that check, so a waifu that is up is
+        // routable once its hello is answered.
+        let mut awaited = None;
+        if let Some(instance) = &known
+            && !instance.is_healthy()
+        {
+            awaited = Some((instance.clone(), instance.checks()));
+            instance.recheck.notify_one();
+        }
         let mut fresh = None;
-        if !known {
+        if known.is_none() {
             let instance = Arc::new(Instance::new(upstream.clone(), false, &self.shutdown));
             let (committed, on_commit) = oneshot::channel();
             let _ = self.watch.send(Watch {
@@ -237,7 +253,7 @@ impl Registry {
             self.publish_waifu(&state, &hello.name, old);
         }
         drop(state);
-        if let Some(instance) = new_instance {
+        if let Some(instance) = &new_instance {
             info!(name = %hello.name, instance = %instance.upstream, "new instance");
             if instance.upstream.scheme == waifus_protocol::Scheme::Https {
                 warn!(
@@ -250,6 +266,10 @@ impl Registry {
         }
         if let Some(committed) = committed {
             let _ = committed.send(());
+        }
+        let awaited = awaited.or_else(|| new_instance.map(|i| (i, 0)));
+        if let Some((instance, seen)) = awaited {
+            instance.checked_since(seen, self.check_wait).await;
         }
         Ok(HelloResponse {
             name: hello.name.clone(),

@@ -267,6 +267,11 @@ impl Registry {
                     if !leading && instance.is_healthy() != healthy {
                         instance.set_healthy(healthy);
                         // Routing reads the flag itself: nothing to publish.
+                    } else if leading && healthy && !instance.is_healthy() {
+                        // Another orchestrator found it healthy (a hello
+                        // after a restart, checked there): see for ourselves
+                        // now rather than at the next interval.
+                        instance.recheck.notify_one();
                     }
                 }
                 None => {

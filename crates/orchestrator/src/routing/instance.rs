@@ -7,10 +7,11 @@
 //!   [`UNHEALTHY_AFTER`] in a row;
 //! - one success makes it healthy again.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use waifus_protocol::Upstream;
 
@@ -47,6 +48,12 @@ pub(crate) struct Instance {
     pub critical_since_ms: AtomicU64,
     /// Cancelled when the instance leaves the registry: stops its health task.
     pub retired: CancellationToken,
+    /// Asks its health task for a check now (a hello for an instance that
+    /// is not healthy: it may just have restarted).
+    pub recheck: Notify,
+    /// Checks completed; [`Instance::checked_since`] waits for the next.
+    checks: AtomicU64,
+    checked: Notify,
 }
 
 impl Instance {
@@ -62,7 +69,38 @@ impl Instance {
             last_check_ms: AtomicU64::new(0),
             critical_since_ms: AtomicU64::new(if healthy { 0 } else { now_ms() }),
             retired: parent.child_token(),
+            recheck: Notify::new(),
+            checks: AtomicU64::new(0),
+            checked: Notify::new(),
         }
+    }
+
+    /// A health check's outcome is recorded: wakes whoever waits for one.
+    pub(crate) fn check_done(&self) {
+        self.checks.fetch_add(1, Release);
+        self.checked.notify_waiters();
+    }
+
+    /// How many health checks have completed.
+    pub(crate) fn checks(&self) -> u64 {
+        self.checks.load(Acquire)
+    }
+
+    /// Waits up to `within` for a check completed after the `seen`th;
+    /// whether one was.
+    pub(crate) async fn checked_since(&self, seen: u64, within: Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.checked.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.checks() > seen {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(within, wait).await.is_ok()
     }
 
     pub(crate) fn is_healthy(&self) -> bool {

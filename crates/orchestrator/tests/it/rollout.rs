@@ -91,3 +91,34 @@ async fn with_no_other_instance_an_unsent_request_is_502() {
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     orch.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_restarted_instance_is_routable_once_its_hello_is_answered() {
+    // Checks once an hour: only the hello can make it routable again.
+    let orch = harness::start(&unique_db("restart1"), &["--health-interval", "1h"]).await;
+    let first = TestWaifu::start("first").await;
+    let addr = first.addr;
+    orch.register("w", &first.host(), json!({})).await;
+    first.kill();
+    for round in 0..3 {
+        // Stopped: the proxy finds it down.
+        assert_eq!(
+            orch.get("localhost", "/w/x").await.status,
+            StatusCode::BAD_GATEWAY
+        );
+        assert_eq!(
+            orch.get("localhost", "/w/x").await.status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        // Restarted at the same address: routable as soon as the hello is
+        // answered.
+        let again = TestWaifu::start_on(addr, &format!("again-{round}")).await;
+        let (status, _) = orch.hello(json!({"name": "w", "host": again.host()})).await;
+        assert_eq!(status, StatusCode::OK);
+        let r = orch.get("localhost", "/w/x").await;
+        assert_eq!(r.status, StatusCode::OK, "round {round}");
+        assert_eq!(r.json()["id"], format!("again-{round}"));
+        again.kill();
+    }
+    orch.stop().await.unwrap();
+}
