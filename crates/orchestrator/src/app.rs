@@ -17,7 +17,7 @@ use crate::ownership::{self, hasher::Hasher};
 use crate::provision;
 use crate::registry::{self, replicas};
 use crate::store::{self, StoreError};
-use crate::{api, edge, health, proxy, routing, tls};
+use crate::{api, drain, edge, health, proxy, routing, tls};
 
 /// The two sockets the orchestrator serves, bound by the caller (tests bind
 /// port 0).
@@ -97,7 +97,11 @@ async fn serve(
     let instances = CancellationToken::new();
     let (leading, leading_rx) = tokio::sync::watch::channel(true);
     let (writer, routes) = routing::routes();
-    let (registry, watched) = registry::Registry::load(
+    let registry::Loaded {
+        registry,
+        watched,
+        to_drain,
+    } = registry::Registry::load(
         writer,
         store.clone(),
         main_domain,
@@ -129,6 +133,15 @@ async fn serve(
         tasks.clone(),
         shutdown.clone(),
         leading_rx.clone(),
+    ));
+    tasks.spawn(drain::supervise(
+        registry.clone(),
+        to_drain,
+        config.drain_timeout,
+        config.deregister_after,
+        leading_rx.clone(),
+        tasks.clone(),
+        shutdown.clone(),
     ));
     tasks.spawn(replicas::follow(
         registry.clone(),

@@ -181,9 +181,14 @@ pub struct Config {
     #[arg(long, env = "RESYNC_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,
 
-    /// An instance unhealthy this long is deregistered.
+    /// An instance unhealthy this long is deregistered (and a waifu without
+    /// instances this long after a goodbye is forgotten).
     #[arg(long, env = "DEREGISTER_AFTER", default_value = "10m", value_parser = humantime::parse_duration)]
     pub deregister_after: Duration,
+    /// How long an instance that said goodbye may finish requests in flight
+    /// and keep tunnels open.
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
     /// Bound on connecting to a waifu (then 504).
     #[arg(long, env = "UPSTREAM_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub upstream_connect_timeout: Duration,
@@ -429,6 +434,7 @@ impl Config {
             ("IDLE_TIMEOUT", self.idle_timeout),
             ("RESYNC_INTERVAL", self.resync_interval),
             ("AUDIT_RETENTION", self.audit_retention),
+            ("DRAIN_TIMEOUT", self.drain_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));

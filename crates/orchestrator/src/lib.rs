@@ -18,6 +18,7 @@
 mod api;
 mod app;
 mod config;
+mod drain;
 mod edge;
 mod health;
 mod managed;

@@ -401,7 +401,7 @@ fn layers_point_one_way() {
     let forbidden: &[(&[&str], &[&str])] = &[
         (&["upstream"], &["routing", "proxy"]),
         (&["routing"], &["registry", "health", "ops"]),
-        (&["proxy", "tls", "ops", "health"], &["registry"]),
+        (&["proxy", "tls", "ops", "health", "drain"], &["registry"]),
     ];
     // The crate root lists and re-exports; `app` wires; `testing` hooks in.
     let composition = ["", "app", "testing"];

@@ -9,13 +9,15 @@ mod bind;
 mod host;
 mod name;
 mod path;
+mod version;
 mod wire;
 
 pub use bind::{BindError, BindKey, BindTarget, parse_bind_key, parse_bind_target};
 pub use host::{HostError, Scheme, Upstream, parse_host};
 pub use name::{NameError, validate_name};
 pub use path::{is_internal_segment, path_has_internal_segment};
+pub use version::{MAX_VERSION, VersionError, validate_version};
 pub use wire::{
-    AuditEntry, BindInfo, BindOutcome, DatabaseCredentials, DatabaseRequest, ErrorBody, Hello,
-    HelloResponse, IncidentInfo, InstanceInfo, RefusalReason, WaifuInfo,
+    AuditEntry, BindInfo, BindOutcome, DatabaseCredentials, DatabaseRequest, ErrorBody, Goodbye,
+    GoodbyeResponse, Hello, HelloResponse, IncidentInfo, InstanceInfo, RefusalReason, WaifuInfo,
 };

@@ -21,6 +21,11 @@ pub struct Hello {
     /// `Debug` never shows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// What this instance runs (1–64 visible ASCII). While an instance of
+    /// the most recently announced version is healthy, only that version's
+    /// instances get new requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 impl std::fmt::Debug for Hello {
@@ -30,8 +35,41 @@ impl std::fmt::Debug for Hello {
             .field("host", &self.host)
             .field("additional_binds", &self.additional_binds)
             .field("secret", &self.secret.as_ref().map(|_| "(hidden)"))
+            .field("version", &self.version)
             .finish()
     }
+}
+
+/// `POST /__internal/goodbye`: an instance is leaving; it gets no new
+/// request, and is removed once its requests in flight are done.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Goodbye {
+    pub name: String,
+    /// The host it said hello with.
+    pub host: String,
+    /// Required when the name is claimed. `Debug` never shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for Goodbye {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Goodbye")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("secret", &self.secret.as_ref().map(|_| "(hidden)"))
+            .finish()
+    }
+}
+
+/// Answer to a goodbye.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoodbyeResponse {
+    pub name: String,
+    /// The instance, in canonical form (`http://host:port`).
+    pub host: String,
+    /// Always true: it gets no new request and drains.
+    pub draining: bool,
 }
 
 fn null_as_empty<'de, D>(d: D) -> Result<BTreeMap<String, String>, D::Error>
@@ -131,6 +169,12 @@ pub struct InstanceInfo {
     /// RFC 3339 time of the last completed check; `null` before the first.
     #[serde(rename = "lastCheck")]
     pub last_check: Option<String>,
+    /// The version its hello announced, if any.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// It gets no new request: it said goodbye, or a newer version serves.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// One accepted bind of a waifu.

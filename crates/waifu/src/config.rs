@@ -26,6 +26,14 @@ pub enum ConfigError {
         #[source]
         source: std::net::AddrParseError,
     },
+    /// `WAIFU_VERSION` is not 1-64 visible ASCII characters.
+    #[error("WAIFU_VERSION={value:?} is not a version (1-64 visible ASCII characters)")]
+    Version {
+        /// What was given.
+        value: String,
+        #[source]
+        source: waifus_protocol::VersionError,
+    },
     /// No usable name: neither `WAIFU_NAME` nor a valid hostname.
     #[error(
         "the waifu name {value:?} is not a DNS label (lowercase a-z, 0-9, '-'); set WAIFU_NAME"
@@ -76,6 +84,15 @@ pub(crate) fn from_vars(
             source,
         });
     }
+    let version = lookup("WAIFU_VERSION").filter(|v| !v.is_empty());
+    if let Some(value) = &version
+        && let Err(source) = waifus_protocol::validate_version(value)
+    {
+        return Err(ConfigError::Version {
+            value: value.clone(),
+            source,
+        });
+    }
     let binds: BTreeMap<String, String> = match lookup("WAIFU_BINDS") {
         Some(json) if !json.trim().is_empty() => {
             serde_json::from_str(&json).map_err(ConfigError::Binds)?
@@ -96,6 +113,8 @@ pub(crate) fn from_vars(
         binds,
         cache_dir: lookup("WAIFU_CACHE_DIR").map(PathBuf::from),
         rehello_every: crate::DEFAULT_REHELLO,
+        version,
+        drain_for: crate::DEFAULT_DRAIN,
         credentials: Default::default(),
     })
 }
@@ -143,8 +162,10 @@ mod tests {
             ("WAIFU_BINDS", r#"{"https://link.waifu": "/link"}"#),
             ("WAIFU_CACHE_DIR", "/var/cache/link"),
             ("LISTEN_ADDR", "127.0.0.1"),
+            ("WAIFU_VERSION", "1.4.2"),
         ])
         .unwrap();
+        assert_eq!(w.version.as_deref(), Some("1.4.2"));
         assert_eq!(w.orchestrator, "http://127.0.0.1:2137");
         assert_eq!(
             (w.name.as_str(), w.host.as_str(), w.port),
@@ -177,6 +198,8 @@ mod tests {
             parse(&[("WAIFU_BINDS", "[1]")]),
             Err(ConfigError::Binds(_))
         ));
+        let e = parse(&[("WAIFU_VERSION", "1 2")]).unwrap_err();
+        assert!(e.to_string().contains("WAIFU_VERSION"), "{e}");
         let e = parse(&[("WAIFU_NAME", "Bad_Name")]).unwrap_err();
         assert!(e.to_string().contains("WAIFU_NAME"), "{e}");
         assert!(std::error::Error::source(&e).is_some(), "{e}");

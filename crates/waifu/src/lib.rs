@@ -6,8 +6,8 @@
 //! may start long before the orchestrator), with its secret (which claims
 //! its name from the first start) and its token, says hello again
 //! periodically so an orchestrator that forgot it learns it again, asks for
-//! and caches its database credentials, and shuts down gracefully on
-//! SIGTERM or SIGINT.
+//! and caches its database credentials, and on SIGTERM or SIGINT says
+//! goodbye and finishes the requests in flight before it exits.
 //!
 //! ```no_run
 //! use axum::{Router, routing::get};
@@ -33,7 +33,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use tracing::{info, warn};
-use waifus_protocol::{DatabaseCredentials, Hello, HelloResponse};
+use waifus_protocol::{DatabaseCredentials, Goodbye, Hello, HelloResponse};
 
 pub use client::CallError;
 pub use config::ConfigError;
@@ -42,6 +42,15 @@ pub use waifus_protocol;
 
 /// How often a running waifu says hello again by default.
 pub const DEFAULT_REHELLO: Duration = Duration::from_secs(30);
+
+/// How long requests in flight may take to finish after SIGTERM, by
+/// default: under the 30 s container runtimes wait before `SIGKILL`.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(25);
+
+/// How long a waifu that said goodbye keeps accepting connections, so that
+/// every orchestrator (several may share the state) has stopped sending to
+/// it before it stops listening.
+pub const GOODBYE_GRACE: Duration = Duration::from_secs(1);
 
 /// One waifu: who it is, where it listens, how to reach the orchestrator.
 /// Its `Debug` shows neither its secret nor its token.
@@ -59,6 +68,10 @@ pub struct Waifu {
     binds: BTreeMap<String, String>,
     cache_dir: Option<PathBuf>,
     rehello_every: Duration,
+    /// What this instance runs, announced in every hello.
+    version: Option<String>,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    drain_for: Duration,
     credentials: Arc<Mutex<Option<DatabaseCredentials>>>,
 }
 
@@ -76,6 +89,8 @@ impl std::fmt::Debug for Waifu {
             .field("binds", &self.binds)
             .field("cache_dir", &self.cache_dir)
             .field("rehello_every", &self.rehello_every)
+            .field("version", &self.version)
+            .field("drain_for", &self.drain_for)
             .finish_non_exhaustive()
     }
 }
@@ -136,9 +151,9 @@ impl Waifu {
     /// Settings from the environment: `ORCHESTRATOR_URL` (default
     /// `http://orchestrator:2137`), `WAIFU_NAME` (default: the hostname),
     /// `WAIFU_HOST` (default `{hostname}:{PORT}`), `PORT` (default 8080),
-    /// `WAIFU_SECRET`, `WAIFU_BINDS` (a JSON object like `additionalBinds`),
-    /// `WAIFU_CACHE_DIR`, and `LISTEN_ADDR` (default `0.0.0.0`: all
-    /// interfaces).
+    /// `WAIFU_SECRET`, `ORCHESTRATOR_TOKEN`, `WAIFU_VERSION`, `WAIFU_BINDS`
+    /// (a JSON object like `additionalBinds`), `WAIFU_CACHE_DIR`, and
+    /// `LISTEN_ADDR` (default `0.0.0.0`: all interfaces).
     ///
     /// ```no_run
     /// let waifu = waifu::Waifu::from_env().expect("valid settings");
@@ -166,6 +181,8 @@ impl Waifu {
             binds: BTreeMap::new(),
             cache_dir: None,
             rehello_every: DEFAULT_REHELLO,
+            version: None,
+            drain_for: DEFAULT_DRAIN,
             credentials: Arc::default(),
         }
     }
@@ -253,6 +270,43 @@ impl Waifu {
         self
     }
 
+    /// The version this instance runs, sent with every hello
+    /// (`WAIFU_VERSION`). While an instance of the newest announced version
+    /// is healthy, only that version's instances get requests.
+    ///
+    /// ```
+    /// let w = waifu::Waifu::new("a", "a:1").version("1.4.2");
+    /// ```
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
+        self
+    }
+
+    /// The version to announce unless `WAIFU_VERSION` (or
+    /// [`Waifu::version`]) set one: typically the waifu's own crate version.
+    ///
+    /// ```no_run
+    /// let w = waifu::Waifu::from_env()?.default_version(env!("CARGO_PKG_VERSION"));
+    /// # Ok::<(), waifu::ConfigError>(())
+    /// ```
+    pub fn default_version(mut self, version: impl Into<String>) -> Self {
+        if self.version.is_none() {
+            self.version = Some(version.into());
+        }
+        self
+    }
+
+    /// How long requests in flight may take to finish after SIGTERM
+    /// (default 25 s).
+    ///
+    /// ```
+    /// let w = waifu::Waifu::new("a", "a:1").drain_for(std::time::Duration::from_secs(10));
+    /// ```
+    pub fn drain_for(mut self, within: Duration) -> Self {
+        self.drain_for = within;
+        self
+    }
+
     /// The waifu's name.
     ///
     /// ```
@@ -277,6 +331,7 @@ impl Waifu {
             host: self.host.clone(),
             additional_binds: self.binds.clone(),
             secret: self.secret.clone(),
+            version: self.version.clone(),
         };
         let (status, body) = client::post_json(&url, &hello, self.token.as_deref()).await?;
         if status != StatusCode::OK {
@@ -289,6 +344,32 @@ impl Waifu {
             status,
             message: format!("unexpected answer: {e}"),
         })
+    }
+
+    /// Says goodbye: the orchestrator sends this instance no new request
+    /// (on every orchestrator within a second) and removes it once the
+    /// requests in flight are done.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), waifu::HelloError> {
+    /// waifu::Waifu::new("a", "a:8080").goodbye().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn goodbye(&self) -> Result<(), HelloError> {
+        let url = format!("{}/__internal/goodbye", self.orchestrator);
+        let goodbye = Goodbye {
+            name: self.name.clone(),
+            host: self.host.clone(),
+            secret: self.secret.clone(),
+        };
+        let (status, body) = client::post_json(&url, &goodbye, self.token.as_deref()).await?;
+        if status != StatusCode::OK {
+            return Err(HelloError::Refused {
+                status,
+                message: client::error_message(&body),
+            });
+        }
+        Ok(())
     }
 
     /// Says hello until it succeeds (capped exponential backoff), logs
@@ -332,9 +413,11 @@ impl Waifu {
 
     /// Serves `router` plus `GET /__internal/health` (204) on all
     /// interfaces at [`Waifu::port`], announces the waifu (see
-    /// [`Waifu::announce`]) once listening, and returns after SIGTERM or
-    /// SIGINT once in-flight requests are done. ([`Waifu::listen`] narrows
-    /// the interfaces.)
+    /// [`Waifu::announce`]) once listening, and on SIGTERM or SIGINT leaves
+    /// gracefully: it stops saying hello, says goodbye (so no new request
+    /// comes), keeps accepting for [`GOODBYE_GRACE`], stops accepting, waits
+    /// for the requests in flight (at most [`Waifu::drain_for`]) and
+    /// returns. ([`Waifu::listen`] narrows the interfaces.)
     ///
     /// ```no_run
     /// # async fn f() -> Result<(), waifu::ServeError> {
@@ -355,12 +438,62 @@ impl Waifu {
             })?;
         info!(name = %self.name, port = self.port, "listening");
         let announcer = tokio::spawn(self.clone().announce());
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .map_err(ServeError::Serve);
-        announcer.abort();
-        served
+        let (draining_tx, draining) = tokio::sync::oneshot::channel::<()>();
+        let leave = {
+            let waifu = self.clone();
+            async move {
+                shutdown_signal().await;
+                announcer.abort();
+                waifu.leave().await;
+                let _ = draining_tx.send(());
+            }
+        };
+        let served = axum::serve(listener, app).with_graceful_shutdown(leave);
+        let served = served.into_future();
+        tokio::pin!(served);
+        tokio::select! {
+            r = &mut served => return r.map_err(ServeError::Serve),
+            _ = draining => {}
+        }
+        // Listening has stopped: requests in flight get `drain_for`.
+        match tokio::time::timeout(self.drain_for, served).await {
+            Ok(r) => r.map_err(ServeError::Serve),
+            Err(_) => {
+                warn!(within = ?self.drain_for, "requests still in flight: stopping anyway");
+                Ok(())
+            }
+        }
+    }
+
+    /// Says goodbye (a few tries within 5 s), then lets [`GOODBYE_GRACE`]
+    /// pass so that every orchestrator has stopped sending.
+    async fn leave(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut attempt = 0;
+        loop {
+            match tokio::time::timeout_at(deadline, self.goodbye()).await {
+                Ok(Ok(())) => {
+                    info!("said goodbye: draining");
+                    break;
+                }
+                Ok(Err(e)) if e.is_transient() && tokio::time::Instant::now() < deadline => {
+                    let wait = backoff(attempt).min(Duration::from_millis(500));
+                    attempt += 1;
+                    warn!(error = %e, "goodbye failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e, "goodbye refused; stopping anyway");
+                    return;
+                }
+                Err(_) => {
+                    warn!("the orchestrator did not take the goodbye within 5 s; stopping anyway");
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(GOODBYE_GRACE).await;
     }
 }
 

@@ -8,7 +8,7 @@ use waifus_protocol::ErrorBody;
 
 use crate::ownership::OwnershipError;
 use crate::provision::{MAX_SECRET, ProvisionError};
-use crate::registry::HelloError;
+use crate::registry::{GoodbyeError, HelloError};
 use crate::store::StoreError;
 
 /// Largest request body the internal API reads.
@@ -28,6 +28,8 @@ pub(crate) enum ApiError {
     BadJson(#[from] serde_json::Error),
     #[error(transparent)]
     Hello(#[from] HelloError),
+    #[error(transparent)]
+    Goodbye(#[from] GoodbyeError),
     #[error(transparent)]
     Provision(#[from] ProvisionError),
     #[error(transparent)]
@@ -60,8 +62,14 @@ impl ApiError {
             ApiError::BadJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
             ApiError::Hello(HelloError::Name(_)) => (StatusCode::BAD_REQUEST, "invalid_name"),
             ApiError::Hello(HelloError::Host(_)) => (StatusCode::BAD_REQUEST, "invalid_host"),
-            ApiError::Hello(HelloError::Store(_)) => {
+            ApiError::Hello(HelloError::Version(_)) => (StatusCode::BAD_REQUEST, "invalid_version"),
+            ApiError::Hello(HelloError::Store(_)) | ApiError::Goodbye(GoodbyeError::Store(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
+            }
+            ApiError::Goodbye(GoodbyeError::Name(_)) => (StatusCode::BAD_REQUEST, "invalid_name"),
+            ApiError::Goodbye(GoodbyeError::Host(_)) => (StatusCode::BAD_REQUEST, "invalid_host"),
+            ApiError::Goodbye(GoodbyeError::UnknownInstance) => {
+                (StatusCode::NOT_FOUND, "unknown_instance")
             }
             ApiError::Provision(e) => match e {
                 ProvisionError::Name(_) => (StatusCode::BAD_REQUEST, "invalid_name"),

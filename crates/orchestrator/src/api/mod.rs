@@ -22,15 +22,15 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use waifus_protocol::{
-    AuditEntry, DatabaseCredentials, DatabaseRequest, Hello, HelloResponse, IncidentInfo,
-    RefusalReason, WaifuInfo, validate_name,
+    AuditEntry, DatabaseCredentials, DatabaseRequest, Goodbye, GoodbyeResponse, Hello,
+    HelloResponse, IncidentInfo, RefusalReason, WaifuInfo, validate_name,
 };
 
 use crate::ops::incidents::IncidentKind;
 use crate::ops::status::{RECENT_AUDIT, RECENT_INCIDENTS, Status, WaifuStatus, html};
 use crate::ownership::Asked;
 use crate::provision::MAX_SECRET;
-use crate::registry::HelloError;
+use crate::registry::{GoodbyeError, HelloError};
 use error::{ApiError, INCIDENTS_MAX, MAX_BODY};
 pub(crate) use state::AppState;
 pub(crate) use tokens::Tokens;
@@ -43,6 +43,7 @@ pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/__internal/health", get(StatusCode::NO_CONTENT))
         .route("/__internal/hello", post(hello))
+        .route("/__internal/goodbye", post(goodbye))
         .route("/__internal/database", post(database))
         .route("/__internal/waifus", get(list))
         .route("/__internal/waifus/{name}/health", get(waifu_health))
@@ -121,6 +122,40 @@ async fn hello_inner(
         .await?;
     let response = state.registry.hello(&hello, peer).await?;
     Ok((hello, response))
+}
+
+/// `POST /__internal/goodbye`: the instance gets no new request and drains.
+async fn goodbye(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Body,
+) -> Result<Json<GoodbyeResponse>, ApiError> {
+    let goodbye: Goodbye = json_body(body).await?;
+    validate_name(&goodbye.name).map_err(GoodbyeError::Name)?;
+    waifus_protocol::parse_host(&goodbye.host).map_err(GoodbyeError::Host)?;
+    if let Some(secret) = &goodbye.secret
+        && (secret.is_empty() || secret.len() > MAX_SECRET)
+    {
+        return Err(ApiError::BadSecret);
+    }
+    state
+        .ownership
+        .admit(
+            &goodbye.name,
+            goodbye.secret.as_deref(),
+            peer.ip(),
+            Asked::Goodbye,
+        )
+        .await?;
+    let host = state
+        .registry
+        .goodbye(&goodbye.name, &goodbye.host, peer.ip())
+        .await?;
+    Ok(Json(GoodbyeResponse {
+        name: goodbye.name,
+        host,
+        draining: true,
+    }))
 }
 
 async fn database(

@@ -260,8 +260,64 @@ impl Collector for ProxyCollector {
                     .encode_gauge(&i64::from(instance.is_healthy()))?;
             }
         }
+        let mut draining = encoder.encode_descriptor(
+            "instance_draining",
+            "1 when an instance gets no new request: it said goodbye, or a newer version serves",
+            None,
+            MetricType::Gauge,
+        )?;
+        for waifu in routes.waifu_routes() {
+            for instance in waifu.instances.iter() {
+                let upstream = instance.upstream.to_string();
+                let labels = [("waifu", &*waifu.name), ("instance", upstream.as_str())];
+                draining
+                    .encode_family(&labels)?
+                    .encode_gauge(&i64::from(waifu.draining(instance)))?;
+            }
+        }
+        let mut info = encoder.encode_descriptor(
+            "instance_version",
+            "the version an instance announced (always 1; the version is the label)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for waifu in routes.waifu_routes() {
+            for instance in waifu.instances.iter() {
+                let Some(version) = instance.version.as_deref() else {
+                    continue;
+                };
+                let upstream = instance.upstream.to_string();
+                // Versions are any visible ASCII and the encoder writes label
+                // values as they are: quotes and backslashes are escaped
+                // here (names and addresses never hold them).
+                let version = label_value(version);
+                let labels = [
+                    ("waifu", &*waifu.name),
+                    ("instance", upstream.as_str()),
+                    ("version", version.as_ref()),
+                ];
+                info.encode_family(&labels)?.encode_gauge(&1i64)?;
+            }
+        }
         Ok(())
     }
+}
+
+/// A label value in the exposition format's escaping (`\\`, `\"`, `\n`).
+fn label_value(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return value.into();
+    }
+    let mut out = String::with_capacity(value.len() + 4);
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.into()
 }
 
 /// How often [`sample_rate`] measures the request rate.
@@ -302,5 +358,17 @@ impl Open {
 impl Drop for Open {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::label_value;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label_value("1.4.2"), "1.4.2");
+        assert_eq!(label_value(r#"1"} evil 1"#), r#"1\"} evil 1"#);
+        assert_eq!(label_value(r"a\b"), r"a\\b");
     }
 }

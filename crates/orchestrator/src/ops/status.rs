@@ -98,7 +98,7 @@ h1{{font-size:1.4rem;margin:0 0 .5rem}} h2{{font-size:1.1rem;margin:1.5rem 0 .5r
 table{{border-collapse:collapse;width:100%;background:#fff}}
 th,td{{text-align:left;padding:.3rem .6rem;border-bottom:1px solid #e3e3e3;vertical-align:top}}
 th{{background:#f0f0f0;font-weight:600}} code{{font-size:13px}}
-.ok{{color:#17723b;font-weight:600}} .bad{{color:#b3261e;font-weight:600}}
+.ok{{color:#17723b;font-weight:600}} .bad{{color:#b3261e;font-weight:600}} .draining{{color:#8a5a00;font-weight:600}}
 .summary span{{display:inline-block;margin-right:1.5rem}} .warn{{background:#fff4e5;padding:.5rem;border:1px solid #f0c36d}}
 </style></head><body>
 <h1>waifus status</h1>
@@ -147,9 +147,19 @@ th{{background:#f0f0f0;font-weight:600}} code{{font-size:13px}}
                     ("bad", "unhealthy")
                 };
                 let checked = i.last_check.as_deref().unwrap_or("never");
+                let version = i
+                    .version
+                    .as_deref()
+                    .map(|v| format!(" <code class=\"version\">{}</code>", esc(v)))
+                    .unwrap_or_default();
+                let draining = if i.draining {
+                    r#" <span class="draining">draining</span>"#
+                } else {
+                    ""
+                };
                 let _ = write!(
                     h,
-                    r#"<div><code>{host}</code> <span class="{class}">{word}</span> <small>checked {checked}</small></div>"#,
+                    r#"<div class="instance"><code>{host}</code>{version} <span class="{class}">{word}</span>{draining} <small>checked {checked}</small></div>"#,
                     host = esc(&i.host),
                     checked = esc(checked),
                 );
@@ -287,10 +297,15 @@ pub fn text(status: &Status) -> String {
             w.info.url.clone(),
         ]);
         for i in &w.info.instances {
+            let mut state = if i.healthy { "healthy" } else { "unhealthy" }.to_owned();
+            if i.draining {
+                state.push_str(", draining");
+            }
             instances.push(vec![
                 w.info.name.clone(),
                 i.host.clone(),
-                if i.healthy { "healthy" } else { "unhealthy" }.into(),
+                i.version.clone().unwrap_or_else(|| "-".into()),
+                state,
                 i.last_check.clone().unwrap_or_else(|| "never".into()),
             ]);
         }
@@ -303,7 +318,10 @@ pub fn text(status: &Status) -> String {
     } else {
         out += &table(&["WAIFU", "HEALTHY", "BINDS", "DATABASE", "URL"], &waifus);
         out.push('\n');
-        out += &table(&["WAIFU", "INSTANCE", "STATE", "LAST CHECK"], &instances);
+        out += &table(
+            &["WAIFU", "INSTANCE", "VERSION", "STATE", "LAST CHECK"],
+            &instances,
+        );
         if !binds.is_empty() {
             out.push('\n');
             out += &table(&["WAIFU", "BIND", "TARGET"], &binds);
@@ -376,6 +394,8 @@ mod tests {
                         host: "http://127.0.0.1:3000".into(),
                         healthy: true,
                         last_check: Some("2026-11-27T23:00:00Z".into()),
+                        version: Some("1.2.3".into()),
+                        draining: false,
                     }],
                     binds: vec![BindInfo {
                         bind: "https://link.waifu".into(),

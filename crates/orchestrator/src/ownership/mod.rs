@@ -42,6 +42,7 @@ const MAX_VERIFIED: usize = 100_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Asked {
     Hello,
+    Goodbye,
     Database,
 }
 
@@ -49,6 +50,7 @@ impl Asked {
     fn as_str(self) -> &'static str {
         match self {
             Asked::Hello => "hello",
+            Asked::Goodbye => "goodbye",
             Asked::Database => "database call",
         }
     }
@@ -177,10 +179,12 @@ impl Ownership {
             return Err(OwnershipError::Throttled(wait));
         }
         let standing = match (&state.secret_hash, secret) {
-            (None, None) if asked == Asked::Hello && self.required => {
+            (None, None) if asked != Asked::Database && self.required => {
                 return Err(self.refuse(name, source, asked, Refusal::Always).await);
             }
             (None, None) => Standing::Unclaimed,
+            // A goodbye claims nothing: the hello before it did, or nobody.
+            (None, Some(_)) if asked == Asked::Goodbye => Standing::Unclaimed,
             (None, Some(secret)) => {
                 let hash = self.hasher.hash(secret).await?;
                 let via = asked.as_str();
@@ -268,9 +272,10 @@ impl Ownership {
         asked: Asked,
         why: Refusal,
     ) -> OwnershipError {
+        // Goodbyes are recorded as hellos are: both speak for an instance.
         let kind = match (why, asked) {
             (Refusal::Wrong, Asked::Database) => IncidentKind::WrongSecret,
-            (Refusal::Wrong, Asked::Hello) => IncidentKind::HelloWrongSecret,
+            (Refusal::Wrong, Asked::Hello | Asked::Goodbye) => IncidentKind::HelloWrongSecret,
             (Refusal::Missing | Refusal::Always, _) => IncidentKind::HelloWithoutSecret,
         };
         let what = match why {
@@ -279,9 +284,10 @@ impl Ownership {
                 "a {} without a secret was refused: the name is claimed",
                 asked.as_str()
             ),
-            Refusal::Always => {
-                "a hello without a secret was refused (HELLO_SECRET=required)".to_owned()
-            }
+            Refusal::Always => format!(
+                "a {} without a secret was refused (HELLO_SECRET=required)",
+                asked.as_str()
+            ),
         };
         let stored = self
             .incidents

@@ -29,7 +29,7 @@ use super::host::{https_location, request_authority};
 use super::via::Via;
 use super::websocket;
 use crate::routing::stats::RequestStats;
-use crate::routing::{Instance, Outcome, Routes, WaifuRoute};
+use crate::routing::{Busy, Instance, Outcome, Routes, WaifuRoute};
 use crate::tls::Certs;
 use crate::upstream::{self, Answer, Outgoing, SendError, Unanswered};
 
@@ -163,8 +163,8 @@ impl Proxy {
                     outgoing,
                     upgrade,
                 })) => {
-                    let (answer, instance) = this.exchange(instance, outgoing, &mut served).await;
-                    this.relay(answer, &instance, upgrade, &served)
+                    let (answer, busy) = this.exchange(instance, outgoing, &mut served).await;
+                    this.relay(answer, busy, upgrade, &served)
                 }
                 Ok(Prepared::Answer(response)) => Ok(response),
                 Err(e) => Err(e),
@@ -279,35 +279,39 @@ impl Proxy {
     /// could not be written to its instance at all (no connection, or a
     /// socket that failed before taking a byte) goes to another healthy
     /// instance, whatever its method: it cannot have done anything yet.
-    /// Returns the last instance tried.
+    /// Returns what came of it, counted as in flight to the last instance
+    /// tried while the returned [`Busy`] lives (a response body holds it to
+    /// its end).
     async fn exchange(
         &self,
         mut instance: Arc<Instance>,
         mut outgoing: Outgoing,
         served: &mut Served,
-    ) -> (Attempt, Arc<Instance>) {
+    ) -> (Attempt, Arc<Busy>) {
         let mut tried: Vec<Arc<Instance>> = Vec::new();
         loop {
-            let sent = upstream::try_send(&instance, outgoing, self.connect_timeout);
+            let busy = Busy::new(instance);
+            let sent = upstream::try_send(&busy, outgoing, self.connect_timeout);
             let answer = tokio::time::timeout(self.response_timeout, sent).await;
             let (error, unsent) = match answer {
                 Ok(Err(Unanswered {
                     error,
                     unsent: Some(unsent),
                 })) => (error, unsent),
-                Ok(Ok(answer)) => return (Ok(Ok(answer)), instance),
-                Ok(Err(u)) => return (Ok(Err(u.error)), instance),
-                Err(elapsed) => return (Err(elapsed), instance),
+                Ok(Ok(answer)) => return (Ok(Ok(answer)), busy),
+                Ok(Err(u)) => return (Ok(Err(u.error)), busy),
+                Err(elapsed) => return (Err(elapsed), busy),
             };
+            let failed = busy.instance().clone();
             let next = served.waifu.as_ref().and_then(|waifu| {
-                tried.push(instance.clone());
+                tried.push(failed.clone());
                 waifu.pick_except(&tried).cloned()
             });
             let Some(next) = next else {
-                return (Ok(Err(error)), instance);
+                return (Ok(Err(error)), busy);
             };
-            self.unreachable(&instance, &error, served);
-            debug!(from = %instance.upstream, to = %next.upstream, error = %error, "request not sent; trying another instance");
+            self.unreachable(&failed, &error, served);
+            debug!(from = %failed.upstream, to = %next.upstream, error = %error, "request not sent; trying another instance");
             if self.access_log {
                 served.instance = Some(next.clone());
             }
@@ -330,10 +334,11 @@ impl Proxy {
     fn relay(
         &self,
         answer: Attempt,
-        instance: &Arc<Instance>,
+        busy: Arc<Busy>,
         upgrade: Option<Switch>,
         served: &Served,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let instance = busy.instance();
         let answer = match answer {
             Err(_) | Ok(Err(SendError::ConnectTimeout)) => return Err(ProxyError::Timeout),
             // The client's body broke off or broke its framing: the
@@ -374,7 +379,7 @@ impl Proxy {
                 }
                 let (mut rparts, ()) = response.into_parts();
                 headers::strip_hop_by_hop(&mut rparts.headers, true);
-                self.tunnel(switch.client, io, early);
+                self.tunnel(switch.client, io, early, busy);
                 let empty = Either::Right(Full::new(Bytes::new()));
                 Ok(Response::from_parts(rparts, empty))
             }
@@ -382,10 +387,19 @@ impl Proxy {
     }
 
     /// Relays bytes both ways once the client's side has switched protocols
-    /// too; `early` is what the waifu sent right after its 101.
-    fn tunnel(&self, client_side: OnUpgrade, mut upstream: TcpStream, early: Bytes) {
+    /// too; `early` is what the waifu sent right after its 101. The tunnel
+    /// counts as in flight to its instance (`busy`) until it closes, which
+    /// it does at the latest when that instance's drain time is over.
+    fn tunnel(
+        &self,
+        client_side: OnUpgrade,
+        mut upstream: TcpStream,
+        early: Bytes,
+        busy: Arc<Busy>,
+    ) {
         let stop = self.hard_stop.clone();
         self.tunnels.spawn(async move {
+            let drained = busy.instance().drained.clone();
             let Ok(client_io) = client_side.await else {
                 return;
             };
@@ -399,7 +413,9 @@ impl Proxy {
             tokio::select! {
                 _ = relay => {}
                 () = stop.cancelled() => {}
+                () = drained.cancelled() => {}
             }
+            drop(busy);
         });
     }
 }

@@ -22,9 +22,10 @@ use waifus_protocol::{
     validate_name,
 };
 
+use crate::drain::Leaving;
 use crate::health::Watch;
 use crate::routing::{BindRoute, Instance, RouteTable, RouteWriter, WaifuRoute};
-use crate::store::{BindClaim, Store, StoreError};
+use crate::store::{BindClaim, Store, StoreError, StoredInstance};
 
 /// Why a hello was refused as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,21 @@ pub(crate) enum HelloError {
     Name(#[from] NameError),
     #[error("invalid host: {0}")]
     Host(#[from] HostError),
+    #[error("invalid version: {0}")]
+    Version(#[from] waifus_protocol::VersionError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a goodbye was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum GoodbyeError {
+    #[error("invalid name: {0}")]
+    Name(#[from] NameError),
+    #[error("invalid host: {0}")]
+    Host(#[from] HostError),
+    #[error("no instance of this waifu is registered at this host")]
+    UnknownInstance,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -67,6 +83,16 @@ impl Entry {
     }
 }
 
+/// What [`Registry::load`] gives.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub registry: Registry,
+    /// Instances for the health checks to watch.
+    pub watched: mpsc::UnboundedReceiver<Watch>,
+    /// Instances to drain.
+    pub to_drain: mpsc::UnboundedReceiver<Leaving>,
+}
+
 /// Routing state: the published table, the model behind it, and its store.
 #[derive(Debug)]
 pub(crate) struct Registry {
@@ -80,6 +106,8 @@ pub(crate) struct Registry {
     /// Parent of every instance's `retired` token.
     shutdown: CancellationToken,
     watch: mpsc::UnboundedSender<Watch>,
+    /// Instances that said goodbye, to drain ([`crate::drain`]).
+    leaving: mpsc::UnboundedSender<Leaving>,
     /// Whether this orchestrator runs the health checks ([`replicas`]):
     /// if not, instance health comes from the store.
     leading: tokio::sync::watch::Receiver<bool>,
@@ -88,6 +116,22 @@ pub(crate) struct Registry {
     /// How long a hello waits for the first check of its instance (the
     /// health check timeout).
     check_wait: std::time::Duration,
+}
+
+impl crate::drain::Leave for Registry {
+    async fn remove_left(
+        &self,
+        name: &str,
+        instance: &Arc<Instance>,
+        goodbye_ms: i64,
+        why: &str,
+    ) -> Result<(), StoreError> {
+        Registry::remove_left(self, name, instance, goodbye_ms, why).await
+    }
+
+    async fn forget_empty(&self, after: std::time::Duration) -> Result<(), StoreError> {
+        Registry::forget_empty(self, after).await
+    }
 }
 
 impl crate::health::Deregister for Registry {
@@ -102,8 +146,9 @@ impl crate::health::Deregister for Registry {
 }
 
 impl Registry {
-    /// Loads the stored state and publishes it; returns the registry and the
-    /// stream of instances to health-check (starting with every loaded one).
+    /// Loads the stored state and publishes it; returns the registry, the
+    /// stream of instances to health-check (starting with every loaded one)
+    /// and the stream of instances to drain.
     pub(crate) async fn load(
         routes: RouteWriter,
         store: Store,
@@ -112,45 +157,78 @@ impl Registry {
         shutdown: CancellationToken,
         leading: tokio::sync::watch::Receiver<bool>,
         check_wait: std::time::Duration,
-    ) -> Result<(Registry, mpsc::UnboundedReceiver<Watch>), StoreError> {
+    ) -> Result<Loaded, StoreError> {
         let (watch, watched) = mpsc::unbounded_channel();
-        let mut state = State::default();
-        for stored in store.load().await? {
-            let instances: Vec<_> = stored
-                .instances
-                .into_iter()
-                .map(|(up, healthy)| Arc::new(Instance::new(up, healthy, &shutdown)))
-                .collect();
-            let name: Arc<str> = stored.name.as_str().into();
-            for instance in &instances {
-                let _ = watch.send(Watch {
-                    name: name.clone(),
-                    instance: instance.clone(),
-                    committed: None,
-                });
-            }
-            let entry = Entry::new(&stored.name, instances, stored.binds);
-            state.waifus.insert(stored.name, entry);
-        }
+        let (leaving, to_drain) = mpsc::unbounded_channel();
         let registry = Registry {
             routes,
-            state: Mutex::new(state),
+            state: Mutex::new(State::default()),
             store,
             main_domain,
             public_base,
             shutdown,
             watch,
+            leaving,
             leading,
             seq: std::sync::atomic::AtomicU64::new(0),
             check_wait,
         };
         let loaded = {
-            let state = registry.state.lock().await;
+            let mut state = registry.state.lock().await;
+            for stored in registry.store.load().await? {
+                let name: Arc<str> = stored.name.as_str().into();
+                let instances: Vec<_> = stored
+                    .instances
+                    .iter()
+                    .map(|s| registry.adopt(&name, s))
+                    .collect();
+                let entry = Entry::new(&stored.name, instances, stored.binds);
+                state.waifus.insert(stored.name, entry);
+            }
             registry.publish(&state);
             state.waifus.len()
         };
         info!(waifus = loaded, "loaded state");
-        Ok((registry, watched))
+        Ok(Loaded {
+            registry,
+            watched,
+            to_drain,
+        })
+    }
+
+    /// An instance as stored, in memory: watched by the health checks, or
+    /// drained if it said goodbye.
+    fn adopt(&self, name: &Arc<str>, stored: &StoredInstance) -> Arc<Instance> {
+        let instance = Arc::new(
+            Instance::new(stored.upstream.clone(), stored.healthy, &self.shutdown)
+                .with_version(stored.version.as_deref(), stored.version_at_ms),
+        );
+        match stored.goodbye_ms {
+            Some(ms) => {
+                instance.leave(ms);
+                self.drain(name, &instance, ms);
+            }
+            None => {
+                let _ = self.watch.send(Watch {
+                    name: name.clone(),
+                    instance: instance.clone(),
+                    committed: None,
+                });
+            }
+        }
+        instance
+    }
+
+    /// Stops checking a leaving instance, closes its idle connections (so a
+    /// waifu waiting for them can exit) and hands it to the drain.
+    fn drain(&self, name: &Arc<str>, instance: &Arc<Instance>, goodbye_ms: i64) {
+        instance.retired.cancel();
+        instance.endpoint.pool.close();
+        let _ = self.leaving.send(Leaving {
+            name: name.clone(),
+            instance: instance.clone(),
+            goodbye_ms,
+        });
     }
 
     /// Whether this orchestrator runs the health checks now.
@@ -158,7 +236,6 @@ impl Registry {
         *self.leading.borrow()
     }
 
-    /// Handles `POST /__internal/hello`.
     /// Handles `POST /__internal/hello` from `source`, whose ownership of
     /// the name was checked before.
     pub(crate) async fn hello(
@@ -168,6 +245,9 @@ impl Registry {
     ) -> Result<HelloResponse, HelloError> {
         validate_name(&hello.name)?;
         let upstream = parse_host(&hello.host)?;
+        if let Some(version) = &hello.version {
+            waifus_protocol::validate_version(version)?;
+        }
         let mut outcomes = Vec::with_capacity(hello.additional_binds.len());
         let mut parsed: Vec<Option<(BindKey, String)>> = Vec::new();
         let mut seen = HashSet::new();
@@ -201,32 +281,52 @@ impl Registry {
             .get(&hello.name)
             .and_then(|e| e.instances.iter().find(|i| i.upstream == upstream))
             .cloned();
+        // The same instance, as it was: nothing about it changes. Another
+        // version at its address, or one back after its goodbye, is a new
+        // instance there.
+        let same = known
+            .as_ref()
+            .filter(|i| !i.is_leaving() && i.version.as_deref() == hello.version.as_deref());
         // An instance that is not healthy (it may just have restarted) is
         // checked now, and a new one gets its first check, while the hello
         // commits; the answer waits for that check, so a waifu that is up is
         // routable once its hello is answered.
         let mut awaited = None;
-        if let Some(instance) = &known
+        if let Some(instance) = same
             && !instance.is_healthy()
         {
             awaited = Some((instance.clone(), instance.checks()));
             instance.recheck.notify_one();
         }
+        // A new instance gets its first health check while the hello commits.
+        let version = hello.version.as_deref();
         let mut fresh = None;
-        if known.is_none() {
-            let instance = Arc::new(Instance::new(upstream.clone(), false, &self.shutdown));
+        if same.is_none() {
+            let version_at = crate::routing::now_ms_i64();
+            let instance = Arc::new(
+                Instance::new(upstream.clone(), false, &self.shutdown)
+                    .with_version(version, version_at),
+            );
             let (committed, on_commit) = oneshot::channel();
             let _ = self.watch.send(Watch {
                 name: hello.name.as_str().into(),
                 instance: instance.clone(),
                 committed: Some(on_commit),
             });
-            fresh = Some((instance, committed));
+            fresh = Some((instance, committed, version_at));
         }
         let source = source.to_canonical().to_string();
+        let version_at = fresh.as_ref().map(|(_, _, at)| *at);
         let granted = self
             .store
-            .hello(&hello.name, &upstream, &claims, &source)
+            .hello(
+                &hello.name,
+                &upstream,
+                version,
+                version_at,
+                &claims,
+                &source,
+            )
             .await?;
         let mut granted = granted.into_iter();
         // Kept as the waifu's binds: sized exactly, as a pushed-to vector
@@ -243,7 +343,10 @@ impl Registry {
             }
         }
         let before = state.waifus.get(&hello.name).map(|e| e.binds.clone());
-        let (new_instance, committed) = fresh.unzip();
+        let (new_instance, committed) = match fresh {
+            Some((instance, committed, _)) => (Some(instance), Some(committed)),
+            None => (None, None),
+        };
         Self::apply_hello(&mut state, &hello.name, accepted, new_instance.clone());
         self.touch(&mut state, &hello.name);
         let after = state.waifus.get(&hello.name).map(|e| &e.binds);
@@ -254,7 +357,12 @@ impl Registry {
         }
         drop(state);
         if let Some(instance) = &new_instance {
-            info!(name = %hello.name, instance = %instance.upstream, "new instance");
+            // Replaced: the old one is no longer checked. (A leaving one
+            // goes on draining what is in flight to it.)
+            if let Some(old) = &known {
+                old.retired.cancel();
+            }
+            info!(name = %hello.name, instance = %instance.upstream, version = ?instance.version, "new instance");
             if instance.upstream.scheme == waifus_protocol::Scheme::Https {
                 warn!(
                     name = %hello.name,
@@ -263,11 +371,11 @@ impl Registry {
                      health checks and not be routed to; register it with http://"
                 );
             }
+            awaited = Some((instance.clone(), 0));
         }
         if let Some(committed) = committed {
             let _ = committed.send(());
         }
-        let awaited = awaited.or_else(|| new_instance.map(|i| (i, 0)));
         if let Some((instance, seen)) = awaited {
             instance.checked_since(seen, self.check_wait).await;
         }
@@ -276,6 +384,91 @@ impl Registry {
             url: format!("{}/{}", self.public_base, hello.name),
             binds: outcomes,
         })
+    }
+
+    /// Handles `POST /__internal/goodbye` from `source`, whose ownership of
+    /// the name was checked before: the instance gets no new request here
+    /// at once (and on other orchestrators when they hear of it), and drains.
+    /// Returns its canonical address.
+    pub(crate) async fn goodbye(
+        &self,
+        name: &str,
+        host: &str,
+        source: std::net::IpAddr,
+    ) -> Result<String, GoodbyeError> {
+        validate_name(name)?;
+        let upstream = parse_host(host)?;
+        let mut state = self.state.lock().await;
+        let instance = state
+            .waifus
+            .get(name)
+            .and_then(|e| e.instances.iter().find(|i| i.upstream == upstream))
+            .cloned()
+            .ok_or(GoodbyeError::UnknownInstance)?;
+        let source = source.to_canonical().to_string();
+        let goodbye_ms = self
+            .store
+            .goodbye(name, &upstream, &source)
+            .await?
+            .ok_or(GoodbyeError::UnknownInstance)?;
+        if instance.leave(goodbye_ms) {
+            info!(name, instance = %instance.upstream, "instance said goodbye: draining");
+            self.rebuild(&mut state, name);
+            self.drain(&name.into(), &instance, goodbye_ms);
+        }
+        self.touch(&mut state, name);
+        Ok(upstream.to_string())
+    }
+
+    /// Rebuilds and publishes a waifu's route after one of its instances
+    /// started leaving (its binds are unchanged).
+    fn rebuild(&self, state: &mut State, name: &str) {
+        let Some(entry) = state.waifus.get_mut(name) else {
+            return;
+        };
+        entry.route = Arc::new(entry.route.rebuilt(entry.instances.clone()));
+        let hosts: Vec<String> = entry.binds.iter().map(|(k, _)| k.host.clone()).collect();
+        self.publish_waifu(state, name, hosts.iter().map(String::as_str));
+    }
+
+    /// Removes a drained instance (if it has not said hello again since its
+    /// goodbye); the waifu stays, with no instance answering 503.
+    pub(crate) async fn remove_left(
+        &self,
+        name: &str,
+        instance: &Arc<Instance>,
+        goodbye_ms: i64,
+        why: &str,
+    ) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        self.store
+            .remove_left(name, &instance.upstream, goodbye_ms, why)
+            .await?;
+        let removed = state.waifus.get_mut(name).is_some_and(|entry| {
+            let before = entry.instances.len();
+            entry.instances.retain(|i| !Arc::ptr_eq(i, instance));
+            before != entry.instances.len()
+        });
+        if removed {
+            self.rebuild(&mut state, name);
+            self.touch(&mut state, name);
+        }
+        Ok(())
+    }
+
+    /// Forgets waifus without an instance for `after`, with their binds.
+    pub(crate) async fn forget_empty(&self, after: std::time::Duration) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        for name in self.store.forget_empty(after).await? {
+            let Some(entry) = state.waifus.remove(&name) else {
+                continue;
+            };
+            let hosts: Vec<String> = entry.binds.iter().map(|(k, _)| k.host.clone()).collect();
+            self.touch(&mut state, &name);
+            self.publish_waifu(&state, &name, hosts.iter().map(String::as_str));
+            info!(%name, "forgot a waifu that has had no instance since its last goodbye");
+        }
+        Ok(())
     }
 
     fn check_bind(&self, bind: &str, target: &str) -> Result<(BindKey, String), RefusalReason> {
@@ -291,7 +484,8 @@ impl Registry {
         Ok((key, target.0))
     }
 
-    /// Applies a recorded hello to memory: its binds, and its instance if new.
+    /// Applies a recorded hello to memory: its binds, and its instance if
+    /// new (replacing one at the same address).
     fn apply_hello(
         state: &mut State,
         name: &str,
@@ -304,6 +498,7 @@ impl Registry {
             .or_insert_with(|| Entry::new(name, Vec::new(), Vec::new()));
         entry.binds = binds;
         if let Some(instance) = new_instance {
+            entry.instances.retain(|i| i.upstream != instance.upstream);
             entry.instances.push(instance);
             entry.route = Arc::new(entry.route.rebuilt(entry.instances.clone()));
         }
@@ -388,7 +583,11 @@ impl Registry {
             .map(|(name, entry)| WaifuInfo {
                 name: name.clone(),
                 url: format!("{}/{}", self.public_base, name),
-                instances: entry.instances.iter().map(|i| instance_info(i)).collect(),
+                instances: entry
+                    .instances
+                    .iter()
+                    .map(|i| instance_info(i, entry.route.draining(i)))
+                    .collect(),
                 binds: entry
                     .binds
                     .iter()
@@ -406,7 +605,7 @@ impl Registry {
     }
 }
 
-fn instance_info(instance: &Instance) -> InstanceInfo {
+fn instance_info(instance: &Instance, draining: bool) -> InstanceInfo {
     use std::sync::atomic::Ordering::Relaxed;
     let last = instance.last_check_ms.load(Relaxed);
     InstanceInfo {
@@ -416,5 +615,7 @@ fn instance_info(instance: &Instance) -> InstanceInfo {
             let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(last);
             humantime::format_rfc3339_millis(t).to_string()
         }),
+        version: instance.version.as_deref().map(str::to_owned),
+        draining,
     }
 }

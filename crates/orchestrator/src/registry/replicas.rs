@@ -27,10 +27,10 @@ use std::collections::HashSet;
 
 use waifus_protocol::BindKey;
 
-use super::{Entry, Registry, State, Watch};
+use super::{Entry, Registry, State};
 use crate::routing::Instance;
-use crate::store::StoredWaifu;
 use crate::store::{CHANGES, Store, StoreError};
+use crate::store::{StoredInstance, StoredWaifu};
 
 /// How often a follower tries to take the health-check lock.
 const TRY_LOCK_EVERY: Duration = Duration::from_secs(1);
@@ -226,8 +226,10 @@ impl Registry {
 
     /// Makes one waifu in memory what the store says; returns the hosts it
     /// was bound on before and whether anything differed. Instances keep
-    /// their identity (connections, counters); their health is taken from
-    /// the store unless this process runs the checks.
+    /// their identity (connections, counters) while their address, version
+    /// and its announcement are the same; their health is taken from the
+    /// store unless this process runs the checks; a goodbye stored by
+    /// another orchestrator starts their drain here too.
     fn apply_stored(
         &self,
         state: &mut State,
@@ -237,7 +239,7 @@ impl Registry {
         let old_hosts = state.waifus.get(name).map_or_else(Vec::new, |e| {
             e.binds.iter().map(|(key, _)| key.host.clone()).collect()
         });
-        let Some(stored) = stored.filter(|s| !s.instances.is_empty()) else {
+        let Some(stored) = stored else {
             let Some(entry) = state.waifus.remove(name) else {
                 return (old_hosts, false);
             };
@@ -252,22 +254,33 @@ impl Registry {
             .waifus
             .entry(name.to_owned())
             .or_insert_with(|| Entry::new(name, Vec::new(), Vec::new()));
+        let same = |i: &Instance, s: &StoredInstance| {
+            i.upstream == s.upstream
+                && i.version.as_deref() == s.version.as_deref()
+                && i.version_at_ms == s.version_at_ms
+        };
         let mut instances_changed = false;
         entry.instances.retain(|i| {
-            let keep = stored.instances.iter().any(|(up, _)| *up == i.upstream);
+            let keep = stored.instances.iter().any(|s| same(i, s));
             if !keep {
                 i.retired.cancel();
                 instances_changed = true;
             }
             keep
         });
-        for (upstream, healthy) in stored.instances {
-            match entry.instances.iter().find(|i| i.upstream == upstream) {
+        let shared_name: Arc<str> = name.into();
+        for s in &stored.instances {
+            match entry.instances.iter().find(|i| same(i, s)) {
                 Some(instance) => {
-                    if !leading && instance.is_healthy() != healthy {
-                        instance.set_healthy(healthy);
+                    if let Some(ms) = s.goodbye_ms {
+                        if instance.leave(ms) {
+                            self.drain(&shared_name, instance, ms);
+                            instances_changed = true;
+                        }
+                    } else if !leading && instance.is_healthy() != s.healthy {
+                        instance.set_healthy(s.healthy);
                         // Routing reads the flag itself: nothing to publish.
-                    } else if leading && healthy && !instance.is_healthy() {
+                    } else if leading && s.healthy && !instance.is_healthy() {
                         // Another orchestrator found it healthy (a hello
                         // after a restart, checked there): see for ourselves
                         // now rather than at the next interval.
@@ -275,13 +288,7 @@ impl Registry {
                     }
                 }
                 None => {
-                    let instance = Arc::new(Instance::new(upstream, healthy, &self.shutdown));
-                    entry.instances.push(instance.clone());
-                    let _ = self.watch.send(Watch {
-                        name: name.into(),
-                        instance,
-                        committed: None,
-                    });
+                    entry.instances.push(self.adopt(&shared_name, s));
                     instances_changed = true;
                 }
             }

@@ -6,9 +6,14 @@
 //!   other failure (timeout, non-2xx, broken response) does so after
 //!   [`UNHEALTHY_AFTER`] in a row;
 //! - one success makes it healthy again.
+//!
+//! An instance that said goodbye is *leaving*: it gets no new request, its
+//! health is no longer checked, and it is removed once the requests in
+//! flight to it ([`Busy`]) are done, or its drain time is over.
 
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
@@ -54,6 +59,19 @@ pub(crate) struct Instance {
     /// Checks completed; [`Instance::checked_since`] waits for the next.
     checks: AtomicU64,
     checked: Notify,
+    /// The version its hello announced.
+    pub version: Option<Box<str>>,
+    /// Unix milliseconds since which it announces `version`: the instance
+    /// with the latest names its waifu's newest version.
+    pub version_at_ms: i64,
+    /// Unix milliseconds of its goodbye; 0 while it stays.
+    goodbye_ms: AtomicI64,
+    /// Requests and tunnels in flight to it ([`Busy`]).
+    in_flight: AtomicUsize,
+    /// Woken when `in_flight` drops to zero.
+    idle: Notify,
+    /// Cancelled when its drain time is over: closes tunnels still open.
+    pub drained: CancellationToken,
 }
 
 impl Instance {
@@ -72,6 +90,49 @@ impl Instance {
             recheck: Notify::new(),
             checks: AtomicU64::new(0),
             checked: Notify::new(),
+            version: None,
+            version_at_ms: 0,
+            goodbye_ms: AtomicI64::new(0),
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+            drained: CancellationToken::new(),
+        }
+    }
+
+    /// The same, announcing `version` since `at_ms` (Unix milliseconds).
+    pub(crate) fn with_version(mut self, version: Option<&str>, at_ms: i64) -> Self {
+        self.version = version.map(Into::into);
+        self.version_at_ms = at_ms;
+        self
+    }
+
+    /// Marks it as leaving since `goodbye_ms`; whether it was not already.
+    pub(crate) fn leave(&self, goodbye_ms: i64) -> bool {
+        self.goodbye_ms
+            .compare_exchange(0, goodbye_ms.max(1), AcqRel, Acquire)
+            .is_ok()
+    }
+
+    /// Whether it said goodbye.
+    pub(crate) fn is_leaving(&self) -> bool {
+        self.goodbye_ms.load(Acquire) != 0
+    }
+
+    /// Requests and tunnels in flight to it now.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Acquire)
+    }
+
+    /// Waits until nothing is in flight to it.
+    pub(crate) async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.in_flight() == 0 {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -152,6 +213,41 @@ impl HasEndpoint for Instance {
     fn endpoint(&self) -> &Endpoint {
         &self.endpoint
     }
+}
+
+/// A request or a tunnel in flight to an instance: counted while it lives.
+/// A response body holds it (as the endpoint's owner) until it ends.
+#[derive(Debug)]
+pub(crate) struct Busy(Arc<Instance>);
+
+impl Busy {
+    pub(crate) fn new(instance: Arc<Instance>) -> Arc<Busy> {
+        instance.in_flight.fetch_add(1, AcqRel);
+        Arc::new(Busy(instance))
+    }
+
+    pub(crate) fn instance(&self) -> &Arc<Instance> {
+        &self.0
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl HasEndpoint for Busy {
+    fn endpoint(&self) -> &Endpoint {
+        &self.0.endpoint
+    }
+}
+
+/// Now, in Unix milliseconds, as the store keeps times.
+pub(crate) fn now_ms_i64() -> i64 {
+    i64::try_from(now_ms()).unwrap_or(i64::MAX)
 }
 
 pub(crate) fn now_ms() -> u64 {

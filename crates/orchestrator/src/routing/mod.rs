@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-pub(crate) use instance::{Instance, Outcome};
+pub(crate) use instance::{Busy, Instance, Outcome, now_ms_i64};
 pub(crate) use table::{BindRoute, RouteTable, WaifuRoute};
 
 /// The table and the signal of its changes, shared by the writer and the

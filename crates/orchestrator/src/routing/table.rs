@@ -18,10 +18,21 @@ use super::shards::Shards;
 use super::stats::LazyStats;
 
 /// Everything the proxy needs to send a request to a waifu.
+///
+/// Of its instances, those that did not say goodbye are routable; of those,
+/// the newest version's (the version of the instance that announced its
+/// version last) get every request while one of them is healthy, and the
+/// others only when none is: a deploy never serves old and new answers
+/// interleaved, and a new version that fails leaves the old one serving.
 #[derive(Debug)]
 pub(crate) struct WaifuRoute {
     pub name: Box<str>,
+    /// Every registered instance, leaving ones included.
     pub instances: Box<[Arc<Instance>]>,
+    /// The routable instances, the newest version's first.
+    routable: Box<[Arc<Instance>]>,
+    /// How many of `routable` are of the newest version.
+    newest: usize,
     /// Round-robin cursor.
     next: AtomicUsize,
     /// Its request counters, kept across rebuilds of the route.
@@ -30,46 +41,97 @@ pub(crate) struct WaifuRoute {
 
 impl WaifuRoute {
     pub(crate) fn new(name: &str, instances: Vec<Arc<Instance>>) -> Self {
+        let (routable, newest) = arrange(&instances);
         WaifuRoute {
             name: name.into(),
             instances: instances.into_boxed_slice(),
+            routable,
+            newest,
             next: AtomicUsize::new(0),
             stats: Arc::default(),
         }
     }
 
-    /// The same waifu with other instances; its counters carry over.
+    /// The same waifu with other instances (or the same ones, one of them
+    /// now leaving); its counters carry over.
     pub(crate) fn rebuilt(&self, instances: Vec<Arc<Instance>>) -> Self {
+        let (routable, newest) = arrange(&instances);
         WaifuRoute {
             name: self.name.clone(),
             instances: instances.into_boxed_slice(),
+            routable,
+            newest,
             next: AtomicUsize::new(0),
             stats: self.stats.clone(),
         }
     }
 
-    /// A healthy instance other than those in `tried`, round robin.
-    pub(crate) fn pick_except(&self, tried: &[Arc<Instance>]) -> Option<&Arc<Instance>> {
-        let all = &*self.instances;
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..all.len())
-            .map(|i| &all[(start + i) % all.len()])
-            .find(|inst| inst.is_healthy() && !tried.iter().any(|t| Arc::ptr_eq(t, inst)))
-    }
-
-    /// Picks a healthy instance, round robin; `None` when none is healthy.
+    /// Picks a healthy instance, round robin, of the newest version if one
+    /// of it is healthy; `None` when none is healthy.
     pub(crate) fn pick(&self) -> Option<&Arc<Instance>> {
-        match &*self.instances {
+        match &*self.routable {
             [] => None,
             [only] => only.is_healthy().then_some(only),
-            all => {
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
-                (0..all.len())
-                    .map(|i| &all[(start + i) % all.len()])
-                    .find(|inst| inst.is_healthy())
-            }
+            _ => self.pick_where(|_| true),
         }
     }
+
+    /// As [`WaifuRoute::pick`], other than those in `tried`.
+    pub(crate) fn pick_except(&self, tried: &[Arc<Instance>]) -> Option<&Arc<Instance>> {
+        self.pick_where(|i| !tried.iter().any(|t| Arc::ptr_eq(t, i)))
+    }
+
+    fn pick_where(&self, allowed: impl Fn(&Arc<Instance>) -> bool) -> Option<&Arc<Instance>> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let (newest, older) = self.routable.split_at(self.newest);
+        // An older instance serves only while no newest one is healthy,
+        // whether or not `allowed` takes it.
+        round(newest, start, &allowed).or_else(|| {
+            if newest.iter().any(|i| i.is_healthy()) {
+                None
+            } else {
+                round(older, start, &allowed)
+            }
+        })
+    }
+
+    /// Whether `instance` gets no new request: it said goodbye, or it is of
+    /// an older version while one of the newest is healthy.
+    pub(crate) fn draining(&self, instance: &Instance) -> bool {
+        if instance.is_leaving() {
+            return true;
+        }
+        let (newest, _) = self.routable.split_at(self.newest);
+        !newest.iter().any(|i| std::ptr::eq(&**i, instance))
+            && newest.iter().any(|i| i.is_healthy())
+    }
+}
+
+/// The first healthy instance of `group` that `allowed` takes, from the
+/// `start`th on, round the end.
+fn round<'a>(
+    group: &'a [Arc<Instance>],
+    start: usize,
+    allowed: &impl Fn(&Arc<Instance>) -> bool,
+) -> Option<&'a Arc<Instance>> {
+    (0..group.len())
+        .map(|i| &group[(start + i) % group.len()])
+        .find(|inst| inst.is_healthy() && allowed(inst))
+}
+
+/// The routable instances of `instances`, the newest version's first, and
+/// how many those are.
+fn arrange(instances: &[Arc<Instance>]) -> (Box<[Arc<Instance>]>, usize) {
+    let staying = || instances.iter().filter(|i| !i.is_leaving());
+    let Some(latest) = staying().max_by_key(|i| i.version_at_ms) else {
+        return (Box::default(), 0);
+    };
+    let newest_version = latest.version.clone();
+    let is_newest = |i: &&Arc<Instance>| i.version == newest_version;
+    let mut routable: Vec<Arc<Instance>> = staying().filter(is_newest).cloned().collect();
+    let newest = routable.len();
+    routable.extend(staying().filter(|i| !is_newest(i)).cloned());
+    (routable.into_boxed_slice(), newest)
 }
 
 /// One accepted bind, as the proxy matches it.

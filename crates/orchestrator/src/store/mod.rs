@@ -47,8 +47,40 @@ pub(crate) const CHANGES: &str = "waifus_changes";
 #[derive(Debug)]
 pub(crate) struct StoredWaifu {
     pub name: String,
-    pub instances: Vec<(Upstream, bool)>,
+    pub instances: Vec<StoredInstance>,
     pub binds: Vec<(BindKey, String)>,
+}
+
+/// An instance as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredInstance {
+    pub upstream: Upstream,
+    pub healthy: bool,
+    pub version: Option<String>,
+    /// Unix milliseconds since which it announces `version`.
+    pub version_at_ms: i64,
+    /// Unix milliseconds of its goodbye, if it said one.
+    pub goodbye_ms: Option<i64>,
+}
+
+/// The instance columns [`StoredInstance`] is read from, after `name` when
+/// `with_name`.
+const INSTANCE_COLUMNS: &str = "host, healthy, version,
+    floor(extract(epoch FROM version_at) * 1000)::bigint,
+    floor(extract(epoch FROM goodbye_at) * 1000)::bigint";
+
+fn stored_instance(row: &tokio_postgres::Row, at: usize) -> Result<StoredInstance, StoreError> {
+    let host: &str = row.get(at);
+    let upstream = waifus_protocol::parse_host(host).map_err(|e| StoreError::Corrupt {
+        what: format!("instance {host:?}: {e}"),
+    })?;
+    Ok(StoredInstance {
+        upstream,
+        healthy: row.get(at + 1),
+        version: row.get(at + 2),
+        version_at_ms: row.get(at + 3),
+        goodbye_ms: row.get(at + 4),
+    })
 }
 
 /// One bind a hello asks for, already validated.
@@ -126,16 +158,12 @@ impl Store {
         };
         for row in client
             .query(
-                "SELECT host, healthy FROM instances WHERE name = $1",
+                &format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE name = $1"),
                 &[&name],
             )
             .await?
         {
-            let host: &str = row.get(0);
-            let upstream = waifus_protocol::parse_host(host).map_err(|e| StoreError::Corrupt {
-                what: format!("instance {host:?}: {e}"),
-            })?;
-            waifu.instances.push((upstream, row.get(1)));
+            waifu.instances.push(stored_instance(&row, 0)?);
         }
         for row in client
             .query("SELECT bind, target FROM binds WHERE name = $1", &[&name])
@@ -170,7 +198,10 @@ impl Store {
         // on this thread get a turn every few hundred (a periodic resync
         // runs this while proxying).
         for (n, row) in client
-            .query("SELECT name, host, healthy FROM instances", &[])
+            .query(
+                &format!("SELECT name, {INSTANCE_COLUMNS} FROM instances"),
+                &[],
+            )
             .await?
             .into_iter()
             .enumerate()
@@ -178,12 +209,9 @@ impl Store {
             if n % 512 == 511 {
                 tokio::task::yield_now().await;
             }
-            let host: &str = row.get(1);
-            let upstream = waifus_protocol::parse_host(host).map_err(|e| StoreError::Corrupt {
-                what: format!("instance {host:?}: {e}"),
-            })?;
+            let instance = stored_instance(&row, 1)?;
             if let Some(i) = find(&mut waifus, row.get(0)) {
-                waifus[i].instances.push((upstream, row.get(2)));
+                waifus[i].instances.push(instance);
             }
         }
         for (n, row) in client
@@ -206,22 +234,30 @@ impl Store {
         Ok(waifus)
     }
 
-    /// Records a hello atomically: the waifu, the instance, and the binds
-    /// it asks for. Binds held by another waifu are not taken over; binds
-    /// this waifu held but no longer asks for are released. Each change is
-    /// one audit row from `source`, in the same statement.
+    /// Records a hello atomically: the waifu, the instance (with its
+    /// version), and the binds it asks for. Binds held by another waifu are
+    /// not taken over; binds this waifu held but no longer asks for are
+    /// released. Each change is one audit row from `source`, in the same
+    /// statement. An instance that said goodbye is back; one whose version
+    /// changed is a new instance at the same address: either way it starts
+    /// unhealthy, announcing its version from now.
     ///
     /// One statement (its own transaction), so one round trip: a hello took
     /// seven before, and on a busy core each cost more than the commit.
-    /// Data-modifying `WITH` parts all run; the foreign keys to `waifus` are
-    /// checked at the end of the statement, after its insert. The claimed
-    /// and the released binds are disjoint, so no row is touched twice.
+    /// Data-modifying `WITH` parts all run and see the rows as they were
+    /// before the statement; the foreign keys to `waifus` are checked at the
+    /// end of the statement, after its insert. The claimed and the released
+    /// binds are disjoint, so no row is touched twice.
     ///
-    /// Returns, per claim, whether it was granted.
+    /// `version_at` (Unix milliseconds) is when a new instance (or one
+    /// replaced at its address) announces its version from; `None` for one
+    /// known unchanged. Returns, per claim, whether it was granted.
     pub(crate) async fn hello(
         &self,
         name: &str,
         instance: &Upstream,
+        version: Option<&str>,
+        version_at: Option<i64>,
         claims: &[BindClaim<'_>],
         source: &str,
     ) -> Result<Vec<bool>, StoreError> {
@@ -230,11 +266,27 @@ impl Store {
             .prepare_cached(
                 "WITH waifu AS (
                    INSERT INTO waifus (name) VALUES ($1)
-                   ON CONFLICT (name) DO UPDATE SET updated_at = now()
+                   ON CONFLICT (name) DO UPDATE SET updated_at = now(), empty_since = NULL
                    RETURNING xmax = 0 AS added),
+                 prev AS (
+                   SELECT version, goodbye_at FROM instances WHERE name = $1 AND host = $2),
+                 at AS (
+                   SELECT coalesce(timestamptz 'epoch' + $11::bigint * interval '1 millisecond',
+                                   date_trunc('milliseconds', now())) AS t),
                  instance AS (
-                   INSERT INTO instances (name, host) VALUES ($1, $2)
-                   ON CONFLICT (name, host) DO UPDATE SET last_hello = now()
+                   INSERT INTO instances (name, host, version, version_at)
+                   VALUES ($1, $2, $10::text, (SELECT t FROM at))
+                   ON CONFLICT (name, host) DO UPDATE SET
+                     last_hello = now(),
+                     version = EXCLUDED.version,
+                     version_at = CASE
+                       WHEN instances.goodbye_at IS NOT NULL
+                         OR instances.version IS DISTINCT FROM EXCLUDED.version
+                       THEN EXCLUDED.version_at
+                       ELSE instances.version_at END,
+                     healthy = instances.healthy AND instances.goodbye_at IS NULL
+                       AND instances.version IS NOT DISTINCT FROM EXCLUDED.version,
+                     goodbye_at = NULL
                    RETURNING xmax = 0 AS added),
                  -- The statement's snapshot: this waifu's binds before it.
                  before AS (
@@ -260,7 +312,18 @@ impl Store {
                    INSERT INTO audit (action, name, source, detail)
                    SELECT 'waifu_added', $1, $9, 'first hello' FROM waifu WHERE added
                    UNION ALL
-                   SELECT 'instance_added', $1, $9, 'instance ' || $2 FROM instance WHERE added
+                   SELECT 'instance_added', $1, $9, 'instance ' || $2 ||
+                          coalesce(', version ' || $10::text, '')
+                   FROM instance WHERE added
+                   UNION ALL
+                   SELECT 'instance_added', $1, $9, 'instance ' || $2 ||
+                          CASE WHEN p.goodbye_at IS NOT NULL
+                            THEN ' is back after its goodbye'
+                            ELSE ' now runs another version' END ||
+                          coalesce(', version ' || $10::text, ', no version')
+                   FROM instance i, prev p
+                   WHERE NOT i.added AND (p.goodbye_at IS NOT NULL
+                     OR p.version IS DISTINCT FROM $10::text)
                    UNION ALL
                    SELECT 'bind_accepted', $1, $9, 'bind ' || c.bind || ' -> ' ||
                           CASE WHEN c.target = '' THEN '/' ELSE c.target END
@@ -292,6 +355,8 @@ impl Store {
                     &CHANGES,
                     &self.change(name),
                     &source,
+                    &version,
+                    &version_at,
                 ],
             )
             .await?;

@@ -2,6 +2,7 @@
 
 use std::io;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,8 @@ pub(crate) struct IdleConn {
 #[derive(Debug, Default)]
 pub(crate) struct ConnPool {
     idle: Mutex<Vec<IdleConn>>,
+    /// Set once the endpoint is going away: nothing is kept any more.
+    closed: AtomicBool,
 }
 
 impl ConnPool {
@@ -49,6 +52,15 @@ impl ConnPool {
         before - idle.len()
     }
 
+    /// Closes every idle connection and keeps none from now on, so a waifu
+    /// that is leaving does not wait for them to exit.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
+    }
+
     /// How many idle connections are kept now.
     #[cfg(test)]
     pub(crate) fn idle(&self) -> usize {
@@ -56,8 +68,12 @@ impl ConnPool {
     }
 
     pub(super) fn checkin(&self, io: TcpStream) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < MAX_IDLE
+            && !self.closed.load(Ordering::Acquire)
         {
             // Most instances only ever keep their health check's connection:
             // room for one, not the four a first push would make.

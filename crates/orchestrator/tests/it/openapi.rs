@@ -86,6 +86,11 @@ fn validate(spec: &Value, schema: &Value, v: &Value, at: &str, errors: &mut Vec<
     {
         errors.push(format!("{at}: {v} is not one of {allowed:?}"));
     }
+    if let Some(want) = schema.get("const")
+        && want != v
+    {
+        errors.push(format!("{at}: {v} is not {want}"));
+    }
     if let Some(n) = v.as_f64() {
         if schema
             .get("minimum")
@@ -266,10 +271,34 @@ async fn real_responses_match_docs_openapi_yaml() {
             Some(json!({"name": "w", "secret": ""})),
         ),
         (
+            "/__internal/goodbye",
+            "post",
+            "/__internal/goodbye".into(),
+            Some(json!({"name": "w", "host": "127.0.0.1:1", "secret": "s"})),
+        ),
+        (
+            "/__internal/goodbye",
+            "post",
+            "/__internal/goodbye".into(),
+            Some(json!({"name": "Bad", "host": "x"})),
+        ),
+        (
+            "/__internal/goodbye",
+            "post",
+            "/__internal/goodbye".into(),
+            Some(json!({"name": "w", "host": w.host(), "secret": "not-s"})),
+        ),
+        (
             "/__internal/waifus",
             "get",
             "/__internal/waifus".into(),
             None,
+        ),
+        (
+            "/__internal/goodbye",
+            "post",
+            "/__internal/goodbye".into(),
+            Some(json!({"name": "w", "host": w.host(), "secret": "s"})),
         ),
         (
             "/__internal/waifus/{name}/health",
@@ -499,6 +528,10 @@ async fn real_responses_match_docs_openapi_yaml() {
         ("/__internal/hello", "post", 413),
         ("/__internal/hello", "post", 429),
         ("/__internal/audit", "get", 200),
+        ("/__internal/goodbye", "post", 200),
+        ("/__internal/goodbye", "post", 400),
+        ("/__internal/goodbye", "post", 403),
+        ("/__internal/goodbye", "post", 404),
         ("/__internal/audit", "get", 400),
         ("/__internal/database", "post", 403),
         ("/__internal/database", "post", 429),

@@ -54,6 +54,8 @@ pub struct TestWaifu {
     pub healthy: Arc<AtomicBool>,
     pub seen: Arc<Mutex<Vec<String>>>,
     pub release: Arc<Notify>,
+    /// Connections open to it now.
+    pub conns: Arc<std::sync::atomic::AtomicUsize>,
     stop: CancellationToken,
 }
 
@@ -86,6 +88,7 @@ impl TestWaifu {
             healthy: Arc::new(AtomicBool::new(true)),
             seen: Arc::default(),
             release: Arc::new(Notify::new()),
+            conns: Arc::default(),
             stop: CancellationToken::new(),
         };
         let state = State {
@@ -95,6 +98,7 @@ impl TestWaifu {
             release: waifu.release.clone(),
         };
         let stop = waifu.stop.clone();
+        let conns = waifu.conns.clone();
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
@@ -103,6 +107,8 @@ impl TestWaifu {
                 };
                 let state = state.clone();
                 let stop = stop.clone();
+                let conns = conns.clone();
+                conns.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         let state = state.clone();
@@ -115,6 +121,7 @@ impl TestWaifu {
                         _ = conn => {}
                         () = stop.cancelled() => {}
                     }
+                    conns.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
