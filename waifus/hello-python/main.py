@@ -12,10 +12,17 @@ variables as the Rust SDK:
   ORCHESTRATOR_TOKEN  the orchestrator's INTERNAL_TOKEN, sent as a bearer token
   WAIFU_BINDS       a JSON object like {"https://hello.waifu": "/"}
   LISTEN_ADDR       default 0.0.0.0 (all interfaces)
+  WAIFU_VERSION     this build's version, sent with every hello (default: none)
+  DRAIN_FOR         seconds to wait for in-flight requests on shutdown (default 25)
 
 It says hello with retry and capped exponential backoff (and again every
 30 s), answers GET /__internal/health with 204, asks for its database and
 logs the answer's fields except the password, and serves GET / with 200.
+
+On SIGTERM (or SIGINT) it leaves gracefully: it stops saying hello, says
+goodbye (retrying for up to 5 s), waits 1 s so that every orchestrator
+replica has stopped sending it new requests, stops accepting connections,
+waits for the requests in flight (at most DRAIN_FOR seconds) and exits 0.
 """
 
 import json
@@ -46,6 +53,8 @@ def settings():
         "listen": os.environ.get("LISTEN_ADDR", "0.0.0.0"),
         "secret": os.environ.get("WAIFU_SECRET") or None,
         "binds": json.loads(binds) if binds else {},
+        "version": os.environ.get("WAIFU_VERSION", "").strip() or None,
+        "drain_for": float(os.environ.get("DRAIN_FOR", "25")),
     }
 
 
@@ -78,13 +87,25 @@ def backoff(attempt):
     return min(0.25 * 2 ** min(attempt, 16), 30.0) * random.uniform(0.8, 1.2)
 
 
-def announce(cfg):
-    """Says hello until it works, then again every 30 s."""
-    body = {"name": cfg["name"], "host": cfg["host"], "additionalBinds": cfg["binds"]}
+LEAVING = threading.Event()
+
+
+def identity(cfg):
+    """The fields hello and goodbye share."""
+    body = {"name": cfg["name"], "host": cfg["host"]}
     if cfg["secret"]:
         body["secret"] = cfg["secret"]
+    return body
+
+
+def announce(cfg):
+    """Says hello until it works, then again every 30 s, until the waifu leaves."""
+    body = identity(cfg)
+    body["additionalBinds"] = cfg["binds"]
+    if cfg["version"]:
+        body["version"] = cfg["version"]
     attempt = 0
-    while True:
+    while not LEAVING.is_set():
         try:
             status, answer = post(cfg["orchestrator"] + "/__internal/hello", body)
         except OSError as e:
@@ -98,12 +119,32 @@ def announce(cfg):
                     else:
                         log.warning("bind refused: %s (%s)", b["bind"], b.get("reason"))
             attempt = 0
-            time.sleep(30)
+            LEAVING.wait(30)
         else:
             wait = backoff(attempt)
             log.warning("hello failed (%s: %s); retrying in %.1f s", status, answer, wait)
             attempt += 1
-            time.sleep(wait)
+            LEAVING.wait(wait)
+
+
+def goodbye(cfg):
+    """Says goodbye, retrying for up to 5 s; True once the orchestrator drains this instance."""
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            status, answer = post(cfg["orchestrator"] + "/__internal/goodbye", identity(cfg), timeout=2)
+        except OSError as e:
+            status, answer = None, str(e)
+        if status == 200:
+            return True
+        if status is not None and 400 <= status < 500 and status != 429:
+            # 404: the orchestrator does not know this instance; nothing to drain.
+            log.warning("goodbye refused (%s): %s", status, answer)
+            return False
+        if time.monotonic() >= deadline:
+            log.warning("goodbye failed (%s: %s); leaving anyway", status, answer)
+            return False
+        time.sleep(0.25)
 
 
 def ask_database(cfg):
@@ -133,8 +174,50 @@ def ask_database(cfg):
         time.sleep(wait)
 
 
+class InFlight:
+    """Counts requests being answered, so that shutdown can wait for them."""
+
+    def __init__(self):
+        self.count = 0
+        self.changed = threading.Condition()
+
+    def __enter__(self):
+        with self.changed:
+            self.count += 1
+
+    def __exit__(self, *_):
+        with self.changed:
+            self.count -= 1
+            self.changed.notify_all()
+
+    def wait_idle(self, timeout):
+        with self.changed:
+            return self.changed.wait_for(lambda: self.count == 0, timeout)
+
+
+IN_FLIGHT = InFlight()
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body are separate writes: without this, Nagle's algorithm
+    # holds the body until the client's delayed ACK, 40 ms per request.
+    disable_nagle_algorithm = True
+
+    def handle_one_request(self):
+        # Counted from the first byte of a request, not while a keep-alive
+        # connection waits for one.
+        try:
+            ready = self.rfile.peek(1)
+        except (OSError, ValueError):
+            ready = b""
+        if not ready:
+            self.close_connection = True
+            return
+        with IN_FLIGHT:
+            super().handle_one_request()
+            if LEAVING.is_set():
+                self.close_connection = True
 
     def do_GET(self):
         path = self.path.split("?", 1)[0]
@@ -167,13 +250,25 @@ def main():
     threading.Thread(target=announce, args=(cfg,), daemon=True).start()
     threading.Thread(target=ask_database, args=(cfg,), daemon=True).start()
 
+    def leave():
+        log.info("shutting down: saying goodbye")
+        if goodbye(cfg):
+            # Every orchestrator replica stops sending new requests within 1 s.
+            time.sleep(1)
+        server.shutdown()
+
     def stop(_signum, _frame):
-        log.info("shutting down")
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        if not LEAVING.is_set():
+            LEAVING.set()
+            threading.Thread(target=leave, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     server.serve_forever()
+    server.server_close()
+    if not IN_FLIGHT.wait_idle(cfg["drain_for"]):
+        log.warning("%d requests still in flight after %.0f s; exiting", IN_FLIGHT.count, cfg["drain_for"])
+    log.info("bye")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,11 @@ async fn main() -> ExitCode {
         .init();
     let app = Router::new().route("/", get(|| async { "hello from waifus\n" }));
     let served = match waifu::Waifu::from_env() {
-        Ok(w) => w.serve(app).await.map_err(|e| e.to_string()),
+        Ok(w) => w
+            .default_version(env!("CARGO_PKG_VERSION"))
+            .serve(app)
+            .await
+            .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     match served {

@@ -44,7 +44,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let waifu = waifu::Waifu::from_env()?;
+    let waifu = waifu::Waifu::from_env()?.default_version(env!("CARGO_PKG_VERSION"));
     let pool = connect(&waifu).await?;
     let app = Router::new()
         .route("/link", post(create))

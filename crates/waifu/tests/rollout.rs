@@ -1,0 +1,673 @@
+//! Deploys under load, end to end, every part a real process: the
+//! orchestrator on its managed PostgreSQL, waifus built on this SDK (this test
+//! binary started again as a waifu, see [`rollout_waifu`]) and the Python
+//! waifu, with eight keep-alive clients sending requests through the public
+//! proxy the whole time.
+//!
+//! - a new version replaces the old one and the old one gets SIGTERM: no
+//!   request fails, every POST is done exactly once, and once the new version
+//!   has answered, no request started later is answered by the old one;
+//! - an SDK waifu gets SIGTERM: it says goodbye, leaves, exits 0, and no
+//!   request fails;
+//! - an instance that said goodbye is then killed with SIGKILL: no request fails;
+//! - an instance is killed with SIGKILL without a goodbye: only requests it
+//!   had already received may fail, and none is done twice;
+//! - the Python waifu gets SIGTERM under load: no request fails.
+//!
+//! Tests run one at a time (each has its own orchestrator) so that their
+//! load does not add up on a small machine.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::{get, post};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// Set in the environment of this binary when it runs as a waifu; the value
+/// is the file where the waifu writes the key of every `POST /work` it does.
+const AS_WAIFU: &str = "ROLLOUT_TEST_WAIFU_LOG";
+
+/// Not a test of its own: the waifu the other tests start, by running this
+/// binary again with only this test selected and [`AS_WAIFU`] set. It answers
+/// `GET /` and `POST /work` with `"{version} {host}"`, writing the request's
+/// `x-key` to its log before answering.
+#[test]
+fn rollout_waifu() {
+    let Ok(log) = std::env::var(AS_WAIFU) else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let code = runtime.block_on(serve_as_waifu(PathBuf::from(log)));
+    std::process::exit(code);
+}
+
+async fn serve_as_waifu(log: PathBuf) -> i32 {
+    let waifu = waifu::Waifu::from_env().unwrap();
+    let who = format!(
+        "{} {}",
+        std::env::var("WAIFU_VERSION").unwrap_or_default(),
+        std::env::var("WAIFU_HOST").unwrap()
+    );
+    let log = Arc::new(Mutex::new(
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap(),
+    ));
+    let answer = who.clone();
+    let app = Router::new()
+        .route("/", get(move || async move { answer }))
+        .route(
+            "/work",
+            post(move |headers: http::HeaderMap, body: Bytes| async move {
+                let key = headers["x-key"].to_str().unwrap().to_owned();
+                assert_eq!(body.len(), BODY, "the whole upload arrives");
+                writeln!(log.lock().unwrap(), "{key}").unwrap();
+                who
+            }),
+        );
+    match waifu.serve(app).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+/// The size of every POST body.
+const BODY: usize = 4096;
+/// Keep-alive clients sending requests the whole time.
+const CLIENTS: usize = 8;
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The orchestrator binary, built beside this test's binary by
+/// `cargo test --workspace`.
+fn orchestrator_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("orchestrator");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run the suite with `cargo test --workspace`, which builds it",
+        bin.display()
+    );
+    bin
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
+struct Proc(Child);
+
+impl Proc {
+    fn spawn(cmd: &mut Command) -> Proc {
+        Proc(cmd.stdin(Stdio::null()).spawn().unwrap())
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill {sig}");
+    }
+
+    /// Waits for the process to exit by itself; its exit code.
+    async fn exit_code(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "still running after {within:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// One orchestrator with its own managed PostgreSQL in a temporary directory
+/// (removed when the test passes).
+struct Platform {
+    dir: PathBuf,
+    public: SocketAddr,
+    internal: SocketAddr,
+    orchestrator: Proc,
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        // SIGTERM, so that the orchestrator stops its PostgreSQL.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.orchestrator.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.orchestrator.0.try_wait() {
+                if !std::thread::panicking() {
+                    let _ = std::fs::remove_dir_all(&self.dir);
+                }
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Platform {
+    async fn start(test: &str) -> Platform {
+        let dir = std::env::temp_dir().join(format!(
+            "waifus-rollout-{test}-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let public: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let internal: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let orchestrator = Proc::spawn(
+            Command::new(orchestrator_bin())
+                .env("DATA_DIR", dir.join("data"))
+                .env("PUBLIC_ADDR", public.to_string())
+                .env("INTERNAL_ADDR", internal.to_string())
+                .env("HEALTH_INTERVAL", "500ms")
+                .stderr(std::fs::File::create(dir.join("orchestrator.log")).unwrap()),
+        );
+        let platform = Platform {
+            dir,
+            public,
+            internal,
+            orchestrator,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while fetch(public, "GET", "/__nothing", None).await.is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the orchestrator did not start: see {}",
+                platform.dir.join("orchestrator.log").display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        platform
+    }
+
+    /// A waifu of this SDK, named `name`, announcing `version`.
+    fn sdk_waifu(&self, name: &str, version: &str, label: &str) -> (Proc, PathBuf, String) {
+        let port = free_port();
+        let host = format!("127.0.0.1:{port}");
+        let log = self.dir.join(format!("{label}.keys"));
+        let waifu = Proc::spawn(
+            Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "rollout_waifu",
+                    "--exact",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(AS_WAIFU, &log)
+                .env("ORCHESTRATOR_URL", format!("http://{}", self.internal))
+                .env("WAIFU_NAME", name)
+                .env("WAIFU_HOST", &host)
+                .env("WAIFU_VERSION", version)
+                .env("PORT", port.to_string())
+                .env("LISTEN_ADDR", "127.0.0.1")
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(self.dir.join(format!("{label}.log"))).unwrap()),
+        );
+        (waifu, log, host)
+    }
+
+    /// Waits until `GET /{name}/` answers 200 with a body starting with `prefix`.
+    async fn until_answered(&self, name: &str, prefix: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some((200, body)) = fetch(self.public, "GET", &format!("/{name}/"), None).await
+                && body.starts_with(prefix)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/{name}/ never answered {prefix:?}: see {}",
+                self.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `name` has `count` healthy instances that are not draining.
+    async fn until_serving(&self, name: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let serving = match fetch(self.internal, "GET", "/__internal/waifus", None).await {
+                Some((200, body)) => {
+                    let list: Vec<waifu::waifus_protocol::WaifuInfo> =
+                        serde_json::from_str(&body).unwrap();
+                    list.iter()
+                        .filter(|w| w.name == name)
+                        .flat_map(|w| &w.instances)
+                        .filter(|i| i.healthy && !i.draining)
+                        .count()
+                }
+                _ => 0,
+            };
+            if serving == count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never had {count} instances serving"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The actions of `name`'s audit log, newest first.
+    async fn audited(&self, name: &str) -> Vec<String> {
+        let path = format!("/__internal/audit?name={name}");
+        let (status, audit) = fetch(self.internal, "GET", &path, None).await.unwrap();
+        assert_eq!(status, 200, "{audit}");
+        let audit: Vec<serde_json::Value> = serde_json::from_str(&audit).unwrap();
+        audit
+            .iter()
+            .map(|e| e["action"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    async fn goodbye(&self, name: &str, host: &str) {
+        let body = serde_json::json!({ "name": name, "host": host }).to_string();
+        let answer = fetch(self.internal, "POST", "/__internal/goodbye", Some(body)).await;
+        assert_eq!(answer.map(|a| a.0), Some(200), "goodbye");
+    }
+}
+
+/// One request with its own connection; `None` when it could not be done.
+async fn fetch(
+    to: SocketAddr,
+    method: &str,
+    path: &str,
+    json: Option<String>,
+) -> Option<(u16, String)> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let request = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{to}{path}"))
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(json.unwrap_or_default())))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+        .await
+        .ok()?
+        .ok()?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// What one request of the load got.
+#[derive(Debug, Clone)]
+struct Outcome {
+    started: Instant,
+    ended: Instant,
+    /// The `x-key` of a POST.
+    key: Option<String>,
+    /// The status, or `None` when the connection failed.
+    status: Option<u16>,
+    body: String,
+}
+
+/// Eight keep-alive clients sending requests to `/{name}/` until stopped:
+/// alternately `GET /` and, when `posts`, `POST /work` with a 4 KiB body.
+struct Load {
+    stop: Arc<AtomicBool>,
+    outcomes: Arc<Mutex<Vec<Outcome>>>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(public: SocketAddr, name: &str, posts: bool) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let clients = (0..CLIENTS)
+            .map(|c| {
+                let (stop, outcomes, name) = (stop.clone(), outcomes.clone(), name.to_owned());
+                tokio::spawn(async move {
+                    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+                        .pool_max_idle_per_host(1)
+                        .build_http();
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let post = posts && n.is_multiple_of(2);
+                        let key = post.then(|| format!("c{c}-{n}"));
+                        let mut request = http::Request::builder().header("host", "localhost");
+                        let body = if let Some(key) = &key {
+                            request = request
+                                .method("POST")
+                                .uri(format!("http://{public}/{name}/work"))
+                                .header("x-key", key);
+                            Bytes::from(vec![b'x'; BODY])
+                        } else {
+                            request = request.uri(format!("http://{public}/{name}/"));
+                            Bytes::new()
+                        };
+                        let started = Instant::now();
+                        let got = async {
+                            let response = client
+                                .request(request.body(Full::new(body)).unwrap())
+                                .await
+                                .ok()?;
+                            let status = response.status().as_u16();
+                            let body = response.into_body().collect().await.ok()?.to_bytes();
+                            Some((status, String::from_utf8_lossy(&body).into_owned()))
+                        };
+                        let got = tokio::time::timeout(Duration::from_secs(60), got)
+                            .await
+                            .ok()
+                            .flatten();
+                        let (status, body) = match got {
+                            Some((status, body)) => (Some(status), body),
+                            None => (None, String::new()),
+                        };
+                        outcomes.lock().unwrap().push(Outcome {
+                            started,
+                            ended: Instant::now(),
+                            key,
+                            status,
+                            body,
+                        });
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            outcomes,
+            clients,
+        }
+    }
+
+    /// Waits until some answer's body starts with `prefix`; when it ended.
+    async fn until_answered_by(&self, prefix: &str) -> Instant {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let first = self
+                .outcomes
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|o| o.status == Some(200) && o.body.starts_with(prefix))
+                .map(|o| o.ended)
+                .min();
+            if let Some(at) = first {
+                return at;
+            }
+            assert!(Instant::now() < deadline, "nothing answered by {prefix:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn finish(self) -> Vec<Outcome> {
+        self.stop.store(true, Ordering::Relaxed);
+        for client in self.clients {
+            client.await.unwrap();
+        }
+        let outcomes = self.outcomes.lock().unwrap().clone();
+        eprintln!(
+            "{} requests, {} failed",
+            outcomes.len(),
+            outcomes.iter().filter(|o| o.status != Some(200)).count()
+        );
+        outcomes
+    }
+}
+
+/// The keys written by the waifus' logs, with how often each was written.
+fn done_keys(logs: &[&Path]) -> HashMap<String, usize> {
+    let mut done = HashMap::new();
+    for log in logs {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        for key in text.lines() {
+            *done.entry(key.to_owned()).or_insert(0) += 1;
+        }
+    }
+    done
+}
+
+/// Every POST that was answered 200 was done exactly once, and no POST was
+/// done that the load did not send or was done twice.
+fn each_post_done_once(outcomes: &[Outcome], logs: &[&Path]) {
+    let done = done_keys(logs);
+    let sent: HashMap<&str, &Outcome> = outcomes
+        .iter()
+        .filter_map(|o| o.key.as_deref().map(|k| (k, o)))
+        .collect();
+    assert!(sent.len() > 100, "the load sent only {} POSTs", sent.len());
+    for (key, times) in &done {
+        assert_eq!(*times, 1, "POST {key} was done {times} times");
+        assert!(sent.contains_key(key.as_str()), "POST {key} was never sent");
+    }
+    for (key, outcome) in &sent {
+        if outcome.status == Some(200) {
+            assert!(
+                done.contains_key(*key),
+                "POST {key} answered 200 but not done"
+            );
+        }
+    }
+}
+
+fn failures(outcomes: &[Outcome]) -> Vec<&Outcome> {
+    outcomes.iter().filter(|o| o.status != Some(200)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_replaces_the_old_under_load_with_no_failed_request() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let platform = Platform::start("versions").await;
+    let (mut old, old_log, _) = platform.sdk_waifu("roll", "1.0.0", "old");
+    platform.until_answered("roll", "1.0.0 ").await;
+
+    let load = Load::start(platform.public, "roll", true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (mut new, new_log, _) = platform.sdk_waifu("roll", "2.0.0", "new");
+    let first_new = load.until_answered_by("2.0.0 ").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    old.signal("-TERM");
+    assert_eq!(old.exit_code(Duration::from_secs(30)).await, Some(0));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let outcomes = load.finish().await;
+
+    assert!(failures(&outcomes).is_empty(), "{:?}", failures(&outcomes));
+    each_post_done_once(&outcomes, &[&old_log, &new_log]);
+    let old_answers = outcomes.iter().filter(|o| o.body.starts_with("1.0.0 "));
+    assert!(old_answers.clone().count() > 50, "the old version served");
+    let late: Vec<_> = old_answers.filter(|o| o.started > first_new).collect();
+    assert!(
+        late.is_empty(),
+        "the old version answered requests sent after the new one had: {late:?}"
+    );
+    new.signal("-TERM");
+    assert_eq!(new.exit_code(Duration::from_secs(30)).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sdk_waifu_says_goodbye_on_sigterm_and_leaves_with_no_failed_request() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let platform = Platform::start("sigterm").await;
+    let (mut a, a_log, a_host) = platform.sdk_waifu("calm", "1", "a");
+    let (_b, b_log, b_host) = platform.sdk_waifu("calm", "1", "b");
+    platform
+        .until_answered("calm", &format!("1 {a_host}"))
+        .await;
+    platform
+        .until_answered("calm", &format!("1 {b_host}"))
+        .await;
+
+    let load = Load::start(platform.public, "calm", true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    a.signal("-TERM");
+    assert_eq!(a.exit_code(Duration::from_secs(30)).await, Some(0));
+    // Its goodbye removed it: only b is left, with no health check needed.
+    platform.until_serving("calm", 1).await;
+    let (status, list) = fetch(platform.internal, "GET", "/__internal/waifus", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(!list.contains(&a_host), "{list}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let outcomes = load.finish().await;
+
+    assert!(failures(&outcomes).is_empty(), "{:?}", failures(&outcomes));
+    each_post_done_once(&outcomes, &[&a_log, &b_log]);
+    let actions = platform.audited("calm").await;
+    assert!(actions.iter().any(|a| a == "goodbye"), "{actions:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_killed_after_its_goodbye_fails_no_request() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let platform = Platform::start("goodbye-kill").await;
+    let (mut a, a_log, a_host) = platform.sdk_waifu("pair", "1", "a");
+    let (_b, b_log, b_host) = platform.sdk_waifu("pair", "1", "b");
+    platform
+        .until_answered("pair", &format!("1 {a_host}"))
+        .await;
+    platform
+        .until_answered("pair", &format!("1 {b_host}"))
+        .await;
+
+    let load = Load::start(platform.public, "pair", true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    platform.goodbye("pair", &a_host).await;
+    let said_goodbye = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    a.signal("-KILL");
+    a.exit_code(Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let outcomes = load.finish().await;
+
+    assert!(failures(&outcomes).is_empty(), "{:?}", failures(&outcomes));
+    each_post_done_once(&outcomes, &[&a_log, &b_log]);
+    let a_prefix = format!("1 {a_host}");
+    let a_answers = outcomes.iter().filter(|o| o.body == a_prefix);
+    assert!(
+        a_answers.clone().count() > 20,
+        "a served before its goodbye"
+    );
+    let late: Vec<_> = a_answers.filter(|o| o.started > said_goodbye).collect();
+    assert!(late.is_empty(), "a answered after its goodbye: {late:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_killed_without_goodbye_fails_only_requests_it_had_received() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let platform = Platform::start("kill").await;
+    let (mut a, a_log, a_host) = platform.sdk_waifu("crash", "1", "a");
+    let (_b, b_log, b_host) = platform.sdk_waifu("crash", "1", "b");
+    platform
+        .until_answered("crash", &format!("1 {a_host}"))
+        .await;
+    platform
+        .until_answered("crash", &format!("1 {b_host}"))
+        .await;
+
+    let load = Load::start(platform.public, "crash", true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    a.signal("-KILL");
+    a.exit_code(Duration::from_secs(10)).await;
+    // Its sockets are closed once it has exited.
+    let killed = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let outcomes = load.finish().await;
+
+    // At most the request each client had in flight on `a` when it died,
+    // answered by the orchestrator (a 502), and none done twice.
+    let failed = failures(&outcomes);
+    assert!(failed.len() <= CLIENTS, "{failed:?}");
+    for f in &failed {
+        assert_eq!(f.status, Some(502), "{f:?}");
+        assert!(
+            f.started < killed,
+            "a request sent after the kill failed: {f:?}"
+        );
+    }
+    each_post_done_once(&outcomes, &[&a_log, &b_log]);
+    let after = outcomes.iter().filter(|o| o.started > killed).count();
+    assert!(after > 100, "only {after} requests after the kill");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_waifu_leaves_under_load_with_no_failed_request() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let platform = Platform::start("python").await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../waifus/hello-python/main.py");
+    let python = |label: &str, version: &str| {
+        let port = free_port();
+        Proc::spawn(
+            Command::new("python3")
+                .arg(&script)
+                .env("ORCHESTRATOR_URL", format!("http://{}", platform.internal))
+                .env("WAIFU_NAME", "py")
+                .env("WAIFU_HOST", format!("127.0.0.1:{port}"))
+                .env("WAIFU_VERSION", version)
+                .env("PORT", port.to_string())
+                .env("LISTEN_ADDR", "127.0.0.1")
+                .stderr(std::fs::File::create(platform.dir.join(format!("{label}.log"))).unwrap()),
+        )
+    };
+    let mut a = python("a", "1");
+    platform.until_answered("py", "hello from python").await;
+
+    let load = Load::start(platform.public, "py", false);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _b = python("b", "1");
+    platform.until_serving("py", 2).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    a.signal("-TERM");
+    assert_eq!(a.exit_code(Duration::from_secs(30)).await, Some(0));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let outcomes = load.finish().await;
+
+    assert!(failures(&outcomes).is_empty(), "{:?}", failures(&outcomes));
+    assert!(outcomes.len() > 200, "only {} requests", outcomes.len());
+    let log = std::fs::read_to_string(platform.dir.join("a.log")).unwrap();
+    assert!(log.contains("saying goodbye"), "{log}");
+    assert!(log.ends_with("bye\n"), "{log}");
+    let actions = platform.audited("py").await;
+    assert!(actions.iter().any(|a| a == "goodbye"), "{actions:?}");
+}
