@@ -1,0 +1,71 @@
+//! The `hello` binary serves its greeting and its health check before any
+//! orchestrator exists (it keeps saying hello in the background), and leaves
+//! on SIGTERM with exit code 0 even when its goodbye cannot be delivered.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    Some(answer)
+}
+
+#[test]
+fn serves_before_the_orchestrator_exists_and_exits_zero_on_sigterm() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let unreachable = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hello"))
+        .env("ORCHESTRATOR_URL", format!("http://{unreachable}"))
+        .env("WAIFU_NAME", "hello")
+        .env("WAIFU_HOST", format!("127.0.0.1:{port}"))
+        .env("PORT", port.to_string())
+        .env("LISTEN_ADDR", "127.0.0.1")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let greeting = loop {
+        if let Some(answer) = get(port, "/") {
+            break answer;
+        }
+        assert!(Instant::now() < deadline, "hello never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(greeting.starts_with("HTTP/1.1 200"), "{greeting}");
+    assert!(greeting.ends_with("hello from waifus\n"), "{greeting}");
+    let health = get(port, "/__internal/health").unwrap();
+    assert!(health.starts_with("HTTP/1.1 204"), "{health}");
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "hello did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+}
