@@ -3,8 +3,10 @@
 //!
 //! The state lives in the orchestrator's own database, created if missing and
 //! migrated under an advisory lock so several orchestrators can start at once.
-//! Every connection has bounded connect and statement timeouts: an unreachable
-//! server turns into a [`StoreError`] within seconds, never a hang.
+//! Every connection has bounded connect and statement timeouts, and TCP
+//! bounds on unanswered data and silent peers: an unreachable server, or one
+//! cut off by a network partition mid-query or while a session idles, turns
+//! into a [`StoreError`] within seconds, never a hang.
 
 pub(crate) mod acme;
 mod audit;
@@ -26,6 +28,15 @@ use waifus_protocol::{BindKey, Upstream};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bound on any one statement, set server-side.
 const STATEMENT_TIMEOUT_MS: u32 = 4000;
+/// Bound on data the server has not acknowledged (`TCP_USER_TIMEOUT`): a
+/// partition mid-query breaks the connection instead of leaving the query
+/// waiting for the kernel's retransmissions (about 15 minutes).
+const UNACKED_TIMEOUT: Duration = Duration::from_secs(6);
+/// Keepalive probes on idle connections (the LISTEN session idles): the
+/// first after 5 s of silence, then every second, 3 unanswered ones break it.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVE_RETRIES: u32 = 3;
 
 /// Handle to the state database.
 #[derive(Clone, Debug)]
@@ -101,7 +112,11 @@ impl Store {
             .connect_timeout(CONNECT_TIMEOUT)
             .options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"))
             .application_name("waifus-orchestrator")
-            .keepalives(true);
+            .keepalives(true)
+            .keepalives_idle(KEEPALIVE_IDLE)
+            .keepalives_interval(KEEPALIVE_INTERVAL)
+            .keepalives_retries(KEEPALIVE_RETRIES)
+            .tcp_user_timeout(UNACKED_TIMEOUT);
         migrate::ensure_database(&config).await?;
         let session_config = std::sync::Arc::new(config.clone());
         let manager = Manager::from_config(
