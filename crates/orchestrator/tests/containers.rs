@@ -959,20 +959,13 @@ async fn two_orchestrators_behind_haproxy_survive_partitions_a_lost_leader_and_a
         return;
     }
     let images = tokio::task::block_in_place(images);
-    let pg_rootfs = tokio::task::block_in_place(|| {
-        ok(
-            &mut docker(&[
-                "image",
-                "inspect",
-                "-f",
-                "{{.Config.Entrypoint}}",
-                &images.postgres,
-            ]),
-            Duration::from_secs(30),
-        );
-        images.postgres.clone()
-    });
-    let cluster = tokio::task::block_in_place(|| Cluster::new("ha", &["db", "app"], &["data"]));
+    // The PostgreSQL image also holds HAProxy (one Debian root filesystem).
+    let pg_image = images.postgres.clone();
+    let cluster = tokio::task::block_in_place(|| Cluster::new("ha", &["db", "app"], &[]));
+    // The key waifu passwords are derived under, the same file on both, as a
+    // secret would be: read-only, made elsewhere.
+    let key = std::env::temp_dir().join(format!("{}-db-password.key", cluster.prefix));
+    std::fs::write(&key, format!("{}\n", "5a".repeat(32))).unwrap();
     let url = "postgres://waifus:ha-test-password@postgres:5432/waifus";
     let orchestrator = |short: &str| {
         cluster.run(
@@ -989,7 +982,7 @@ async fn two_orchestrators_behind_haproxy_survive_partitions_a_lost_leader_and_a
                 "RESYNC_INTERVAL=10s",
                 "--read-only",
                 "-v",
-                &format!("{}:/data", cluster.name("data")),
+                &format!("{}:/data/db-password.key:ro", key.display()),
                 "-p",
                 "127.0.0.1::8080",
                 &images.orchestrator,
@@ -1031,14 +1024,25 @@ async fn two_orchestrators_behind_haproxy_survive_partitions_a_lost_leader_and_a
                 "POSTGRES_PASSWORD=ha-test-password",
                 "-e",
                 "POSTGRES_DB=waifus",
-                &pg_rootfs,
+                &pg_image,
             ],
         );
         orchestrator("a");
         ready("a");
-        // b after a: a made the shared key in the data volume.
         orchestrator("b");
         ready("b");
+        // One key: both derive the same database password.
+        let database = |short: &str| {
+            let (status, body) = internal_of(
+                &cluster.name(short),
+                "POST",
+                "/__internal/database",
+                r#"{"name":"keyed","secret":"keyed-test-secret"}"#,
+            );
+            assert_eq!(status, 200, "{body}");
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()["password"].clone()
+        };
+        assert_eq!(database("a"), database("b"));
         let config = std::env::temp_dir().join(format!("{}-haproxy.cfg", cluster.prefix));
         std::fs::write(&config, HAPROXY).unwrap();
         cluster.run(
@@ -1051,7 +1055,7 @@ async fn two_orchestrators_behind_haproxy_survive_partitions_a_lost_leader_and_a
                 "127.0.0.1::80",
                 "--entrypoint",
                 "haproxy",
-                &pg_rootfs,
+                &pg_image,
                 "-db",
                 "-f",
                 "/etc/haproxy/haproxy.cfg",
@@ -1195,4 +1199,7 @@ async fn two_orchestrators_behind_haproxy_survive_partitions_a_lost_leader_and_a
             .unwrap();
         assert_eq!(status, 200);
     }
+    let _ = std::fs::remove_file(&key);
+    let _ =
+        std::fs::remove_file(std::env::temp_dir().join(format!("{}-haproxy.cfg", cluster.prefix)));
 }
