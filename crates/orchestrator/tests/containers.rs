@@ -384,26 +384,7 @@ impl Stack {
     /// A call to the internal API from inside the orchestrator's container
     /// (the only place it can be reached): status and body.
     fn internal(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        let script = format!(
-            "exec 3<>/dev/tcp/127.0.0.1/2137 && printf '{method} {path} HTTP/1.0\\r\\nContent-Type: application/json\\r\\nContent-Length: {}\\r\\n\\r\\n%s' \"$BODY\" >&3 && cat <&3",
-            body.len()
-        );
-        let out = run(
-            docker(&["exec", "-e", &format!("BODY={body}"), &self.orchestrator()])
-                .args(["bash", "-c", &script]),
-            Duration::from_secs(30),
-        );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        (status, body)
+        internal_of(&self.orchestrator(), method, path, body)
     }
 
     /// The healthy instances of `name` that are not draining.

@@ -18,8 +18,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry as PromRegistry;
 
-use crate::routing::Routes;
 use crate::routing::stats::{CLASSES, LATENCY_BUCKETS, METHODS, RequestStats};
+use crate::routing::{Instance, RouteTable, Routes, WaifuRoute};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
@@ -245,36 +245,20 @@ impl Collector for ProxyCollector {
             }
         }
 
-        let mut health = encoder.encode_descriptor(
+        instance_gauge(
+            &mut encoder,
+            &routes,
             "instance_healthy",
             "1 when an instance passes its health checks and receives traffic",
-            None,
-            MetricType::Gauge,
+            |_, instance| instance.is_healthy(),
         )?;
-        for waifu in routes.waifu_routes() {
-            for instance in waifu.instances.iter() {
-                let upstream = instance.upstream.to_string();
-                let labels = [("waifu", &*waifu.name), ("instance", upstream.as_str())];
-                health
-                    .encode_family(&labels)?
-                    .encode_gauge(&i64::from(instance.is_healthy()))?;
-            }
-        }
-        let mut draining = encoder.encode_descriptor(
+        instance_gauge(
+            &mut encoder,
+            &routes,
             "instance_draining",
             "1 when an instance gets no new request: it said goodbye, or a newer version serves",
-            None,
-            MetricType::Gauge,
+            |waifu, instance| waifu.draining(instance),
         )?;
-        for waifu in routes.waifu_routes() {
-            for instance in waifu.instances.iter() {
-                let upstream = instance.upstream.to_string();
-                let labels = [("waifu", &*waifu.name), ("instance", upstream.as_str())];
-                draining
-                    .encode_family(&labels)?
-                    .encode_gauge(&i64::from(waifu.draining(instance)))?;
-            }
-        }
         let mut info = encoder.encode_descriptor(
             "instance_version",
             "the version an instance announced (always 1; the version is the label)",
@@ -301,6 +285,27 @@ impl Collector for ProxyCollector {
         }
         Ok(())
     }
+}
+
+/// One 0/1 gauge per instance, labelled by waifu and instance.
+fn instance_gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    routes: &RouteTable,
+    name: &str,
+    help: &str,
+    value: impl Fn(&WaifuRoute, &Instance) -> bool,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for waifu in routes.waifu_routes() {
+        for instance in waifu.instances.iter() {
+            let upstream = instance.upstream.to_string();
+            let labels = [("waifu", &*waifu.name), ("instance", upstream.as_str())];
+            family
+                .encode_family(&labels)?
+                .encode_gauge(&i64::from(value(waifu, instance)))?;
+        }
+    }
+    Ok(())
 }
 
 /// A label value in the exposition format's escaping (`\\`, `\"`, `\n`).

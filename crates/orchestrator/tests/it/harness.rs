@@ -143,6 +143,27 @@ pub async fn wait_ready(internal: SocketAddr, within: Duration, mut stopped: imp
 }
 
 impl Orch {
+    /// `GET /__internal/metrics`: 200, OpenMetrics text.
+    pub async fn scrape(&self) -> String {
+        let r = send(
+            self.internal,
+            Method::GET,
+            "/__internal/metrics",
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(
+            r.headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/openmetrics-text")
+        );
+        String::from_utf8(r.body.to_vec()).unwrap()
+    }
+
     /// Graceful stop; returns what `run` returned.
     pub async fn stop(self) -> Result<(), RunError> {
         self.shutdown.cancel();
@@ -487,4 +508,12 @@ pub fn tool_present(found: bool, what: &str) -> bool {
         eprintln!("SKIPPED: {what} is missing");
     }
     found
+}
+
+/// The value of the sample line that starts with `series` (name and labels
+/// exactly as written), or `None`.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().unwrap())
 }

@@ -9,37 +9,9 @@ use http::{Method, StatusCode};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{self, Orch};
+use crate::harness::{self, Orch, sample};
 use crate::pg;
 use crate::waifu::TestWaifu;
-
-async fn scrape(orch: &Orch) -> String {
-    let r = harness::send(
-        orch.internal,
-        Method::GET,
-        "/__internal/metrics",
-        &[],
-        Bytes::new(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, StatusCode::OK);
-    assert!(
-        r.headers["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("application/openmetrics-text")
-    );
-    String::from_utf8(r.body.to_vec()).unwrap()
-}
-
-/// The value of the sample line that starts with `series` (name and labels
-/// exactly as written), or `None`.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.trim().parse().unwrap())
-}
 
 #[tokio::test]
 async fn metrics_count_what_operators_need() {
@@ -90,7 +62,7 @@ async fn metrics_count_what_operators_need() {
     let mut buf = [0u8; 64];
     let _ = held.read(&mut buf).await.unwrap();
 
-    let text = scrape(&orch).await;
+    let text = orch.scrape().await;
     let get = r#"waifus_requests_total{waifu="m",method="GET",status="2xx"}"#;
     assert_eq!(sample(&text, get), Some(4.0), "{text}");
     let post = r#"waifus_requests_total{waifu="m",method="POST",status="2xx"}"#;
@@ -152,7 +124,7 @@ async fn metrics_count_what_operators_need() {
         orch.get("localhost", "/m/x").await.status,
         StatusCode::BAD_GATEWAY
     );
-    let text = scrape(&orch).await;
+    let text = orch.scrape().await;
     let errors = r#"waifus_upstream_connect_errors_total{waifu="m"}"#;
     assert_eq!(sample(&text, errors), Some(1.0), "{text}");
     assert_eq!(sample(&text, &healthy), Some(0.0), "{text}");

@@ -13,19 +13,7 @@ use crate::pg::unique_db;
 use crate::waifu::TestWaifu;
 
 async fn metric(orch: &harness::Orch, series: &str) -> Option<f64> {
-    let r = harness::send(
-        orch.internal,
-        Method::GET,
-        "/__internal/metrics",
-        &[],
-        Bytes::new(),
-    )
-    .await
-    .unwrap();
-    String::from_utf8_lossy(&r.body)
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.trim().parse().unwrap())
+    harness::sample(&orch.scrape().await, series)
 }
 
 #[tokio::test]
@@ -461,16 +449,7 @@ async fn the_newest_version_gets_every_request_while_it_is_healthy() {
     }
     assert_eq!(seen, ["a", "c"].map(String::from).into(), "{seen:?}");
     // Versions are on the status page's JSON and in the metrics.
-    let r = harness::send(
-        orch.internal,
-        Method::GET,
-        "/__internal/metrics",
-        &[],
-        Bytes::new(),
-    )
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&r.body);
+    let text = orch.scrape().await;
     let b_host = format!("http://{}", b.host());
     assert!(
         text.contains(&format!(
