@@ -1,6 +1,6 @@
 //! Waifus, instances and binds: the single writer of routing state.
 //!
-//! A hello is validated (protocol crate), recorded in PostgreSQL in one
+//! A hello ([`hello`]) is validated (protocol crate), recorded in PostgreSQL in one
 //! transaction, applied to the in-memory model, and published as a new
 //! immutable [`RouteTable`] through the one [`RouteWriter`]. Writers are
 //! serialised by one async mutex so memory never disagrees with the
@@ -8,24 +8,23 @@
 //! [`crate::routing::Routes`] handle and never take it. Other orchestrators
 //! on the same database are followed by [`replicas`].
 
+mod hello;
 pub(crate) mod replicas;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 use waifus_protocol::{
-    BindError, BindInfo, BindKey, BindOutcome, Hello, HelloResponse, HostError, InstanceInfo,
-    NameError, RefusalReason, WaifuInfo, parse_bind_key, parse_bind_target, parse_host,
-    validate_name,
+    BindInfo, BindKey, HostError, InstanceInfo, NameError, WaifuInfo, parse_host, validate_name,
 };
 
 use crate::drain::Leaving;
 use crate::health::Watch;
 use crate::routing::{BindRoute, Instance, RouteTable, RouteWriter, WaifuRoute};
-use crate::store::{BindClaim, Store, StoreError, StoredInstance};
+use crate::store::{Store, StoreError, StoredInstance};
 
 /// Why a hello was refused as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -236,156 +235,6 @@ impl Registry {
         *self.leading.borrow()
     }
 
-    /// Handles `POST /__internal/hello` from `source`, whose ownership of
-    /// the name was checked before.
-    pub(crate) async fn hello(
-        &self,
-        hello: &Hello,
-        source: std::net::IpAddr,
-    ) -> Result<HelloResponse, HelloError> {
-        validate_name(&hello.name)?;
-        let upstream = parse_host(&hello.host)?;
-        if let Some(version) = &hello.version {
-            waifus_protocol::validate_version(version)?;
-        }
-        let mut outcomes = Vec::with_capacity(hello.additional_binds.len());
-        let mut parsed: Vec<Option<(BindKey, String)>> = Vec::new();
-        let mut seen = HashSet::new();
-        for (bind, target) in &hello.additional_binds {
-            let checked = self.check_bind(bind, target);
-            let checked = checked.and_then(|(key, target)| {
-                // Two spellings of one (host, prefix) in a single hello.
-                if seen.insert((key.host.clone(), key.prefix.clone())) {
-                    Ok((key, target))
-                } else {
-                    Err(RefusalReason::Invalid)
-                }
-            });
-            outcomes.push(BindOutcome {
-                bind: bind.clone(),
-                target: target.clone(),
-                accepted: checked.is_ok(),
-                reason: checked.as_ref().err().copied(),
-            });
-            parsed.push(checked.ok());
-        }
-        let claims: Vec<BindClaim<'_>> = parsed
-            .iter()
-            .flatten()
-            .map(|(key, target)| BindClaim { key, target })
-            .collect();
-
-        let mut state = self.state.lock().await;
-        let known = state
-            .waifus
-            .get(&hello.name)
-            .and_then(|e| e.instances.iter().find(|i| i.upstream == upstream))
-            .cloned();
-        // The same instance, as it was: nothing about it changes. Another
-        // version at its address, or one back after its goodbye, is a new
-        // instance there.
-        let same = known
-            .as_ref()
-            .filter(|i| !i.is_leaving() && i.version.as_deref() == hello.version.as_deref());
-        // An instance that is not healthy (it may just have restarted) is
-        // checked now, and a new one gets its first check, while the hello
-        // commits; the answer waits for that check, so a waifu that is up is
-        // routable once its hello is answered.
-        let mut awaited = None;
-        if let Some(instance) = same
-            && !instance.is_healthy()
-        {
-            awaited = Some((instance.clone(), instance.checks()));
-            instance.recheck.notify_one();
-        }
-        // A new instance gets its first health check while the hello commits.
-        let version = hello.version.as_deref();
-        let mut fresh = None;
-        if same.is_none() {
-            let version_at = crate::routing::now_ms_i64();
-            let instance = Arc::new(
-                Instance::new(upstream.clone(), false, &self.shutdown)
-                    .with_version(version, version_at),
-            );
-            let (committed, on_commit) = oneshot::channel();
-            let _ = self.watch.send(Watch {
-                name: hello.name.as_str().into(),
-                instance: instance.clone(),
-                committed: Some(on_commit),
-            });
-            fresh = Some((instance, committed, version_at));
-        }
-        let source = source.to_canonical().to_string();
-        let version_at = fresh.as_ref().map(|(_, _, at)| *at);
-        let granted = self
-            .store
-            .hello(
-                &hello.name,
-                &upstream,
-                version,
-                version_at,
-                &claims,
-                &source,
-            )
-            .await?;
-        let mut granted = granted.into_iter();
-        // Kept as the waifu's binds: sized exactly, as a pushed-to vector
-        // would hold room for four (240 bytes too many per waifu).
-        let mut accepted = Vec::with_capacity(claims.len());
-        for (outcome, parsed) in outcomes.iter_mut().zip(parsed) {
-            let Some(bind) = parsed else { continue };
-            if granted.next().unwrap_or(false) {
-                accepted.push(bind);
-            } else {
-                warn!(name = %hello.name, bind = %outcome.bind, "bind refused: taken by another waifu");
-                outcome.accepted = false;
-                outcome.reason = Some(RefusalReason::Taken);
-            }
-        }
-        let before = state.waifus.get(&hello.name).map(|e| e.binds.clone());
-        let (new_instance, committed) = match fresh {
-            Some((instance, committed, _)) => (Some(instance), Some(committed)),
-            None => (None, None),
-        };
-        Self::apply_hello(&mut state, &hello.name, accepted, new_instance.clone());
-        self.touch(&mut state, &hello.name);
-        let after = state.waifus.get(&hello.name).map(|e| &e.binds);
-        // A repeated hello (SDKs re-hello every 30 s) changes nothing.
-        if new_instance.is_some() || before.as_ref() != after {
-            let old = before.iter().flatten().map(|(key, _)| key.host.as_str());
-            self.publish_waifu(&state, &hello.name, old);
-        }
-        drop(state);
-        if let Some(instance) = &new_instance {
-            // Replaced: the old one is no longer checked. (A leaving one
-            // goes on draining what is in flight to it.)
-            if let Some(old) = &known {
-                old.retired.cancel();
-            }
-            info!(name = %hello.name, instance = %instance.upstream, version = ?instance.version, "new instance");
-            if instance.upstream.scheme == waifus_protocol::Scheme::Https {
-                warn!(
-                    name = %hello.name,
-                    instance = %instance.upstream,
-                    "TLS to instances is not supported yet: this instance will fail its \
-                     health checks and not be routed to; register it with http://"
-                );
-            }
-            awaited = Some((instance.clone(), 0));
-        }
-        if let Some(committed) = committed {
-            let _ = committed.send(());
-        }
-        if let Some((instance, seen)) = awaited {
-            instance.checked_since(seen, self.check_wait).await;
-        }
-        Ok(HelloResponse {
-            name: hello.name.clone(),
-            url: format!("{}/{}", self.public_base, hello.name),
-            binds: outcomes,
-        })
-    }
-
     /// Handles `POST /__internal/goodbye` from `source`, whose ownership of
     /// the name was checked before: the instance gets no new request here
     /// at once (and on other orchestrators when they hear of it), and drains.
@@ -469,39 +318,6 @@ impl Registry {
             info!(%name, "forgot a waifu that has had no instance since its last goodbye");
         }
         Ok(())
-    }
-
-    fn check_bind(&self, bind: &str, target: &str) -> Result<(BindKey, String), RefusalReason> {
-        let refusal = |e: BindError| match e {
-            BindError::InternalPath => RefusalReason::InternalPath,
-            _ => RefusalReason::Invalid,
-        };
-        let key = parse_bind_key(bind).map_err(refusal)?;
-        let target = parse_bind_target(target).map_err(refusal)?;
-        if self.main_domain.as_deref() == Some(key.host.as_str()) {
-            return Err(RefusalReason::MainDomain);
-        }
-        Ok((key, target.0))
-    }
-
-    /// Applies a recorded hello to memory: its binds, and its instance if
-    /// new (replacing one at the same address).
-    fn apply_hello(
-        state: &mut State,
-        name: &str,
-        binds: Vec<(BindKey, String)>,
-        new_instance: Option<Arc<Instance>>,
-    ) {
-        let entry = state
-            .waifus
-            .entry(name.to_owned())
-            .or_insert_with(|| Entry::new(name, Vec::new(), Vec::new()));
-        entry.binds = binds;
-        if let Some(instance) = new_instance {
-            entry.instances.retain(|i| i.upstream != instance.upstream);
-            entry.instances.push(instance);
-            entry.route = Arc::new(entry.route.rebuilt(entry.instances.clone()));
-        }
     }
 
     /// Records that `name` changed in memory now.
