@@ -15,6 +15,9 @@ variables as the Rust SDK:
   WAIFU_VERSION     this build's version, sent with every hello (default: none)
   DRAIN_FOR         seconds to wait for in-flight requests on shutdown (default 25)
 
+WAIFU_SECRET_FILE and ORCHESTRATOR_TOKEN_FILE name files holding those two
+(Docker or Kubernetes secrets), read without their trailing newline.
+
 It says hello with retry and capped exponential backoff (and again every
 30 s), answers GET /__internal/health with 204, asks for its database and
 logs the answer's fields except the password, and serves GET / with 200.
@@ -41,6 +44,24 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 log = logging.getLogger("hello-python")
 
 
+def secret(name):
+    """The setting `name`, or the content of the file `{name}_FILE` names."""
+    value = os.environ.get(name) or None
+    path = os.environ.get(name + "_FILE")
+    if not path:
+        return value
+    if value:
+        sys.exit(f"{name} and {name}_FILE are both set: set one of them")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read().rstrip("\r\n")
+    except OSError as e:
+        sys.exit(f"{name}_FILE={path!r}: cannot be read: {e}")
+    if not text:
+        sys.exit(f"{name}_FILE={path!r} is empty")
+    return text
+
+
 def settings():
     hostname = socket.gethostname().lower()
     port = int(os.environ.get("PORT", "8080"))
@@ -51,14 +72,14 @@ def settings():
         "host": os.environ.get("WAIFU_HOST", f"{hostname}:{port}"),
         "port": port,
         "listen": os.environ.get("LISTEN_ADDR", "0.0.0.0"),
-        "secret": os.environ.get("WAIFU_SECRET") or None,
+        "secret": secret("WAIFU_SECRET"),
         "binds": json.loads(binds) if binds else {},
         "version": os.environ.get("WAIFU_VERSION", "").strip() or None,
         "drain_for": float(os.environ.get("DRAIN_FOR", "25")),
     }
 
 
-TOKEN = os.environ.get("ORCHESTRATOR_TOKEN") or None
+TOKEN = secret("ORCHESTRATOR_TOKEN")
 
 
 def post(url, body, timeout=10):

@@ -44,6 +44,50 @@ pub enum ConfigError {
         #[source]
         source: waifus_protocol::NameError,
     },
+    /// `WAIFU_SECRET_FILE` or `ORCHESTRATOR_TOKEN_FILE` cannot be used.
+    #[error("{name}_FILE={path:?}: {problem}")]
+    SecretFile {
+        /// The setting: `WAIFU_SECRET` or `ORCHESTRATOR_TOKEN`.
+        name: &'static str,
+        /// The file given.
+        path: String,
+        /// What is wrong: both set, empty, or why it cannot be read.
+        problem: String,
+        /// The read error, if that was it.
+        #[source]
+        source: Option<std::io::Error>,
+    },
+}
+
+/// The setting `name`, or the content of the file `{name}_FILE` names (a
+/// Docker or Kubernetes secret) without its trailing newline.
+fn secret(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+) -> Result<Option<String>, ConfigError> {
+    let value = lookup(name).filter(|s| !s.is_empty());
+    let Some(path) = lookup(&format!("{name}_FILE")).filter(|p| !p.is_empty()) else {
+        return Ok(value);
+    };
+    let refused = |problem: &str, source| ConfigError::SecretFile {
+        name,
+        path: path.clone(),
+        problem: problem.to_owned(),
+        source,
+    };
+    if value.is_some() {
+        return Err(refused(
+            &format!("{name} is set too: set one of them"),
+            None,
+        ));
+    }
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| refused(&format!("cannot be read: {e}"), Some(e)))?;
+    let text = text.trim_end_matches(['\n', '\r']);
+    if text.is_empty() {
+        return Err(refused("is empty", None));
+    }
+    Ok(Some(text.to_owned()))
 }
 
 /// Reads the settings from `lookup` (the environment in
@@ -108,8 +152,8 @@ pub(crate) fn from_vars(
         name,
         port,
         listen,
-        secret: lookup("WAIFU_SECRET").filter(|s| !s.is_empty()),
-        token: lookup("ORCHESTRATOR_TOKEN").filter(|s| !s.is_empty()),
+        secret: secret(&lookup, "WAIFU_SECRET")?,
+        token: secret(&lookup, "ORCHESTRATOR_TOKEN")?,
         binds,
         cache_dir: lookup("WAIFU_CACHE_DIR").map(PathBuf::from),
         rehello_every: crate::DEFAULT_REHELLO,
@@ -204,5 +248,34 @@ mod tests {
         assert!(e.to_string().contains("WAIFU_NAME"), "{e}");
         assert!(std::error::Error::source(&e).is_some(), "{e}");
         assert!(from_vars(|_| None, "My_Laptop").is_err());
+    }
+
+    #[test]
+    fn secrets_can_be_files_like_docker_secrets() {
+        let dir = std::env::temp_dir().join(format!("waifu-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let token = dir.join("token");
+        std::fs::write(&token, "tok-0123456789abcdef\r\n").unwrap();
+        let (secret, token) = (secret.display().to_string(), token.display().to_string());
+        let w = parse(&[
+            ("WAIFU_SECRET_FILE", &secret),
+            ("ORCHESTRATOR_TOKEN_FILE", &token),
+        ])
+        .unwrap();
+        assert_eq!(w.secret.as_deref(), Some("s3cret"));
+        assert_eq!(w.token.as_deref(), Some("tok-0123456789abcdef"));
+        let e = parse(&[("WAIFU_SECRET", "s"), ("WAIFU_SECRET_FILE", &secret)]).unwrap_err();
+        assert!(e.to_string().contains("WAIFU_SECRET is set too"), "{e}");
+        let missing = dir.join("missing").display().to_string();
+        let e = parse(&[("ORCHESTRATOR_TOKEN_FILE", &missing)]).unwrap_err();
+        assert!(e.to_string().starts_with("ORCHESTRATOR_TOKEN_FILE="), "{e}");
+        assert!(std::error::Error::source(&e).is_some(), "{e}");
+        let empty = dir.join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let e = parse(&[("WAIFU_SECRET_FILE", &empty.display().to_string())]).unwrap_err();
+        assert!(e.to_string().ends_with("is empty"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -153,7 +153,9 @@ impl Waifu {
     /// `WAIFU_HOST` (default `{hostname}:{PORT}`), `PORT` (default 8080),
     /// `WAIFU_SECRET`, `ORCHESTRATOR_TOKEN`, `WAIFU_VERSION`, `WAIFU_BINDS`
     /// (a JSON object like `additionalBinds`), `WAIFU_CACHE_DIR`, and
-    /// `LISTEN_ADDR` (default `0.0.0.0`: all interfaces).
+    /// `LISTEN_ADDR` (default `0.0.0.0`: all interfaces). `WAIFU_SECRET_FILE`
+    /// and `ORCHESTRATOR_TOKEN_FILE` name files holding those two (Docker
+    /// and Kubernetes secrets), read without their trailing newline.
     ///
     /// ```no_run
     /// let waifu = waifu::Waifu::from_env().expect("valid settings");

@@ -70,6 +70,7 @@ async fn fetch<T: serde::de::DeserializeOwned>(
     client: &ClientArgs,
     path: &str,
 ) -> anyhow::Result<T> {
+    let client = client.clone().read_files()?;
     let addr: SocketAddr = client.internal_addr;
     let token = client.token();
     use anyhow::Context as _;

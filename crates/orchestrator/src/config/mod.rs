@@ -51,9 +51,26 @@ pub struct ClientArgs {
     /// Sent when ADMIN_TOKEN is not set.
     #[arg(long, env = "INTERNAL_TOKEN", hide_env_values = true)]
     pub internal_token: Option<String>,
+    /// A file holding ADMIN_TOKEN (a Docker or Kubernetes secret).
+    #[arg(long, env = "ADMIN_TOKEN_FILE", value_parser = any_path())]
+    pub admin_token_file: Option<PathBuf>,
+    /// A file holding INTERNAL_TOKEN.
+    #[arg(long, env = "INTERNAL_TOKEN_FILE", value_parser = any_path())]
+    pub internal_token_file: Option<PathBuf>,
 }
 
 impl ClientArgs {
+    /// The tokens given as files read into their settings.
+    pub fn read_files(mut self) -> Result<Self, ConfigError> {
+        read_secret("ADMIN_TOKEN", &mut self.admin_token, &self.admin_token_file)?;
+        read_secret(
+            "INTERNAL_TOKEN",
+            &mut self.internal_token,
+            &self.internal_token_file,
+        )?;
+        Ok(self)
+    }
+
     /// The bearer token to send: the admin token, else the internal one.
     pub fn token(&self) -> Option<&str> {
         self.admin_token
@@ -230,6 +247,17 @@ pub struct Config {
     /// How long audit rows are kept.
     #[arg(long, env = "AUDIT_RETENTION", default_value = "90d", value_parser = humantime::parse_duration)]
     pub audit_retention: Duration,
+
+    /// A file holding DATABASE_URL (a Docker or Kubernetes secret; a
+    /// trailing newline is ignored). Set one of the two.
+    #[arg(long, env = "DATABASE_URL_FILE", value_parser = any_path())]
+    pub database_url_file: Option<PathBuf>,
+    /// A file holding INTERNAL_TOKEN.
+    #[arg(long, env = "INTERNAL_TOKEN_FILE", value_parser = any_path())]
+    pub internal_token_file: Option<PathBuf>,
+    /// A file holding ADMIN_TOKEN.
+    #[arg(long, env = "ADMIN_TOKEN_FILE", value_parser = any_path())]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// Whether a hello must carry the waifu's secret.
@@ -264,6 +292,48 @@ pub enum ConfigError {
     Token(&'static str),
     #[error("ADMIN_TOKEN and INTERNAL_TOKEN must differ: every waifu knows INTERNAL_TOKEN")]
     SameTokens,
+    #[error("{0} and {0}_FILE are both set: set one of them")]
+    SecretTwice(&'static str),
+    #[error("{name}_FILE {path}: {source}")]
+    SecretFile {
+        name: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{name}_FILE {path} is empty")]
+    SecretEmpty { name: &'static str, path: String },
+}
+
+/// Reads the setting `name` from `file` when that is given (and the setting
+/// is not): a secret mounted as a file, as Docker and Kubernetes do, without
+/// its trailing newline.
+fn read_secret(
+    name: &'static str,
+    value: &mut Option<String>,
+    file: &Option<PathBuf>,
+) -> Result<(), ConfigError> {
+    let Some(path) = file.as_ref().filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if value.as_deref().is_some_and(|v| !v.trim().is_empty()) {
+        return Err(ConfigError::SecretTwice(name));
+    }
+    let shown = || path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+        name,
+        path: shown(),
+        source,
+    })?;
+    let text = text.trim_end_matches(['\n', '\r']);
+    if text.trim().is_empty() {
+        return Err(ConfigError::SecretEmpty {
+            name,
+            path: shown(),
+        });
+    }
+    *value = Some(text.to_owned());
+    Ok(())
 }
 
 /// The TLS listener's settings, when it is on.
@@ -388,7 +458,22 @@ impl Config {
     /// Checks what clap cannot (after [`Config::normalized`]); the settings
     /// the orchestrator runs on.
     pub fn validate(&self) -> Result<Settings, ConfigError> {
-        let config = self.clone().normalized();
+        let mut config = self.clone().normalized();
+        read_secret(
+            "DATABASE_URL",
+            &mut config.database_url,
+            &config.database_url_file,
+        )?;
+        read_secret(
+            "INTERNAL_TOKEN",
+            &mut config.internal_token,
+            &config.internal_token_file,
+        )?;
+        read_secret(
+            "ADMIN_TOKEN",
+            &mut config.admin_token,
+            &config.admin_token_file,
+        )?;
         let main_domain = config.main_domain()?;
         let tls = config.tls()?;
         let webhook = config.webhook_uri()?;
@@ -492,93 +577,4 @@ fn check_pem_roots(path: &std::path::Path) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(args: &[&str]) -> Cli {
-        Cli::try_parse_from(args).unwrap()
-    }
-
-    #[test]
-    fn serve_is_the_default() {
-        let cli = parse(&["orchestrator", "--main-domain", "Example.COM"]);
-        assert!(cli.command.is_none());
-        assert_eq!(cli.serve.public_addr.port(), 8080);
-        assert_eq!(cli.serve.health_interval, Duration::from_secs(5));
-        let cli = parse(&["orchestrator", "serve", "--health-interval", "500ms"]);
-        let Some(Command::Serve(c)) = cli.command else {
-            panic!("serve expected")
-        };
-        assert_eq!(c.health_interval, Duration::from_millis(500));
-    }
-
-    #[test]
-    fn empty_optional_settings_are_unset() {
-        let cli = parse(&[
-            "orchestrator",
-            "--acme-directory",
-            "",
-            "--cert-dir",
-            "",
-            "--acme-email",
-            " ",
-        ]);
-        let c = cli.serve.normalized();
-        assert!(c.acme_directory.is_none() && c.cert_dir.is_none() && c.acme_email.is_none());
-        assert!(!c.tls_on());
-        assert!(c.validate().is_ok());
-    }
-
-    #[test]
-    fn tokens_are_checked() {
-        let good = "0123456789abcdef";
-        let check = |internal: &str, admin: &str| {
-            parse(&[
-                "orchestrator",
-                "--internal-token",
-                internal,
-                "--admin-token",
-                admin,
-            ])
-            .serve
-            .validate()
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-        };
-        assert!(check(good, "fedcba9876543210").is_ok());
-        assert!(check("", "").is_ok(), "empty is unset");
-        let short = check("short", "").unwrap_err();
-        assert!(short.contains("INTERNAL_TOKEN"), "{short}");
-        let spaced = check(good, "has a space in it!").unwrap_err();
-        assert!(spaced.contains("ADMIN_TOKEN"), "{spaced}");
-        assert!(check(good, good).unwrap_err().contains("must differ"));
-    }
-
-    #[test]
-    fn validation() {
-        let mut c = parse(&["orchestrator"]).serve;
-        c.main_domain = "Example.COM".into();
-        assert_eq!(
-            c.validate().unwrap().main_domain.as_deref(),
-            Some("example.com")
-        );
-        c.main_domain = "*".into();
-        assert_eq!(c.validate().unwrap().main_domain, None);
-        c.main_domain = "a/b".into();
-        assert!(matches!(c.validate(), Err(ConfigError::MainDomain(_))));
-        c.main_domain = "localhost".into();
-        for (url, ok) in [
-            ("https://hooks.slack.com/services/T/B/X", true),
-            ("http://127.0.0.1:9000/hook", true),
-            ("ftp://example.com/x", false),
-            ("not a url", false),
-            ("/relative", false),
-        ] {
-            c.incident_webhook_url = Some(url.into());
-            assert_eq!(c.validate().is_ok(), ok, "{url}");
-        }
-        c.incident_webhook_url = None;
-        c.health_interval = Duration::ZERO;
-        assert!(matches!(c.validate(), Err(ConfigError::ZeroDuration(_))));
-    }
-}
+mod tests;
