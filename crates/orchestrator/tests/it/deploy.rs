@@ -3,7 +3,7 @@
 //! health-check script the images use works against a real orchestrator.
 //!
 //! Here the Dockerfile is checked as text and `docker-compose config`
-//! validates the compose file without a daemon; `tests/containers.rs` builds
+//! validates the compose file without a daemon; `tests/containers/` builds
 //! the images and runs the stack.
 
 use std::path::PathBuf;
@@ -22,6 +22,11 @@ fn deploy_dir() -> PathBuf {
 
 /// `docker-compose config` or `docker compose config`, whichever exists.
 fn compose_config() -> Option<std::process::Output> {
+    compose_config_of(&["compose.yaml"])
+}
+
+/// `config` of these files of `deploy/`, merged in order.
+fn compose_config_of(files: &[&str]) -> Option<std::process::Output> {
     let candidates: [&[&str]; 2] = [&["docker-compose"], &["docker", "compose"]];
     for cmd in candidates {
         let works = Command::new(cmd[0])
@@ -35,7 +40,8 @@ fn compose_config() -> Option<std::process::Output> {
             let mut config = Command::new(cmd[0]);
             config
                 .args(&cmd[1..])
-                .args(["-f", "compose.yaml", "config"])
+                .args(files.iter().flat_map(|f| ["-f", f]))
+                .arg("config")
                 .current_dir(deploy_dir())
                 .env("POSTGRES_PASSWORD", "test-password");
             return Some(crate::harness::output_within(
@@ -119,6 +125,94 @@ fn compose_file_is_valid_and_publishes_only_the_orchestrator() {
         "{env}"
     );
     assert!(env.contains("DB_PUBLIC_HOST"), "{env}");
+}
+
+/// The services of a `config` output, by name.
+fn services_of(out: std::process::Output) -> Yaml {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    YamlLoader::load_from_str(&String::from_utf8(out.stdout).unwrap())
+        .unwrap()
+        .remove(0)
+}
+
+#[test]
+fn stack_files_publish_only_the_orchestrator_and_take_every_secret_from_a_file() {
+    let out = compose_config_of(&["stack.yaml"]);
+    if !crate::harness::tool_present(
+        out.is_some(),
+        "docker-compose (apt-get install docker-compose)",
+    ) {
+        return;
+    }
+    let config = services_of(out.unwrap());
+    let services = &config["services"];
+    for name in ["postgres", "orchestrator", "hello"] {
+        let service = &services[name];
+        assert!(
+            service["ports"].is_badvalue(),
+            "{name}: stack.yaml alone publishes nothing"
+        );
+        assert!(!service["healthcheck"].is_badvalue(), "{name}");
+        if name != "postgres" {
+            assert_eq!(service["read_only"].as_bool(), Some(true), "{name}");
+        }
+        // No secret in the environment: each comes from a file.
+        let env = format!("{:?}", service["environment"]);
+        for plain in [
+            "\"DATABASE_URL\"",
+            "\"INTERNAL_TOKEN\"",
+            "\"ADMIN_TOKEN\"",
+            "\"POSTGRES_PASSWORD\"",
+            "\"WAIFU_SECRET\"",
+            "\"ORCHESTRATOR_TOKEN\"",
+        ] {
+            assert!(!env.contains(plain), "{name} has {plain} in {env}");
+        }
+    }
+    let env = &services["orchestrator"]["environment"];
+    for file in [
+        "DATABASE_URL_FILE",
+        "INTERNAL_TOKEN_FILE",
+        "ADMIN_TOKEN_FILE",
+    ] {
+        assert!(
+            env[file].as_str().unwrap().starts_with("/run/secrets/"),
+            "{file}"
+        );
+    }
+    // Every replica reads one password key, from a secret.
+    assert_eq!(env["DATA_DIR"].as_str(), Some("/run/secrets"));
+    let secrets = format!("{:?}", services["orchestrator"]["secrets"]);
+    assert!(secrets.contains("db-password.key"), "{secrets}");
+    let env = &services["hello"]["environment"];
+    assert!(env["WAIFU_SECRET_FILE"].as_str().is_some());
+    assert!(env["ORCHESTRATOR_TOKEN_FILE"].as_str().is_some());
+    assert!(
+        env["WAIFU_HOST"].is_badvalue(),
+        "tasks say hello as their hostname"
+    );
+    for (name, secret) in config["secrets"].as_hash().unwrap() {
+        assert_eq!(secret["external"].as_bool(), Some(true), "{name:?}");
+    }
+    let internal = &config["networks"]["internal"];
+    assert_eq!(internal["driver"].as_str(), Some("overlay"));
+    assert_eq!(internal["internal"].as_bool(), Some(true));
+    assert_eq!(internal["attachable"].as_bool(), Some(true));
+
+    // With the publishing file, the orchestrator's public ports only.
+    let config = services_of(compose_config_of(&["stack.yaml", "stack.publish.yaml"]).unwrap());
+    let services = &config["services"];
+    assert!(services["postgres"]["ports"].is_badvalue());
+    assert!(services["hello"]["ports"].is_badvalue());
+    let ports = format!("{:?}", services["orchestrator"]["ports"]);
+    assert!(
+        ports.contains("8080") && ports.contains("8443") && !ports.contains("2137"),
+        "{ports}"
+    );
 }
 
 #[test]

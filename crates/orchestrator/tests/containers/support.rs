@@ -1,0 +1,276 @@
+//! Running commands with deadlines, requests through a published port,
+//! a load of keep-alive clients, and calls to an internal API from inside
+//! its container.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+pub(crate) fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs `cmd`, killing it after `within`; its output.
+pub(crate) fn run(cmd: &mut Command, within: Duration) -> Output {
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{shown}: {e}"));
+    let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let read = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let (out, err) = (read(Box::new(stdout)), read(Box::new(stderr)));
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{shown} took more than {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// Runs `cmd` and insists that it succeeds; its stdout.
+pub(crate) fn ok(cmd: &mut Command, within: Duration) -> String {
+    let shown = format!("{cmd:?}");
+    let out = run(cmd, within);
+    assert!(
+        out.status.success(),
+        "{shown}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub(crate) fn docker(args: &[&str]) -> Command {
+    let mut cmd = Command::new("docker");
+    cmd.args(args);
+    cmd
+}
+
+pub(crate) fn present(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether the container tests can run here; prints why not.
+pub(crate) fn docker_ready() -> bool {
+    if !present("docker", &["info"]) {
+        eprintln!("SKIPPED: no Docker engine answers `docker info`");
+        return false;
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    for (tool, args, package) in [
+        ("mmdebstrap", &["--version"][..], "mmdebstrap"),
+        ("docker-compose", &["version"][..], "docker-compose"),
+    ] {
+        if !present(tool, args) {
+            assert!(!ci, "{tool} is missing, and CI=true: .ci/run installs it");
+            eprintln!("SKIPPED: {tool} is missing (apt-get install {package})");
+            return false;
+        }
+    }
+    true
+}
+
+/// One request through the published port; status, `Location` and body.
+pub(crate) async fn public(
+    port: u16,
+    method: &str,
+    host: &str,
+    path: &str,
+    body: &str,
+) -> Option<(u16, Option<String>, String)> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let request = http::Request::builder()
+        .method(method)
+        .uri(format!("http://127.0.0.1:{port}{path}"))
+        .header("host", host)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+        .await
+        .ok()?
+        .ok()?;
+    let status = response.status().as_u16();
+    let location = response
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    Some((
+        status,
+        location,
+        String::from_utf8_lossy(&body).into_owned(),
+    ))
+}
+
+pub(crate) async fn until_status(port: u16, host: &str, path: &str, want: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some((status, _, _)) = public(port, "GET", host, path, "").await
+            && status == want
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{host}{path} never answered {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub(crate) fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} within {within:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Eight keep-alive clients sending `GET /hello/` until stopped; the
+/// requests sent and the failures (any answer but 200, or none).
+pub(crate) struct Load {
+    stop: Arc<AtomicBool>,
+    failures: Arc<Mutex<Vec<String>>>,
+    clients: Vec<tokio::task::JoinHandle<u64>>,
+}
+
+impl Load {
+    pub(crate) fn start(port: u16) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let clients = (0..8)
+            .map(|_| {
+                let (stop, failures) = (stop.clone(), failures.clone());
+                tokio::spawn(async move {
+                    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+                        .pool_max_idle_per_host(1)
+                        .build_http();
+                    let mut sent = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        sent += 1;
+                        let request = http::Request::builder()
+                            .uri(format!("http://127.0.0.1:{port}/hello/"))
+                            .header("host", "localhost")
+                            .body(Full::new(Bytes::new()))
+                            .unwrap();
+                        let got = async {
+                            let response =
+                                client.request(request).await.map_err(|e| e.to_string())?;
+                            let status = response.status();
+                            let body = response
+                                .into_body()
+                                .collect()
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            Ok::<_, String>((status, body.to_bytes()))
+                        };
+                        match tokio::time::timeout(Duration::from_secs(60), got).await {
+                            Ok(Ok((status, _))) if status == 200 => {}
+                            Ok(Ok((status, body))) => failures
+                                .lock()
+                                .unwrap()
+                                .push(format!("{status}: {}", String::from_utf8_lossy(&body))),
+                            Ok(Err(e)) => failures.lock().unwrap().push(e),
+                            Err(_) => failures.lock().unwrap().push("timed out".into()),
+                        }
+                    }
+                    sent
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            failures,
+            clients,
+        }
+    }
+
+    pub(crate) async fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut sent = 0;
+        for client in self.clients {
+            sent += client.await.unwrap();
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        (sent, failures)
+    }
+}
+
+/// A call to the internal API of `container` from inside it.
+pub(crate) fn internal_of(container: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    internal_as(container, None, method, path, body)
+}
+
+/// A call to the internal API of `container` from inside it, with `token`
+/// as the bearer token when given.
+pub(crate) fn internal_as(
+    container: &str,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.0\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let script =
+        "exec 3<>/dev/tcp/127.0.0.1/2137 && printf '%s%s' \"$HEAD\" \"$BODY\" >&3 && cat <&3";
+    let out = run(
+        docker(&[
+            "exec",
+            "-e",
+            &format!("HEAD={head}"),
+            "-e",
+            &format!("BODY={body}"),
+        ])
+        .args([container, "bash", "-c", script]),
+        Duration::from_secs(60),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
