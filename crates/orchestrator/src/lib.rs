@@ -35,10 +35,8 @@ mod tls;
 mod upstream;
 
 pub use app::{Listeners, RunError, run};
-pub use config::{
-    AuditArgs, CheckArgs, Cli, ClientArgs, Command, Config, ConfigError, HelloSecret,
-    IncidentsArgs, LogFormat, Settings,
-};
+pub use config::commands::{AuditArgs, CheckArgs, Cli, ClientArgs, Command, IncidentsArgs};
+pub use config::{Config, ConfigError, HelloSecret, LogFormat, Settings};
 pub use managed::ManagedError;
 pub use ops::status;
 pub use store::StoreError;

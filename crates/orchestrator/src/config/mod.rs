@@ -10,108 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-
-/// Command line of the `orchestrator` binary.
-#[derive(Debug, Parser)]
-#[command(name = "orchestrator", version, about = "The waifus orchestrator")]
-#[command(args_conflicts_with_subcommands = true)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    /// Settings for `serve`, the default command.
-    #[command(flatten)]
-    pub serve: Config,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the orchestrator (the default).
-    Serve(Box<Config>),
-    /// Check that a waifu follows the protocol (exit 0 only if it does).
-    Check(CheckArgs),
-    /// Print a running orchestrator's waifus, instances, binds, databases and
-    /// recent incidents (what /__internal/status shows).
-    Status(ClientArgs),
-    /// Print a running orchestrator's newest incidents.
-    Incidents(IncidentsArgs),
-    /// Print a running orchestrator's audit log, newest first.
-    Audit(AuditArgs),
-}
-
-/// Where a running orchestrator's internal API is, and its tokens.
-#[derive(Debug, Clone, Args)]
-pub struct ClientArgs {
-    /// Its internal API address.
-    #[arg(long, env = "INTERNAL_ADDR", default_value = "127.0.0.1:2137")]
-    pub internal_addr: SocketAddr,
-    /// Sent as the bearer token, when set (it opens the operator endpoints).
-    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
-    /// Sent when ADMIN_TOKEN is not set.
-    #[arg(long, env = "INTERNAL_TOKEN", hide_env_values = true)]
-    pub internal_token: Option<String>,
-    /// A file holding ADMIN_TOKEN (a Docker or Kubernetes secret).
-    #[arg(long, env = "ADMIN_TOKEN_FILE", value_parser = any_path())]
-    pub admin_token_file: Option<PathBuf>,
-    /// A file holding INTERNAL_TOKEN.
-    #[arg(long, env = "INTERNAL_TOKEN_FILE", value_parser = any_path())]
-    pub internal_token_file: Option<PathBuf>,
-}
-
-impl ClientArgs {
-    /// The tokens given as files read into their settings.
-    pub fn read_files(mut self) -> Result<Self, ConfigError> {
-        read_secret("ADMIN_TOKEN", &mut self.admin_token, &self.admin_token_file)?;
-        read_secret(
-            "INTERNAL_TOKEN",
-            &mut self.internal_token,
-            &self.internal_token_file,
-        )?;
-        Ok(self)
-    }
-
-    /// The bearer token to send: the admin token, else the internal one.
-    pub fn token(&self) -> Option<&str> {
-        self.admin_token
-            .as_deref()
-            .or(self.internal_token.as_deref())
-            .filter(|t| !t.is_empty())
-    }
-}
-
-/// Arguments of `orchestrator audit`.
-#[derive(Debug, Clone, Args)]
-pub struct AuditArgs {
-    #[command(flatten)]
-    pub client: ClientArgs,
-    /// Only this waifu's rows.
-    #[arg(long)]
-    pub name: Option<String>,
-    /// How many, newest first.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub limit: u32,
-}
-
-/// Arguments of `orchestrator incidents`.
-#[derive(Debug, Clone, Args)]
-pub struct IncidentsArgs {
-    #[command(flatten)]
-    pub client: ClientArgs,
-    /// How many, newest first.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub limit: u32,
-}
-
-/// Arguments of `orchestrator check`.
-#[derive(Debug, Clone, Args)]
-pub struct CheckArgs {
-    /// The waifu's address: host:port or http://host:port.
-    pub url: String,
-    /// How long the waifu may take to answer.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    pub timeout: Duration,
-}
+use clap::{Args, ValueEnum};
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -576,5 +475,6 @@ fn check_pem_roots(path: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
+pub mod commands;
 #[cfg(test)]
 mod tests;

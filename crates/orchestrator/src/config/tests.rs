@@ -1,5 +1,8 @@
 //! Parsing and checking of the settings.
 
+use clap::Parser as _;
+
+use super::commands::{Cli, Command};
 use super::*;
 
 fn parse(args: &[&str]) -> Cli {
