@@ -132,6 +132,7 @@ async fn the_compose_stack_serves_restarts_scales_and_loses_nothing() {
     if !docker_ready() {
         return;
     }
+    let _engine = ENGINE.read().await;
     let images = tokio::task::block_in_place(images);
     let stack = tokio::task::block_in_place(|| Stack::up(images));
     let port = stack.http;

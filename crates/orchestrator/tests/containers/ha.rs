@@ -192,6 +192,7 @@ async fn two_orchestrators_behind_haproxy_survive_partitions_a_lost_leader_and_a
     if !docker_ready() {
         return;
     }
+    let _engine = ENGINE.read().await;
     let images = tokio::task::block_in_place(images);
     // The PostgreSQL image also holds HAProxy (one Debian root filesystem).
     let pg_image = images.postgres.clone();

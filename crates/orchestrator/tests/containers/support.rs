@@ -81,6 +81,10 @@ pub(crate) fn present(program: &str, args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Taken for reading by the tests that share the Docker engine, and for
+/// writing by the one that changes it for everything (the swarm test).
+pub(crate) static ENGINE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// Whether the container tests can run here; prints why not.
 pub(crate) fn docker_ready() -> bool {
     if !present("docker", &["info"]) {

@@ -155,19 +155,17 @@ impl SwarmStack {
             .collect()
     }
 
-    /// The access log lines of every orchestrator replica.
+    /// The access log lines of every orchestrator replica (from each
+    /// container: `docker service logs` can hang on this engine).
     fn access_log(&self) -> String {
-        let out = run(
-            &mut docker(&[
-                "service",
-                "logs",
-                "--raw",
-                "--no-task-ids",
-                &self.service("orchestrator"),
-            ]),
-            Duration::from_secs(60),
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+        self.containers("orchestrator")
+            .iter()
+            .map(|container| {
+                let out = run(&mut docker(&["logs", container]), Duration::from_secs(60));
+                String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr)
+            })
+            .collect()
     }
 }
 
@@ -180,15 +178,17 @@ impl Drop for SwarmStack {
                     Duration::from_secs(60),
                 );
                 eprintln!("{}", String::from_utf8_lossy(&out.stdout));
-                let out = run(
-                    &mut docker(&["service", "logs", "--tail", "40", &self.service(service)]),
-                    Duration::from_secs(60),
-                );
-                eprintln!(
-                    "--- {service}\n{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                for container in self.containers(service) {
+                    let out = run(
+                        &mut docker(&["logs", "--tail", "40", &container]),
+                        Duration::from_secs(60),
+                    );
+                    eprintln!(
+                        "--- {service} {container}\n{}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
             }
         }
         if let Some(lb) = &self.lb {
@@ -249,11 +249,15 @@ async fn a_swarm_stack_scales_hello_and_rolls_out_a_new_image_with_no_failed_req
     if !docker_ready() {
         return;
     }
+    // Making and leaving a swarm changes the engine's networking: nothing
+    // else runs meanwhile.
+    let _engine = ENGINE.write().await;
     let images = tokio::task::block_in_place(images);
     let Some(_swarm) = tokio::task::block_in_place(Swarm::init) else {
         return;
     };
-    let name = format!("waifusit{}", std::process::id());
+    // Not the compose test's project name: its networks are named alike.
+    let name = format!("waifusw{}", std::process::id());
     let admin = "swarm-test-admin-token-0123456789";
     let internal = "swarm-test-internal-token-0123456789";
     let hello_v2 = format!("{}-v2", images.hello.trim_end_matches(":dev"));
