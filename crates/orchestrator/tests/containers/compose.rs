@@ -86,14 +86,9 @@ impl Stack {
         if status != 200 {
             return Vec::new();
         }
-        let list: serde_json::Value = serde_json::from_str(&body).unwrap();
-        list.as_array()
-            .unwrap()
-            .iter()
-            .filter(|w| w["name"] == name)
-            .flat_map(|w| w["instances"].as_array().unwrap())
-            .filter(|i| i["healthy"] == true && i["draining"] == false)
-            .map(|i| i["host"].as_str().unwrap().to_owned())
+        serving_in(&body, name)
+            .into_iter()
+            .map(|(host, _)| host)
             .collect()
     }
 
@@ -239,14 +234,7 @@ async fn the_compose_stack_serves_restarts_scales_and_loses_nothing() {
         assert_eq!(status, 200);
     }
     let log = tokio::task::block_in_place(|| stack.logs(&stack.orchestrator()));
-    let counts: Vec<usize> = instances
-        .iter()
-        .map(|i| {
-            log.lines()
-                .filter(|l| l.contains("waifu=hello") && l.contains(&format!("instance={i}")))
-                .count()
-        })
-        .collect();
+    let counts = served_by(&log, "hello", &instances);
     eprintln!("three hello containers: {instances:?} served {counts:?}");
     assert!(counts.iter().all(|&c| c >= 50), "{instances:?}: {counts:?}");
 
@@ -266,12 +254,7 @@ async fn the_compose_stack_serves_restarts_scales_and_loses_nothing() {
         "docker stop of one hello under load: {sent} requests, {} failed, stop took {took:?}",
         failures.len()
     );
-    assert!(
-        failures.is_empty(),
-        "{} failed; the first: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(10)]
-    );
+    assert_none_failed(&failures);
     let exit = ok(
         &mut docker(&["inspect", "-f", "{{.State.ExitCode}}", &victim]),
         Duration::from_secs(30),

@@ -101,15 +101,7 @@ impl Cluster {
 
     /// The host port `port` of container `short` is published on.
     fn published(&self, short: &str, port: u16) -> u16 {
-        let out = ok(
-            &mut docker(&["port", &self.name(short), &format!("{port}/tcp")]),
-            Duration::from_secs(30),
-        );
-        out.lines()
-            .next()
-            .and_then(|l| l.rsplit(':').next())
-            .and_then(|p| p.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{short}:{port} is not published: {out}"))
+        published_port(&self.name(short), port)
     }
 }
 
@@ -152,27 +144,8 @@ fn leads(container: &str) -> bool {
     text.lines().any(|l| l.trim() == "waifus_health_leader 1")
 }
 
-const HAPROXY: &str = "\
-global
-    maxconn 2000
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    retries 3
-    option redispatch
-    retry-on conn-failure empty-response
-resolvers docker
-    nameserver dns 127.0.0.11:53
-    hold valid 1s
-frontend public
-    bind :80
-    default_backend orchestrators
-backend orchestrators
-    balance roundrobin
-    option httpchk GET /__internal/health
-    http-check expect status 204
+/// Behind HAProxy: `a` and `b`, on the public port and on the internal API.
+const HAPROXY_SERVERS: &str = "\
     default-server check port 2137 inter 500ms fall 2 rise 1 resolvers docker init-addr last,libc,none
     server a a:8080
     server b b:8080
@@ -279,7 +252,7 @@ async fn two_orchestrators_behind_haproxy_survive_partitions_a_lost_leader_and_a
         };
         assert_eq!(database("a"), database("b"));
         let config = std::env::temp_dir().join(format!("{}-haproxy.cfg", cluster.prefix));
-        std::fs::write(&config, HAPROXY).unwrap();
+        std::fs::write(&config, format!("{HAPROXY_PUBLIC}{HAPROXY_SERVERS}")).unwrap();
         cluster.run(
             "lb",
             "app",

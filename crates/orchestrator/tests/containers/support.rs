@@ -278,3 +278,87 @@ pub(crate) fn internal_as(
         .unwrap_or_default();
     (status, body)
 }
+
+/// The healthy instances of `name` that are not draining, with their
+/// versions (empty when none), in a `/__internal/waifus` answer; sorted.
+pub(crate) fn serving_in(waifus: &str, name: &str) -> Vec<(String, String)> {
+    let list: serde_json::Value = serde_json::from_str(waifus).unwrap();
+    let mut instances: Vec<(String, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["name"] == name)
+        .flat_map(|w| w["instances"].as_array().unwrap())
+        .filter(|i| i["healthy"] == true && i["draining"] == false)
+        .map(|i| {
+            let version = i["version"].as_str().unwrap_or("").to_owned();
+            (i["host"].as_str().unwrap().to_owned(), version)
+        })
+        .collect();
+    instances.sort();
+    instances
+}
+
+/// How many of `waifu`'s requests each of `instances` served, by the
+/// access log lines in `log`.
+pub(crate) fn served_by(log: &str, waifu: &str, instances: &[String]) -> Vec<usize> {
+    let waifu = format!("waifu={waifu} ");
+    instances
+        .iter()
+        .map(|i| {
+            let instance = format!("instance={i} ");
+            log.lines()
+                .filter(|l| l.contains(&waifu) && l.contains(&instance))
+                .count()
+        })
+        .collect()
+}
+
+/// Fails with how many requests failed and the first ten, if any did.
+pub(crate) fn assert_none_failed(failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{} failed; the first: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+}
+
+/// The host port `port` of `container` is published on.
+pub(crate) fn published_port(container: &str, port: u16) -> u16 {
+    let out = ok(
+        &mut docker(&["port", container, &format!("{port}/tcp")]),
+        Duration::from_secs(30),
+    );
+    out.lines()
+        .next()
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{container}:{port} is not published: {out}"))
+}
+
+/// The start of an HAProxy configuration that balances the public port
+/// (`:80`) over orchestrators checked on their internal health endpoint;
+/// the caller adds the `server` lines.
+pub(crate) const HAPROXY_PUBLIC: &str = "\
+global
+    maxconn 2000
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    retries 3
+    option redispatch
+    retry-on conn-failure empty-response
+resolvers docker
+    nameserver dns 127.0.0.11:53
+    hold valid 1s
+frontend public
+    bind :80
+    default_backend orchestrators
+backend orchestrators
+    balance roundrobin
+    option httpchk GET /__internal/health
+    http-check expect status 204
+";

@@ -136,21 +136,7 @@ impl SwarmStack {
                 if status != 200 {
                     return Vec::new();
                 }
-                let list: serde_json::Value = serde_json::from_str(&body).unwrap();
-                let mut instances: Vec<(String, String)> = list
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .filter(|w| w["name"] == name)
-                    .flat_map(|w| w["instances"].as_array().unwrap())
-                    .filter(|i| i["healthy"] == true && i["draining"] == false)
-                    .map(|i| {
-                        let version = i["version"].as_str().unwrap_or("").to_owned();
-                        (i["host"].as_str().unwrap().to_owned(), version)
-                    })
-                    .collect();
-                instances.sort();
-                instances
+                serving_in(&body, name)
             })
             .collect()
     }
@@ -218,31 +204,9 @@ impl Drop for SwarmStack {
     }
 }
 
-/// HAProxy in front of the orchestrator tasks, found by the service's name
-/// on the stack's network (DNS round robin), as the routing mesh would be.
-const HAPROXY: &str = "\
-global
-    maxconn 2000
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    retries 3
-    option redispatch
-    retry-on conn-failure empty-response
-resolvers docker
-    nameserver dns 127.0.0.11:53
-    hold valid 1s
-frontend public
-    bind :80
-    default_backend orchestrators
-backend orchestrators
-    balance roundrobin
-    option httpchk GET /__internal/health
-    http-check expect status 204
-    server-template orchestrator 4 orchestrator:8080 check port 2137 inter 500ms fall 2 rise 1 resolvers docker init-addr none
-";
+/// The orchestrator tasks behind HAProxy, found by the service's name on
+/// the stack's network (DNS round robin), as the routing mesh would be.
+const HAPROXY_SERVERS: &str = "    server-template orchestrator 4 orchestrator:8080 check port 2137 inter 500ms fall 2 rise 1 resolvers docker init-addr none\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_swarm_stack_scales_hello_and_rolls_out_a_new_image_with_no_failed_request() {
@@ -348,7 +312,7 @@ async fn a_swarm_stack_scales_hello_and_rolls_out_a_new_image_with_no_failed_req
             Duration::from_secs(60),
         );
         let config = std::env::temp_dir().join(format!("{}-haproxy.cfg", stack.name));
-        std::fs::write(&config, HAPROXY).unwrap();
+        std::fs::write(&config, format!("{HAPROXY_PUBLIC}{HAPROXY_SERVERS}")).unwrap();
         let lb = format!("{}-lb", stack.name);
         ok(
             docker(&["run", "-d", "--name", &lb, "--network", &stack.lb_network])
@@ -370,15 +334,7 @@ async fn a_swarm_stack_scales_hello_and_rolls_out_a_new_image_with_no_failed_req
             ]),
             Duration::from_secs(60),
         );
-        let out = ok(
-            &mut docker(&["port", &lb, "80/tcp"]),
-            Duration::from_secs(30),
-        );
-        out.lines()
-            .next()
-            .and_then(|l| l.rsplit(':').next())
-            .and_then(|p| p.trim().parse::<u16>().ok())
-            .unwrap_or_else(|| panic!("the load balancer is not published: {out}"))
+        published_port(&lb, 80)
     });
 
     // Two orchestrator replicas, both serving both hello tasks.
@@ -457,14 +413,8 @@ async fn a_swarm_stack_scales_hello_and_rolls_out_a_new_image_with_no_failed_req
         assert_eq!(status, 200);
     }
     let log = tokio::task::block_in_place(|| stack.access_log());
-    let counts: Vec<usize> = four
-        .iter()
-        .map(|(host, _)| {
-            log.lines()
-                .filter(|l| l.contains("waifu=hello") && l.contains(&format!("instance={host} ")))
-                .count()
-        })
-        .collect();
+    let hosts: Vec<String> = four.iter().map(|(host, _)| host.clone()).collect();
+    let counts = served_by(&log, "hello", &hosts);
     eprintln!("four hello tasks served {counts:?} of 400");
     assert!(counts.iter().all(|&c| c >= 40), "{four:?}: {counts:?}");
 
@@ -493,12 +443,7 @@ async fn a_swarm_stack_scales_hello_and_rolls_out_a_new_image_with_no_failed_req
         "docker service update --image of four hello tasks under load: {sent} requests, {} failed, update took {took:?}",
         failures.len()
     );
-    assert!(
-        failures.is_empty(),
-        "{} failed; the first: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(10)]
-    );
+    assert_none_failed(&failures);
     assert!(sent > 500, "only {sent} requests");
     tokio::task::block_in_place(|| {
         wait_for(
