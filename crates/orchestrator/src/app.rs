@@ -314,8 +314,9 @@ async fn serve(
     Ok(())
 }
 
-/// Deletes audit rows older than `keep` when this orchestrator starts to
-/// lead (one does at a time) and hourly while it does, until `shutdown`.
+/// Deletes audit rows older than `keep`, and attempt records nobody needs
+/// any more, when this orchestrator starts to lead (one does at a time) and
+/// hourly while it does, until `shutdown`.
 async fn prune_audit(
     store: store::Store,
     keep: Duration,
@@ -333,6 +334,13 @@ async fn prune_audit(
             Ok(0) => {}
             Ok(n) => info!(rows = n, "pruned the audit log"),
             Err(e) => warn!(error = %e, "could not prune the audit log"),
+        }
+        let (memory, trusted_for) = (
+            crate::ownership::throttle::MEMORY,
+            crate::ownership::throttle::TRUSTED_FOR,
+        );
+        if let Err(e) = store.prune_attempts(memory, trusted_for).await {
+            warn!(error = %e, "could not prune old attempt records");
         }
         tokio::select! {
             () = shutdown.cancelled() => return,

@@ -15,6 +15,7 @@
 //! Dependencies run one way: `edge → proxy → routing → upstream → http1`,
 //! and nothing below imports what is above it.
 
+pub mod admin;
 mod api;
 mod app;
 mod config;
@@ -35,7 +36,10 @@ mod tls;
 mod upstream;
 
 pub use app::{Listeners, RunError, run};
-pub use config::commands::{AuditArgs, CheckArgs, Cli, ClientArgs, Command, IncidentsArgs};
+pub use config::commands::{
+    AuditArgs, CheckArgs, ClaimAction, ClaimArgs, Cli, ClientArgs, Command, IncidentsArgs,
+    StateArgs,
+};
 pub use config::{Config, ConfigError, HelloSecret, LogFormat, Settings};
 pub use managed::ManagedError;
 pub use ops::status;

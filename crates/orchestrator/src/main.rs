@@ -6,7 +6,7 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::Parser;
-use orchestrator::{Cli, Command, Config, Listeners, LogFormat, Settings};
+use orchestrator::{ClaimAction, Cli, Command, Config, Listeners, LogFormat, Settings};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +17,9 @@ fn main() -> ExitCode {
         Some(Command::Status(args)) => cli::report(cli::status(args)),
         Some(Command::Incidents(args)) => cli::report(cli::incidents(args.client, args.limit)),
         Some(Command::Audit(args)) => cli::report(cli::audit(args)),
+        Some(Command::Claim(args)) => match args.action {
+            ClaimAction::Release { name, state } => cli::report(cli::release_claim(state, name)),
+        },
         Some(Command::Serve(config)) => run(&config),
         None => run(&cli.serve),
     };

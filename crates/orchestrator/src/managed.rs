@@ -114,6 +114,30 @@ impl Managed {
     }
 }
 
+/// The state database's URL on the managed cluster of `data_dir`, for a
+/// command run beside a running orchestrator; `None` when no cluster was
+/// ever set up there. Creates nothing.
+pub(crate) fn url_of(data_dir: &Path) -> Result<Option<String>, ManagedError> {
+    let read = |file: &str| {
+        let path = data_dir.join(file);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text.trim().to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(ManagedError::Io {
+                what: "read",
+                path,
+                source,
+            }),
+        }
+    };
+    let (Some(password), Some(port)) = (read("postgres-password")?, read("postgres-port")?) else {
+        return Ok(None);
+    };
+    Ok(Some(format!(
+        "postgres://{SUPERUSER}:{password}@127.0.0.1:{port}/waifus"
+    )))
+}
+
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ManagedError {
     let path = path.to_owned();
     move |source| ManagedError::Io { what, path, source }

@@ -101,8 +101,14 @@ pub fn parse_bind_target(input: &str) -> Result<BindTarget, BindError> {
 }
 
 /// Validates `/a/b/` and returns it without its trailing slash (`/` → `""`).
+///
+/// A percent-encoded byte that needs no encoding (`%61` for `a`, `%7E` for
+/// `~`) is decoded, as RFC 3986 §6.2.2.2 normalises it, so that every
+/// spelling of one path is one bind; any other escape (`%2F`, `%20`, `%25`)
+/// is refused, so nothing is ever decoded twice.
 fn parse_path(path: &str) -> Result<String, BindError> {
-    let trimmed = path.strip_suffix('/').unwrap_or(path);
+    let path = decode_plain(path)?;
+    let trimmed = path.strip_suffix('/').unwrap_or(&path);
     if trimmed.is_empty() {
         return Ok(String::new());
     }
@@ -121,6 +127,33 @@ fn parse_path(path: &str) -> Result<String, BindError> {
         return Err(BindError::InternalPath);
     }
     Ok(trimmed.to_owned())
+}
+
+/// `path` with each `%HH` that stands for a plain path byte decoded; an
+/// escape of anything else is [`BindError::BadPath`].
+fn decode_plain(path: &str) -> Result<String, BindError> {
+    if !path.contains('%') {
+        return Ok(path.to_owned());
+    }
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            out.push(char::from(bytes[i]));
+            i += 1;
+            continue;
+        }
+        let hex = bytes.get(i + 1..i + 3).ok_or(BindError::BadPath)?;
+        let hex = std::str::from_utf8(hex).map_err(|_| BindError::BadPath)?;
+        let byte = u8::from_str_radix(hex, 16).map_err(|_| BindError::BadPath)?;
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) || !is_plain_path_byte(byte) {
+            return Err(BindError::BadPath);
+        }
+        out.push(char::from(byte));
+        i += 3;
+    }
+    Ok(out)
 }
 
 /// RFC 3986 `pchar` without `%`: unreserved, sub-delims, `:` and `@`.
@@ -182,7 +215,20 @@ mod tests {
             ("https://a.waifu//p", Err(BindError::BadPath)),
             ("https://a.waifu/./p", Err(BindError::BadPath)),
             ("https://a.waifu/../p", Err(BindError::BadPath)),
-            ("https://a.waifu/%70", Err(BindError::BadPath)),
+            ("https://a.waifu/%70", Ok(key(Https, "a.waifu", None, "/p"))),
+            (
+                "http://hc.test/%61ccount/",
+                Ok(key(Http, "hc.test", None, "/account")),
+            ),
+            ("http://hc.test./x", Ok(key(Http, "hc.test", None, "/x"))),
+            ("https://a.waifu/%2F", Err(BindError::BadPath)),
+            ("https://a.waifu/a%2fb", Err(BindError::BadPath)),
+            ("https://a.waifu/%20", Err(BindError::BadPath)),
+            ("https://a.waifu/%25", Err(BindError::BadPath)),
+            ("https://a.waifu/%2", Err(BindError::BadPath)),
+            ("https://a.waifu/%+1x", Err(BindError::BadPath)),
+            ("https://a.waifu/%2e%2e/x", Err(BindError::BadPath)),
+            ("https://a.waifu/%5F_internal", Err(BindError::InternalPath)),
             ("https://a.waifu/a b", Err(BindError::BadPath)),
             ("https://a.waifu/a\\b", Err(BindError::BadPath)),
             ("https://a.waifu/é", Err(BindError::BadPath)),
@@ -210,7 +256,8 @@ mod tests {
             ("http://x/link", Err(BindError::BadTarget)),
             ("//", Err(BindError::BadPath)),
             ("/a/../b", Err(BindError::BadPath)),
-            ("/%5F_internal", Err(BindError::BadPath)),
+            ("/%5F_internal", Err(BindError::InternalPath)),
+            ("/%2F", Err(BindError::BadPath)),
             ("/__internal", Err(BindError::InternalPath)),
             ("/a/__Internal_x", Err(BindError::InternalPath)),
         ];

@@ -1,5 +1,5 @@
-//! The client commands: `orchestrator check`, `status`, `incidents` and
-//! `audit`.
+//! The client commands: `orchestrator check`, `status`, `incidents`,
+//! `audit`, and the operator's `claim release`.
 //! The only code that reports errors with `anyhow`, for a person to read.
 
 mod check;
@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use orchestrator::status::{Status, audit_table, incident_table, text};
-use orchestrator::{AuditArgs, CheckArgs, ClientArgs};
+use orchestrator::{AuditArgs, CheckArgs, ClientArgs, StateArgs};
 use waifus_protocol::{AuditEntry, IncidentInfo};
 
 /// `orchestrator check URL`: prints the report; exit 0 only if all rules pass.
@@ -62,6 +62,26 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<String> {
     }
     let entries: Vec<AuditEntry> = fetch(&args.client, &path).await?;
     Ok(audit_table(&entries))
+}
+
+/// `orchestrator claim release NAME`: what was done, in a sentence.
+pub async fn release_claim(state: StateArgs, name: String) -> anyhow::Result<String> {
+    let released = orchestrator::admin::release_claim(&state, &name).await?;
+    let mut out = if released.was_claimed {
+        format!(
+            "released the claim on {name}: its next hello or database call with a secret claims it again\n"
+        )
+    } else {
+        format!("{name} was not claimed; nothing to release\n")
+    };
+    match released.sessions_ended {
+        Some(n) => out.push_str(&format!(
+            "the password of its database role is taken away ({n} session(s) ended); the next \
+             database call with its secret sets a new one\n"
+        )),
+        None => out.push_str("it has no database role\n"),
+    }
+    Ok(out)
 }
 
 /// Fetches `path` from a running orchestrator's internal API as JSON,

@@ -34,6 +34,66 @@ pub enum Command {
     Incidents(IncidentsArgs),
     /// Print a running orchestrator's audit log, newest first.
     Audit(AuditArgs),
+    /// Operator actions on a waifu's claimed name, made on the state
+    /// database with the orchestrator's own settings.
+    Claim(ClaimArgs),
+}
+
+/// Arguments of `orchestrator claim`.
+#[derive(Debug, Clone, Args)]
+pub struct ClaimArgs {
+    #[command(subcommand)]
+    pub action: ClaimAction,
+}
+
+/// What `orchestrator claim` does.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ClaimAction {
+    /// Free a claimed name: its secret is forgotten and its database
+    /// password taken away (its sessions ended); the next hello or database
+    /// call with a secret claims it again. Audited, and an incident.
+    Release {
+        /// The waifu's name.
+        name: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+}
+
+/// Where the orchestrator keeps its state: the same settings as `serve`.
+/// Commands that use them act on PostgreSQL directly, so no network
+/// endpoint can do what they do.
+#[derive(Debug, Clone, Args)]
+pub struct StateArgs {
+    /// The orchestrator's PostgreSQL URL; unset: the managed cluster in
+    /// DATA_DIR (the orchestrator must be running).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// A file holding DATABASE_URL.
+    #[arg(long, env = "DATABASE_URL_FILE", value_parser = any_path())]
+    pub database_url_file: Option<PathBuf>,
+    /// The orchestrator's data directory (the managed cluster's password
+    /// and port are there).
+    #[arg(long, env = "DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// When set, incidents the command makes are delivered there too (by
+    /// the running orchestrator).
+    #[arg(long, env = "INCIDENT_WEBHOOK_URL")]
+    pub incident_webhook_url: Option<String>,
+}
+
+impl StateArgs {
+    /// `DATABASE_URL`, read from its file if given that way; `None` for the
+    /// managed cluster.
+    pub fn database_url(&self) -> Result<Option<String>, ConfigError> {
+        let mut url = self.database_url.clone().filter(|u| !u.is_empty());
+        let file = self
+            .database_url_file
+            .clone()
+            .filter(|f| !f.as_os_str().is_empty());
+        read_secret("DATABASE_URL", &mut url, &file)?;
+        Ok(url)
+    }
 }
 
 /// Where a running orchestrator's internal API is, and its tokens.

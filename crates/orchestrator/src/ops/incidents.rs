@@ -30,7 +30,7 @@ use waifus_protocol::IncidentInfo;
 
 use crate::ops::metrics::Metrics;
 use crate::store::incidents::NewIncident;
-use crate::store::ownership::NextFailure;
+use crate::store::ownership::{Attempts, AttemptsChange};
 use crate::store::{Store, StoreError};
 
 /// How long a delivery is retried before it is given up.
@@ -99,50 +99,66 @@ impl Incidents {
         source: IpAddr,
         detail: String,
     ) -> Result<(), StoreError> {
-        self.record_refusal(kind, name, source, None, |_| detail)
-            .await
-            .map(|_| ())
+        let incident = new_incident(kind, name, source, detail);
+        self.store.insert_incident(&incident, self.webhook).await?;
+        self.noted(&incident);
+        Ok(())
     }
 
-    /// Logs and stores an incident with, when `count` is given, one more
-    /// failure against the name in the shared throttle, in one transaction;
-    /// `detail` is told the lockout that failure starts. Committed when
-    /// this returns; returns that lockout.
-    pub(crate) async fn record_refusal(
+    /// Changes the attempts of `source` on `name` as `change` says, with
+    /// the incident it makes, in one transaction; committed (and the
+    /// incident logged) when this returns.
+    pub(crate) async fn with_attempts<T>(
         &self,
-        kind: IncidentKind,
         name: &str,
         source: IpAddr,
-        count: Option<NextFailure>,
-        detail: impl FnOnce(Option<Duration>) -> String,
-    ) -> Result<Option<Duration>, StoreError> {
+        change: impl FnOnce(Attempts) -> AttemptsChange<T>,
+    ) -> Result<T, StoreError> {
         let source = source.to_canonical().to_string();
-        let mut logged = None;
-        let lock = self
+        let (outcome, incident) = self
             .store
-            .refuse(
-                name,
-                count,
-                |lock| {
-                    let detail = detail(lock);
-                    logged = Some(detail.clone());
-                    NewIncident {
-                        kind: kind.as_str(),
-                        name: name.to_owned(),
-                        source: source.clone(),
-                        detail,
-                    }
-                },
-                self.webhook,
-            )
+            .change_attempts(name, &source, change, self.webhook)
             .await?;
-        let detail = logged.unwrap_or_default();
-        warn!(kind = kind.as_str(), name, %source, %detail, "incident");
-        self.metrics.incident(kind.as_str());
+        if let Some(incident) = &incident {
+            self.noted(incident);
+        }
+        Ok(outcome)
+    }
+
+    /// An incident stored (by this or by another transaction that made
+    /// it): logged at WARN, counted, and its delivery woken.
+    pub(crate) fn noted(&self, incident: &NewIncident) {
+        warn!(
+            kind = incident.kind,
+            name = %incident.name,
+            source = %incident.source,
+            detail = %incident.detail,
+            "incident"
+        );
+        self.metrics.incident(incident.kind);
         if self.webhook {
             self.wake.notify_one();
         }
-        Ok(lock)
+    }
+
+    /// Whether stored incidents go to a webhook too (an outbox row each).
+    pub(crate) fn webhook(&self) -> bool {
+        self.webhook
+    }
+}
+
+/// An incident of `kind` about `name` from `source`.
+pub(crate) fn new_incident(
+    kind: IncidentKind,
+    name: &str,
+    source: IpAddr,
+    detail: String,
+) -> NewIncident {
+    NewIncident {
+        kind: kind.as_str(),
+        name: name.to_owned(),
+        source: source.to_canonical().to_string(),
+        detail,
     }
 }
 

@@ -8,10 +8,13 @@
 //! claimed takes a hello without a secret, as waifus that follow only the
 //! seed protocol expect, unless `HELLO_SECRET=required`.
 //!
-//! Every refusal counts against the name in the shared throttle
-//! ([`throttle`]) and is an incident, stored in the same transaction, which
-//! commits before the refusal is answered: if it cannot be stored, the
-//! answer is 503, never a refusal nobody will find in the log.
+//! Every refusal counts against the calling address (and the name over all
+//! addresses) in the shared throttle ([`throttle`]) and is an incident,
+//! stored in the same transaction, which commits before the refusal is
+//! answered: if it cannot be stored, the answer is 503, never a refusal
+//! nobody will find in the log. A check that runs Argon2 is reserved in
+//! that throttle first, so many calls at once get no more checks than one
+//! after another would.
 //!
 //! Argon2 runs on its own threads ([`hasher`]). A waifu says hello every
 //! 30 s with its secret, so a secret once verified is remembered as a MAC
@@ -21,6 +24,7 @@ pub(crate) mod hasher;
 pub(crate) mod throttle;
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -29,11 +33,14 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use tracing::warn;
 
-use crate::ops::incidents::{IncidentKind, Incidents};
+use crate::ops::incidents::{IncidentKind, Incidents, new_incident};
+use crate::store::ownership::{Attempts, AttemptsChange, Claim};
 use crate::store::{Store, StoreError};
 use hasher::{HashError, Hasher};
+use throttle::Scope;
 
-/// Refused-while-locked incidents are stored at most this often per name.
+/// Refused-while-locked incidents are stored at most this often per name
+/// and address.
 const THROTTLED_INCIDENT_EVERY: Duration = Duration::from_secs(10);
 /// Verified secrets remembered (names); beyond it the memory starts over.
 const MAX_VERIFIED: usize = 100_000;
@@ -140,8 +147,8 @@ pub(crate) struct Ownership {
     verified: Mutex<HashMap<String, Verified>>,
     /// Key of those MACs: random, never leaves this process.
     mac_key: [u8; 32],
-    /// When a `throttled` incident was last stored, per name.
-    throttled_reported: Mutex<HashMap<String, Instant>>,
+    /// When a `throttled` incident was last stored, per name and address.
+    throttled_reported: Mutex<HashMap<(String, IpAddr), Instant>>,
 }
 
 impl Ownership {
@@ -164,8 +171,8 @@ impl Ownership {
         })
     }
 
-    /// Whether a call for `name` with `secret` may act for it; a refusal is
-    /// stored (incident, throttle) before this returns.
+    /// Whether a call for `name` with `secret` from `source` may act for
+    /// it; a refusal is stored (incident, attempts) before this returns.
     pub(crate) async fn admit(
         &self,
         name: &str,
@@ -173,8 +180,10 @@ impl Ownership {
         source: IpAddr,
         asked: Asked,
     ) -> Result<Standing, OwnershipError> {
-        let state = self.store.owner_state(name).await?;
-        if let Some(wait) = throttle::locked_for(state.failures.as_ref(), state.now) {
+        let address = source.to_canonical().to_string();
+        let state = self.store.owner_state(name, &address).await?;
+        let attempts = state.attempts;
+        if let Some(wait) = throttle::locked_for(&attempts.source, &attempts.name, attempts.now) {
             self.report_throttled(name, source, asked, wait).await?;
             return Err(OwnershipError::Throttled(wait));
         }
@@ -187,21 +196,29 @@ impl Ownership {
             (None, Some(_)) if asked == Asked::Goodbye => Standing::Unclaimed,
             (None, Some(secret)) => {
                 let hash = self.hasher.hash(secret).await?;
-                let via = asked.as_str();
-                match self
+                let claim = self
                     .store
-                    .claim(name, &hash, &source.to_canonical().to_string(), via)
-                    .await?
-                {
-                    None => {
+                    .claim(
+                        name,
+                        &hash,
+                        &address,
+                        asked.as_str(),
+                        self.incidents.webhook(),
+                    )
+                    .await?;
+                match claim {
+                    Claim::Claimed(incident) => {
+                        if let Some(incident) = &incident {
+                            self.incidents.noted(incident);
+                        }
                         self.remember(name, &hash, secret);
+                        self.succeeded(name, source, false).await?;
                         Standing::Claimed
                     }
                     // Another call claimed it meanwhile: judged by that.
-                    Some(theirs) => {
-                        if !self.verify(name, &theirs, secret).await? {
-                            return Err(self.refuse(name, source, asked, Refusal::Wrong).await);
-                        }
+                    Claim::Taken(theirs) => {
+                        self.check(name, &theirs, secret, source, asked, &attempts)
+                            .await?;
                         Standing::Owner
                     }
                 }
@@ -210,35 +227,96 @@ impl Ownership {
                 return Err(self.refuse(name, source, asked, Refusal::Missing).await);
             }
             (Some(hash), Some(secret)) => {
-                if !self.verify(name, hash, secret).await? {
-                    return Err(self.refuse(name, source, asked, Refusal::Wrong).await);
-                }
+                self.check(name, hash, secret, source, asked, &attempts)
+                    .await?;
                 Standing::Owner
             }
         };
-        if state.failures.is_some() && standing != Standing::Unclaimed {
-            self.store.forget_failures(name).await?;
-        }
         Ok(standing)
     }
 
-    /// Whether `secret` is the one `hash` stands for: remembered, or Argon2.
-    async fn verify(&self, name: &str, hash: &str, secret: &str) -> Result<bool, HashError> {
+    /// Checks `secret` against `hash`. A secret this process verified
+    /// before needs no Argon2 (and no reservation: only the right secret
+    /// is remembered, so a guess never passes here). Otherwise the attempt
+    /// is reserved in the shared attempts first, so that no more checks run
+    /// at once than failures are left, then judged: a wrong secret is
+    /// refused and recorded, a right one forgets the address's failures.
+    async fn check(
+        &self,
+        name: &str,
+        hash: &str,
+        secret: &str,
+        source: IpAddr,
+        asked: Asked,
+        seen: &Attempts,
+    ) -> Result<(), OwnershipError> {
+        if self.is_remembered(name, hash, secret) {
+            if !throttle::settled_success(&seen.source, seen.now) {
+                self.succeeded(name, source, false).await?;
+            }
+            return Ok(());
+        }
+        let reserved = self
+            .incidents
+            .with_attempts(name, source, |a| {
+                match throttle::reserve(a.source, a.name, a.now) {
+                    Ok((source, name)) => AttemptsChange {
+                        source,
+                        name,
+                        outcome: Ok(()),
+                        incident: None,
+                    },
+                    Err(wait) => AttemptsChange {
+                        source: a.source,
+                        name: a.name,
+                        outcome: Err(wait),
+                        incident: None,
+                    },
+                }
+            })
+            .await?;
+        if let Err(wait) = reserved {
+            self.report_throttled(name, source, asked, wait).await?;
+            return Err(OwnershipError::Throttled(wait));
+        }
+        // An error here leaves the reservation to lapse by itself.
+        if !self.hasher.verify(secret, hash).await? {
+            return Err(self.judge_wrong(name, source, asked, Refusal::Wrong).await);
+        }
+        self.remember(name, hash, secret);
+        self.succeeded(name, source, true).await
+    }
+
+    /// The right secret from `source`: its failures are forgotten and it is
+    /// trusted (`reserved`: the reservation it took is settled).
+    async fn succeeded(
+        &self,
+        name: &str,
+        source: IpAddr,
+        reserved: bool,
+    ) -> Result<(), OwnershipError> {
+        self.incidents
+            .with_attempts(name, source, |a| {
+                let (source, name) = throttle::success(a.source, a.name, reserved, a.now);
+                AttemptsChange {
+                    source,
+                    name,
+                    outcome: (),
+                    incident: None,
+                }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Whether this process verified `secret` against `hash` before.
+    fn is_remembered(&self, name: &str, hash: &str, secret: &str) -> bool {
         let mac = self.mac(secret);
-        let known = self
-            .verified
+        self.verified
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
-            .is_some_and(|v| v.hash == hash && constant_time_eq(&v.mac, &mac));
-        if known {
-            return Ok(true);
-        }
-        let right = self.hasher.verify(secret, hash).await?;
-        if right {
-            self.remember(name, hash, secret);
-        }
-        Ok(right)
+            .is_some_and(|v| v.hash == hash && constant_time_eq(&v.mac, &mac))
     }
 
     fn remember(&self, name: &str, hash: &str, secret: &str) {
@@ -262,15 +340,42 @@ impl Ownership {
         mac.finalize().into_bytes().into()
     }
 
-    /// Stores a refusal (throttle and incident in one transaction) and
-    /// returns the error to answer with: the refusal, or 503 if it could not
-    /// be stored.
+    /// A refusal of a call that ran no check (a missing secret): counted
+    /// and stored with its incident, unless the address turned out to be
+    /// locked meanwhile (then it is a 429).
     async fn refuse(
         &self,
         name: &str,
         source: IpAddr,
         asked: Asked,
         why: Refusal,
+    ) -> OwnershipError {
+        self.record_failure(name, source, asked, why, false).await
+    }
+
+    /// A wrong secret whose check was reserved: counted (the reservation
+    /// settled) and stored with its incident.
+    async fn judge_wrong(
+        &self,
+        name: &str,
+        source: IpAddr,
+        asked: Asked,
+        why: Refusal,
+    ) -> OwnershipError {
+        self.record_failure(name, source, asked, why, true).await
+    }
+
+    /// Stores one failure with its incident in one transaction and returns
+    /// the error to answer with: the refusal, a 429 if the address was
+    /// locked before this failure could count, or 503 if it could not be
+    /// stored.
+    async fn record_failure(
+        &self,
+        name: &str,
+        source: IpAddr,
+        asked: Asked,
+        why: Refusal,
+        reserved: bool,
     ) -> OwnershipError {
         // Goodbyes are recorded as hellos are: both speak for an instance.
         let kind = match (why, asked) {
@@ -289,24 +394,55 @@ impl Ownership {
                 asked.as_str()
             ),
         };
+        let address = source.to_canonical();
         let stored = self
             .incidents
-            .record_refusal(
-                kind,
-                name,
-                source,
-                Some(throttle::failure),
-                |lock| match lock {
-                    Some(d) => format!("{what}; the name is locked for {} s", d.as_secs()),
-                    None => what,
-                },
-            )
+            .with_attempts(name, source, |a| {
+                if !reserved && let Some(wait) = throttle::locked_for(&a.source, &a.name, a.now) {
+                    return AttemptsChange {
+                        source: a.source,
+                        name: a.name,
+                        outcome: Err(wait),
+                        incident: None,
+                    };
+                }
+                let (source_record, own_lock) =
+                    throttle::failure(a.source, Scope::Source, reserved, a.now);
+                let (name_record, name_lock) =
+                    throttle::failure(a.name, Scope::Name, reserved, a.now);
+                let mut detail = what;
+                if let Some(lock) = own_lock {
+                    let _ = write!(
+                        detail,
+                        "; {address} is locked out of this name for {} s",
+                        lock.as_secs()
+                    );
+                }
+                if let Some(lock) = name_lock {
+                    let _ = write!(
+                        detail,
+                        "; too many failures from all addresses: the name is locked for {} s \
+                         for every address that has not shown its secret",
+                        lock.as_secs()
+                    );
+                }
+                AttemptsChange {
+                    source: source_record,
+                    name: name_record,
+                    outcome: Ok(()),
+                    incident: Some(new_incident(kind, name, source, detail)),
+                }
+            })
             .await;
         match stored {
-            Ok(_) => match why {
+            Ok(Ok(())) => match why {
                 Refusal::Wrong => OwnershipError::WrongSecret,
                 Refusal::Missing => OwnershipError::SecretRequired,
                 Refusal::Always => OwnershipError::SecretAlwaysRequired,
+            },
+            Ok(Err(wait)) => match self.report_throttled(name, source, asked, wait).await {
+                Ok(()) => OwnershipError::Throttled(wait),
+                Err(e) => e.into(),
             },
             Err(e) => {
                 warn!(name, error = %e, "a refusal could not be stored: answering 503");
@@ -325,6 +461,7 @@ impl Ownership {
         wait: Duration,
     ) -> Result<(), StoreError> {
         let now = Instant::now();
+        let key = (name.to_owned(), source.to_canonical());
         let due = {
             let mut reported = self
                 .throttled_reported
@@ -333,25 +470,28 @@ impl Ownership {
             if reported.len() > 100_000 {
                 reported.retain(|_, t| now.duration_since(*t) < THROTTLED_INCIDENT_EVERY);
             }
-            let due = reported
-                .get(name)
-                .is_none_or(|t| now.duration_since(*t) >= THROTTLED_INCIDENT_EVERY);
-            if due {
-                reported.insert(name.to_owned(), now);
-            }
-            due
+            reported
+                .get(&key)
+                .is_none_or(|t| now.duration_since(*t) >= THROTTLED_INCIDENT_EVERY)
         };
         if due {
             let detail = format!(
-                "a {} was refused: too many wrong or missing secrets, locked for {} more s \
-                 (further refusals within {} s are not recorded separately)",
+                "a {} from {} was refused: too many wrong or missing secrets, retry in {} s \
+                 (further refusals of this address within {} s are not recorded separately)",
                 asked.as_str(),
+                key.1,
                 wait.as_secs().max(1),
                 THROTTLED_INCIDENT_EVERY.as_secs()
             );
             self.incidents
-                .record_refusal(IncidentKind::Throttled, name, source, None, |_| detail)
+                .record(IncidentKind::Throttled, name, source, detail)
                 .await?;
+            // Only once stored: a refusal whose incident failed is a 503,
+            // and the next one tries again.
+            self.throttled_reported
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, now);
         }
         Ok(())
     }

@@ -195,6 +195,39 @@ impl Provisioner {
     }
 }
 
+/// What releasing a claim did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Released {
+    /// The name was claimed (now it is not).
+    pub was_claimed: bool,
+    /// Sessions of the waifu's role that were ended; `None`: it has no role.
+    pub sessions_ended: Option<i64>,
+}
+
+/// Frees a claimed name, an operator's act: its secret is forgotten
+/// (audited, with a `claim_released` incident) and its role's password
+/// taken away, so what the old secret gave stops working; the next hello or
+/// database call with a secret claims the name again, and the database
+/// call sets a password derived from that secret. Under the name's lock, so
+/// it never interleaves with a provisioning. Repeating it is harmless.
+pub(crate) async fn release_claim(
+    store: &Store,
+    name: &str,
+    source: &str,
+    webhook: bool,
+) -> Result<(Released, Option<crate::store::incidents::NewIncident>), ProvisionError> {
+    validate_name(name)?;
+    let mut lock = NameLock::acquire(store, name).await?;
+    let incident = store.release_claim(name, source, webhook).await?;
+    let sessions_ended = sql::revoke_password(lock.client(), name, &identifier(name)).await?;
+    lock.release().await?;
+    let released = Released {
+        was_claimed: incident.is_some(),
+        sessions_ended,
+    };
+    Ok((released, incident))
+}
+
 async fn load(client: &tokio_postgres::Client, name: &str) -> Result<Option<Row>, ProvisionError> {
     let row = client
         .query_opt(

@@ -67,6 +67,46 @@ pub(crate) async fn ensure_role(
     Ok(())
 }
 
+/// Takes the password off the waifu's role (when waifus made it) and ends
+/// its sessions: credentials derived from a released secret stop working
+/// at once. The next database call with a new secret sets a new password.
+/// Returns the sessions ended, or `None` when there is no such role.
+pub(crate) async fn revoke_password(
+    client: &Client,
+    name: &str,
+    role: &str,
+) -> Result<Option<i64>, ProvisionError> {
+    let existing = client
+        .query_opt(
+            "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
+            &[&role],
+        )
+        .await?;
+    let Some(row) = existing else {
+        return Ok(None);
+    };
+    if row.get::<_, Option<String>>(0).as_deref() != Some(marker(name).as_str()) {
+        return Err(ProvisionError::Conflict {
+            kind: Conflicting::Role,
+            object: role.to_owned(),
+            name: name.to_owned(),
+        });
+    }
+    client
+        .batch_execute(&format!(
+            "ALTER ROLE {} PASSWORD NULL",
+            escape_identifier(role)
+        ))
+        .await?;
+    let ended = client
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = $1",
+            &[&role],
+        )
+        .await?;
+    Ok(Some(ended.get(0)))
+}
+
 /// Creates the database owned by the role with no window in which PUBLIC
 /// could connect (created closed, CONNECT revoked, then opened), or adopts
 /// an existing one only when its owner and marker match.

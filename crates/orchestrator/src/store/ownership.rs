@@ -1,6 +1,8 @@
-//! Name ownership in the state database: each name's secret (a hash), its
-//! shared failure record, and refusals, each stored with its incident in
-//! one transaction that commits before the caller answers.
+//! Name ownership in the state database: each name's secret (a hash), the
+//! attempts made on it per source address and over all of them, claims
+//! and their release. A change of the attempts is made, with the incident
+//! it may bring, in one transaction that holds both rows locked, and
+//! commits before the caller answers.
 
 use std::time::{Duration, SystemTime};
 
@@ -9,7 +11,8 @@ use super::audit;
 use super::error::StoreError;
 use super::incidents::{self, NewIncident};
 
-/// A name's failures, as stored (the throttle's rules work on it).
+/// Attempts on a name, from one source or over all, as stored (the
+/// throttle's rules work on it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FailureRecord {
     pub failures: u32,
@@ -18,147 +21,333 @@ pub(crate) struct FailureRecord {
     /// Length of the last lockout; zero before the first.
     pub last_lock: Duration,
     pub locked_until: Option<SystemTime>,
+    /// Attempts reserved for a check and not judged yet.
+    pub pending: u32,
+    pub pending_at: Option<SystemTime>,
+    /// When the source last showed the right secret.
+    pub trusted_at: Option<SystemTime>,
 }
 
-/// What is stored about a name's ownership, and the database's clock.
-#[derive(Debug)]
-pub(crate) struct OwnerState {
-    pub secret_hash: Option<String>,
-    pub failures: Option<FailureRecord>,
-    /// `now()` on the database: every orchestrator judges lockouts by it.
+/// A name's two records as stored (absent ones as `fresh` makes them), and
+/// the database's clock: every orchestrator judges lockouts by it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Attempts {
+    /// This source address's record.
+    pub source: FailureRecord,
+    /// The name's record over every address.
+    pub name: FailureRecord,
     pub now: SystemTime,
 }
 
-/// The next record after one more failure, and the lockout it starts.
-pub(crate) type NextFailure =
-    fn(Option<FailureRecord>, SystemTime) -> (FailureRecord, Option<Duration>);
+/// What is stored about a name's ownership.
+#[derive(Debug)]
+pub(crate) struct OwnerState {
+    pub secret_hash: Option<String>,
+    pub attempts: Attempts,
+    /// Whether the source has a record at all (a first success writes one).
+    pub source_known: bool,
+}
+
+/// What a change of the attempts makes of them: both records to store, what
+/// to tell the caller, and the incident to store with them.
+#[derive(Debug)]
+pub(crate) struct AttemptsChange<T> {
+    pub source: FailureRecord,
+    pub name: FailureRecord,
+    pub outcome: T,
+    pub incident: Option<NewIncident>,
+}
+
+impl FailureRecord {
+    /// A record with nothing in it, at `now`.
+    pub(crate) fn empty(now: SystemTime) -> FailureRecord {
+        FailureRecord {
+            failures: 0,
+            window_start: now,
+            last_failure: now,
+            last_lock: Duration::ZERO,
+            locked_until: None,
+            pending: 0,
+            pending_at: None,
+            trusted_at: None,
+        }
+    }
+}
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn record(row: &tokio_postgres::Row, at: usize) -> Option<FailureRecord> {
-    let failures: Option<i32> = row.get(at);
-    Some(FailureRecord {
-        failures: u32::try_from(failures?).unwrap_or(0),
+fn count(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// The record in the columns `RECORD` lists, from `at`.
+fn record(row: &tokio_postgres::Row, at: usize) -> FailureRecord {
+    let n = |i: usize| u32::try_from(row.get::<_, i32>(at + i)).unwrap_or(0);
+    FailureRecord {
+        failures: n(0),
         window_start: row.get(at + 1),
         last_failure: row.get(at + 2),
         last_lock: Duration::from_millis(u64::try_from(row.get::<_, i64>(at + 3)).unwrap_or(0)),
         locked_until: row.get(at + 4),
-    })
+        pending: n(5),
+        pending_at: row.get(at + 6),
+        trusted_at: row.get(at + 7),
+    }
 }
 
-const READ: &str = "SELECT now(), s.secret_hash, t.failures, t.window_start, t.last_failure,
-                           t.last_lock_ms, t.locked_until
-                    FROM (SELECT $1::text AS name) q
-                    LEFT JOIN waifu_secrets s USING (name)
-                    LEFT JOIN throttle t USING (name)";
+const RECORD: &str = "failures, window_start, last_failure, last_lock_ms, locked_until,
+                      pending, pending_at, trusted_at";
 
 impl Store {
-    /// A name's secret hash and failure record, in one round trip.
-    pub(crate) async fn owner_state(&self, name: &str) -> Result<OwnerState, StoreError> {
+    /// A name's secret hash and the records of `source` and of the name, in
+    /// one round trip.
+    pub(crate) async fn owner_state(
+        &self,
+        name: &str,
+        source: &str,
+    ) -> Result<OwnerState, StoreError> {
         let client = self.pool.get().await?;
-        let row = client.query_one(READ, &[&name]).await?;
-        Ok(OwnerState {
-            now: row.get(0),
-            secret_hash: row.get(1),
-            failures: record(&row, 2),
-        })
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT now(), (SELECT secret_hash FROM waifu_secrets WHERE name = $1),
+                            a.source, {RECORD}
+                     FROM (SELECT 1) one
+                     LEFT JOIN attempts a ON a.name = $1 AND a.source IN ('', $2)"
+                ),
+                &[&name, &source],
+            )
+            .await?;
+        let first = rows.first().ok_or_else(|| StoreError::Corrupt {
+            what: "the ownership query returned no row".into(),
+        })?;
+        let now: SystemTime = first.get(0);
+        let mut state = OwnerState {
+            secret_hash: first.get(1),
+            attempts: Attempts {
+                source: FailureRecord::empty(now),
+                name: FailureRecord::empty(now),
+                now,
+            },
+            source_known: false,
+        };
+        for row in &rows {
+            match row.get::<_, Option<&str>>(2) {
+                Some("") => state.attempts.name = record(row, 3),
+                Some(_) => {
+                    state.attempts.source = record(row, 3);
+                    state.source_known = true;
+                }
+                None => {}
+            }
+        }
+        Ok(state)
+    }
+
+    /// Changes the attempts of `source` on `name` as `change` says, with the
+    /// incident it makes, in one transaction holding both rows locked, so
+    /// calls on every orchestrator at once each see the others' changes.
+    /// Returns what `change` said to tell the caller.
+    pub(crate) async fn change_attempts<T>(
+        &self,
+        name: &str,
+        source: &str,
+        change: impl FnOnce(Attempts) -> AttemptsChange<T>,
+        webhook: bool,
+    ) -> Result<(T, Option<NewIncident>), StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // Inserted if absent and locked either way (DO UPDATE locks the row
+        // and returns its latest version); '' sorts first, so every caller
+        // locks in one order.
+        let rows = tx
+            .query(
+                &format!(
+                    "INSERT INTO attempts (name, source) VALUES ($1, ''), ($1, $2)
+                     ON CONFLICT (name, source) DO UPDATE SET name = attempts.name
+                     RETURNING now(), source, {RECORD}"
+                ),
+                &[&name, &source],
+            )
+            .await?;
+        let mut now = SystemTime::UNIX_EPOCH;
+        let (mut source_rec, mut name_rec) = (None, None);
+        for row in &rows {
+            now = row.get(0);
+            match row.get::<_, &str>(1) {
+                "" => name_rec = Some(record(row, 2)),
+                _ => source_rec = Some(record(row, 2)),
+            }
+        }
+        let (Some(source_rec), Some(name_rec)) = (source_rec, name_rec) else {
+            return Err(StoreError::Corrupt {
+                what: format!("the attempts of {name:?} from {source:?} are missing"),
+            });
+        };
+        let changed = change(Attempts {
+            source: source_rec,
+            name: name_rec,
+            now,
+        });
+        for (who, r) in [(source, &changed.source), ("", &changed.name)] {
+            tx.execute(
+                "UPDATE attempts SET failures = $3, window_start = $4, last_failure = $5,
+                                     last_lock_ms = $6, locked_until = $7, pending = $8,
+                                     pending_at = $9, trusted_at = $10
+                 WHERE name = $1 AND source = $2",
+                &[
+                    &name,
+                    &who,
+                    &count(r.failures),
+                    &r.window_start,
+                    &r.last_failure,
+                    &millis(r.last_lock),
+                    &r.locked_until,
+                    &count(r.pending),
+                    &r.pending_at,
+                    &r.trusted_at,
+                ],
+            )
+            .await?;
+        }
+        if let Some(incident) = &changed.incident {
+            incidents::insert(&tx, incident, webhook).await?;
+        }
+        tx.commit().await?;
+        Ok((changed.outcome, changed.incident))
+    }
+
+    /// Stores an incident on its own; committed when this returns.
+    pub(crate) async fn insert_incident(
+        &self,
+        incident: &NewIncident,
+        webhook: bool,
+    ) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        incidents::insert(&client, incident, webhook).await
+    }
+
+    /// Forgets attempts nobody needs any more: no failure within `memory`,
+    /// no reservation, no trust within `trusted_for`. Returns how many.
+    pub(crate) async fn prune_attempts(
+        &self,
+        memory: Duration,
+        trusted_for: Duration,
+    ) -> Result<u64, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .execute(
+                "DELETE FROM attempts
+                 WHERE last_failure < now() - $1 * interval '1 second'
+                   AND coalesce(locked_until < now(), true)
+                   AND (pending = 0 OR pending_at < now() - interval '1 minute')
+                   AND coalesce(trusted_at < now() - $2 * interval '1 second', true)",
+                &[&memory.as_secs_f64(), &trusted_for.as_secs_f64()],
+            )
+            .await?)
     }
 
     /// Claims `name` for the secret `hash` stands for, unless it is claimed
-    /// already; the claim is audited in the same transaction. `Ok(None)`:
-    /// this call claimed it; `Ok(Some(hash))`: another did first.
+    /// already; the claim is audited in the same transaction, and when
+    /// instances registered without a secret serve the name, a
+    /// `name_claimed` incident lists them (the claim may be someone else's
+    /// than theirs).
     pub(crate) async fn claim(
         &self,
         name: &str,
         hash: &str,
         source: &str,
         via: &str,
-    ) -> Result<Option<String>, StoreError> {
+        webhook: bool,
+    ) -> Result<Claim, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let claimed = tx
             .query_opt(
                 "INSERT INTO waifu_secrets (name, secret_hash) VALUES ($1, $2)
-                 ON CONFLICT (name) DO NOTHING RETURNING name",
+                 ON CONFLICT (name) DO NOTHING
+                 RETURNING (SELECT string_agg(host, ', ' ORDER BY host) FROM instances
+                            WHERE name = $1 AND goodbye_at IS NULL)",
                 &[&name, &hash],
             )
             .await?;
-        if claimed.is_none() {
+        let Some(claimed) = claimed else {
             let row = tx
                 .query_one(
                     "SELECT secret_hash FROM waifu_secrets WHERE name = $1",
                     &[&name],
                 )
                 .await?;
-            return Ok(Some(row.get(0)));
-        }
+            return Ok(Claim::Taken(row.get(0)));
+        };
         let detail = format!("the name is claimed by the secret of its first {via}");
         audit::append(&tx, "secret_claimed", name, source, &detail).await?;
+        let serving: Option<String> = claimed.get(0);
+        let incident = serving.map(|instances| NewIncident {
+            kind: "name_claimed",
+            name: name.to_owned(),
+            source: source.to_owned(),
+            detail: format!(
+                "the name was claimed by a {via} from {source} while instances registered \
+                 without a secret serve it ({instances}); hellos without the secret are \
+                 refused from now on. If the claim is not their owner's, release it: \
+                 orchestrator claim release {name}"
+            ),
+        });
+        if let Some(incident) = &incident {
+            incidents::insert(&tx, incident, webhook).await?;
+        }
         tx.commit().await?;
-        Ok(None)
+        Ok(Claim::Claimed(incident))
     }
 
-    /// A right secret: the name's failures are forgotten.
-    pub(crate) async fn forget_failures(&self, name: &str) -> Result<(), StoreError> {
-        let client = self.pool.get().await?;
-        client
-            .execute("DELETE FROM throttle WHERE name = $1", &[&name])
-            .await?;
-        Ok(())
-    }
-
-    /// A refused attempt on `name`: counted as one more failure when `count`
-    /// (`next` says what that makes of the record), and stored as the
-    /// incident `incident` makes of the lockout it starts, in one
-    /// transaction. Returns that lockout.
-    pub(crate) async fn refuse(
+    /// Frees a claimed name (an operator's act): its secret is forgotten,
+    /// with an audit row and a `claim_released` incident, and the database
+    /// it may have is marked to take a new password from the next secret
+    /// it is asked with. Returns whether it was claimed.
+    pub(crate) async fn release_claim(
         &self,
         name: &str,
-        count: Option<NextFailure>,
-        incident: impl FnOnce(Option<Duration>) -> NewIncident,
+        source: &str,
         webhook: bool,
-    ) -> Result<Option<Duration>, StoreError> {
+    ) -> Result<Option<NewIncident>, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let mut lock = None;
-        if let Some(next) = count {
-            // The row is locked: two orchestrators counting at once add up.
-            tx.execute(
-                "INSERT INTO throttle (name, failures, window_start, last_failure, last_lock_ms)
-                 VALUES ($1, 0, now(), now(), 0) ON CONFLICT (name) DO NOTHING",
-                &[&name],
-            )
+        let released = tx
+            .execute("DELETE FROM waifu_secrets WHERE name = $1", &[&name])
             .await?;
-            let row = tx
-                .query_one(
-                    "SELECT now(), failures, window_start, last_failure, last_lock_ms, locked_until
-                     FROM throttle WHERE name = $1 FOR UPDATE",
-                    &[&name],
-                )
-                .await?;
-            let now: SystemTime = row.get(0);
-            let stored = record(&row, 1).filter(|r| r.failures > 0 || r.last_lock > Duration::ZERO);
-            let (updated, started) = next(stored, now);
-            lock = started;
-            tx.execute(
-                "UPDATE throttle SET failures = $2, window_start = $3, last_failure = $4,
-                                     last_lock_ms = $5, locked_until = $6
-                 WHERE name = $1",
-                &[
-                    &name,
-                    &i32::try_from(updated.failures).unwrap_or(i32::MAX),
-                    &updated.window_start,
-                    &updated.last_failure,
-                    &millis(updated.last_lock),
-                    &updated.locked_until,
-                ],
-            )
-            .await?;
+        if released == 0 {
+            return Ok(None);
         }
-        incidents::insert(&tx, &incident(lock), webhook).await?;
+        // A key id no key has: the next database call derives the password
+        // from the new secret and sets it on the role.
+        tx.execute("UPDATE databases SET key_id = '' WHERE name = $1", &[&name])
+            .await?;
+        let detail = "the claim was released by an operator: the next hello or database call \
+                      with a secret claims the name again";
+        audit::append(&tx, "claim_released", name, source, detail).await?;
+        tx.execute("DELETE FROM attempts WHERE name = $1", &[&name])
+            .await?;
+        let incident = NewIncident {
+            kind: "claim_released",
+            name: name.to_owned(),
+            source: source.to_owned(),
+            detail: detail.to_owned(),
+        };
+        incidents::insert(&tx, &incident, webhook).await?;
         tx.commit().await?;
-        Ok(lock)
+        Ok(Some(incident))
     }
+}
+
+/// What came of a claim.
+#[derive(Debug)]
+pub(crate) enum Claim {
+    /// This call claimed the name; the `name_claimed` incident it stored,
+    /// if instances without a secret were serving it.
+    Claimed(Option<NewIncident>),
+    /// Another call claimed it first: its hash.
+    Taken(String),
 }

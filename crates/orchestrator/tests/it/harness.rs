@@ -309,10 +309,26 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: Bytes,
 ) -> Option<Reply> {
+    send_from(None, addr, method, target, headers, body).await
+}
+
+/// As [`send`], from the local address `source` when given (any of
+/// 127.0.0.0/8 reaches a loopback listener), so a test can be several
+/// clients.
+pub async fn send_from(
+    source: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    method: Method,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Option<Reply> {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_local_address(source);
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
         .set_host(false)
-        .build_http();
+        .build(connector);
     let mut req = Request::builder()
         .method(method)
         .uri(format!("http://{addr}{target}"));
