@@ -190,7 +190,8 @@ pub struct IncidentInfo {
     /// RFC 3339, UTC.
     pub time: String,
     /// `wrong_secret`, `throttled`, `bind_taken`, `hello_without_secret`,
-    /// `hello_wrong_secret` or `unauthorized`.
+    /// `hello_wrong_secret`, `unauthorized`, `name_claimed` or
+    /// `claim_released`.
     pub kind: String,
     /// The waifu concerned.
     pub name: String,

@@ -23,14 +23,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use waifus_protocol::{
     AuditEntry, DatabaseCredentials, DatabaseRequest, Goodbye, GoodbyeResponse, Hello,
-    HelloResponse, IncidentInfo, RefusalReason, WaifuInfo, validate_name,
+    HelloResponse, IncidentInfo, WaifuInfo, validate_name,
 };
 
-use crate::ops::incidents::IncidentKind;
 use crate::ops::status::{RECENT_AUDIT, RECENT_INCIDENTS, Status, WaifuStatus, html};
 use crate::ownership::Asked;
 use crate::provision::MAX_SECRET;
 use crate::registry::{GoodbyeError, HelloError};
+use crate::store::incidents::NewIncident;
 use error::{ApiError, INCIDENTS_MAX, MAX_BODY};
 pub(crate) use state::AppState;
 pub(crate) use tokens::Tokens;
@@ -86,18 +86,10 @@ async fn hello(
         Err(ApiError::Ownership(e)) => e.outcome(),
         Err(_) => "invalid",
     });
-    let (hello, response) = response?;
-    for outcome in &response.binds {
-        if outcome.reason == Some(RefusalReason::Taken) {
-            let detail = format!("bind {} was refused: another waifu holds it", outcome.bind);
-            let stored = state
-                .incidents
-                .record(IncidentKind::BindTaken, &hello.name, peer.ip(), detail)
-                .await;
-            if let Err(e) = stored {
-                tracing::warn!(error = %e, "could not store a bind_taken incident");
-            }
-        }
+    let (response, reported) = response?;
+    // Stored with the hello; logged, counted and delivered from here.
+    for incident in &reported {
+        state.incidents.noted(incident);
     }
     Ok(Json(response))
 }
@@ -108,7 +100,7 @@ async fn hello_inner(
     state: &AppState,
     body: Body,
     peer: IpAddr,
-) -> Result<(Hello, HelloResponse), ApiError> {
+) -> Result<(HelloResponse, Vec<NewIncident>), ApiError> {
     let hello: Hello = json_body(body).await?;
     validate_name(&hello.name).map_err(HelloError::Name)?;
     if let Some(secret) = &hello.secret
@@ -120,8 +112,8 @@ async fn hello_inner(
         .ownership
         .admit(&hello.name, hello.secret.as_deref(), peer, Asked::Hello)
         .await?;
-    let response = state.registry.hello(&hello, peer).await?;
-    Ok((hello, response))
+    let webhook = state.incidents.webhook();
+    Ok(state.registry.hello(&hello, peer, webhook).await?)
 }
 
 /// `POST /__internal/goodbye`: the instance gets no new request and drains.

@@ -46,7 +46,6 @@ const POLL: Duration = Duration::from_secs(1);
 pub(crate) enum IncidentKind {
     WrongSecret,
     Throttled,
-    BindTaken,
     HelloWithoutSecret,
     HelloWrongSecret,
     Unauthorized,
@@ -57,7 +56,6 @@ impl IncidentKind {
         match self {
             IncidentKind::WrongSecret => "wrong_secret",
             IncidentKind::Throttled => "throttled",
-            IncidentKind::BindTaken => "bind_taken",
             IncidentKind::HelloWithoutSecret => "hello_without_secret",
             IncidentKind::HelloWrongSecret => "hello_wrong_secret",
             IncidentKind::Unauthorized => "unauthorized",

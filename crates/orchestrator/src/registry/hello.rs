@@ -14,16 +14,19 @@ use waifus_protocol::{
 use super::{Entry, HelloError, Registry, State};
 use crate::health::Watch;
 use crate::routing::Instance;
-use crate::store::BindClaim;
+use crate::store::incidents::NewIncident;
+use crate::store::{BindClaim, HelloRecord};
 
 impl Registry {
     /// Handles `POST /__internal/hello` from `source`, whose ownership of
-    /// the name was checked before.
+    /// the name was checked before. Returns the answer and the `bind_taken`
+    /// incidents stored with it (with an outbox row each when `webhook`).
     pub(crate) async fn hello(
         &self,
         hello: &Hello,
         source: std::net::IpAddr,
-    ) -> Result<HelloResponse, HelloError> {
+        webhook: bool,
+    ) -> Result<(HelloResponse, Vec<NewIncident>), HelloError> {
         validate_name(&hello.name)?;
         let upstream = parse_host(&hello.host)?;
         if let Some(version) = &hello.version {
@@ -100,16 +103,18 @@ impl Registry {
         let version_at = fresh.as_ref().map(|(_, _, at)| *at);
         let granted = self
             .store
-            .hello(
-                &hello.name,
-                &upstream,
+            .hello(&HelloRecord {
+                name: &hello.name,
+                instance: &upstream,
                 version,
                 version_at,
-                &claims,
-                &source,
-            )
+                claims: &claims,
+                source: &source,
+                webhook,
+            })
             .await?;
-        let mut granted = granted.into_iter();
+        let reported = granted.reported;
+        let mut granted = granted.granted.into_iter();
         // Kept as the waifu's binds: sized exactly, as a pushed-to vector
         // would hold room for four (240 bytes too many per waifu).
         let mut accepted = Vec::with_capacity(claims.len());
@@ -118,7 +123,7 @@ impl Registry {
             if granted.next().unwrap_or(false) {
                 accepted.push(bind);
             } else {
-                warn!(name = %hello.name, bind = %outcome.bind, "bind refused: taken by another waifu");
+                warn!(name = %hello.name, bind = %outcome.bind, "bind refused: its host belongs to another waifu");
                 outcome.accepted = false;
                 outcome.reason = Some(RefusalReason::Taken);
             }
@@ -160,11 +165,12 @@ impl Registry {
         if let Some((instance, seen)) = awaited {
             instance.checked_since(seen, self.check_wait).await;
         }
-        Ok(HelloResponse {
+        let response = HelloResponse {
             name: hello.name.clone(),
             url: format!("{}/{}", self.public_base, hello.name),
             binds: outcomes,
-        })
+        };
+        Ok((response, reported))
     }
 
     fn check_bind(&self, bind: &str, target: &str) -> Result<(BindKey, String), RefusalReason> {

@@ -17,6 +17,7 @@ mod faults;
 mod guard;
 mod h2;
 mod health;
+mod hosts;
 mod http1;
 mod openapi;
 mod ops;

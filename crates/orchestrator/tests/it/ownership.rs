@@ -598,7 +598,8 @@ async fn every_change_is_one_audit_row_and_repeats_are_none() {
         let r = database(&orch, json!({"name": "aud", "secret": "aud-secret"})).await;
         assert_eq!(r.status, StatusCode::OK);
     }
-    // A refused bind is an incident, not a change.
+    // A refused bind changes nothing: it is an incident, and a
+    // `bind_refused` row under both names.
     let r = hello(
         &orch,
         json!({"name": "other", "host": one.host(), "additionalBinds": {"http://b.test": "/"}}),
@@ -613,7 +614,8 @@ async fn every_change_is_one_audit_row_and_repeats_are_none() {
             "instance_added",
             "bind_accepted",
             "bind_released",
-            "database_created"
+            "database_created",
+            "bind_refused"
         ],
         "{rows:?}"
     );
@@ -623,7 +625,7 @@ async fn every_change_is_one_audit_row_and_repeats_are_none() {
     );
     assert_eq!(
         actions(&audit_of(&orch, "other").await),
-        ["waifu_added", "instance_added"]
+        ["waifu_added", "instance_added", "bind_refused"]
     );
 
     // Both instances die: each removal, the bind and the waifu, once.
@@ -639,7 +641,7 @@ async fn every_change_is_one_audit_row_and_repeats_are_none() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let rows = audit_of(&orch, "aud").await;
-    let tail: Vec<&str> = actions(&rows)[8..].to_vec();
+    let tail: Vec<&str> = actions(&rows)[9..].to_vec();
     assert_eq!(
         tail.iter().filter(|a| **a == "instance_removed").count(),
         2,

@@ -198,13 +198,13 @@ async fn binds_are_refused_with_stable_reasons() {
         ("https://u@a.test/y", "invalid"),
         ("http://b.test/__internal", "internal_path"),
         ("http://b.test/ok", "internal_path"),
-        ("http://b.test/%5f_internal", "invalid"),
+        ("http://b.test/%5f_internal", "internal_path"),
     ] {
         assert_eq!(reason(&body, bind), want, "{bind}");
     }
 
-    // Another waifu cannot take a's binds, in any spelling; it can take a
-    // longer prefix on the same host.
+    // Another waifu cannot take a's binds, in any spelling; as neither is
+    // claimed, it can take a longer prefix on the same host.
     let body = orch
         .register(
             "b",

@@ -29,3 +29,24 @@ CREATE TABLE attempts (
     trusted_at   timestamptz,
     PRIMARY KEY (name, source)
 );
+
+-- When a bind was first granted: on a host that several waifus share, a
+-- claimed waifu that held it first keeps it alone. Binds made before this
+-- column take their waifu's registration time.
+ALTER TABLE binds ADD COLUMN since timestamptz NOT NULL DEFAULT now();
+UPDATE binds b SET since = w.registered_at FROM waifus w WHERE w.name = b.name;
+
+-- Binds that trespass on the host of a claimed waifu that held it earlier
+-- are released now, each one audit row, so no path on a claimed waifu's
+-- host stays served by another waifu after this upgrade.
+WITH trespassing AS (
+    DELETE FROM binds b
+    WHERE EXISTS (
+        SELECT 1 FROM binds o JOIN waifu_secrets s ON s.name = o.name
+        WHERE o.host = b.host AND o.name <> b.name AND o.since < b.since)
+    RETURNING b.name, b.bind, b.host)
+INSERT INTO audit (action, name, source, detail)
+SELECT 'bind_released', name, 'orchestrator',
+       'bind ' || bind || ' released: the host ' || host ||
+       ' belongs to a claimed waifu that held it first'
+FROM trespassing;
