@@ -287,6 +287,10 @@ async fn serve(
                 config.internal_token.as_deref(),
                 config.admin_token.as_deref(),
             )),
+            calls: api::Calls {
+                tasks: tasks.clone(),
+                stop: hard_stop.clone(),
+            },
         }),
         limits,
         shutdown.clone(),

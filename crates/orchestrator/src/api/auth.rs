@@ -1,7 +1,8 @@
 //! The middleware that checks the bearer token of every internal API call
 //! ([`super::tokens`] says which token opens what). A call without a valid
 //! token is 401 `unauthorized` and an incident, stored at most once per
-//! source address every 10 s.
+//! source address every 10 s, and answered only once that incident is
+//! stored.
 
 use std::net::SocketAddr;
 
@@ -37,21 +38,24 @@ pub(crate) async fn authorize(
         return next.run(request).await;
     }
     let source = peer.ip();
-    if state.tokens.report_due(source) {
-        let detail = format!(
-            "{} {} without a valid token (further ones from this address within {} s are \
-             not recorded separately)",
-            request.method(),
-            request.uri().path(),
-            REPORT_EVERY.as_secs()
-        );
-        let stored = state
-            .incidents
-            .record(IncidentKind::Unauthorized, "-", source, detail)
-            .await;
-        if let Err(e) = stored {
-            return ApiError::Store(e).into_response();
-        }
+    let detail = format!(
+        "{} {} without a valid token (further ones from this address within {} s are \
+         not recorded separately)",
+        request.method(),
+        request.uri().path(),
+        REPORT_EVERY.as_secs()
+    );
+    let stored = state
+        .tokens
+        .reported
+        .record(&source, || {
+            state
+                .incidents
+                .record(IncidentKind::Unauthorized, "-", source, detail)
+        })
+        .await;
+    if let Err(e) = stored {
+        return ApiError::Store(e).into_response();
     }
     let mut response = ApiError::Unauthorized.into_response();
     response.headers_mut().insert(

@@ -52,6 +52,14 @@ pub(crate) enum ApiError {
     Unauthorized,
     #[error("this endpoint does not accept that method")]
     MethodNotAllowed,
+    #[error(
+        "no answer within {} s: the state database (or the secret check) is stalled or \
+         overloaded; retry later",
+        super::deadline::DEADLINE.as_secs()
+    )]
+    TimedOut,
+    #[error("the orchestrator is shutting down; retry with another one")]
+    Stopping,
 }
 
 impl ApiError {
@@ -103,6 +111,8 @@ impl ApiError {
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::TimedOut => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
+            ApiError::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
         }
     }
 }

@@ -9,6 +9,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 mod auth;
+mod deadline;
 mod error;
 mod state;
 mod tokens;
@@ -31,9 +32,13 @@ use crate::ownership::Asked;
 use crate::provision::MAX_SECRET;
 use crate::registry::{GoodbyeError, HelloError};
 use crate::store::incidents::NewIncident;
+pub(crate) use deadline::Calls;
 use error::{ApiError, INCIDENTS_MAX, MAX_BODY};
 pub(crate) use state::AppState;
 pub(crate) use tokens::Tokens;
+
+/// How long the status page waits for what it shows from PostgreSQL.
+const STATUS_STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Incidents one listing returns unless asked for another number.
 const INCIDENTS_DEFAULT: i64 = 100;
@@ -56,6 +61,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            deadline::within_deadline,
         ))
         .with_state(state)
 }
@@ -279,14 +288,37 @@ async fn method_not_allowed() -> ApiError {
 
 /// The status page's snapshot.
 async fn collect(state: &AppState) -> Status {
-    let waifus = state.registry.list().await;
-    let (databases, incidents, audit, store_error) = match tokio::try_join!(
-        state.store.databases(),
-        state.store.incidents(RECENT_INCIDENTS),
-        state.store.audit(None, RECENT_AUDIT)
-    ) {
-        Ok((d, i, a)) => (d, i, a, None),
-        Err(e) => (Vec::new(), Vec::new(), Vec::new(), Some(e.to_string())),
+    let listed = state.registry.list_within(STATUS_STORE_WAIT).await;
+    let busy = listed.is_none();
+    let waifus = listed.unwrap_or_default();
+    // The page is most needed when PostgreSQL is in trouble: what it says
+    // about the store is bounded, the rest is memory.
+    let stored = tokio::time::timeout(STATUS_STORE_WAIT, async {
+        tokio::try_join!(
+            state.store.databases(),
+            state.store.incidents(RECENT_INCIDENTS),
+            state.store.audit(None, RECENT_AUDIT)
+        )
+    })
+    .await;
+    let (databases, incidents, audit, store_error) = match stored {
+        Ok(Ok((d, i, a))) => (d, i, a, None),
+        Ok(Err(e)) => (Vec::new(), Vec::new(), Vec::new(), Some(e.to_string())),
+        Err(_) => (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Some(format!(
+                "the state database did not answer within {} s",
+                STATUS_STORE_WAIT.as_secs()
+            )),
+        ),
+    };
+    let store_error = match (store_error, busy) {
+        (None, true) => Some(
+            "a change waits for the state database: the waifus cannot be listed now".to_owned(),
+        ),
+        (e, _) => e,
     };
     let waifus = waifus
         .into_iter()

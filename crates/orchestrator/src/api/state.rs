@@ -23,4 +23,6 @@ pub(crate) struct AppState {
     pub metrics: Arc<Metrics>,
     /// The bearer tokens calls must carry.
     pub tokens: Arc<Tokens>,
+    /// Where each call runs, so it can be answered at the deadline.
+    pub calls: super::deadline::Calls,
 }

@@ -11,13 +11,13 @@
 //! Tokens are kept and compared as SHA-256 digests with no early exit, and
 //! never logged.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::Method;
 use sha2::{Digest, Sha256};
+
+use crate::ops::incidents::Gate;
 
 /// Unauthorized calls are stored as incidents at most this often per source.
 pub(super) const REPORT_EVERY: Duration = Duration::from_secs(10);
@@ -27,8 +27,9 @@ pub(super) const REPORT_EVERY: Duration = Duration::from_secs(10);
 pub(crate) struct Tokens {
     internal: Option<[u8; 32]>,
     admin: Option<[u8; 32]>,
-    /// When an unauthorized call was last stored, per source address.
-    reported: Mutex<HashMap<IpAddr, Instant>>,
+    /// Unauthorized calls stored, at most one per source address every
+    /// [`REPORT_EVERY`].
+    pub(super) reported: Gate<IpAddr>,
 }
 
 impl Tokens {
@@ -36,7 +37,7 @@ impl Tokens {
         Tokens {
             internal: internal.map(digest),
             admin: admin.map(digest),
-            reported: Mutex::default(),
+            reported: Gate::new(REPORT_EVERY),
         }
     }
 
@@ -58,22 +59,6 @@ impl Tokens {
             Some(_) => admin || matches(&self.internal),
             None => true,
         }
-    }
-
-    /// Whether an unauthorized call from `source` is to be stored now.
-    pub(super) fn report_due(&self, source: IpAddr) -> bool {
-        let now = Instant::now();
-        let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
-        if reported.len() > 10_000 {
-            reported.retain(|_, t| now.duration_since(*t) < REPORT_EVERY);
-        }
-        let due = reported
-            .get(&source)
-            .is_none_or(|t| now.duration_since(*t) >= REPORT_EVERY);
-        if due {
-            reported.insert(source, now);
-        }
-        due
     }
 }
 
@@ -144,15 +129,5 @@ mod tests {
         // Neither: everything is open, as before tokens existed.
         let none = Tokens::new(None, None);
         assert!(none.allows(&get, "/__internal/incidents", None));
-    }
-
-    #[test]
-    fn reports_are_rate_limited_per_source() {
-        let t = Tokens::new(Some("x"), None);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        assert!(t.report_due(a));
-        assert!(!t.report_due(a));
-        assert!(t.report_due(b));
     }
 }

@@ -13,6 +13,8 @@
 //! across restarts, by one orchestrator at a time (the one that runs the
 //! health checks). No secret, attempted secret or hash is ever part of one.
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -157,6 +159,58 @@ pub(crate) fn new_incident(
         name: name.to_owned(),
         source: source.to_canonical().to_string(),
         detail,
+    }
+}
+
+/// At most one incident per key every `every`, and never a refusal without
+/// one: a caller answers its refusal only once an incident for its key was
+/// committed within `every` (by it or by a call before it). Calls for one
+/// key take turns, so a burst stores one incident, not one each, and while
+/// PostgreSQL stalls every such call waits (and is answered 503 at the
+/// internal API's deadline) instead of being refused with no record.
+#[derive(Debug)]
+pub(crate) struct Gate<K> {
+    every: Duration,
+    /// When an incident was last committed, per key; a key's lock is held
+    /// while its incident is being stored.
+    last: std::sync::Mutex<HashMap<K, Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>>>,
+}
+
+/// Keys kept before the idle ones are dropped.
+const GATE_KEYS: usize = 10_000;
+
+impl<K: Eq + Hash + Clone> Gate<K> {
+    pub(crate) fn new(every: Duration) -> Self {
+        Gate {
+            every,
+            last: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Runs `store` unless an incident for `key` was committed within
+    /// `every`; `Ok` once one has been.
+    pub(crate) async fn record<E, F>(&self, key: &K, store: impl FnOnce() -> F) -> Result<(), E>
+    where
+        F: Future<Output = Result<(), E>>,
+    {
+        let slot = {
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            if last.len() > GATE_KEYS {
+                let every = self.every;
+                last.retain(|_, slot| {
+                    slot.try_lock()
+                        .map_or(true, |t| t.is_some_and(|t| t.elapsed() < every))
+                });
+            }
+            last.entry(key.clone()).or_default().clone()
+        };
+        let mut last = slot.lock().await;
+        if last.is_some_and(|t| t.elapsed() < self.every) {
+            return Ok(());
+        }
+        store().await?;
+        *last = Some(tokio::time::Instant::now());
+        Ok(())
     }
 }
 
@@ -305,5 +359,44 @@ mod tests {
         assert_eq!(backoff(0), Duration::from_secs(1));
         assert_eq!(backoff(3), Duration::from_secs(8));
         assert_eq!(backoff(30), MAX_BACKOFF);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gate_stores_once_per_key_and_interval_and_never_skips_a_failed_one() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let gate = Arc::new(Gate::new(Duration::from_secs(10)));
+        let stored = Arc::new(AtomicUsize::new(0));
+        let record = |key: &'static str, ok: bool| {
+            let (gate, stored) = (gate.clone(), stored.clone());
+            async move {
+                gate.record(&key, || async move {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if !ok {
+                        return Err("down");
+                    }
+                    stored.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                })
+                .await
+            }
+        };
+        // A burst for one key: one incident, every call answered after it.
+        let burst: Vec<_> = (0..20).map(|_| tokio::spawn(record("a", true))).collect();
+        for call in burst {
+            assert_eq!(call.await.unwrap(), Ok(()));
+        }
+        assert_eq!(stored.load(Ordering::SeqCst), 1);
+        // Another key has its own.
+        assert_eq!(record("b", true).await, Ok(()));
+        assert_eq!(stored.load(Ordering::SeqCst), 2);
+        // Within the interval nothing more is stored.
+        assert_eq!(record("a", true).await, Ok(()));
+        assert_eq!(stored.load(Ordering::SeqCst), 2);
+        // Past it, a failure is an error, and the next call stores again
+        // instead of being let through unrecorded.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(record("a", false).await, Err("down"));
+        assert_eq!(record("a", true).await, Ok(()));
+        assert_eq!(stored.load(Ordering::SeqCst), 3);
     }
 }

@@ -27,13 +27,13 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use tracing::warn;
 
-use crate::ops::incidents::{IncidentKind, Incidents, new_incident};
+use crate::ops::incidents::{Gate, IncidentKind, Incidents, new_incident};
 use crate::store::ownership::{Attempts, AttemptsChange, Claim};
 use crate::store::{Store, StoreError};
 use hasher::{HashError, Hasher};
@@ -147,8 +147,9 @@ pub(crate) struct Ownership {
     verified: Mutex<HashMap<String, Verified>>,
     /// Key of those MACs: random, never leaves this process.
     mac_key: [u8; 32],
-    /// When a `throttled` incident was last stored, per name and address.
-    throttled_reported: Mutex<HashMap<(String, IpAddr), Instant>>,
+    /// `throttled` incidents stored, at most one per name and address
+    /// every [`THROTTLED_INCIDENT_EVERY`].
+    throttled_reported: Gate<(String, IpAddr)>,
 }
 
 impl Ownership {
@@ -167,7 +168,7 @@ impl Ownership {
             required,
             verified: Mutex::default(),
             mac_key,
-            throttled_reported: Mutex::default(),
+            throttled_reported: Gate::new(THROTTLED_INCIDENT_EVERY),
         })
     }
 
@@ -460,40 +461,20 @@ impl Ownership {
         asked: Asked,
         wait: Duration,
     ) -> Result<(), StoreError> {
-        let now = Instant::now();
-        let key = (name.to_owned(), source.to_canonical());
-        let due = {
-            let mut reported = self
-                .throttled_reported
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if reported.len() > 100_000 {
-                reported.retain(|_, t| now.duration_since(*t) < THROTTLED_INCIDENT_EVERY);
-            }
-            reported
-                .get(&key)
-                .is_none_or(|t| now.duration_since(*t) >= THROTTLED_INCIDENT_EVERY)
-        };
-        if due {
-            let detail = format!(
-                "a {} from {} was refused: too many wrong or missing secrets, retry in {} s \
-                 (further refusals of this address within {} s are not recorded separately)",
-                asked.as_str(),
-                key.1,
-                wait.as_secs().max(1),
-                THROTTLED_INCIDENT_EVERY.as_secs()
-            );
-            self.incidents
-                .record(IncidentKind::Throttled, name, source, detail)
-                .await?;
-            // Only once stored: a refusal whose incident failed is a 503,
-            // and the next one tries again.
-            self.throttled_reported
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key, now);
-        }
-        Ok(())
+        let address = source.to_canonical();
+        let detail = format!(
+            "a {} from {address} was refused: too many wrong or missing secrets, retry in {} s \
+             (further refusals of this address within {} s are not recorded separately)",
+            asked.as_str(),
+            wait.as_secs().max(1),
+            THROTTLED_INCIDENT_EVERY.as_secs()
+        );
+        self.throttled_reported
+            .record(&(name.to_owned(), address), || {
+                self.incidents
+                    .record(IncidentKind::Throttled, name, source, detail)
+            })
+            .await
     }
 }
 

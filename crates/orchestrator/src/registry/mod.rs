@@ -52,6 +52,9 @@ pub(crate) enum GoodbyeError {
     Store(#[from] StoreError),
 }
 
+/// Longest a hello waits for its instance's first health check.
+const MAX_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Debug, Default)]
 struct State {
     waifus: BTreeMap<String, Entry>,
@@ -170,7 +173,9 @@ impl Registry {
             leaving,
             leading,
             seq: std::sync::atomic::AtomicU64::new(0),
-            check_wait,
+            // The internal API answers within 5 s: a slow first check is
+            // not waited out (the instance is routed once it passes).
+            check_wait: check_wait.min(MAX_CHECK_WAIT),
         };
         let loaded = {
             let mut state = registry.state.lock().await;
@@ -393,6 +398,17 @@ impl Registry {
     /// Handles `GET /__internal/waifus`.
     pub(crate) async fn list(&self) -> Vec<WaifuInfo> {
         let state = self.state.lock().await;
+        self.infos(&state)
+    }
+
+    /// As [`Registry::list`], or `None` if a change holds the model longer
+    /// than `wait` (it waits for PostgreSQL).
+    pub(crate) async fn list_within(&self, wait: std::time::Duration) -> Option<Vec<WaifuInfo>> {
+        let state = tokio::time::timeout(wait, self.state.lock()).await.ok()?;
+        Some(self.infos(&state))
+    }
+
+    fn infos(&self, state: &State) -> Vec<WaifuInfo> {
         state
             .waifus
             .iter()

@@ -28,6 +28,7 @@ mod replicas;
 mod rollout;
 mod slowloris;
 mod smuggling;
+mod stall;
 mod throttle;
 mod tls;
 mod upgrades;

@@ -19,6 +19,8 @@ pub struct PgCluster {
     pub port: u16,
     pub user: String,
     pub password: String,
+    /// The cluster's directory (`data/postmaster.pid` names the server).
+    dir: PathBuf,
     /// The supervisor; its stdin pipe is the cluster's lifeline.
     _supervisor: Child,
 }
@@ -28,6 +30,12 @@ static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
 /// The shared cluster, started on first use.
 pub fn cluster() -> &'static PgCluster {
     CLUSTER.get_or_init(start)
+}
+
+/// A cluster of the caller's own, for a test that stops its server (the
+/// shared one serves every other test); gone when it is dropped.
+pub fn dedicated() -> PgCluster {
+    start()
 }
 
 impl PgCluster {
@@ -42,6 +50,30 @@ impl PgCluster {
 }
 
 impl PgCluster {
+    /// Sends `signal` (`STOP`, `CONT`) to the server and every process it
+    /// started, as `kill` would: `STOP` freezes it with its sockets open,
+    /// which no timeout on the client's side of TCP notices.
+    pub fn signal_server(&self, signal: &str) {
+        let pid =
+            std::fs::read_to_string(self.dir.join("data/postmaster.pid")).expect("postmaster.pid");
+        let pid = pid.lines().next().expect("a pid").trim().to_owned();
+        // Its children, from /proc (field 4 of `stat` is the parent).
+        let mut pids = vec![pid.clone()];
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            if after_name.split_whitespace().nth(1) == Some(pid.as_str()) {
+                pids.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .args(&pids)
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} {pids:?}");
+    }
+
     /// A superuser connection to `database`, to inspect what the
     /// orchestrator did.
     pub async fn superuser(&self, database: &str) -> tokio_postgres::Client {
@@ -241,6 +273,7 @@ fn try_start(bin: &Path, user: Option<(u32, u32)>) -> Result<PgCluster, String> 
                 port,
                 user: "waifus".into(),
                 password,
+                dir,
                 _supervisor: supervisor,
             });
         }

@@ -1,0 +1,53 @@
+//! The deadline every internal API call answers within, whatever PostgreSQL
+//! or Argon2 are doing.
+//!
+//! A server that is stopped (`SIGSTOP`), swapping or overloaded keeps its
+//! sockets open and acknowledges every byte, so neither connect timeouts
+//! nor TCP bounds fire and a statement timeout is never read: a call would
+//! wait as long as the server stalls. Here each call runs as a task of its
+//! own and the client gets 503 `database_unavailable` with `Retry-After` at
+//! [`DEADLINE`]. The task itself goes on and finishes (or fails) when the
+//! server moves again, so a hello is never half applied to this process's
+//! memory. A refusal is only ever answered after its incident is committed,
+//! so a call cut off by the deadline is a 503, never a 401, 403 or 429
+//! without its record. The tasks are tracked and cut at shutdown.
+
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use super::state::AppState;
+
+/// How long a call may take before it is answered 503.
+pub(crate) const DEADLINE: Duration = Duration::from_secs(5);
+
+/// The middleware: the call's answer, or 503 at the deadline.
+pub(crate) async fn within_deadline(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let stop = state.calls.stop.clone();
+    let call = state.calls.tasks.spawn(async move {
+        tokio::select! {
+            response = next.run(request) => Some(response),
+            () = stop.cancelled() => None,
+        }
+    });
+    match tokio::time::timeout(DEADLINE, call).await {
+        Ok(Ok(Some(response))) => response,
+        Ok(Ok(None)) | Ok(Err(_)) => ApiError::Stopping.into_response(),
+        Err(_) => ApiError::TimedOut.into_response(),
+    }
+}
+
+/// Where calls run: tracked, and cut once shutdown's drain is over.
+#[derive(Debug, Clone)]
+pub(crate) struct Calls {
+    pub tasks: tokio_util::task::TaskTracker,
+    /// Cancelled when draining is over.
+    pub stop: tokio_util::sync::CancellationToken,
+}
