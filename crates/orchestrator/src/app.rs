@@ -204,6 +204,7 @@ async fn serve(
             _ => None,
         },
         metrics.unrouted.clone(),
+        settings.trusted.clone(),
     ));
     let incidents =
         incidents::Incidents::new(store.clone(), settings.webhook.is_some(), metrics.clone());
@@ -291,6 +292,7 @@ async fn serve(
                 tasks: tasks.clone(),
                 stop: hard_stop.clone(),
             },
+            trusted: settings.trusted.clone(),
         }),
         limits,
         shutdown.clone(),

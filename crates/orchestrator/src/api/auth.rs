@@ -4,9 +4,7 @@
 //! source address every 10 s, and answered only once that incident is
 //! stored.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -20,7 +18,6 @@ use crate::ops::incidents::IncidentKind;
 /// incident it makes cannot be stored).
 pub(crate) async fn authorize(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -37,7 +34,9 @@ pub(crate) async fn authorize(
     {
         return next.run(request).await;
     }
-    let source = peer.ip();
+    let (parts, body) = request.into_parts();
+    let source = super::source::source_of(&parts, &state);
+    let request = Request::from_parts(parts, body);
     let detail = format!(
         "{} {} without a valid token (further ones from this address within {} s are \
          not recorded separately)",

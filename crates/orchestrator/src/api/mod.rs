@@ -6,11 +6,12 @@
 //! the status it names; nothing a client sends can produce a 5xx other than
 //! 503 for an unreachable database.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 mod auth;
 mod deadline;
 mod error;
+mod source;
 mod state;
 mod tokens;
 
@@ -18,7 +19,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -34,6 +35,7 @@ use crate::registry::{GoodbyeError, HelloError};
 use crate::store::incidents::NewIncident;
 pub(crate) use deadline::Calls;
 use error::{ApiError, INCIDENTS_MAX, MAX_BODY};
+use source::Source;
 pub(crate) use state::AppState;
 pub(crate) use tokens::Tokens;
 
@@ -85,10 +87,10 @@ async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiE
 
 async fn hello(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Source(peer): Source,
     body: Body,
 ) -> Result<Json<HelloResponse>, ApiError> {
-    let response = hello_inner(&state, body, peer.ip()).await;
+    let response = hello_inner(&state, body, peer).await;
     state.metrics.hello(match &response {
         Ok(_) => "ok",
         Err(e) if e.status_and_code().0 == StatusCode::SERVICE_UNAVAILABLE => "unavailable",
@@ -128,7 +130,7 @@ async fn hello_inner(
 /// `POST /__internal/goodbye`: the instance gets no new request and drains.
 async fn goodbye(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Source(peer): Source,
     body: Body,
 ) -> Result<Json<GoodbyeResponse>, ApiError> {
     let goodbye: Goodbye = json_body(body).await?;
@@ -144,13 +146,13 @@ async fn goodbye(
         .admit(
             &goodbye.name,
             goodbye.secret.as_deref(),
-            peer.ip(),
+            peer,
             Asked::Goodbye,
         )
         .await?;
     let host = state
         .registry
-        .goodbye(&goodbye.name, &goodbye.host, peer.ip())
+        .goodbye(&goodbye.name, &goodbye.host, peer)
         .await?;
     Ok(Json(GoodbyeResponse {
         name: goodbye.name,
@@ -161,14 +163,14 @@ async fn goodbye(
 
 async fn database(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Source(peer): Source,
     body: Body,
 ) -> Result<Json<DatabaseCredentials>, ApiError> {
     let answer = async {
         let request: DatabaseRequest = json_body(body).await?;
         let credentials = state
             .provisioner
-            .credentials(&request.name, &request.secret, peer.ip())
+            .credentials(&request.name, &request.secret, peer)
             .await?;
         Ok::<_, ApiError>(credentials)
     }

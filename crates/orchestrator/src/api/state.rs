@@ -25,4 +25,6 @@ pub(crate) struct AppState {
     pub tokens: Arc<Tokens>,
     /// Where each call runs, so it can be answered at the deadline.
     pub calls: super::deadline::Calls,
+    /// Load balancers whose `X-Forwarded-For` names the caller.
+    pub trusted: crate::proxy::trusted::TrustedProxies,
 }

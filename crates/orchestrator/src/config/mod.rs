@@ -87,6 +87,17 @@ pub struct Config {
     #[arg(long, env = "ACME_CA_FILE", value_parser = any_path())]
     pub acme_ca_file: Option<PathBuf>,
 
+    /// Load balancers in front of the orchestrator whose X-Forwarded-For is
+    /// believed: addresses or blocks, comma-separated (`10.0.0.0/8,fd00::/8`).
+    /// Empty: nobody's; every forwarding field a client sends is dropped.
+    #[arg(
+        long,
+        env = "TRUSTED_PROXIES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub trusted_proxies: Vec<String>,
+
     /// One log line per proxied request (target `access`, in LOG_FORMAT).
     #[arg(long, env = "ACCESS_LOG", default_value = "false", action = clap::ArgAction::Set,
           value_parser = clap::builder::BoolishValueParser::new())]
@@ -202,6 +213,8 @@ pub enum ConfigError {
     },
     #[error("{name}_FILE {path} is empty")]
     SecretEmpty { name: &'static str, path: String },
+    #[error("TRUSTED_PROXIES: {0}")]
+    TrustedProxies(#[from] crate::proxy::trusted::BadCidr),
 }
 
 /// Reads the setting `name` from `file` when that is given (and the setting
@@ -374,6 +387,14 @@ impl Config {
             &config.admin_token_file,
         )?;
         let main_domain = config.main_domain()?;
+        let trusted = crate::proxy::trusted::TrustedProxies::new(
+            config
+                .trusted_proxies
+                .iter()
+                .filter(|b| !b.trim().is_empty())
+                .map(|b| b.parse())
+                .collect::<Result<_, _>>()?,
+        );
         let tls = config.tls()?;
         let webhook = config.webhook_uri()?;
         config.check_tokens()?;
@@ -382,6 +403,7 @@ impl Config {
             main_domain,
             tls,
             webhook,
+            trusted,
         })
     }
 
@@ -446,6 +468,8 @@ pub struct Settings {
     pub(crate) tls: Option<TlsConfig>,
     /// Where incidents are also sent.
     pub(crate) webhook: Option<http::Uri>,
+    /// `TRUSTED_PROXIES`.
+    pub(crate) trusted: crate::proxy::trusted::TrustedProxies,
 }
 
 impl Settings {

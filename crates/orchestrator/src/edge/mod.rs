@@ -71,13 +71,17 @@ pub(crate) async fn serve_proxy(
     // fast path drains on `shutdown` itself and hands it to hyper.
     let connections = TaskTracker::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections as usize));
+    let port = listener.local_addr().map_or(0, |a| a.port());
     while let Some((stream, peer, slot)) = next_connection(&listener, &slots, &shutdown).await {
         let _ = stream.set_nodelay(true);
         let counted = Open::new(&open);
         let conn = h1::Conn {
             proxy: proxy.clone(),
             peer,
-            via: Via::default(),
+            via: Via {
+                port,
+                ..Via::default()
+            },
             header_read_timeout: limits.header_read_timeout,
             builder: builder.clone(),
             draining: shutdown.clone(),
@@ -118,6 +122,7 @@ pub(crate) async fn serve_proxy(
             }
             let via = Via {
                 tls: true,
+                port,
                 sni: session.server_name().map(|n| n.to_ascii_lowercase().into()),
                 switched: None,
             };

@@ -30,13 +30,16 @@ pub(super) enum ProxyError {
     ToHttps(String),
     /// The Host is not the name the TLS connection was made for.
     Misdirected,
+    /// `CONNECT`: this is no forward proxy, and a connection that asked
+    /// for a tunnel is not trusted with another request.
+    Connect,
 }
 
 impl ProxyError {
     pub(super) fn into_response(self) -> Response<ProxyBody> {
         let mut location = None;
         // What is left of a broken request body cannot be read past.
-        let close = matches!(self, ProxyError::BadBody);
+        let close = matches!(self, ProxyError::BadBody | ProxyError::Connect);
         let (status, code, message) = match self {
             ProxyError::ToHttps(to) => {
                 location = HeaderValue::from_str(&to).ok();
@@ -55,6 +58,11 @@ impl ProxyError {
                 StatusCode::URI_TOO_LONG,
                 "uri_too_long",
                 "the request target is too long",
+            ),
+            ProxyError::Connect => (
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "CONNECT is not served: this is a reverse proxy, not a forward one",
             ),
             ProxyError::BadHost => (
                 StatusCode::BAD_REQUEST,

@@ -26,6 +26,7 @@ use super::error::ProxyError;
 use super::guard::{self, Rejection};
 use super::headers::{self, Forwarded, write_request_fields};
 use super::host::{https_location, request_authority};
+use super::trusted::TrustedProxies;
 use super::via::Via;
 use super::websocket;
 use crate::routing::stats::RequestStats;
@@ -108,6 +109,8 @@ pub(crate) struct Proxy {
     tunnels: TaskTracker,
     /// Cancelled when draining is over: closes remaining tunnels.
     hard_stop: CancellationToken,
+    /// Load balancers whose `X-Forwarded-For` is believed.
+    trusted: TrustedProxies,
 }
 
 impl Proxy {
@@ -118,6 +121,7 @@ impl Proxy {
         hard_stop: CancellationToken,
         https: Option<HttpsInfo>,
         unrouted: Arc<RequestStats>,
+        trusted: TrustedProxies,
     ) -> Self {
         Proxy {
             routes,
@@ -128,6 +132,7 @@ impl Proxy {
             response_timeout: config.response_timeout,
             tunnels,
             hard_stop,
+            trusted,
         }
     }
 
@@ -148,9 +153,12 @@ impl Proxy {
         let started = Instant::now();
         let method = req.method().clone();
         // Boxed: the request's future stays small when the log is off.
-        let entry = self
-            .access_log
-            .then(|| Box::new(access::Entry::begin(&req, client.ip(), started, via.tls)));
+        let entry = self.access_log.then(|| {
+            let who = self
+                .trusted
+                .client(client.ip(), forwarded_for(req.headers()));
+            Box::new(access::Entry::begin(&req, who, started, via.tls))
+        });
         let mut served = Served::default();
         let prepared = self.prepare(req, client, via, &mut served);
         let this = self.clone();
@@ -199,6 +207,9 @@ impl Proxy {
         served: &mut Served,
     ) -> Result<Prepared, ProxyError> {
         let (mut parts, body) = req.into_parts();
+        if parts.method == http::Method::CONNECT {
+            return Err(ProxyError::Connect);
+        }
         let target_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
         if target_len > MAX_TARGET_LEN {
             return Err(ProxyError::TargetTooLong);
@@ -245,9 +256,21 @@ impl Proxy {
                     switched: via.switched.clone(),
                 })
             });
+        let peer = client.ip();
+        let chain = self.trusted.contains(peer);
         let forwarded = Forwarded {
-            client: client.ip(),
-            proto: if via.tls { "https" } else { "http" },
+            client: if chain {
+                self.trusted.client(peer, forwarded_for(&parts.headers))
+            } else {
+                peer
+            },
+            peer,
+            chain,
+            proto: match (chain, via.tls) {
+                (true, false) => trusted_proto(&parts.headers).unwrap_or("http"),
+                (_, true) => "https",
+                (false, false) => "http",
+            },
             host: &host_value,
             prefix: resolved.prefix,
         };
@@ -417,6 +440,23 @@ impl Proxy {
             }
             drop(busy);
         });
+    }
+}
+
+/// The `X-Forwarded-For` values, for a trusted proxy's chain.
+fn forwarded_for(headers: &http::HeaderMap) -> impl DoubleEndedIterator<Item = &[u8]> {
+    headers
+        .get_all("x-forwarded-for")
+        .into_iter()
+        .map(HeaderValue::as_bytes)
+}
+
+/// The scheme a trusted proxy says the client used.
+fn trusted_proto(headers: &http::HeaderMap) -> Option<&'static str> {
+    match headers.get("x-forwarded-proto")?.as_bytes() {
+        b"https" => Some("https"),
+        b"http" => Some("http"),
+        _ => None,
     }
 }
 

@@ -5,17 +5,23 @@
 //! `HTTP2-Settings` never go upstream as the client sent them: only a
 //! WebSocket handshake is relayed, and for it the proxy writes
 //! `Upgrade: websocket` and `Connection: upgrade` itself
-//! ([`super::websocket`]). The `X-Forwarded-*` family, `X-Real-IP` and
-//! `Host` are written by us: a client's `X-Forwarded-Proto/Host/Prefix` and
-//! `X-Real-IP` are replaced, never trusted; `X-Forwarded-For` is appended
-//! to; `Host` is the authority the request was routed by (RFC 9112 §3.2.2).
-//! Dropped outright, because a waifu that trusts them could be told another
-//! path, origin or client address: `Forwarded`, `X-Original-URL`,
-//! `X-Rewrite-URL`, `True-Client-IP`, `X-Client-IP`, `Client-IP`,
-//! `X-Cluster-Client-IP`, `CF-Connecting-IP`, `Fastly-Client-IP`,
-//! `X-Originating-IP`, and every field whose name contains `_` (CGI-style
-//! servers read `X_Forwarded_For` and `Transfer_Encoding` as the real
-//! thing; nginx drops them by default too).
+//! ([`super::websocket`]). `Host` is the authority the request was routed
+//! by, in its canonical form (RFC 9112 §3.2.2).
+//!
+//! A client may not pose as a proxy: every field by which one tells an
+//! application who the client is, which scheme, host, port, path or
+//! certificate it used, or which user an authenticating proxy let in, is
+//! dropped ([`poses_as_proxy`]: the `X-Forwarded-*` and `Forwarded` families,
+//! `X-Real-IP`, `X-Original-*`, `X-Remote-*`, `X-Client-*`, `Front-End-Https`,
+//! `X-Url-Scheme`, CDN and cloud fields, `X-Envoy-*`, `Via`, `Proxy` (the
+//! httpoxy field), client certificate fields, identity-aware proxies' user
+//! fields, and every field whose name contains `_`, which CGI-style servers
+//! read as `X_Forwarded_For`), as Rack, Spring's `ForwardedHeaderFilter`,
+//! Werkzeug's `ProxyFix`, Django and Express read several of them. Then the
+//! proxy writes its own `X-Forwarded-For`, `-Proto`, `-Host`, `-Prefix` and
+//! `X-Real-IP`. `X-Forwarded-For` starts afresh with the peer's address,
+//! unless the peer is a trusted proxy ([`super::trusted`]): then the chain
+//! it sent is kept, the peer appended, and its `X-Forwarded-Proto` believed.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -62,8 +68,14 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// What the proxy knows about the request that the waifu should be told.
 #[derive(Debug)]
 pub(crate) struct Forwarded<'a> {
+    /// The client: the peer, or the address a trusted proxy named.
     pub client: IpAddr,
+    /// The connection's own peer, appended to `X-Forwarded-For`.
+    pub peer: IpAddr,
+    /// The peer is a trusted proxy: its `X-Forwarded-For` chain is kept.
+    pub chain: bool,
     pub proto: &'static str,
+    /// The routed authority, canonical.
     pub host: &'a HeaderValue,
     pub prefix: &'a str,
 }
@@ -107,13 +119,18 @@ pub(crate) fn write_request_fields<'h>(
     let kept_id = headers
         .get(&X_REQUEST_ID)
         .filter(|v| is_sane_request_id(v.as_bytes()) && !named.contains(&X_REQUEST_ID));
-    let mut prior_for = false;
+    let mut cookies_written = false;
     for (name, value) in headers {
         if is_not_forwarded(name) || named.contains(name) {
             continue;
         }
-        if *name == X_FORWARDED_FOR {
-            prior_for = true;
+        if *name == header::COOKIE {
+            // HTTP/2 sends each cookie as a field of its own; an HTTP/1.1
+            // server expects one (RFC 9113 §8.2.3, RFC 6265 §5.4).
+            if !cookies_written {
+                write_cookies(head, headers);
+                cookies_written = true;
+            }
             continue;
         }
         if *name == X_REQUEST_ID {
@@ -125,9 +142,9 @@ pub(crate) fn write_request_fields<'h>(
         }
         write_field(head, name.as_str().as_bytes(), value.as_bytes());
     }
-    // X-Forwarded-For is appended to: the client may sit behind proxies.
+    // X-Forwarded-For: the peer; after the chain a trusted proxy sent.
     head.extend_from_slice(b"x-forwarded-for: ");
-    if prior_for {
+    if fwd.chain && !named.contains(&X_FORWARDED_FOR) {
         for value in headers.get_all(&X_FORWARDED_FOR) {
             if value.to_str().is_ok() {
                 head.extend_from_slice(value.as_bytes());
@@ -135,9 +152,9 @@ pub(crate) fn write_request_fields<'h>(
             }
         }
     }
-    let client = fwd.client.to_canonical();
-    write_ip(head, client);
+    write_ip(head, fwd.peer.to_canonical());
     head.extend_from_slice(b"\r\n");
+    let client = fwd.client.to_canonical();
     write_field(head, b"x-forwarded-proto", fwd.proto.as_bytes());
     write_field(head, b"x-forwarded-host", fwd.host.as_bytes());
     if !fwd.prefix.is_empty() && is_field_value(fwd.prefix) {
@@ -159,6 +176,18 @@ pub(crate) fn write_request_fields<'h>(
             RequestId::Minted(id)
         }
     }
+}
+
+/// Every `Cookie` field as one, joined with `; `.
+fn write_cookies(head: &mut BytesMut, headers: &HeaderMap) {
+    head.extend_from_slice(b"cookie: ");
+    for (i, value) in headers.get_all(header::COOKIE).iter().enumerate() {
+        if i > 0 {
+            head.extend_from_slice(b"; ");
+        }
+        head.extend_from_slice(value.as_bytes());
+    }
+    head.extend_from_slice(b"\r\n");
 }
 
 /// The fields the `Connection` header names: hop-by-hop too.
@@ -209,8 +238,7 @@ pub(crate) fn write_field(head: &mut BytesMut, name: &[u8], value: &[u8]) {
 
 /// Client fields that never reach a waifu as sent: hop-by-hop ones
 /// (`Upgrade` and `HTTP2-Settings` included), framing (the proxy re-frames),
-/// `Host` and the forwarding fields (the proxy writes its own), and fields a
-/// waifu could take for a trusted client address, path or origin.
+/// `Host`, and every field by which a client could pose as a proxy.
 fn is_not_forwarded(name: &HeaderName) -> bool {
     if *name == header::CONNECTION
         || *name == header::UPGRADE
@@ -222,29 +250,70 @@ fn is_not_forwarded(name: &HeaderName) -> bool {
         || *name == header::EXPECT
         || *name == header::CONTENT_LENGTH
         || *name == header::HOST
-        || *name == header::FORWARDED
     {
         return true;
     }
     matches!(
         name.as_str(),
-        "keep-alive"
-            | "proxy-connection"
-            | "http2-settings"
-            | "x-forwarded-proto"
-            | "x-forwarded-host"
-            | "x-forwarded-prefix"
-            | "x-real-ip"
-            | "x-original-url"
-            | "x-rewrite-url"
-            | "true-client-ip"
-            | "x-client-ip"
-            | "client-ip"
-            | "x-cluster-client-ip"
-            | "cf-connecting-ip"
-            | "fastly-client-ip"
-            | "x-originating-ip"
-    ) || name.as_str().contains('_')
+        "keep-alive" | "proxy-connection" | "http2-settings"
+    ) || poses_as_proxy(name.as_str())
+}
+
+/// Whether a (lowercase) field name is one by which a proxy tells an
+/// application about the client, the connection or the user; from a
+/// client, each is a lie a waifu might believe. By family, so new members
+/// (`X-Forwarded-Anything`) are covered too.
+pub(crate) fn poses_as_proxy(name: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        // The de facto and the standard families (Rack, Spring, Werkzeug,
+        // Django, Express, Tomcat's RemoteIpValve, RFC 7239).
+        "x-forwarded",
+        "forwarded",
+        "x-original-",
+        "x-real-",
+        "x-remote-",
+        "x-client-",
+        "x-cluster-client-",
+        "x-proxyuser-",
+        "x-proxy-",
+        "x-envoy-",
+        // TLS and client certificates as terminating proxies pass them.
+        "x-ssl",
+        "ssl-",
+        "x-arr-",
+        "x-client-cert",
+        // CDNs and clouds.
+        "cf-",
+        "true-client-",
+        "fastly-",
+        "akamai-",
+        "x-akamai-",
+        "cloudfront-",
+        "x-appengine-",
+        "x-amzn-oidc-",
+        "x-goog-authenticated-user-",
+        "x-goog-iap-",
+        "x-ms-client-principal",
+        // Users let in by an authenticating proxy (oauth2-proxy, Grafana's
+        // auth proxy, Apache's REMOTE_USER).
+        "x-auth-request-",
+        "x-webauth-",
+        "remote-user",
+    ];
+    const NAMES: &[&str] = &[
+        "client-ip",
+        "front-end-https",
+        "x-url-scheme",
+        "x-scheme",
+        "x-host",
+        "x-http-host-override",
+        "x-rewrite-url",
+        "x-originating-ip",
+        "x-client-ip",
+        "via",
+        "proxy",
+    ];
+    name.contains('_') || NAMES.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
 fn is_sane_request_id(id: &[u8]) -> bool {

@@ -9,8 +9,15 @@ use http::header::{self, HeaderValue};
 use super::error::ProxyError;
 use super::via::Via;
 
-/// The authority a request is routed by, as sent, and its host normalised
-/// (lowercase, no port, no trailing dot).
+/// The authority a request is routed by, canonical, and its host
+/// normalised (lowercase, no port, no trailing dot).
+///
+/// The canonical authority is what the waifu gets as `Host` and
+/// `X-Forwarded-Host`, whoever spelled it how (`HC.TEST`, `hc.test.`,
+/// `hc.test:`, `hc.test:0`, `localhost:99999`): the host in lower case
+/// without a trailing dot, and the port only when it is the listener's own
+/// (and not the scheme's default). A waifu builds redirects and links from
+/// it, so it must not be the client's to choose.
 ///
 /// An absolute-form target's authority wins over `Host`, which a proxy
 /// must replace with it (RFC 9112 §3.2.2); HTTP/2 carries it in
@@ -56,7 +63,34 @@ pub(super) fn request_authority<'a>(
             return Err(ProxyError::Misdirected);
         }
     }
+    let value = match canonical_authority(raw, &host, via) {
+        None => value,
+        Some(canonical) => HeaderValue::from_str(&canonical).map_err(|_| ProxyError::BadHost)?,
+    };
     Ok((value, host))
+}
+
+/// The canonical spelling of `raw` (whose host normalises to `host`), or
+/// `None` when `raw` is already canonical (the common case: no allocation).
+fn canonical_authority(raw: &str, host: &str, via: &Via) -> Option<String> {
+    let default = if via.tls { 443 } else { 80 };
+    let keep_port =
+        via.port != default && port(raw).and_then(|p| p.parse::<u16>().ok()) == Some(via.port);
+    let canonical = |with_port: bool| match with_port {
+        true => format!("{host}:{}", via.port),
+        false => host.to_owned(),
+    };
+    let same = match raw.strip_prefix(host) {
+        Some("") => !keep_port,
+        Some(rest) => {
+            keep_port
+                && rest
+                    .strip_prefix(':')
+                    .is_some_and(|p| p.parse() == Ok(via.port) && !p.starts_with('0'))
+        }
+        None => false,
+    };
+    (!same).then(|| canonical(keep_port))
 }
 
 /// Whether a `host` field names the same host and port as an authority.
@@ -158,6 +192,47 @@ mod tests {
         assert_eq!(port("[::1]"), None);
         assert_eq!(port("a:"), None);
         assert_eq!(port("a:1"), Some("1"));
+    }
+
+    #[test]
+    fn canonical_authorities() {
+        let plain = Via {
+            port: 8080,
+            ..Via::default()
+        };
+        let on_80 = Via {
+            port: 80,
+            ..Via::default()
+        };
+        let tls = Via {
+            tls: true,
+            port: 443,
+            ..Via::default()
+        };
+        let cases: &[(&str, &Via, &str)] = &[
+            ("hc.test", &plain, "hc.test"),
+            ("hc.test:8080", &plain, "hc.test:8080"),
+            ("HC.TEST", &plain, "hc.test"),
+            ("hc.test.", &plain, "hc.test"),
+            ("hc.test.:8080", &plain, "hc.test:8080"),
+            ("hc.test:", &plain, "hc.test"),
+            ("hc.test:0", &plain, "hc.test"),
+            ("hc.test:08080", &plain, "hc.test:8080"),
+            ("localhost:99999", &plain, "localhost"),
+            ("hc.test:9090", &plain, "hc.test"),
+            ("hc.test:80", &on_80, "hc.test"),
+            ("hc.test:443", &tls, "hc.test"),
+            ("[::1]:8080", &plain, "[::1]:8080"),
+            ("[::1]:1", &plain, "[::1]"),
+            ("127.0.0.1:8080", &plain, "127.0.0.1:8080"),
+        ];
+        for (raw, via, want) in cases {
+            let host = normalize_host(raw).unwrap();
+            let got = canonical_authority(raw, &host, via).unwrap_or_else(|| raw.to_string());
+            assert_eq!(got, *want, "{raw}");
+            // A canonical spelling is its own canonical form.
+            assert_eq!(canonical_authority(want, &host, via), None, "{want}");
+        }
     }
 
     #[test]

@@ -8,6 +8,8 @@ use std::sync::atomic::AtomicBool;
 pub(crate) struct Via {
     /// The TLS listener.
     pub tls: bool,
+    /// The listener's port: the only one a canonical `Host` keeps.
+    pub port: u16,
     /// The name the client asked for in its TLS handshake.
     pub sni: Option<Arc<str>>,
     /// Raised when a `101` is relayed on this HTTP/1 connection: its bytes

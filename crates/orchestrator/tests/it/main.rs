@@ -14,6 +14,7 @@ mod claims;
 mod database;
 mod deploy;
 mod faults;
+mod forwarding;
 mod guard;
 mod h2;
 mod health;

@@ -109,17 +109,10 @@ fn forwarded() {
         ("accept", "*/*"),
     ]);
     let host = HeaderValue::from_static("localhost:8080");
-    let fwd = Forwarded {
-        client: "::ffff:127.0.0.1".parse().unwrap(),
-        proto: "http",
-        host: &host,
-        prefix: "",
-    };
+    let fwd = plain(&host, "::ffff:127.0.0.1");
     let (f, id) = sent(&h, false, &fwd);
-    assert_eq!(
-        one(&f, "x-forwarded-for"),
-        Some("1.1.1.1, 2.2.2.2, 127.0.0.1")
-    );
+    // From a peer nobody trusts: afresh.
+    assert_eq!(one(&f, "x-forwarded-for"), Some("127.0.0.1"));
     assert_eq!(one(&f, "x-forwarded-proto"), Some("http"));
     assert_eq!(one(&f, "x-forwarded-host"), Some("localhost:8080"));
     assert_eq!(one(&f, "x-forwarded-prefix"), None);
@@ -145,40 +138,119 @@ fn forwarded() {
     assert_eq!(one(&f, "x-forwarded-prefix"), Some("/link"));
     assert_eq!(one(&f, "x-forwarded-for"), Some("127.0.0.1"));
     assert_eq!(one(&f, "host"), Some("localhost:8080"));
+
+    // From a trusted proxy: its chain, the peer appended; the client is
+    // the address it named.
+    let h = map(&[
+        ("x-forwarded-for", "1.1.1.1"),
+        ("x-forwarded-for", "2.2.2.2"),
+    ]);
+    let fwd = Forwarded {
+        client: "2.2.2.2".parse().unwrap(),
+        chain: true,
+        ..plain(&host, "10.0.0.5")
+    };
+    let (f, _) = sent(&h, false, &fwd);
+    assert_eq!(
+        one(&f, "x-forwarded-for"),
+        Some("1.1.1.1, 2.2.2.2, 10.0.0.5")
+    );
+    assert_eq!(one(&f, "x-real-ip"), Some("2.2.2.2"));
 }
 
-/// Fields a waifu could trust for the client's address, or read as
-/// framing or forwarding fields (CGI maps `_` and `-` alike), never
-/// reach it as the client sent them; `X-Real-IP` is the peer's address.
+/// What an untrusted peer at `peer` gets.
+fn plain<'a>(host: &'a HeaderValue, peer: &str) -> Forwarded<'a> {
+    let peer: IpAddr = peer.parse().unwrap();
+    Forwarded {
+        client: peer,
+        peer,
+        chain: false,
+        proto: "http",
+        host,
+        prefix: "",
+    }
+}
+
+/// Every field by which a client could pose as a proxy (the client's
+/// address, scheme, host, port, path, certificate or user, as Rack,
+/// Spring, Werkzeug, Django, Express, Tomcat, IIS, Envoy and CDNs write
+/// them; CGI maps `_` and `-` alike) never reaches a waifu as the client
+/// sent it; `X-Real-IP` is the peer's address.
 #[test]
 fn forgeable_fields_are_dropped_or_replaced() {
-    let h = map(&[
-        ("x-real-ip", "6.6.6.6"),
-        ("true-client-ip", "6.6.6.6"),
-        ("x-client-ip", "6.6.6.6"),
-        ("client-ip", "6.6.6.6"),
-        ("x-cluster-client-ip", "6.6.6.6"),
-        ("cf-connecting-ip", "6.6.6.6"),
-        ("fastly-client-ip", "6.6.6.6"),
-        ("x-originating-ip", "6.6.6.6"),
-        ("transfer_encoding", "chunked"),
-        ("x_forwarded_for", "6.6.6.6"),
-        ("content_length", "0"),
-        ("x-kept", "1"),
-    ]);
+    let forged = [
+        "x-real-ip",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-ssl",
+        "x-forwarded-server",
+        "x-forwarded-uri",
+        "x-forwarded-scheme",
+        "x-forwarded-user",
+        "x-forwarded-client-cert",
+        "x-forwarded",
+        "forwarded",
+        "forwarded-for",
+        "front-end-https",
+        "x-url-scheme",
+        "x-scheme",
+        "x-host",
+        "x-http-host-override",
+        "x-original-host",
+        "x-original-uri",
+        "x-original-url",
+        "x-original-forwarded-for",
+        "x-rewrite-url",
+        "x-remote-ip",
+        "x-remote-addr",
+        "x-remote-user",
+        "remote-user",
+        "x-proxyuser-ip",
+        "x-envoy-original-path",
+        "x-envoy-external-address",
+        "via",
+        "proxy",
+        "true-client-ip",
+        "x-client-ip",
+        "client-ip",
+        "x-cluster-client-ip",
+        "cf-connecting-ip",
+        "cf-visitor",
+        "fastly-client-ip",
+        "x-originating-ip",
+        "x-arr-ssl",
+        "x-arr-clientcert",
+        "x-ssl-client-cert",
+        "ssl-client-cert",
+        "x-client-cert",
+        "x-amzn-oidc-identity",
+        "x-goog-authenticated-user-email",
+        "x-ms-client-principal-name",
+        "x-auth-request-user",
+        "x-webauth-user",
+        "x-appengine-user-ip",
+        "cloudfront-forwarded-proto",
+        "transfer_encoding",
+        "x_forwarded_for",
+        "content_length",
+    ];
+    let mut pairs: Vec<(&str, &str)> = forged.iter().map(|n| (*n, "6.6.6.6")).collect();
+    pairs.push(("x-kept", "1"));
+    pairs.push(("x-forwardedness", "kept? no: a member of the family"));
+    pairs.push(("accept-language", "de"));
+    let h = map(&pairs);
     let host = HeaderValue::from_static("h.test");
-    let fwd = Forwarded {
-        client: "10.0.0.1".parse().unwrap(),
-        proto: "http",
-        host: &host,
-        prefix: "",
-    };
+    let fwd = plain(&host, "10.0.0.1");
     let (f, _) = sent(&h, false, &fwd);
     let names: Vec<&str> = f.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
         [
             "x-kept",
+            "accept-language",
             "x-forwarded-for",
             "x-forwarded-proto",
             "x-forwarded-host",
@@ -187,8 +259,41 @@ fn forgeable_fields_are_dropped_or_replaced() {
             "x-request-id"
         ]
     );
+    assert!(!f.iter().any(|(_, v)| v.contains("6.6.6.6")), "{f:?}");
     assert_eq!(one(&f, "x-real-ip"), Some("10.0.0.1"));
     assert_eq!(one(&f, "x-forwarded-for"), Some("10.0.0.1"));
+    // A trusted proxy's chain is kept, nothing else of what it sent.
+    let fwd = Forwarded {
+        chain: true,
+        ..plain(&host, "10.0.0.1")
+    };
+    let (f, _) = sent(&h, false, &fwd);
+    assert_eq!(one(&f, "x-forwarded-for"), Some("6.6.6.6, 10.0.0.1"));
+    assert_eq!(f.iter().filter(|(_, v)| v.contains("6.6.6.6")).count(), 1);
+}
+
+/// Ordinary fields are not taken for forwarding ones.
+#[test]
+fn ordinary_fields_pass() {
+    for name in [
+        "accept",
+        "authorization",
+        "cookie",
+        "content-type",
+        "user-agent",
+        "referer",
+        "origin",
+        "x-request-id",
+        "traceparent",
+        "x-csrf-token",
+        "x-requested-with",
+        "x-amzn-trace-id",
+        "if-none-match",
+        "sec-websocket-key",
+        "range",
+    ] {
+        assert!(!poses_as_proxy(name), "{name}");
+    }
 }
 
 /// No upgrade token but the WebSocket handshake's is ever sent, and
@@ -196,12 +301,7 @@ fn forgeable_fields_are_dropped_or_replaced() {
 #[test]
 fn only_websocket_upgrades_go_upstream() {
     let host = HeaderValue::from_static("h.test");
-    let fwd = Forwarded {
-        client: "10.0.0.1".parse().unwrap(),
-        proto: "http",
-        host: &host,
-        prefix: "",
-    };
+    let fwd = plain(&host, "10.0.0.1");
     for upgrade in ["h2c", "websocket, h2c", "WebSocket"] {
         // Whether or not the client names them in `Connection`.
         for connection in ["Upgrade", "Upgrade, HTTP2-Settings"] {
@@ -231,10 +331,10 @@ fn only_websocket_upgrades_go_upstream() {
 fn request_hop_by_hop() {
     let host = HeaderValue::from_static("h.test");
     let fwd = Forwarded {
-        client: "10.0.0.1".parse().unwrap(),
         proto: "https",
-        host: &host,
-        prefix: "",
+        // Even from a trusted proxy, a chain `Connection` names is dropped.
+        chain: true,
+        ..plain(&host, "10.0.0.1")
     };
     let h = map(&[
         (
@@ -276,4 +376,25 @@ fn request_hop_by_hop() {
     let (f, _) = sent(&h, true, &fwd);
     assert_eq!(one(&f, "upgrade"), Some("websocket"));
     assert_eq!(one(&f, "connection"), Some("upgrade"));
+}
+
+/// HTTP/2 cookies (one field each) reach an HTTP/1.1 waifu as one field,
+/// in order, where the first one was.
+#[test]
+fn cookies_are_joined() {
+    let host = HeaderValue::from_static("h.test");
+    let fwd = plain(&host, "10.0.0.1");
+    let h = map(&[
+        ("accept", "*/*"),
+        ("cookie", "a=1"),
+        ("x-kept", "1"),
+        ("cookie", "b=2"),
+        ("cookie", "c=3; d=4"),
+    ]);
+    let (f, _) = sent(&h, false, &fwd);
+    assert_eq!(one(&f, "cookie"), Some("a=1; b=2; c=3; d=4"));
+    let names: Vec<&str> = f.iter().map(|(n, _)| n.as_str()).take(3).collect();
+    assert_eq!(names, ["accept", "cookie", "x-kept"]);
+    let (f, _) = sent(&map(&[("cookie", "only=1")]), false, &fwd);
+    assert_eq!(one(&f, "cookie"), Some("only=1"));
 }
