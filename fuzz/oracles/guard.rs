@@ -3,9 +3,10 @@
 //! Invariant: when the guard accepts a request target, the path it forwards
 //! has no `__internal` segment under any decoding a lax backend might apply:
 //! percent-decoding repeated up to four times, `\` read as `/`, `;`
-//! parameters stripped from segments, Unicode NFKC, and any case (ASCII or
-//! Unicode upper/lower). The checks here are written independently of the
-//! guard's own code.
+//! parameters stripped from segments, Unicode NFKC, invisible
+//! (default-ignorable) characters deleted as NFKC_Casefold does, and any
+//! case (ASCII or Unicode upper/lower). The checks here are written
+//! independently of the guard's own code.
 //!
 //! Shared by the cargo-fuzz target (`fuzz/fuzz_targets/`) and the smoke run
 //! in the test suite (`crates/orchestrator/tests/fuzz_smoke.rs`).
@@ -56,7 +57,8 @@ fn lax_views(path: &str) -> Vec<String> {
             .map(|s| s.split(';').next().unwrap_or(""))
             .collect::<Vec<_>>()
             .join("/");
-        for v in [d, slashes, no_params] {
+        let visible: String = no_params.chars().filter(|c| !invisible(*c)).collect();
+        for v in [d, slashes, no_params, visible] {
             let nfkc: String = v.nfkc().collect();
             for w in [v, nfkc] {
                 let (lower, upper) = (w.to_lowercase(), w.to_uppercase());
@@ -67,6 +69,32 @@ fn lax_views(path: &str) -> Vec<String> {
         }
     }
     views
+}
+
+/// Unicode's Default_Ignorable_Code_Point, from DerivedCoreProperties.txt
+/// (as Perl's Unicode::UCD lists it), written out here again on purpose.
+fn invisible(c: char) -> bool {
+    const RANGES: &[(u32, u32)] = &[
+        (0x00AD, 0x00AD),
+        (0x034F, 0x034F),
+        (0x061C, 0x061C),
+        (0x115F, 0x1160),
+        (0x17B4, 0x17B5),
+        (0x180B, 0x180F),
+        (0x200B, 0x200F),
+        (0x202A, 0x202E),
+        (0x2060, 0x206F),
+        (0x3164, 0x3164),
+        (0xFE00, 0xFE0F),
+        (0xFEFF, 0xFEFF),
+        (0xFFA0, 0xFFA0),
+        (0xFFF0, 0xFFF8),
+        (0x1BCA0, 0x1BCA3),
+        (0x1D173, 0x1D17A),
+        (0xE0000, 0xE0FFF),
+    ];
+    let c = u32::from(c);
+    RANGES.iter().any(|(from, to)| (*from..=*to).contains(&c))
 }
 
 fn percent_decode(s: &str) -> String {

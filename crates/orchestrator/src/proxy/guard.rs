@@ -13,7 +13,12 @@
 //! overlong UTF-8), a decoded `%HH` that would decode again, a `.` or `..`
 //! segment carrying `;` parameters, and `..` climbing above the root. A
 //! segment that Unicode normalisation (NFKC) or Unicode case mapping turns
-//! into a reserved one is treated as reserved (404).
+//! into a reserved one is treated as reserved (404). A segment holding a
+//! default-ignorable code point (zero-width space, soft hyphen, BOM,
+//! bidirectional controls, variation selectors, tags: Unicode's
+//! `Default_Ignorable_Code_Point`) is refused (400): NFKC_Casefold, IDNA
+//! mapping and many sanitisers delete them, so `__inte\u{AD}rnal` reads as
+//! `__internal` there, and no legitimate path needs an invisible character.
 
 use std::borrow::Cow;
 
@@ -79,6 +84,12 @@ fn normalize_slow(raw: &str) -> Result<String, Rejection> {
     if has_percent_triplet(decoded.as_bytes()) {
         return Err(Rejection::Ambiguous(
             "the path is percent-encoded twice; a second decoding would change it",
+        ));
+    }
+    if decoded.chars().any(is_default_ignorable) {
+        return Err(Rejection::Ambiguous(
+            "the path holds an invisible (default-ignorable) character, such as a zero-width \
+             space, a soft hyphen or a byte order mark",
         ));
     }
     let mut kept: Vec<&str> = Vec::new();
@@ -178,6 +189,31 @@ fn looks_internal(segment: &str) -> bool {
     })
 }
 
+/// Unicode's `Default_Ignorable_Code_Point` (DerivedCoreProperties.txt,
+/// unchanged from Unicode 14 through 16): characters that are invisible and
+/// that NFKC_Casefold removes.
+fn is_default_ignorable(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0xAD | 0x34F
+            | 0x61C
+            | 0x115F..=0x1160
+            | 0x17B4..=0x17B5
+            | 0x180B..=0x180F
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x206F
+            | 0x3164
+            | 0xFE00..=0xFE0F
+            | 0xFEFF
+            | 0xFFA0
+            | 0xFFF0..=0xFFF8
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0000..=0xE0FFF
+    )
+}
+
 fn has_percent_triplet(bytes: &[u8]) -> bool {
     bytes
         .windows(3)
@@ -274,6 +310,17 @@ mod tests {
             ("/w/__%F0%9D%90%A2nternal", NotFound),
             ("/w/%EF%BC%BF%EF%BC%BF%EF%BC%A9NTERNAL", NotFound),
             ("/w/caf%C3%A9", Path("/w/caf%C3%A9")),
+            // Invisible (default-ignorable) characters, in or beside the
+            // reserved word or anywhere else.
+            ("/hc/%E2%80%8B__internal/secret", Bad),
+            ("/hc/__inte%C2%ADrnal/secret", Bad),
+            ("/hc/%EF%BB%BF__internal", Bad),
+            ("/hc/__internal%E2%80%8D", Bad),
+            ("/hc/_%E2%81%A0_internal", Bad),
+            ("/hc/__%F3%A0%80%81internal", Bad),
+            ("/hc/a%C2%ADb", Bad),
+            ("/hc/%E2%80%AEcod.exe", Bad),
+            ("/hc/%C2%AC", Path("/hc/%C2%AC")),
             // prefix boundary: not a reserved segment
             ("/name__internal", Path("/name__internal")),
             ("/link/x__internal", Path("/link/x__internal")),
@@ -335,6 +382,61 @@ mod tests {
         assert!(table.len() >= 40);
         for (target, want) in table {
             assert_eq!(check(target), *want, "{target:?}");
+        }
+    }
+
+    /// Every default-ignorable code point, in and around the reserved word
+    /// and alone: never accepted.
+    #[test]
+    fn default_ignorables_are_refused() {
+        let ranges: &[(u32, u32)] = &[
+            (0xAD, 0xAD),
+            (0x34F, 0x34F),
+            (0x61C, 0x61C),
+            (0x115F, 0x1160),
+            (0x17B4, 0x17B5),
+            (0x180B, 0x180F),
+            (0x200B, 0x200F),
+            (0x202A, 0x202E),
+            (0x2060, 0x206F),
+            (0x3164, 0x3164),
+            (0xFE00, 0xFE0F),
+            (0xFEFF, 0xFEFF),
+            (0xFFA0, 0xFFA0),
+            (0xFFF0, 0xFFF8),
+            (0x1BCA0, 0x1BCA3),
+            (0x1D173, 0x1D17A),
+            (0xE0000, 0xE0FFF),
+        ];
+        let mut tried = 0;
+        for (from, to) in ranges {
+            for cp in *from..=*to {
+                let Some(c) = char::from_u32(cp) else {
+                    continue;
+                };
+                let mut buf = [0u8; 4];
+                let encoded: String = c
+                    .encode_utf8(&mut buf)
+                    .bytes()
+                    .map(|b| format!("%{b:02X}"))
+                    .collect();
+                for path in [
+                    format!("/w/__inte{encoded}rnal/x"),
+                    format!("/w/{encoded}__internal"),
+                    format!("/w/a{encoded}b"),
+                ] {
+                    assert_eq!(check(&path), Bad, "{path}");
+                }
+                tried += 1;
+            }
+        }
+        assert!(tried > 4000, "{tried}");
+        // Their neighbours are ordinary characters.
+        for cp in [0xAC, 0xAE, 0x2010, 0x2070, 0xFE10, 0xE1000] {
+            assert!(
+                !is_default_ignorable(char::from_u32(cp).unwrap()),
+                "{cp:#x}"
+            );
         }
     }
 

@@ -95,6 +95,66 @@ async fn hostile_targets_never_reach_internal_paths() {
         .await;
         assert_eq!(raw_status(&r), want, "{host} {target}: {r}");
     }
+    // Invisible (default-ignorable) characters, which NFKC_Casefold, IDNA
+    // and many sanitisers delete: 36 forms, each 400.
+    let invisible = [
+        "%C2%AD",
+        "%CD%8F",
+        "%D8%9C",
+        "%E1%85%9F",
+        "%E1%85%A0",
+        "%E1%9E%B4",
+        "%E1%9E%B5",
+        "%E1%A0%8B",
+        "%E1%A0%8E",
+        "%E1%A0%8F",
+        "%E2%80%8B",
+        "%E2%80%8C",
+        "%E2%80%8D",
+        "%E2%80%8E",
+        "%E2%80%8F",
+        "%E2%80%AA",
+        "%E2%80%AE",
+        "%E2%81%A0",
+        "%E2%81%A4",
+        "%E2%81%A6",
+        "%E2%81%AF",
+        "%E3%85%A4",
+        "%EF%B8%80",
+        "%EF%B8%8F",
+        "%EF%BB%BF",
+        "%EF%BE%A0",
+        "%EF%BF%B0",
+        "%EF%BF%B8",
+        "%F0%9B%B2%A0",
+        "%F0%9B%B2%A3",
+        "%F0%9D%85%B3",
+        "%F0%9D%85%BA",
+        "%F3%A0%80%81",
+        "%F3%A0%80%A0",
+        "%F3%A0%87%AF",
+        "%F3%A0%BF%BF",
+    ];
+    assert_eq!(invisible.len(), 36);
+    for (i, c) in invisible.iter().enumerate() {
+        let target = match i % 3 {
+            0 => format!("/w/{c}__internal/secret"),
+            1 => format!("/w/__inte{c}rnal/secret"),
+            _ => format!("/w/__internal{c}/secret"),
+        };
+        for (host, target) in [
+            ("localhost", target.clone()),
+            ("bind.test", target[2..].to_owned()),
+        ] {
+            let r = raw(
+                orch.public,
+                format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await;
+            assert_eq!(raw_status(&r), 400, "{host} {target}: {r}");
+        }
+    }
     // Raw bytes hyper may or may not accept: never a success.
     for target in ["/w/\\__internal", "/w/__internal\t", "/w/%__internal"] {
         let r = raw(
@@ -120,6 +180,10 @@ async fn hostile_targets_never_reach_internal_paths() {
     assert!(!seen.is_empty());
     for target in &seen {
         assert!(!reaches_internal(target), "a waifu received {target}");
+        assert!(
+            !target.contains("%E2%80") && !target.contains("%C2%AD"),
+            "a waifu received {target}"
+        );
     }
     orch.stop().await.unwrap();
 }
