@@ -8,13 +8,17 @@
 //!
 //! - a chunk-size line starts with its hex size and holds no control
 //!   character but HTAB before its CRLF, and is at most [`MAX_LINE`] long;
+//! - what follows the size is exactly RFC 9112's `chunk-ext` grammar:
+//!   `; name` or `; name=value` (a token or a quoted string), with optional
+//!   whitespace only around `;` and `=`: `5 ` (whitespace and nothing after
+//!   it) or `0;` (a `;` without a name) is an error, as in nginx;
 //! - chunk data is followed by exactly CRLF;
 //! - every trailer line is a `name: value` field line ending in CRLF.
 //!
 //! [`Chunked`] tells what the front of a buffer is; it never copies.
 
 use crate::limits::MAX_LINE;
-use crate::token::{has_ctl, is_field_line};
+use crate::token::{has_ctl, is_field_line, is_tchar};
 
 /// Where a chunked body is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -61,6 +65,8 @@ pub enum ChunkError {
     BadTrailer,
     #[error("a trailer line too long")]
     LongTrailer,
+    #[error("a chunk extension that is not `; name[=value]`")]
+    BadExtension,
 }
 
 impl Chunked {
@@ -92,6 +98,10 @@ impl Chunked {
                     Ok(httparse::Status::Complete((_, size))) => size,
                     _ => return Err(ChunkError::BadSize),
                 };
+                let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+                if !is_chunk_ext(&line[digits..]) {
+                    return Err(ChunkError::BadExtension);
+                }
                 *self = if size == 0 {
                     Chunked::Trailers
                 } else {
@@ -147,6 +157,64 @@ impl Chunked {
     }
 }
 
+/// Whether `ext` is `*( BWS ";" BWS chunk-ext-name [ BWS "=" BWS
+/// chunk-ext-val ] )` (RFC 9112 §7.1.1), `chunk-ext-val` a token or a
+/// quoted string (RFC 9110 §5.6.4).
+fn is_chunk_ext(mut ext: &[u8]) -> bool {
+    fn ws(s: &[u8]) -> &[u8] {
+        let n = s.iter().take_while(|b| **b == b' ' || **b == b'\t').count();
+        &s[n..]
+    }
+    fn token(s: &[u8]) -> Option<&[u8]> {
+        let n = s.iter().take_while(|b| is_tchar(**b)).count();
+        (n > 0).then(|| &s[n..])
+    }
+    fn quoted(s: &[u8]) -> Option<&[u8]> {
+        let mut i = 1;
+        while i < s.len() {
+            match s[i] {
+                b'"' => return Some(&s[i + 1..]),
+                b'\\' => {
+                    let next = *s.get(i + 1)?;
+                    if next != b'\t'
+                        && next != b' '
+                        && !(0x21..=0x7e).contains(&next)
+                        && next < 0x80
+                    {
+                        return None;
+                    }
+                    i += 2;
+                }
+                b'\t' | b' ' | 0x21 | 0x23..=0x5b | 0x5d..=0x7e | 0x80..=0xff => i += 1,
+                _ => return None,
+            }
+        }
+        None
+    }
+    while !ext.is_empty() {
+        let Some(rest) = ws(ext).strip_prefix(b";") else {
+            return false;
+        };
+        let Some(rest) = token(ws(rest)) else {
+            return false;
+        };
+        ext = rest;
+        let after = ws(ext);
+        if let Some(value) = after.strip_prefix(b"=") {
+            let value = ws(value);
+            let rest = match value.first() {
+                Some(b'"') => quoted(value),
+                _ => token(value),
+            };
+            let Some(rest) = rest else {
+                return false;
+            };
+            ext = rest;
+        }
+    }
+    true
+}
+
 /// The line at the front of `buf` without its CRLF, and whether it is
 /// whole; an unfinished line without a CR that may be the start of its CRLF.
 fn line_of(buf: &[u8]) -> (&[u8], bool) {
@@ -200,6 +268,8 @@ mod tests {
             ),
             (b"0\r\n\r\n", b""),
             (b"000\r\n\r\n", b""),
+            (b"5;a;b=c ; d = \"e\\\"f\"\r\nhello\r\n0\r\n\r\n", b"hello"),
+            (b"5\t;x\r\nhello\r\n0;y=1\r\n\r\n", b"hello"),
         ];
         for (wire, want) in ok {
             assert_eq!(decode(&[wire]), Ok((want.to_vec(), true)), "{wire:?}");
@@ -222,6 +292,18 @@ mod tests {
             (b"0\r\nt: \0\r\n\r\n", BadTrailer),
             (b"0\r\nt: 1\n\r\n", BadTrailer),
             (b"ffffffffffffffffffff\r\n", BadSize),
+            // RFC 9112's grammar, nothing more.
+            (b"5 \r\nhello", BadExtension),
+            (b"5\t\r\nhello", BadExtension),
+            (b"0;\r\n\r\n", BadExtension),
+            (b"5;=1\r\nhello", BadExtension),
+            (b"5;a=\r\nhello", BadExtension),
+            (b"5;a b\r\nhello", BadExtension),
+            (b"5;a=\"open\r\nhello", BadExtension),
+            (b"5;a=\"x\"y\r\nhello", BadExtension),
+            (b"5x\r\nhello", BadSize),
+            (b"5;a=b=c\r\nhello", BadExtension),
+            (b"5,6\r\nhello", BadSize),
         ];
         for (wire, want) in bad {
             assert_eq!(decode(&[wire]), Err(*want), "{wire:?}");

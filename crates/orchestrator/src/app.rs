@@ -190,6 +190,7 @@ async fn serve(
             connect_timeout: config.upstream_connect_timeout,
             response_timeout: config.upstream_timeout,
             access_log: config.access_log,
+            hsts: settings.hsts.clone(),
         },
         tasks.clone(),
         hard_stop.clone(),

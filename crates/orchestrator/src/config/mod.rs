@@ -87,6 +87,12 @@ pub struct Config {
     #[arg(long, env = "ACME_CA_FILE", value_parser = any_path())]
     pub acme_ca_file: Option<PathBuf>,
 
+    /// `Strict-Transport-Security` for answers over TLS that carry none,
+    /// e.g. `max-age=31536000` or `max-age=63072000; includeSubDomains`.
+    /// Unset: none (a waifu may send its own).
+    #[arg(long, env = "HSTS")]
+    pub hsts: Option<String>,
+
     /// Load balancers in front of the orchestrator whose X-Forwarded-For is
     /// believed: addresses or blocks, comma-separated (`10.0.0.0/8,fd00::/8`).
     /// Empty: nobody's; every forwarding field a client sends is dropped.
@@ -213,6 +219,11 @@ pub enum ConfigError {
     },
     #[error("{name}_FILE {path} is empty")]
     SecretEmpty { name: &'static str, path: String },
+    #[error(
+        "HSTS {0:?} is not a Strict-Transport-Security value: `max-age=SECONDS`, \
+         optionally `; includeSubDomains` and `; preload`"
+    )]
+    Hsts(String),
     #[error("TRUSTED_PROXIES: {0}")]
     TrustedProxies(#[from] crate::proxy::trusted::BadCidr),
 }
@@ -387,6 +398,7 @@ impl Config {
             &config.admin_token_file,
         )?;
         let main_domain = config.main_domain()?;
+        let hsts = config.hsts_value()?;
         let trusted = crate::proxy::trusted::TrustedProxies::new(
             config
                 .trusted_proxies
@@ -404,7 +416,37 @@ impl Config {
             tls,
             webhook,
             trusted,
+            hsts,
         })
+    }
+
+    /// `HSTS` as a header value: `max-age` (RFC 6797 §6.1) first, then
+    /// only `includeSubDomains` and `preload`, each once.
+    fn hsts_value(&self) -> Result<Option<http::HeaderValue>, ConfigError> {
+        let Some(value) = self.hsts.as_deref().filter(|v| !v.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let bad = || ConfigError::Hsts(value.to_owned());
+        let mut directives = value.split(';').map(str::trim);
+        let max_age = directives
+            .next()
+            .and_then(|d| d.strip_prefix("max-age="))
+            .ok_or_else(bad)?;
+        if max_age.is_empty() || !max_age.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let mut seen = Vec::new();
+        for d in directives {
+            let known =
+                d.eq_ignore_ascii_case("includeSubDomains") || d.eq_ignore_ascii_case("preload");
+            if !known || seen.iter().any(|s: &&str| s.eq_ignore_ascii_case(d)) {
+                return Err(bad());
+            }
+            seen.push(d);
+        }
+        http::HeaderValue::from_str(value.trim())
+            .map(Some)
+            .map_err(|_| bad())
     }
 
     /// Tokens that can be sent in an `Authorization` header as they are,
@@ -470,6 +512,8 @@ pub struct Settings {
     pub(crate) webhook: Option<http::Uri>,
     /// `TRUSTED_PROXIES`.
     pub(crate) trusted: crate::proxy::trusted::TrustedProxies,
+    /// `HSTS`, checked.
+    pub(crate) hsts: Option<http::HeaderValue>,
 }
 
 impl Settings {

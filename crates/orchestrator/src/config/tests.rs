@@ -168,3 +168,46 @@ fn secrets_can_be_files_like_docker_secrets() {
     assert_eq!(client.token(), Some("admin-token-0123456789"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn hsts_values_are_checked() {
+    let hsts = |v: &str| parse(&["orchestrator", "--hsts", v]).serve.validate().map(|s| s.hsts);
+    for good in [
+        "max-age=0",
+        "max-age=31536000",
+        "max-age=31536000; includeSubDomains",
+        "max-age=63072000; includeSubDomains; preload",
+        "max-age=1;preload",
+    ] {
+        assert_eq!(hsts(good).unwrap().unwrap(), good, "{good}");
+    }
+    assert!(hsts("").unwrap().is_none());
+    for bad in [
+        "includeSubDomains",
+        "max-age=",
+        "max-age=-1",
+        "max-age=1d",
+        "max-age=1; includeSubDomains; includeSubDomains",
+        "max-age=1; foo",
+        "max-age=1;",
+    ] {
+        assert!(matches!(hsts(bad), Err(ConfigError::Hsts(_))), "{bad}");
+    }
+}
+
+#[test]
+fn trusted_proxies_are_checked() {
+    let trusted = |v: &str| {
+        parse(&["orchestrator", "--trusted-proxies", v])
+            .serve
+            .validate()
+            .map(|s| s.trusted)
+    };
+    let t = trusted("10.0.0.5, fd00::/8").unwrap();
+    assert!(t.contains("10.0.0.5".parse().unwrap()));
+    assert!(t.contains("fd00::1".parse().unwrap()));
+    assert!(!t.contains("10.0.0.6".parse().unwrap()));
+    assert!(!trusted("").unwrap().contains("127.0.0.1".parse().unwrap()));
+    let e = trusted("10.0.0.0/33").unwrap_err().to_string();
+    assert!(e.contains("TRUSTED_PROXIES") && e.contains("10.0.0.0/33"), "{e}");
+}

@@ -70,14 +70,16 @@ struct Served {
     request_id: Option<HeaderValue>,
 }
 
-/// Timeouts towards waifus, and what to record.
-#[derive(Debug, Clone, Copy)]
+/// Timeouts towards waifus, what to record, and what to add to answers.
+#[derive(Debug, Clone)]
 pub(crate) struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Until the waifu's response headers arrive.
     pub response_timeout: Duration,
     /// One access log line per request.
     pub access_log: bool,
+    /// `HSTS`: the `Strict-Transport-Security` value of answers over TLS.
+    pub hsts: Option<HeaderValue>,
 }
 
 /// What the plain listener needs to know about HTTPS.
@@ -111,6 +113,8 @@ pub(crate) struct Proxy {
     hard_stop: CancellationToken,
     /// Load balancers whose `X-Forwarded-For` is believed.
     trusted: TrustedProxies,
+    /// `Strict-Transport-Security` for answers over TLS that carry none.
+    hsts: Option<HeaderValue>,
 }
 
 impl Proxy {
@@ -133,6 +137,7 @@ impl Proxy {
             tunnels,
             hard_stop,
             trusted,
+            hsts: config.hsts,
         }
     }
 
@@ -160,6 +165,8 @@ impl Proxy {
             Box::new(access::Entry::begin(&req, who, started, via.tls))
         });
         let mut served = Served::default();
+        // Only over TLS (RFC 6797 §7.2: never on plain HTTP).
+        let hsts = via.tls.then(|| self.hsts.clone()).flatten();
         let prepared = self.prepare(req, client, via, &mut served);
         let this = self.clone();
         // One flat block: nested `async fn`s would each keep their own
@@ -177,7 +184,16 @@ impl Proxy {
                 Ok(Prepared::Answer(response)) => Ok(response),
                 Err(e) => Err(e),
             };
-            let response = response.unwrap_or_else(ProxyError::into_response);
+            let mut response = response.unwrap_or_else(ProxyError::into_response);
+            if let Some(hsts) = hsts
+                && !response
+                    .headers()
+                    .contains_key(header::STRICT_TRANSPORT_SECURITY)
+            {
+                response
+                    .headers_mut()
+                    .insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+            }
             let status = response.status();
             let stats = match &served.waifu {
                 Some(waifu) => waifu.stats.get(),

@@ -213,6 +213,11 @@ async fn request_chunks_are_read_as_strictly_as_response_chunks() {
         "1;a\nb\r\nx\r\n0\r\n\r\n",
         "1;\0\r\nx\r\n0\r\n\r\n",
         "0\r\nhello\r\n\r\n",
+        // Outside RFC 9112's chunk-ext grammar.
+        "5 \r\nhello\r\n0\r\n\r\n",
+        "5\r\nhello\r\n0;\r\n\r\n",
+        "5;a=\r\nhello\r\n0\r\n\r\n",
+        "5;a b\r\nhello\r\n0\r\n\r\n",
     ] {
         let got = exchange(orch.public, format!("{head}{body}{next}").as_bytes())
             .await

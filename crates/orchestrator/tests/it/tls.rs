@@ -176,6 +176,7 @@ pub async fn served_cert(
 /// A whole response over TLS.
 pub struct TlsReply {
     pub status: StatusCode,
+    pub headers: http::HeaderMap,
     pub body: Bytes,
     /// The ALPN protocol the connection used.
     pub alpn: Option<Vec<u8>>,
@@ -216,6 +217,7 @@ pub async fn get(addr: SocketAddr, host: &str, target: &str, trust: &Trust, h2: 
     let (parts, body) = response.into_parts();
     TlsReply {
         status: parts.status,
+        headers: parts.headers,
         body: tokio::time::timeout(Duration::from_secs(10), body.collect())
             .await
             .expect("the body within 10 s")
@@ -756,4 +758,50 @@ async fn slow_handshakes_are_cut_and_framing_is_strict_over_tls() {
             .all(|t| !t.contains("smuggled"))
     );
     orch.stop().await.unwrap();
+}
+
+/// `HSTS` puts `Strict-Transport-Security` on every answer over TLS (the
+/// waifu's, the orchestrator's own errors) unless the waifu sent its own,
+/// and never on plain HTTP.
+#[tokio::test]
+async fn hsts_goes_on_https_answers_only() {
+    let ca = TestCa::new();
+    let dir = harness::temp_dir("certs");
+    write_pair(&dir, "app.example.com", &ca.leaf(&["app.example.com"]));
+    let orch = harness::start(
+        &pg::unique_db("hsts"),
+        &[
+            "--cert-dir",
+            dir.to_str().unwrap(),
+            "--hsts",
+            "max-age=31536000; includeSubDomains",
+        ],
+    )
+    .await;
+    let https = orch.https.expect("TLS listener");
+    let _w = with_echo(&orch, "app", json!({"https://app.example.com": "/"})).await;
+    let trust = Trust::Roots(vec![ca.cert.clone()]);
+    for h2 in [true, false] {
+        for target in ["/x", "/__internal/health"] {
+            let reply = get(https, "app.example.com", target, &trust, h2).await;
+            assert_eq!(
+                reply.headers["strict-transport-security"], "max-age=31536000; includeSubDomains",
+                "{target} h2={h2}"
+            );
+        }
+    }
+    let plain = orch.get("localhost", "/app/x").await;
+    assert_eq!(plain.status, StatusCode::OK);
+    assert!(!plain.headers.contains_key("strict-transport-security"));
+    orch.stop().await.unwrap();
+    // A value that is no HSTS value does not start.
+    let config = <orchestrator::Cli as clap::Parser>::try_parse_from([
+        "orchestrator",
+        "--hsts",
+        "max-age=soon",
+    ])
+    .unwrap()
+    .serve;
+    let e = config.validate().unwrap_err().to_string();
+    assert!(e.contains("HSTS \"max-age=soon\""), "{e}");
 }
