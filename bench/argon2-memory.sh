@@ -3,13 +3,17 @@
 #
 #   bash bench/argon2-memory.sh [CALLS] [AT_ONCE]     (default 1000, 20)
 #
-# Every call to /__internal/database checks the waifu's secret with
-# Argon2id, which fills 19 MiB. Builds the release binary, starts the
-# orchestrator (on its managed PostgreSQL, in a temporary DATA_DIR), makes
-# one call (which provisions the database), then CALLS more, AT_ONCE at a
-# time, and prints VmRSS before and after and VmHWM from /proc; then waits
-# for the hashing threads' idle release (30 s) and prints VmRSS again.
-# Everything it starts is stopped on exit.
+# A secret that is not remembered as verified is checked with Argon2id,
+# which fills 19 MiB. Builds the release binary, starts the orchestrator
+# (on its managed PostgreSQL, in a temporary DATA_DIR), claims CALLS/4
+# names (one Argon2 hash each), then makes CALLS database calls, AT_ONCE at
+# a time, each with a different wrong secret, four per name and each from
+# its own loopback address: every one is a real Argon2 verification (a
+# wrong secret is never remembered, and no name or address reaches its
+# lockout, so none is answered 429 without a check). Prints VmRSS before
+# and after and VmHWM from /proc; then waits for the hashing threads' idle
+# release (30 s) and prints VmRSS again. Everything it starts is stopped
+# on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 calls=${1:-1000}
@@ -46,25 +50,41 @@ while call("/__internal/health") != 204:
     if time.time() > deadline: sys.exit("the orchestrator never became ready")
     time.sleep(0.2)
 idle = vm("VmRSS")
-body = json.dumps({"name": "bench", "secret": "bench-secret"}).encode()
-assert call("/__internal/database", body) == 200
-after_first = vm("VmRSS")
-left, failed, lock = [calls], [], threading.Lock()
+names = max(1, calls // 4)
+for n in range(names):
+    body = json.dumps({"name": f"bench-{n}", "host": "127.0.0.1:9", "secret": f"right-{n}"}).encode()
+    assert call("/__internal/hello", body) == 200
+after_claims = vm("VmRSS")
+jobs = [(f"bench-{i % names}", f"wrong-{i}", f"127.0.{1 + i // 250}.{1 + i % 250}") for i in range(calls)]
+answers, lock = {}, threading.Lock()
+def call_from(source, path, body):
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", int(internal), timeout=30, source_address=(source, 0))
+    try:
+        conn.request("POST", path, body, {"content-type": "application/json"})
+        return conn.getresponse().status
+    except OSError:
+        return None
+    finally:
+        conn.close()
 def worker():
     while True:
         with lock:
-            if left[0] == 0: return
-            left[0] -= 1
-        status = call("/__internal/database", body)
-        if status != 200: failed.append(status)
+            if not jobs: return
+            name, secret, source = jobs.pop()
+        status = call_from(source, "/__internal/database", json.dumps({"name": name, "secret": secret}).encode())
+        with lock: answers[status] = answers.get(status, 0) + 1
 t0 = time.time()
 threads = [threading.Thread(target=worker) for _ in range(at_once)]
 for t in threads: t.start()
 for t in threads: t.join()
 took = time.time() - t0
 after, peak = vm("VmRSS"), vm("VmHWM")
-print(f"{calls} database calls, {at_once} at a time, in {took:.1f} s ({calls / took:.0f}/s), {len(failed)} failed")
-print(f"RSS idle {idle / 1024:.1f} MiB, after the first call {after_first / 1024:.1f} MiB, "
+checked = answers.get(403, 0)
+print(f"{calls} database calls with distinct wrong secrets over {names} names, {at_once} at a time, "
+      f"in {took:.1f} s ({calls / took:.0f}/s): {checked} verified by Argon2 and refused (403), "
+      f"other answers {({k: v for k, v in answers.items() if k != 403})}")
+print(f"RSS idle {idle / 1024:.1f} MiB, after {names} claims {after_claims / 1024:.1f} MiB, "
       f"after all {after / 1024:.1f} MiB, peak {peak / 1024:.1f} MiB: "
       f"{(peak - idle) / 1024:.1f} MiB above idle (bound 48)")
 time.sleep(35)

@@ -171,7 +171,12 @@ fn secrets_can_be_files_like_docker_secrets() {
 
 #[test]
 fn hsts_values_are_checked() {
-    let hsts = |v: &str| parse(&["orchestrator", "--hsts", v]).serve.validate().map(|s| s.hsts);
+    let hsts = |v: &str| {
+        parse(&["orchestrator", "--hsts", v])
+            .serve
+            .validate()
+            .map(|s| s.hsts)
+    };
     for good in [
         "max-age=0",
         "max-age=31536000",
@@ -209,5 +214,8 @@ fn trusted_proxies_are_checked() {
     assert!(!t.contains("10.0.0.6".parse().unwrap()));
     assert!(!trusted("").unwrap().contains("127.0.0.1".parse().unwrap()));
     let e = trusted("10.0.0.0/33").unwrap_err().to_string();
-    assert!(e.contains("TRUSTED_PROXIES") && e.contains("10.0.0.0/33"), "{e}");
+    assert!(
+        e.contains("TRUSTED_PROXIES") && e.contains("10.0.0.0/33"),
+        "{e}"
+    );
 }

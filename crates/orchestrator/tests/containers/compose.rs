@@ -13,6 +13,8 @@ struct Stack {
     project: String,
     env: Vec<(String, String)>,
     http: u16,
+    /// What `deploy/make-secrets.sh` made, as an operator runs it.
+    secrets: std::path::PathBuf,
 }
 
 impl Stack {
@@ -26,6 +28,16 @@ impl Stack {
                 .port()
         };
         let (http, https) = (free(), free());
+        // The secrets as the compose file's comment says to make them.
+        let secrets = std::env::temp_dir().join(format!("{project}-secrets"));
+        let _ = std::fs::remove_dir_all(&secrets);
+        ok(
+            Command::new("bash")
+                .arg(repo().join("deploy/make-secrets.sh"))
+                .env("SECRETS_DIR", &secrets),
+            Duration::from_secs(30),
+        );
+        let secrets_dir = secrets.to_str().unwrap().to_owned();
         let env = [
             ("POSTGRES_IMAGE", images.postgres.as_str()),
             ("ORCHESTRATOR_IMAGE", &images.orchestrator),
@@ -35,14 +47,18 @@ impl Stack {
             ("PUBLISH_ADDR", "127.0.0.1"),
             ("HTTP_PORT", &http.to_string()),
             ("HTTPS_PORT", &https.to_string()),
-            ("POSTGRES_PASSWORD", "compose-test-password"),
-            ("LINK_SECRET", "compose-test-link-secret"),
+            ("SECRETS_DIR", &secrets_dir),
             ("ACCESS_LOG", "true"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        let stack = Stack { project, env, http };
+        let stack = Stack {
+            project,
+            env,
+            http,
+            secrets,
+        };
         let started = Instant::now();
         stack.compose(&["up", "-d", "--no-build"], Duration::from_secs(600));
         eprintln!("docker-compose up -d: {:?}", started.elapsed());
@@ -74,10 +90,20 @@ impl Stack {
         self.containers("orchestrator").pop().unwrap()
     }
 
+    /// One of the secrets the stack runs with.
+    fn secret(&self, name: &str) -> String {
+        std::fs::read_to_string(self.secrets.join(name))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
     /// A call to the internal API from inside the orchestrator's container
-    /// (the only place it can be reached): status and body.
+    /// (the only place it can be reached), with the admin token: status
+    /// and body.
     fn internal(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        internal_of(&self.orchestrator(), method, path, body)
+        let admin = self.secret("admin-token");
+        internal_as(&self.orchestrator(), Some(&admin), method, path, body)
     }
 
     /// The healthy instances of `name` that are not draining.
@@ -119,6 +145,7 @@ impl Drop for Stack {
             &mut self.command(&["down", "-v", "-t", "5"]),
             Duration::from_secs(300),
         );
+        let _ = std::fs::remove_dir_all(&self.secrets);
     }
 }
 
@@ -186,6 +213,39 @@ async fn the_compose_stack_serves_restarts_scales_and_loses_nothing() {
             || String::from_utf8_lossy(&mapped.stdout).trim() == ":0",
         "{mapped:?}"
     );
+
+    // Locked down as shipped: without a token nothing but health answers;
+    // the internal token does not open operator endpoints; a hello for a
+    // waifu's name without its secret is refused; what is in the internal
+    // network cannot get a database by naming a new waifu without a token.
+    let internal_token = stack.secret("internal-token");
+    let orchestrator = stack.orchestrator();
+    let (status, _) = internal_of(&orchestrator, "GET", "/__internal/waifus", "");
+    assert_eq!(status, 401);
+    let (status, _) = internal_as(
+        &orchestrator,
+        Some(&internal_token),
+        "GET",
+        "/__internal/waifus",
+        "",
+    );
+    assert_eq!(status, 401);
+    let (status, body) = internal_as(
+        &orchestrator,
+        Some(&internal_token),
+        "POST",
+        "/__internal/hello",
+        r#"{"name":"link","host":"intruder:8080"}"#,
+    );
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("secret_required"), "{body}");
+    let (status, _) = internal_of(
+        &orchestrator,
+        "POST",
+        "/__internal/database",
+        r#"{"name":"squatter","secret":"mine"}"#,
+    );
+    assert_eq!(status, 401);
 
     // A restarted orchestrator routes from its state before any waifu says
     // hello again (they do every 30 s).
@@ -272,14 +332,14 @@ async fn the_compose_stack_serves_restarts_scales_and_loses_nothing() {
             "a database after PostgreSQL restarted",
             Duration::from_secs(120),
             || {
-                stack
-                    .internal(
-                        "POST",
-                        "/__internal/database",
-                        r#"{"name":"after-restart","secret":"compose-test-secret"}"#,
-                    )
-                    .0
-                    == 200
+                internal_as(
+                    &stack.orchestrator(),
+                    Some(&internal_token),
+                    "POST",
+                    "/__internal/database",
+                    r#"{"name":"after-restart","secret":"compose-test-secret"}"#,
+                )
+                .0 == 200
             },
         );
     });

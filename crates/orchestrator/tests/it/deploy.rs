@@ -43,7 +43,7 @@ fn compose_config_of(files: &[&str]) -> Option<std::process::Output> {
                 .args(files.iter().flat_map(|f| ["-f", f]))
                 .arg("config")
                 .current_dir(deploy_dir())
-                .env("POSTGRES_PASSWORD", "test-password");
+                .env("SECRETS_DIR", "/nonexistent-secrets");
             return Some(crate::harness::output_within(
                 &mut config,
                 std::time::Duration::from_secs(60),
@@ -119,12 +119,88 @@ fn compose_file_is_valid_and_publishes_only_the_orchestrator() {
     for volume in ["postgres-data", "orchestrator-data"] {
         assert!(!config["volumes"][volume].is_badvalue(), "volume {volume}");
     }
-    let env = format!("{:?}", services["orchestrator"]["environment"]);
-    assert!(
-        env.contains("postgres://waifus:test-password@postgres:5432/waifus"),
-        "{env}"
+    // Every secret comes from a file (a compose secret), none from the
+    // environment; the internal API wants its token, operators theirs, and
+    // every hello its waifu's secret.
+    for name in ["postgres", "orchestrator", "link", "hello"] {
+        let env = format!("{:?}", services[name]["environment"]);
+        for plain in [
+            "\"DATABASE_URL\"",
+            "\"INTERNAL_TOKEN\"",
+            "\"ADMIN_TOKEN\"",
+            "\"POSTGRES_PASSWORD\"",
+            "\"WAIFU_SECRET\"",
+            "\"ORCHESTRATOR_TOKEN\"",
+        ] {
+            assert!(!env.contains(plain), "{name} has {plain} in {env}");
+        }
+    }
+    let env = &services["orchestrator"]["environment"];
+    for file in [
+        "DATABASE_URL_FILE",
+        "INTERNAL_TOKEN_FILE",
+        "ADMIN_TOKEN_FILE",
+    ] {
+        assert!(
+            env[file].as_str().unwrap().starts_with("/run/secrets/"),
+            "{file}"
+        );
+    }
+    assert_eq!(env["HELLO_SECRET"].as_str(), Some("required"));
+    assert!(!env["DB_PUBLIC_HOST"].is_badvalue());
+    for waifu in ["link", "hello"] {
+        let env = &services[waifu]["environment"];
+        assert!(env["WAIFU_SECRET_FILE"].as_str().is_some(), "{waifu}");
+        assert!(env["ORCHESTRATOR_TOKEN_FILE"].as_str().is_some(), "{waifu}");
+    }
+    let secrets = config["secrets"].as_hash().unwrap();
+    assert_eq!(secrets.len(), 6, "{secrets:?}");
+    for (name, secret) in secrets {
+        assert!(secret["file"].as_str().is_some(), "{name:?} is a file");
+    }
+}
+
+/// `deploy/make-secrets.sh` makes every file compose.yaml reads, the
+/// database URL with the PostgreSQL password in it, and keeps what exists.
+#[test]
+fn make_secrets_makes_what_compose_reads_and_keeps_what_exists() {
+    let dir = harness::temp_dir("secrets");
+    let run = || {
+        let out = harness::output_within(
+            Command::new("bash")
+                .arg(deploy_dir().join("make-secrets.sh"))
+                .env("SECRETS_DIR", &dir),
+            std::time::Duration::from_secs(30),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run();
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let password = read("postgres-password");
+    assert_eq!(password.trim().len(), 64);
+    assert_eq!(
+        read("database-url").trim(),
+        format!("postgres://waifus:{}@postgres:5432/waifus", password.trim())
     );
-    assert!(env.contains("DB_PUBLIC_HOST"), "{env}");
+    let names = [
+        "internal-token",
+        "admin-token",
+        "link-secret",
+        "hello-secret",
+    ];
+    let before: Vec<String> = names.iter().map(|n| read(n)).collect();
+    assert!(before.iter().all(|v| v.trim().len() == 64));
+    assert_ne!(before[0], before[1], "the two tokens differ");
+    run();
+    let after: Vec<String> = names.iter().map(|n| read(n)).collect();
+    assert_eq!(before, after, "a second run keeps what exists");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
 }
 
 /// The services of a `config` output, by name.
