@@ -153,6 +153,7 @@ frontend internal
     bind :2137
     default_backend internal_api
 backend internal_api
+    option forwardfor
     option httpchk GET /__internal/health
     http-check expect status 204
     default-server check inter 500ms fall 2 rise 1 resolvers docker init-addr last,libc,none
@@ -175,6 +176,10 @@ async fn two_orchestrators_behind_haproxy_survive_partitions_a_lost_leader_and_a
     let key = std::env::temp_dir().join(format!("{}-db-password.key", cluster.prefix));
     std::fs::write(&key, format!("{}\n", "5a".repeat(32))).unwrap();
     let url = "postgres://waifus:ha-test-password@postgres:5432/waifus";
+    // HAProxy has an address of its own, which the orchestrators trust to
+    // name the waifu behind it (`option forwardfor`): the throttle, the
+    // incidents and the audit log see each waifu, not the load balancer.
+    let lb_address = cluster.subnet("10");
     let orchestrator = |short: &str| {
         cluster.run(
             short,
@@ -188,6 +193,8 @@ async fn two_orchestrators_behind_haproxy_survive_partitions_a_lost_leader_and_a
                 "HEALTH_INTERVAL=1s",
                 "-e",
                 "RESYNC_INTERVAL=10s",
+                "-e",
+                &format!("TRUSTED_PROXIES={lb_address}"),
                 "--read-only",
                 "-v",
                 &format!("{}:/data/db-password.key:ro", key.display()),
@@ -257,6 +264,8 @@ async fn two_orchestrators_behind_haproxy_survive_partitions_a_lost_leader_and_a
             "lb",
             "app",
             &[
+                "--ip",
+                &lb_address,
                 "-v",
                 &format!("{}:/etc/haproxy/haproxy.cfg:ro", config.display()),
                 "-p",
@@ -407,6 +416,26 @@ async fn two_orchestrators_behind_haproxy_survive_partitions_a_lost_leader_and_a
             .unwrap();
         assert_eq!(status, 200);
     }
+    // Its hellos came through HAProxy; the audit log names the waifu's own
+    // new address, as HAProxy said, not HAProxy's.
+    let (status, audit) = tokio::task::block_in_place(|| {
+        internal_of(
+            &survivor,
+            "GET",
+            "/__internal/audit?name=hello&limit=20",
+            "",
+        )
+    });
+    assert_eq!(status, 200, "{audit}");
+    let audit: serde_json::Value = serde_json::from_str(&audit).unwrap();
+    let added = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["action"] == "instance_added")
+        .unwrap_or_else(|| panic!("{audit}"));
+    assert_eq!(added["source"], after.as_str(), "{audit}");
+    assert_ne!(added["source"], lb_address.as_str());
     let _ = std::fs::remove_file(&key);
     let _ =
         std::fs::remove_file(std::env::temp_dir().join(format!("{}-haproxy.cfg", cluster.prefix)));
