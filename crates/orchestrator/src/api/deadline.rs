@@ -12,17 +12,12 @@
 //! so a call cut off by the deadline is a 503, never a 401, 403 or 429
 //! without its record. The tasks are tracked and cut at shutdown.
 
-use std::time::Duration;
-
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::error::ApiError;
+use super::error::{ApiError, DEADLINE};
 use super::state::AppState;
-
-/// How long a call may take before it is answered 503.
-pub(crate) const DEADLINE: Duration = Duration::from_secs(5);
 
 /// The middleware: the call's answer, or 503 at the deadline.
 pub(crate) async fn within_deadline(
@@ -42,12 +37,4 @@ pub(crate) async fn within_deadline(
         Ok(Ok(None)) | Ok(Err(_)) => ApiError::Stopping.into_response(),
         Err(_) => ApiError::TimedOut.into_response(),
     }
-}
-
-/// Where calls run: tracked, and cut once shutdown's drain is over.
-#[derive(Debug, Clone)]
-pub(crate) struct Calls {
-    pub tasks: tokio_util::task::TaskTracker,
-    /// Cancelled when draining is over.
-    pub stop: tokio_util::sync::CancellationToken,
 }

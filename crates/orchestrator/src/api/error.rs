@@ -11,6 +11,9 @@ use crate::provision::{MAX_SECRET, ProvisionError};
 use crate::registry::{GoodbyeError, HelloError};
 use crate::store::StoreError;
 
+/// How long an internal API call may take before it is answered 503.
+pub(crate) const DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Largest request body the internal API reads.
 pub(crate) const MAX_BODY: usize = 64 * 1024;
 
@@ -55,7 +58,7 @@ pub(crate) enum ApiError {
     #[error(
         "no answer within {} s: the state database (or the secret check) is stalled or \
          overloaded; retry later",
-        super::deadline::DEADLINE.as_secs()
+        DEADLINE.as_secs()
     )]
     TimedOut,
     #[error("the orchestrator is shutting down; retry with another one")]

@@ -33,10 +33,10 @@ use crate::ownership::Asked;
 use crate::provision::MAX_SECRET;
 use crate::registry::{GoodbyeError, HelloError};
 use crate::store::incidents::NewIncident;
-pub(crate) use deadline::Calls;
+
 use error::{ApiError, INCIDENTS_MAX, MAX_BODY};
 use source::Source;
-pub(crate) use state::AppState;
+pub(crate) use state::{AppState, Calls};
 pub(crate) use tokens::Tokens;
 
 /// How long the status page waits for what it shows from PostgreSQL.

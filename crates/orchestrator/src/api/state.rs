@@ -24,7 +24,15 @@ pub(crate) struct AppState {
     /// The bearer tokens calls must carry.
     pub tokens: Arc<Tokens>,
     /// Where each call runs, so it can be answered at the deadline.
-    pub calls: super::deadline::Calls,
+    pub calls: Calls,
     /// Load balancers whose `X-Forwarded-For` names the caller.
     pub trusted: crate::proxy::trusted::TrustedProxies,
+}
+
+/// Where calls run: tracked, and cut once shutdown's drain is over.
+#[derive(Debug, Clone)]
+pub(crate) struct Calls {
+    pub tasks: tokio_util::task::TaskTracker,
+    /// Cancelled when draining is over.
+    pub stop: tokio_util::sync::CancellationToken,
 }

@@ -113,7 +113,16 @@ impl Registry {
                 webhook,
             })
             .await?;
-        let reported = granted.reported;
+        let reported: Vec<NewIncident> = granted
+            .reported
+            .into_iter()
+            .map(|detail| NewIncident {
+                kind: "bind_taken",
+                name: hello.name.clone(),
+                source: source.clone(),
+                detail,
+            })
+            .collect();
         let mut granted = granted.granted.into_iter();
         // Kept as the waifu's binds: sized exactly, as a pushed-to vector
         // would hold room for four (240 bytes too many per waifu).

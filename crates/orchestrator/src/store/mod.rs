@@ -115,8 +115,8 @@ pub(crate) struct HelloRecord<'a> {
 pub(crate) struct Granted {
     /// Per bind asked for, whether this waifu holds it now.
     pub granted: Vec<bool>,
-    /// The `bind_taken` incidents the hello stored.
-    pub reported: Vec<incidents::NewIncident>,
+    /// The details of the `bind_taken` incidents the hello stored.
+    pub reported: Vec<String>,
 }
 
 /// A hello in one statement (see [`Store::hello`]). Parameters: name,
@@ -488,6 +488,7 @@ impl Store {
         let granted_prefixes: Vec<String> = row.get::<_, Option<_>>(1).unwrap_or_default();
         let reported: Vec<String> = row.get::<_, Option<_>>(2).unwrap_or_default();
         Ok(Granted {
+            reported,
             granted: claims
                 .iter()
                 .map(|c| {
@@ -495,15 +496,6 @@ impl Store {
                         .iter()
                         .zip(&granted_prefixes)
                         .any(|(h, p)| *h == c.key.host && *p == c.key.prefix)
-                })
-                .collect(),
-            reported: reported
-                .into_iter()
-                .map(|detail| incidents::NewIncident {
-                    kind: "bind_taken",
-                    name: name.to_owned(),
-                    source: source.to_owned(),
-                    detail,
                 })
                 .collect(),
         })
