@@ -235,6 +235,10 @@ async fn serve(
         key,
         public_db(config, url),
         ownership.clone(),
+        provision::RoleLimits {
+            connections: config.db_connection_limit,
+            statement_timeout: config.db_statement_timeout,
+        },
     ));
     let reconciler = provisioner.clone();
     tasks.spawn(async move {

@@ -87,6 +87,16 @@ pub struct Config {
     #[arg(long, env = "ACME_CA_FILE", value_parser = any_path())]
     pub acme_ca_file: Option<PathBuf>,
 
+    /// Most connections each waifu's role may hold at once (applied to
+    /// existing roles at start when changed).
+    #[arg(long, env = "DB_CONNECTION_LIMIT", default_value = "20", value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub db_connection_limit: u32,
+    /// Longest statement a waifu's session may run (`30s`, `5m`); unset,
+    /// `off` or `0`: no limit. One waifu's runaway query cannot hold locks
+    /// for ever.
+    #[arg(long, env = "DB_STATEMENT_TIMEOUT", value_parser = duration_or_off)]
+    pub db_statement_timeout: Option<Duration>,
+
     /// `Strict-Transport-Security` for answers over TLS that carry none,
     /// e.g. `max-age=31536000` or `max-age=63072000; includeSubDomains`.
     /// Unset: none (a waifu may send its own).
@@ -289,6 +299,7 @@ impl Config {
             &mut self.acme_email,
             &mut self.internal_token,
             &mut self.admin_token,
+            &mut self.hsts,
         ] {
             if text.as_deref().is_some_and(|t| t.trim().is_empty()) {
                 *text = None;
@@ -298,6 +309,9 @@ impl Config {
             if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
                 *path = None;
             }
+        }
+        if self.db_statement_timeout.is_some_and(|d| d.is_zero()) {
+            self.db_statement_timeout = None;
         }
         self
     }
@@ -520,6 +534,15 @@ impl Settings {
     /// Whether the TLS listener is on (and must be bound).
     pub fn tls_on(&self) -> bool {
         self.tls.is_some()
+    }
+}
+
+/// A duration, or zero for `off`, `0` or nothing (then
+/// [`Config::normalized`] makes it unset).
+fn duration_or_off(s: &str) -> Result<Duration, humantime::DurationError> {
+    match s.trim() {
+        "" | "off" | "0" => Ok(Duration::ZERO),
+        s => humantime::parse_duration(s),
     }
 }
 

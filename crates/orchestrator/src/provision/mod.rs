@@ -26,6 +26,7 @@ use crate::ownership::{Asked, Ownership, OwnershipError};
 use crate::store::Store;
 pub(crate) use error::{DEADLINE, MAX_SECRET, ProvisionError, Unavailable};
 use secret::PasswordKey;
+pub(crate) use sql::RoleLimits;
 
 /// Where waifus reach the database server.
 #[derive(Debug, Clone)]
@@ -42,6 +43,8 @@ pub(crate) struct Provisioner {
     public: PublicDb,
     /// Whose secret a call carries.
     ownership: Arc<Ownership>,
+    /// What each waifu role may use of the server.
+    limits: RoleLimits,
 }
 
 /// The role and database identifier of a waifu: `waifu_{name}`, or for long
@@ -69,12 +72,14 @@ impl Provisioner {
         key: PasswordKey,
         public: PublicDb,
         ownership: Arc<Ownership>,
+        limits: RoleLimits,
     ) -> Self {
         Provisioner {
             store,
             key,
             public,
             ownership,
+            limits,
         }
     }
 
@@ -155,7 +160,7 @@ impl Provisioner {
                 .await?;
         }
         if !row.ready || rekeyed {
-            finish(client, name, &row.verifier).await?;
+            finish(client, name, &row.verifier, self.limits).await?;
         }
         let ident = identifier(name);
         Ok(DatabaseCredentials {
@@ -167,10 +172,29 @@ impl Provisioner {
         })
     }
 
-    /// Completes every provisioning left half-done (start-up). Needs no
-    /// secret: the row holds the role's verifier.
+    /// Completes every provisioning left half-done (start-up), and sets
+    /// the role limits on every waifu role whose limits differ (they may
+    /// have been changed since the last start). Needs no secret: the row
+    /// holds the role's verifier.
     pub(crate) async fn reconcile(&self) -> Result<usize, ProvisionError> {
         let client = self.store.connection().await?;
+        let roles: Vec<(String, String)> = client
+            .query("SELECT name FROM databases WHERE state = 'ready'", &[])
+            .await?
+            .iter()
+            .map(|r| {
+                let name: String = r.get(0);
+                let role = identifier(&name);
+                (name, role)
+            })
+            .collect();
+        let changed = sql::apply_limits(&client, &roles, self.limits).await?;
+        if changed > 0 {
+            info!(
+                roles = changed,
+                "applied DB_CONNECTION_LIMIT and DB_STATEMENT_TIMEOUT to existing roles"
+            );
+        }
         let names: Vec<String> = client
             .query(
                 "SELECT name FROM databases WHERE state = 'provisioning'",
@@ -186,7 +210,7 @@ impl Provisioner {
             if let Some(row) = load(lock.client(), name).await?
                 && !row.ready
             {
-                finish(lock.client(), name, &row.verifier).await?;
+                finish(lock.client(), name, &row.verifier, self.limits).await?;
             }
             lock.release().await?;
             info!(name, "finished an interrupted provisioning");
@@ -247,9 +271,10 @@ async fn finish(
     client: &mut tokio_postgres::Client,
     name: &str,
     verifier: &str,
+    limits: RoleLimits,
 ) -> Result<(), ProvisionError> {
     let ident = identifier(name);
-    sql::ensure_role(client, name, &ident, verifier).await?;
+    sql::ensure_role(client, name, &ident, verifier, limits).await?;
     sql::ensure_database(client, name, &ident).await?;
     // Marked ready, and audited the first time, in one statement.
     client

@@ -10,8 +10,32 @@ use tokio_postgres::Client;
 
 use super::error::{Conflicting, ProvisionError};
 
-/// Most connections one waifu role may hold at once.
-pub(crate) const CONNECTION_LIMIT: u32 = 20;
+/// What each waifu role may use of the server: `DB_CONNECTION_LIMIT` and
+/// `DB_STATEMENT_TIMEOUT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RoleLimits {
+    /// Most connections the role may hold at once.
+    pub connections: u32,
+    /// Longest statement of the role's sessions; `None`: no limit.
+    pub statement_timeout: Option<std::time::Duration>,
+}
+
+impl RoleLimits {
+    /// `ALTER ROLE` clauses setting these limits on `ident` (escaped).
+    fn statements(&self, ident: &str) -> String {
+        let timeout = match self.statement_timeout {
+            Some(t) => format!(
+                "ALTER ROLE {ident} SET statement_timeout = {}",
+                escape_literal(&format!("{}ms", t.as_millis().max(1)))
+            ),
+            None => format!("ALTER ROLE {ident} RESET statement_timeout"),
+        };
+        format!(
+            "ALTER ROLE {ident} CONNECTION LIMIT {};\n{timeout}",
+            self.connections
+        )
+    }
+}
 
 /// The comment marking roles and databases as made by waifus for `name`.
 pub(crate) fn marker(name: &str) -> String {
@@ -25,6 +49,7 @@ pub(crate) async fn ensure_role(
     name: &str,
     role: &str,
     verifier: &str,
+    limits: RoleLimits,
 ) -> Result<(), ProvisionError> {
     let ident = escape_identifier(role);
     let password = escape_literal(verifier);
@@ -41,9 +66,11 @@ pub(crate) async fn ensure_role(
         None => {
             tx.batch_execute(&format!(
                 "CREATE ROLE {ident} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
-                 NOBYPASSRLS CONNECTION LIMIT {CONNECTION_LIMIT} PASSWORD {password};
-                 COMMENT ON ROLE {ident} IS {}",
-                escape_literal(&marker(name))
+                 NOBYPASSRLS PASSWORD {password};
+                 COMMENT ON ROLE {ident} IS {};
+                 {}",
+                escape_literal(&marker(name)),
+                limits.statements(&ident)
             ))
             .await?;
         }
@@ -58,13 +85,54 @@ pub(crate) async fn ensure_role(
                 });
             }
             tx.batch_execute(&format!(
-                "ALTER ROLE {ident} LOGIN CONNECTION LIMIT {CONNECTION_LIMIT} PASSWORD {password}"
+                "ALTER ROLE {ident} LOGIN PASSWORD {password};\n{}",
+                limits.statements(&ident)
             ))
             .await?;
         }
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// Sets `limits` on every role waifus made whose limits differ (start-up,
+/// after `DB_CONNECTION_LIMIT` or `DB_STATEMENT_TIMEOUT` changed). Returns
+/// the roles changed.
+pub(crate) async fn apply_limits(
+    client: &Client,
+    roles: &[(String, String)],
+    limits: RoleLimits,
+) -> Result<usize, ProvisionError> {
+    let wanted_timeout = limits
+        .statement_timeout
+        .map(|t| format!("statement_timeout={}ms", t.as_millis().max(1)));
+    let mut changed = 0;
+    for (name, role) in roles {
+        let row = client
+            .query_opt(
+                "SELECT r.rolconnlimit, shobj_description(r.oid, 'pg_authid'),
+                        (SELECT c FROM pg_db_role_setting s, unnest(s.setconfig) c
+                         WHERE s.setrole = r.oid AND s.setdatabase = 0
+                           AND c LIKE 'statement\\_timeout=%')
+                 FROM pg_roles r WHERE r.rolname = $1",
+                &[role],
+            )
+            .await?;
+        let Some(row) = row else { continue };
+        if row.get::<_, Option<String>>(1).as_deref() != Some(marker(name).as_str()) {
+            continue;
+        }
+        let limit: i32 = row.get(0);
+        let timeout: Option<String> = row.get(2);
+        let same = i64::from(limit) == i64::from(limits.connections) && timeout == wanted_timeout;
+        if !same {
+            client
+                .batch_execute(&limits.statements(&escape_identifier(role)))
+                .await?;
+            changed += 1;
+        }
+    }
+    Ok(changed)
 }
 
 /// Takes the password off the waifu's role (when waifus made it) and ends

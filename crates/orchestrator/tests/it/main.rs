@@ -20,6 +20,7 @@ mod h2;
 mod health;
 mod hosts;
 mod http1;
+mod limits;
 mod openapi;
 mod ops;
 mod ownership;
