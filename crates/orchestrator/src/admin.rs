@@ -5,12 +5,16 @@
 
 use waifus_protocol::{NameError, validate_name};
 
+use std::path::{Path, PathBuf};
+
 use crate::config::ConfigError;
 use crate::config::commands::StateArgs;
+use crate::data::{Data, DataError, Figures};
 use crate::managed::ManagedError;
 use crate::provision::{self, ProvisionError};
 use crate::store::{Store, StoreError};
 
+pub use crate::data::DatabaseInfo;
 pub use crate::provision::Released;
 
 /// How the audit log names an operator's command.
@@ -37,6 +41,10 @@ pub enum AdminError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Provision(String),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl From<ProvisionError> for AdminError {
@@ -65,4 +73,122 @@ pub async fn release_claim(state: &StateArgs, name: &str) -> Result<Released, Ad
         .is_some_and(|u| !u.is_empty());
     let (released, _) = provision::release_claim(&store, name, OPERATOR, webhook).await?;
     Ok(released)
+}
+
+fn check_name(name: &str) -> Result<(), AdminError> {
+    validate_name(name).map_err(|e| AdminError::Name(name.to_owned(), e))
+}
+
+/// The figures recorded beside a dump file, if there are.
+fn sidecar(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".figures.json");
+    PathBuf::from(name)
+}
+
+/// What `orchestrator db dump` wrote.
+#[derive(Debug)]
+pub struct DumpReport {
+    pub file: PathBuf,
+    pub size: u64,
+    pub tables: usize,
+    pub rows: i64,
+}
+
+/// `orchestrator db dump NAME [-o FILE]`.
+pub async fn dump(
+    state: &StateArgs,
+    name: &str,
+    output: Option<&Path>,
+) -> Result<DumpReport, AdminError> {
+    check_name(name)?;
+    let store = open(state).await?;
+    let data = Data::new(store)?;
+    let file = match output {
+        Some(f) => f.to_owned(),
+        None => PathBuf::from(format!("{name}-{}.dump", data.stamp_now().await?)),
+    };
+    let dumped = data.dump(name, &file).await?;
+    let figures = serde_json::to_vec_pretty(&dumped.figures).unwrap_or_default();
+    let side = sidecar(&file);
+    std::fs::write(&side, figures).map_err(|source| DataError::Io {
+        what: "write",
+        path: side,
+        source,
+    })?;
+    data.store()
+        .record_audit(
+            name,
+            "database_dumped",
+            OPERATOR,
+            &format!("dumped to {} ({} bytes)", file.display(), dumped.size),
+        )
+        .await?;
+    Ok(DumpReport {
+        file,
+        size: dumped.size,
+        tables: dumped.figures.len(),
+        rows: dumped.figures.values().map(|t| t.rows).sum(),
+    })
+}
+
+/// What `orchestrator db restore` did.
+#[derive(Debug)]
+pub struct RestoreReport {
+    pub file: PathBuf,
+    /// Whether recorded figures were there to check against.
+    pub checked: bool,
+    pub tables: usize,
+    pub rows: i64,
+    pub before: Option<String>,
+}
+
+/// `orchestrator db restore NAME FILE`.
+pub async fn restore(
+    state: &StateArgs,
+    name: &str,
+    file: &Path,
+) -> Result<RestoreReport, AdminError> {
+    check_name(name)?;
+    let store = open(state).await?;
+    let data = Data::new(store)?;
+    let side = sidecar(file);
+    let expected: Option<Figures> = match std::fs::read(&side) {
+        Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
+            AdminError::Usage(format!(
+                "{} is not the figures of a dump: {e}",
+                side.display()
+            ))
+        })?),
+        Err(_) => None,
+    };
+    let restored = data
+        .restore(name, file, expected.as_ref(), OPERATOR)
+        .await?;
+    Ok(RestoreReport {
+        file: file.to_owned(),
+        checked: expected.is_some(),
+        tables: restored.figures.len(),
+        rows: restored.figures.values().map(|t| t.rows).sum(),
+        before: restored.before,
+    })
+}
+
+/// `orchestrator db list`.
+pub async fn list(state: &StateArgs) -> Result<Vec<DatabaseInfo>, AdminError> {
+    let store = open(state).await?;
+    Ok(Data::new(store)?.list().await?)
+}
+
+/// `orchestrator db drop NAME --yes`.
+pub async fn drop_database(state: &StateArgs, name: &str, yes: bool) -> Result<(), AdminError> {
+    check_name(name)?;
+    if !yes {
+        return Err(AdminError::Usage(format!(
+            "this drops {name}'s database, its kept copies, its role and its secret for good; \
+             say --yes"
+        )));
+    }
+    let store = open(state).await?;
+    Ok(Data::new(store)?.drop_waifu_data(name, OPERATOR).await?)
 }

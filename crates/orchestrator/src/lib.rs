@@ -19,6 +19,7 @@ pub mod admin;
 mod api;
 mod app;
 mod config;
+mod data;
 mod drain;
 mod edge;
 mod health;
@@ -37,8 +38,8 @@ mod upstream;
 
 pub use app::{Listeners, RunError, run};
 pub use config::commands::{
-    AuditArgs, CheckArgs, ClaimAction, ClaimArgs, Cli, ClientArgs, Command, IncidentsArgs,
-    StateArgs,
+    AuditArgs, CheckArgs, ClaimAction, ClaimArgs, Cli, ClientArgs, Command, DbAction, DbArgs,
+    IncidentsArgs, StateArgs,
 };
 pub use config::{Config, ConfigError, HelloSecret, LogFormat, Settings};
 pub use managed::ManagedError;

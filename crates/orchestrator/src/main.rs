@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Some(Command::Claim(args)) => match args.action {
             ClaimAction::Release { name, state } => cli::report(cli::release_claim(state, name)),
         },
+        Some(Command::Db(args)) => cli::report(cli::db(args.action)),
         Some(Command::Serve(config)) => run(&config),
         None => run(&cli.serve),
     };

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use orchestrator::status::{Status, audit_table, incident_table, text};
-use orchestrator::{AuditArgs, CheckArgs, ClientArgs, StateArgs};
+use orchestrator::{AuditArgs, CheckArgs, ClientArgs, DbAction, StateArgs};
 use waifus_protocol::{AuditEntry, IncidentInfo};
 
 /// `orchestrator check URL`: prints the report; exit 0 only if all rules pass.
@@ -82,6 +82,83 @@ pub async fn release_claim(state: StateArgs, name: String) -> anyhow::Result<Str
         None => out.push_str("it has no database role\n"),
     }
     Ok(out)
+}
+
+/// `orchestrator db ...`: what was done, or the table asked for.
+pub async fn db(action: DbAction) -> anyhow::Result<String> {
+    use orchestrator::admin;
+    Ok(match action {
+        DbAction::Dump {
+            name,
+            output,
+            state,
+        } => {
+            let r = admin::dump(&state, &name, output.as_deref()).await?;
+            format!(
+                "wrote {} ({} bytes): {} tables, {} rows (their figures in {}.figures.json)\n",
+                r.file.display(),
+                r.size,
+                r.tables,
+                r.rows,
+                r.file.display()
+            )
+        }
+        DbAction::Restore {
+            name, file, state, ..
+        } => {
+            let Some(file) = file else {
+                anyhow::bail!("--latest needs BACKUP_DIR and a verified backup of {name}");
+            };
+            let r = admin::restore(&state, &name, &file).await?;
+            let mut out = format!(
+                "restored {name} from {}: {} tables, {} rows{}\n",
+                r.file.display(),
+                r.tables,
+                r.rows,
+                if r.checked {
+                    ", as the dump recorded"
+                } else {
+                    " (no recorded figures to check against)"
+                }
+            );
+            match r.before {
+                Some(copy) => out.push_str(&format!(
+                    "the previous database is kept as {copy} (drop it with DROP DATABASE when sure)\n"
+                )),
+                None => out.push_str("there was no database before\n"),
+            }
+            out
+        }
+        DbAction::List { state } => {
+            let list = admin::list(&state).await?;
+            let mut out = format!(
+                "{:<24} {:<12} {:>12} {:>6}  {}\n",
+                "NAME", "STATE", "SIZE", "CONNS", "KEPT COPIES"
+            );
+            for d in list {
+                out.push_str(&format!(
+                    "{:<24} {:<12} {:>12} {:>6}  {}\n",
+                    d.name,
+                    d.state,
+                    d.size_bytes.map_or("-".to_owned(), |b| b.to_string()),
+                    d.connections,
+                    if d.copies.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        d.copies.join(", ")
+                    }
+                ));
+            }
+            out
+        }
+        DbAction::Drop { name, yes, state } => {
+            admin::drop_database(&state, &name, yes).await?;
+            format!("dropped {name}'s database, kept copies, role and secret\n")
+        }
+        DbAction::Backups { name, .. } => {
+            anyhow::bail!("no backups of {name}: BACKUP_DIR backups are not kept yet")
+        }
+    })
 }
 
 /// Fetches `path` from a running orchestrator's internal API as JSON,

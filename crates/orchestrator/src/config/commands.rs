@@ -37,6 +37,70 @@ pub enum Command {
     /// Operator actions on a waifu's claimed name, made on the state
     /// database with the orchestrator's own settings.
     Claim(ClaimArgs),
+    /// A waifu's database: dump, restore, list, drop, its backups (on
+    /// PostgreSQL directly, with the orchestrator's own settings).
+    Db(DbArgs),
+}
+
+/// Arguments of `orchestrator db`.
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    #[command(subcommand)]
+    pub action: DbAction,
+}
+
+/// What `orchestrator db` does.
+#[derive(Debug, Clone, Subcommand)]
+pub enum DbAction {
+    /// Dump a waifu's database (pg_dump's custom format) into a file, with
+    /// the figures of what is in it (FILE.figures.json) for the restore to
+    /// check.
+    Dump {
+        name: String,
+        /// Where to write it; default: NAME-TIME.dump here.
+        #[arg(short, long, value_parser = any_path())]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Restore a waifu's database from a dump: into a fresh database,
+    /// checked, then swapped in with the waifu's traffic paused; the
+    /// previous database is kept as NAME_before_TIME.
+    Restore {
+        name: String,
+        /// The dump; or --latest.
+        #[arg(value_parser = any_path(), required_unless_present = "latest")]
+        file: Option<PathBuf>,
+        /// The newest verified backup in BACKUP_DIR.
+        #[arg(long, conflicts_with = "file")]
+        latest: bool,
+        /// How long the waifu's new requests may wait while it is paused.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        max_wait: Duration,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Every waifu database: size, connections, last backups, kept copies.
+    List {
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Drop a waifu's database, its kept copies, its role and its secret
+    /// (refused while it has instances). Backup files stay.
+    Drop {
+        name: String,
+        /// Yes, really.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// A waifu's backups in BACKUP_DIR: file, size, time, verified.
+    Backups {
+        name: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
 }
 
 /// Arguments of `orchestrator claim`.
@@ -80,6 +144,9 @@ pub struct StateArgs {
     /// the running orchestrator).
     #[arg(long, env = "INCIDENT_WEBHOOK_URL")]
     pub incident_webhook_url: Option<String>,
+    /// Where the orchestrator keeps its scheduled backups.
+    #[arg(long, env = "BACKUP_DIR", value_parser = any_path())]
+    pub backup_dir: Option<PathBuf>,
 }
 
 impl StateArgs {

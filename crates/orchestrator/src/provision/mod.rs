@@ -14,7 +14,7 @@
 
 mod error;
 pub(crate) mod secret;
-mod sql;
+pub(crate) mod sql;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -297,13 +297,13 @@ async fn finish(
 /// request), the connection is detached from the pool and closed, which
 /// releases the lock: a half-finished section never hands its session, and
 /// its lock, to the next user of the pool.
-struct NameLock {
+pub(crate) struct NameLock {
     conn: Option<deadpool_postgres::Object>,
     key: String,
 }
 
 impl NameLock {
-    async fn acquire(store: &Store, name: &str) -> Result<NameLock, ProvisionError> {
+    pub(crate) async fn acquire(store: &Store, name: &str) -> Result<NameLock, ProvisionError> {
         let mut lock = NameLock {
             conn: Some(store.connection().await?),
             key: format!("waifus-db:{name}"),
@@ -315,7 +315,7 @@ impl NameLock {
         Ok(lock)
     }
 
-    fn client(&mut self) -> &mut tokio_postgres::Client {
+    pub(crate) fn client(&mut self) -> &mut tokio_postgres::Client {
         let conn = self
             .conn
             .as_mut()
@@ -323,7 +323,7 @@ impl NameLock {
         conn.as_mut()
     }
 
-    async fn release(mut self) -> Result<(), ProvisionError> {
+    pub(crate) async fn release(mut self) -> Result<(), ProvisionError> {
         let key = self.key.clone();
         self.client()
             .execute(

@@ -31,6 +31,19 @@ pub(super) async fn append(
 }
 
 impl Store {
+    /// Appends one row on its own (a change made outside the state
+    /// database, such as a restore).
+    pub(crate) async fn record_audit(
+        &self,
+        name: &str,
+        action: &str,
+        source: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        append(&client, action, name, source, detail).await
+    }
+
     /// The newest `limit` rows, newest first, of one waifu or of all.
     pub(crate) async fn audit(
         &self,

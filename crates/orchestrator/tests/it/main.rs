@@ -11,6 +11,7 @@ mod acme;
 mod binary;
 mod check;
 mod claims;
+mod data;
 mod database;
 mod deploy;
 mod faults;
