@@ -7,8 +7,9 @@ use std::path::Path;
 use tokio_postgres::IsolationLevel;
 use tokio_postgres::error::SqlState;
 
+use super::error::DataError;
 use super::figures::{self, Figures};
-use super::{Data, DataError, TOOL_LIMIT};
+use super::server::{Data, TOOL_LIMIT};
 use crate::provision::identifier;
 
 /// A dump written.

@@ -3,8 +3,9 @@
 use postgres_protocol::escape::escape_identifier;
 use serde::Serialize;
 
+use super::error::DataError;
 use super::restore::{copy_marker, drop_database, end_sessions};
-use super::{Data, DataError};
+use super::server::Data;
 use crate::provision::{NameLock, identifier};
 
 /// One waifu database, as `orchestrator db list` shows it.

@@ -6,8 +6,9 @@ use std::path::Path;
 
 use postgres_protocol::escape::{escape_identifier, escape_literal};
 
+use super::error::DataError;
 use super::figures::{self, Figures};
-use super::{Data, DataError, TOOL_LIMIT, copy_name};
+use super::server::{Data, TOOL_LIMIT, copy_name};
 use crate::provision::sql::marker;
 use crate::provision::{NameLock, identifier};
 
@@ -239,11 +240,6 @@ impl Data {
             )
             .await?;
         Ok(())
-    }
-
-    /// The state database's name (the server settings name it).
-    pub(crate) fn state_database(&self) -> &str {
-        self.server.get_dbname().unwrap_or("waifus")
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use super::DataError;
+use super::error::DataError;
 
 /// The client programs, of one PostgreSQL installation.
 #[derive(Debug, Clone)]
