@@ -148,6 +148,7 @@ pub async fn restore(
     state: &StateArgs,
     name: &str,
     file: &Path,
+    max_wait: std::time::Duration,
 ) -> Result<RestoreReport, AdminError> {
     check_name(name)?;
     let store = open(state).await?;
@@ -163,7 +164,7 @@ pub async fn restore(
         Err(_) => None,
     };
     let restored = data
-        .restore(name, file, expected.as_ref(), OPERATOR)
+        .restore(name, file, expected.as_ref(), max_wait, OPERATOR)
         .await?;
     Ok(RestoreReport {
         file: file.to_owned(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{Config, ConfigError, Settings};
 use crate::managed::{self, ManagedError};
@@ -218,6 +218,7 @@ async fn serve(
             shutdown.clone(),
         ));
     }
+    tasks.spawn(heartbeat(store.clone(), shutdown.clone()));
     tasks.spawn(prune_audit(
         store.clone(),
         config.audit_retention,
@@ -324,6 +325,26 @@ async fn serve(
     info!("stopped");
     Ok(())
 }
+
+/// Says every [`HEARTBEAT_EVERY`] that this orchestrator is alive (so a
+/// pause waits for its acknowledgement), and that it is gone on shutdown.
+async fn heartbeat(store: store::Store, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(HEARTBEAT_EVERY);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = every.tick() => {
+                if let Err(e) = store.heartbeat().await {
+                    debug!(error = %e, "heartbeat not stored");
+                }
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), store.farewell()).await;
+}
+
+/// How often an orchestrator says it is alive.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 
 /// Deletes audit rows older than `keep`, and attempt records nobody needs
 /// any more, when this orchestrator starts to lead (one does at a time) and

@@ -39,7 +39,7 @@ mod upstream;
 pub use app::{Listeners, RunError, run};
 pub use config::commands::{
     AuditArgs, CheckArgs, ClaimAction, ClaimArgs, Cli, ClientArgs, Command, DbAction, DbArgs,
-    IncidentsArgs, StateArgs,
+    IncidentsArgs, PauseArgs, ResumeArgs, StateArgs,
 };
 pub use config::{Config, ConfigError, HelloSecret, LogFormat, Settings};
 pub use managed::ManagedError;

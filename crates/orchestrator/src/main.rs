@@ -21,6 +21,8 @@ fn main() -> ExitCode {
             ClaimAction::Release { name, state } => cli::report(cli::release_claim(state, name)),
         },
         Some(Command::Db(args)) => cli::report(cli::db(args.action)),
+        Some(Command::Pause(args)) => cli::report(cli::pause(args)),
+        Some(Command::Resume(args)) => cli::report(cli::resume(args)),
         Some(Command::Serve(config)) => run(&config),
         None => run(&cli.serve),
     };

@@ -158,6 +158,13 @@ pub struct WaifuInfo {
     pub url: String,
     pub instances: Vec<InstanceInfo>,
     pub binds: Vec<BindInfo>,
+    /// `open`, `paused` (new requests wait) or `maintenance` (503).
+    #[serde(default = "open")]
+    pub state: String,
+}
+
+fn open() -> String {
+    "open".to_owned()
 }
 
 /// One registered instance of a waifu.

@@ -12,7 +12,11 @@
 //! - an instance that said goodbye is then killed with SIGKILL: no request fails;
 //! - an instance is killed with SIGKILL without a goodbye: only requests it
 //!   had already received may fail, and none is done twice;
-//! - the Python waifu gets SIGTERM under load: no request fails.
+//! - the Python waifu gets SIGTERM under load: no request fails;
+//! - a waifu writing to and reading from its database under load has the
+//!   database restored from a dump (`orchestrator db restore`): its
+//!   requests are held while the database is swapped, none fails, and the
+//!   held ones all complete after the swap.
 //!
 //! Tests run one at a time (each has its own orchestrator) so that their
 //! load does not add up on a small machine.
@@ -72,16 +76,53 @@ async fn serve_as_waifu(log: PathBuf) -> i32 {
             .open(log)
             .unwrap(),
     ));
+    // With a database, every POST is a row and every GET counts them.
+    let pool = match std::env::var(WITH_DATABASE) {
+        Ok(_) => {
+            let db = waifu.database().await.unwrap();
+            db.pool
+                .get()
+                .await
+                .unwrap()
+                .batch_execute("CREATE TABLE IF NOT EXISTS work (key text PRIMARY KEY)")
+                .await
+                .unwrap();
+            Some(db.pool)
+        }
+        Err(_) => None,
+    };
     let answer = who.clone();
+    let reads = pool.clone();
+    let writes = pool;
     let app = Router::new()
-        .route("/", get(move || async move { answer }))
+        .route(
+            "/",
+            get(move || async move {
+                let Some(pool) = reads else {
+                    return Ok(answer);
+                };
+                let client = pool.get().await.map_err(failed)?;
+                let row = client
+                    .query_one("SELECT count(*) FROM work", &[])
+                    .await
+                    .map_err(failed)?;
+                Ok::<_, (http::StatusCode, String)>(format!("{answer} {}", row.get::<_, i64>(0)))
+            }),
+        )
         .route(
             "/work",
             post(move |headers: http::HeaderMap, body: Bytes| async move {
                 let key = headers["x-key"].to_str().unwrap().to_owned();
                 assert_eq!(body.len(), BODY, "the whole upload arrives");
+                if let Some(pool) = writes {
+                    let client = pool.get().await.map_err(failed)?;
+                    client
+                        .execute("INSERT INTO work (key) VALUES ($1)", &[&key])
+                        .await
+                        .map_err(failed)?;
+                }
                 writeln!(log.lock().unwrap(), "{key}").unwrap();
-                who
+                Ok::<_, (http::StatusCode, String)>(who)
             }),
         );
     match waifu.serve(app).await {
@@ -92,6 +133,14 @@ async fn serve_as_waifu(log: PathBuf) -> i32 {
         }
     }
 }
+
+/// A database error as the waifu answers it: 500.
+fn failed(e: impl std::fmt::Display) -> (http::StatusCode, String) {
+    (http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+/// Set (to anything) when the waifu keeps its work in its database.
+const WITH_DATABASE: &str = "ROLLOUT_TEST_WITH_DATABASE";
 
 /// The size of every POST body.
 const BODY: usize = 4096;
@@ -225,6 +274,17 @@ impl Platform {
 
     /// A waifu of this SDK, named `name`, announcing `version`.
     fn sdk_waifu(&self, name: &str, version: &str, label: &str) -> (Proc, PathBuf, String) {
+        self.sdk_waifu_with(name, version, label, &[])
+    }
+
+    /// The same, with more of its settings.
+    fn sdk_waifu_with(
+        &self,
+        name: &str,
+        version: &str,
+        label: &str,
+        env: &[(&str, &str)],
+    ) -> (Proc, PathBuf, String) {
         let port = free_port();
         let host = format!("127.0.0.1:{port}");
         let log = self.dir.join(format!("{label}.keys"));
@@ -244,6 +304,8 @@ impl Platform {
                 .env("PORT", port.to_string())
                 .env("LISTEN_ADDR", "127.0.0.1")
                 .env("RUST_LOG", "info")
+                .env("WAIFU_CACHE_DIR", self.dir.join(format!("{label}.cache")))
+                .envs(env.iter().copied())
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(self.dir.join(format!("{label}.log"))).unwrap()),
         );
@@ -307,6 +369,73 @@ impl Platform {
             .collect()
     }
 
+    /// `orchestrator db ARGS` on this platform's managed PostgreSQL; its
+    /// standard output.
+    fn db(&self, args: &[&str]) -> String {
+        let out = Command::new(orchestrator_bin())
+            .arg("db")
+            .args(args)
+            .env("DATA_DIR", self.dir.join("data"))
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "orchestrator db {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// When `name`'s audit log says `action` last happened, in Unix ms.
+    async fn audited_at(&self, name: &str, action: &str) -> u128 {
+        let path = format!("/__internal/audit?name={name}");
+        let (_, audit) = fetch(self.internal, "GET", &path, None).await.unwrap();
+        let audit: Vec<serde_json::Value> = serde_json::from_str(&audit).unwrap();
+        let time = audit
+            .iter()
+            .find(|e| e["action"] == action)
+            .unwrap_or_else(|| panic!("no {action} in {audit:?}"))["time"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        unix_ms(&time)
+    }
+
+    /// When this platform's orchestrator last acknowledged a pause of
+    /// `name` (it held its requests and had none in flight), in Unix ms:
+    /// read from the state database of the managed cluster.
+    async fn acknowledged_at(&self, name: &str) -> u128 {
+        let data = self.dir.join("data");
+        let read = |f: &str| {
+            std::fs::read_to_string(data.join(f))
+                .unwrap()
+                .trim()
+                .to_owned()
+        };
+        let (password, port) = (read("postgres-password"), read("postgres-port"));
+        let (client, connection) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(port.parse().unwrap())
+            .user("waifus")
+            .password(password)
+            .dbname("waifus")
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let at: i64 = client
+            .query_one(
+                "SELECT floor(extract(epoch FROM at) * 1000)::bigint FROM switch_acks WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        u128::try_from(at).unwrap()
+    }
+
     async fn goodbye(&self, name: &str, host: &str) {
         let body = serde_json::json!({ "name": name, "host": host }).to_string();
         let answer = fetch(self.internal, "POST", "/__internal/goodbye", Some(body)).await;
@@ -338,11 +467,35 @@ async fn fetch(
     Some((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// `2026-12-05T01:08:03.424Z` in Unix milliseconds.
+fn unix_ms(rfc3339: &str) -> u128 {
+    let n = |from: usize, to: usize| -> i64 { rfc3339[from..to].parse().unwrap() };
+    let (y, m, d) = (n(0, 4), n(5, 7), n(8, 10));
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let ms = ((days * 24 + n(11, 13)) * 60 + n(14, 16)) * 60_000 + n(17, 19) * 1000 + n(20, 23);
+    u128::try_from(ms).unwrap()
+}
+
+fn now_unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
 /// What one request of the load got.
 #[derive(Debug, Clone)]
 struct Outcome {
     started: Instant,
     ended: Instant,
+    /// When it started and ended, in Unix milliseconds.
+    wall: (u128, u128),
     /// The `x-key` of a POST.
     key: Option<String>,
     /// The status, or `None` when the connection failed.
@@ -386,6 +539,7 @@ impl Load {
                             Bytes::new()
                         };
                         let started = Instant::now();
+                        let wall_start = now_unix_ms();
                         let got = async {
                             let response = client
                                 .request(request.body(Full::new(body)).unwrap())
@@ -406,6 +560,7 @@ impl Load {
                         outcomes.lock().unwrap().push(Outcome {
                             started,
                             ended: Instant::now(),
+                            wall: (wall_start, now_unix_ms()),
                             key,
                             status,
                             body,
@@ -670,4 +825,67 @@ async fn the_python_waifu_leaves_under_load_with_no_failed_request() {
     assert!(log.ends_with("bye\n"), "{log}");
     let actions = platform.audited("py").await;
     assert!(actions.iter().any(|a| a == "goodbye"), "{actions:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restored_under_load_fails_no_request() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let platform = Platform::start("restore").await;
+    let (_w, _log, _) = platform.sdk_waifu_with(
+        "ledger",
+        "1",
+        "w",
+        &[(WITH_DATABASE, "1"), ("WAIFU_SECRET", "ledger-secret")],
+    );
+    platform.until_answered("ledger", "1 ").await;
+    let load = Load::start(platform.public, "ledger", true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let file = platform.dir.join("ledger.dump");
+    let dumped = platform.db(&["dump", "ledger", "-o", file.to_str().unwrap()]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let restored =
+        tokio::task::block_in_place(|| platform.db(&["restore", "ledger", file.to_str().unwrap()]));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let outcomes = load.finish().await;
+    eprintln!("{dumped}{restored}");
+
+    assert!(restored.contains("as the dump recorded"), "{restored}");
+    assert!(failures(&outcomes).is_empty(), "{:?}", failures(&outcomes));
+    // The requests sent once the orchestrator held the waifu's requests
+    // (when it acknowledged the pause) were held, not refused, and
+    // completed after the waifu was resumed, on the restored database.
+    let paused = platform.acknowledged_at("ledger").await;
+    let resumed = platform.audited_at("ledger", "waifu_resumed").await;
+    assert!(resumed >= paused);
+    // Nothing was answered between the acknowledgement and the resume…
+    let answered_while_paused: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| o.wall.1 > paused + 2 && o.wall.1 + 2 < resumed)
+        .collect();
+    assert!(
+        answered_while_paused.is_empty(),
+        "{answered_while_paused:?}"
+    );
+    // …and what was sent meanwhile waited and then completed.
+    let held: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| o.wall.0 <= paused + 2 && o.wall.1 + 2 >= resumed)
+        .collect();
+    eprintln!(
+        "paused for {} ms after every orchestrator held the waifu's requests; {} held, the slowest took {:?}",
+        resumed - paused,
+        held.len(),
+        held.iter().map(|o| o.ended - o.started).max()
+    );
+    assert!(!held.is_empty(), "no request was held");
+    let after = outcomes
+        .iter()
+        .filter(|o| o.started.elapsed() < Duration::from_secs(1))
+        .count();
+    assert!(
+        after > 20,
+        "the waifu kept serving after the restore: {after}"
+    );
+    let actions = platform.audited("ledger").await;
+    assert_eq!(actions[0], "database_restored", "{actions:?}");
 }

@@ -63,6 +63,8 @@ pub(crate) enum ApiError {
     TimedOut,
     #[error("the orchestrator is shutting down; retry with another one")]
     Stopping,
+    #[error("maxWait must be a duration from 1 ms to 10 min, such as \"30s\"")]
+    BadMaxWait,
 }
 
 impl ApiError {
@@ -116,6 +118,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::TimedOut => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
             ApiError::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ApiError::BadMaxWait => (StatusCode::BAD_REQUEST, "invalid_max_wait"),
         }
     }
 }

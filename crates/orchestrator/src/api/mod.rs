@@ -54,6 +54,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/__internal/database", post(database))
         .route("/__internal/waifus", get(list))
         .route("/__internal/waifus/{name}/health", get(waifu_health))
+        .route(
+            "/__internal/waifus/{name}/pause",
+            axum::routing::put(pause).delete(resume),
+        )
         .route("/__internal/incidents", get(incidents))
         .route("/__internal/audit", get(audit))
         .route("/__internal/metrics", get(metrics))
@@ -234,6 +238,74 @@ async fn waifu_health(
     } else {
         Err(ApiError::NoHealthyInstance)
     }
+}
+
+/// `PUT /__internal/waifus/{name}/pause` `{"maxWait"?}`: the waifu's new
+/// public requests wait (none reaches it) until it is resumed, each at
+/// most `maxWait` (30 s), on every orchestrator.
+async fn pause(
+    State(state): State<AppState>,
+    Source(peer): Source,
+    name: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(name) = name.map_err(|_| ApiError::UnknownWaifu)?;
+    if state.routes.load().waifu(&name).is_none() {
+        return Err(ApiError::UnknownWaifu);
+    }
+    let bytes = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| ApiError::BadBody)?;
+    let request: PauseRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+        PauseRequest::default()
+    } else {
+        serde_json::from_slice(&bytes)?
+    };
+    let max_wait = match request.max_wait.as_deref() {
+        None => DEFAULT_MAX_WAIT,
+        Some(text) => humantime::parse_duration(text)
+            .ok()
+            .filter(|d| !d.is_zero() && *d <= MAX_MAX_WAIT)
+            .ok_or(ApiError::BadMaxWait)?,
+    };
+    let mode = crate::store::switches::SwitchMode::Paused { max_wait };
+    state
+        .registry
+        .set_switch(&name, &mode, &peer.to_string())
+        .await?;
+    Ok(Json(serde_json::json!({
+        "name": name,
+        "paused": true,
+        "maxWait": humantime::format_duration(max_wait).to_string(),
+    })))
+}
+
+/// `DELETE /__internal/waifus/{name}/pause`: the held requests go on.
+async fn resume(
+    State(state): State<AppState>,
+    Source(peer): Source,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(name) = name.map_err(|_| ApiError::UnknownWaifu)?;
+    validate_name(&name).map_err(|_| ApiError::UnknownWaifu)?;
+    let was = state
+        .registry
+        .clear_switch(&name, &peer.to_string())
+        .await?;
+    Ok(Json(
+        serde_json::json!({"name": name, "paused": false, "wasPaused": was}),
+    ))
+}
+
+/// How long a paused waifu's requests wait unless told otherwise.
+const DEFAULT_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// The longest a request may be told to wait.
+const MAX_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PauseRequest {
+    max_wait: Option<String>,
 }
 
 /// A listing's `limit`: [`INCIDENTS_DEFAULT`] when absent, at most

@@ -72,7 +72,8 @@ pub(crate) fn is_operator(path: &str) -> bool {
             | "/__internal/metrics"
             | "/__internal/status"
     ) || path.starts_with("/__internal/admin/")
-        || (path.starts_with("/__internal/waifus/") && path.ends_with("/maintenance"))
+        || (path.starts_with("/__internal/waifus/")
+            && (path.ends_with("/maintenance") || path.ends_with("/pause")))
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -108,6 +109,19 @@ mod tests {
             (&get, "/__internal/metrics", None, false),
             (&get, "/__internal/status", Some("inside"), false),
             (&post, "/__internal/admin/anything", Some("inside"), false),
+            (
+                &Method::PUT,
+                "/__internal/waifus/w/pause",
+                Some("inside"),
+                false,
+            ),
+            (
+                &Method::PUT,
+                "/__internal/waifus/w/pause",
+                Some("boss"),
+                true,
+            ),
+            (&Method::DELETE, "/__internal/waifus/w/pause", None, false),
             (&get, "/__internal/nothing-here", None, false),
         ];
         for (method, path, bearer, want) in cases {

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use orchestrator::status::{Status, audit_table, incident_table, text};
-use orchestrator::{AuditArgs, CheckArgs, ClientArgs, DbAction, StateArgs};
+use orchestrator::{AuditArgs, CheckArgs, ClientArgs, DbAction, PauseArgs, ResumeArgs, StateArgs};
 use waifus_protocol::{AuditEntry, IncidentInfo};
 
 /// `orchestrator check URL`: prints the report; exit 0 only if all rules pass.
@@ -104,12 +104,16 @@ pub async fn db(action: DbAction) -> anyhow::Result<String> {
             )
         }
         DbAction::Restore {
-            name, file, state, ..
+            name,
+            file,
+            state,
+            max_wait,
+            ..
         } => {
             let Some(file) = file else {
                 anyhow::bail!("--latest needs BACKUP_DIR and a verified backup of {name}");
             };
-            let r = admin::restore(&state, &name, &file).await?;
+            let r = admin::restore(&state, &name, &file, max_wait).await?;
             let mut out = format!(
                 "restored {name} from {}: {} tables, {} rows{}\n",
                 r.file.display(),
@@ -161,26 +165,78 @@ pub async fn db(action: DbAction) -> anyhow::Result<String> {
     })
 }
 
+/// `orchestrator pause NAME`.
+pub async fn pause(args: PauseArgs) -> anyhow::Result<String> {
+    let path = format!("/__internal/waifus/{}/pause", checked(&args.name)?);
+    let body =
+        serde_json::json!({"maxWait": humantime::format_duration(args.max_wait).to_string()});
+    let _: serde_json::Value = call(&args.client, http::Method::PUT, &path, Some(body)).await?;
+    Ok(format!(
+        "{} is paused on every orchestrator: its new requests wait (at most {} each) until `orchestrator resume {}`\n",
+        args.name,
+        humantime::format_duration(args.max_wait),
+        args.name
+    ))
+}
+
+/// `orchestrator resume NAME`.
+pub async fn resume(args: ResumeArgs) -> anyhow::Result<String> {
+    let path = format!("/__internal/waifus/{}/pause", checked(&args.name)?);
+    let answer: serde_json::Value = call(&args.client, http::Method::DELETE, &path, None).await?;
+    Ok(if answer["wasPaused"] == true {
+        format!("{} is resumed: the held requests go on\n", args.name)
+    } else {
+        format!("{} was not paused\n", args.name)
+    })
+}
+
+fn checked(name: &str) -> anyhow::Result<&str> {
+    if waifus_protocol::validate_name(name).is_err() {
+        anyhow::bail!("{name:?} is not a waifu name (a DNS label)");
+    }
+    Ok(name)
+}
+
 /// Fetches `path` from a running orchestrator's internal API as JSON,
 /// with the client's token.
 async fn fetch<T: serde::de::DeserializeOwned>(
     client: &ClientArgs,
     path: &str,
 ) -> anyhow::Result<T> {
+    call(client, http::Method::GET, path, None).await
+}
+
+/// `method path` on a running orchestrator's internal API, with `body` as
+/// JSON and the client's token; the answer as JSON.
+async fn call<T: serde::de::DeserializeOwned>(
+    client: &ClientArgs,
+    method: http::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<T> {
     let client = client.clone().read_files()?;
     let addr: SocketAddr = client.internal_addr;
     let token = client.token();
     use anyhow::Context as _;
-    use http_body_util::{BodyExt, Empty, Limited};
-    let http: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
+    use http_body_util::{BodyExt, Full, Limited};
+    let http: hyper_util::client::legacy::Client<_, Full<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http();
-    let mut request = http::Request::get(format!("http://{addr}{path}"))
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
         .header(http::header::ACCEPT, "application/json");
     if let Some(token) = token {
         request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
     }
-    let request = request.body(Empty::new())?;
+    let payload = match body {
+        Some(v) => {
+            request = request.header(http::header::CONTENT_TYPE, "application/json");
+            bytes::Bytes::from(v.to_string())
+        }
+        None => bytes::Bytes::new(),
+    };
+    let request = request.body(Full::new(payload))?;
     let response = tokio::time::timeout(Duration::from_secs(10), http.request(request))
         .await
         .map_err(|_| anyhow::anyhow!("{addr} did not answer within 10 s"))?

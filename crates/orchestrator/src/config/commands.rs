@@ -40,6 +40,30 @@ pub enum Command {
     /// A waifu's database: dump, restore, list, drop, its backups (on
     /// PostgreSQL directly, with the orchestrator's own settings).
     Db(DbArgs),
+    /// Hold a waifu's new public requests (none reaches it) until `resume`;
+    /// each waits at most --max-wait, then gets 503 with Retry-After.
+    Pause(PauseArgs),
+    /// Let a paused waifu's requests go on.
+    Resume(ResumeArgs),
+}
+
+/// Arguments of `orchestrator pause`.
+#[derive(Debug, Clone, Args)]
+pub struct PauseArgs {
+    pub name: String,
+    /// How long each held request may wait (at most 10 min).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub max_wait: Duration,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Arguments of `orchestrator resume`.
+#[derive(Debug, Clone, Args)]
+pub struct ResumeArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// Arguments of `orchestrator db`.

@@ -11,6 +11,7 @@ use super::figures::{self, Figures};
 use super::server::{Data, TOOL_LIMIT, copy_name};
 use crate::provision::sql::marker;
 use crate::provision::{NameLock, identifier};
+use crate::store::switches::{StoredSwitch, SwitchMode};
 
 /// A restore done.
 #[derive(Debug, Clone)]
@@ -31,11 +32,18 @@ impl Data {
     /// Restores `file` into `name`'s database, checked against `expected`
     /// when given, under the name's lock (no provisioning meanwhile); an
     /// audit row from `source`.
+    ///
+    /// For the swap, the waifu is paused on every orchestrator (unless an
+    /// operator paused it or put it in maintenance already): its new
+    /// requests wait, each at most `max_wait`; the swap waits until every
+    /// live orchestrator says nothing is in flight to the waifu from it (at
+    /// most `max_wait` too), and the waifu is resumed right after.
     pub(crate) async fn restore(
         &self,
         name: &str,
         file: &Path,
         expected: Option<&Figures>,
+        max_wait: std::time::Duration,
         source: &str,
     ) -> Result<Restored, DataError> {
         std::fs::File::open(file).map_err(|source| DataError::Io {
@@ -44,7 +52,9 @@ impl Data {
             source,
         })?;
         let lock = NameLock::acquire(&self.store, name).await?;
-        let result = self.restore_locked(name, file, expected, source).await;
+        let result = self
+            .restore_locked(name, file, expected, max_wait, source)
+            .await;
         lock.release().await?;
         result
     }
@@ -54,6 +64,7 @@ impl Data {
         name: &str,
         file: &Path,
         expected: Option<&Figures>,
+        max_wait: std::time::Duration,
         source: &str,
     ) -> Result<Restored, DataError> {
         let live = identifier(name);
@@ -106,11 +117,18 @@ impl Data {
         let figures = match restored {
             Ok(figures) => figures,
             Err(e) => {
-                let _ = drop_database(&admin, &fresh).await;
+                if let Err(dropped) = drop_database(&admin, &fresh).await {
+                    tracing::warn!(database = %fresh, error = %dropped, "could not drop a failed restore's database");
+                }
                 return Err(e);
             }
         };
-        let before = match self.swap(&admin, name, &fresh, &stamp).await {
+        let paused = self.pause_for_swap(name, max_wait, source).await?;
+        let swapped = self.swap(&admin, name, &fresh, &stamp).await;
+        if paused {
+            self.store.clear_switch(name, source).await?;
+        }
+        let before = match swapped {
             Ok(before) => before,
             Err(e) => {
                 let _ = drop_database(&admin, &fresh).await;
@@ -131,6 +149,48 @@ impl Data {
             .record_audit(name, "database_restored", source, &detail)
             .await?;
         Ok(Restored { figures, before })
+    }
+
+    /// Pauses `name` for a swap, unless it is paused or in maintenance
+    /// already, and waits until every live orchestrator holds its requests
+    /// with none in flight (at most `max_wait`). Whether it paused it.
+    async fn pause_for_swap(
+        &self,
+        name: &str,
+        max_wait: std::time::Duration,
+        source: &str,
+    ) -> Result<bool, DataError> {
+        let (generation, paused_here) = match self.store.switch(name).await? {
+            Some(StoredSwitch {
+                mode: SwitchMode::Maintenance { .. },
+                ..
+            }) => return Ok(false),
+            Some(StoredSwitch {
+                mode: SwitchMode::Paused { .. },
+                generation,
+            }) => (generation, false),
+            None => {
+                let mode = SwitchMode::Paused { max_wait };
+                (self.store.set_switch(name, &mode, source).await?, true)
+            }
+        };
+        let deadline = tokio::time::Instant::now() + max_wait;
+        loop {
+            let missing = self.store.unacknowledged(name, generation).await?;
+            if missing.is_empty() {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    name,
+                    orchestrators = ?missing,
+                    "not every orchestrator acknowledged the pause in time: swapping anyway"
+                );
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        Ok(paused_here)
     }
 
     /// Puts `fresh` in place of `name`'s live database, whose sessions are

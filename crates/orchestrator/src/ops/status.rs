@@ -136,9 +136,13 @@ th{{background:#f0f0f0;font-weight:600}} code{{font-size:13px}}
         for w in &status.waifus {
             let _ = write!(
                 h,
-                r#"<tr class="waifu"><td><a href="{url}"><b>{name}</b></a></td><td>"#,
+                r#"<tr class="waifu"><td><a href="{url}"><b>{name}</b></a>{state}</td><td>"#,
                 url = esc(&w.info.url),
-                name = esc(&w.info.name)
+                name = esc(&w.info.name),
+                state = match w.info.state.as_str() {
+                    "open" | "" => String::new(),
+                    other => format!(r#" <span class="bad">{}</span>"#, esc(other)),
+                }
             );
             for i in &w.info.instances {
                 let (class, word) = if i.healthy {
@@ -290,7 +294,10 @@ pub fn text(status: &Status) -> String {
     for w in &status.waifus {
         let healthy = w.info.instances.iter().filter(|i| i.healthy).count();
         waifus.push(vec![
-            w.info.name.clone(),
+            match w.info.state.as_str() {
+                "open" | "" => w.info.name.clone(),
+                other => format!("{} ({other})", w.info.name),
+            },
             format!("{healthy}/{}", w.info.instances.len()),
             w.info.binds.len().to_string(),
             w.database.clone().unwrap_or_else(|| "-".into()),
@@ -397,6 +404,7 @@ mod tests {
                         version: Some("1.2.3".into()),
                         draining: false,
                     }],
+                    state: "paused".into(),
                     binds: vec![BindInfo {
                         bind: "https://link.waifu".into(),
                         target: "/<script>".into(),

@@ -33,11 +33,17 @@ pub(super) enum ProxyError {
     /// `CONNECT`: this is no forward proxy, and a connection that asked
     /// for a tunnel is not trusted with another request.
     Connect,
+    /// The waifu is in maintenance: its message, and when to come back.
+    Maintenance(Option<String>, std::time::Duration),
+    /// The waifu was paused for longer than the request may wait.
+    Paused,
 }
 
 impl ProxyError {
     pub(super) fn into_response(self) -> Response<ProxyBody> {
         let mut location = None;
+        let mut retry_after = 5;
+        let mut own_message = None;
         // What is left of a broken request body cannot be read past.
         let close = matches!(self, ProxyError::BadBody | ProxyError::Connect);
         let (status, code, message) = match self {
@@ -59,6 +65,23 @@ impl ProxyError {
                 "uri_too_long",
                 "the request target is too long",
             ),
+            ProxyError::Maintenance(message, after) => {
+                retry_after = after.as_secs().max(1);
+                own_message = message;
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "maintenance",
+                    "the waifu is in maintenance; retry later",
+                )
+            }
+            ProxyError::Paused => {
+                retry_after = 1;
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "paused",
+                    "the waifu is paused (its data is being restored or migrated); retry shortly",
+                )
+            }
             ProxyError::Connect => (
                 StatusCode::BAD_REQUEST,
                 "bad_request",
@@ -112,7 +135,7 @@ impl ProxyError {
         };
         let body = serde_json::to_vec(&ErrorBody {
             error: code.to_owned(),
-            message: message.to_owned(),
+            message: own_message.unwrap_or_else(|| message.to_owned()),
         })
         .unwrap_or_default();
         let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
@@ -123,7 +146,7 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         }
         if close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -30,6 +30,7 @@ use super::trusted::TrustedProxies;
 use super::via::Via;
 use super::websocket;
 use crate::routing::stats::RequestStats;
+use crate::routing::switch::Found;
 use crate::routing::{Busy, Instance, Outcome, Routes, WaifuRoute};
 use crate::tls::Certs;
 use crate::upstream::{self, Answer, Outgoing, SendError, Unanswered};
@@ -177,10 +178,10 @@ impl Proxy {
                     instance,
                     outgoing,
                     upgrade,
-                })) => {
-                    let (answer, busy) = this.exchange(instance, outgoing, &mut served).await;
-                    this.relay(answer, busy, upgrade, &served)
-                }
+                })) => match this.exchange(instance, outgoing, &mut served).await {
+                    Ok((answer, busy)) => this.relay(answer, busy, upgrade, &served),
+                    Err(e) => Err(e),
+                },
                 Ok(Prepared::Answer(response)) => Ok(response),
                 Err(e) => Err(e),
             };
@@ -321,15 +322,56 @@ impl Proxy {
     /// Returns what came of it, counted as in flight to the last instance
     /// tried while the returned [`Busy`] lives (a response body holds it to
     /// its end).
+    ///
+    /// A waifu that is paused holds the request here, before it is counted
+    /// in flight, until it opens (or the pause's bound: 503); one in
+    /// maintenance answers 503. The switch is read again once the request
+    /// counts as in flight, so a pause that came in between is never
+    /// missed: either the pause sees the request in flight and waits for
+    /// it, or the request sees the pause and waits.
     async fn exchange(
         &self,
         mut instance: Arc<Instance>,
         mut outgoing: Outgoing,
         served: &mut Served,
-    ) -> (Attempt, Arc<Busy>) {
+    ) -> Result<(Attempt, Arc<Busy>), ProxyError> {
         let mut tried: Vec<Arc<Instance>> = Vec::new();
         loop {
+            if let Some(waifu) = &served.waifu
+                && !waifu.switch.is_open()
+            {
+                match waifu.switch.find() {
+                    Found::Open => {}
+                    Found::Maintenance {
+                        message,
+                        retry_after,
+                    } => return Err(ProxyError::Maintenance(message, retry_after)),
+                    Found::Paused(max_wait) => {
+                        if !waifu.switch.wait_open(max_wait).await {
+                            return Err(match waifu.switch.find() {
+                                Found::Maintenance {
+                                    message,
+                                    retry_after,
+                                } => ProxyError::Maintenance(message, retry_after),
+                                _ => ProxyError::Paused,
+                            });
+                        }
+                        // Instances may have come and gone meanwhile.
+                        instance = waifu.pick().ok_or(ProxyError::NoHealthy)?.clone();
+                        if self.access_log {
+                            served.instance = Some(instance.clone());
+                        }
+                    }
+                }
+            }
             let busy = Busy::new(instance);
+            if let Some(waifu) = &served.waifu
+                && !waifu.switch.is_open()
+            {
+                instance = busy.instance().clone();
+                drop(busy);
+                continue;
+            }
             let sent = upstream::try_send(&busy, outgoing, self.connect_timeout);
             let answer = tokio::time::timeout(self.response_timeout, sent).await;
             let (error, unsent) = match answer {
@@ -337,9 +379,9 @@ impl Proxy {
                     error,
                     unsent: Some(unsent),
                 })) => (error, unsent),
-                Ok(Ok(answer)) => return (Ok(Ok(answer)), busy),
-                Ok(Err(u)) => return (Ok(Err(u.error)), busy),
-                Err(elapsed) => return (Err(elapsed), busy),
+                Ok(Ok(answer)) => return Ok((Ok(Ok(answer)), busy)),
+                Ok(Err(u)) => return Ok((Ok(Err(u.error)), busy)),
+                Err(elapsed) => return Ok((Err(elapsed), busy)),
             };
             let failed = busy.instance().clone();
             let next = served.waifu.as_ref().and_then(|waifu| {
@@ -347,7 +389,7 @@ impl Proxy {
                 waifu.pick_except(&tried).cloned()
             });
             let Some(next) = next else {
-                return (Ok(Err(error)), busy);
+                return Ok((Ok(Err(error)), busy));
             };
             self.unreachable(&failed, &error, served);
             debug!(from = %failed.upstream, to = %next.upstream, error = %error, "request not sent; trying another instance");

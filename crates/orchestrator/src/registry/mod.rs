@@ -10,6 +10,7 @@
 
 mod hello;
 pub(crate) mod replicas;
+mod switches;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use waifus_protocol::{
 
 use crate::drain::Leaving;
 use crate::health::Watch;
+use crate::routing::switch::Setting;
 use crate::routing::{BindRoute, Instance, RouteTable, RouteWriter, WaifuRoute};
 use crate::store::{Store, StoreError, StoredInstance};
 
@@ -72,6 +74,8 @@ struct Entry {
     binds: Vec<(BindKey, String)>,
     /// The route built from `instances`; replaced when they change.
     route: Arc<WaifuRoute>,
+    /// The generation of the switch setting applied last (`None`: open).
+    switch_generation: Option<i64>,
 }
 
 impl Entry {
@@ -81,6 +85,7 @@ impl Entry {
             instances,
             binds,
             route,
+            switch_generation: None,
         }
     }
 }
@@ -186,7 +191,8 @@ impl Registry {
                     .iter()
                     .map(|s| registry.adopt(&name, s))
                     .collect();
-                let entry = Entry::new(&stored.name, instances, stored.binds);
+                let mut entry = Entry::new(&stored.name, instances, stored.binds);
+                registry.apply_switch(&name, &mut entry, stored.switch.as_ref());
                 state.waifus.insert(stored.name, entry);
             }
             registry.publish(&state);
@@ -432,6 +438,12 @@ impl Registry {
                         },
                     })
                     .collect(),
+                state: match entry.route.switch.setting() {
+                    Setting::Open => "open",
+                    Setting::Paused { .. } => "paused",
+                    Setting::Maintenance { .. } => "maintenance",
+                }
+                .to_owned(),
             })
             .collect()
     }

@@ -301,6 +301,8 @@ impl Registry {
             entry.route = Arc::new(entry.route.rebuilt(entry.instances.clone()));
             changed = true;
         }
+        // The switch lives in the route: nothing to publish.
+        self.apply_switch(&shared_name, entry, stored.switch.as_ref());
         (old_hosts, changed)
     }
 }

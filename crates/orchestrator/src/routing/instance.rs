@@ -12,7 +12,7 @@
 //! flight to it ([`Busy`]) are done, or its drain time is over.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -120,7 +120,10 @@ impl Instance {
 
     /// Requests and tunnels in flight to it now.
     pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.load(Acquire)
+        // SeqCst, as the increment in `Busy::new`: with the switch's own
+        // SeqCst state, a pause and a request starting at once cannot both
+        // miss each other (the request backs off, or the pause waits).
+        self.in_flight.load(SeqCst)
     }
 
     /// Waits until nothing is in flight to it.
@@ -222,7 +225,7 @@ pub(crate) struct Busy(Arc<Instance>);
 
 impl Busy {
     pub(crate) fn new(instance: Arc<Instance>) -> Arc<Busy> {
-        instance.in_flight.fetch_add(1, AcqRel);
+        instance.in_flight.fetch_add(1, SeqCst);
         Arc::new(Busy(instance))
     }
 
@@ -233,7 +236,7 @@ impl Busy {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, AcqRel) == 1 {
+        if self.0.in_flight.fetch_sub(1, SeqCst) == 1 {
             self.0.idle.notify_waiters();
         }
     }

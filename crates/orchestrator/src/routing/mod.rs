@@ -9,6 +9,7 @@
 mod instance;
 mod shards;
 pub(crate) mod stats;
+pub(crate) mod switch;
 mod table;
 
 use std::sync::Arc;

@@ -16,6 +16,7 @@ use waifus_protocol::BindKey;
 use super::instance::Instance;
 use super::shards::Shards;
 use super::stats::LazyStats;
+use super::switch::Switch;
 
 /// Everything the proxy needs to send a request to a waifu.
 ///
@@ -37,6 +38,8 @@ pub(crate) struct WaifuRoute {
     next: AtomicUsize,
     /// Its request counters, kept across rebuilds of the route.
     pub stats: Arc<LazyStats>,
+    /// Open, paused or in maintenance; kept across rebuilds of the route.
+    pub switch: Arc<Switch>,
 }
 
 impl WaifuRoute {
@@ -49,6 +52,7 @@ impl WaifuRoute {
             newest,
             next: AtomicUsize::new(0),
             stats: Arc::default(),
+            switch: Arc::default(),
         }
     }
 
@@ -63,6 +67,7 @@ impl WaifuRoute {
             newest,
             next: AtomicUsize::new(0),
             stats: self.stats.clone(),
+            switch: self.switch.clone(),
         }
     }
 

@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_ownership_audit.sql"),
     include_str!("migrations/0005_versions_goodbye.sql"),
     include_str!("migrations/0006_hosts_attempts.sql"),
+    include_str!("migrations/0007_switches_backups.sql"),
 ];
 
 /// Advisory lock key serialising migrations across orchestrators ("waifus01").

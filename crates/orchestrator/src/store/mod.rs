@@ -15,6 +15,7 @@ pub(crate) mod incidents;
 mod migrate;
 pub(crate) mod ownership;
 mod removal;
+pub(crate) mod switches;
 
 pub use error::StoreError;
 
@@ -60,6 +61,8 @@ pub(crate) struct StoredWaifu {
     pub name: String,
     pub instances: Vec<StoredInstance>,
     pub binds: Vec<(BindKey, String)>,
+    /// Paused or in maintenance; `None`: open.
+    pub switch: Option<switches::StoredSwitch>,
 }
 
 /// An instance as stored.
@@ -327,6 +330,16 @@ impl Store {
             name: name.to_owned(),
             instances: Vec::new(),
             binds: Vec::new(),
+            switch: client
+                .query_opt(
+                    &format!(
+                        "SELECT {} FROM switches s WHERE s.name = $1",
+                        switches::SWITCH_COLUMNS
+                    ),
+                    &[&name],
+                )
+                .await?
+                .and_then(|r| switches::switch_of(&r, 0)),
         };
         for row in client
             .query(
@@ -361,6 +374,7 @@ impl Store {
                 name: row.get(0),
                 instances: Vec::new(),
                 binds: Vec::new(),
+                switch: None,
             })
             .collect();
         let find = |waifus: &mut Vec<StoredWaifu>, name: &str| {
@@ -401,6 +415,20 @@ impl Store {
             })?;
             if let Some(i) = find(&mut waifus, row.get(0)) {
                 waifus[i].binds.push((key, row.get(2)));
+            }
+        }
+        for row in client
+            .query(
+                &format!(
+                    "SELECT s.name, {} FROM switches s",
+                    switches::SWITCH_COLUMNS
+                ),
+                &[],
+            )
+            .await?
+        {
+            if let Some(i) = find(&mut waifus, row.get(0)) {
+                waifus[i].switch = switches::switch_of(&row, 1);
             }
         }
         Ok(waifus)

@@ -166,9 +166,15 @@ async fn dump_empty_restore_gives_back_every_row_and_the_credentials_keep_workin
         .iter()
         .map(|r| r["action"].as_str().unwrap())
         .collect();
+    // Paused for the swap, resumed right after.
     assert_eq!(
-        actions[..2],
-        ["database_restored", "database_dumped"],
+        actions[..4],
+        [
+            "database_restored",
+            "waifu_resumed",
+            "waifu_paused",
+            "database_dumped"
+        ],
         "{actions:?}"
     );
     orch.stop().await.unwrap();
@@ -218,7 +224,7 @@ async fn a_broken_dump_changes_nothing_and_says_why() {
     )
     .unwrap();
     let other = dir.join("other.dump");
-    let creds2 = credentials(&orch, "other", "other-secret").await;
+    let creds2 = credentials(&orch, "keep-other", "keep-other-secret").await;
     as_waifu(&creds2)
         .await
         .unwrap()
@@ -227,26 +233,32 @@ async fn a_broken_dump_changes_nothing_and_says_why() {
         .unwrap();
     ok(&db_cli(
         &db,
-        &["dump", "other", "-o", other.to_str().unwrap()],
+        &["dump", "keep-other", "-o", other.to_str().unwrap()],
     ));
     std::fs::copy(
         dir.join("keep.dump.figures.json"),
         dir.join("other.dump.figures.json"),
     )
     .unwrap();
-    let err = failed(&db_cli(&db, &["restore", "other", other.to_str().unwrap()]));
+    let err = failed(&db_cli(
+        &db,
+        &["restore", "keep-other", other.to_str().unwrap()],
+    ));
     assert!(err.contains("differs from what the file recorded"), "{err}");
     // No half-restored database is left behind.
     let superuser = pg::cluster().superuser(&db).await;
-    let left: i64 = superuser
-        .query_one(
-            "SELECT count(*) FROM pg_database WHERE datname LIKE '%\\_restore\\_%'",
+    let left: Vec<String> = superuser
+        .query(
+            "SELECT datname FROM pg_database
+             WHERE datname LIKE 'waifu\\_keep%\\_restore\\_%'",
             &[],
         )
         .await
         .unwrap()
-        .get(0);
-    assert_eq!(left, 0);
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     assert!(
         waifu.simple_query("SELECT 1").await.is_ok(),
         "never cut off"

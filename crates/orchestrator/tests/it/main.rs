@@ -25,6 +25,7 @@ mod limits;
 mod openapi;
 mod ops;
 mod ownership;
+mod pause;
 mod proxy;
 mod registration;
 mod replicas;
