@@ -193,3 +193,71 @@ pub async fn drop_database(state: &StateArgs, name: &str, yes: bool) -> Result<(
     let store = open(state).await?;
     Ok(Data::new(store)?.drop_waifu_data(name, OPERATOR).await?)
 }
+
+/// One backup, as `orchestrator db backups` lists it.
+#[derive(Debug)]
+pub struct BackupInfo {
+    pub file: PathBuf,
+    pub size: Option<i64>,
+    pub taken_at: String,
+    /// `verified`, `unverified`, `failed` (or `taking`, under way).
+    pub outcome: String,
+    pub detail: Option<String>,
+    /// Whether the file is still there.
+    pub present: bool,
+}
+
+/// `orchestrator db backups NAME`: its backups, newest first.
+pub async fn backups(state: &StateArgs, name: &str) -> Result<Vec<BackupInfo>, AdminError> {
+    check_name(name)?;
+    let store = open(state).await?;
+    Ok(store
+        .backups_of(name)
+        .await?
+        .into_iter()
+        .map(|b| BackupInfo {
+            present: b.file.is_file(),
+            file: b.file,
+            size: b.size,
+            taken_at: b.taken_at,
+            outcome: b.outcome,
+            detail: b.detail,
+        })
+        .collect())
+}
+
+/// `orchestrator db restore NAME --latest`: the newest verified backup
+/// whose file is there, checked against the figures it was taken with.
+pub async fn restore_latest(
+    state: &StateArgs,
+    name: &str,
+    max_wait: std::time::Duration,
+) -> Result<RestoreReport, AdminError> {
+    check_name(name)?;
+    let store = open(state).await?;
+    let latest = store
+        .backups_of(name)
+        .await?
+        .into_iter()
+        .find(|b| b.outcome == "verified" && b.file.is_file())
+        .ok_or_else(|| {
+            AdminError::Usage(format!(
+                "{name} has no verified backup whose file is there (orchestrator db backups {name})"
+            ))
+        })?;
+    let expected: Option<Figures> = latest
+        .figures
+        .as_deref()
+        .and_then(|f| serde_json::from_str(f).ok());
+    let data = Data::new(store)?;
+    let restored = data
+        .restore(name, &latest.file, expected.as_ref(), max_wait, OPERATOR)
+        .await?;
+    Ok(RestoreReport {
+        file: latest.file,
+        checked: expected.is_some(),
+        tables: restored.figures.len(),
+        rows: restored.figures.values().map(|t| t.rows).sum(),
+        before: restored.before,
+    })
+}

@@ -48,6 +48,8 @@ pub enum RunError {
     NoHttpsListener,
     #[error("could not set up TLS: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("BACKUP_DIR is set, but: {0}")]
+    Backups(#[from] crate::data::DataError),
 }
 
 /// Runs until `shutdown` is cancelled, then drains in-flight requests for at
@@ -219,6 +221,20 @@ async fn serve(
         ));
     }
     tasks.spawn(heartbeat(store.clone(), shutdown.clone()));
+    if let Some(dir) = &config.backup_dir {
+        let backups = crate::data::backup::Backups {
+            data: crate::data::Data::new(store.clone())?,
+            settings: crate::data::backup::BackupSettings {
+                dir: dir.clone(),
+                every: config.backup_interval,
+                keep: config.backup_keep as usize,
+            },
+            incidents: incidents.clone(),
+            metrics: metrics.clone(),
+        };
+        info!(dir = %dir.display(), every = ?config.backup_interval, keep = config.backup_keep, "scheduled backups on");
+        tasks.spawn(backups.run(leading_rx.clone(), shutdown.clone()));
+    }
     tasks.spawn(prune_audit(
         store.clone(),
         config.audit_retention,

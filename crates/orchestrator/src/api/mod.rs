@@ -371,14 +371,22 @@ async fn collect(state: &AppState) -> Status {
         tokio::try_join!(
             state.store.databases(),
             state.store.incidents(RECENT_INCIDENTS),
-            state.store.audit(None, RECENT_AUDIT)
+            state.store.audit(None, RECENT_AUDIT),
+            state.store.backup_summary()
         )
     })
     .await;
-    let (databases, incidents, audit, store_error) = match stored {
-        Ok(Ok((d, i, a))) => (d, i, a, None),
-        Ok(Err(e)) => (Vec::new(), Vec::new(), Vec::new(), Some(e.to_string())),
+    let (databases, incidents, audit, backups, store_error) = match stored {
+        Ok(Ok((d, i, a, b))) => (d, i, a, b, None),
+        Ok(Err(e)) => (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Some(e.to_string()),
+        ),
         Err(_) => (
+            Vec::new(),
             Vec::new(),
             Vec::new(),
             Vec::new(),
@@ -401,7 +409,15 @@ async fn collect(state: &AppState) -> Status {
                 .iter()
                 .find(|(name, _)| *name == info.name)
                 .map(|(_, state)| state.clone());
-            WaifuStatus { info, database }
+            let last_backup = backups
+                .iter()
+                .find(|(name, _, _)| *name == info.name)
+                .and_then(|(_, _, verified)| verified.clone());
+            WaifuStatus {
+                info,
+                database,
+                last_backup,
+            }
         })
         .collect();
     Status {

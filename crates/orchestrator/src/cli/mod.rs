@@ -108,12 +108,12 @@ pub async fn db(action: DbAction) -> anyhow::Result<String> {
             file,
             state,
             max_wait,
-            ..
+            latest,
         } => {
-            let Some(file) = file else {
-                anyhow::bail!("--latest needs BACKUP_DIR and a verified backup of {name}");
+            let r = match file {
+                Some(file) if !latest => admin::restore(&state, &name, &file, max_wait).await?,
+                _ => admin::restore_latest(&state, &name, max_wait).await?,
             };
-            let r = admin::restore(&state, &name, &file, max_wait).await?;
             let mut out = format!(
                 "restored {name} from {}: {} tables, {} rows{}\n",
                 r.file.display(),
@@ -136,16 +136,18 @@ pub async fn db(action: DbAction) -> anyhow::Result<String> {
         DbAction::List { state } => {
             let list = admin::list(&state).await?;
             let mut out = format!(
-                "{:<24} {:<12} {:>12} {:>6}  {}\n",
-                "NAME", "STATE", "SIZE", "CONNS", "KEPT COPIES"
+                "{:<24} {:<12} {:>12} {:>6}  {:<32} {:<21} {}\n",
+                "NAME", "STATE", "SIZE", "CONNS", "LAST BACKUP", "LAST VERIFIED", "KEPT COPIES"
             );
             for d in list {
                 out.push_str(&format!(
-                    "{:<24} {:<12} {:>12} {:>6}  {}\n",
+                    "{:<24} {:<12} {:>12} {:>6}  {:<32} {:<21} {}\n",
                     d.name,
                     d.state,
                     d.size_bytes.map_or("-".to_owned(), |b| b.to_string()),
                     d.connections,
+                    d.last_backup.as_deref().unwrap_or("-"),
+                    d.last_verified.as_deref().unwrap_or("-"),
                     if d.copies.is_empty() {
                         "-".to_owned()
                     } else {
@@ -159,8 +161,39 @@ pub async fn db(action: DbAction) -> anyhow::Result<String> {
             admin::drop_database(&state, &name, yes).await?;
             format!("dropped {name}'s database, kept copies, role and secret\n")
         }
-        DbAction::Backups { name, .. } => {
-            anyhow::bail!("no backups of {name}: BACKUP_DIR backups are not kept yet")
+        DbAction::Backups { name, state } => {
+            let list = admin::backups(&state, &name).await?;
+            if list.is_empty() {
+                return Ok(format!(
+                    "{name} has no backups (scheduled backups need BACKUP_DIR)\n"
+                ));
+            }
+            let mut out = format!(
+                "{:<24} {:<11} {:>10}  {}\n",
+                "TAKEN", "VERIFIED", "SIZE", "FILE"
+            );
+            for b in list {
+                let outcome = match b.outcome.as_str() {
+                    "verified" => "yes",
+                    "unverified" => "NO",
+                    "failed" => "failed",
+                    other => other,
+                };
+                out.push_str(&format!(
+                    "{:<24} {:<11} {:>10}  {}{}{}\n",
+                    b.taken_at,
+                    outcome,
+                    b.size.map_or("-".to_owned(), |s| s.to_string()),
+                    b.file.display(),
+                    if b.present || b.outcome != "verified" {
+                        ""
+                    } else {
+                        " (missing)"
+                    },
+                    b.detail.map(|d| format!("  ({d})")).unwrap_or_default()
+                ));
+            }
+            out
         }
     })
 }

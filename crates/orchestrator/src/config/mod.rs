@@ -87,6 +87,17 @@ pub struct Config {
     #[arg(long, env = "ACME_CA_FILE", value_parser = any_path())]
     pub acme_ca_file: Option<PathBuf>,
 
+    /// Where scheduled backups of every waifu database go (one directory
+    /// per waifu); unset: no scheduled backups.
+    #[arg(long, env = "BACKUP_DIR", value_parser = any_path())]
+    pub backup_dir: Option<PathBuf>,
+    /// How often each waifu database is backed up (and its backup checked).
+    #[arg(long, env = "BACKUP_INTERVAL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub backup_interval: Duration,
+    /// How many verified backups of each waifu are kept.
+    #[arg(long, env = "BACKUP_KEEP", default_value = "7", value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub backup_keep: u32,
+
     /// Most connections each waifu's role may hold at once (applied to
     /// existing roles at start when changed).
     #[arg(long, env = "DB_CONNECTION_LIMIT", default_value = "20", value_parser = clap::value_parser!(u32).range(1..=10000))]
@@ -305,7 +316,11 @@ impl Config {
                 *text = None;
             }
         }
-        for path in [&mut self.cert_dir, &mut self.acme_ca_file] {
+        for path in [
+            &mut self.cert_dir,
+            &mut self.acme_ca_file,
+            &mut self.backup_dir,
+        ] {
             if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
                 *path = None;
             }
@@ -497,6 +512,7 @@ impl Config {
             ("RESYNC_INTERVAL", self.resync_interval),
             ("AUDIT_RETENTION", self.audit_retention),
             ("DRAIN_TIMEOUT", self.drain_timeout),
+            ("BACKUP_INTERVAL", self.backup_interval),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));

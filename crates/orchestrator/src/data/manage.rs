@@ -19,6 +19,10 @@ pub struct DatabaseInfo {
     pub connections: i64,
     /// Kept copies (`…_before_…`), newest first.
     pub copies: Vec<String>,
+    /// The newest scheduled backup: its time and outcome.
+    pub last_backup: Option<String>,
+    /// When the newest verified backup was checked.
+    pub last_verified: Option<String>,
 }
 
 impl Data {
@@ -28,6 +32,7 @@ impl Data {
         let rows = admin
             .query("SELECT name, state FROM databases ORDER BY name", &[])
             .await?;
+        let summary = self.store.backup_summary().await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let name: String = row.get(0);
@@ -50,7 +55,10 @@ impl Data {
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
+            let backups = summary.iter().find(|(n, _, _)| *n == row.get::<_, &str>(0));
             out.push(DatabaseInfo {
+                last_backup: backups.and_then(|b| b.1.clone()),
+                last_verified: backups.and_then(|b| b.2.clone()),
                 state: match &live {
                     Some(_) => row.get(1),
                     None => "missing".to_owned(),

@@ -18,6 +18,7 @@
 //!   password do not change, so the waifu's credentials keep working.
 //! - Each action is one audit row.
 
+pub(crate) mod backup;
 mod dump;
 mod error;
 pub(crate) mod figures;

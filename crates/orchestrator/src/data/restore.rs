@@ -73,56 +73,10 @@ impl Data {
         let (role, _) = self.act_as(&admin, name).await?;
         let stamp = self.stamp(&admin).await?.to_ascii_lowercase();
         let fresh = copy_name(&live, &format!("_restore_{stamp}"));
-        let quoted = escape_identifier(&fresh);
-        admin
-            .batch_execute(&format!(
-                "CREATE DATABASE {quoted} OWNER {} TEMPLATE template0",
-                escape_identifier(&role)
-            ))
-            .await?;
-        let restored = async {
-            admin
-                .batch_execute(&format!(
-                    "REVOKE ALL ON DATABASE {quoted} FROM PUBLIC;
-                     COMMENT ON DATABASE {quoted} IS {}",
-                    escape_literal(&format!("waifus:{name}:restoring"))
-                ))
-                .await?;
-            let role_arg = format!("--role={role}");
-            let dbname_arg = format!("--dbname={fresh}");
-            let args: [&OsStr; 7] = [
-                OsStr::new(&dbname_arg),
-                OsStr::new("--exit-on-error"),
-                OsStr::new("--single-transaction"),
-                OsStr::new("--no-owner"),
-                OsStr::new("--no-privileges"),
-                OsStr::new(&role_arg),
-                file.as_os_str(),
-            ];
-            self.tools
-                .run("pg_restore", &args, &self.target(&fresh), TOOL_LIMIT)
-                .await?;
-            let client = self.connect(&fresh).await?;
-            let got = figures::compute(&client).await?;
-            drop(client);
-            if let Some(want) = expected {
-                let differences = figures::differences(want, &got);
-                if !differences.is_empty() {
-                    return Err(DataError::Mismatch(differences));
-                }
-            }
-            Ok(got)
-        }
-        .await;
-        let figures = match restored {
-            Ok(figures) => figures,
-            Err(e) => {
-                if let Err(dropped) = drop_database(&admin, &fresh).await {
-                    tracing::warn!(database = %fresh, error = %dropped, "could not drop a failed restore's database");
-                }
-                return Err(e);
-            }
-        };
+        let restored = self
+            .restore_fresh(&admin, &fresh, Some(&role), name, file, expected)
+            .await;
+        let figures = restored?;
         let paused = self.pause_for_swap(name, max_wait, source).await?;
         let swapped = self.swap(&admin, name, &fresh, &stamp).await;
         if paused {
@@ -149,6 +103,92 @@ impl Data {
             .record_audit(name, "database_restored", source, &detail)
             .await?;
         Ok(Restored { figures, before })
+    }
+
+    /// Restores `file` into a new database `fresh` (owned by `owner`, or by
+    /// this user), closed to everyone else, and computes its figures,
+    /// checked against `expected` when given. `fresh` is dropped again if
+    /// anything fails.
+    pub(super) async fn restore_fresh(
+        &self,
+        admin: &tokio_postgres::Client,
+        fresh: &str,
+        owner: Option<&str>,
+        name: &str,
+        file: &Path,
+        expected: Option<&Figures>,
+    ) -> Result<Figures, DataError> {
+        let quoted = escape_identifier(fresh);
+        let owner_clause = owner
+            .map(|o| format!(" OWNER {}", escape_identifier(o)))
+            .unwrap_or_default();
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE {quoted}{owner_clause} TEMPLATE template0"
+            ))
+            .await?;
+        let restored = async {
+            admin
+                .batch_execute(&format!(
+                    "REVOKE ALL ON DATABASE {quoted} FROM PUBLIC;
+                     COMMENT ON DATABASE {quoted} IS {}",
+                    escape_literal(&format!("waifus:{name}:restoring"))
+                ))
+                .await?;
+            let role_arg = owner.map(|o| format!("--role={o}"));
+            let dbname_arg = format!("--dbname={fresh}");
+            let mut args: Vec<&OsStr> = vec![
+                OsStr::new(&dbname_arg),
+                OsStr::new("--exit-on-error"),
+                OsStr::new("--single-transaction"),
+                OsStr::new("--no-owner"),
+                OsStr::new("--no-privileges"),
+            ];
+            if let Some(role) = &role_arg {
+                args.push(OsStr::new(role));
+            }
+            args.push(file.as_os_str());
+            self.tools
+                .run("pg_restore", &args, &self.target(fresh), TOOL_LIMIT)
+                .await?;
+            let client = self.connect(fresh).await?;
+            let got = figures::compute(&client).await?;
+            drop(client);
+            if let Some(want) = expected {
+                let differences = figures::differences(want, &got);
+                if !differences.is_empty() {
+                    return Err(DataError::Mismatch(differences));
+                }
+            }
+            Ok(got)
+        }
+        .await;
+        if restored.is_err()
+            && let Err(dropped) = drop_database(admin, fresh).await
+        {
+            tracing::warn!(database = %fresh, error = %dropped, "could not drop a failed restore's database");
+        }
+        restored
+    }
+
+    /// Checks a dump: restored into a scratch database (dropped after), it
+    /// must give `expected`.
+    pub(crate) async fn verify(
+        &self,
+        name: &str,
+        file: &Path,
+        expected: &Figures,
+    ) -> Result<(), DataError> {
+        let admin = self.connect(self.state_database()).await?;
+        let stamp = self.stamp(&admin).await?.to_ascii_lowercase();
+        let scratch = copy_name(&identifier(name), &format!("_verify_{stamp}"));
+        let checked = self
+            .restore_fresh(&admin, &scratch, None, name, file, Some(expected))
+            .await;
+        if checked.is_ok() {
+            drop_database(&admin, &scratch).await?;
+        }
+        checked.map(|_| ())
     }
 
     /// Pauses `name` for a swap, unless it is paused or in maintenance

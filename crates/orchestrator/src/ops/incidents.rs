@@ -51,6 +51,10 @@ pub(crate) enum IncidentKind {
     HelloWithoutSecret,
     HelloWrongSecret,
     Unauthorized,
+    /// A scheduled backup could not be taken.
+    BackupFailed,
+    /// A scheduled backup did not restore to what it was taken from.
+    BackupUnverified,
 }
 
 impl IncidentKind {
@@ -61,6 +65,8 @@ impl IncidentKind {
             IncidentKind::HelloWithoutSecret => "hello_without_secret",
             IncidentKind::HelloWrongSecret => "hello_wrong_secret",
             IncidentKind::Unauthorized => "unauthorized",
+            IncidentKind::BackupFailed => "backup_failed",
+            IncidentKind::BackupUnverified => "backup_unverified",
         }
     }
 }
@@ -100,6 +106,26 @@ impl Incidents {
         detail: String,
     ) -> Result<(), StoreError> {
         let incident = new_incident(kind, name, source, detail);
+        self.store.insert_incident(&incident, self.webhook).await?;
+        self.noted(&incident);
+        Ok(())
+    }
+
+    /// Logs and stores an incident the orchestrator found itself (a
+    /// backup): `source` names what found it.
+    pub(crate) async fn record_own(
+        &self,
+        kind: IncidentKind,
+        name: &str,
+        source: &str,
+        detail: String,
+    ) -> Result<(), StoreError> {
+        let incident = NewIncident {
+            kind: kind.as_str(),
+            name: name.to_owned(),
+            source: source.to_owned(),
+            detail,
+        };
         self.store.insert_incident(&incident, self.webhook).await?;
         self.noted(&incident);
         Ok(())

@@ -32,6 +32,11 @@ struct KindLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WaifuLabel {
+    waifu: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabel {
     listener: &'static str,
 }
@@ -44,6 +49,11 @@ pub(crate) struct Metrics {
     database_calls: Family<OutcomeLabel, Counter>,
     incidents: Family<KindLabel, Counter>,
     connections: Family<ListenerLabel, Gauge>,
+    /// Unix time of each waifu's newest backup that passed its check (the
+    /// only kind that counts as a success), on the orchestrator that takes
+    /// them.
+    backup_success: Family<WaifuLabel, Gauge>,
+    backup_verified: Family<WaifuLabel, Gauge>,
     /// Requests that matched no waifu (404s, 400s, redirects), counted by
     /// the proxy.
     pub unrouted: Arc<RequestStats>,
@@ -81,6 +91,18 @@ impl Metrics {
             "Client connections open now, by listener",
             connections.clone(),
         );
+        let backup_success = Family::default();
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "Unix time of each waifu's newest successful (taken and verified) backup",
+            backup_success.clone(),
+        );
+        let backup_verified = Family::default();
+        registry.register(
+            "backup_last_verified_timestamp_seconds",
+            "Unix time of each waifu's newest backup whose restore gave what it was taken from",
+            backup_verified.clone(),
+        );
         let unrouted = Arc::new(RequestStats::default());
         registry.register_collector(Box::new(ProxyCollector {
             routes: routes.clone(),
@@ -93,6 +115,8 @@ impl Metrics {
             database_calls,
             incidents,
             connections,
+            backup_success,
+            backup_verified,
             unrouted,
             routes,
             started: std::time::Instant::now(),
@@ -129,6 +153,19 @@ impl Metrics {
 
     pub(crate) fn incident(&self, kind: &'static str) {
         self.incidents.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// A backup of `waifu` taken and verified at `unix_seconds`.
+    pub(crate) fn backup_verified(&self, waifu: &str, unix_seconds: i64) {
+        let label = WaifuLabel {
+            waifu: waifu.to_owned(),
+        };
+        for family in [&self.backup_success, &self.backup_verified] {
+            let gauge = family.get_or_create(&label);
+            if gauge.get() < unix_seconds {
+                gauge.set(unix_seconds);
+            }
+        }
     }
 
     /// The open-connections gauge of one listener (`public`, `tls`, `internal`).

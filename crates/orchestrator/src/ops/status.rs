@@ -50,6 +50,9 @@ pub struct WaifuStatus {
     pub info: WaifuInfo,
     /// `ready`, `provisioning`, or `None` for no database.
     pub database: Option<String>,
+    /// When its newest verified backup was checked (RFC 3339), if any.
+    #[serde(rename = "lastBackup", default)]
+    pub last_backup: Option<String>,
 }
 
 /// HTML-escapes text for element content and quoted attributes.
@@ -177,11 +180,18 @@ th{{background:#f0f0f0;font-weight:600}} code{{font-size:13px}}
                     esc(&b.target)
                 );
             }
-            let database = match (&w.database, &status.store_error) {
+            let mut database = match (&w.database, &status.store_error) {
                 (Some(state), _) => esc(state),
                 (None, None) => "—".to_owned(),
                 (None, Some(_)) => "unknown".to_owned(),
             };
+            if let Some(at) = &w.last_backup {
+                let _ = write!(
+                    database,
+                    r#"<br><small>backup verified {}</small>"#,
+                    esc(at)
+                );
+            }
             let _ = writeln!(h, "</td><td>{database}</td></tr>");
         }
         h.push_str("</tbody></table>\n");
@@ -411,6 +421,7 @@ mod tests {
                     }],
                 },
                 database: Some("ready".into()),
+                last_backup: Some("2026-12-05T01:00:00Z".into()),
             }],
             incidents: vec![IncidentInfo {
                 time: "2026-11-27T23:00:01Z".into(),

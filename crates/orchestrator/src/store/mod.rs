@@ -10,11 +10,13 @@
 
 pub(crate) mod acme;
 mod audit;
+pub(crate) mod backups;
 mod error;
 pub(crate) mod incidents;
 mod migrate;
 pub(crate) mod ownership;
 mod removal;
+mod switch_row;
 pub(crate) mod switches;
 
 pub use error::StoreError;
@@ -62,7 +64,7 @@ pub(crate) struct StoredWaifu {
     pub instances: Vec<StoredInstance>,
     pub binds: Vec<(BindKey, String)>,
     /// Paused or in maintenance; `None`: open.
-    pub switch: Option<switches::StoredSwitch>,
+    pub switch: Option<switch_row::StoredSwitch>,
 }
 
 /// An instance as stored.
@@ -334,12 +336,12 @@ impl Store {
                 .query_opt(
                     &format!(
                         "SELECT {} FROM switches s WHERE s.name = $1",
-                        switches::SWITCH_COLUMNS
+                        switch_row::SWITCH_COLUMNS
                     ),
                     &[&name],
                 )
                 .await?
-                .and_then(|r| switches::switch_of(&r, 0)),
+                .and_then(|r| switch_row::switch_of(&r, 0)),
         };
         for row in client
             .query(
@@ -421,14 +423,14 @@ impl Store {
             .query(
                 &format!(
                     "SELECT s.name, {} FROM switches s",
-                    switches::SWITCH_COLUMNS
+                    switch_row::SWITCH_COLUMNS
                 ),
                 &[],
             )
             .await?
         {
             if let Some(i) = find(&mut waifus, row.get(0)) {
-                waifus[i].switch = switches::switch_of(&row, 1);
+                waifus[i].switch = switch_row::switch_of(&row, 1);
             }
         }
         Ok(waifus)

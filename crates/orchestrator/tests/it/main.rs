@@ -8,6 +8,7 @@ mod pg;
 mod waifu;
 
 mod acme;
+mod backups;
 mod binary;
 mod check;
 mod claims;
