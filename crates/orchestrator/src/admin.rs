@@ -47,6 +47,12 @@ pub enum AdminError {
     Usage(String),
 }
 
+impl From<provision::secret::KeyError> for AdminError {
+    fn from(e: provision::secret::KeyError) -> Self {
+        AdminError::Usage(e.to_string())
+    }
+}
+
 impl From<ProvisionError> for AdminError {
     fn from(e: ProvisionError) -> Self {
         AdminError::Provision(e.to_string())
@@ -260,4 +266,47 @@ pub async fn restore_latest(
         rows: restored.figures.values().map(|t| t.rows).sum(),
         before: restored.before,
     })
+}
+
+/// `orchestrator db rotate NAME --new-secret-file FILE`: the operator's
+/// rotation, which needs no old secret (whoever runs it can read the state
+/// database anyway). The password key must be the orchestrator's own
+/// (`DATA_DIR/db-password.key`).
+pub async fn rotate(
+    state: &StateArgs,
+    name: &str,
+    new_secret_file: &Path,
+) -> Result<(), AdminError> {
+    check_name(name)?;
+    let text = std::fs::read_to_string(new_secret_file).map_err(|source| DataError::Io {
+        what: "read",
+        path: new_secret_file.to_owned(),
+        source,
+    })?;
+    let secret = text.trim_end_matches(['\n', '\r']);
+    if secret.is_empty() || secret.len() > provision::MAX_SECRET {
+        return Err(AdminError::Usage(format!(
+            "{} must hold a secret of 1 to {} bytes",
+            new_secret_file.display(),
+            provision::MAX_SECRET
+        )));
+    }
+    let key_file = state.data_dir.join("db-password.key");
+    let key = provision::secret::PasswordKey::load(&key_file).map_err(|e| {
+        AdminError::Usage(format!(
+            "{e}: run this with the orchestrator's DATA_DIR (its password key is there)"
+        ))
+    })?;
+    let store = open(state).await?;
+    let hasher = crate::ownership::hasher::Hasher::start()
+        .map_err(|e| AdminError::Usage(format!("could not start Argon2: {e}")))?;
+    let hash = hasher
+        .hash(secret)
+        .await
+        .map_err(|e| AdminError::Usage(format!("Argon2: {e}")))?;
+    let mut lock = provision::NameLock::acquire(&store, name).await?;
+    let rotated = provision::rotate_in(lock.client(), &key, name, secret, &hash, OPERATOR).await;
+    lock.release().await?;
+    rotated?;
+    Ok(())
 }

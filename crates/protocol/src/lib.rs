@@ -19,5 +19,6 @@ pub use path::{is_internal_segment, path_has_internal_segment};
 pub use version::{MAX_VERSION, VersionError, validate_version};
 pub use wire::{
     AuditEntry, BindInfo, BindOutcome, DatabaseCredentials, DatabaseRequest, ErrorBody, Goodbye,
-    GoodbyeResponse, Hello, HelloResponse, IncidentInfo, InstanceInfo, RefusalReason, WaifuInfo,
+    GoodbyeResponse, Hello, HelloResponse, IncidentInfo, InstanceInfo, RefusalReason,
+    RotateRequest, WaifuInfo,
 };

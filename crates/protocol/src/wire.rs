@@ -120,6 +120,26 @@ pub struct DatabaseRequest {
     pub secret: String,
 }
 
+/// `POST /__internal/database/rotate`: the waifu's secret replaced, for
+/// hellos and its database alike; the answer carries the new password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotateRequest {
+    pub name: String,
+    pub secret: String,
+    #[serde(rename = "newSecret")]
+    pub new_secret: String,
+}
+
+impl std::fmt::Debug for RotateRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotateRequest")
+            .field("name", &self.name)
+            .field("secret", &"(hidden)")
+            .field("new_secret", &"(hidden)")
+            .finish()
+    }
+}
+
 impl std::fmt::Debug for DatabaseRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DatabaseRequest")

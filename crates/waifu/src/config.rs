@@ -152,7 +152,10 @@ pub(crate) fn from_vars(
         name,
         port,
         listen,
-        secret: secret(&lookup, "WAIFU_SECRET")?,
+        secret: std::sync::Arc::new(std::sync::RwLock::new(secret(&lookup, "WAIFU_SECRET")?)),
+        secret_file: lookup("WAIFU_SECRET_FILE")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from),
         token: secret(&lookup, "ORCHESTRATOR_TOKEN")?,
         binds,
         cache_dir: lookup("WAIFU_CACHE_DIR").map(PathBuf::from),
@@ -191,7 +194,7 @@ mod tests {
         assert_eq!(w.name, "box-1");
         assert_eq!(w.host, "box-1:8080");
         assert_eq!(w.port, 8080);
-        assert!(w.secret.is_none() && w.binds.is_empty() && w.cache_dir.is_none());
+        assert!(w.current_secret().is_none() && w.binds.is_empty() && w.cache_dir.is_none());
         assert_eq!(w.listen.to_string(), "0.0.0.0");
     }
 
@@ -215,7 +218,7 @@ mod tests {
             (w.name.as_str(), w.host.as_str(), w.port),
             ("link", "link:9000", 9000)
         );
-        assert_eq!(w.secret.as_deref(), Some("s"));
+        assert_eq!(w.current_secret().as_deref(), Some("s"));
         assert_eq!(w.binds["https://link.waifu"], "/link");
         assert_eq!(w.cache_dir, Some(PathBuf::from("/var/cache/link")));
         assert_eq!(w.listen.to_string(), "127.0.0.1");
@@ -264,7 +267,7 @@ mod tests {
             ("ORCHESTRATOR_TOKEN_FILE", &token),
         ])
         .unwrap();
-        assert_eq!(w.secret.as_deref(), Some("s3cret"));
+        assert_eq!(w.current_secret().as_deref(), Some("s3cret"));
         assert_eq!(w.token.as_deref(), Some("tok-0123456789abcdef"));
         let e = parse(&[("WAIFU_SECRET", "s"), ("WAIFU_SECRET_FILE", &secret)]).unwrap_err();
         assert!(e.to_string().contains("WAIFU_SECRET is set too"), "{e}");

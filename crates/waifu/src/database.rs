@@ -6,7 +6,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use http::StatusCode;
-use waifus_protocol::{DatabaseCredentials, DatabaseRequest};
+use waifus_protocol::{DatabaseCredentials, DatabaseRequest, RotateRequest};
 
 use crate::Waifu;
 use crate::client::{self, CallError};
@@ -89,7 +89,71 @@ impl Waifu {
         if let Some(c) = self.cached_in_memory() {
             return Ok(c);
         }
-        let secret = self.secret.clone().ok_or(DatabaseError::NoSecret)?;
+        self.fetch_credentials().await
+    }
+
+    /// Asks the orchestrator again, whatever is cached (the password was
+    /// refused: the secret may have been rotated).
+    /// With a secret file, the secret is read from it again first.
+    pub async fn refresh_credentials(&self) -> Result<DatabaseCredentials, DatabaseError> {
+        self.reread_secret_file();
+        self.fetch_credentials().await
+    }
+
+    /// Replaces this waifu's secret with `new_secret` on the orchestrator
+    /// (for hellos and its database alike) and here; the database password
+    /// changes with it, so the credentials are fetched anew and cached.
+    /// Connections already open go on; new ones use the new password. Give
+    /// the new secret to every instance (and keep it for the next start):
+    /// the old one no longer works.
+    ///
+    /// ```no_run
+    /// # async fn f(w: waifu::Waifu) -> Result<(), waifu::DatabaseError> {
+    /// let credentials = w.rotate_secret("a-new-long-random-secret").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn rotate_secret(
+        &self,
+        new_secret: impl Into<String>,
+    ) -> Result<DatabaseCredentials, DatabaseError> {
+        let new_secret = new_secret.into();
+        let secret = self.current_secret().ok_or(DatabaseError::NoSecret)?;
+        let url = format!("{}/__internal/database/rotate", self.orchestrator);
+        let request = RotateRequest {
+            name: self.name.clone(),
+            secret,
+            new_secret: new_secret.clone(),
+        };
+        let credentials = match client::post_json(&url, &request, self.token.as_deref()).await {
+            Err(e) => return Err(DatabaseError::Unavailable(e.into())),
+            Ok((StatusCode::OK, body)) => serde_json::from_slice::<DatabaseCredentials>(&body)
+                .map_err(|e| DatabaseError::Unavailable(Unavailable::BadAnswer(e)))?,
+            Ok((StatusCode::FORBIDDEN, _)) => return Err(DatabaseError::WrongSecret),
+            Ok((StatusCode::TOO_MANY_REQUESTS, body)) => {
+                return Err(DatabaseError::Throttled {
+                    message: client::error_message(&body),
+                });
+            }
+            Ok((status, body)) if status.is_server_error() => {
+                return Err(DatabaseError::Unavailable(Unavailable::Server {
+                    status,
+                    message: client::error_message(&body),
+                }));
+            }
+            Ok((status, body)) => {
+                return Err(DatabaseError::Refused {
+                    status,
+                    message: client::error_message(&body),
+                });
+            }
+        };
+        self.set_secret(Some(new_secret));
+        self.remember(&credentials);
+        Ok(credentials)
+    }
+
+    async fn fetch_credentials(&self) -> Result<DatabaseCredentials, DatabaseError> {
+        let secret = self.current_secret().ok_or(DatabaseError::NoSecret)?;
         let url = format!("{}/__internal/database", self.orchestrator);
         let request = DatabaseRequest {
             name: self.name.clone(),
@@ -120,13 +184,18 @@ impl Waifu {
                 });
             }
         };
+        self.remember(&credentials);
+        Ok(credentials)
+    }
+
+    /// Keeps `credentials` in memory and in the cache file.
+    fn remember(&self, credentials: &DatabaseCredentials) {
         if let Some(file) = self.cache_file()
-            && let Err(e) = write_cache(&file, &credentials)
+            && let Err(e) = write_cache(&file, credentials)
         {
             tracing::warn!(file = %file.display(), error = %e, "could not cache database credentials");
         }
         *self.credentials.lock().unwrap_or_else(|e| e.into_inner()) = Some(credentials.clone());
-        Ok(credentials)
     }
 
     fn cached_in_memory(&self) -> Option<DatabaseCredentials> {
@@ -145,17 +214,20 @@ impl Waifu {
     /// client.batch_execute("CREATE TABLE IF NOT EXISTS notes (body text)").await?;
     /// # Ok(()) }
     /// ```
+    ///
+    /// When PostgreSQL refuses the password of a new connection (SQLSTATE
+    /// `28P01`: the secret was rotated, by another instance or an operator),
+    /// the pool asks the orchestrator for the credentials again and tries
+    /// once more.
     pub async fn database(&self) -> Result<Database, DatabaseError> {
         let credentials = self.credentials().await?;
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(&credentials.host)
-            .port(credentials.port)
-            .user(&credentials.user)
-            .password(&credentials.password)
-            .dbname(&credentials.database)
-            .connect_timeout(std::time::Duration::from_secs(5));
-        let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
+        let manager = deadpool_postgres::Manager::from_connect(
+            pg_config(&credentials),
+            Refreshing {
+                waifu: self.clone(),
+            },
+            deadpool_postgres::ManagerConfig::default(),
+        );
         let pool = deadpool_postgres::Pool::builder(manager)
             .max_size(8)
             .build()
@@ -195,6 +267,68 @@ impl Database {
             c.user, c.password, c.host, c.port, c.database
         )
     }
+}
+
+/// The connection settings of `credentials`.
+fn pg_config(credentials: &DatabaseCredentials) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(&credentials.host)
+        .port(credentials.port)
+        .user(&credentials.user)
+        .password(&credentials.password)
+        .dbname(&credentials.database)
+        .connect_timeout(std::time::Duration::from_secs(5));
+    config
+}
+
+/// Connects with the waifu's current credentials; a refused password
+/// makes it fetch them anew and try once more.
+struct Refreshing {
+    waifu: Waifu,
+}
+
+type Connected = (tokio_postgres::Client, tokio::task::JoinHandle<()>);
+
+impl deadpool_postgres::Connect for Refreshing {
+    fn connect(
+        &self,
+        initial: &tokio_postgres::Config,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Connected, tokio_postgres::Error>> + Send + '_>>
+    {
+        let config = self
+            .waifu
+            .cached_in_memory()
+            .map_or_else(|| initial.clone(), |c| pg_config(&c));
+        Box::pin(async move {
+            match open(config).await {
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD) => {
+                    tracing::info!(
+                        "the database refused the password: asking the orchestrator again"
+                    );
+                    match self.waifu.refresh_credentials().await {
+                        Ok(fresh) => open(pg_config(&fresh)).await,
+                        Err(why) => {
+                            tracing::warn!(error = %why, "no new database credentials");
+                            Err(e)
+                        }
+                    }
+                }
+                other => other,
+            }
+        })
+    }
+}
+
+/// One connection, its driver spawned.
+async fn open(config: tokio_postgres::Config) -> Result<Connected, tokio_postgres::Error> {
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    let driver = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "database connection ended with an error");
+        }
+    });
+    Ok((client, driver))
 }
 
 fn read_cache(file: &Path) -> Option<DatabaseCredentials> {

@@ -60,8 +60,14 @@ pub struct Waifu {
     host: String,
     port: u16,
     listen: std::net::IpAddr,
-    /// Claims the name with the first hello, guards the database.
-    secret: Option<String>,
+    /// Claims the name with the first hello, guards the database; shared by
+    /// the clones of this waifu (the hello loop, the pool), so a rotation
+    /// reaches them all.
+    secret: Arc<std::sync::RwLock<Option<String>>>,
+    /// Where the secret came from (`WAIFU_SECRET_FILE`): read again when
+    /// PostgreSQL refuses the password, so an operator rotates a waifu's
+    /// secret by rotating it and replacing the file.
+    secret_file: Option<PathBuf>,
     /// Sent as `Authorization: Bearer` on every call to the orchestrator.
     token: Option<String>,
     binds: BTreeMap<String, String>,
@@ -83,7 +89,7 @@ impl std::fmt::Debug for Waifu {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("listen", &self.listen)
-            .field("secret", &hidden(&self.secret))
+            .field("secret", &hidden(&self.current_secret()))
             .field("token", &hidden(&self.token))
             .field("binds", &self.binds)
             .field("cache_dir", &self.cache_dir)
@@ -92,6 +98,14 @@ impl std::fmt::Debug for Waifu {
             .field("drain_for", &self.drain_for)
             .finish_non_exhaustive()
     }
+}
+
+/// A secret file's content without its trailing newline; `None` when it
+/// cannot be read or is empty.
+fn read_secret_file(file: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let text = text.trim_end_matches(['\n', '\r']);
+    (!text.is_empty()).then(|| text.to_owned())
 }
 
 /// Why `serve` stopped with an error.
@@ -177,7 +191,8 @@ impl Waifu {
             host: host.into(),
             port: 8080,
             listen: std::net::IpAddr::from([0, 0, 0, 0]),
-            secret: None,
+            secret: Arc::default(),
+            secret_file: None,
             token: None,
             binds: BTreeMap::new(),
             cache_dir: None,
@@ -223,8 +238,8 @@ impl Waifu {
     /// ```
     /// let w = waifu::Waifu::new("a", "a:1").secret("from-a-vault");
     /// ```
-    pub fn secret(mut self, secret: impl Into<String>) -> Self {
-        self.secret = Some(secret.into());
+    pub fn secret(self, secret: impl Into<String>) -> Self {
+        self.set_secret(Some(secret.into()));
         self
     }
 
@@ -326,12 +341,14 @@ impl Waifu {
     /// # Ok(()) }
     /// ```
     pub async fn hello(&self) -> Result<HelloResponse, HelloError> {
+        // A rotated secret replaced in its file is used from the next hello.
+        self.reread_secret_file();
         let url = format!("{}/__internal/hello", self.orchestrator);
         let hello = Hello {
             name: self.name.clone(),
             host: self.host.clone(),
             additional_binds: self.binds.clone(),
-            secret: self.secret.clone(),
+            secret: self.current_secret(),
             version: self.version.clone(),
         };
         let (status, body) = client::post_json(&url, &hello, self.token.as_deref()).await?;
@@ -345,6 +362,45 @@ impl Waifu {
             status,
             message: format!("unexpected answer: {e}"),
         })
+    }
+
+    /// Reads the secret from `file` now and again when PostgreSQL refuses
+    /// the database password (as `WAIFU_SECRET_FILE` does): an operator
+    /// who rotated the secret replaces the file, and the waifu follows
+    /// without a restart.
+    ///
+    /// ```no_run
+    /// let waifu = waifu::Waifu::new("link", "link:8080").secret_file("/run/secrets/link");
+    /// ```
+    pub fn secret_file(mut self, file: impl Into<PathBuf>) -> Self {
+        let file = file.into();
+        if let Some(secret) = read_secret_file(&file) {
+            self.set_secret(Some(secret));
+        }
+        self.secret_file = Some(file);
+        self
+    }
+
+    /// Reads the secret file again, if there is one and it changed.
+    pub(crate) fn reread_secret_file(&self) {
+        if let Some(secret) = self.secret_file.as_deref().and_then(read_secret_file)
+            && self.current_secret().as_deref() != Some(secret.as_str())
+        {
+            tracing::info!("the secret file holds a new secret");
+            self.set_secret(Some(secret));
+        }
+    }
+
+    /// The secret in use now (a rotation changes it).
+    pub(crate) fn current_secret(&self) -> Option<String> {
+        self.secret
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_secret(&self, secret: Option<String>) {
+        *self.secret.write().unwrap_or_else(|e| e.into_inner()) = secret;
     }
 
     /// Says goodbye: the orchestrator sends this instance no new request
@@ -361,7 +417,7 @@ impl Waifu {
         let goodbye = Goodbye {
             name: self.name.clone(),
             host: self.host.clone(),
-            secret: self.secret.clone(),
+            secret: self.current_secret(),
         };
         let (status, body) = client::post_json(&url, &goodbye, self.token.as_deref()).await?;
         if status != StatusCode::OK {

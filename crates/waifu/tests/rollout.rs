@@ -80,20 +80,26 @@ async fn serve_as_waifu(log: PathBuf) -> i32 {
     let pool = match std::env::var(WITH_DATABASE) {
         Ok(_) => {
             let db = waifu.database().await.unwrap();
-            db.pool
-                .get()
-                .await
-                .unwrap()
-                .batch_execute("CREATE TABLE IF NOT EXISTS work (key text PRIMARY KEY)")
-                .await
-                .unwrap();
+            // Two instances start at once: one creates the table (each
+            // statement committed on its own, the lock held across them).
+            let client = db.pool.get().await.unwrap();
+            for statement in [
+                "SELECT pg_advisory_lock(1)",
+                "CREATE TABLE IF NOT EXISTS work (key text PRIMARY KEY)",
+                "SELECT pg_advisory_unlock(1)",
+            ] {
+                client.batch_execute(statement).await.unwrap();
+            }
+            drop(client);
             Some(db.pool)
         }
         Err(_) => None,
     };
     let answer = who.clone();
     let reads = pool.clone();
+    let recycled = pool.clone();
     let writes = pool;
+    let rotating = waifu.clone();
     let app = Router::new()
         .route(
             "/",
@@ -107,6 +113,26 @@ async fn serve_as_waifu(log: PathBuf) -> i32 {
                     .await
                     .map_err(failed)?;
                 Ok::<_, (http::StatusCode, String)>(format!("{answer} {}", row.get::<_, i64>(0)))
+            }),
+        )
+        // Test hooks: rotate this waifu's secret; make its pool open new
+        // connections (those it has are closed once they are returned).
+        .route(
+            "/rotate",
+            post(move |body: String| async move {
+                rotating.rotate_secret(body).await.map_err(failed)?;
+                Ok::<_, (http::StatusCode, String)>("rotated")
+            }),
+        )
+        .route(
+            "/recycle",
+            post(move || async move {
+                if let Some(pool) = recycled {
+                    let size = pool.status().max_size;
+                    pool.resize(0);
+                    pool.resize(size);
+                }
+                "recycled"
             }),
         )
         .route(
@@ -888,4 +914,57 @@ async fn a_database_restored_under_load_fails_no_request() {
     );
     let actions = platform.audited("ledger").await;
     assert_eq!(actions[0], "database_restored", "{actions:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_rotated_under_load_fails_no_request() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let platform = Platform::start("rotate").await;
+    let secret_file = platform.dir.join("secret");
+    std::fs::write(&secret_file, "first-secret\n").unwrap();
+    let file = secret_file.to_str().unwrap();
+    let env = [(WITH_DATABASE, "1"), ("WAIFU_SECRET_FILE", file)];
+    let (_a, _, a_host) = platform.sdk_waifu_with("turnover", "1", "a", &env);
+    let (_b, _, b_host) = platform.sdk_waifu_with("turnover", "1", "b", &env);
+    platform
+        .until_answered("turnover", &format!("1 {a_host}"))
+        .await;
+    platform
+        .until_answered("turnover", &format!("1 {b_host}"))
+        .await;
+    let load = Load::start(platform.public, "turnover", true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // a rotates the secret (and the password) under load; the operator's
+    // file follows. b still holds the old password for new connections.
+    let a: SocketAddr = a_host.parse().unwrap();
+    let b: SocketAddr = b_host.parse().unwrap();
+    let (status, body) = fetch(a, "POST", "/rotate", Some("second-secret".into()))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    std::fs::write(&secret_file, "second-secret\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Both open new connections: a with what it was given, b after
+    // PostgreSQL refuses its old password (28P01) and it reads the file.
+    for instance in [a, b] {
+        let (status, _) = fetch(instance, "POST", "/recycle", None).await.unwrap();
+        assert_eq!(status, 200);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let outcomes = load.finish().await;
+    assert!(failures(&outcomes).is_empty(), "{:?}", failures(&outcomes));
+    let late = outcomes
+        .iter()
+        .filter(|o| o.started.elapsed() < Duration::from_secs(1))
+        .count();
+    assert!(late > 20, "only {late} requests after the rotation");
+    // b did try its old password once (PostgreSQL logged the refusal), and
+    // no request failed for it.
+    let pg_log = std::fs::read_to_string(platform.dir.join("data/postgres.log")).unwrap();
+    assert!(
+        pg_log.contains("password authentication failed for user \"waifu_turnover\""),
+        "{pg_log}"
+    );
+    let actions = platform.audited("turnover").await;
+    assert!(actions.iter().any(|a| a == "secret_rotated"), "{actions:?}");
 }

@@ -92,6 +92,8 @@ impl ApiError {
                     (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts")
                 }
                 ProvisionError::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
+                ProvisionError::NoDatabase(_) => (StatusCode::NOT_FOUND, "no_database"),
+                ProvisionError::SameSecret => (StatusCode::BAD_REQUEST, "same_secret"),
                 ProvisionError::Unavailable(_) => {
                     (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
                 }

@@ -25,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use waifus_protocol::{
     AuditEntry, DatabaseCredentials, DatabaseRequest, Goodbye, GoodbyeResponse, Hello,
-    HelloResponse, IncidentInfo, WaifuInfo, validate_name,
+    HelloResponse, IncidentInfo, RotateRequest, WaifuInfo, validate_name,
 };
 
 use crate::ops::status::{RECENT_AUDIT, RECENT_INCIDENTS, Status, WaifuStatus, html};
@@ -52,6 +52,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/__internal/hello", post(hello))
         .route("/__internal/goodbye", post(goodbye))
         .route("/__internal/database", post(database))
+        .route("/__internal/database/rotate", post(rotate))
         .route("/__internal/waifus", get(list))
         .route("/__internal/waifus/{name}/health", get(waifu_health))
         .route(
@@ -181,6 +182,29 @@ async fn database(
     .await;
     state.metrics.database_call(match &answer {
         Ok(_) => "ok",
+        Err(ApiError::Provision(e)) => e.outcome(),
+        Err(_) => "invalid",
+    });
+    Ok(Json(answer?))
+}
+
+/// `POST /__internal/database/rotate`: a new secret and password.
+async fn rotate(
+    State(state): State<AppState>,
+    Source(peer): Source,
+    body: Body,
+) -> Result<Json<DatabaseCredentials>, ApiError> {
+    let answer = async {
+        let request: RotateRequest = json_body(body).await?;
+        let credentials = state
+            .provisioner
+            .rotate(&request.name, &request.secret, &request.new_secret, peer)
+            .await?;
+        Ok::<_, ApiError>(credentials)
+    }
+    .await;
+    state.metrics.database_call(match &answer {
+        Ok(_) => "rotated",
         Err(ApiError::Provision(e)) => e.outcome(),
         Err(_) => "invalid",
     });

@@ -161,6 +161,17 @@ pub async fn db(action: DbAction) -> anyhow::Result<String> {
             admin::drop_database(&state, &name, yes).await?;
             format!("dropped {name}'s database, kept copies, role and secret\n")
         }
+        DbAction::Rotate {
+            name,
+            new_secret_file,
+            state,
+        } => {
+            admin::rotate(&state, &name, &new_secret_file).await?;
+            format!(
+                "{name}'s secret and database password are replaced (open sessions go on): \
+                 put the new secret where the waifu reads WAIFU_SECRET_FILE\n"
+            )
+        }
         DbAction::Backups { name, state } => {
             let list = admin::backups(&state, &name).await?;
             if list.is_empty() {

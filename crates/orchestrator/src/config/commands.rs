@@ -119,6 +119,20 @@ pub enum DbAction {
         #[command(flatten)]
         state: StateArgs,
     },
+    /// Replace a waifu's secret (for hellos and its database) with the one
+    /// in --new-secret-file, and its database password with it; open
+    /// sessions go on. The waifu needs the new secret: write it where its
+    /// WAIFU_SECRET_FILE points, and it follows on its next hello and
+    /// database connection.
+    Rotate {
+        name: String,
+        /// A file holding the new secret (1 to 1024 bytes; a trailing
+        /// newline is ignored), such as `openssl rand -hex 32 > f`.
+        #[arg(long, value_parser = any_path())]
+        new_secret_file: PathBuf,
+        #[command(flatten)]
+        state: StateArgs,
+    },
     /// A waifu's backups in BACKUP_DIR: file, size, time, verified.
     Backups {
         name: String,

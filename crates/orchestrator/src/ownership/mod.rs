@@ -310,6 +310,11 @@ impl Ownership {
         Ok(())
     }
 
+    /// An Argon2id hash of `secret` (a new one, for a rotation).
+    pub(crate) async fn hash(&self, secret: &str) -> Result<String, HashError> {
+        self.hasher.hash(secret).await
+    }
+
     /// Whether this process verified `secret` against `hash` before.
     fn is_remembered(&self, name: &str, hash: &str, secret: &str) -> bool {
         let mac = self.mac(secret);

@@ -33,6 +33,12 @@ pub(crate) enum ProvisionError {
     },
     #[error("the database server is unreachable or too slow: {0}")]
     Unavailable(#[from] Unavailable),
+    /// A rotation for a name that has no database (nothing to rotate).
+    #[error("{0} has no database: ask for one with its secret first")]
+    NoDatabase(String),
+    /// A rotation to the same secret.
+    #[error("newSecret must differ from secret")]
+    SameSecret,
 }
 
 /// What kind of object was found in the way.
@@ -80,7 +86,10 @@ impl ProvisionError {
     /// The `outcome` label of the database-call metric.
     pub(crate) fn outcome(&self) -> &'static str {
         match self {
-            ProvisionError::Name(_) | ProvisionError::Secret => "invalid",
+            ProvisionError::Name(_) | ProvisionError::Secret | ProvisionError::SameSecret => {
+                "invalid"
+            }
+            ProvisionError::NoDatabase(_) => "no_database",
             ProvisionError::WrongSecret => "wrong_secret",
             ProvisionError::Throttled(_) => "throttled",
             ProvisionError::Conflict { .. } => "conflict",

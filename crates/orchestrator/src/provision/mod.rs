@@ -118,6 +118,79 @@ impl Provisioner {
         .unwrap_or_else(|_| Err(Unavailable::TimedOut.into()))
     }
 
+    /// Handles `POST /__internal/database/rotate`: `secret` (checked as
+    /// any call's: a wrong one is refused and recorded) is replaced by
+    /// `new_secret` for hellos and the database alike, and the role's
+    /// password by the one derived from it, in one transaction under the
+    /// name's lock. The old secret and password stop working for new
+    /// connections; open sessions go on. Answers the new credentials.
+    pub(crate) async fn rotate(
+        &self,
+        name: &str,
+        secret: &str,
+        new_secret: &str,
+        source: IpAddr,
+    ) -> Result<DatabaseCredentials, ProvisionError> {
+        validate_name(name)?;
+        for s in [secret, new_secret] {
+            if s.is_empty() || s.len() > MAX_SECRET {
+                return Err(ProvisionError::Secret);
+            }
+        }
+        if secret == new_secret {
+            return Err(ProvisionError::SameSecret);
+        }
+        tokio::time::timeout(DEADLINE, async {
+            match self
+                .ownership
+                .admit(name, Some(secret), source, Asked::Database)
+                .await
+            {
+                Ok(_) => {}
+                Err(OwnershipError::WrongSecret) => return Err(ProvisionError::WrongSecret),
+                Err(OwnershipError::Throttled(wait)) => {
+                    return Err(ProvisionError::Throttled(wait));
+                }
+                Err(e) => return Err(Unavailable::Ownership(e).into()),
+            }
+            let hash = self
+                .ownership
+                .hash(new_secret)
+                .await
+                .map_err(|e| Unavailable::Ownership(e.into()))?;
+            let mut lock = NameLock::acquire(&self.store, name).await?;
+            let result = self
+                .rotate_locked(lock.client(), name, new_secret, &hash, source)
+                .await;
+            if result.is_ok() {
+                lock.release().await?;
+            }
+            result
+        })
+        .await
+        .unwrap_or_else(|_| Err(Unavailable::TimedOut.into()))
+    }
+
+    async fn rotate_locked(
+        &self,
+        client: &mut tokio_postgres::Client,
+        name: &str,
+        new_secret: &str,
+        hash: &str,
+        source: IpAddr,
+    ) -> Result<DatabaseCredentials, ProvisionError> {
+        let source = source.to_canonical().to_string();
+        let password = rotate_in(client, &self.key, name, new_secret, hash, &source).await?;
+        let ident = identifier(name);
+        Ok(DatabaseCredentials {
+            database: ident.clone(),
+            user: ident,
+            password,
+            host: self.public.host.clone(),
+            port: self.public.port,
+        })
+    }
+
     async fn provision(
         &self,
         client: &mut tokio_postgres::Client,
@@ -217,6 +290,56 @@ impl Provisioner {
         }
         Ok(names.len())
     }
+}
+
+/// Replaces `name`'s secret with `new_secret` (whose Argon2id hash is
+/// `hash`) and its role's password with the one derived from it under
+/// `key`, in one transaction on `client` (which holds the name's lock),
+/// audited from `source`. Returns the new password.
+pub(crate) async fn rotate_in(
+    client: &mut tokio_postgres::Client,
+    key: &PasswordKey,
+    name: &str,
+    new_secret: &str,
+    hash: &str,
+    source: &str,
+) -> Result<String, ProvisionError> {
+    let Some(row) = load(client, name).await? else {
+        return Err(ProvisionError::NoDatabase(name.to_owned()));
+    };
+    if !row.ready {
+        return Err(ProvisionError::NoDatabase(name.to_owned()));
+    }
+    let password = key.password(name, new_secret);
+    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+    let ident = identifier(name);
+    let tx = client.transaction().await?;
+    tx.execute(
+        "INSERT INTO waifu_secrets (name, secret_hash) VALUES ($1, $2)
+         ON CONFLICT (name) DO UPDATE SET secret_hash = EXCLUDED.secret_hash",
+        &[&name, &hash],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE databases SET scram_verifier = $2, key_id = $3 WHERE name = $1",
+        &[&name, &verifier, &key.id()],
+    )
+    .await?;
+    tx.batch_execute(&format!(
+        "ALTER ROLE {} PASSWORD {}",
+        postgres_protocol::escape::escape_identifier(&ident),
+        postgres_protocol::escape::escape_literal(&verifier)
+    ))
+    .await?;
+    tx.execute(
+        "INSERT INTO audit (action, name, source, detail) VALUES ('secret_rotated', $1, $2,
+           'the secret and the database password were replaced; open sessions go on')",
+        &[&name, &source],
+    )
+    .await?;
+    tx.commit().await?;
+    info!(name, "secret rotated");
+    Ok(password)
 }
 
 /// What releasing a claim did.

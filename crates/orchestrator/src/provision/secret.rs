@@ -82,6 +82,18 @@ impl PasswordKey {
         Ok(PasswordKey::from_bytes(key))
     }
 
+    /// The key at `path`, which must exist (a command that works beside
+    /// a running orchestrator must never make another key).
+    pub(crate) fn load(path: &Path) -> Result<PasswordKey, KeyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        from_hex(text.trim())
+            .map(PasswordKey::from_bytes)
+            .ok_or_else(|| KeyError::Malformed(path.to_owned()))
+    }
+
     pub(crate) fn from_bytes(key: [u8; 32]) -> PasswordKey {
         let id = hex(&mac(&key, &[b"waifus/v1/key-id"]))[..16].to_owned();
         PasswordKey { key, id }

@@ -31,6 +31,7 @@ mod proxy;
 mod registration;
 mod replicas;
 mod rollout;
+mod rotate;
 mod slowloris;
 mod smuggling;
 mod stall;

@@ -367,6 +367,43 @@ async fn real_responses_match_docs_openapi_yaml() {
         None,
     ));
     calls.push(("/__internal/audit", "get", "/__internal/audit".into(), None));
+    // A rotation: first a database to rotate, then its outcomes.
+    calls.push((
+        "/__internal/database",
+        "post",
+        "/__internal/database".into(),
+        Some(json!({"name": "rot", "secret": "rot-1"})),
+    ));
+    for (secret, new) in [("rot-1", "rot-2"), ("rot-1", "rot-3"), ("rot-2", "rot-2")] {
+        calls.push((
+            "/__internal/database/rotate",
+            "post",
+            "/__internal/database/rotate".into(),
+            Some(json!({"name": "rot", "secret": secret, "newSecret": new})),
+        ));
+    }
+    calls.push((
+        "/__internal/database/rotate",
+        "post",
+        "/__internal/database/rotate".into(),
+        Some(json!({"name": "nodb", "secret": "a", "newSecret": "b"})),
+    ));
+    for (method, path, body) in [
+        (
+            "put",
+            "/__internal/waifus/w/pause",
+            Some(json!({"maxWait": "5s"})),
+        ),
+        (
+            "put",
+            "/__internal/waifus/w/pause",
+            Some(json!({"maxWait": "never"})),
+        ),
+        ("put", "/__internal/waifus/nobody/pause", None),
+        ("delete", "/__internal/waifus/w/pause", None),
+    ] {
+        calls.push(("/__internal/waifus/{name}/pause", method, path.into(), body));
+    }
     let (status, body) = orch
         .hello_with(
             json!({"name": "w", "host": w.host(), "additionalBinds": {}}),
@@ -375,10 +412,11 @@ async fn real_responses_match_docs_openapi_yaml() {
         .await;
     assert_eq!(status, http::StatusCode::OK, "{body}");
     for (template, method, path, body) in calls {
-        let m = if method == "get" {
-            Method::GET
-        } else {
-            Method::POST
+        let m = match method {
+            "get" => Method::GET,
+            "put" => Method::PUT,
+            "delete" => Method::DELETE,
+            _ => Method::POST,
         };
         let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
         let r = send(orch.internal, m, &path, &[("authorization", &admin)], body)
@@ -537,6 +575,14 @@ async fn real_responses_match_docs_openapi_yaml() {
         ("/__internal/database", "post", 429),
         ("/__internal/waifus/{name}/health", "get", 404),
         ("/__internal/incidents", "get", 400),
+        ("/__internal/database/rotate", "post", 200),
+        ("/__internal/database/rotate", "post", 400),
+        ("/__internal/database/rotate", "post", 403),
+        ("/__internal/database/rotate", "post", 404),
+        ("/__internal/waifus/{name}/pause", "put", 200),
+        ("/__internal/waifus/{name}/pause", "put", 400),
+        ("/__internal/waifus/{name}/pause", "put", 404),
+        ("/__internal/waifus/{name}/pause", "delete", 200),
     ] {
         assert!(
             exercised.contains(&(template.to_owned(), method.to_owned(), status)),
