@@ -87,8 +87,10 @@ impl Backups {
             .filter(|(_, state)| state == "ready")
             .map(|(name, _)| name)
             .collect();
+        // New databases are looked for at least this often.
+        let poll = self.settings.every.min(NEW_DATABASES_EVERY);
         if names.is_empty() {
-            return Ok(self.settings.every);
+            return Ok(poll);
         }
         let ages: std::collections::HashMap<String, f64> =
             store.backup_ages().await?.into_iter().collect();
@@ -230,6 +232,9 @@ impl Backups {
         }
     }
 }
+
+/// How often the scheduler looks for databases that never had a backup.
+const NEW_DATABASES_EVERY: Duration = Duration::from_secs(10);
 
 /// Records of failed or unverified backups kept per waifu, for the listing.
 const BAD_KEPT: usize = 10;

@@ -247,14 +247,113 @@ async fn backups_keep_what_restores_and_report_what_does_not() {
         assert_eq!(still, stalled, "the metric does not advance");
     }
     drop(read_only);
-    // b loses its rows; the newest verified backup brings them back.
+    // b loses its rows; the newest verified backup brings them back. The
+    // orchestrator stops first, so no later backup records the loss.
+    orch.stop().await.unwrap();
     let b = as_waifu(&reference[1].1).await.unwrap();
     b.batch_execute("DELETE FROM tags; DELETE FROM notes")
         .await
         .unwrap();
-    orch.stop().await.unwrap();
     let out = ok(&db_cli(&db, &["restore", "bk-b", "--latest"]));
     assert!(out.contains("as the dump recorded"), "{out}");
     let b = as_waifu(&reference[1].1).await.unwrap();
     assert_eq!(contents(&b).await, reference[1].2);
+}
+
+/// The disaster-recovery path of docs/operating.md: a backup file from one
+/// orchestrator, copied to another machine (another PostgreSQL cluster,
+/// another data directory), restored there into a fresh orchestrator; the
+/// waifu asks for its database with its own secret and reads its rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_restores_on_a_new_machine() {
+    let db = unique_db("drsource");
+    let dir = harness::temp_dir("drbackups");
+    let orch = harness::start(
+        &db,
+        &[
+            "--backup-dir",
+            dir.to_str().unwrap(),
+            "--backup-interval",
+            "1h",
+        ],
+    )
+    .await;
+    let creds = credentials(&orch, "dr-notes", "dr-secret").await;
+    let client = as_waifu(&creds).await.unwrap();
+    fill(&client).await;
+    let reference = contents(&client).await;
+    drop(client);
+    // The scheduler takes the first backup at once (none exists yet).
+    until(
+        "a verified backup of dr-notes",
+        Duration::from_secs(60),
+        async || {
+            outcomes(&db, "dr-notes")
+                .await
+                .first()
+                .is_some_and(|o| o == "verified")
+        },
+    )
+    .await;
+    orch.stop().await.unwrap();
+    let files = dumps(&dir, "dr-notes");
+    assert_eq!(files.len(), 1);
+    // "Copied off the machine": the file and its figures, elsewhere.
+    let copied = harness::temp_dir("offsite").join("dr-notes.dump");
+    std::fs::copy(&files[0], &copied).unwrap();
+    std::fs::copy(
+        files[0].with_extension("dump.figures.json"),
+        copied.with_extension("dump.figures.json"),
+    )
+    .unwrap();
+
+    // The new machine: its own PostgreSQL, its own data directory.
+    let cluster = pg::dedicated();
+    let url = cluster.url("waifus");
+    let data_dir = harness::temp_dir("drdata");
+    let fresh = harness::start_with_url(&url, &["--data-dir", data_dir.to_str().unwrap()]).await;
+    let restore = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+        cmd.arg("db")
+            .args(args)
+            .env("DATABASE_URL", &url)
+            .env("DATA_DIR", &data_dir)
+            .env_remove("BACKUP_DIR");
+        tokio::task::block_in_place(|| harness::output_within(&mut cmd, Duration::from_secs(120)))
+    };
+    let out = restore(&["restore", "dr-notes", copied.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("as the dump recorded"), "{stdout}");
+    assert!(stdout.contains("there was no database before"), "{stdout}");
+    // The waifu comes back with its own secret: a new password (another
+    // key), its rows.
+    let (status, creds) = fresh
+        .internal_json(
+            Method::POST,
+            "/__internal/database",
+            serde_json::json!({"name": "dr-notes", "secret": "dr-secret"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, http::StatusCode::OK, "{creds}");
+    let (client, connection) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(cluster.port)
+        .user(creds["user"].as_str().unwrap())
+        .password(creds["password"].as_str().unwrap())
+        .dbname(creds["database"].as_str().unwrap())
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    assert_eq!(contents(&client).await, reference);
+    client
+        .batch_execute("INSERT INTO notes (body) VALUES ('written on the new machine')")
+        .await
+        .unwrap();
+    fresh.stop().await.unwrap();
 }
