@@ -2,7 +2,6 @@
 //! emptied, restored to the same rows and checksums with its credentials
 //! unchanged; a broken file changes nothing; a drop takes everything.
 
-use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -271,6 +270,17 @@ async fn drop_takes_the_database_the_role_and_the_secret() {
     let db = unique_db("dropdata");
     let orch = harness::start(&db, &[]).await;
     let creds = credentials(&orch, "gone", "gone-secret").await;
+    let reference = {
+        let client = as_waifu(&creds).await.unwrap();
+        fill(&client).await;
+        contents(&client).await
+    };
+    let dir = harness::temp_dir("dumps");
+    let file = dir.join("gone.dump");
+    ok(&db_cli(
+        &db,
+        &["dump", "gone", "-o", file.to_str().unwrap()],
+    ));
     let w = crate::waifu::TestWaifu::start("gone").await;
     let (status, _) = orch
         .hello(json!({"name": "gone", "host": w.host(), "secret": "gone-secret"}))
@@ -323,6 +333,13 @@ async fn drop_takes_the_database_the_role_and_the_secret() {
     let fresh = credentials(&orch, "gone", "a-new-secret").await;
     let client = as_waifu(&fresh).await.unwrap();
     assert!(contents(&client).await.is_empty());
-    let _ = Path::new("");
+    drop(client);
+    ok(&db_cli(&db, &["drop", "gone", "--yes"]));
+    // The whole waifu dropped, its dump restores: the rows come back and
+    // the first database call (its own secret) owns them again.
+    let out = ok(&db_cli(&db, &["restore", "gone", file.to_str().unwrap()]));
+    assert!(out.contains("there was no database before"), "{out}");
+    let back = credentials(&orch, "gone", "gone-secret").await;
+    assert_eq!(contents(&as_waifu(&back).await.unwrap()).await, reference);
     orch.stop().await.unwrap();
 }
