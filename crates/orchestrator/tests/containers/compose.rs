@@ -49,6 +49,7 @@ impl Stack {
             ("HTTPS_PORT", &https.to_string()),
             ("SECRETS_DIR", &secrets_dir),
             ("ACCESS_LOG", "true"),
+            ("BACKUP_INTERVAL", "1h"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -192,6 +193,34 @@ async fn the_compose_stack_serves_restarts_scales_and_loses_nothing() {
         assert_eq!(location.as_deref(), Some("https://example.com/compose"));
     };
     follow("localhost", format!("/link/link/{code}")).await;
+    follow("link.localhost", format!("/{code}")).await;
+
+    // Backups run in the container with the server's own pg_dump: link's
+    // new database gets a first verified backup on the `backups` volume,
+    // and it restores there (paused, swapped, resumed) with its link in it.
+    let cli = |args: &[&str]| {
+        let mut all = vec!["exec", "-T", "orchestrator", "orchestrator"];
+        all.extend_from_slice(args);
+        tokio::task::block_in_place(|| stack.compose(&all, Duration::from_secs(180)))
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let listed = loop {
+        let listed = cli(&["db", "backups", "link"]);
+        if listed
+            .lines()
+            .any(|l| l.contains(" yes ") && l.contains("/backups/link/"))
+        {
+            break listed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no verified backup of link: {listed}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    eprintln!("{listed}");
+    let restored = cli(&["db", "restore", "link", "--latest"]);
+    assert!(restored.contains("as the dump recorded"), "{restored}");
     follow("link.localhost", format!("/{code}")).await;
 
     // The internal API is not published: only the public ports are.

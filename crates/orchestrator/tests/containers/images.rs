@@ -122,6 +122,7 @@ pub(crate) fn images() -> &'static Images {
                     .args(["--build-arg", &format!("BASE_IMAGE={base}")])
                     .args(["--build-arg", &format!("BUILD_IMAGE={base}")])
                     .args(["--build-arg", "PREBUILT=1"])
+                    .args(["--build-arg", &format!("POSTGRES_IMAGE={postgres}")])
                     .args(["--label", "waifus-test=app", "-t", &tag(bin), "."])
                     .current_dir(&context),
                 Duration::from_secs(600),

@@ -116,9 +116,10 @@ fn compose_file_is_valid_and_publishes_only_the_orchestrator() {
     );
     // State survives `docker compose down`: PostgreSQL's data and the
     // orchestrator's key are on volumes.
-    for volume in ["postgres-data", "orchestrator-data"] {
+    for volume in ["postgres-data", "orchestrator-data", "backups"] {
         assert!(!config["volumes"][volume].is_badvalue(), "volume {volume}");
     }
+    backups_on_a_volume(&services["orchestrator"]);
     // Every secret comes from a file (a compose secret), none from the
     // environment; the internal API wants its token, operators theirs, and
     // every hello its waifu's secret.
@@ -158,6 +159,22 @@ fn compose_file_is_valid_and_publishes_only_the_orchestrator() {
     for (name, secret) in secrets {
         assert!(secret["file"].as_str().is_some(), "{name:?} is a file");
     }
+}
+
+/// The orchestrator backs up into a volume, with every data setting given.
+fn backups_on_a_volume(orchestrator: &Yaml) {
+    let env = &orchestrator["environment"];
+    assert_eq!(env["BACKUP_DIR"].as_str(), Some("/backups"));
+    for setting in [
+        "BACKUP_INTERVAL",
+        "BACKUP_KEEP",
+        "DB_CONNECTION_LIMIT",
+        "DB_STATEMENT_TIMEOUT",
+    ] {
+        assert!(env[setting].as_str().is_some(), "{setting} in {env:?}");
+    }
+    let volumes = format!("{:?}", orchestrator["volumes"]);
+    assert!(volumes.contains("backups:/backups"), "{volumes}");
 }
 
 /// `deploy/make-secrets.sh` makes every file compose.yaml reads, the
@@ -260,6 +277,8 @@ fn stack_files_publish_only_the_orchestrator_and_take_every_secret_from_a_file()
             "{file}"
         );
     }
+    backups_on_a_volume(&services["orchestrator"]);
+    assert!(!config["volumes"]["backups"].is_badvalue());
     // Every replica reads one password key, from a secret.
     assert_eq!(env["DATA_DIR"].as_str(), Some("/run/secrets"));
     let secrets = format!("{:?}", services["orchestrator"]["secrets"]);
@@ -338,9 +357,17 @@ fn images_are_small_and_run_as_a_user() {
             "{image} has a health check"
         );
         let copies: Vec<&String> = lines.iter().filter(|l| l.starts_with("COPY")).collect();
-        assert_eq!(copies.len(), 1, "{image} copies its binary only");
         assert!(copies[0].contains(&format!("/out/{image} ")), "{copies:?}");
+        if image == "orchestrator" {
+            // And the PostgreSQL client programs, for backups.
+            assert_eq!(copies.len(), 2, "{copies:?}");
+            assert!(copies[1].starts_with("COPY --from=pgclient "), "{copies:?}");
+        } else {
+            assert_eq!(copies.len(), 1, "{image} copies its binary only");
+        }
     }
+    // The client comes from the server's own image: never older than it.
+    assert_eq!(find("pgclient").1, "${POSTGRES_IMAGE}");
     assert_eq!(stage, "hello");
     // The build context leaves out build output and local state.
     let ignore = std::fs::read_to_string(deploy_dir().join("../.dockerignore")).unwrap();
