@@ -100,6 +100,40 @@ impl Waifu {
         self.fetch_credentials().await
     }
 
+    /// New credentials after PostgreSQL refused the password `refused`:
+    /// those another connection fetched meanwhile; else, with a secret
+    /// file, a moment for the file to follow a rotation made elsewhere (so
+    /// the orchestrator is not asked with a secret that no longer works);
+    /// then the orchestrator's answer for the secret there is.
+    pub(crate) async fn credentials_after_refusal(
+        &self,
+        refused: &[u8],
+    ) -> Result<DatabaseCredentials, DatabaseError> {
+        let fetched_meanwhile = || {
+            self.cached_in_memory()
+                .filter(|c| c.password.as_bytes() != refused)
+        };
+        if let Some(c) = fetched_meanwhile() {
+            return Ok(c);
+        }
+        let before = self.current_secret();
+        self.reread_secret_file();
+        if self.has_secret_file() && self.current_secret() == before {
+            let deadline = std::time::Instant::now() + SECRET_FILE_FOLLOWS_WITHIN;
+            while std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                if let Some(c) = fetched_meanwhile() {
+                    return Ok(c);
+                }
+                self.reread_secret_file();
+                if self.current_secret() != before {
+                    break;
+                }
+            }
+        }
+        self.fetch_credentials().await
+    }
+
     /// Replaces this waifu's secret with `new_secret` on the orchestrator
     /// (for hellos and its database alike) and here; the database password
     /// changes with it, so the credentials are fetched anew and cached.
@@ -269,6 +303,12 @@ impl Database {
     }
 }
 
+/// How long a refused password waits for the secret file to change
+/// before the orchestrator is asked with the secret as it is (the
+/// password may have changed for another reason, such as a restore on a
+/// new machine).
+const SECRET_FILE_FOLLOWS_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The connection settings of `credentials`.
 fn pg_config(credentials: &DatabaseCredentials) -> tokio_postgres::Config {
     let mut config = tokio_postgres::Config::new();
@@ -301,12 +341,16 @@ impl deadpool_postgres::Connect for Refreshing {
             .cached_in_memory()
             .map_or_else(|| initial.clone(), |c| pg_config(&c));
         Box::pin(async move {
+            let refused = config
+                .get_password()
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default();
             match open(config).await {
                 Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD) => {
                     tracing::info!(
-                        "the database refused the password: asking the orchestrator again"
+                        "the database refused the password: looking for new credentials"
                     );
-                    match self.waifu.refresh_credentials().await {
+                    match self.waifu.credentials_after_refusal(&refused).await {
                         Ok(fresh) => open(pg_config(&fresh)).await,
                         Err(why) => {
                             tracing::warn!(error = %why, "no new database credentials");

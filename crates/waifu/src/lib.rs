@@ -391,6 +391,11 @@ impl Waifu {
         }
     }
 
+    /// Whether the secret comes from a file (which may change).
+    pub(crate) fn has_secret_file(&self) -> bool {
+        self.secret_file.is_some()
+    }
+
     /// The secret in use now (a rotation changes it).
     pub(crate) fn current_secret(&self) -> Option<String> {
         self.secret

@@ -942,14 +942,16 @@ async fn a_secret_rotated_under_load_fails_no_request() {
         .await
         .unwrap();
     assert_eq!(status, 200, "{body}");
-    std::fs::write(&secret_file, "second-secret\n").unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    // Both open new connections: a with what it was given, b after
-    // PostgreSQL refuses its old password (28P01) and it reads the file.
+    // Both open new connections: a with what it was given; b before the
+    // operator's file follows (300 ms later), so PostgreSQL refuses its old
+    // password (28P01) while the file still holds the old secret: it waits
+    // for the file instead of failing (or asking with a dead secret).
     for instance in [a, b] {
         let (status, _) = fetch(instance, "POST", "/recycle", None).await.unwrap();
         assert_eq!(status, 200);
     }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(&secret_file, "second-secret\n").unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let outcomes = load.finish().await;
     assert!(failures(&outcomes).is_empty(), "{:?}", failures(&outcomes));
