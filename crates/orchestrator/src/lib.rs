@@ -39,7 +39,7 @@ mod upstream;
 pub use app::{Listeners, RunError, run};
 pub use config::commands::{
     AuditArgs, CheckArgs, ClaimAction, ClaimArgs, Cli, ClientArgs, Command, DbAction, DbArgs,
-    IncidentsArgs, PauseArgs, ResumeArgs, StateArgs,
+    IncidentsArgs, PauseArgs, ResumeArgs, StateArgs, VersionArgs,
 };
 pub use config::{Config, ConfigError, HelloSecret, LogFormat, Settings};
 pub use managed::ManagedError;

@@ -3,6 +3,10 @@
 //! token is 401 `unauthorized` and an incident, stored at most once per
 //! source address every 10 s, and answered only once that incident is
 //! stored.
+//!
+//! The status page is also opened by HTTP Basic authentication with the
+//! token as the password (any user name), so a browser can show it with
+//! its own prompt: its 401 asks for `Basic`. A token never goes in a URL.
 
 use axum::extract::{Request, State};
 use axum::http::header;
@@ -21,16 +25,24 @@ pub(crate) async fn authorize(
     request: Request,
     next: Next,
 ) -> Response {
-    let bearer = request
+    let page = is_status_page(request.method(), request.uri().path());
+    let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
+        .and_then(|(scheme, value)| {
+            if scheme.eq_ignore_ascii_case("bearer") {
+                Some(value.trim().to_owned())
+            } else if page && scheme.eq_ignore_ascii_case("basic") {
+                basic_password(value.trim())
+            } else {
+                None
+            }
+        });
     if state
         .tokens
-        .allows(request.method(), request.uri().path(), bearer)
+        .allows(request.method(), request.uri().path(), presented.as_deref())
     {
         return next.run(request).await;
     }
@@ -57,9 +69,61 @@ pub(crate) async fn authorize(
         return ApiError::Store(e).into_response();
     }
     let mut response = ApiError::Unauthorized.into_response();
+    let challenge = if page {
+        r#"Basic realm="waifus status", charset="UTF-8""#
+    } else {
+        "Bearer"
+    };
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
-        header::HeaderValue::from_static("Bearer"),
+        header::HeaderValue::from_static(challenge),
     );
     response
+}
+
+/// The page a browser opens: Basic credentials count there.
+fn is_status_page(method: &axum::http::Method, path: &str) -> bool {
+    (method == axum::http::Method::GET || method == axum::http::Method::HEAD)
+        && path == "/__internal/status"
+}
+
+/// The password of Basic credentials (`base64(user:password)`); `None`
+/// when they are not well formed.
+fn basic_password(encoded: &str) -> Option<String> {
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (_, password) = text.split_once(':')?;
+    Some(password.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_give_their_password() {
+        // "anyone:s3cr:et" and ":tok"
+        assert_eq!(
+            basic_password("YW55b25lOnMzY3I6ZXQ=").as_deref(),
+            Some("s3cr:et")
+        );
+        assert_eq!(basic_password("OnRvaw==").as_deref(), Some("tok"));
+        assert_eq!(basic_password("bm9jb2xvbg=="), None, "no colon");
+        assert_eq!(basic_password("%%%"), None, "not base64");
+        assert!(is_status_page(
+            &axum::http::Method::GET,
+            "/__internal/status"
+        ));
+        assert!(!is_status_page(
+            &axum::http::Method::GET,
+            "/__internal/waifus"
+        ));
+        assert!(!is_status_page(
+            &axum::http::Method::POST,
+            "/__internal/status"
+        ));
+    }
 }

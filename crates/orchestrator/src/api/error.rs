@@ -65,6 +65,11 @@ pub(crate) enum ApiError {
     Stopping,
     #[error("maxWait must be a duration from 1 ms to 10 min, such as \"30s\"")]
     BadMaxWait,
+    #[error(
+        "no instance of this waifu ever announced that version; known: {}",
+        if .0.is_empty() { "none".to_owned() } else { .0.join(", ") }
+    )]
+    UnknownVersion(Vec<String>),
 }
 
 impl ApiError {
@@ -121,6 +126,7 @@ impl ApiError {
             ApiError::TimedOut => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
             ApiError::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::BadMaxWait => (StatusCode::BAD_REQUEST, "invalid_max_wait"),
+            ApiError::UnknownVersion(_) => (StatusCode::NOT_FOUND, "unknown_version"),
         }
     }
 }

@@ -59,6 +59,10 @@ pub(crate) fn router(state: AppState) -> Router {
             "/__internal/waifus/{name}/pause",
             axum::routing::put(pause).delete(resume),
         )
+        .route(
+            "/__internal/waifus/{name}/version",
+            axum::routing::put(make_current),
+        )
         .route("/__internal/incidents", get(incidents))
         .route("/__internal/audit", get(audit))
         .route("/__internal/metrics", get(metrics))
@@ -319,6 +323,45 @@ async fn resume(
     Ok(Json(
         serde_json::json!({"name": name, "paused": false, "wasPaused": was}),
     ))
+}
+
+/// `PUT /__internal/waifus/{name}/version` `{"version"}`: that version,
+/// one the waifu's instances announced before, is current again (or
+/// already was); on every orchestrator within moments.
+async fn make_current(
+    State(state): State<AppState>,
+    Source(peer): Source,
+    name: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(name) = name.map_err(|_| ApiError::UnknownWaifu)?;
+    if state.routes.load().waifu(&name).is_none() {
+        return Err(ApiError::UnknownWaifu);
+    }
+    let request: VersionRequest = json_body(body).await?;
+    waifus_protocol::validate_version(&request.version)
+        .map_err(|e| ApiError::Hello(crate::registry::HelloError::Version(e)))?;
+    use crate::store::versions::MadeCurrent;
+    let made = state
+        .registry
+        .make_current(&name, &request.version, &peer.to_string())
+        .await?;
+    let (changed, from) = match made {
+        MadeCurrent::Unknown { known } => return Err(ApiError::UnknownVersion(known)),
+        MadeCurrent::Already => (false, Some(request.version.clone())),
+        MadeCurrent::Changed { from } => (true, from),
+    };
+    Ok(Json(serde_json::json!({
+        "name": name,
+        "version": request.version,
+        "changed": changed,
+        "from": from,
+    })))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct VersionRequest {
+    version: String,
 }
 
 /// How long a paused waifu's requests wait unless told otherwise.

@@ -73,7 +73,9 @@ pub(crate) fn is_operator(path: &str) -> bool {
             | "/__internal/status"
     ) || path.starts_with("/__internal/admin/")
         || (path.starts_with("/__internal/waifus/")
-            && (path.ends_with("/maintenance") || path.ends_with("/pause")))
+            && (path.ends_with("/maintenance")
+                || path.ends_with("/pause")
+                || path.ends_with("/version")))
 }
 
 fn digest(token: &str) -> [u8; 32] {

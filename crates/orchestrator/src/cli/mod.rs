@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use orchestrator::status::{Status, audit_table, incident_table, text};
-use orchestrator::{AuditArgs, CheckArgs, ClientArgs, DbAction, PauseArgs, ResumeArgs, StateArgs};
+use orchestrator::{
+    AuditArgs, CheckArgs, ClientArgs, DbAction, PauseArgs, ResumeArgs, StateArgs, VersionArgs,
+};
 use waifus_protocol::{AuditEntry, IncidentInfo};
 
 /// `orchestrator check URL`: prints the report; exit 0 only if all rules pass.
@@ -231,6 +233,24 @@ pub async fn resume(args: ResumeArgs) -> anyhow::Result<String> {
         format!("{} is resumed: the held requests go on\n", args.name)
     } else {
         format!("{} was not paused\n", args.name)
+    })
+}
+
+/// `orchestrator version NAME VERSION`.
+pub async fn version(args: VersionArgs) -> anyhow::Result<String> {
+    let path = format!("/__internal/waifus/{}/version", checked(&args.name)?);
+    let body = serde_json::json!({"version": args.version});
+    let answer: serde_json::Value =
+        call(&args.client, http::Method::PUT, &path, Some(body)).await?;
+    Ok(if answer["changed"] == true {
+        format!(
+            "{} {} is current on every orchestrator (was {}): its instances get the new requests while one is healthy\n",
+            args.name,
+            args.version,
+            answer["from"].as_str().unwrap_or("no version")
+        )
+    } else {
+        format!("{} {} was current already\n", args.name, args.version)
     })
 }
 

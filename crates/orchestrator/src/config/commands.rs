@@ -45,6 +45,20 @@ pub enum Command {
     Pause(PauseArgs),
     /// Let a paused waifu's requests go on.
     Resume(ResumeArgs),
+    /// Make a version a waifu's instances announced before its current
+    /// version again (a rollback): its instances get every new request
+    /// while one of them is healthy. A version never seen before becomes
+    /// current by itself when announced; an older one never does.
+    Version(VersionArgs),
+}
+
+/// Arguments of `orchestrator version`.
+#[derive(Debug, Clone, Args)]
+pub struct VersionArgs {
+    pub name: String,
+    pub version: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// Arguments of `orchestrator pause`.

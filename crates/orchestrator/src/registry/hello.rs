@@ -123,6 +123,16 @@ impl Registry {
                 detail,
             })
             .collect();
+        // The instance's version is current since when the store says:
+        // its first announcement, not this hello (a restarted process of a
+        // superseded version joins as older).
+        let version_at = granted.version_at_ms;
+        let mut version_moved = false;
+        if let Some((instance, _, _)) = &fresh {
+            instance.set_version_at(version_at);
+        } else if let Some(instance) = same {
+            version_moved = instance.set_version_at(version_at);
+        }
         let mut granted = granted.granted.into_iter();
         // Kept as the waifu's binds: sized exactly, as a pushed-to vector
         // would hold room for four (240 bytes too many per waifu).
@@ -143,10 +153,13 @@ impl Registry {
             None => (None, None),
         };
         Self::apply_hello(&mut state, &hello.name, accepted, new_instance.clone());
+        if version_moved && let Some(entry) = state.waifus.get_mut(hello.name.as_str()) {
+            entry.route = Arc::new(entry.route.rebuilt(entry.instances.clone()));
+        }
         self.touch(&mut state, &hello.name);
         let after = state.waifus.get(&hello.name).map(|e| &e.binds);
         // A repeated hello (SDKs re-hello every 30 s) changes nothing.
-        if new_instance.is_some() || before.as_ref() != after {
+        if new_instance.is_some() || version_moved || before.as_ref() != after {
             let old = before.iter().flatten().map(|(key, _)| key.host.as_str());
             self.publish_waifu(&state, &hello.name, old);
         }

@@ -331,6 +331,21 @@ impl Registry {
         Ok(())
     }
 
+    /// Makes `version` the current version of `name` in the store (audited
+    /// from `source`, announced to the other orchestrators) and here.
+    pub(crate) async fn make_current(
+        &self,
+        name: &str,
+        version: &str,
+        source: &str,
+    ) -> Result<crate::store::versions::MadeCurrent, StoreError> {
+        let made = self.store.make_current(name, version, source).await?;
+        if matches!(made, crate::store::versions::MadeCurrent::Changed { .. }) {
+            self.resync_waifu(name).await?;
+        }
+        Ok(made)
+    }
+
     /// Records that `name` changed in memory now.
     fn touch(&self, state: &mut State, name: &str) {
         let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;

@@ -255,9 +255,7 @@ impl Registry {
             .entry(name.to_owned())
             .or_insert_with(|| Entry::new(name, Vec::new(), Vec::new()));
         let same = |i: &Instance, s: &StoredInstance| {
-            i.upstream == s.upstream
-                && i.version.as_deref() == s.version.as_deref()
-                && i.version_at_ms == s.version_at_ms
+            i.upstream == s.upstream && i.version.as_deref() == s.version.as_deref()
         };
         let mut instances_changed = false;
         entry.instances.retain(|i| {
@@ -272,6 +270,10 @@ impl Registry {
         for s in &stored.instances {
             match entry.instances.iter().find(|i| same(i, s)) {
                 Some(instance) => {
+                    // An operator made another version current.
+                    if instance.set_version_at(s.version_at_ms) {
+                        instances_changed = true;
+                    }
                     if let Some(ms) = s.goodbye_ms {
                         if instance.leave(ms) {
                             self.drain(&shared_name, instance, ms);

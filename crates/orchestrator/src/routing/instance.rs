@@ -61,9 +61,10 @@ pub(crate) struct Instance {
     checked: Notify,
     /// The version its hello announced.
     pub version: Option<Box<str>>,
-    /// Unix milliseconds since which it announces `version`: the instance
-    /// with the latest names its waifu's newest version.
-    pub version_at_ms: i64,
+    /// Unix milliseconds since which its version is current (first
+    /// announced, or made current by an operator): the instance with the
+    /// latest names its waifu's current version.
+    version_at_ms: AtomicI64,
     /// Unix milliseconds of its goodbye; 0 while it stays.
     goodbye_ms: AtomicI64,
     /// Requests and tunnels in flight to it ([`Busy`]).
@@ -91,7 +92,7 @@ impl Instance {
             checks: AtomicU64::new(0),
             checked: Notify::new(),
             version: None,
-            version_at_ms: 0,
+            version_at_ms: AtomicI64::new(0),
             goodbye_ms: AtomicI64::new(0),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
@@ -99,11 +100,23 @@ impl Instance {
         }
     }
 
-    /// The same, announcing `version` since `at_ms` (Unix milliseconds).
+    /// The same, announcing `version`, current since `at_ms` (Unix
+    /// milliseconds).
     pub(crate) fn with_version(mut self, version: Option<&str>, at_ms: i64) -> Self {
         self.version = version.map(Into::into);
-        self.version_at_ms = at_ms;
+        *self.version_at_ms.get_mut() = at_ms;
         self
+    }
+
+    /// Since when its version is current (Unix milliseconds).
+    pub(crate) fn version_at(&self) -> i64 {
+        self.version_at_ms.load(Acquire)
+    }
+
+    /// Its version is current since `at_ms`: whether that changed. The
+    /// route must be rebuilt for it to count.
+    pub(crate) fn set_version_at(&self, at_ms: i64) -> bool {
+        self.version_at_ms.swap(at_ms, AcqRel) != at_ms
     }
 
     /// Marks it as leaving since `goodbye_ms`; whether it was not already.

@@ -21,10 +21,12 @@ use super::switch::Switch;
 /// Everything the proxy needs to send a request to a waifu.
 ///
 /// Of its instances, those that did not say goodbye are routable; of those,
-/// the newest version's (the version of the instance that announced its
-/// version last) get every request while one of them is healthy, and the
-/// others only when none is: a deploy never serves old and new answers
-/// interleaved, and a new version that fails leaves the old one serving.
+/// the current version's (the version that became current last: first
+/// announced, or chosen by an operator) get every request while one of
+/// them is healthy, and the others only when none is: a deploy never serves
+/// old and new answers interleaved, a new version that fails leaves the old
+/// one serving, and a restarted process of an older version does not take
+/// over.
 #[derive(Debug)]
 pub(crate) struct WaifuRoute {
     pub name: Box<str>,
@@ -128,7 +130,7 @@ fn round<'a>(
 /// how many those are.
 fn arrange(instances: &[Arc<Instance>]) -> (Box<[Arc<Instance>]>, usize) {
     let staying = || instances.iter().filter(|i| !i.is_leaving());
-    let Some(latest) = staying().max_by_key(|i| i.version_at_ms) else {
+    let Some(latest) = staying().max_by_key(|i| i.version_at()) else {
         return (Box::default(), 0);
     };
     let newest_version = latest.version.clone();

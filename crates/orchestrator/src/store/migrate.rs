@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_versions_goodbye.sql"),
     include_str!("migrations/0006_hosts_attempts.sql"),
     include_str!("migrations/0007_switches_backups.sql"),
+    include_str!("migrations/0008_versions_forward.sql"),
 ];
 
 /// Advisory lock key serialising migrations across orchestrators ("waifus01").

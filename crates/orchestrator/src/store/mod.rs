@@ -18,6 +18,7 @@ pub(crate) mod ownership;
 mod removal;
 mod switch_row;
 pub(crate) mod switches;
+pub(crate) mod versions;
 
 pub use error::StoreError;
 
@@ -122,6 +123,9 @@ pub(crate) struct Granted {
     pub granted: Vec<bool>,
     /// The details of the `bind_taken` incidents the hello stored.
     pub reported: Vec<String>,
+    /// Since when the announced version is current (Unix milliseconds):
+    /// the instance's `version_at`.
+    pub version_at_ms: i64,
 }
 
 /// A hello in one statement (see [`Store::hello`]). Parameters: name,
@@ -137,17 +141,27 @@ const HELLO: &str = "WITH waifu AS (
  at AS (
    SELECT coalesce(timestamptz 'epoch' + $11::bigint * interval '1 millisecond',
                    date_trunc('milliseconds', now())) AS t),
+ -- The version current before this hello: the one current the latest.
+ was AS (
+   SELECT version FROM waifu_versions WHERE name = $1
+   ORDER BY current_at DESC LIMIT 1),
+ -- The announced version, known from now on: current since it was first
+ -- announced (a version never seen before is current from this hello), or
+ -- since an operator made it current again. The no-op update returns the
+ -- committed row even when a concurrent hello added it after this
+ -- statement's snapshot.
+ ver AS (
+   INSERT INTO waifu_versions (name, version, current_at)
+   VALUES ($1, coalesce($10::text, ''), (SELECT t FROM at))
+   ON CONFLICT (name, version) DO UPDATE SET current_at = waifu_versions.current_at
+   RETURNING current_at, xmax = 0 AS added),
  instance AS (
    INSERT INTO instances (name, host, version, version_at)
-   VALUES ($1, $2, $10::text, (SELECT t FROM at))
+   VALUES ($1, $2, $10::text, (SELECT current_at FROM ver))
    ON CONFLICT (name, host) DO UPDATE SET
      last_hello = now(),
      version = EXCLUDED.version,
-     version_at = CASE
-       WHEN instances.goodbye_at IS NOT NULL
-         OR instances.version IS DISTINCT FROM EXCLUDED.version
-       THEN EXCLUDED.version_at
-       ELSE instances.version_at END,
+     version_at = EXCLUDED.version_at,
      healthy = instances.healthy AND instances.goodbye_at IS NULL
        AND instances.version IS NOT DISTINCT FROM EXCLUDED.version,
      goodbye_at = NULL
@@ -234,6 +248,12 @@ const HELLO: &str = "WITH waifu AS (
    WHERE NOT i.added AND (p.goodbye_at IS NOT NULL
      OR p.version IS DISTINCT FROM $10::text)
    UNION ALL
+   SELECT 'version_current', $1, $9,
+          'from ' || coalesce(nullif((SELECT version FROM was), ''), 'no version') ||
+          ' to ' || coalesce($10::text, 'no version') ||
+          ': first announced, by instance ' || $2
+   FROM ver WHERE added AND (EXISTS (SELECT 1 FROM was) OR $10::text IS NOT NULL)
+   UNION ALL
    SELECT 'bind_accepted', $1, $9, 'bind ' || c.bind || ' -> ' ||
           CASE WHEN c.target = '' THEN '/' ELSE c.target END
    FROM claimed c
@@ -254,7 +274,8 @@ const HELLO: &str = "WITH waifu AS (
  SELECT (SELECT array_agg(host) FROM claimed),
         (SELECT array_agg(prefix) FROM claimed),
         (SELECT array_agg(detail) FROM reported),
-        pg_notify($7, $8)";
+        pg_notify($7, $8),
+        (SELECT floor(extract(epoch FROM current_at) * 1000)::bigint FROM ver)";
 
 /// One bind a hello asks for, already validated.
 #[derive(Debug)]
@@ -518,6 +539,7 @@ impl Store {
         let granted_prefixes: Vec<String> = row.get::<_, Option<_>>(1).unwrap_or_default();
         let reported: Vec<String> = row.get::<_, Option<_>>(2).unwrap_or_default();
         Ok(Granted {
+            version_at_ms: row.get(4),
             reported,
             granted: claims
                 .iter()

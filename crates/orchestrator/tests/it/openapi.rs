@@ -206,6 +206,13 @@ fn conforms(
                 "{method} {template} {status}: {header}"
             );
         }
+        if let (Some(value), Some(allowed)) = (value, doc.pointer("/schema/enum")) {
+            let value = Value::from(value.to_str().unwrap_or(""));
+            assert!(
+                allowed.as_array().is_some_and(|a| a.contains(&value)),
+                "{method} {template} {status}: {header} {value} is not one of {allowed}"
+            );
+        }
     }
 }
 
@@ -404,9 +411,31 @@ async fn real_responses_match_docs_openapi_yaml() {
     ] {
         calls.push(("/__internal/waifus/{name}/pause", method, path.into(), body));
     }
+    for (path, body) in [
+        ("/__internal/waifus/w/version", json!({"version": "v1"})),
+        (
+            "/__internal/waifus/w/version",
+            json!({"version": "has space"}),
+        ),
+        (
+            "/__internal/waifus/w/version",
+            json!({"version": "never-seen"}),
+        ),
+        (
+            "/__internal/waifus/nobody/version",
+            json!({"version": "v1"}),
+        ),
+    ] {
+        calls.push((
+            "/__internal/waifus/{name}/version",
+            "put",
+            path.into(),
+            Some(body),
+        ));
+    }
     let (status, body) = orch
         .hello_with(
-            json!({"name": "w", "host": w.host(), "additionalBinds": {}}),
+            json!({"name": "w", "host": w.host(), "additionalBinds": {}, "version": "v1"}),
             &[("authorization", &admin)],
         )
         .await;
@@ -583,6 +612,9 @@ async fn real_responses_match_docs_openapi_yaml() {
         ("/__internal/waifus/{name}/pause", "put", 400),
         ("/__internal/waifus/{name}/pause", "put", 404),
         ("/__internal/waifus/{name}/pause", "delete", 200),
+        ("/__internal/waifus/{name}/version", "put", 200),
+        ("/__internal/waifus/{name}/version", "put", 400),
+        ("/__internal/waifus/{name}/version", "put", 404),
     ] {
         assert!(
             exercised.contains(&(template.to_owned(), method.to_owned(), status)),

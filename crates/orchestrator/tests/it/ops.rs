@@ -289,6 +289,92 @@ async fn status_page_renders_in_headless_chromium() {
     orch.stop().await.unwrap();
 }
 
+/// Runs headless Chromium on `url`; the DOM it built.
+fn dump_dom(browser: &str, url: &str) -> String {
+    let profile = harness::temp_dir("chromium");
+    let mut cmd = Command::new(browser);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .args(["--virtual-time-budget=2000", "--dump-dom", url]);
+    let out = harness::output_within(&mut cmd, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// With ADMIN_TOKEN set, a browser opens the status page by HTTP Basic
+/// authentication (the token as the password, any user name): its 401 asks
+/// for Basic, so the browser prompts. Basic opens that page only.
+#[tokio::test]
+async fn status_page_opens_in_a_browser_with_the_admin_token_as_basic_password() {
+    let token = "status-admin-token-0123456789";
+    let orch = harness::start(&pg::unique_db("status_basic"), &["--admin-token", token]).await;
+    let w = TestWaifu::start("basic-shop").await;
+    orch.register("basic-shop", &w.host(), json!({})).await;
+    orch.wait_health("basic-shop", StatusCode::NO_CONTENT).await;
+    let get = async |path: &str, authorization: Option<String>| {
+        let headers: Vec<(&str, &str)> = authorization
+            .as_deref()
+            .map(|a| vec![("authorization", a)])
+            .unwrap_or_default();
+        harness::send(orch.internal, Method::GET, path, &headers, Bytes::new())
+            .await
+            .unwrap()
+    };
+    let basic = |user_password: &str| {
+        use base64::Engine as _;
+        Some(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(user_password)
+        ))
+    };
+    let r = get("/__internal/status", None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let challenge = r.headers["www-authenticate"].to_str().unwrap();
+    assert!(challenge.starts_with("Basic realm="), "{challenge}");
+    let r = get("/__internal/status", basic("admin:not-the-token")).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = get("/__internal/status", basic(&format!("anyone:{token}"))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&r.body).contains("basic-shop"));
+    let r = get("/__internal/status", Some(format!("Bearer {token}"))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    // Basic opens the page, nothing else; other endpoints ask for Bearer.
+    let r = get("/__internal/waifus", basic(&format!("anyone:{token}"))).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers["www-authenticate"], "Bearer");
+
+    let browser = chromium();
+    if !harness::tool_present(browser.is_some(), "Chromium (apt-get install chromium)") {
+        return;
+    }
+    let Some(browser) = browser else { return };
+    // What the prompt would send, given to headless Chromium as the
+    // credentials of its first navigation.
+    let with = format!("http://admin:{token}@{}/__internal/status", orch.internal);
+    let without = format!("http://{}/__internal/status", orch.internal);
+    let (dom, refused) = tokio::task::spawn_blocking(move || {
+        (dump_dom(browser, &with), dump_dom(browser, &without))
+    })
+    .await
+    .unwrap();
+    assert!(dom.contains(r#"<table id="waifus">"#), "{dom}");
+    assert!(dom.contains("basic-shop"), "{dom}");
+    // Without them the browser is refused (its prompt, headless, shows
+    // nothing of the page).
+    assert!(!refused.contains(r#"<table id="waifus">"#), "{refused}");
+    assert!(!refused.contains("basic-shop"), "{refused}");
+    orch.stop().await.unwrap();
+}
+
 fn cli(args: &[&str]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
     cmd.env_clear().args(args);

@@ -441,8 +441,23 @@ async fn the_newest_version_gets_every_request_while_it_is_healthy() {
     );
     b.healthy.store(true, std::sync::atomic::Ordering::SeqCst);
     wait_until("version 2 serves again", async || who(&orch).await == "b").await;
-    // A rollback is a newer announcement: version 1 on a new instance.
+    // A superseded version on a new instance (an old process restarted)
+    // joins as older: version 2 keeps every request.
     hello(&c, "1").await;
+    for _ in 0..20 {
+        assert_eq!(who(&orch).await, "b");
+    }
+    // Going back is the operator's call: then version 1 serves, on both.
+    let (status, body) = orch
+        .internal_json(
+            Method::PUT,
+            "/__internal/waifus/w/version",
+            json!({"version": "1"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["changed"], true);
+    assert_eq!(body["from"], "2");
     let mut seen = std::collections::HashSet::new();
     for _ in 0..20 {
         seen.insert(who(&orch).await);
@@ -470,6 +485,154 @@ async fn the_newest_version_gets_every_request_while_it_is_healthy() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"], "invalid_version");
     orch.stop().await.unwrap();
+}
+
+/// A restarted process of a superseded version (a restart policy brings
+/// it back) never takes over; going back is `orchestrator version`, seen by
+/// every orchestrator within a second, and every change of the current
+/// version is one audit row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_move_forward_alone_and_back_only_when_an_operator_says_so() {
+    let db = unique_db("versionsback");
+    let one = harness::start(&db, &[]).await;
+    let two = harness::start(&db, &[]).await;
+    let (a, b) = (TestWaifu::start("a").await, TestWaifu::start("b").await);
+    let hello = async |orch: &harness::Orch, w: &TestWaifu, version: &str| {
+        let (status, body) = orch
+            .hello(json!({"name": "w", "host": w.host(), "version": version}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    };
+    hello(&one, &a, "v1").await;
+    two.wait_health("w", StatusCode::NO_CONTENT).await;
+    hello(&two, &b, "v2").await;
+    for orch in [&one, &two] {
+        wait_until("v2 serves everywhere", async || who(orch).await == "b").await;
+    }
+    // The v1 process stops (goodbye, gone) and its restart policy brings
+    // it back at the same address: it joins as older, on both.
+    let (status, _) = goodbye(&one, json!({"name": "w", "host": a.host()})).await;
+    assert_eq!(status, StatusCode::OK);
+    let a_host = format!("http://{}", a.host());
+    wait_until("a is gone", async || {
+        !listed(&one, "w").await.iter().any(|i| i.0 == a_host)
+    })
+    .await;
+    hello(&one, &a, "v1").await;
+    wait_until("a is back on two", async || {
+        listed(&two, "w").await.iter().any(|i| i.0 == a_host && i.2)
+    })
+    .await;
+    for orch in [&one, &two] {
+        for _ in 0..20 {
+            assert_eq!(who(orch).await, "b", "a restarted v1 took over");
+        }
+    }
+    // The operator goes back to v1 from the command line (on two): one
+    // sees it within a second.
+    let cli = |orch: &harness::Orch, args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+        cmd.args(args)
+            .env("INTERNAL_ADDR", orch.internal.to_string());
+        tokio::task::block_in_place(|| {
+            harness::output_within(&mut cmd, std::time::Duration::from_secs(30))
+        })
+    };
+    let out = cli(&two, &["version", "w", "v1"]);
+    let said = std::time::Instant::now();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("w v1 is current") && stdout.contains("was v2"),
+        "{stdout}"
+    );
+    wait_until("one routes to v1", async || who(&one).await == "a").await;
+    let took = said.elapsed();
+    assert!(took < std::time::Duration::from_secs(1), "{took:?}");
+    for orch in [&one, &two] {
+        for _ in 0..20 {
+            assert_eq!(who(orch).await, "a");
+        }
+    }
+    let out = cli(&two, &["version", "w", "v1"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("was current already"),
+        "{out:?}"
+    );
+    // A version never announced, a bad one, an unknown waifu.
+    for (path, version, status, code) in [
+        (
+            "/__internal/waifus/w/version",
+            json!("v9"),
+            StatusCode::NOT_FOUND,
+            "unknown_version",
+        ),
+        (
+            "/__internal/waifus/w/version",
+            json!("has space"),
+            StatusCode::BAD_REQUEST,
+            "invalid_version",
+        ),
+        (
+            "/__internal/waifus/nobody/version",
+            json!("v1"),
+            StatusCode::NOT_FOUND,
+            "unknown_waifu",
+        ),
+    ] {
+        let (got, body) = one
+            .internal_json(Method::PUT, path, json!({"version": version}).to_string())
+            .await;
+        assert_eq!(
+            (got, body["error"].as_str()),
+            (status, Some(code)),
+            "{body}"
+        );
+    }
+    let (_, body) = one
+        .internal_json(
+            Method::PUT,
+            "/__internal/waifus/w/version",
+            json!({"version": "v9"}).to_string(),
+        )
+        .await;
+    assert!(
+        body["message"].as_str().unwrap().contains("known: v1, v2"),
+        "{body}"
+    );
+    let out = cli(&one, &["version", "w", "v9"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown_version"),
+        "{out:?}"
+    );
+    // Each change of the current version is one audit row: v1 first, v2
+    // announced, v1 by the operator; the restart and the no-op none.
+    let (_, audit) = one
+        .internal_json(Method::GET, "/__internal/audit?name=w", String::new())
+        .await;
+    let changes: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "version_current")
+        .map(|r| r["detail"].as_str().unwrap())
+        .collect();
+    assert_eq!(changes.len(), 3, "{changes:?}");
+    assert!(
+        changes[0].starts_with("from v2 to v1: made current by an operator"),
+        "{changes:?}"
+    );
+    assert!(
+        changes[1].starts_with("from v1 to v2: first announced"),
+        "{changes:?}"
+    );
+    assert!(
+        changes[2].starts_with("from no version to v1: first announced"),
+        "{changes:?}"
+    );
+    one.stop().await.unwrap();
+    two.stop().await.unwrap();
 }
 
 #[tokio::test]
