@@ -69,15 +69,19 @@ pub(crate) async fn authorize(
         return ApiError::Store(e).into_response();
     }
     let mut response = ApiError::Unauthorized.into_response();
-    let challenge = if page {
-        r#"Basic realm="waifus status", charset="UTF-8""#
-    } else {
-        "Bearer"
-    };
-    response.headers_mut().insert(
+    // Bearer first for every client; the status page adds a Basic challenge
+    // so a browser asks for the token as a password.
+    let headers = response.headers_mut();
+    headers.insert(
         header::WWW_AUTHENTICATE,
-        header::HeaderValue::from_static(challenge),
+        header::HeaderValue::from_static("Bearer"),
     );
+    if page {
+        headers.append(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static(r#"Basic realm="waifus status", charset="UTF-8""#),
+        );
+    }
     response
 }
 

@@ -328,7 +328,7 @@ async fn an_upgrade_releases_paths_taken_on_a_claimed_waifus_host_before() {
              VALUES ('hc.test', '/account', 'http://hc.test/account', '/phish', 'evil',
                      now() + interval '1 second');
              DELETE FROM schema_migrations WHERE version >= 6;
-             DROP TABLE switches, switch_acks, orchestrators, backups;
+             DROP TABLE switches, switch_acks, orchestrators, backups, waifu_versions;
              DROP SEQUENCE switch_generation;
              ALTER TABLE binds DROP COLUMN since;
              CREATE TABLE throttle (name text);

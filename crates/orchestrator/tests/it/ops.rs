@@ -338,8 +338,17 @@ async fn status_page_opens_in_a_browser_with_the_admin_token_as_basic_password()
     };
     let r = get("/__internal/status", None).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    let challenge = r.headers["www-authenticate"].to_str().unwrap();
-    assert!(challenge.starts_with("Basic realm="), "{challenge}");
+    let challenges: Vec<&str> = r
+        .headers
+        .get_all("www-authenticate")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(challenges[0], "Bearer", "{challenges:?}");
+    assert!(
+        challenges.iter().any(|c| c.starts_with("Basic realm=")),
+        "{challenges:?}"
+    );
     let r = get("/__internal/status", basic("admin:not-the-token")).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     let r = get("/__internal/status", basic(&format!("anyone:{token}"))).await;
