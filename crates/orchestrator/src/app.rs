@@ -1,6 +1,7 @@
 //! Wiring: builds the parts from the settings, spawns the tasks that own
 //! them, serves the listeners, and drains everything on shutdown.
 
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use crate::ownership::{self, hasher::Hasher};
 use crate::provision;
 use crate::registry::{self, replicas};
 use crate::store::{self, StoreError};
+use crate::upgrade::{self, Notifier, Predecessor, Relaunch};
 use crate::{api, drain, edge, health, proxy, routing, tls};
 
 /// The two sockets the orchestrator serves, bound by the caller (tests bind
@@ -52,6 +54,16 @@ pub enum RunError {
     Backups(#[from] crate::data::DataError),
 }
 
+/// What the process around the orchestrator gives it, when it is a
+/// process of its own (the binary): how to start again for an upgrade, the
+/// predecessor that handed it its listeners, systemd's notify socket.
+#[derive(Debug, Default)]
+pub struct Process {
+    pub relaunch: Option<Relaunch>,
+    pub predecessor: Option<Predecessor>,
+    pub notifier: Notifier,
+}
+
 /// Runs until `shutdown` is cancelled, then drains in-flight requests for at
 /// most `SHUTDOWN_TIMEOUT` and returns.
 ///
@@ -61,6 +73,19 @@ pub async fn run(
     settings: Settings,
     listeners: Listeners,
     shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    run_process(settings, listeners, shutdown, Process::default()).await
+}
+
+/// [`run`], as the orchestrator's own process: upgrades on `SIGUSR2` (and
+/// through the API) when it can start again, and tells its predecessor and
+/// systemd once it serves. After an upgrade the managed PostgreSQL keeps
+/// running for the successor; otherwise it is stopped.
+pub async fn run_process(
+    settings: Settings,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    process: Process,
 ) -> Result<(), RunError> {
     let config = &settings.config;
     if settings.tls_on() && listeners.https.is_none() {
@@ -75,9 +100,22 @@ pub async fn run(
         (None, Some(m)) => m.url.clone(),
         (None, None) => return Err(ConfigError::NoDatabase.into()),
     };
-    let served = serve(&settings, &url, listeners, &shutdown).await;
+    let handed_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let served = serve(
+        &settings,
+        &url,
+        listeners,
+        &shutdown,
+        process,
+        handed_over.clone(),
+    )
+    .await;
     if let Some(managed) = managed {
-        managed.stop().await;
+        if handed_over.load(std::sync::atomic::Ordering::SeqCst) {
+            managed.leave_running().await;
+        } else {
+            managed.stop().await;
+        }
     }
     served
 }
@@ -87,10 +125,38 @@ async fn serve(
     url: &str,
     listeners: Listeners,
     shutdown: &CancellationToken,
+    process: Process,
+    handed_over: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(), RunError> {
     let config = &settings.config;
     let key =
         provision::secret::PasswordKey::load_or_create(&config.data_dir.join("db-password.key"))?;
+    // Copies of the listening sockets, for a successor.
+    let (upgrades, upgrader) = match process.relaunch {
+        Some(relaunch) => {
+            let mut sockets = vec![
+                (
+                    upgrade::PUBLIC,
+                    listeners.public.as_fd().try_clone_to_owned()?,
+                ),
+                (
+                    upgrade::INTERNAL,
+                    listeners.internal.as_fd().try_clone_to_owned()?,
+                ),
+            ];
+            if let Some(https) = &listeners.https {
+                sockets.push((upgrade::HTTPS, https.as_fd().try_clone_to_owned()?));
+            }
+            let (asks, asked) = tokio::sync::mpsc::channel(4);
+            let upgrader = upgrade::Upgrader {
+                relaunch,
+                sockets,
+                handed_over: handed_over.clone(),
+            };
+            (Some(asks), Some((upgrader, asked)))
+        }
+        None => (None, None),
+    };
     let main_domain = settings.main_domain.clone();
     let Some(store) = open_store(url, shutdown).await? else {
         return Ok(());
@@ -315,16 +381,33 @@ async fn serve(
                 stop: hard_stop.clone(),
             },
             trusted: settings.trusted.clone(),
+            upgrades,
         }),
         limits,
         shutdown.clone(),
         drain,
         metrics.connections("internal"),
     ));
-    info!("orchestrator ready");
+    info!(pid = std::process::id(), "orchestrator ready");
+    // The pid file first: whoever hears "ready" finds this process in it.
+    let pid_file = config.data_dir.join("orchestrator.pid");
+    upgrade::write_pid_file(&pid_file);
+    process.notifier.ready();
+    if let Some(predecessor) = process.predecessor {
+        predecessor.ready();
+    }
+    if let Some((upgrader, asked)) = upgrader {
+        tasks.spawn(upgrader.run(asked, shutdown.clone()));
+    }
 
     shutdown.cancelled().await;
-    info!("shutting down: draining in-flight requests");
+    if handed_over.load(std::sync::atomic::Ordering::SeqCst) {
+        info!("handed over: draining in-flight requests");
+    } else {
+        process.notifier.stopping();
+        upgrade::remove_pid_file(&pid_file);
+        info!("shutting down: draining in-flight requests");
+    }
     let _ = tokio::join!(public, internal);
     if let Some(https) = https {
         let _ = https.await;

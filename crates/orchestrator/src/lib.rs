@@ -34,9 +34,10 @@ mod store;
 #[doc(hidden)]
 pub mod testing;
 mod tls;
+pub mod upgrade;
 mod upstream;
 
-pub use app::{Listeners, RunError, run};
+pub use app::{Listeners, Process, RunError, run, run_process};
 pub use config::commands::{
     AuditArgs, CheckArgs, ClaimAction, ClaimArgs, Cli, ClientArgs, Command, DbAction, DbArgs,
     IncidentsArgs, PauseArgs, ResumeArgs, StateArgs, VersionArgs,

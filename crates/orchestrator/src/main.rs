@@ -6,7 +6,9 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::Parser;
-use orchestrator::{ClaimAction, Cli, Command, Config, Listeners, LogFormat, Settings};
+use orchestrator::{
+    ClaimAction, Cli, Command, Config, Listeners, LogFormat, Process, Settings, upgrade,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +26,7 @@ fn main() -> ExitCode {
         Some(Command::Pause(args)) => cli::report(cli::pause(args)),
         Some(Command::Resume(args)) => cli::report(cli::resume(args)),
         Some(Command::Version(args)) => cli::report(cli::version(args)),
+        Some(Command::Upgrade(args)) => cli::report(cli::upgrade(args)),
         Some(Command::Serve(config)) => run(&config),
         None => run(&cli.serve),
     };
@@ -63,23 +66,87 @@ fn run(config: &Config) -> anyhow::Result<ExitCode> {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let config = &settings.config;
-    let bind = |addr, what: &'static str| async move {
-        TcpListener::bind(addr)
+    // Listening sockets a previous orchestrator handed over (an upgrade),
+    // or systemd passed (socket activation); the others are bound here.
+    let (mut inherited, predecessor) = if std::env::var_os(upgrade::HANDOVER_ENV).is_some() {
+        let (listeners, predecessor) = upgrade::receive()?;
+        (listeners, Some(predecessor))
+    } else {
+        (from_systemd()?, None)
+    };
+    let mut take = |name: &str| {
+        let at = inherited.iter().position(|(n, _)| n == name)?;
+        Some(inherited.remove(at).1)
+    };
+    let mut inherited_or_bound = async |name: &str, addr, what: &'static str| match take(name) {
+        Some(listener) => {
+            listener.set_nonblocking(true)?;
+            let listener = TcpListener::from_std(listener)?;
+            tracing::info!(addr = %listener.local_addr()?, name, "listening on an inherited socket");
+            Ok::<_, anyhow::Error>(listener)
+        }
+        None => TcpListener::bind(addr)
             .await
-            .map_err(|e| anyhow::anyhow!("could not listen on {what} {addr}: {e}"))
+            .map_err(|e| anyhow::anyhow!("could not listen on {what} {addr}: {e}")),
     };
     let listeners = Listeners {
-        public: bind(config.public_addr, "PUBLIC_ADDR").await?,
-        internal: bind(config.internal_addr, "INTERNAL_ADDR").await?,
+        public: inherited_or_bound(upgrade::PUBLIC, config.public_addr, "PUBLIC_ADDR").await?,
+        internal: inherited_or_bound(upgrade::INTERNAL, config.internal_addr, "INTERNAL_ADDR")
+            .await?,
         https: match settings.tls_on() {
-            true => Some(bind(config.https_addr(), "HTTPS_ADDR").await?),
+            true => {
+                Some(inherited_or_bound(upgrade::HTTPS, config.https_addr(), "HTTPS_ADDR").await?)
+            }
             false => None,
         },
     };
+    let process = Process {
+        relaunch: Some(upgrade::Relaunch {
+            exe: std::env::current_exe()?,
+            args: std::env::args_os().skip(1).collect(),
+        }),
+        predecessor,
+        notifier: upgrade::Notifier::new(std::env::var_os("NOTIFY_SOCKET")),
+    };
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    orchestrator::run(settings, listeners, shutdown).await?;
+    orchestrator::run_process(settings, listeners, shutdown, process).await?;
     Ok(())
+}
+
+/// The sockets systemd passed (`LISTEN_FDS` for this process), named by
+/// `LISTEN_FDNAMES` or, without names, taken as public, internal, https in
+/// that order. Each is closed on exec from here on.
+fn from_systemd() -> anyhow::Result<Vec<(String, std::net::TcpListener)>> {
+    let mut fds = listenfd::ListenFd::from_env();
+    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+        .unwrap_or_default()
+        .split(':')
+        .map(str::to_owned)
+        .collect();
+    let order = [upgrade::PUBLIC, upgrade::INTERNAL, upgrade::HTTPS];
+    let mut listeners = Vec::new();
+    for i in 0..fds.len() {
+        let name = match names.get(i).map(String::as_str) {
+            Some(name) if order.contains(&name) => name.to_owned(),
+            Some(name) if !name.is_empty() && name != "unknown" && name != "stored" => {
+                anyhow::bail!(
+                    "systemd passed a socket named {name:?}: name them public, internal or https \
+                     (FileDescriptorName=)"
+                )
+            }
+            _ => order
+                .get(i)
+                .ok_or_else(|| anyhow::anyhow!("systemd passed more than three sockets"))?
+                .to_string(),
+        };
+        let Some(listener) = fds.take_tcp_listener(i)? else {
+            continue;
+        };
+        rustix::io::fcntl_setfd(&listener, rustix::io::FdFlags::CLOEXEC)?;
+        listeners.push((name, listener));
+    }
+    Ok(listeners)
 }
 
 /// SIGTERM or SIGINT starts a graceful shutdown.

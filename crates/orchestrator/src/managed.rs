@@ -7,6 +7,13 @@
 //! and a private socket in its own directory. The orchestrator starts it,
 //! restarts it if it dies, and stops it cleanly on shutdown. PostgreSQL
 //! refuses to run as root, so as root it runs as the `postgres` user.
+//!
+//! The server runs in a process group of its own and outlives the process
+//! that started it when asked to: after an upgrade the new orchestrator
+//! adopts the running server (its `postmaster.pid`, its port, its password)
+//! instead of restarting it, so no waifu database session is cut. A server
+//! that is running but cannot be adopted is stopped and started again, and
+//! the sessions that cut are logged.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -58,8 +65,42 @@ pub enum ManagedError {
 pub(crate) struct Managed {
     /// URL of the orchestrator's state database on the managed cluster.
     pub url: String,
-    stop: CancellationToken,
+    /// Cancelled to stop supervising: then `stopping` says whether to stop
+    /// the server too.
+    done: CancellationToken,
+    stopping: std::sync::Arc<std::sync::atomic::AtomicBool>,
     supervisor: tokio::task::JoinHandle<()>,
+}
+
+/// The server process: our child, or one a previous orchestrator started.
+#[derive(Debug)]
+enum Postmaster {
+    Child(Child),
+    Adopted(rustix::process::Pid),
+}
+
+impl Postmaster {
+    fn pid(&self) -> Option<rustix::process::Pid> {
+        match self {
+            Postmaster::Child(child) => child
+                .id()
+                .and_then(|id| rustix::process::Pid::from_raw(i32::try_from(id).ok()?)),
+            Postmaster::Adopted(pid) => Some(*pid),
+        }
+    }
+
+    /// Waits until the process is gone.
+    async fn exited(&mut self) -> String {
+        match self {
+            Postmaster::Child(child) => format!("{:?}", child.wait().await),
+            Postmaster::Adopted(pid) => {
+                while rustix::process::test_kill_process(*pid).is_ok() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                "gone".to_owned()
+            }
+        }
+    }
 }
 
 /// Everything needed to (re)start the server process.
@@ -93,25 +134,114 @@ impl Managed {
             port,
             user,
         };
-        stop_stale(&server).await;
-        let child = server.spawn()?;
         let url = format!("postgres://{SUPERUSER}:{password}@127.0.0.1:{port}/waifus");
-        let child = wait_ready(&server, child, &password).await?;
-        info!(port, cluster = %server.cluster.display(), "managed PostgreSQL is ready");
-        let stop = CancellationToken::new();
-        let supervisor = tokio::spawn(supervise(server, child, stop.clone()));
+        let postmaster = match adoptable(&server, &password).await {
+            Some(pid) => {
+                info!(
+                    pid = pid.as_raw_nonzero().get(),
+                    port, "adopted the running managed PostgreSQL: no database session was cut"
+                );
+                Postmaster::Adopted(pid)
+            }
+            None => {
+                stop_stale(&server, &password).await;
+                let child = server.spawn()?;
+                let child = wait_ready(&server, child, &password).await?;
+                info!(port, cluster = %server.cluster.display(), "managed PostgreSQL is ready");
+                Postmaster::Child(child)
+            }
+        };
+        let done = CancellationToken::new();
+        let stopping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let supervisor = tokio::spawn(supervise(
+            server,
+            password,
+            postmaster,
+            done.clone(),
+            stopping.clone(),
+        ));
         Ok(Managed {
             url,
-            stop,
+            done,
+            stopping,
             supervisor,
         })
     }
 
-    /// Stops the cluster cleanly (fast shutdown) and waits for it.
+    /// Stops the cluster cleanly (fast shutdown) and waits for it; the
+    /// waifu sessions that cut are logged.
     pub(crate) async fn stop(self) {
-        self.stop.cancel();
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.done.cancel();
         let _ = self.supervisor.await;
     }
+
+    /// Stops supervising and leaves the server running, for the
+    /// orchestrator that took over (it adopted it).
+    pub(crate) async fn leave_running(self) {
+        self.done.cancel();
+        let _ = self.supervisor.await;
+        info!("left the managed PostgreSQL running for the new orchestrator");
+    }
+}
+
+/// The server `postmaster.pid` names, if it runs and answers on our port
+/// with our password: one a previous orchestrator left running.
+async fn adoptable(server: &Server, password: &str) -> Option<rustix::process::Pid> {
+    let text = std::fs::read_to_string(server.cluster.join("postmaster.pid")).ok()?;
+    let mut lines = text.lines();
+    let pid: i32 = lines.next()?.trim().parse().ok()?;
+    let port: u16 = lines.nth(2)?.trim().parse().ok()?;
+    let pid = rustix::process::Pid::from_raw(pid)?;
+    if port != server.port || rustix::process::test_kill_process(pid).is_err() {
+        return None;
+    }
+    // It may still be starting (or restarting after a crash).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if connect(server.port, password).await.is_some() {
+            return Some(pid);
+        }
+        if rustix::process::test_kill_process(pid).is_err() {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// A superuser session on the cluster's `postgres` database, if it answers
+/// within 2 s.
+async fn connect(port: u16, password: &str) -> Option<tokio_postgres::Client> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .user(SUPERUSER)
+        .password(password)
+        .dbname("postgres")
+        .application_name("waifus-orchestrator")
+        .connect_timeout(Duration::from_secs(2));
+    let (client, conn) = config.connect(tokio_postgres::NoTls).await.ok()?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Some(client)
+}
+
+/// How many waifu sessions the server has open; `None` if it cannot say.
+async fn waifu_sessions(port: u16, password: &str) -> Option<i64> {
+    let client = connect(port, password).await?;
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE backend_type = 'client backend' AND usename LIKE 'waifu\\_%'",
+            &[],
+        )
+        .await
+        .ok()
+        .map(|row| row.get(0))
 }
 
 /// The state database's URL on the managed cluster of `data_dir`, for a
@@ -393,6 +523,11 @@ impl Server {
             String::new() // TCP only: the path is too long for a unix socket
         };
         command(self.bindir.join("postgres"), self.user)
+            // Its own process group: a terminal's Ctrl-C or a signal to the
+            // orchestrator's group reaches the orchestrator, which stops it
+            // (or leaves it to its successor).
+            .process_group(0)
+            .kill_on_drop(false)
             .arg("-D")
             .arg(&self.cluster)
             .arg("-p")
@@ -406,23 +541,21 @@ impl Server {
             .spawn()
             .map_err(io("start", &self.bindir.join("postgres")))
     }
-
-    /// Sends a signal by name (`-INT` for a fast shutdown) to a process.
-    async fn signal(&self, pid: u32, sig: &str) {
-        let _ = Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .await;
-    }
 }
 
-/// A server left running by an orchestrator that was killed would hold the
-/// data directory: stop it before starting ours.
-async fn stop_stale(server: &Server) {
+/// A server that holds the data directory but cannot be adopted (it does
+/// not answer as ours) is stopped before ours starts.
+async fn stop_stale(server: &Server, password: &str) {
     if !server.cluster.join("postmaster.pid").exists() {
         return;
     }
-    warn!("stopping a PostgreSQL left running on the managed cluster");
+    match waifu_sessions(server.port, password).await {
+        Some(cut) => warn!(
+            sessions_cut = cut,
+            "restarting the managed PostgreSQL left running: {cut} waifu database session(s) are cut"
+        ),
+        None => warn!("stopping a PostgreSQL left running on the managed cluster"),
+    }
     let _ = command(server.bindir.join("pg_ctl"), server.user)
         .arg("-D")
         .arg(&server.cluster)
@@ -462,37 +595,52 @@ async fn wait_ready(
     Err(ManagedError::NotReady(server.log.clone()))
 }
 
-/// Restarts the server whenever it dies; on `stop`, shuts it down cleanly.
-async fn supervise(server: Server, mut child: Child, stop: CancellationToken) {
+/// Restarts the server whenever it dies, until `done`; then, when
+/// `stopping`, shuts it down cleanly (fast shutdown), else leaves it running.
+async fn supervise(
+    server: Server,
+    password: String,
+    mut postmaster: Postmaster,
+    done: CancellationToken,
+    stopping: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
     let mut backoff = Duration::from_millis(500);
     loop {
         tokio::select! {
-            status = child.wait() => {
-                error!(?status, "managed PostgreSQL exited; restarting it");
+            status = postmaster.exited() => {
+                error!(status, "managed PostgreSQL exited; restarting it");
                 tokio::select! {
-                    () = stop.cancelled() => return,
+                    () = done.cancelled() => return,
                     () = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(10));
-                stop_stale(&server).await;
+                stop_stale(&server, &password).await;
                 match server.spawn() {
-                    Ok(c) => child = c,
+                    Ok(c) => postmaster = Postmaster::Child(c),
                     Err(e) => error!(error = %e, "could not restart the managed PostgreSQL"),
                 }
             }
-            () = stop.cancelled() => {
-                if let Some(pid) = child.id() {
-                    server.signal(pid, "-INT").await;
-                }
-                match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
-                    Ok(_) => info!("managed PostgreSQL stopped"),
-                    Err(_) => {
-                        warn!("managed PostgreSQL did not stop in 30 s; killing it");
-                        let _ = child.kill().await;
-                    }
-                }
-                return;
-            }
+            () = done.cancelled() => break,
+        }
+    }
+    if !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    let cut = waifu_sessions(server.port, &password).await;
+    let Some(pid) = postmaster.pid() else { return };
+    if let Some(cut) = cut {
+        info!(
+            sessions_cut = cut,
+            "stopping the managed PostgreSQL: {cut} waifu database session(s) are cut"
+        );
+    }
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+    match tokio::time::timeout(Duration::from_secs(30), postmaster.exited()).await {
+        Ok(_) => info!("managed PostgreSQL stopped"),
+        Err(_) => {
+            warn!("managed PostgreSQL did not stop in 30 s; killing it");
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            let _ = postmaster.exited().await;
         }
     }
 }

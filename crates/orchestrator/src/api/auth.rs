@@ -6,7 +6,8 @@
 //!
 //! The status page is also opened by HTTP Basic authentication with the
 //! token as the password (any user name), so a browser can show it with
-//! its own prompt: its 401 asks for `Basic`. A token never goes in a URL.
+//! its own prompt: its 401 asks for `Basic` first, then (in a second
+//! header) `Bearer`. A token never goes in a URL.
 
 use axum::extract::{Request, State};
 use axum::http::header;
@@ -69,19 +70,21 @@ pub(crate) async fn authorize(
         return ApiError::Store(e).into_response();
     }
     let mut response = ApiError::Unauthorized.into_response();
-    // Bearer first for every client; the status page adds a Basic challenge
-    // so a browser asks for the token as a password.
+    // The status page asks a browser for Basic credentials (its own
+    // prompt), then says Bearer works too, in a header of its own (a
+    // browser does not read two challenges in one); every other endpoint
+    // asks for Bearer only.
     let headers = response.headers_mut();
-    headers.insert(
-        header::WWW_AUTHENTICATE,
-        header::HeaderValue::from_static("Bearer"),
-    );
     if page {
         headers.append(
             header::WWW_AUTHENTICATE,
             header::HeaderValue::from_static(r#"Basic realm="waifus status", charset="UTF-8""#),
         );
     }
+    headers.append(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
     response
 }
 

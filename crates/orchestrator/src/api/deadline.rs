@@ -25,6 +25,12 @@ pub(crate) async fn within_deadline(
     request: Request,
     next: Next,
 ) -> Response {
+    // An upgrade waits for the new process to serve.
+    let deadline = if request.uri().path() == crate::upgrade::API_PATH {
+        crate::upgrade::READY_WITHIN + std::time::Duration::from_secs(5)
+    } else {
+        DEADLINE
+    };
     let stop = state.calls.stop.clone();
     let call = state.calls.tasks.spawn(async move {
         tokio::select! {
@@ -32,7 +38,7 @@ pub(crate) async fn within_deadline(
             () = stop.cancelled() => None,
         }
     });
-    match tokio::time::timeout(DEADLINE, call).await {
+    match tokio::time::timeout(deadline, call).await {
         Ok(Ok(Some(response))) => response,
         Ok(Ok(None)) | Ok(Err(_)) => ApiError::Stopping.into_response(),
         Err(_) => ApiError::TimedOut.into_response(),

@@ -70,6 +70,8 @@ pub(crate) enum ApiError {
         if .0.is_empty() { "none".to_owned() } else { .0.join(", ") }
     )]
     UnknownVersion(Vec<String>),
+    #[error("no upgrade: {0}")]
+    Upgrade(String),
 }
 
 impl ApiError {
@@ -127,6 +129,7 @@ impl ApiError {
             ApiError::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::BadMaxWait => (StatusCode::BAD_REQUEST, "invalid_max_wait"),
             ApiError::UnknownVersion(_) => (StatusCode::NOT_FOUND, "unknown_version"),
+            ApiError::Upgrade(_) => (StatusCode::CONFLICT, "upgrade_failed"),
         }
     }
 }

@@ -63,6 +63,7 @@ pub(crate) fn router(state: AppState) -> Router {
             "/__internal/waifus/{name}/version",
             axum::routing::put(make_current),
         )
+        .route(crate::upgrade::API_PATH, post(upgrade))
         .route("/__internal/incidents", get(incidents))
         .route("/__internal/audit", get(audit))
         .route("/__internal/metrics", get(metrics))
@@ -362,6 +363,28 @@ async fn make_current(
 #[derive(Debug, serde::Deserialize)]
 struct VersionRequest {
     version: String,
+}
+
+/// `POST /__internal/admin/upgrade`: starts the binary at this process's
+/// path with its listening sockets and answers once it serves (this
+/// process then drains and stops), or why it did not.
+async fn upgrade(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(asks) = &state.upgrades else {
+        return Err(ApiError::Upgrade(
+            crate::upgrade::UpgradeError::NotAProcess.to_string(),
+        ));
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    asks.try_send(reply)
+        .map_err(|_| ApiError::Upgrade(crate::upgrade::UpgradeError::Busy.to_string()))?;
+    let successor = answer
+        .await
+        .map_err(|_| ApiError::Upgrade(crate::upgrade::UpgradeError::Stopping.to_string()))?
+        .map_err(ApiError::Upgrade)?;
+    Ok(Json(serde_json::json!({
+        "previous": std::process::id(),
+        "pid": successor,
+    })))
 }
 
 /// How long a paused waifu's requests wait unless told otherwise.

@@ -27,6 +27,9 @@ pub(crate) struct AppState {
     pub calls: Calls,
     /// Load balancers whose `X-Forwarded-For` names the caller.
     pub trusted: crate::proxy::trusted::TrustedProxies,
+    /// Where an upgrade is asked for; `None` when this orchestrator is not
+    /// a process of its own (embedded, as in tests).
+    pub upgrades: Option<crate::upgrade::Asks>,
 }
 
 /// Where calls run: tracked, and cut once shutdown's drain is over.

@@ -236,6 +236,21 @@ pub async fn resume(args: ResumeArgs) -> anyhow::Result<String> {
     })
 }
 
+/// `orchestrator upgrade`.
+pub async fn upgrade(client: ClientArgs) -> anyhow::Result<String> {
+    let answer: serde_json::Value = call(
+        &client,
+        http::Method::POST,
+        orchestrator::upgrade::API_PATH,
+        None,
+    )
+    .await?;
+    Ok(format!(
+        "upgraded: the new orchestrator (pid {}) serves; the previous one (pid {}) drains and exits\n",
+        answer["pid"], answer["previous"]
+    ))
+}
+
 /// `orchestrator version NAME VERSION`.
 pub async fn version(args: VersionArgs) -> anyhow::Result<String> {
     let path = format!("/__internal/waifus/{}/version", checked(&args.name)?);
@@ -301,9 +316,15 @@ async fn call<T: serde::de::DeserializeOwned>(
         None => bytes::Bytes::new(),
     };
     let request = request.body(Full::new(payload))?;
-    let response = tokio::time::timeout(Duration::from_secs(10), http.request(request))
+    // An upgrade answers once the new process serves.
+    let within = if path == orchestrator::upgrade::API_PATH {
+        orchestrator::upgrade::READY_WITHIN + Duration::from_secs(10)
+    } else {
+        Duration::from_secs(10)
+    };
+    let response = tokio::time::timeout(within, http.request(request))
         .await
-        .map_err(|_| anyhow::anyhow!("{addr} did not answer within 10 s"))?
+        .map_err(|_| anyhow::anyhow!("{addr} did not answer within {} s", within.as_secs()))?
         .with_context(|| format!("cannot reach the orchestrator's internal API at {addr}"))?;
     let status = response.status();
     let body = Limited::new(response.into_body(), 64 << 20)

@@ -50,6 +50,12 @@ pub enum Command {
     /// while one of them is healthy. A version never seen before becomes
     /// current by itself when announced; an older one never does.
     Version(VersionArgs),
+    /// Replace a running orchestrator process with the binary now at its
+    /// path, losing no connection (what `kill -USR2` does): the new process
+    /// takes the listening sockets and the managed PostgreSQL, and once it
+    /// serves the old one drains and exits. If the new one fails to start,
+    /// the old one goes on serving and this says why.
+    Upgrade(ClientArgs),
 }
 
 /// Arguments of `orchestrator version`.

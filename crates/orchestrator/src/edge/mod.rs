@@ -262,5 +262,10 @@ pub(crate) async fn serve_internal(
         });
     }
     drop(listener);
+    // Keep-alive connections get their grace, as on the public listener
+    // (hyper closes idle ones at once once told to shut down).
+    if graceful.count() > 0 {
+        tokio::time::sleep(h1::DRAIN_IDLE_GRACE.min(drain)).await;
+    }
     drain_or_give_up(graceful, drain, "internal").await;
 }

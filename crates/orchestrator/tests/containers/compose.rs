@@ -223,6 +223,22 @@ async fn the_compose_stack_serves_restarts_scales_and_loses_nothing() {
     assert!(restored.contains("as the dump recorded"), "{restored}");
     follow("link.localhost", format!("/{code}")).await;
 
+    // In its container the orchestrator is process 1: replacing it in
+    // place would stop the container, so an upgrade there is refused with
+    // the reason, and it serves on.
+    let refused = tokio::task::block_in_place(|| {
+        run(
+            &mut stack.command(&["exec", "-T", "orchestrator", "orchestrator", "upgrade"]),
+            Duration::from_secs(60),
+        )
+    });
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("is process 1"),
+        "{said}"
+    );
+    follow("link.localhost", format!("/{code}")).await;
+
     // The internal API is not published: only the public ports are.
     let orchestrator = stack.orchestrator();
     let ports = ok(

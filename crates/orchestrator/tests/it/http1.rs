@@ -221,8 +221,10 @@ async fn a_connection_changes_hands_mid_stream() {
     orch.stop().await.unwrap();
 }
 
-/// On shutdown an idle keep-alive connection is closed at once, and a
-/// request in flight is answered with `Connection: close`.
+/// On shutdown every request is answered with `Connection: close`: a
+/// request in flight, and one sent on an idle keep-alive connection within
+/// the grace the drain gives it (a client that had just picked it from its
+/// pool); an idle connection that stays idle is then closed.
 #[tokio::test]
 async fn draining_closes_idle_connections_and_finishes_in_flight_ones() {
     let orch = harness::start(&unique_db("h1drain"), &[]).await;
@@ -230,10 +232,13 @@ async fn draining_closes_idle_connections_and_finishes_in_flight_ones() {
     orch.register("w", &w.host(), json!({})).await;
 
     let mut idle = TcpStream::connect(orch.public).await.unwrap();
-    idle.write_all(b"GET /w/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(read_one(&mut idle).await.status, 200);
+    let mut reused = TcpStream::connect(orch.public).await.unwrap();
+    for s in [&mut idle, &mut reused] {
+        s.write_all(b"GET /w/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_one(s).await.status, 200);
+    }
     let mut busy = TcpStream::connect(orch.public).await.unwrap();
     busy.write_all(b"GET /w/slow?ms=1500 HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
@@ -241,8 +246,25 @@ async fn draining_closes_idle_connections_and_finishes_in_flight_ones() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stopping = tokio::spawn(orch.stop());
 
+    // A request on a kept-alive connection just after the drain began is
+    // answered, and told to go elsewhere next time.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    reused
+        .write_all(b"GET /w/again HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), reused.read_to_end(&mut out))
+        .await
+        .expect("the reused connection was closed after its answer")
+        .unwrap();
+    let got = split(&out, &[false]);
+    assert_eq!(got.len(), 1, "{:?}", String::from_utf8_lossy(&out));
+    assert_eq!(got[0].status, 200);
+    assert_eq!(got[0].header("connection"), Some("close"));
+
     let mut rest = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(1), idle.read_to_end(&mut rest)).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "the idle connection stayed open");
     assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
 

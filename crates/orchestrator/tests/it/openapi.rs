@@ -433,6 +433,14 @@ async fn real_responses_match_docs_openapi_yaml() {
             Some(body),
         ));
     }
+    // An orchestrator run in a test's process has no binary of its own to
+    // start again: the refusal is the documented 409.
+    calls.push((
+        "/__internal/admin/upgrade",
+        "post",
+        "/__internal/admin/upgrade".into(),
+        None,
+    ));
     let (status, body) = orch
         .hello_with(
             json!({"name": "w", "host": w.host(), "additionalBinds": {}, "version": "v1"}),
@@ -615,6 +623,7 @@ async fn real_responses_match_docs_openapi_yaml() {
         ("/__internal/waifus/{name}/version", "put", 200),
         ("/__internal/waifus/{name}/version", "put", 400),
         ("/__internal/waifus/{name}/version", "put", 404),
+        ("/__internal/admin/upgrade", "post", 409),
     ] {
         assert!(
             exercised.contains(&(template.to_owned(), method.to_owned(), status)),

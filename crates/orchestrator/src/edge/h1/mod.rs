@@ -50,10 +50,20 @@ pub(crate) struct Conn {
     pub header_read_timeout: Duration,
     /// For the requests handed to hyper.
     pub builder: Arc<auto::Builder<TokioExecutor>>,
-    /// Cancelled when the listener drains: the request in flight is
-    /// answered with `connection: close`, an idle connection is closed.
+    /// Cancelled when the listener drains: every request from then on is
+    /// answered with `connection: close`, and a connection that stays idle
+    /// for [`DRAIN_IDLE_GRACE`] after it is closed.
     pub draining: CancellationToken,
 }
+
+/// How long a keep-alive connection that is idle when the drain begins is
+/// kept open for its next request. Closing it at once races a client that
+/// is sending that request right then (it would see the connection reset
+/// and fail a request that never reached anyone); answering the request
+/// with `connection: close` makes the client open a new connection, which
+/// the listener's next owner accepts (an upgrade) or which waits in the
+/// backlog (a socket-activated restart).
+pub(crate) const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// Why a connection ended early.
 #[derive(Debug, thiserror::Error)]
@@ -76,9 +86,14 @@ where
     // next response.
     let mut out = BytesMut::new();
     let mut timer = HeadTimer::new(conn.header_read_timeout);
-    // One wait on the drain for the whole connection: a new one per read
-    // would register with (and leave) the token's waiter list every time.
-    let drained = conn.draining.clone().cancelled_owned();
+    // One wait on the drain (and its grace) for the whole connection: a new
+    // one per read would register with (and leave) the token's waiter list
+    // every time.
+    let draining = conn.draining.clone();
+    let drained = async move {
+        draining.cancelled().await;
+        tokio::time::sleep(DRAIN_IDLE_GRACE).await;
+    };
     tokio::pin!(drained);
     loop {
         // Read until a whole head is in, or it is clear hyper must take over.
@@ -91,9 +106,6 @@ where
                     return hand_off(io, &buf, &conn).await;
                 }
                 Parsed::Partial => {}
-            }
-            if buf.is_empty() && conn.draining.is_cancelled() {
-                return close(&mut io).await;
             }
             timer.waiting();
             buf.reserve(READ_BUF);
@@ -149,16 +161,38 @@ where
     io.unread(read);
     let proxy = conn.proxy.clone();
     let (peer, via) = (conn.peer, conn.via.clone());
+    let draining = conn.draining.clone();
     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-        proxy.handle(req.map(Some), peer, &via)
+        let http1 = req.version() < http::Version::HTTP_2;
+        let handled = proxy.handle(req.map(Some), peer, &via);
+        let draining = draining.clone();
+        async move {
+            let Ok(mut response) = handled.await;
+            // Draining: the client takes its next request elsewhere.
+            if http1
+                && draining.is_cancelled()
+                && response.status() != http::StatusCode::SWITCHING_PROTOCOLS
+            {
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let io = TokioIo::new(io);
     let served = conn.builder.serve_connection_with_upgrades(io, service);
     // Boxed: kept apart from the fast path's state.
     let mut served = Box::pin(served);
+    // Draining: requests get `connection: close` for the grace, then hyper
+    // closes what is idle (HTTP/2: GOAWAY) and finishes the rest.
     let finished = tokio::select! {
         r = served.as_mut() => Some(r),
-        () = conn.draining.cancelled() => None,
+        () = async {
+            conn.draining.cancelled().await;
+            tokio::time::sleep(DRAIN_IDLE_GRACE).await;
+        } => None,
     };
     let result = match finished {
         Some(r) => r,

@@ -23,6 +23,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod systemd;
+mod upgrade;
+
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -245,13 +248,21 @@ struct Platform {
 
 impl Drop for Platform {
     fn drop(&mut self) {
-        // SIGTERM, so that the orchestrator stops its PostgreSQL.
+        // SIGTERM, so that the orchestrator stops its PostgreSQL: the one
+        // started, or the one an upgrade put in its place.
+        let serving = self.pid();
         let _ = Command::new("kill")
             .args(["-TERM", &self.orchestrator.0.id().to_string()])
             .status();
+        if let Some(pid) = serving {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.orchestrator.0.try_wait() {
+            let started_gone = matches!(self.orchestrator.0.try_wait(), Ok(Some(_)));
+            if started_gone && serving.is_none_or(|pid| !alive(pid)) {
                 if !std::thread::panicking() {
                     let _ = std::fs::remove_dir_all(&self.dir);
                 }
@@ -262,8 +273,27 @@ impl Drop for Platform {
     }
 }
 
+/// Whether process `pid` still runs (a zombie, exited but not yet
+/// reaped by its parent, does not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
+
 impl Platform {
     async fn start(test: &str) -> Platform {
+        Platform::start_with(test, &orchestrator_bin()).await
+    }
+
+    /// With the orchestrator binary at `binary`.
+    async fn start_with(test: &str, binary: &Path) -> Platform {
+        Platform::start_env(test, binary, &[]).await
+    }
+
+    /// With the orchestrator binary at `binary` and more settings.
+    async fn start_env(test: &str, binary: &Path, env: &[(&str, &str)]) -> Platform {
         let dir = std::env::temp_dir().join(format!(
             "waifus-rollout-{test}-{}-{}",
             std::process::id(),
@@ -273,11 +303,12 @@ impl Platform {
         let public: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let internal: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let orchestrator = Proc::spawn(
-            Command::new(orchestrator_bin())
+            Command::new(binary)
                 .env("DATA_DIR", dir.join("data"))
                 .env("PUBLIC_ADDR", public.to_string())
                 .env("INTERNAL_ADDR", internal.to_string())
                 .env("HEALTH_INTERVAL", "500ms")
+                .envs(env.iter().copied())
                 .stderr(std::fs::File::create(dir.join("orchestrator.log")).unwrap()),
         );
         let platform = Platform {
@@ -296,6 +327,15 @@ impl Platform {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         platform
+    }
+
+    /// The process id of the orchestrator serving now (its pid file).
+    fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join("data/orchestrator.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// A waifu of this SDK, named `name`, announcing `version`.
@@ -433,6 +473,20 @@ impl Platform {
     /// `name` (it held its requests and had none in flight), in Unix ms:
     /// read from the state database of the managed cluster.
     async fn acknowledged_at(&self, name: &str) -> u128 {
+        let client = self.superuser("waifus").await;
+        let at: i64 = client
+            .query_one(
+                "SELECT floor(extract(epoch FROM at) * 1000)::bigint FROM switch_acks WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        u128::try_from(at).unwrap()
+    }
+
+    /// A superuser session on database `dbname` of the managed cluster.
+    async fn superuser(&self, dbname: &str) -> tokio_postgres::Client {
         let data = self.dir.join("data");
         let read = |f: &str| {
             std::fs::read_to_string(data.join(f))
@@ -446,20 +500,12 @@ impl Platform {
             .port(port.parse().unwrap())
             .user("waifus")
             .password(password)
-            .dbname("waifus")
+            .dbname(dbname)
             .connect(tokio_postgres::NoTls)
             .await
             .unwrap();
         tokio::spawn(connection);
-        let at: i64 = client
-            .query_one(
-                "SELECT floor(extract(epoch FROM at) * 1000)::bigint FROM switch_acks WHERE name = $1",
-                &[&name],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        u128::try_from(at).unwrap()
+        client
     }
 
     async fn goodbye(&self, name: &str, host: &str) {
