@@ -11,6 +11,7 @@ use http::{HeaderMap, Method, Response, StatusCode, Version};
 
 use crate::body::Framing;
 use crate::limits::MAX_FIELDS;
+use crate::token::{list_elements, lists_token};
 
 /// A parsed response head.
 #[derive(Debug)]
@@ -113,8 +114,7 @@ fn framing_of(
         let last = headers
             .get_all(header::TRANSFER_ENCODING)
             .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
+            .flat_map(|v| list_elements(v.as_bytes()))
             .rfind(|t| !t.is_empty());
         let chunked = last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
         // With Content-Length as well, the message is suspect: read it as
@@ -128,8 +128,8 @@ fn framing_of(
     }
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let n = parse_length(part.trim_ascii()).ok_or(BadHead::Length)?;
+        for part in list_elements(value.as_bytes()) {
+            let n = parse_length(part).ok_or(BadHead::Length)?;
             if length.is_some_and(|l| l != n) {
                 return Err(BadHead::ConflictingLength);
             }
@@ -152,12 +152,7 @@ pub fn parse_length(digits: &[u8]) -> Option<u64> {
 
 /// Whether a comma-separated field lists `token` (any case).
 pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    lists_token(headers.get_all(name).iter().map(|v| v.as_bytes()), token)
 }
 
 #[cfg(test)]

@@ -26,6 +26,22 @@ pub fn is_field_value(s: &str) -> bool {
     s.bytes().all(|b| (b >= 0x20 && b != 0x7f) || b == b'\t')
 }
 
+/// The elements of a comma-separated field value (RFC 9110 §5.6.1), each
+/// without its surrounding whitespace; empty ones are yielded too, for
+/// the callers that must refuse them.
+pub fn list_elements(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
+}
+
+/// Whether any of `values` (the lines of one field) lists `token`, in any
+/// case.
+pub fn lists_token<'a>(values: impl IntoIterator<Item = &'a [u8]>, token: &str) -> bool {
+    values
+        .into_iter()
+        .flat_map(list_elements)
+        .any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,6 +60,17 @@ mod tests {
             );
         }
         assert!(is_field_value("/ü/"));
+    }
+
+    #[test]
+    fn lists_are_split_at_commas_and_trimmed() {
+        let got: Vec<&[u8]> = list_elements(b" keep-alive ,Upgrade,, \tclose").collect();
+        assert_eq!(got, [&b"keep-alive"[..], b"Upgrade", b"", b"close"]);
+        assert_eq!(list_elements(b"").collect::<Vec<_>>(), [&b""[..]]);
+        let lines = [&b"keep-alive"[..], b"x, UPGRADE"];
+        assert!(lists_token(lines, "upgrade"));
+        assert!(!lists_token(lines, "close"));
+        assert!(!lists_token([&b"closed, xclose"[..]], "close"));
     }
 
     #[test]

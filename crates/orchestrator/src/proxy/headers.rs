@@ -29,6 +29,7 @@ use std::net::IpAddr;
 use bytes::BytesMut;
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
+use waifus_http1::token::{is_field_value, list_elements};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -195,16 +196,9 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .flat_map(|v| list_elements(v.as_bytes()))
+        .filter_map(|name| HeaderName::from_bytes(name).ok())
         .collect()
-}
-
-/// Whether `HeaderValue` would take `s` (checked without building one,
-/// which copies).
-fn is_field_value(s: &str) -> bool {
-    s.bytes().all(|b| (b >= 0x20 && b != 0x7f) || b == b'\t')
 }
 
 /// An address as `Display` writes it; IPv4 without the formatting

@@ -95,11 +95,8 @@ impl TrustedProxies {
         }
         let mut client = peer;
         for value in forwarded_for.rev() {
-            let Ok(value) = std::str::from_utf8(value) else {
-                return client;
-            };
-            for hop in value.rsplit(',') {
-                let Some(ip) = parse_hop(hop.trim()) else {
+            for hop in waifus_http1::token::list_elements(value).rev() {
+                let Some(ip) = std::str::from_utf8(hop).ok().and_then(parse_hop) else {
                     return client;
                 };
                 client = ip;

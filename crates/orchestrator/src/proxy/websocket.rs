@@ -42,12 +42,7 @@ impl Key {
         {
             return None;
         }
-        let connection_upgrade = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
-        if !connection_upgrade {
+        if !waifus_http1::response::has_token(headers, &header::CONNECTION, "upgrade") {
             return None;
         }
         let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();

@@ -8,9 +8,10 @@
 //! The root filesystems are cached between runs under a tag derived from
 //! their recipe (`waifus-test/base:<key>`, `waifus-test/postgres:<key>`); the
 //! application images are rebuilt from the binaries of this build each run.
-//! Without a Docker engine every test here says SKIPPED and passes (a machine
-//! with only Rust and PostgreSQL runs the rest of the suite); with one, a
-//! missing mmdebstrap or docker-compose fails under `CI=true`.
+//! Without a Docker engine, mmdebstrap or docker-compose every test here
+//! says SKIPPED and passes (a machine with only Rust and PostgreSQL runs the
+//! rest of the suite), except under `CI=true`, where it fails naming what is
+//! missing.
 
 #![allow(clippy::unwrap_used)]
 

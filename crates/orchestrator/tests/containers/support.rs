@@ -85,24 +85,25 @@ pub(crate) fn present(program: &str, args: &[&str]) -> bool {
 /// writing by the one that changes it for everything (the swarm test).
 pub(crate) static ENGINE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
-/// Whether the container tests can run here; prints why not.
+/// Whether the container tests can run here; reports why not, and fails
+/// under `CI=true` (see `waifus_testkit::require`).
 pub(crate) fn docker_ready() -> bool {
-    if !present("docker", &["info"]) {
-        eprintln!("SKIPPED: no Docker engine answers `docker info`");
-        return false;
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    for (tool, args, package) in [
+    waifus_testkit::require(
+        present("docker", &["info"]),
+        "a Docker engine (no `docker info` answers)",
+        "start the Docker daemon; the container tests need it",
+    ) && [
         ("mmdebstrap", &["--version"][..], "mmdebstrap"),
         ("docker-compose", &["version"][..], "docker-compose"),
-    ] {
-        if !present(tool, args) {
-            assert!(!ci, "{tool} is missing, and CI=true: .ci/run installs it");
-            eprintln!("SKIPPED: {tool} is missing (apt-get install {package})");
-            return false;
-        }
-    }
-    true
+    ]
+    .into_iter()
+    .all(|(tool, args, package)| {
+        waifus_testkit::require(
+            present(tool, args),
+            tool,
+            &format!("apt-get install {package}; .ci/run installs it"),
+        )
+    })
 }
 
 /// One request through the published port; status, `Location` and body.

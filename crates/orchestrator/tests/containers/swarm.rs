@@ -35,10 +35,10 @@ impl Swarm {
             Duration::from_secs(30),
         );
         if state.trim() != "inactive" {
-            eprintln!(
-                "SKIPPED: this engine is in a swarm already ({}); the test makes and leaves its own",
+            waifus_testkit::skipped(&format!(
+                "this engine is in a swarm already ({}); the test makes and leaves its own",
                 state.trim()
-            );
+            ));
             return None;
         }
         ok(

@@ -194,18 +194,12 @@ async fn backups_keep_what_restores_and_report_what_does_not() {
     assert_eq!(dumps(&dir, "bk-c"), good_c, "the good files are kept");
 
     // a's directory turns read-only: one incident, the metric stops.
-    let read_only = match ReadOnly::new(&dir.join("bk-a")) {
-        Some(guard) => Some(guard),
-        None => {
-            let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-            assert!(
-                !ci,
-                "a read-only bind mount is needed (run as root), and CI=true"
-            );
-            eprintln!("SKIPPED: the read-only directory part (no permission to mount)");
-            None
-        }
-    };
+    let read_only = ReadOnly::new(&dir.join("bk-a"));
+    waifus_testkit::require(
+        read_only.is_some(),
+        "permission to bind-mount a directory read-only (the read-only directory part)",
+        "run as root",
+    );
     if read_only.is_some() {
         let good_a = dumps(&dir, "bk-a");
         until(

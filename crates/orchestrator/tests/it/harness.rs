@@ -518,12 +518,7 @@ pub fn output_within(cmd: &mut std::process::Command, within: Duration) -> std::
 /// (it says so on stderr), except in CI (`CI=true`), where a missing tool
 /// fails the test: `.ci/run` installs every one of them.
 pub fn tool_present(found: bool, what: &str) -> bool {
-    if !found {
-        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-        assert!(!ci, "{what} is missing, and CI=true: .ci/run installs it");
-        eprintln!("SKIPPED: {what} is missing");
-    }
-    found
+    waifus_testkit::require(found, what, ".ci/run installs it")
 }
 
 /// The value of the sample line that starts with `series` (name and labels

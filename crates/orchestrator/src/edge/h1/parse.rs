@@ -78,9 +78,7 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Parsed {
         {
             return Parsed::HandOff;
         } else if name.eq_ignore_ascii_case(b"connection") {
-            close |= value
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            close |= waifus_http1::token::lists_token([value], "close");
         }
         *field = Field {
             name: at(name),
