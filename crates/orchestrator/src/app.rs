@@ -205,8 +205,10 @@ async fn serve(
     tasks.spawn(drain::supervise(
         registry.clone(),
         to_drain,
-        config.drain_timeout,
-        config.deregister_after,
+        drain::Timing {
+            drain_timeout: config.drain_timeout,
+            forget_after: config.deregister_after,
+        },
         leading_rx.clone(),
         tasks.clone(),
         shutdown.clone(),

@@ -51,17 +51,31 @@ pub(crate) trait Leave: Send + Sync + 'static {
     fn forget_empty(&self, after: Duration) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
+/// How long draining and forgetting wait.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    /// `DRAIN_TIMEOUT`: a leaving instance is removed after this even if
+    /// busy (its tunnels closed).
+    pub drain_timeout: Duration,
+    /// `DEREGISTER_AFTER`: a waifu without an instance this long is
+    /// forgotten.
+    pub forget_after: Duration,
+}
+
 /// Drains every instance announced on `leaving`, and forgets empty waifus
 /// while this orchestrator leads, until `shutdown`.
 pub(crate) async fn supervise<R: Leave>(
     registry: Arc<R>,
     mut leaving: mpsc::UnboundedReceiver<Leaving>,
-    timeout: Duration,
-    forget_after: Duration,
+    timing: Timing,
     leading: tokio::sync::watch::Receiver<bool>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let Timing {
+        drain_timeout: timeout,
+        forget_after,
+    } = timing;
     let mut forget = tokio::time::interval(FORGET_EVERY.min(forget_after));
     forget.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -26,6 +26,7 @@ mod health;
 mod managed;
 mod ops;
 mod ownership;
+mod private_file;
 mod provision;
 mod proxy;
 mod registry;

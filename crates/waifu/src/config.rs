@@ -143,6 +143,12 @@ pub(crate) fn from_vars(
         }
         _ => BTreeMap::new(),
     };
+    let initial_secret = secret(&lookup, "WAIFU_SECRET")?;
+    let secret_file = lookup("WAIFU_SECRET_FILE")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    // What the file held: only a change of it replaces the secret later.
+    let file_seen = secret_file.as_ref().and(initial_secret.clone());
     Ok(crate::Waifu {
         orchestrator: lookup("ORCHESTRATOR_URL")
             .unwrap_or_else(|| "http://orchestrator:2137".to_owned())
@@ -152,10 +158,9 @@ pub(crate) fn from_vars(
         name,
         port,
         listen,
-        secret: std::sync::Arc::new(std::sync::RwLock::new(secret(&lookup, "WAIFU_SECRET")?)),
-        secret_file: lookup("WAIFU_SECRET_FILE")
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from),
+        secret: std::sync::Arc::new(std::sync::RwLock::new(initial_secret)),
+        secret_file,
+        file_seen: std::sync::Arc::new(std::sync::Mutex::new(file_seen)),
         token: secret(&lookup, "ORCHESTRATOR_TOKEN")?,
         binds,
         cache_dir: lookup("WAIFU_CACHE_DIR").map(PathBuf::from),

@@ -68,6 +68,11 @@ pub struct Waifu {
     /// PostgreSQL refuses the password, so an operator rotates a waifu's
     /// secret by rotating it and replacing the file.
     secret_file: Option<PathBuf>,
+    /// What the secret file held when last read. Only a change of the file
+    /// replaces the secret in use: after this instance rotated the secret
+    /// itself, the file still holds the old one until the operator
+    /// replaces it, and that old one is never taken back.
+    file_seen: Arc<std::sync::Mutex<Option<String>>>,
     /// Sent as `Authorization: Bearer` on every call to the orchestrator.
     token: Option<String>,
     binds: BTreeMap<String, String>,
@@ -193,6 +198,7 @@ impl Waifu {
             listen: std::net::IpAddr::from([0, 0, 0, 0]),
             secret: Arc::default(),
             secret_file: None,
+            file_seen: Arc::default(),
             token: None,
             binds: BTreeMap::new(),
             cache_dir: None,
@@ -374,18 +380,27 @@ impl Waifu {
     /// ```
     pub fn secret_file(mut self, file: impl Into<PathBuf>) -> Self {
         let file = file.into();
-        if let Some(secret) = read_secret_file(&file) {
-            self.set_secret(Some(secret));
+        let secret = read_secret_file(&file);
+        if let Some(secret) = &secret {
+            self.set_secret(Some(secret.clone()));
         }
+        *self.file_seen.lock().unwrap_or_else(|e| e.into_inner()) = secret;
         self.secret_file = Some(file);
         self
     }
 
-    /// Reads the secret file again, if there is one and it changed.
+    /// Reads the secret file again, if there is one; what it holds becomes
+    /// the secret only if the file changed since it was last read.
     pub(crate) fn reread_secret_file(&self) {
-        if let Some(secret) = self.secret_file.as_deref().and_then(read_secret_file)
-            && self.current_secret().as_deref() != Some(secret.as_str())
-        {
+        let Some(secret) = self.secret_file.as_deref().and_then(read_secret_file) else {
+            return;
+        };
+        let mut seen = self.file_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.as_deref() == Some(secret.as_str()) {
+            return;
+        }
+        *seen = Some(secret.clone());
+        if self.current_secret().as_deref() != Some(secret.as_str()) {
             tracing::info!("the secret file holds a new secret");
             self.set_secret(Some(secret));
         }
@@ -502,6 +517,25 @@ pub fn backoff(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_change_of_the_secret_file_replaces_the_secret() {
+        let file = std::env::temp_dir().join(format!("waifu-secret-{}", fastrand::u64(..)));
+        std::fs::write(&file, "first\n").unwrap();
+        let waifu = Waifu::new("w", "w:8080").secret_file(&file);
+        assert_eq!(waifu.current_secret().as_deref(), Some("first"));
+        // This instance rotated its secret: the file, not yet replaced,
+        // still holds the old one, which is never taken back.
+        let clone = waifu.clone();
+        clone.set_secret(Some("second".to_owned()));
+        waifu.reread_secret_file();
+        assert_eq!(clone.current_secret().as_deref(), Some("second"));
+        // The operator replaces the file: that is the secret from now on.
+        std::fs::write(&file, "third\n").unwrap();
+        clone.reread_secret_file();
+        assert_eq!(waifu.current_secret().as_deref(), Some("third"));
+        std::fs::remove_file(file).unwrap();
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

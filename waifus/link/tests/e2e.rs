@@ -8,63 +8,18 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+use waifus_testkit::{Proc, free_addr};
 
 /// The orchestrator binary, built beside `link` by `cargo test --workspace`.
 fn orchestrator_bin() -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_link")).with_file_name("orchestrator");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run the suite with `cargo test --workspace`, which builds it",
-        bin.display()
-    );
-    bin
-}
-
-/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
-struct Proc(Child);
-
-impl Proc {
-    fn spawn(cmd: &mut Command) -> Proc {
-        Proc(cmd.stdin(Stdio::null()).spawn().unwrap())
-    }
-
-    fn stop(&mut self) -> Option<i32> {
-        if let Ok(Some(status)) = self.0.try_wait() {
-            return status.code();
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.0.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        self.0.wait().ok().and_then(|s| s.code())
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
+    waifus_testkit::workspace_binary("orchestrator")
 }
 
 struct Reply {

@@ -54,7 +54,8 @@ pub(crate) fn identifier(name: &str) -> String {
     if name.len() <= 57 {
         format!("waifu_{name}")
     } else {
-        let digest = secret::hex(&<sha2::Sha256 as sha2::Digest>::digest(name.as_bytes()));
+        let digest =
+            crate::private_file::hex(&<sha2::Sha256 as sha2::Digest>::digest(name.as_bytes()));
         format!("waifu_{}_{}", &name[..40], &digest[..16])
     }
 }

@@ -14,9 +14,9 @@
 //! replaced, the next verified call notices (by its id) and sets the role's
 //! verifier from the new derivation.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+
+use crate::private_file::{hex, random_secret};
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -26,7 +26,9 @@ type HmacSha256 = Hmac<Sha256>;
 /// Why the password key could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("could not read or create the database password key {path}: {source}")]
+    #[error("could not read or create the database password key: {0}")]
+    File(#[from] crate::private_file::FileError),
+    #[error("could not read the database password key {path}: {source}")]
     Io {
         path: std::path::PathBuf,
         #[source]
@@ -34,8 +36,6 @@ pub enum KeyError {
     },
     #[error("the database password key {0} is not 64 hex digits")]
     Malformed(std::path::PathBuf),
-    #[error("the operating system's random number generator failed: {0}")]
-    Random(getrandom::Error),
 }
 
 /// The key passwords are derived under.
@@ -55,41 +55,22 @@ impl std::fmt::Debug for PasswordKey {
 impl PasswordKey {
     /// Loads the key file, creating it (0600, 32 random bytes) if missing.
     pub(crate) fn load_or_create(path: &Path) -> Result<PasswordKey, KeyError> {
-        let io = |source| KeyError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let key = match std::fs::read_to_string(path) {
-            Ok(text) => {
-                from_hex(text.trim()).ok_or_else(|| KeyError::Malformed(path.to_owned()))?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key: [u8; 32] = random_bytes().map_err(KeyError::Random)?;
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).map_err(io)?;
-                }
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(io)?;
-                f.write_all(hex(&key).as_bytes()).map_err(io)?;
-                key
-            }
-            Err(e) => return Err(io(e)),
-        };
-        Ok(PasswordKey::from_bytes(key))
+        let text = crate::private_file::read_or_create(path, random_secret)?;
+        from_hex(&text)
+            .map(PasswordKey::from_bytes)
+            .ok_or_else(|| KeyError::Malformed(path.to_owned()))
     }
 
     /// The key at `path`, which must exist (a command that works beside
     /// a running orchestrator must never make another key).
     pub(crate) fn load(path: &Path) -> Result<PasswordKey, KeyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        from_hex(text.trim())
+        let text = crate::private_file::read(path)
+            .and_then(|text| text.ok_or_else(|| std::io::ErrorKind::NotFound.into()))
+            .map_err(|source| KeyError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        from_hex(&text)
             .map(PasswordKey::from_bytes)
             .ok_or_else(|| KeyError::Malformed(path.to_owned()))
     }
@@ -121,26 +102,6 @@ fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
         m.update(part);
     }
     m.finalize().into_bytes().into()
-}
-
-/// Bytes from the operating system's CSPRNG.
-pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], getrandom::Error> {
-    let mut out = [0u8; N];
-    getrandom::fill(&mut out)?;
-    Ok(out)
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    bytes
-        .iter()
-        .flat_map(|b| {
-            [
-                HEX[usize::from(b >> 4)] as char,
-                HEX[usize::from(b & 15)] as char,
-            ]
-        })
-        .collect()
 }
 
 fn from_hex(text: &str) -> Option<[u8; 32]> {

@@ -16,6 +16,8 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde_json::json;
 
+use waifus_testkit::free_port;
+
 use crate::harness::{self, Ports};
 use crate::pg;
 use crate::tls::{TestCa, Trust, eventually, get, served_cert};
@@ -44,14 +46,6 @@ fn installed() -> bool {
         found("pebble") && found("pebble-challtestsrv"),
         "Debian's pebble package (apt-get install pebble)",
     )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Pebble {

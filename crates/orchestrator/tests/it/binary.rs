@@ -9,6 +9,8 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde_json::json;
 
+use waifus_testkit::free_addr;
+
 use crate::harness::{self, send};
 use crate::pg::{self, unique_db};
 use crate::waifu::TestWaifu;
@@ -38,13 +40,6 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 async fn spawn(db_url: &str) -> Proc {

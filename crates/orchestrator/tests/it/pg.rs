@@ -14,6 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use waifus_testkit::free_port;
+
 /// The running cluster.
 pub struct PgCluster {
     pub port: u16,
@@ -163,13 +165,6 @@ fn command(path: impl AsRef<Path>, user: Option<(u32, u32)>) -> Command {
         cmd.uid(uid).gid(gid);
     }
     cmd
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 fn start() -> PgCluster {

@@ -31,7 +31,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,6 +42,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use waifus_testkit::{Proc, free_port};
 
 /// Set in the environment of this binary when it runs as a waifu; the value
 /// is the file where the waifu writes the key of every `POST /work` it does.
@@ -65,8 +66,14 @@ fn rollout_waifu() {
     std::process::exit(code);
 }
 
+/// Set (in milliseconds) for a waifu that says hello again that often.
+const REHELLO_MS: &str = "TEST_REHELLO_MS";
+
 async fn serve_as_waifu(log: PathBuf) -> i32 {
-    let waifu = waifu::Waifu::from_env().unwrap();
+    let mut waifu = waifu::Waifu::from_env().unwrap();
+    if let Ok(ms) = std::env::var(REHELLO_MS) {
+        waifu = waifu.rehello_every(Duration::from_millis(ms.parse().unwrap()));
+    }
     let who = format!(
         "{} {}",
         std::env::var("WAIFU_VERSION").unwrap_or_default(),
@@ -131,9 +138,16 @@ async fn serve_as_waifu(log: PathBuf) -> i32 {
             "/recycle",
             post(move || async move {
                 if let Some(pool) = recycled {
-                    let size = pool.status().max_size;
-                    pool.resize(0);
-                    pool.resize(size);
+                    // Every connection opened before now is closed as soon
+                    // as it is idle (under load most are in use at any
+                    // moment), so the next requests open new ones.
+                    let since = Instant::now();
+                    tokio::spawn(async move {
+                        for _ in 0..100 {
+                            pool.retain(|_, metrics| metrics.created > since);
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    });
                 }
                 "recycled"
             }),
@@ -178,63 +192,10 @@ const CLIENTS: usize = 8;
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The orchestrator binary, built beside this test's binary by
 /// `cargo test --workspace`.
 fn orchestrator_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("orchestrator");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run the suite with `cargo test --workspace`, which builds it",
-        bin.display()
-    );
-    bin
-}
-
-/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
-struct Proc(Child);
-
-impl Proc {
-    fn spawn(cmd: &mut Command) -> Proc {
-        Proc(cmd.stdin(Stdio::null()).spawn().unwrap())
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.0.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "kill {sig}");
-    }
-
-    /// Waits for the process to exit by itself; its exit code.
-    async fn exit_code(&mut self, within: Duration) -> Option<i32> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(Instant::now() < deadline, "still running after {within:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+    waifus_testkit::workspace_binary("orchestrator")
 }
 
 /// One orchestrator with its own managed PostgreSQL in a temporary directory
@@ -252,7 +213,7 @@ impl Drop for Platform {
         // started, or the one an upgrade put in its place.
         let serving = self.pid();
         let _ = Command::new("kill")
-            .args(["-TERM", &self.orchestrator.0.id().to_string()])
+            .args(["-TERM", &self.orchestrator.id().to_string()])
             .status();
         if let Some(pid) = serving {
             let _ = Command::new("kill")
@@ -261,7 +222,7 @@ impl Drop for Platform {
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            let started_gone = matches!(self.orchestrator.0.try_wait(), Ok(Some(_)));
+            let started_gone = self.orchestrator.exited().is_some();
             if started_gone && serving.is_none_or(|pid| !alive(pid)) {
                 if !std::thread::panicking() {
                     let _ = std::fs::remove_dir_all(&self.dir);
@@ -310,7 +271,8 @@ impl Platform {
                 .env("HEALTH_INTERVAL", "500ms")
                 .envs(env.iter().copied())
                 .stderr(std::fs::File::create(dir.join("orchestrator.log")).unwrap()),
-        );
+        )
+        .killed_when_dropped();
         let platform = Platform {
             dir,
             public,
@@ -374,7 +336,8 @@ impl Platform {
                 .envs(env.iter().copied())
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(self.dir.join(format!("{label}.log"))).unwrap()),
-        );
+        )
+        .killed_when_dropped();
         (waifu, log, host)
     }
 
@@ -735,7 +698,7 @@ async fn a_new_version_replaces_the_old_under_load_with_no_failed_request() {
     let first_new = load.until_answered_by("2.0.0 ").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     old.signal("-TERM");
-    assert_eq!(old.exit_code(Duration::from_secs(30)).await, Some(0));
+    assert_eq!(old.exit_code(Duration::from_secs(30)), Some(0));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let outcomes = load.finish().await;
 
@@ -749,7 +712,7 @@ async fn a_new_version_replaces_the_old_under_load_with_no_failed_request() {
         "the old version answered requests sent after the new one had: {late:?}"
     );
     new.signal("-TERM");
-    assert_eq!(new.exit_code(Duration::from_secs(30)).await, Some(0));
+    assert_eq!(new.exit_code(Duration::from_secs(30)), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -768,7 +731,7 @@ async fn an_sdk_waifu_says_goodbye_on_sigterm_and_leaves_with_no_failed_request(
     let load = Load::start(platform.public, "calm", true);
     tokio::time::sleep(Duration::from_secs(2)).await;
     a.signal("-TERM");
-    assert_eq!(a.exit_code(Duration::from_secs(30)).await, Some(0));
+    assert_eq!(a.exit_code(Duration::from_secs(30)), Some(0));
     // Its goodbye removed it: only b is left, with no health check needed.
     platform.until_serving("calm", 1).await;
     let (status, list) = fetch(platform.internal, "GET", "/__internal/waifus", None)
@@ -804,7 +767,7 @@ async fn an_instance_killed_after_its_goodbye_fails_no_request() {
     let said_goodbye = Instant::now();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     a.signal("-KILL");
-    a.exit_code(Duration::from_secs(10)).await;
+    a.exit_code(Duration::from_secs(10));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let outcomes = load.finish().await;
 
@@ -836,7 +799,7 @@ async fn an_instance_killed_without_goodbye_fails_only_requests_it_had_received(
     let load = Load::start(platform.public, "crash", true);
     tokio::time::sleep(Duration::from_secs(2)).await;
     a.signal("-KILL");
-    a.exit_code(Duration::from_secs(10)).await;
+    a.exit_code(Duration::from_secs(10));
     // Its sockets are closed once it has exited.
     let killed = Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -876,6 +839,7 @@ async fn the_python_waifu_leaves_under_load_with_no_failed_request() {
                 .env("LISTEN_ADDR", "127.0.0.1")
                 .stderr(std::fs::File::create(platform.dir.join(format!("{label}.log"))).unwrap()),
         )
+        .killed_when_dropped()
     };
     let mut a = python("a", "1");
     platform.until_answered("py", "hello from python").await;
@@ -886,7 +850,7 @@ async fn the_python_waifu_leaves_under_load_with_no_failed_request() {
     platform.until_serving("py", 2).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     a.signal("-TERM");
-    assert_eq!(a.exit_code(Duration::from_secs(30)).await, Some(0));
+    assert_eq!(a.exit_code(Duration::from_secs(30)), Some(0));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let outcomes = load.finish().await;
 
@@ -970,7 +934,17 @@ async fn a_secret_rotated_under_load_fails_no_request() {
     std::fs::write(&secret_file, "first-secret\n").unwrap();
     let file = secret_file.to_str().unwrap();
     let env = [(WITH_DATABASE, "1"), ("WAIFU_SECRET_FILE", file)];
-    let (_a, _, a_host) = platform.sdk_waifu_with("turnover", "1", "a", &env);
+    // a rotates the secret itself; its own copy of the file is never
+    // replaced, and it says hello every 100 ms, re-reading the file each
+    // time: it must not take the old secret back from it.
+    let a_file = platform.dir.join("secret-a");
+    std::fs::write(&a_file, "first-secret\n").unwrap();
+    let a_env = [
+        (WITH_DATABASE, "1"),
+        ("WAIFU_SECRET_FILE", a_file.to_str().unwrap()),
+        (REHELLO_MS, "100"),
+    ];
+    let (_a, _, a_host) = platform.sdk_waifu_with("turnover", "1", "a", &a_env);
     let (_b, _, b_host) = platform.sdk_waifu_with("turnover", "1", "b", &env);
     platform
         .until_answered("turnover", &format!("1 {a_host}"))
@@ -1015,4 +989,12 @@ async fn a_secret_rotated_under_load_fails_no_request() {
     );
     let actions = platform.audited("turnover").await;
     assert!(actions.iter().any(|a| a == "secret_rotated"), "{actions:?}");
+    // No instance tried a secret that no longer works: a kept the one it
+    // rotated to (20 hellos of the old one would have locked the name).
+    let (_, incidents) = fetch(platform.internal, "GET", "/__internal/incidents", None)
+        .await
+        .unwrap();
+    for kind in ["wrong_secret", "throttled"] {
+        assert!(!incidents.contains(kind), "{incidents}");
+    }
 }

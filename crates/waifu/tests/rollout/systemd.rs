@@ -115,7 +115,7 @@ async fn socket_activated_restarts_under_load_fail_no_connection() {
         dir,
         public,
         internal,
-        orchestrator: Proc(holder),
+        orchestrator: Proc::from_child(holder).killed_when_dropped(),
     };
     let (_w, log, _) = platform.sdk_waifu("sock", "1", "w");
     platform.until_answered("sock", "1 ").await;
