@@ -106,6 +106,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn where_each_decoder_is() {
+        let mut done = Decoder::from(Framing::None);
+        assert!(done.is_done());
+        assert_eq!(done.remaining(), Some(0));
+        assert_eq!(done.at_end_of_stream(), Ok(()));
+        for framing in [Framing::Length(2), Framing::Chunked, Framing::UntilClose] {
+            assert!(!Decoder::from(framing).is_done(), "{framing:?}");
+        }
+        assert_eq!(Decoder::from(Framing::Chunked).remaining(), None);
+        assert_eq!(Decoder::from(Framing::UntilClose).remaining(), None);
+        assert_eq!(
+            Decoder::from(Framing::Chunked).at_end_of_stream(),
+            Err(Truncated)
+        );
+    }
+
+    #[test]
     fn lengths_and_the_end_of_the_stream() {
         let mut d = Decoder::from(Framing::Length(5));
         assert_eq!(d.step(b"hel"), Ok(Step::Data(3)));

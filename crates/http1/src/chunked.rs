@@ -270,6 +270,10 @@ mod tests {
             (b"000\r\n\r\n", b""),
             (b"5;a;b=c ; d = \"e\\\"f\"\r\nhello\r\n0\r\n\r\n", b"hello"),
             (b"5\t;x\r\nhello\r\n0;y=1\r\n\r\n", b"hello"),
+            (
+                b"5;a=\"x\\\ty\\ z\\\x80\\q\xff\"\r\nhello\r\n0\r\n\r\n",
+                b"hello",
+            ),
         ];
         for (wire, want) in ok {
             assert_eq!(decode(&[wire]), Ok((want.to_vec(), true)), "{wire:?}");
@@ -304,6 +308,11 @@ mod tests {
             (b"5x\r\nhello", BadSize),
             (b"5;a=b=c\r\nhello", BadExtension),
             (b"5,6\r\nhello", BadSize),
+            // A control character is refused before any quoting counts,
+            // escaped or not; an escape must be followed by something.
+            (b"5;a=\"x\\\x01\"\r\nhello", Control),
+            (b"5;a=\"x\\\x7f\"\r\nhello", Control),
+            (b"5;a=\"x\\\r\nhello", BadExtension),
         ];
         for (wire, want) in bad {
             assert_eq!(decode(&[wire]), Err(*want), "{wire:?}");
@@ -312,6 +321,20 @@ mod tests {
         }
         let long = [b"5;".as_slice(), &[b'x'; MAX_LINE]].concat();
         assert_eq!(decode(&[&long]), Err(LongLine));
+        // MAX_LINE bytes is a line still; one more is not.
+        for (extra, want) in [(0, Ok((b"hello".to_vec(), true))), (1, Err(LongLine))] {
+            let size = [b"5;".as_slice(), &vec![b'x'; MAX_LINE - 2 + extra]].concat();
+            let wire = [size.as_slice(), b"\r\nhello\r\n0\r\n\r\n"].concat();
+            assert_eq!(decode(&[&wire]), want, "size line of {} bytes", size.len());
+            let trailer = [b"t: ".as_slice(), &vec![b'v'; MAX_LINE - 3 + extra]].concat();
+            let wire = [b"5\r\nhello\r\n0\r\n".as_slice(), &trailer, b"\r\n\r\n"].concat();
+            let want = if extra == 0 {
+                Ok((b"hello".to_vec(), true))
+            } else {
+                Err(LongTrailer)
+            };
+            assert_eq!(decode(&[&wire]), want, "trailer of {} bytes", trailer.len());
+        }
     }
 
     proptest! {

@@ -139,6 +139,25 @@ mod tests {
     }
 
     #[test]
+    fn trailer_fields_go_only_with_a_chunked_body() {
+        let mut headers = HeaderMap::new();
+        headers.insert("trailer", HeaderValue::from_static("x-sum"));
+        for (delimited, kept) in [
+            (Delimited::Chunked, true),
+            (Delimited::Length(1), false),
+            (Delimited::None, false),
+        ] {
+            let mut out = BytesMut::new();
+            response_head(&mut out, StatusCode::OK, &headers, delimited, false, false);
+            let head = String::from_utf8(out.to_vec()).unwrap_or_default();
+            assert_eq!(head.contains("trailer: x-sum\r\n"), kept, "{head}");
+        }
+        let mut out = BytesMut::new();
+        field(&mut out, b"x-a", b"b c");
+        assert_eq!(&out[..], b"x-a: b c\r\n");
+    }
+
+    #[test]
     fn dates_and_chunk_lines() {
         let mut out = BytesMut::new();
         http_date(&mut out);

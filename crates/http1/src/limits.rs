@@ -7,3 +7,16 @@ pub const MAX_HEAD: usize = 64 * 1024;
 pub const MAX_FIELDS: usize = 100;
 /// Largest chunk-size line (with its extensions) or trailer line.
 pub const MAX_LINE: usize = 4 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The limits the documentation gives (security.md, behaviour.md).
+    #[test]
+    fn limits_are_the_documented_ones() {
+        assert_eq!(MAX_HEAD, 65_536);
+        assert_eq!(MAX_LINE, 4_096);
+        assert_eq!(MAX_FIELDS, 100);
+    }
+}

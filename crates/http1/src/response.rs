@@ -172,6 +172,30 @@ mod tests {
     }
 
     #[test]
+    fn bodiless_statuses_and_plain_lengths() {
+        for status in [
+            "101 Switching Protocols",
+            "204 No Content",
+            "304 Not Modified",
+        ] {
+            let raw = format!("HTTP/1.1 {status}\r\ncontent-length: 5\r\n\r\n");
+            assert_eq!(
+                head(&raw, &Method::GET).map(|h| h.map(|h| h.1)),
+                Ok(Some(Framing::None)),
+                "{status}"
+            );
+        }
+        assert_eq!(
+            parse_length(b"9999999999999999999"),
+            Some(9_999_999_999_999_999_999)
+        );
+        assert_eq!(parse_length(b"00000000000000000001"), None, "20 digits");
+        assert_eq!(parse_length(b""), None);
+        assert_eq!(parse_length(b"1a"), None);
+        assert_eq!(parse_length(b"0"), Some(0));
+    }
+
+    #[test]
     fn heads_and_framing() {
         let get = &Method::GET;
         assert_eq!(

@@ -252,6 +252,108 @@ fn a_bad_line_ending_is_refused_before_the_head_ends() {
     assert_eq!((passed.len(), violation), (0, Some(Violation::BareLf)));
 }
 
+#[test]
+fn each_refusal_is_a_complete_json_answer() {
+    use Violation::*;
+    let all = [
+        BareLf,
+        BareCr,
+        ObsFold,
+        SpaceBeforeColon,
+        BadFieldName,
+        TwoLengths,
+        BadLength,
+        TwoEncodings,
+        BadEncoding,
+        LengthAndEncoding,
+        BadChunk(crate::chunked::ChunkError::NoSize),
+        Fragment,
+        HeadTooLarge,
+    ];
+    let messages: std::collections::BTreeSet<&str> = all.iter().map(|v| v.message()).collect();
+    assert_eq!(messages.len(), all.len(), "one message each");
+    for v in all {
+        assert!(v.message().len() > 10, "{v:?}");
+        let response = String::from_utf8(v.response()).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let status = if v == HeadTooLarge {
+            "HTTP/1.1 431 Request Header Fields Too Large\r\n"
+        } else {
+            "HTTP/1.1 400 Bad Request\r\n"
+        };
+        assert!(head.starts_with(status), "{response}");
+        assert!(head.contains("connection: close"), "{response}");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{response}"
+        );
+        assert!(body.contains(v.message()), "{response}");
+        assert!(body.starts_with(r#"{"error":""#), "{response}");
+    }
+}
+
+#[test]
+fn held_bytes_and_where_the_stream_is() {
+    let mut checker = Checker::default();
+    assert!(checker.between_messages());
+    // Inside a body, not between messages; after it, between again.
+    let head = b"POST / HTTP/1.1\r\ncontent-length: 4\r\n\r\nab";
+    assert_eq!(checker.check(head).pass, head.len());
+    assert!(!checker.between_messages());
+    assert_eq!(checker.check(b"cd").pass, 2);
+    assert!(checker.between_messages());
+    // What was held is offered again; a switch hands it over and ends the
+    // checks.
+    checker.hold(b"\r".to_vec());
+    assert_eq!(checker.held_len(), 1);
+    assert_eq!(checker.stop_checking(), b"\r");
+    assert_eq!(checker.held_len(), 0);
+    assert!(checker.between_messages());
+    let binary = b"\x00\n\n\r\x01";
+    assert_eq!(
+        checker.check(binary),
+        Verdict {
+            pass: binary.len(),
+            violation: None
+        }
+    );
+}
+
+#[test]
+fn the_h2_preface_counts_only_as_the_first_bytes() {
+    // After a request, the preface is just more HTTP/1 (and the binary
+    // after it is refused).
+    let stream = format!("{GET}PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\n\n");
+    assert_eq!(run(&[stream.as_bytes()]).1, Some(Violation::BareLf));
+}
+
+#[test]
+fn a_body_of_known_length_ends_where_it_says() {
+    let stream = "POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\nabcGET / HTTP/1.1\nx: y\r\n\r\n";
+    let (passed, violation) = run(&[stream.as_bytes()]);
+    assert_eq!(violation, Some(Violation::BareLf));
+    assert!(
+        passed.ends_with(b"abc"),
+        "{:?}",
+        String::from_utf8_lossy(&passed)
+    );
+}
+
+#[test]
+fn a_head_over_the_limit_is_left_to_the_parser_and_one_at_it_is_checked() {
+    // An unfinished head of exactly MAX_HEAD bytes is still checked.
+    let at_limit = format!("GET / HTTP/1.1\r\nx: {}", "a".repeat(MAX_HEAD - 19));
+    assert_eq!(at_limit.len(), MAX_HEAD);
+    let (_, violation) = run(&[at_limit.as_bytes(), b"\n"]);
+    assert_eq!(violation, Some(Violation::BareLf));
+    // One byte more: the parser refuses it (431) on its own; nothing more
+    // is judged here.
+    let over = format!("{at_limit}a");
+    let (passed, violation) = run(&[over.as_bytes(), b"\n"]);
+    assert_eq!(violation, None);
+    assert_eq!(passed.len(), over.len() + 1);
+}
+
 proptest! {
     /// However a valid pipelined stream is split into reads, all of it
     /// passes, in order.
