@@ -200,10 +200,32 @@ mod tests {
             ("li nk", Err(HostError::BadHost)),
             ("a..b", Err(HostError::BadHost)),
             ("http://", Err(HostError::BadHost)),
+            // Five digits at most, leading zeros allowed within them.
+            ("link:65535", up(Http, "link", 65535)),
+            ("link:00080", up(Http, "link", 80)),
+            ("link:000080", Err(HostError::BadPort)),
         ];
         for (input, want) in cases {
             assert_eq!(parse_host(input), *want, "{input:?}");
         }
+    }
+
+    #[test]
+    fn names_up_to_253_bytes() {
+        // Labels of 63, as DNS allows: 4 × 63 + 3 dots = 255; cut to 253.
+        let label = "a".repeat(63);
+        let longest = format!("{label}.{label}.{label}.{}", "b".repeat(61));
+        assert_eq!(longest.len(), 253);
+        assert_eq!(normalize_hostname(&longest, false), Ok(longest.clone()));
+        assert_eq!(
+            normalize_hostname(&format!("{longest}c"), false),
+            Err(HostError::BadHost)
+        );
+        // A trailing dot is not counted.
+        assert_eq!(
+            normalize_hostname(&format!("{longest}."), false),
+            Ok(longest)
+        );
     }
 
     #[test]

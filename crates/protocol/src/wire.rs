@@ -316,6 +316,52 @@ mod tests {
             host: "h".into(),
             port: 5432,
         };
-        assert!(!format!("{c:?}").contains("hunter2"));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains(r#"database: "d""#), "{shown}");
+        assert!(shown.contains("port: 5432"), "{shown}");
+    }
+
+    #[test]
+    fn every_request_debug_shows_the_name_never_a_secret() {
+        let hello = Hello {
+            name: "shop".into(),
+            host: "shop:80".into(),
+            additional_binds: Default::default(),
+            secret: Some("s3cret-a".into()),
+            version: Some("7".into()),
+        };
+        let goodbye = Goodbye {
+            name: "shop".into(),
+            host: "shop:80".into(),
+            secret: Some("s3cret-a".into()),
+        };
+        let rotate = RotateRequest {
+            name: "shop".into(),
+            secret: "s3cret-a".into(),
+            new_secret: "s3cret-b".into(),
+        };
+        let database = DatabaseRequest {
+            name: "shop".into(),
+            secret: "s3cret-a".into(),
+        };
+        for shown in [
+            format!("{hello:?}"),
+            format!("{goodbye:?}"),
+            format!("{rotate:?}"),
+            format!("{database:?}"),
+        ] {
+            assert!(shown.contains(r#"name: "shop""#), "{shown}");
+            assert!(shown.contains("(hidden)"), "{shown}");
+            assert!(!shown.contains("s3cret"), "{shown}");
+        }
+        assert!(format!("{hello:?}").contains(r#"Some("7")"#));
+    }
+
+    #[test]
+    fn a_waifu_listed_without_a_state_is_open() {
+        let w: WaifuInfo =
+            serde_json::from_str(r#"{"name":"a","url":"u","instances":[],"binds":[]}"#).unwrap();
+        assert_eq!(w.state, "open");
     }
 }

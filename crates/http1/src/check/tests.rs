@@ -323,8 +323,12 @@ fn held_bytes_and_where_the_stream_is() {
 fn the_h2_preface_counts_only_as_the_first_bytes() {
     // After a request, the preface is just more HTTP/1 (and the binary
     // after it is refused).
-    let stream = format!("{GET}PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\n\n");
+    let preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\n\n";
+    let stream = format!("{GET}{preface}");
     assert_eq!(run(&[stream.as_bytes()]).1, Some(Violation::BareLf));
+    // Also when it comes in a read of its own.
+    let (_, violation) = run(&[GET.as_bytes(), preface.as_bytes()]);
+    assert_eq!(violation, Some(Violation::BareLf));
 }
 
 #[test]
