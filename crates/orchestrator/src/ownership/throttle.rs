@@ -232,6 +232,47 @@ mod tests {
     }
 
     #[test]
+    fn attempts_pending_on_the_name_hold_back_untrusted_addresses_only() {
+        let now = t0();
+        let mut name = fresh(now);
+        // As many attempts pending, from as many addresses, as the name
+        // may still fail: the next untrusted address waits.
+        for _ in 0..NAME_MAX_FAILURES {
+            let (_, n) = reserve(fresh(now), name, now).expect("within the budget");
+            name = n;
+        }
+        assert_eq!(reserve(fresh(now), name, now), Err(Duration::from_secs(1)));
+        // The owner's address is not held back by them.
+        let owner = success(fresh(now), fresh(now), false, now).0;
+        assert!(reserve(owner, name, now).is_ok());
+    }
+
+    /// The numbers docs/security.md and docs/protocol.md give.
+    #[test]
+    fn the_documented_limits() {
+        assert_eq!((MAX_FAILURES, NAME_MAX_FAILURES), (5, 50));
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        assert_eq!(WINDOW, minutes(15));
+        assert_eq!(FIRST_LOCK, minutes(1));
+        assert_eq!(MAX_LOCK, minutes(15));
+        assert_eq!(MEMORY, minutes(60));
+        assert_eq!(TRUSTED_FOR, minutes(7 * 24 * 60));
+        assert_eq!(TRUST_RENEW, minutes(60));
+        assert_eq!(PENDING_FOR, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_right_secret_keeps_the_other_attempts_pending() {
+        let now = t0();
+        let (s, n) = reserve(fresh(now), fresh(now), now).unwrap();
+        let (s, n) = reserve(s, n, now).unwrap();
+        // One of the two is judged right; the other is still being checked.
+        let (s, _) = success(s, n, true, now);
+        assert_eq!(s.pending, 1);
+        assert_eq!(s.pending_at, Some(now));
+    }
+
+    #[test]
     fn five_wrong_lock_the_address_for_a_minute_then_twice_as_long_up_to_fifteen() {
         let mut now = t0();
         let (mut s, mut n) = (fresh(now), fresh(now));

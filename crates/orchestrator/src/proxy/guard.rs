@@ -275,6 +275,22 @@ mod tests {
     }
 
     #[test]
+    fn a_reserved_segment_anywhere_in_a_joined_path_is_seen() {
+        // A segment that starts with the reserved word, in any case.
+        for path in [
+            "/__internal",
+            "/a/__internal/b",
+            "/x/__INTERNALx",
+            "/__internal/",
+        ] {
+            assert!(reaches_internal(path), "{path}");
+        }
+        for path in ["/", "/a/b", "/x__internal", "/a/_internal", "/a/__interna"] {
+            assert!(!reaches_internal(path), "{path}");
+        }
+    }
+
+    #[test]
     fn hostile_targets() {
         let table: &[(&str, Want)] = &[
             // plain and canonical
