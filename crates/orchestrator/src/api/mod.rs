@@ -185,8 +185,17 @@ async fn database(
         Ok::<_, ApiError>(credentials)
     }
     .await;
+    counted_database_call(&state, "ok", answer)
+}
+
+/// A database call's answer, counted by its outcome (`ok` named `ok`).
+fn counted_database_call(
+    state: &AppState,
+    ok: &'static str,
+    answer: Result<DatabaseCredentials, ApiError>,
+) -> Result<Json<DatabaseCredentials>, ApiError> {
     state.metrics.database_call(match &answer {
-        Ok(_) => "ok",
+        Ok(_) => ok,
         Err(ApiError::Provision(e)) => e.outcome(),
         Err(_) => "invalid",
     });
@@ -208,12 +217,7 @@ async fn rotate(
         Ok::<_, ApiError>(credentials)
     }
     .await;
-    state.metrics.database_call(match &answer {
-        Ok(_) => "rotated",
-        Err(ApiError::Provision(e)) => e.outcome(),
-        Err(_) => "invalid",
-    });
-    Ok(Json(answer?))
+    counted_database_call(&state, "rotated", answer)
 }
 
 /// `GET /__internal/status`: HTML, or JSON for `Accept: application/json`.

@@ -63,25 +63,8 @@ impl Tools {
                 .all(|p| d.join(p).is_file())
         };
         let managed = crate::managed::find_bindir().filter(|d| complete(d));
-        let installed = || {
-            let mut dirs: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-                .ok()?
-                .flatten()
-                .filter_map(|e| {
-                    let major = e
-                        .file_name()
-                        .to_string_lossy()
-                        .split('.')
-                        .next()?
-                        .parse()
-                        .ok()?;
-                    Some((major, e.path().join("bin")))
-                })
-                .filter(|(_, d)| complete(d))
-                .collect();
-            dirs.sort();
-            dirs.pop().map(|(_, d)| d)
-        };
+        let installed =
+            || crate::managed::newest_installed(Path::new("/usr/lib/postgresql"), complete);
         let on_path = || {
             std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
                 .find(|d| complete(d))

@@ -42,6 +42,12 @@ pub(super) fn find_bindir_in(
     if from_pg_config.is_some() {
         return from_pg_config;
     }
+    newest_installed(lib, complete)
+}
+
+/// The `bin` directory of the newest major version under `lib`
+/// (`/usr/lib/postgresql/{major}/bin`) that is `complete`.
+pub(crate) fn newest_installed(lib: &Path, complete: impl Fn(&Path) -> bool) -> Option<PathBuf> {
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(lib)
         .ok()?
         .flatten()

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use binaries::find_bindir;
+pub(crate) use binaries::newest_installed;
 pub use error::ManagedError;
 pub(crate) use files::url_of;
 pub use privileges::run_as;

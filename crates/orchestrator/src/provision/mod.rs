@@ -96,18 +96,7 @@ impl Provisioner {
             return Err(ProvisionError::Secret);
         }
         tokio::time::timeout(DEADLINE, async {
-            match self
-                .ownership
-                .admit(name, Some(secret), source, Asked::Database)
-                .await
-            {
-                Ok(_) => {}
-                Err(OwnershipError::WrongSecret) => return Err(ProvisionError::WrongSecret),
-                Err(OwnershipError::Throttled(wait)) => {
-                    return Err(ProvisionError::Throttled(wait));
-                }
-                Err(e) => return Err(Unavailable::Ownership(e).into()),
-            }
+            self.admit(name, secret, source).await?;
             let mut lock = NameLock::acquire(&self.store, name).await?;
             let result = self.provision(lock.client(), name, secret).await;
             if result.is_ok() {
@@ -117,6 +106,21 @@ impl Provisioner {
         })
         .await
         .unwrap_or_else(|_| Err(Unavailable::TimedOut.into()))
+    }
+
+    /// The name's secret checked as for any database call (a wrong one
+    /// refused and recorded, the throttle counted).
+    async fn admit(&self, name: &str, secret: &str, source: IpAddr) -> Result<(), ProvisionError> {
+        match self
+            .ownership
+            .admit(name, Some(secret), source, Asked::Database)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(OwnershipError::WrongSecret) => Err(ProvisionError::WrongSecret),
+            Err(OwnershipError::Throttled(wait)) => Err(ProvisionError::Throttled(wait)),
+            Err(e) => Err(Unavailable::Ownership(e).into()),
+        }
     }
 
     /// Handles `POST /__internal/database/rotate`: `secret` (checked as
@@ -142,18 +146,7 @@ impl Provisioner {
             return Err(ProvisionError::SameSecret);
         }
         tokio::time::timeout(DEADLINE, async {
-            match self
-                .ownership
-                .admit(name, Some(secret), source, Asked::Database)
-                .await
-            {
-                Ok(_) => {}
-                Err(OwnershipError::WrongSecret) => return Err(ProvisionError::WrongSecret),
-                Err(OwnershipError::Throttled(wait)) => {
-                    return Err(ProvisionError::Throttled(wait));
-                }
-                Err(e) => return Err(Unavailable::Ownership(e).into()),
-            }
+            self.admit(name, secret, source).await?;
             let hash = self
                 .ownership
                 .hash(new_secret)

@@ -863,11 +863,11 @@ async fn the_python_waifu_leaves_under_load_with_no_failed_request() {
     assert!(actions.iter().any(|a| a == "goodbye"), "{actions:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_restored_under_load_fails_no_request() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let platform = Platform::start("restore").await;
-    let (_w, _log, _) = platform.sdk_waifu_with(
+/// A platform serving the SDK waifu `ledger`, on its own database, under
+/// load: the platform, the waifu, its log of POSTs done, the load.
+async fn ledger_under_load(test: &str) -> (Platform, Proc, PathBuf, Load) {
+    let platform = Platform::start(test).await;
+    let (waifu, log, _) = platform.sdk_waifu_with(
         "ledger",
         "1",
         "w",
@@ -875,6 +875,13 @@ async fn a_database_restored_under_load_fails_no_request() {
     );
     platform.until_answered("ledger", "1 ").await;
     let load = Load::start(platform.public, "ledger", true);
+    (platform, waifu, log, load)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restored_under_load_fails_no_request() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (platform, _w, _log, load) = ledger_under_load("restore").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let file = platform.dir.join("ledger.dump");
     let dumped = platform.db(&["dump", "ledger", "-o", file.to_str().unwrap()]);

@@ -73,15 +73,7 @@ async fn sessions(platform: &Platform, role: &str) -> Vec<(i32, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_upgrades_under_load_fail_no_request_and_cut_no_session() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let platform = Platform::start("upgrade").await;
-    let (_w, log, _) = platform.sdk_waifu_with(
-        "ledger",
-        "1",
-        "w",
-        &[(WITH_DATABASE, "1"), ("WAIFU_SECRET", "ledger-secret")],
-    );
-    platform.until_answered("ledger", "1 ").await;
-    let load = Load::start(platform.public, "ledger", true);
+    let (platform, _w, log, load) = super::ledger_under_load("upgrade").await;
     let stop_health = Arc::new(AtomicBool::new(false));
     let health = health_throughout(platform.internal, stop_health.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
