@@ -16,10 +16,10 @@ use crate::ops::incidents;
 use crate::ops::metrics;
 use crate::ownership::{self, hasher::Hasher};
 use crate::provision;
-use crate::registry::{self, replicas};
+use crate::registry;
 use crate::store::{self, StoreError};
 use crate::upgrade::{self, Notifier, Predecessor, Relaunch};
-use crate::{api, drain, edge, health, proxy, routing, tls};
+use crate::{api, edge, proxy, tls};
 
 /// The two sockets the orchestrator serves, bound by the caller (tests bind
 /// port 0).
@@ -162,64 +162,34 @@ async fn serve(
         return Ok(());
     };
     let public_base = public_base(main_domain.as_deref(), listeners.public.local_addr()?);
-    let instances = CancellationToken::new();
-    let (leading, leading_rx) = tokio::sync::watch::channel(true);
-    let (writer, routes) = routing::routes();
-    let registry::Loaded {
+    let tasks = TaskTracker::new();
+    let registry::ControlPlane {
         registry,
-        watched,
-        to_drain,
-    } = registry::Registry::load(
-        writer,
-        store.clone(),
-        main_domain,
-        public_base,
-        instances.clone(),
-        leading_rx.clone(),
-        config.health_timeout,
+        routes,
+        leading: leading_rx,
+        instances,
+    } = registry::start(
+        registry::Parts {
+            store: store.clone(),
+            main_domain,
+            public_base,
+            timing: registry::Timing {
+                health: registry::HealthConfig {
+                    interval: config.health_interval,
+                    timeout: config.health_timeout,
+                    deregister_after: config.deregister_after,
+                },
+                drain_timeout: config.drain_timeout,
+                resync_every: config.resync_interval,
+            },
+        },
+        &tasks,
+        shutdown,
     )
     .await?;
-    let registry = Arc::new(registry);
     let metrics = metrics::Metrics::new(routes.clone(), leading_rx.clone());
-
-    let tasks = TaskTracker::new();
     tasks.spawn(metrics::sample_rate(metrics.clone(), shutdown.clone()));
     let hard_stop = CancellationToken::new();
-    let health_config = health::HealthConfig {
-        interval: config.health_interval,
-        timeout: config.health_timeout,
-        deregister_after: config.deregister_after,
-    };
-    tasks.spawn(health::supervise(
-        health::Checked {
-            registry: registry.clone(),
-            store: store.clone(),
-            routes: routes.clone(),
-        },
-        watched,
-        health_config,
-        tasks.clone(),
-        shutdown.clone(),
-        leading_rx.clone(),
-    ));
-    tasks.spawn(drain::supervise(
-        registry.clone(),
-        to_drain,
-        drain::Timing {
-            drain_timeout: config.drain_timeout,
-            forget_after: config.deregister_after,
-        },
-        leading_rx.clone(),
-        tasks.clone(),
-        shutdown.clone(),
-    ));
-    tasks.spawn(replicas::follow(
-        registry.clone(),
-        store.clone(),
-        leading,
-        config.resync_interval,
-        shutdown.clone(),
-    ));
     let tls = match (settings.tls.clone(), listeners.https) {
         (Some(tls), Some(listener)) => Some((tls, listener)),
         _ => None,

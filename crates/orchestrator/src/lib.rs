@@ -20,9 +20,7 @@ mod api;
 mod app;
 mod config;
 mod data;
-mod drain;
 mod edge;
-mod health;
 mod managed;
 mod ops;
 mod ownership;
@@ -30,13 +28,16 @@ mod private_file;
 mod provision;
 mod proxy;
 mod registry;
-mod routing;
-mod store;
 #[doc(hidden)]
 pub mod testing;
 mod tls;
 pub mod upgrade;
-mod upstream;
+
+// The lower rooms are crates of their own, so none of them can import
+// anything above it.
+use waifus_routing as routing;
+use waifus_store as store;
+use waifus_upstream as upstream;
 
 pub use app::{Listeners, Process, RunError, run, run_process};
 pub use config::commands::{

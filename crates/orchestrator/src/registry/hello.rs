@@ -11,8 +11,8 @@ use waifus_protocol::{
     parse_bind_target, parse_host, validate_name,
 };
 
+use super::health::Watch;
 use super::{Entry, HelloError, Registry, State};
-use crate::health::Watch;
 use crate::routing::Instance;
 use crate::store::incidents::NewIncident;
 use crate::store::{BindClaim, HelloRecord};

@@ -8,9 +8,17 @@
 //! [`crate::routing::Routes`] handle and never take it. Other orchestrators
 //! on the same database are followed by [`replicas`].
 
+mod build;
+#[cfg(test)]
+mod double;
+mod drain;
+mod health;
 mod hello;
-pub(crate) mod replicas;
+mod replicas;
 mod switches;
+
+pub(crate) use build::{ControlPlane, Parts, Timing, start};
+pub(crate) use health::HealthConfig;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,11 +30,11 @@ use waifus_protocol::{
     BindInfo, BindKey, HostError, InstanceInfo, NameError, WaifuInfo, parse_host, validate_name,
 };
 
-use crate::drain::Leaving;
-use crate::health::Watch;
 use crate::routing::switch::Setting;
 use crate::routing::{BindRoute, Instance, RouteTable, RouteWriter, WaifuRoute};
 use crate::store::{Store, StoreError, StoredInstance};
+use drain::Leaving;
+use health::Watch;
 
 /// Why a hello was refused as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -92,12 +100,12 @@ impl Entry {
 
 /// What [`Registry::load`] gives.
 #[derive(Debug)]
-pub(crate) struct Loaded {
-    pub registry: Registry,
+struct Loaded {
+    registry: Registry,
     /// Instances for the health checks to watch.
-    pub watched: mpsc::UnboundedReceiver<Watch>,
+    watched: mpsc::UnboundedReceiver<Watch>,
     /// Instances to drain.
-    pub to_drain: mpsc::UnboundedReceiver<Leaving>,
+    to_drain: mpsc::UnboundedReceiver<Leaving>,
 }
 
 /// Routing state: the published table, the model behind it, and its store.
@@ -113,7 +121,7 @@ pub(crate) struct Registry {
     /// Parent of every instance's `retired` token.
     shutdown: CancellationToken,
     watch: mpsc::UnboundedSender<Watch>,
-    /// Instances that said goodbye, to drain ([`crate::drain`]).
+    /// Instances that said goodbye, to drain ([`drain`]).
     leaving: mpsc::UnboundedSender<Leaving>,
     /// Whether this orchestrator runs the health checks ([`replicas`]):
     /// if not, instance health comes from the store.
@@ -125,46 +133,34 @@ pub(crate) struct Registry {
     check_wait: std::time::Duration,
 }
 
-impl crate::drain::Leave for Registry {
-    async fn remove_left(
-        &self,
-        name: &str,
-        instance: &Arc<Instance>,
-        goodbye_ms: i64,
-        why: &str,
-    ) -> Result<(), StoreError> {
-        Registry::remove_left(self, name, instance, goodbye_ms, why).await
-    }
-
-    async fn forget_empty(&self, after: std::time::Duration) -> Result<(), StoreError> {
-        Registry::forget_empty(self, after).await
-    }
-}
-
-impl crate::health::Deregister for Registry {
-    async fn deregister(
-        &self,
-        name: &str,
-        instance: &Arc<Instance>,
-        why: &str,
-    ) -> Result<(), StoreError> {
-        Registry::deregister(self, name, instance, why).await
-    }
+/// What [`Registry::load`] is given.
+#[derive(Debug)]
+struct Setup {
+    routes: RouteWriter,
+    store: Store,
+    main_domain: Option<String>,
+    public_base: String,
+    /// Parent of every instance's `retired` token.
+    instances: CancellationToken,
+    leading: tokio::sync::watch::Receiver<bool>,
+    /// The health check timeout.
+    check_wait: std::time::Duration,
 }
 
 impl Registry {
     /// Loads the stored state and publishes it; returns the registry, the
     /// stream of instances to health-check (starting with every loaded one)
     /// and the stream of instances to drain.
-    pub(crate) async fn load(
-        routes: RouteWriter,
-        store: Store,
-        main_domain: Option<String>,
-        public_base: String,
-        shutdown: CancellationToken,
-        leading: tokio::sync::watch::Receiver<bool>,
-        check_wait: std::time::Duration,
-    ) -> Result<Loaded, StoreError> {
+    async fn load(setup: Setup) -> Result<Loaded, StoreError> {
+        let Setup {
+            routes,
+            store,
+            main_domain,
+            public_base,
+            instances: shutdown,
+            leading,
+            check_wait,
+        } = setup;
         let (watch, watched) = mpsc::unbounded_channel();
         let (leaving, to_drain) = mpsc::unbounded_channel();
         let registry = Registry {

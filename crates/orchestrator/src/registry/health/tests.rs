@@ -1,0 +1,197 @@
+use super::*;
+
+#[test]
+fn checks_fall_due_on_the_grid() {
+    let epoch = Instant::now();
+    let ms = |n| epoch + Duration::from_millis(n);
+    assert_eq!(on_grid(epoch, epoch), epoch);
+    assert_eq!(on_grid(ms(1), epoch), ms(25));
+    assert_eq!(on_grid(ms(25), epoch), ms(25));
+    assert_eq!(on_grid(ms(4_990), epoch), ms(5_000));
+    assert_eq!(on_grid(ms(5_001), epoch), ms(5_025));
+    // Never earlier than asked, and never more than a step later.
+    for n in [0, 7, 24_999, 25_001, 26_000, 333_333, 12_345_678] {
+        let t = epoch + Duration::from_micros(n);
+        assert!(
+            on_grid(t, epoch) >= t && on_grid(t, epoch) - t < GRID,
+            "{n} µs"
+        );
+    }
+}
+
+#[test]
+fn only_a_stall_respreads_the_checks() {
+    let interval = Duration::from_secs(5);
+    for late in [Duration::ZERO, Duration::from_millis(3), STALLED] {
+        assert_eq!(respread(late, interval, 0.7), None, "{late:?} late");
+    }
+    let stalled = Duration::from_secs(20);
+    assert_eq!(respread(stalled, interval, 0.0), Some(Duration::ZERO));
+    assert_eq!(
+        respread(stalled, interval, 0.5),
+        Some(Duration::from_millis(2500))
+    );
+    assert!(respread(stalled, interval, 0.999_999).unwrap() < interval);
+}
+
+use tokio::sync::{oneshot, watch};
+
+use super::super::double::{Call, Double, instance};
+
+const CONFIG: HealthConfig = HealthConfig {
+    interval: Duration::from_secs(5),
+    timeout: Duration::from_secs(1),
+    deregister_after: Duration::from_secs(30),
+};
+
+/// Runs one instance's checks against `double` as its only task.
+fn watch(
+    double: &Arc<Double>,
+    instance: &Arc<Instance>,
+    committed: Option<oneshot::Receiver<()>>,
+    leading: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let shared = Arc::new(Shared {
+        control: double.clone(),
+        config: CONFIG,
+        epoch: Instant::now(),
+    });
+    let watch = Watch {
+        name: "w".into(),
+        instance: instance.clone(),
+        committed,
+    };
+    tokio::spawn(watch_instance(shared, watch, leading))
+}
+
+fn leading(leads: bool) -> (watch::Sender<bool>, watch::Receiver<bool>) {
+    watch::channel(leads)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_instance_down_is_deregistered_after_deregister_after_and_not_before() {
+    let double = Double::new(&[Outcome::Down]);
+    let parent = CancellationToken::new();
+    let instance = instance(true, &parent);
+    let (_leads, leading) = leading(true);
+    let task = watch(&double, &instance, None, leading);
+    tokio::time::timeout(Duration::from_secs(3600), task)
+        .await
+        .expect("deregistered within the hour")
+        .unwrap();
+    let writes = double.writes();
+    assert_eq!(writes.len(), 2, "{writes:?}");
+    assert_eq!(writes[0], (Duration::ZERO, Call::Stored(false)));
+    let (at, Call::Deregistered(why)) = &writes[1] else {
+        panic!("{writes:?}")
+    };
+    // Critical since the first check (at 0); checked every 5 s ± 10 % on a
+    // 25 ms grid: the first check at or past 30 s deregisters.
+    assert!(*at >= CONFIG.deregister_after, "deregistered at {at:?}");
+    assert!(*at <= CONFIG.deregister_after + CONFIG.interval.mul_f64(1.1) + GRID);
+    assert_eq!(why, "no healthy answer for 30s");
+    assert!(
+        double.probes() >= 6,
+        "checked every interval: {:?}",
+        double.calls()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_changes_are_stored_once_each_way_and_one_soft_failure_is_tolerated() {
+    use Outcome::{Failed, Success};
+    let double = Double::new(&[
+        Success, Success, Failed, Success, Failed, Failed, Failed, Success,
+    ]);
+    let parent = CancellationToken::new();
+    let instance = instance(false, &parent);
+    let (_leads, leading) = leading(true);
+    let task = watch(&double, &instance, None, leading);
+    double.until(|_| double.probes() >= 10).await;
+    instance.retired.cancel();
+    task.await.unwrap();
+    let stored: Vec<Call> = double.writes().into_iter().map(|(_, c)| c).collect();
+    assert_eq!(
+        stored,
+        [Call::Stored(true), Call::Stored(false), Call::Stored(true)]
+    );
+    // Checks every 4.5–5.5 s, never two in one interval.
+    let calls = double.calls();
+    let times: Vec<Duration> = calls
+        .iter()
+        .filter(|(_, c)| *c == Call::Probe)
+        .map(|(t, _)| *t)
+        .collect();
+    for pair in times.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= CONFIG.interval.mul_f64(0.9) && gap <= CONFIG.interval.mul_f64(1.1) + GRID,
+            "{times:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hellos_first_check_routes_at_once_and_is_stored_only_once_committed() {
+    let double = Double::new(&[Outcome::Success]);
+    let parent = CancellationToken::new();
+    let instance = instance(false, &parent);
+    let (commit, committed) = oneshot::channel();
+    // A follower too runs the first check of a hello it took.
+    let (_leads, leading) = leading(false);
+    let task = watch(&double, &instance, Some(committed), leading);
+    double.until(|_| double.probes() == 1).await;
+    assert!(instance.is_healthy(), "routable before the commit");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(double.writes(), [], "nothing stored before the commit");
+    commit.send(()).unwrap();
+    double
+        .until(|c| c.iter().any(|(_, c)| *c == Call::Stored(true)))
+        .await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(double.probes(), 1, "a follower checks no more");
+    instance.retired.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hello_that_did_not_commit_stores_nothing_and_stops_its_checks() {
+    let double = Double::new(&[Outcome::Success]);
+    let parent = CancellationToken::new();
+    let instance = instance(false, &parent);
+    let (commit, committed) = oneshot::channel::<()>();
+    let (_leads, leading) = leading(true);
+    let task = watch(&double, &instance, Some(committed), leading);
+    double.until(|_| double.probes() == 1).await;
+    drop(commit);
+    tokio::time::timeout(Duration::from_secs(1), task)
+        .await
+        .expect("the task ends")
+        .unwrap();
+    assert_eq!(double.writes(), []);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_checks_when_asked_and_all_the_time_once_it_leads() {
+    let double = Double::new(&[Outcome::Success]);
+    let parent = CancellationToken::new();
+    let instance = instance(true, &parent);
+    let (leads, leading) = leading(false);
+    let task = watch(&double, &instance, None, leading);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(double.probes(), 0, "health comes from the store");
+    instance.recheck.notify_one();
+    double.until(|_| double.probes() == 1).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(double.probes(), 1, "one check per request");
+    leads.send(true).unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let probes = double.probes();
+    assert!(
+        (12..=15).contains(&probes),
+        "{probes} checks in a minute of leading"
+    );
+    assert_eq!(double.writes(), [], "healthy all along: nothing to store");
+    parent.cancel();
+    task.await.unwrap();
+}

@@ -1,0 +1,281 @@
+//! One running copy of a waifu, and the rules its health follows.
+//!
+//! - a new instance is not routed to before its first successful check;
+//! - any 2xx is a success;
+//! - a refused or failed connection makes the instance unhealthy at once; any
+//!   other failure (timeout, non-2xx, broken response) does so after
+//!   [`UNHEALTHY_AFTER`] in a row;
+//! - one success makes it healthy again.
+//!
+//! An instance that said goodbye is *leaving*: it gets no new request, its
+//! health is no longer checked, and it is removed once the requests in
+//! flight to it ([`Busy`]) are done, or its drain time is over.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use waifus_protocol::Upstream;
+
+use waifus_upstream::{Endpoint, HasEndpoint};
+
+/// Soft failures in a row that make an instance unhealthy.
+pub const UNHEALTHY_AFTER: u32 = 2;
+
+/// What one check (or one proxied request) found out about an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// Connection refused or failed: counts at once.
+    Down,
+    /// Timeout, non-2xx or broken response: counts after a few in a row.
+    Failed,
+}
+
+/// One running copy of a waifu, shared by the route table and its health task.
+#[derive(Debug)]
+pub struct Instance {
+    /// Where to connect; its canonical string is the instance's identity.
+    pub upstream: Upstream,
+    /// Its address, pre-parsed, and its idle keep-alive connections.
+    pub endpoint: Endpoint,
+    /// Whether the proxy may send traffic here.
+    pub healthy: AtomicBool,
+    /// Failed checks in a row; drives the healthy → unhealthy transition.
+    pub failures: AtomicU32,
+    /// Unix milliseconds of the last completed check; 0 before the first.
+    pub last_check_ms: AtomicU64,
+    /// Cancelled when the instance leaves the registry: stops its health task.
+    pub retired: CancellationToken,
+    /// Asks its health task for a check now (a hello for an instance that
+    /// is not healthy: it may just have restarted).
+    pub recheck: Notify,
+    /// Checks completed; [`Instance::checked_since`] waits for the next.
+    checks: AtomicU64,
+    checked: Notify,
+    /// The version its hello announced.
+    pub version: Option<Box<str>>,
+    /// Unix milliseconds since which its version is current (first
+    /// announced, or made current by an operator): the instance with the
+    /// latest names its waifu's current version.
+    version_at_ms: AtomicI64,
+    /// Unix milliseconds of its goodbye; 0 while it stays.
+    goodbye_ms: AtomicI64,
+    /// Requests and tunnels in flight to it ([`Busy`]).
+    in_flight: AtomicUsize,
+    /// Woken when `in_flight` drops to zero.
+    idle: Notify,
+    /// Cancelled when its drain time is over: closes tunnels still open.
+    pub drained: CancellationToken,
+}
+
+impl Instance {
+    pub fn new(upstream: Upstream, healthy: bool, parent: &CancellationToken) -> Self {
+        // The protocol crate only produces valid authorities.
+        let authority = http::uri::Authority::try_from(upstream.authority())
+            .unwrap_or_else(|_| http::uri::Authority::from_static("invalid.invalid:1"));
+        Instance {
+            upstream,
+            endpoint: Endpoint::new(authority),
+            healthy: AtomicBool::new(healthy),
+            failures: AtomicU32::new(0),
+            last_check_ms: AtomicU64::new(0),
+            retired: parent.child_token(),
+            recheck: Notify::new(),
+            checks: AtomicU64::new(0),
+            checked: Notify::new(),
+            version: None,
+            version_at_ms: AtomicI64::new(0),
+            goodbye_ms: AtomicI64::new(0),
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+            drained: CancellationToken::new(),
+        }
+    }
+
+    /// The same, announcing `version`, current since `at_ms` (Unix
+    /// milliseconds).
+    pub fn with_version(mut self, version: Option<&str>, at_ms: i64) -> Self {
+        self.version = version.map(Into::into);
+        *self.version_at_ms.get_mut() = at_ms;
+        self
+    }
+
+    /// Since when its version is current (Unix milliseconds).
+    pub fn version_at(&self) -> i64 {
+        self.version_at_ms.load(Acquire)
+    }
+
+    /// Its version is current since `at_ms`: whether that changed. The
+    /// route must be rebuilt for it to count.
+    pub fn set_version_at(&self, at_ms: i64) -> bool {
+        self.version_at_ms.swap(at_ms, AcqRel) != at_ms
+    }
+
+    /// Marks it as leaving since `goodbye_ms`; whether it was not already.
+    pub fn leave(&self, goodbye_ms: i64) -> bool {
+        self.goodbye_ms
+            .compare_exchange(0, goodbye_ms.max(1), AcqRel, Acquire)
+            .is_ok()
+    }
+
+    /// Whether it said goodbye.
+    pub fn is_leaving(&self) -> bool {
+        self.goodbye_ms.load(Acquire) != 0
+    }
+
+    /// Requests and tunnels in flight to it now.
+    pub fn in_flight(&self) -> usize {
+        // SeqCst, as the increment in `Busy::new`: with the switch's own
+        // SeqCst state, a pause and a request starting at once cannot both
+        // miss each other (the request backs off, or the pause waits).
+        self.in_flight.load(SeqCst)
+    }
+
+    /// Waits until nothing is in flight to it.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// A health check's outcome is recorded: wakes whoever waits for one.
+    pub fn check_done(&self) {
+        self.checks.fetch_add(1, Release);
+        self.checked.notify_waiters();
+    }
+
+    /// How many health checks have completed.
+    pub fn checks(&self) -> u64 {
+        self.checks.load(Acquire)
+    }
+
+    /// Waits up to `within` for a check completed after the `seen`th;
+    /// whether one was.
+    pub async fn checked_since(&self, seen: u64, within: Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.checked.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.checks() > seen {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(within, wait).await.is_ok()
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Relaxed)
+    }
+
+    /// Applies what one check (or one request) found; returns whether the
+    /// instance is now healthy.
+    pub fn record(&self, outcome: Outcome) -> bool {
+        self.last_check_ms.store(now_ms(), Relaxed);
+        let healthy = match outcome {
+            Outcome::Success => {
+                self.failures.store(0, Relaxed);
+                true
+            }
+            Outcome::Down => {
+                self.failures.fetch_add(1, Relaxed);
+                false
+            }
+            Outcome::Failed => {
+                let failures = self.failures.fetch_add(1, Relaxed) + 1;
+                self.is_healthy() && failures < UNHEALTHY_AFTER
+            }
+        };
+        self.set_healthy(healthy);
+        healthy
+    }
+
+    /// Sets the routing flag.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Relaxed);
+    }
+}
+
+impl HasEndpoint for Instance {
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
+
+/// A request or a tunnel in flight to an instance: counted while it lives.
+/// A response body holds it (as the endpoint's owner) until it ends.
+#[derive(Debug)]
+pub struct Busy(Arc<Instance>);
+
+impl Busy {
+    pub fn new(instance: Arc<Instance>) -> Arc<Busy> {
+        instance.in_flight.fetch_add(1, SeqCst);
+        Arc::new(Busy(instance))
+    }
+
+    pub fn instance(&self) -> &Arc<Instance> {
+        &self.0
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl HasEndpoint for Busy {
+    fn endpoint(&self) -> &Endpoint {
+        &self.0.endpoint
+    }
+}
+
+/// Now, in Unix milliseconds, as the store keeps times.
+pub fn now_ms_i64() -> i64 {
+    i64::try_from(now_ms()).unwrap_or(i64::MAX)
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use waifus_protocol::parse_host;
+
+    #[test]
+    fn transitions() {
+        let token = CancellationToken::new();
+        let i = Instance::new(parse_host("a:1").unwrap(), false, &token);
+        assert!(!i.is_healthy(), "new instances start unhealthy");
+        assert!(!i.record(Outcome::Failed));
+        assert!(
+            i.record(Outcome::Success),
+            "healthy after the first success"
+        );
+        assert!(i.record(Outcome::Failed), "one soft failure is tolerated");
+        assert!(!i.record(Outcome::Failed), "two soft failures are not");
+        assert!(i.record(Outcome::Success));
+        assert!(
+            !i.record(Outcome::Down),
+            "a refused connection counts at once"
+        );
+    }
+}

@@ -1,0 +1,136 @@
+//! Per-route request counters, kept with each waifu's route.
+//!
+//! The proxy counts every request here with a few relaxed atomic adds: no
+//! lock, no label set hashed. The metrics endpoint turns them into
+//! Prometheus counters and a histogram when it is scraped.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+
+/// Methods counted separately; anything else is `OTHER`.
+pub const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER",
+];
+/// Status classes.
+pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Upper bounds of the latency buckets, in seconds.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Requests one waifu answered, by method and status class, and how long
+/// their response headers took.
+#[derive(Debug, Default)]
+pub struct RequestStats {
+    counts: [[AtomicU64; CLASSES.len()]; METHODS.len()],
+    /// Non-cumulative; the last one is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+    /// Connections to its instances that could not be made.
+    connect_errors: AtomicU64,
+}
+
+impl RequestStats {
+    pub fn record(&self, method: &Method, status: StatusCode, took: Duration) {
+        let m = method_index(method);
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.counts[m][class].fetch_add(1, Relaxed);
+        let secs = took.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|&le| secs <= le)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Relaxed);
+    }
+
+    /// A connection to one of its instances could not be made.
+    pub fn connect_error(&self) {
+        self.connect_errors.fetch_add(1, Relaxed);
+    }
+
+    pub fn connect_errors(&self) -> u64 {
+        self.connect_errors.load(Relaxed)
+    }
+
+    /// Every request counted so far.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().flatten().map(|c| c.load(Relaxed)).sum()
+    }
+
+    /// Requests with method `METHODS[method]` and status class
+    /// `CLASSES[class]`.
+    pub fn count(&self, method: usize, class: usize) -> u64 {
+        self.counts[method][class].load(Relaxed)
+    }
+
+    /// Requests per latency bucket, `LATENCY_BUCKETS` then `+Inf`
+    /// (non-cumulative), and the sum of all latencies in seconds.
+    pub fn latency(&self) -> ([u64; LATENCY_BUCKETS.len() + 1], f64) {
+        let buckets = std::array::from_fn(|i| self.buckets[i].load(Relaxed));
+        (buckets, self.sum_micros.load(Relaxed) as f64 / 1e6)
+    }
+}
+
+fn method_index(method: &Method) -> usize {
+    match *method {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::PATCH => 4,
+        Method::DELETE => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
+
+/// A waifu's [`RequestStats`], allocated on its first request (most of ten
+/// thousand idle waifus never pay for them).
+#[derive(Debug, Default)]
+pub struct LazyStats(OnceLock<Box<RequestStats>>);
+
+impl LazyStats {
+    pub fn get(&self) -> &RequestStats {
+        self.0.get_or_init(Box::default)
+    }
+
+    /// The counters, if any request was counted.
+    pub fn if_used(&self) -> Option<&RequestStats> {
+        self.0.get().map(|b| &**b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_classify_and_bucket() {
+        let s = RequestStats::default();
+        s.record(&Method::GET, StatusCode::OK, Duration::from_micros(300));
+        s.record(
+            &Method::GET,
+            StatusCode::NOT_FOUND,
+            Duration::from_millis(3),
+        );
+        s.record(
+            &Method::from_bytes(b"PROPFIND").unwrap(),
+            StatusCode::BAD_GATEWAY,
+            Duration::from_secs(60),
+        );
+        assert_eq!(s.count(0, 1), 1);
+        assert_eq!(s.count(0, 3), 1);
+        assert_eq!(s.count(7, 4), 1);
+        let (buckets, sum) = s.latency();
+        assert_eq!(buckets[0], 1, "0.3 ms ≤ 0.5 ms");
+        assert_eq!(buckets[3], 1, "3 ms ≤ 5 ms");
+        assert_eq!(buckets[LATENCY_BUCKETS.len()], 1, "+Inf");
+        assert_eq!(s.total(), 3);
+        assert!((sum - 60.0033).abs() < 1e-9, "{sum}");
+    }
+}

@@ -1,0 +1,511 @@
+//! The immutable route table: which waifu a host and path go to.
+//!
+//! The registry builds a new [`RouteTable`] after every change and swaps it
+//! in ([`super::Routes`]); a request loads the current table once and
+//! resolves against it. Instance health lives in atomics inside each
+//! [`Instance`], so the health checker changes routing without rebuilding
+//! the table.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use waifus_protocol::BindKey;
+
+use super::instance::Instance;
+use super::shards::Shards;
+use super::stats::LazyStats;
+use super::switch::Switch;
+
+/// Everything the proxy needs to send a request to a waifu.
+///
+/// Of its instances, those that did not say goodbye are routable; of those,
+/// the current version's (the version that became current last: first
+/// announced, or chosen by an operator) get every request while one of
+/// them is healthy, and the others only when none is: a deploy never serves
+/// old and new answers interleaved, a new version that fails leaves the old
+/// one serving, and a restarted process of an older version does not take
+/// over.
+#[derive(Debug)]
+pub struct WaifuRoute {
+    pub name: Box<str>,
+    /// Every registered instance, leaving ones included.
+    pub instances: Box<[Arc<Instance>]>,
+    /// The routable instances, the newest version's first.
+    routable: Box<[Arc<Instance>]>,
+    /// How many of `routable` are of the newest version.
+    newest: usize,
+    /// Round-robin cursor.
+    next: AtomicUsize,
+    /// Its request counters, kept across rebuilds of the route.
+    pub stats: Arc<LazyStats>,
+    /// Open, paused or in maintenance; kept across rebuilds of the route.
+    pub switch: Arc<Switch>,
+}
+
+impl WaifuRoute {
+    pub fn new(name: &str, instances: Vec<Arc<Instance>>) -> Self {
+        let (routable, newest) = arrange(&instances);
+        WaifuRoute {
+            name: name.into(),
+            instances: instances.into_boxed_slice(),
+            routable,
+            newest,
+            next: AtomicUsize::new(0),
+            stats: Arc::default(),
+            switch: Arc::default(),
+        }
+    }
+
+    /// The same waifu with other instances (or the same ones, one of them
+    /// now leaving); its counters carry over.
+    pub fn rebuilt(&self, instances: Vec<Arc<Instance>>) -> Self {
+        let (routable, newest) = arrange(&instances);
+        WaifuRoute {
+            name: self.name.clone(),
+            instances: instances.into_boxed_slice(),
+            routable,
+            newest,
+            next: AtomicUsize::new(0),
+            stats: self.stats.clone(),
+            switch: self.switch.clone(),
+        }
+    }
+
+    /// Picks a healthy instance, round robin, of the newest version if one
+    /// of it is healthy; `None` when none is healthy.
+    pub fn pick(&self) -> Option<&Arc<Instance>> {
+        match &*self.routable {
+            [] => None,
+            [only] => only.is_healthy().then_some(only),
+            _ => self.pick_where(|_| true),
+        }
+    }
+
+    /// As [`WaifuRoute::pick`], other than those in `tried`.
+    pub fn pick_except(&self, tried: &[Arc<Instance>]) -> Option<&Arc<Instance>> {
+        self.pick_where(|i| !tried.iter().any(|t| Arc::ptr_eq(t, i)))
+    }
+
+    fn pick_where(&self, allowed: impl Fn(&Arc<Instance>) -> bool) -> Option<&Arc<Instance>> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let (newest, older) = self.routable.split_at(self.newest);
+        // An older instance serves only while no newest one is healthy,
+        // whether or not `allowed` takes it.
+        round(newest, start, &allowed).or_else(|| {
+            if newest.iter().any(|i| i.is_healthy()) {
+                None
+            } else {
+                round(older, start, &allowed)
+            }
+        })
+    }
+
+    /// Whether `instance` gets no new request: it said goodbye, or it is of
+    /// an older version while one of the newest is healthy.
+    pub fn draining(&self, instance: &Instance) -> bool {
+        if instance.is_leaving() {
+            return true;
+        }
+        let (newest, _) = self.routable.split_at(self.newest);
+        !newest.iter().any(|i| std::ptr::eq(&**i, instance))
+            && newest.iter().any(|i| i.is_healthy())
+    }
+}
+
+/// The first healthy instance of `group` that `allowed` takes, from the
+/// `start`th on, round the end.
+fn round<'a>(
+    group: &'a [Arc<Instance>],
+    start: usize,
+    allowed: &impl Fn(&Arc<Instance>) -> bool,
+) -> Option<&'a Arc<Instance>> {
+    (0..group.len())
+        .map(|i| &group[(start + i) % group.len()])
+        .find(|inst| inst.is_healthy() && allowed(inst))
+}
+
+/// The routable instances of `instances`, the newest version's first, and
+/// how many those are.
+fn arrange(instances: &[Arc<Instance>]) -> (Box<[Arc<Instance>]>, usize) {
+    let staying = || instances.iter().filter(|i| !i.is_leaving());
+    let Some(latest) = staying().max_by_key(|i| i.version_at()) else {
+        return (Box::default(), 0);
+    };
+    let newest_version = latest.version.clone();
+    let is_newest = |i: &&Arc<Instance>| i.version == newest_version;
+    let mut routable: Vec<Arc<Instance>> = staying().filter(is_newest).cloned().collect();
+    let newest = routable.len();
+    routable.extend(staying().filter(|i| !is_newest(i)).cloned());
+    (routable.into_boxed_slice(), newest)
+}
+
+/// One accepted bind, as the proxy matches it.
+#[derive(Debug, Clone)]
+pub struct BindRoute {
+    /// `""` or `/a/b`: matched on whole segments of the canonical path.
+    pub prefix: Arc<str>,
+    /// `""` or `/t`: prepended to what follows the prefix.
+    pub target: Arc<str>,
+    pub waifu: Arc<WaifuRoute>,
+    /// An `https://` bind: served on the TLS listener only.
+    pub tls: bool,
+}
+
+/// Where a request goes.
+#[derive(Debug)]
+pub struct Resolved<'a> {
+    pub waifu: &'a Arc<WaifuRoute>,
+    /// Canonical path to send upstream.
+    pub path: Cow<'a, str>,
+    /// The part of the public path that was stripped (`X-Forwarded-Prefix`).
+    pub prefix: &'a str,
+    /// Matched an `https://` bind.
+    pub tls: bool,
+}
+
+/// A waifu's current route and accepted binds (with their targets).
+pub type WaifuNow<'a> = (&'a Arc<WaifuRoute>, &'a [(BindKey, String)]);
+
+/// An immutable snapshot of all routes.
+///
+/// Both maps are [`Shards`], so deriving the next table after a change to
+/// one waifu ([`RouteTable::with_waifu`]) copies a few hundred pointers and
+/// the shards it touches, not every route: hellos stay cheap with tens of
+/// thousands of routes.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    /// `None` means `MAIN_DOMAIN=*`: every host not claimed by a bind.
+    main_domain: Option<Arc<str>>,
+    waifus: Shards<Arc<WaifuRoute>>,
+    /// Lowercase host → binds, longest prefix first.
+    hosts: Shards<Arc<[BindRoute]>>,
+}
+
+impl RouteTable {
+    pub fn new(
+        main_domain: Option<&str>,
+        waifus: impl IntoIterator<Item = Arc<WaifuRoute>>,
+        binds: impl IntoIterator<Item = (String, BindRoute)>,
+    ) -> Self {
+        let waifus = waifus
+            .into_iter()
+            .map(|w| (Arc::from(&*w.name), w))
+            .collect::<Shards<_>>();
+        let mut by_host: HashMap<Arc<str>, Vec<BindRoute>> = HashMap::new();
+        for (host, bind) in binds {
+            by_host.entry(host.into()).or_default().push(bind);
+        }
+        let hosts = by_host
+            .into_iter()
+            .map(|(host, binds)| (host, sorted(binds)))
+            .collect();
+        RouteTable {
+            main_domain: main_domain.map(Into::into),
+            waifus,
+            hosts,
+        }
+    }
+
+    /// The table after one waifu changed: `now` is its route and binds
+    /// (`None` once it is gone), `old_hosts` the hosts it was bound on.
+    /// Only those hosts' bind lists are rebuilt.
+    pub fn with_waifu<'o>(
+        &self,
+        name: &str,
+        now: Option<WaifuNow<'_>>,
+        old_hosts: impl IntoIterator<Item = &'o str>,
+    ) -> RouteTable {
+        let mut waifus = self.waifus.clone();
+        let mut hosts = self.hosts.clone();
+        match now {
+            Some((route, _)) => {
+                waifus.insert(name.into(), route.clone());
+            }
+            None => {
+                waifus.remove(name);
+            }
+        }
+        let binds = now.map_or(&[][..], |(_, b)| b);
+        let mut affected: Vec<&str> = binds.iter().map(|(key, _)| key.host.as_str()).collect();
+        for host in old_hosts {
+            affected.push(host);
+        }
+        affected.sort_unstable();
+        affected.dedup();
+        for host in affected {
+            let mut list: Vec<BindRoute> = hosts
+                .get(host)
+                .map(|l| {
+                    l.iter()
+                        .filter(|b| &*b.waifu.name != name)
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let Some((route, _)) = now {
+                for (key, target) in binds.iter().filter(|(k, _)| k.host == host) {
+                    list.push(BindRoute {
+                        prefix: key.prefix.as_str().into(),
+                        target: target.as_str().into(),
+                        waifu: route.clone(),
+                        tls: key.scheme == waifus_protocol::Scheme::Https,
+                    });
+                }
+            }
+            if list.is_empty() {
+                hosts.remove(host);
+            } else {
+                hosts.insert(host.into(), sorted(list));
+            }
+        }
+        RouteTable {
+            main_domain: self.main_domain.clone(),
+            waifus,
+            hosts,
+        }
+    }
+
+    /// Every waifu's route.
+    pub fn waifu_routes(&self) -> impl Iterator<Item = &Arc<WaifuRoute>> {
+        self.waifus.values()
+    }
+
+    /// The route of a waifu by name (used by the internal API).
+    pub fn waifu(&self, name: &str) -> Option<&Arc<WaifuRoute>> {
+        self.waifus.get(name)
+    }
+
+    /// Whether requests for this lowercase host are routed at all (a bind
+    /// host or the main domain).
+    pub fn serves_host(&self, host: &str) -> bool {
+        self.hosts.contains_key(host) || self.main_domain.as_deref().is_none_or(|m| m == host)
+    }
+
+    /// The main domain; `None` for `MAIN_DOMAIN=*`.
+    pub fn main_domain(&self) -> Option<&str> {
+        self.main_domain.as_deref()
+    }
+
+    /// Hosts with at least one `https://` bind.
+    pub fn tls_hosts(&self) -> impl Iterator<Item = &str> {
+        self.hosts
+            .iter()
+            .filter(|(_, binds)| binds.iter().any(|b| b.tls))
+            .map(|(host, _)| &**host)
+    }
+
+    /// Resolves a lowercase host without port and a canonical path.
+    pub fn resolve<'a>(&'a self, host: &str, path: &'a str) -> Option<Resolved<'a>> {
+        if let Some(binds) = self.hosts.get(host) {
+            return binds.iter().find_map(|b| resolve_bind(b, path));
+        }
+        match &self.main_domain {
+            Some(main) if **main != *host => None,
+            _ => self.resolve_main(path),
+        }
+    }
+
+    fn resolve_main<'a>(&'a self, path: &'a str) -> Option<Resolved<'a>> {
+        let after = path.strip_prefix('/')?;
+        let end = after.find('/').unwrap_or(after.len());
+        let waifu = self.waifus.get(&after[..end])?;
+        let rest = &after[end..];
+        Some(Resolved {
+            waifu,
+            path: Cow::Borrowed(if rest.is_empty() { "/" } else { rest }),
+            prefix: &path[..=end],
+            tls: false,
+        })
+    }
+}
+
+/// Longest prefix first, so the most specific bind wins.
+fn sorted(mut binds: Vec<BindRoute>) -> Arc<[BindRoute]> {
+    binds.sort_by_key(|b| std::cmp::Reverse(b.prefix.len()));
+    binds.into()
+}
+
+fn resolve_bind<'a>(bind: &'a BindRoute, path: &'a str) -> Option<Resolved<'a>> {
+    let rest = path.strip_prefix(&*bind.prefix)?;
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return None;
+    }
+    let path = match (&*bind.target, rest) {
+        ("", "") => Cow::Borrowed("/"),
+        ("", rest) => Cow::Borrowed(rest),
+        (target, "") => Cow::Borrowed(target),
+        (target, rest) => Cow::Owned(format!("{target}{rest}")),
+    };
+    Some(Resolved {
+        waifu: &bind.waifu,
+        path,
+        prefix: &bind.prefix,
+        tls: bind.tls,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_util::sync::CancellationToken;
+    use waifus_protocol::parse_host;
+
+    fn waifu(name: &str) -> Arc<WaifuRoute> {
+        let token = CancellationToken::new();
+        let inst = Arc::new(Instance::new(parse_host("h:1").unwrap(), true, &token));
+        Arc::new(WaifuRoute::new(name, vec![inst]))
+    }
+
+    fn bind(prefix: &str, target: &str, w: &Arc<WaifuRoute>) -> BindRoute {
+        BindRoute {
+            prefix: prefix.into(),
+            target: target.into(),
+            waifu: w.clone(),
+            tls: false,
+        }
+    }
+
+    #[test]
+    fn resolution() {
+        let (link, other, root) = (waifu("link"), waifu("other"), waifu("root"));
+        let binds = vec![
+            ("link.waifu".to_string(), bind("", "/link", &link)),
+            ("x.waifu".to_string(), bind("/p", "/t", &other)),
+            ("x.waifu".to_string(), bind("/p/q", "", &link)),
+            ("x.waifu".to_string(), bind("", "", &root)),
+        ];
+        let waifus = [link.clone(), other.clone(), root.clone()];
+        let table = RouteTable::new(Some("localhost"), waifus.clone(), binds);
+        type Case = (
+            &'static str,
+            &'static str,
+            Option<(&'static str, &'static str, &'static str)>,
+        );
+        let cases: &[Case] = &[
+            ("localhost", "/link", Some(("link", "/", "/link"))),
+            ("localhost", "/link/", Some(("link", "/", "/link"))),
+            ("localhost", "/link/a/b", Some(("link", "/a/b", "/link"))),
+            ("localhost", "/linkx/a", None),
+            ("localhost", "/", None),
+            ("localhost", "/nope", None),
+            ("elsewhere", "/link", None),
+            ("link.waifu", "/", Some(("link", "/link/", ""))),
+            ("link.waifu", "/abc", Some(("link", "/link/abc", ""))),
+            ("x.waifu", "/p", Some(("other", "/t", "/p"))),
+            ("x.waifu", "/p/z", Some(("other", "/t/z", "/p"))),
+            ("x.waifu", "/p/q", Some(("link", "/", "/p/q"))),
+            ("x.waifu", "/p/q/r", Some(("link", "/r", "/p/q"))),
+            ("x.waifu", "/pq", Some(("root", "/pq", ""))),
+            ("x.waifu", "/", Some(("root", "/", ""))),
+        ];
+        for (host, path, want) in cases {
+            let got = table
+                .resolve(host, path)
+                .map(|r| (r.waifu.name.to_string(), r.path.into_owned(), r.prefix));
+            let want = want.map(|(n, p, pre)| (n.to_string(), p.to_string(), pre));
+            assert_eq!(got, want, "{host} {path}");
+        }
+        let any = RouteTable::new(None, waifus, Vec::new());
+        assert_eq!(
+            any.resolve("whatever.example", "/other/x").map(|r| r.path),
+            Some(Cow::Borrowed("/x"))
+        );
+    }
+
+    /// Deriving a table after one waifu changed routes exactly like building
+    /// it from scratch: binds added, moved between hosts and dropped.
+    #[test]
+    fn incremental_update_matches_a_rebuild() {
+        use waifus_protocol::parse_bind_key;
+        let key = |b: &str| parse_bind_key(b).unwrap();
+        let (a, b) = (waifu("a"), waifu("b"));
+        let b_binds = [(key("http://shared.test/b"), String::new())];
+        let full = |a_binds: &[(BindKey, String)], with_a: bool| {
+            let mut binds: Vec<(String, BindRoute)> = Vec::new();
+            let mut waifus = vec![b.clone()];
+            for (w, list) in [(&b, &b_binds[..]), (&a, a_binds)] {
+                if Arc::ptr_eq(w, &a) && !with_a {
+                    continue;
+                }
+                for (k, t) in list {
+                    binds.push((k.host.clone(), bind(&k.prefix, t, w)));
+                }
+            }
+            if with_a {
+                waifus.push(a.clone());
+            }
+            RouteTable::new(Some("localhost"), waifus, binds)
+        };
+        let probes = [
+            ("localhost", "/a/x"),
+            ("localhost", "/b/x"),
+            ("shared.test", "/b/x"),
+            ("shared.test", "/a/x"),
+            ("shared.test", "/x"),
+            ("one.test", "/x"),
+            ("two.test", "/t/x"),
+        ];
+        let routes = |t: &RouteTable| -> Vec<Option<(String, String)>> {
+            probes
+                .iter()
+                .map(|(h, p)| {
+                    t.resolve(h, p)
+                        .map(|r| (r.waifu.name.to_string(), r.path.into_owned()))
+                })
+                .collect()
+        };
+        let steps: Vec<Option<Vec<(BindKey, String)>>> = vec![
+            Some(vec![
+                (key("http://one.test"), String::new()),
+                (key("http://shared.test/a"), "/in".into()),
+            ]),
+            Some(vec![
+                (key("http://two.test/t"), String::new()),
+                (key("http://shared.test"), String::new()),
+            ]),
+            Some(vec![]),
+            None,
+        ];
+        let mut table = full(&[], false);
+        let mut old: Vec<BindKey> = Vec::new();
+        for step in steps {
+            let hosts: Vec<&str> = old.iter().map(|k| k.host.as_str()).collect();
+            let next = table.with_waifu("a", step.as_ref().map(|s| (&a, s.as_slice())), hosts);
+            let want = full(step.as_deref().unwrap_or(&[]), step.is_some());
+            assert_eq!(routes(&next), routes(&want), "after {step:?}");
+            assert_eq!(
+                next.hosts.len(),
+                want.hosts.len(),
+                "no empty host lists left behind"
+            );
+            old = step
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            table = next;
+        }
+    }
+
+    #[test]
+    fn round_robin_skips_unhealthy() {
+        let token = CancellationToken::new();
+        let insts: Vec<_> = ["a:1", "b:1", "c:1"]
+            .iter()
+            .map(|h| Arc::new(Instance::new(parse_host(h).unwrap(), true, &token)))
+            .collect();
+        insts[1].healthy.store(false, Ordering::Relaxed);
+        let w = WaifuRoute::new("w", insts);
+        let picks: Vec<_> = (0..4)
+            .map(|_| w.pick().unwrap().upstream.host.clone())
+            .collect();
+        assert!(picks.iter().all(|h| h != "b"));
+        assert!(picks.contains(&"a".to_string()) && picks.contains(&"c".to_string()));
+        for i in w.instances.iter() {
+            i.healthy.store(false, Ordering::Relaxed);
+        }
+        assert!(w.pick().is_none());
+    }
+}

@@ -1,0 +1,119 @@
+//! ACME state: the account and the certificates, per directory URL.
+
+use std::time::SystemTime;
+
+use super::Store;
+use super::error::StoreError;
+
+/// A certificate as stored.
+#[derive(Debug)]
+pub struct StoredCert {
+    pub host: String,
+    pub chain_pem: String,
+    pub key_pem: String,
+}
+
+/// Held while one orchestrator orders a certificate for a host, so replicas
+/// sharing the database do not order the same one at once. It is a
+/// session-level advisory lock on a connection of its own, taken out of the
+/// pool: dropping this closes the connection, which releases the lock
+/// whatever path the order took.
+#[derive(Debug)]
+pub struct AcmeLock {
+    _client: deadpool_postgres::ClientWrapper,
+}
+
+impl Store {
+    pub async fn acme_account(&self, directory: &str) -> Result<Option<String>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT credentials FROM acme_accounts WHERE directory = $1",
+                &[&directory],
+            )
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Stores an account unless another orchestrator stored one first;
+    /// returns the one that is stored.
+    pub async fn save_acme_account(
+        &self,
+        directory: &str,
+        credentials: &str,
+    ) -> Result<String, StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO acme_accounts (directory, credentials) VALUES ($1, $2)
+                 ON CONFLICT (directory) DO NOTHING",
+                &[&directory, &credentials],
+            )
+            .await?;
+        let row = client
+            .query_one(
+                "SELECT credentials FROM acme_accounts WHERE directory = $1",
+                &[&directory],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    pub async fn certificates(&self, directory: &str) -> Result<Vec<StoredCert>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT host, chain_pem, key_pem FROM certificates WHERE directory = $1",
+                &[&directory],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| StoredCert {
+                host: r.get(0),
+                chain_pem: r.get(1),
+                key_pem: r.get(2),
+            })
+            .collect())
+    }
+
+    pub async fn save_certificate(
+        &self,
+        directory: &str,
+        cert: &StoredCert,
+        not_after: SystemTime,
+    ) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO certificates (directory, host, chain_pem, key_pem, not_after)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (directory, host) DO UPDATE
+                 SET chain_pem = $3, key_pem = $4, not_after = $5, issued_at = now()",
+                &[
+                    &directory,
+                    &cert.host,
+                    &cert.chain_pem,
+                    &cert.key_pem,
+                    &not_after,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Takes the ordering lock for `host`; `None` if another orchestrator
+    /// holds it.
+    pub async fn acme_lock(&self, host: &str) -> Result<Option<AcmeLock>, StoreError> {
+        let client = deadpool_postgres::Object::take(self.pool.get().await?);
+        let row = client
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtextextended('waifus acme ' || $1, 0))",
+                &[&host],
+            )
+            .await?;
+        Ok(row
+            .get::<_, bool>(0)
+            .then_some(AcmeLock { _client: client }))
+    }
+}
