@@ -6,6 +6,7 @@
 //! tune. [`Config::validate`] turns a parsed [`Config`] into [`Settings`],
 //! which is what the orchestrator runs on.
 
+use crate::tls::TlsConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -209,8 +210,6 @@ pub enum HelloSecret {
 /// A setting that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("no database: DATABASE_URL is unset and no managed cluster is running")]
-    NoDatabase,
     #[error("MAIN_DOMAIN {0:?} is not a hostname or '*'")]
     MainDomain(String),
     #[error("{0} must be more than zero")]
@@ -278,17 +277,6 @@ fn read_secret(
     }
     *value = Some(text.to_owned());
     Ok(())
-}
-
-/// The TLS listener's settings, when it is on.
-#[derive(Debug, Clone)]
-pub(crate) struct TlsConfig {
-    /// Port used in redirects to HTTPS; `None`: the listener's own.
-    pub public_port: Option<u16>,
-    pub cert_dir: Option<PathBuf>,
-    pub acme: Option<crate::tls::acme::AcmeConfig>,
-    /// Neither source configured: self-signed development certificates.
-    pub dev: bool,
 }
 
 /// Shortest and longest bearer token accepted in the settings.

@@ -14,7 +14,10 @@
 //! gets the main domain's certificate.
 
 pub(crate) mod acme;
+mod build;
 pub(crate) mod files;
+
+pub(crate) use build::{Https, SetupError, TlsConfig, build};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
