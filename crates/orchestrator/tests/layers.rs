@@ -28,7 +28,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("edge", &["ops", "proxy", "tls"]),
     ("data", &["managed", "ops", "provision", "store"]),
     ("config", &["proxy", "tls"]),
-    ("registry", &["routing", "store", "upstream"]),
+    ("registry", &["ops", "routing", "store", "upstream"]),
     ("provision", &["ownership", "private_file", "store"]),
     ("ownership", &["ops", "store"]),
     ("proxy", &["routing", "tls", "upstream"]),

@@ -31,8 +31,7 @@ use waifus_protocol::{
 use crate::ops::status::{RECENT_AUDIT, RECENT_INCIDENTS, Status, WaifuStatus, html};
 use crate::ownership::Asked;
 use crate::provision::MAX_SECRET;
-use crate::registry::{GoodbyeError, HelloError};
-use crate::store::incidents::NewIncident;
+use crate::registry::{ValidGoodbye, ValidHello};
 
 use error::{ApiError, INCIDENTS_MAX, MAX_BODY};
 use source::Source;
@@ -107,12 +106,7 @@ async fn hello(
         Err(ApiError::Ownership(e)) => e.outcome(),
         Err(_) => "invalid",
     });
-    let (response, reported) = response?;
-    // Stored with the hello; logged, counted and delivered from here.
-    for incident in &reported {
-        state.incidents.noted(incident);
-    }
-    Ok(Json(response))
+    Ok(Json(response?))
 }
 
 /// A hello: its name's ownership checked (the refusal stored if it is
@@ -121,9 +115,9 @@ async fn hello_inner(
     state: &AppState,
     body: Body,
     peer: IpAddr,
-) -> Result<(HelloResponse, Vec<NewIncident>), ApiError> {
+) -> Result<HelloResponse, ApiError> {
     let hello: Hello = json_body(body).await?;
-    validate_name(&hello.name).map_err(HelloError::Name)?;
+    let valid = ValidHello::check(&hello)?;
     if let Some(secret) = &hello.secret
         && (secret.is_empty() || secret.len() > MAX_SECRET)
     {
@@ -131,10 +125,9 @@ async fn hello_inner(
     }
     state
         .ownership
-        .admit(&hello.name, hello.secret.as_deref(), peer, Asked::Hello)
+        .admit(valid.name(), hello.secret.as_deref(), peer, Asked::Hello)
         .await?;
-    let webhook = state.incidents.webhook();
-    Ok(state.registry.hello(&hello, peer, webhook).await?)
+    Ok(state.registry.hello(valid, peer, &state.incidents).await?)
 }
 
 /// `POST /__internal/goodbye`: the instance gets no new request and drains.
@@ -144,8 +137,7 @@ async fn goodbye(
     body: Body,
 ) -> Result<Json<GoodbyeResponse>, ApiError> {
     let goodbye: Goodbye = json_body(body).await?;
-    validate_name(&goodbye.name).map_err(GoodbyeError::Name)?;
-    waifus_protocol::parse_host(&goodbye.host).map_err(GoodbyeError::Host)?;
+    let valid = ValidGoodbye::check(&goodbye)?;
     if let Some(secret) = &goodbye.secret
         && (secret.is_empty() || secret.len() > MAX_SECRET)
     {
@@ -154,16 +146,13 @@ async fn goodbye(
     state
         .ownership
         .admit(
-            &goodbye.name,
+            valid.name(),
             goodbye.secret.as_deref(),
             peer,
             Asked::Goodbye,
         )
         .await?;
-    let host = state
-        .registry
-        .goodbye(&goodbye.name, &goodbye.host, peer)
-        .await?;
+    let host = state.registry.goodbye(valid, peer).await?;
     Ok(Json(GoodbyeResponse {
         name: goodbye.name,
         host,

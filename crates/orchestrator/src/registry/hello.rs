@@ -7,31 +7,54 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 use waifus_protocol::{
-    BindError, BindKey, BindOutcome, Hello, HelloResponse, RefusalReason, parse_bind_key,
+    BindError, BindKey, BindOutcome, Hello, HelloResponse, RefusalReason, Upstream, parse_bind_key,
     parse_bind_target, parse_host, validate_name,
 };
 
 use super::health::Watch;
 use super::{Entry, HelloError, Registry, State};
+use crate::ops::incidents::Incidents;
 use crate::routing::Instance;
 use crate::store::incidents::NewIncident;
-use crate::store::{BindClaim, HelloRecord};
 
-impl Registry {
-    /// Handles `POST /__internal/hello` from `source`, whose ownership of
-    /// the name was checked before. Returns the answer and the `bind_taken`
-    /// incidents stored with it (with an outbox row each when `webhook`).
-    pub(crate) async fn hello(
-        &self,
-        hello: &Hello,
-        source: std::net::IpAddr,
-        webhook: bool,
-    ) -> Result<(HelloResponse, Vec<NewIncident>), HelloError> {
+/// A hello whose name, host and version are valid: checked once, before
+/// anything else looks at it (ownership included), and all that
+/// [`Registry::hello`] takes.
+#[derive(Debug)]
+pub(crate) struct ValidHello<'a> {
+    hello: &'a Hello,
+    upstream: Upstream,
+}
+
+impl<'a> ValidHello<'a> {
+    pub(crate) fn check(hello: &'a Hello) -> Result<ValidHello<'a>, HelloError> {
         validate_name(&hello.name)?;
         let upstream = parse_host(&hello.host)?;
         if let Some(version) = &hello.version {
             waifus_protocol::validate_version(version)?;
         }
+        Ok(ValidHello { hello, upstream })
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.hello.name
+    }
+}
+use crate::store::{BindClaim, HelloRecord};
+
+impl Registry {
+    /// Handles `POST /__internal/hello` from `source`, whose ownership of
+    /// the name was checked before. The `bind_taken` incidents are stored
+    /// with the hello (with an outbox row each when there is a webhook),
+    /// then noted in `incidents`.
+    pub(crate) async fn hello(
+        &self,
+        hello: ValidHello<'_>,
+        source: std::net::IpAddr,
+        incidents: &Incidents,
+    ) -> Result<HelloResponse, HelloError> {
+        let ValidHello { hello, upstream } = hello;
+        let webhook = incidents.webhook();
         let mut outcomes = Vec::with_capacity(hello.additional_binds.len());
         let mut parsed: Vec<Option<(BindKey, String)>> = Vec::new();
         let mut seen = HashSet::new();
@@ -192,7 +215,10 @@ impl Registry {
             url: format!("{}/{}", self.public_base, hello.name),
             binds: outcomes,
         };
-        Ok((response, reported))
+        for incident in &reported {
+            incidents.noted(incident);
+        }
+        Ok(response)
     }
 
     fn check_bind(&self, bind: &str, target: &str) -> Result<(BindKey, String), RefusalReason> {

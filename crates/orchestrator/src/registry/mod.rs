@@ -19,6 +19,7 @@ mod switches;
 
 pub(crate) use build::{ControlPlane, Parts, Timing, start};
 pub(crate) use health::HealthConfig;
+pub(crate) use hello::ValidHello;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -60,6 +61,29 @@ pub(crate) enum GoodbyeError {
     UnknownInstance,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// A goodbye whose name and host are valid: checked once, before anything
+/// else looks at it, and all that [`Registry::goodbye`] takes.
+#[derive(Debug)]
+pub(crate) struct ValidGoodbye<'a> {
+    name: &'a str,
+    upstream: waifus_protocol::Upstream,
+}
+
+impl<'a> ValidGoodbye<'a> {
+    pub(crate) fn check(goodbye: &'a waifus_protocol::Goodbye) -> Result<Self, GoodbyeError> {
+        validate_name(&goodbye.name)?;
+        let upstream = parse_host(&goodbye.host)?;
+        Ok(ValidGoodbye {
+            name: &goodbye.name,
+            upstream,
+        })
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        self.name
+    }
 }
 
 /// Longest a hello waits for its instance's first health check.
@@ -248,12 +272,10 @@ impl Registry {
     /// Returns its canonical address.
     pub(crate) async fn goodbye(
         &self,
-        name: &str,
-        host: &str,
+        goodbye: ValidGoodbye<'_>,
         source: std::net::IpAddr,
     ) -> Result<String, GoodbyeError> {
-        validate_name(name)?;
-        let upstream = parse_host(host)?;
+        let ValidGoodbye { name, upstream } = goodbye;
         let mut state = self.state.lock().await;
         let instance = state
             .waifus

@@ -981,6 +981,15 @@ async fn a_secret_rotated_under_load_fails_no_request() {
     std::fs::write(&secret_file, "second-secret\n").unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let outcomes = load.finish().await;
+    if !failures(&outcomes).is_empty() {
+        let pg_log = std::fs::read_to_string(platform.dir.join("data/postgres.log")).unwrap();
+        for l in pg_log
+            .lines()
+            .filter(|l| l.contains("FATAL") || l.contains("ERROR"))
+        {
+            eprintln!("PGLOG {l}");
+        }
+    }
     assert!(failures(&outcomes).is_empty(), "{:?}", failures(&outcomes));
     let late = outcomes
         .iter()
