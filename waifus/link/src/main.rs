@@ -17,7 +17,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use deadpool_postgres::Pool;
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::warn;
 
 /// Schema migrations, applied in order on start; never edit a shipped one.
 const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS links (
@@ -45,61 +45,12 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let waifu = waifu::Waifu::from_env()?.default_version(env!("CARGO_PKG_VERSION"));
-    let pool = connect(&waifu).await?;
+    let pool = waifu.migrated_database(MIGRATIONS).await?.pool;
     let app = Router::new()
         .route("/link", post(create))
         .route("/link/{code}", get(follow))
         .with_state(pool);
     waifu.serve(app).await?;
-    Ok(())
-}
-
-/// Gets the database (waiting for the orchestrator if needed) and migrates.
-async fn connect(waifu: &waifu::Waifu) -> Result<Pool, Box<dyn std::error::Error>> {
-    let mut attempt = 0;
-    loop {
-        let failure = match waifu.database().await {
-            Ok(db) => match migrate(&db.pool).await {
-                Ok(()) => return Ok(db.pool),
-                Err(e) => e.to_string(),
-            },
-            Err(e @ (waifu::DatabaseError::NoSecret | waifu::DatabaseError::WrongSecret)) => {
-                return Err(e.into());
-            }
-            Err(e) => e.to_string(),
-        };
-        let wait = waifu::backoff(attempt);
-        warn!(error = %failure, retry_in = ?wait, "database not ready");
-        attempt += 1;
-        tokio::time::sleep(wait).await;
-    }
-}
-
-async fn migrate(pool: &Pool) -> Result<(), Box<dyn std::error::Error>> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version int PRIMARY KEY);
-         LOCK TABLE schema_migrations",
-    )
-    .await?;
-    let applied: i32 = tx
-        .query_one(
-            "SELECT COALESCE(max(version), 0) FROM schema_migrations",
-            &[],
-        )
-        .await?
-        .get(0);
-    for (i, sql) in MIGRATIONS.iter().enumerate() {
-        let version = i32::try_from(i + 1)?;
-        if version > applied {
-            tx.batch_execute(sql).await?;
-            tx.execute("INSERT INTO schema_migrations VALUES ($1)", &[&version])
-                .await?;
-            info!(version, "applied migration");
-        }
-    }
-    tx.commit().await?;
     Ok(())
 }
 

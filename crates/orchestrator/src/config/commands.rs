@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use super::{Config, ConfigError, any_path, read_secret};
+use super::settings::read_secret;
+use super::{Config, ConfigError, any_path};
 
 /// Command line of the `orchestrator` binary.
 #[derive(Debug, Parser)]

@@ -13,9 +13,6 @@ use http::{Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
@@ -460,44 +457,18 @@ impl Proxy {
                 }
                 let (mut rparts, ()) = response.into_parts();
                 headers::strip_hop_by_hop(&mut rparts.headers, true);
-                self.tunnel(switch.client, io, early, busy);
+                websocket::tunnel(
+                    &self.tunnels,
+                    &self.hard_stop,
+                    switch.client,
+                    io,
+                    early,
+                    busy,
+                );
                 let empty = Either::Right(Full::new(Bytes::new()));
                 Ok(Response::from_parts(rparts, empty))
             }
         }
-    }
-
-    /// Relays bytes both ways once the client's side has switched protocols
-    /// too; `early` is what the waifu sent right after its 101. The tunnel
-    /// counts as in flight to its instance (`busy`) until it closes, which
-    /// it does at the latest when that instance's drain time is over.
-    fn tunnel(
-        &self,
-        client_side: OnUpgrade,
-        mut upstream: TcpStream,
-        early: Bytes,
-        busy: Arc<Busy>,
-    ) {
-        let stop = self.hard_stop.clone();
-        self.tunnels.spawn(async move {
-            let drained = busy.instance().drained.clone();
-            let Ok(client_io) = client_side.await else {
-                return;
-            };
-            let mut client_io = TokioIo::new(client_io);
-            let relay = async {
-                if !early.is_empty() {
-                    client_io.write_all(&early).await?;
-                }
-                tokio::io::copy_bidirectional(&mut client_io, &mut upstream).await
-            };
-            tokio::select! {
-                _ = relay => {}
-                () = stop.cancelled() => {}
-                () = drained.cancelled() => {}
-            }
-            drop(busy);
-        });
     }
 }
 

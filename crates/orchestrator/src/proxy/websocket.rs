@@ -11,9 +11,20 @@
 //! while its server keeps reading HTTP (the "fake 101" of WebSocket
 //! smuggling) cannot produce by accident.
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::{Method, Version};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::routing::Busy;
 
 /// The GUID a server appends to the client's key (RFC 6455 §1.3).
 const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -109,6 +120,41 @@ fn base64_20(bytes: &[u8; 20]) -> [u8; 28] {
         }
     }
     out
+}
+
+/// Relays bytes both ways once the client's side has switched protocols
+/// too, as a task on `tunnels` until either side closes or `stop`; `early`
+/// is what the waifu sent right after its 101. The tunnel counts as in
+/// flight to its instance (`busy`) until it closes, which it does at the
+/// latest when that instance's drain time is over.
+pub(super) fn tunnel(
+    tunnels: &TaskTracker,
+    stop: &CancellationToken,
+    client_side: OnUpgrade,
+    mut upstream: TcpStream,
+    early: Bytes,
+    busy: Arc<Busy>,
+) {
+    let stop = stop.clone();
+    tunnels.spawn(async move {
+        let drained = busy.instance().drained.clone();
+        let Ok(client_io) = client_side.await else {
+            return;
+        };
+        let mut client_io = TokioIo::new(client_io);
+        let relay = async {
+            if !early.is_empty() {
+                client_io.write_all(&early).await?;
+            }
+            tokio::io::copy_bidirectional(&mut client_io, &mut upstream).await
+        };
+        tokio::select! {
+            _ = relay => {}
+            () = stop.cancelled() => {}
+            () = drained.cancelled() => {}
+        }
+        drop(busy);
+    });
 }
 
 #[cfg(test)]

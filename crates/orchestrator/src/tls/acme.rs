@@ -13,26 +13,19 @@
 //! after 1 min, doubling up to 1 day, alternating TLS-ALPN-01 and HTTP-01 so
 //! one closed port does not block issuance.
 
+mod client;
+
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, anyhow, bail};
-use bytes::Bytes;
-use http_body_util::Limited;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, BodyWrapper, BytesResponse, ChallengeType,
-    HttpClient, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
 };
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::PrivateKeyDer;
 use rustls::sign::CertifiedKey;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -41,6 +34,7 @@ use super::{Certs, Issued, is_public_host, provider};
 use crate::routing::Routes;
 use crate::store::Store;
 use crate::store::acme::StoredCert;
+use client::AcmeHttp;
 
 /// The challenge tried first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -435,71 +429,6 @@ fn alpn_certificate(host: &str, digest: &[u8]) -> anyhow::Result<Arc<CertifiedKe
     // certificate with webpki, which refuses the critical extension.
     let key = provider().key_provider.load_private_key(der)?;
     Ok(Arc::new(CertifiedKey::new(vec![cert.der().clone()], key)))
-}
-
-/// HTTPS client for the ACME server: the system's roots plus `ACME_CA_FILE`.
-#[derive(Clone)]
-struct AcmeHttp {
-    client: Client<HttpsConnector<HttpConnector>, BodyWrapper<Bytes>>,
-}
-
-impl AcmeHttp {
-    fn new(ca_file: Option<&std::path::Path>) -> anyhow::Result<AcmeHttp> {
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        roots.add_parsable_certificates(native.certs);
-        if let Some(path) = ca_file {
-            for cert in CertificateDer::pem_file_iter(path)
-                .with_context(|| format!("reading ACME_CA_FILE {}", path.display()))?
-            {
-                roots.add(cert.with_context(|| format!("parsing {}", path.display()))?)?;
-            }
-        }
-        if roots.is_empty() {
-            bail!("no trusted roots: the system has none and ACME_CA_FILE is unset");
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(Duration::from_secs(10)));
-        http.enforce_http(false);
-        let connector = HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .wrap_connector(http);
-        Ok(AcmeHttp {
-            client: Client::builder(TokioExecutor::new()).build(connector),
-        })
-    }
-}
-
-impl HttpClient for AcmeHttp {
-    fn request(
-        &self,
-        req: http::Request<BodyWrapper<Bytes>>,
-    ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
-        let sent = self.client.request(req);
-        Box::pin(async move {
-            match tokio::time::timeout(REQUEST_TIMEOUT, sent).await {
-                Ok(Ok(response)) => Ok(BytesResponse::from(
-                    response.map(|b| Limited::new(b, MAX_RESPONSE)),
-                )),
-                Ok(Err(e)) => Err(instant_acme::Error::Other(Box::new(e))),
-                Err(_) => Err(instant_acme::Error::Str(
-                    "the ACME server did not answer in time",
-                )),
-            }
-        })
-    }
-}
-
-impl std::fmt::Debug for AcmeHttp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AcmeHttp")
-    }
 }
 
 #[cfg(test)]

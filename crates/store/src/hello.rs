@@ -1,0 +1,290 @@
+//! A hello, recorded in one statement: the waifu, its instance and version,
+//! the binds it asks for (each granted or found taken), the audit rows,
+//! the incidents, and the change notification, in one transaction.
+
+use waifus_protocol::{BindKey, Upstream};
+
+use super::error::StoreError;
+use super::{CHANGES, Store};
+
+/// A hello to record: who said it, from where, and what it asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct HelloRecord<'a> {
+    pub name: &'a str,
+    pub instance: &'a Upstream,
+    pub version: Option<&'a str>,
+    /// Unix milliseconds a new instance (or one replaced at its address)
+    /// announces its version from; `None` for one known unchanged.
+    pub version_at: Option<i64>,
+    pub claims: &'a [BindClaim<'a>],
+    /// The client address, for the audit rows and incidents.
+    pub source: &'a str,
+    /// Whether incidents also get an outbox row for the webhook.
+    pub webhook: bool,
+}
+
+/// What a hello's binds came to.
+#[derive(Debug)]
+pub struct Granted {
+    /// Per bind asked for, whether this waifu holds it now.
+    pub granted: Vec<bool>,
+    /// The details of the `bind_taken` incidents the hello stored.
+    pub reported: Vec<String>,
+    /// Since when the announced version is current (Unix milliseconds):
+    /// the instance's `version_at`.
+    pub version_at_ms: i64,
+}
+
+/// A hello in one statement (see [`Store::hello`]). Parameters: name,
+/// instance, the binds asked for as four arrays (host, prefix, canonical
+/// key, target), the change channel and payload, source, version,
+/// version time, and whether incidents go to a webhook.
+const HELLO: &str = "WITH waifu AS (
+   INSERT INTO waifus (name) VALUES ($1)
+   ON CONFLICT (name) DO UPDATE SET updated_at = now(), empty_since = NULL
+   RETURNING xmax = 0 AS added),
+ prev AS (
+   SELECT version, goodbye_at FROM instances WHERE name = $1 AND host = $2),
+ at AS (
+   SELECT coalesce(timestamptz 'epoch' + $11::bigint * interval '1 millisecond',
+                   date_trunc('milliseconds', now())) AS t),
+ -- The version current before this hello: the one current the latest.
+ was AS (
+   SELECT version FROM waifu_versions WHERE name = $1
+   ORDER BY current_at DESC LIMIT 1),
+ -- The announced version, known from now on: current since it was first
+ -- announced (a version never seen before is current from this hello), or
+ -- since an operator made it current again. The no-op update returns the
+ -- committed row even when a concurrent hello added it after this
+ -- statement's snapshot.
+ ver AS (
+   INSERT INTO waifu_versions (name, version, current_at)
+   VALUES ($1, coalesce($10::text, ''), (SELECT t FROM at))
+   ON CONFLICT (name, version) DO UPDATE SET current_at = waifu_versions.current_at
+   RETURNING current_at, xmax = 0 AS added),
+ instance AS (
+   INSERT INTO instances (name, host, version, version_at)
+   VALUES ($1, $2, $10::text, (SELECT current_at FROM ver))
+   ON CONFLICT (name, host) DO UPDATE SET
+     last_hello = now(),
+     version = EXCLUDED.version,
+     version_at = EXCLUDED.version_at,
+     healthy = instances.healthy AND instances.goodbye_at IS NULL
+       AND instances.version IS NOT DISTINCT FROM EXCLUDED.version,
+     goodbye_at = NULL
+   RETURNING xmax = 0 AS added),
+ -- The statement's snapshot: this waifu's binds before it.
+ before AS (
+   SELECT host, prefix, bind, target, since FROM binds WHERE name = $1),
+ wanted AS (
+   SELECT * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[])
+     AS c (host, prefix, bind, target)),
+ mine AS (
+   SELECT EXISTS (SELECT 1 FROM waifu_secrets WHERE name = $1) AS claimed),
+ -- Since when this waifu holds each host: its oldest bind there.
+ seniority AS (
+   SELECT host, min(since) AS since FROM before GROUP BY host),
+ -- Whom each wanted bind would trespass on, if anyone: another waifu with
+ -- the same host and path; a claimed one that held the host before this
+ -- waifu did; for a path this waifu does not hold yet, when this waifu is
+ -- not claimed, a claimed one anywhere on the host, and when it is, any
+ -- that held the host before it (a claimed waifu joins no host others
+ -- use; only the host's first claimed holder adds paths to it).
+ blocked AS (
+   SELECT w.host, w.prefix,
+     (SELECT b.name FROM binds b LEFT JOIN waifu_secrets s ON s.name = b.name
+      WHERE b.host = w.host AND b.name <> $1
+        AND (b.prefix = w.prefix
+             OR (s.name IS NOT NULL AND b.since < coalesce(sn.since, 'infinity'))
+             OR (m.host IS NULL AND s.name IS NOT NULL AND NOT (SELECT claimed FROM mine))
+             OR (m.host IS NULL AND (SELECT claimed FROM mine)
+                 AND b.since < coalesce(sn.since, 'infinity')))
+      ORDER BY b.prefix = w.prefix DESC, b.since, b.name LIMIT 1) AS holder
+   FROM wanted w
+   LEFT JOIN before m ON m.host = w.host AND m.prefix = w.prefix
+   LEFT JOIN seniority sn ON sn.host = w.host),
+ claimed AS (
+   INSERT INTO binds (host, prefix, bind, target, name)
+   SELECT w.host, w.prefix, w.bind, w.target, $1
+   FROM wanted w JOIN blocked x ON x.host = w.host AND x.prefix = w.prefix
+   WHERE x.holder IS NULL
+   -- One order for every hello: two claiming the same binds
+   -- wait for each other instead of deadlocking.
+   ORDER BY w.host, w.prefix
+   ON CONFLICT (host, prefix) DO UPDATE
+     SET bind = EXCLUDED.bind, target = EXCLUDED.target
+     WHERE binds.name = EXCLUDED.name
+   RETURNING host, prefix, bind, target),
+ refused AS (
+   SELECT w.host, w.prefix, w.bind, x.holder,
+          'bind ' || w.bind || ' was refused: the host ' || w.host || ' belongs to ' ||
+          coalesce(x.holder, 'another waifu') AS detail
+   FROM wanted w JOIN blocked x ON x.host = w.host AND x.prefix = w.prefix
+   WHERE NOT EXISTS (SELECT 1 FROM claimed c WHERE c.host = w.host AND c.prefix = w.prefix)),
+ -- Refusals not reported in the last 10 minutes: incidents and audit rows.
+ news AS (
+   SELECT * FROM refused r
+   WHERE NOT EXISTS (SELECT 1 FROM incidents i
+                     WHERE i.name = $1 AND i.time > now() - interval '10 minutes'
+                       AND i.kind = 'bind_taken' AND i.detail = r.detail)),
+ reported AS (
+   INSERT INTO incidents (time, kind, name, source, detail)
+   SELECT now(), 'bind_taken', $1, $9, detail FROM news
+   RETURNING id, detail),
+ outbox AS (
+   INSERT INTO webhook_outbox (incident_id) SELECT id FROM reported WHERE $12),
+ released AS (
+   DELETE FROM binds b WHERE b.name = $1 AND NOT EXISTS
+     (SELECT 1 FROM claimed c WHERE c.host = b.host AND c.prefix = b.prefix)
+   RETURNING b.bind, b.host, b.prefix),
+ -- What changed, one audit row each: a repeated hello adds none.
+ audited AS (
+   INSERT INTO audit (action, name, source, detail)
+   SELECT 'waifu_added', $1, $9, 'first hello' FROM waifu WHERE added
+   UNION ALL
+   SELECT 'instance_added', $1, $9, 'instance ' || $2 ||
+          coalesce(', version ' || $10::text, '')
+   FROM instance WHERE added
+   UNION ALL
+   SELECT 'instance_added', $1, $9, 'instance ' || $2 ||
+          CASE WHEN p.goodbye_at IS NOT NULL
+            THEN ' is back after its goodbye'
+            ELSE ' now runs another version' END ||
+          coalesce(', version ' || $10::text, ', no version')
+   FROM instance i, prev p
+   WHERE NOT i.added AND (p.goodbye_at IS NOT NULL
+     OR p.version IS DISTINCT FROM $10::text)
+   UNION ALL
+   SELECT 'version_current', $1, $9,
+          'from ' || coalesce(nullif((SELECT version FROM was), ''), 'no version') ||
+          ' to ' || coalesce($10::text, 'no version') ||
+          ': first announced, by instance ' || $2
+   FROM ver WHERE added AND (EXISTS (SELECT 1 FROM was) OR $10::text IS NOT NULL)
+   UNION ALL
+   SELECT 'bind_accepted', $1, $9, 'bind ' || c.bind || ' -> ' ||
+          CASE WHEN c.target = '' THEN '/' ELSE c.target END
+   FROM claimed c
+   WHERE NOT EXISTS (SELECT 1 FROM before b WHERE b.host = c.host
+     AND b.prefix = c.prefix AND b.bind = c.bind AND b.target = c.target)
+   UNION ALL
+   SELECT 'bind_released', $1, $9, 'bind ' || r.bind || ' released: ' ||
+          CASE WHEN EXISTS (SELECT 1 FROM wanted w WHERE w.host = r.host AND w.prefix = r.prefix)
+            THEN 'its host belongs to another waifu'
+            ELSE 'not in the latest hello' END
+   FROM released r
+   UNION ALL
+   SELECT 'bind_refused', $1, $9, detail FROM news
+   UNION ALL
+   SELECT 'bind_refused', holder, $9,
+          'a bind of ' || $1 || ' on this waifu''s host was refused: ' || bind
+   FROM news WHERE holder IS NOT NULL)
+ SELECT (SELECT array_agg(host) FROM claimed),
+        (SELECT array_agg(prefix) FROM claimed),
+        (SELECT array_agg(detail) FROM reported),
+        pg_notify($7, $8),
+        (SELECT floor(extract(epoch FROM current_at) * 1000)::bigint FROM ver)";
+
+/// One bind a hello asks for, already validated.
+#[derive(Debug)]
+pub struct BindClaim<'a> {
+    pub key: &'a BindKey,
+    pub target: &'a str,
+}
+
+impl Store {
+    /// Records a hello atomically: the waifu, the instance (with its
+    /// version), and the binds it asks for. Binds held by another waifu are
+    /// not taken over; binds this waifu held but no longer asks for are
+    /// released. Each change is one audit row from `source`, in the same
+    /// statement. An instance that said goodbye is back; one whose version
+    /// changed is a new instance at the same address: either way it starts
+    /// unhealthy, announcing its version from now.
+    ///
+    /// A host belongs to one waifu once a claimed waifu holds a bind on it.
+    /// A bind is refused when another waifu holds the same host and path;
+    /// or a claimed waifu held a bind on the host before this one did (a
+    /// bind this waifu holds is then released); or, for a path this waifu
+    /// does not hold yet, a claimed waifu holds any path on the host, or
+    /// this waifu is claimed and another held the host before it. So the
+    /// first claimed holder of a host keeps it alone and may add paths
+    /// under it, and waifus nobody claimed may share a host by path as
+    /// before. Each refusal is a
+    /// `bind_taken` incident naming the holder (at most one per bind every
+    /// 10 minutes, as a waifu repeats its hello every 30 s) and a
+    /// `bind_refused` audit row under both names, in the same statement;
+    /// binds on one host are decided one hello at a time (a transaction
+    /// lock per host), so two hellos cannot both take a host.
+    ///
+    /// One statement, so one round trip when no bind is asked for (a hello
+    /// took seven before, and on a busy core each cost more than the
+    /// commit). Data-modifying `WITH` parts all run and see the rows as
+    /// they were before the statement; the foreign keys to `waifus` are
+    /// checked at the end of the statement, after its insert. The claimed
+    /// and the released binds are disjoint, so no row is touched twice.
+    ///
+    pub async fn hello(&self, hello: &HelloRecord<'_>) -> Result<Granted, StoreError> {
+        let HelloRecord {
+            name,
+            instance,
+            version,
+            version_at,
+            claims,
+            source,
+            webhook,
+        } = *hello;
+        let mut client = self.pool.get().await?;
+        let hosts: Vec<&str> = claims.iter().map(|c| c.key.host.as_str()).collect();
+        let prefixes: Vec<&str> = claims.iter().map(|c| c.key.prefix.as_str()).collect();
+        let canonical: Vec<String> = claims.iter().map(|c| c.key.canonical()).collect();
+        let targets: Vec<&str> = claims.iter().map(|c| c.target).collect();
+        let instance = instance.to_string();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 12] = [
+            &name,
+            &instance,
+            &hosts,
+            &prefixes,
+            &canonical,
+            &targets,
+            &CHANGES,
+            &self.change(name),
+            &source,
+            &version,
+            &version_at,
+            &webhook,
+        ];
+        let row = if claims.is_empty() {
+            let hello = client.prepare_cached(HELLO).await?;
+            client.query_one(&hello, &params).await?
+        } else {
+            let tx = client.transaction().await?;
+            // Hosts locked in one order: two hellos wait for each other
+            // instead of deadlocking.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended('waifus-host:' || h, 0))
+                 FROM (SELECT DISTINCT h FROM unnest($1::text[]) h ORDER BY h) hosts",
+                &[&hosts],
+            )
+            .await?;
+            let hello = tx.prepare_cached(HELLO).await?;
+            let row = tx.query_one(&hello, &params).await?;
+            tx.commit().await?;
+            row
+        };
+        let granted_hosts: Vec<String> = row.get::<_, Option<_>>(0).unwrap_or_default();
+        let granted_prefixes: Vec<String> = row.get::<_, Option<_>>(1).unwrap_or_default();
+        let reported: Vec<String> = row.get::<_, Option<_>>(2).unwrap_or_default();
+        Ok(Granted {
+            version_at_ms: row.get(4),
+            reported,
+            granted: claims
+                .iter()
+                .map(|c| {
+                    granted_hosts
+                        .iter()
+                        .zip(&granted_prefixes)
+                        .any(|(h, p)| *h == c.key.host && *p == c.key.prefix)
+                })
+                .collect(),
+        })
+    }
+}

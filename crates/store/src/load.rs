@@ -1,0 +1,169 @@
+//! Reading the stored waifus back: all of them at start and on a resync,
+//! one when another orchestrator announces a change to it.
+
+use waifus_protocol::{BindKey, Upstream};
+
+use super::error::StoreError;
+use super::{Store, switch_row};
+
+/// A waifu as stored.
+#[derive(Debug)]
+pub struct StoredWaifu {
+    pub name: String,
+    pub instances: Vec<StoredInstance>,
+    pub binds: Vec<(BindKey, String)>,
+    /// Paused or in maintenance; `None`: open.
+    pub switch: Option<switch_row::StoredSwitch>,
+}
+
+/// An instance as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredInstance {
+    pub upstream: Upstream,
+    pub healthy: bool,
+    pub version: Option<String>,
+    /// Unix milliseconds since which it announces `version`.
+    pub version_at_ms: i64,
+    /// Unix milliseconds of its goodbye, if it said one.
+    pub goodbye_ms: Option<i64>,
+}
+
+/// The instance columns [`StoredInstance`] is read from, after `name` when
+/// `with_name`.
+const INSTANCE_COLUMNS: &str = "host, healthy, version,
+    floor(extract(epoch FROM version_at) * 1000)::bigint,
+    floor(extract(epoch FROM goodbye_at) * 1000)::bigint";
+
+fn stored_instance(row: &tokio_postgres::Row, at: usize) -> Result<StoredInstance, StoreError> {
+    let host: &str = row.get(at);
+    let upstream = waifus_protocol::parse_host(host).map_err(|e| StoreError::Corrupt {
+        what: format!("instance {host:?}: {e}"),
+    })?;
+    Ok(StoredInstance {
+        upstream,
+        healthy: row.get(at + 1),
+        version: row.get(at + 2),
+        version_at_ms: row.get(at + 3),
+        goodbye_ms: row.get(at + 4),
+    })
+}
+
+impl Store {
+    /// One waifu as stored, or `None` when it is not registered.
+    pub async fn load_waifu(&self, name: &str) -> Result<Option<StoredWaifu>, StoreError> {
+        let client = self.pool.get().await?;
+        if client
+            .query_opt("SELECT 1 FROM waifus WHERE name = $1", &[&name])
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let mut waifu = StoredWaifu {
+            name: name.to_owned(),
+            instances: Vec::new(),
+            binds: Vec::new(),
+            switch: client
+                .query_opt(
+                    &format!(
+                        "SELECT {} FROM switches s WHERE s.name = $1",
+                        switch_row::SWITCH_COLUMNS
+                    ),
+                    &[&name],
+                )
+                .await?
+                .and_then(|r| switch_row::switch_of(&r, 0)),
+        };
+        for row in client
+            .query(
+                &format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE name = $1"),
+                &[&name],
+            )
+            .await?
+        {
+            waifu.instances.push(stored_instance(&row, 0)?);
+        }
+        for row in client
+            .query("SELECT bind, target FROM binds WHERE name = $1", &[&name])
+            .await?
+        {
+            let bind: &str = row.get(0);
+            let key = waifus_protocol::parse_bind_key(bind).map_err(|e| StoreError::Corrupt {
+                what: format!("bind {bind:?}: {e}"),
+            })?;
+            waifu.binds.push((key, row.get(1)));
+        }
+        Ok(Some(waifu))
+    }
+
+    /// Loads every waifu with its instances and binds.
+    pub async fn load(&self) -> Result<Vec<StoredWaifu>, StoreError> {
+        let client = self.pool.get().await?;
+        let mut waifus: Vec<StoredWaifu> = client
+            .query("SELECT name FROM waifus ORDER BY name", &[])
+            .await?
+            .iter()
+            .map(|row| StoredWaifu {
+                name: row.get(0),
+                instances: Vec::new(),
+                binds: Vec::new(),
+                switch: None,
+            })
+            .collect();
+        let find = |waifus: &mut Vec<StoredWaifu>, name: &str| {
+            waifus.binary_search_by(|w| w.name.as_str().cmp(name)).ok()
+        };
+        // Decoding tens of thousands of rows takes milliseconds: requests
+        // on this thread get a turn every few hundred (a periodic resync
+        // runs this while proxying).
+        for (n, row) in client
+            .query(
+                &format!("SELECT name, {INSTANCE_COLUMNS} FROM instances"),
+                &[],
+            )
+            .await?
+            .into_iter()
+            .enumerate()
+        {
+            if n % 512 == 511 {
+                tokio::task::yield_now().await;
+            }
+            let instance = stored_instance(&row, 1)?;
+            if let Some(i) = find(&mut waifus, row.get(0)) {
+                waifus[i].instances.push(instance);
+            }
+        }
+        for (n, row) in client
+            .query("SELECT name, bind, target FROM binds", &[])
+            .await?
+            .into_iter()
+            .enumerate()
+        {
+            if n % 512 == 511 {
+                tokio::task::yield_now().await;
+            }
+            let bind: &str = row.get(1);
+            let key = waifus_protocol::parse_bind_key(bind).map_err(|e| StoreError::Corrupt {
+                what: format!("bind {bind:?}: {e}"),
+            })?;
+            if let Some(i) = find(&mut waifus, row.get(0)) {
+                waifus[i].binds.push((key, row.get(2)));
+            }
+        }
+        for row in client
+            .query(
+                &format!(
+                    "SELECT s.name, {} FROM switches s",
+                    switch_row::SWITCH_COLUMNS
+                ),
+                &[],
+            )
+            .await?
+        {
+            if let Some(i) = find(&mut waifus, row.get(0)) {
+                waifus[i].switch = switch_row::switch_of(&row, 1);
+            }
+        }
+        Ok(waifus)
+    }
+}
