@@ -12,12 +12,6 @@ use waifus_http1::chunked::Step;
 
 use crate::routing::{BindRoute, Instance, RouteTable, WaifuRoute};
 
-/// Locating PostgreSQL's programs and the user to run them as; the test
-/// harness starts its own throwaway cluster with them.
-pub mod postgres_programs {
-    pub use crate::managed::{find_bindir, run_as};
-}
-
 /// The guard: the canonical path, or why the target is refused.
 pub fn normalize(raw: &str) -> Result<std::borrow::Cow<'_, str>, &'static str> {
     crate::proxy::guard::normalize(raw).map_err(|r| match r {

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 #[rustfmt::skip]
 const ALLOWED: &[(&str, &[&str])] = &[
     ("app", &["api", "config", "data", "edge", "managed", "ops", "ownership", "provision", "proxy", "registry", "routing", "store", "tls", "upgrade"]),
-    ("testing", &["edge", "managed", "proxy", "routing"]),
+    ("testing", &["edge", "proxy", "routing"]),
     ("admin", &["config", "data", "managed", "ownership", "provision", "store"]),
     ("api", &["ops", "ownership", "provision", "proxy", "registry", "routing", "store", "upgrade"]),
     ("edge", &["ops", "proxy", "tls"]),

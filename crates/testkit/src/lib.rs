@@ -9,7 +9,9 @@
 //!
 //! Also the parts every test crate needs around real processes: free
 //! loopback ports, the workspace's binaries, a child process that never
-//! outlives its test.
+//! outlives its test, and a throwaway PostgreSQL cluster ([`pg`]).
+
+pub mod pg;
 
 use std::io::Write as _;
 use std::net::SocketAddr;

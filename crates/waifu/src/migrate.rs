@@ -1,6 +1,6 @@
 //! Schema migrations for a waifu's database: an ordered list of SQL
-//! scripts, each applied once, in one transaction under a lock, so
-//! instances starting together apply each exactly once.
+//! scripts, each applied once, in one transaction under an advisory lock,
+//! so instances starting together apply each exactly once.
 
 use tracing::{info, warn};
 
@@ -30,7 +30,7 @@ pub enum MigrateError {
 impl Database {
     /// Applies the `migrations` not applied yet, in order, recording each
     /// in `schema_migrations` (migration `n` is `migrations[n - 1]`), all
-    /// in one transaction that holds a lock on that table: instances that
+    /// in one transaction that holds an advisory lock: instances that
     /// start together apply each once, and a failure leaves nothing half
     /// done. Never edit or remove a migration that has shipped; add one.
     /// Returns how many were applied now.
@@ -43,12 +43,14 @@ impl Database {
     pub async fn migrate(&self, migrations: &[&str]) -> Result<usize, MigrateError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        // The lock first: two sessions creating the table at once collide
+        // even with IF NOT EXISTS. Advisory locks are per database.
         tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
+            "SELECT pg_advisory_xact_lock(hashtext('waifu schema_migrations'));
+             CREATE TABLE IF NOT EXISTS schema_migrations (
                  version int PRIMARY KEY,
                  applied_at timestamptz NOT NULL DEFAULT now()
-             );
-             LOCK TABLE schema_migrations",
+             )",
         )
         .await?;
         let applied: i32 = tx
