@@ -33,7 +33,7 @@ for part in ${parts[*]}; do
         # Pure modules only: their unit tests are the measure (the
         # integration suite would take hours per run).
         routing) run routing -p waifus-routing -j 2 -f crates/routing/src/table.rs ;;
-        orchestrator) run orchestrator -p orchestrator --in-place -j 1 \
+        orchestrator) run orchestrator -p orchestrator --in-place \
             -f crates/orchestrator/src/proxy/guard.rs \
             -f crates/orchestrator/src/proxy/headers.rs \
             -f crates/orchestrator/src/ownership/throttle.rs \

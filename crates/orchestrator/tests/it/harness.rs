@@ -234,6 +234,37 @@ impl Orch {
         }
     }
 
+    /// Polls `/__internal/waifus` until every instance of `name` has been
+    /// checked at least once (whatever the answer).
+    pub async fn wait_checked(&self, name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let r = send(
+                self.internal,
+                Method::GET,
+                "/__internal/waifus",
+                &[],
+                Bytes::new(),
+            )
+            .await;
+            let listed = r.map(|r| r.json()).unwrap_or_default();
+            let checked = listed.as_array().into_iter().flatten().any(|w| {
+                w["name"] == name
+                    && w["instances"].as_array().is_some_and(|i| {
+                        !i.is_empty() && i.iter().all(|i| i["lastCheck"].is_string())
+                    })
+            });
+            if checked {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} was never checked: {listed}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// A request through the public proxy.
     pub async fn get(&self, host: &str, target: &str) -> Reply {
         self.request(Method::GET, host, target, &[], Bytes::new())

@@ -29,7 +29,8 @@ async fn health_transitions_both_ways() {
     w.healthy.store(false, Ordering::SeqCst);
     let (status, _) = orch.hello(json!({"name": "w", "host": w.host()})).await;
     assert_eq!(status, StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Its first check has answered 503: it stays out of the route.
+    orch.wait_checked("w").await;
     assert_eq!(
         orch.get("localhost", "/w/").await.status,
         StatusCode::SERVICE_UNAVAILABLE
@@ -204,8 +205,17 @@ async fn a_check_must_answer_within_its_timeout() {
     // deadline: the instance becomes healthy and stays so over several
     // checks (each of which times out reading the body).
     orch.wait_health("t", StatusCode::NO_CONTENT).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    orch.wait_health("t", StatusCode::NO_CONTENT).await;
+    let window = Instant::now() + Duration::from_millis(1200);
+    while Instant::now() < window {
+        let path = "/__internal/waifus/t/health";
+        let r = harness::send(orch.internal, Method::GET, path, &[], bytes::Bytes::new()).await;
+        assert_eq!(
+            r.map(|r| r.status),
+            Some(StatusCode::NO_CONTENT),
+            "healthy throughout"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // No answer at all within the timeout is a failure.
     mode.store(HANG, Ordering::SeqCst);
     orch.wait_health("t", StatusCode::SERVICE_UNAVAILABLE).await;
