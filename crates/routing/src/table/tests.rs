@@ -255,6 +255,17 @@ fn the_table_answers_what_its_readers_ask() {
     }
     assert_eq!(table.main_domain(), Some("main.test"));
     assert_eq!(table.tls_hosts().collect::<Vec<_>>(), ["secure.test"]);
+    // A bind's scheme carries over when one waifu changes, too.
+    let key = |b: &str| waifus_protocol::parse_bind_key(b).unwrap();
+    let a_binds = [
+        (key("https://s.test"), String::new()),
+        (key("http://p.test"), String::new()),
+    ];
+    let hosts: [&str; 0] = [];
+    let changed = table.with_waifu("a", Some((&a, &a_binds[..])), hosts);
+    let mut secure: Vec<&str> = changed.tls_hosts().collect();
+    secure.sort_unstable();
+    assert_eq!(secure, ["s.test", "secure.test"]);
     let any = RouteTable::new(None, [a], binds);
     assert!(
         any.serves_host("other.test"),
