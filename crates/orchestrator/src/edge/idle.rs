@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::debug;
 
-use super::h1;
 use super::strict::{Socket, Strict};
 
 /// Runs a connection, dropping it once no byte moved for `idle`.
@@ -70,8 +69,9 @@ impl<S: Socket> Tracked<S> {
     }
 }
 
-impl<S: Socket> h1::Unread for Tracked<S> {
-    fn unread(&mut self, bytes: &[u8]) {
+impl<S: Socket> Tracked<S> {
+    /// Takes back bytes read from the client: they are read again first.
+    pub(super) fn unread(&mut self, bytes: &[u8]) {
         self.inner.unread(bytes);
     }
 }

@@ -31,10 +31,12 @@ use http::{Method, Request};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use waifus_http1::limits::MAX_HEAD;
 
+use super::idle::Tracked;
+use super::strict::Socket;
 use crate::proxy::{Proxy, Via};
 pub(crate) use parse::{Parsed, parse};
 use respond::{RespondError, respond};
@@ -77,9 +79,9 @@ pub(crate) enum ConnError {
 }
 
 /// Serves a connection until the client or the drain ends it.
-pub(crate) async fn serve<S>(mut io: S, conn: Conn) -> Result<(), ConnError>
+pub(crate) async fn serve<S>(mut io: Tracked<S>, conn: Conn) -> Result<(), ConnError>
 where
-    S: Unread + AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Socket + Send + 'static,
 {
     let mut buf = BytesMut::with_capacity(READ_BUF);
     // Response heads (and small bodies) are gathered here, kept for the
@@ -146,17 +148,11 @@ async fn close<S: AsyncWrite + Unpin>(io: &mut S) -> Result<(), ConnError> {
     Ok(())
 }
 
-/// A client socket that can take back bytes read from it: they are read
-/// again first.
-pub(crate) trait Unread {
-    fn unread(&mut self, bytes: &[u8]);
-}
-
 /// Gives the connection to hyper, `read` being what came from the client
 /// and was not answered yet.
-async fn hand_off<S>(mut io: S, read: &[u8], conn: &Conn) -> Result<(), ConnError>
+async fn hand_off<S>(mut io: Tracked<S>, read: &[u8], conn: &Conn) -> Result<(), ConnError>
 where
-    S: Unread + AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Socket + Send + 'static,
 {
     io.unread(read);
     let proxy = conn.proxy.clone();
