@@ -2,56 +2,37 @@
 //! requests in flight, kill -9 and restart, and start-up errors.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde_json::json;
 
-use waifus_testkit::free_addr;
+use waifus_testkit::{Proc, free_addr};
 
 use crate::harness::{self, send};
 use crate::pg::{self, unique_db};
 use crate::waifu::TestWaifu;
 
-struct Proc {
-    child: Child,
+/// The orchestrator binary, stopped (SIGTERM, then SIGKILL) if the test
+/// fails half-way, with its managed PostgreSQL.
+struct Orchestrator {
+    proc: Proc,
     public: SocketAddr,
     internal: SocketAddr,
 }
 
-/// A test that fails half-way must not leave an orchestrator (and its
-/// managed PostgreSQL) running: stop it gracefully, then for good.
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        for _ in 0..200 {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn spawn(db_url: &str) -> Proc {
+async fn spawn(db_url: &str) -> Orchestrator {
     spawn_with(&[("DATABASE_URL", db_url)]).await
 }
 
-async fn spawn_with(env: &[(&str, &str)]) -> Proc {
+async fn spawn_with(env: &[(&str, &str)]) -> Orchestrator {
     spawn_logging(env, Stdio::null()).await
 }
 
 /// As [`spawn_with`], with the process's log (stderr) going to `log`.
-async fn spawn_logging(env: &[(&str, &str)], log: impl Into<Stdio>) -> Proc {
+async fn spawn_logging(env: &[(&str, &str)], log: impl Into<Stdio>) -> Orchestrator {
     let (public, internal) = (free_addr(), free_addr());
     let child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
         .env_clear()
@@ -66,28 +47,26 @@ async fn spawn_logging(env: &[(&str, &str)], log: impl Into<Stdio>) -> Proc {
         .stderr(log)
         .spawn()
         .unwrap();
-    let mut p = Proc {
-        child,
+    let mut p = Orchestrator {
+        proc: Proc::from_child(child),
         public,
         internal,
     };
-    let child = &mut p.child;
+    let proc = &mut p.proc;
     harness::wait_ready(p.internal, Duration::from_secs(90), || {
-        child.try_wait().ok().flatten().is_some()
+        proc.exited().is_some()
     })
     .await;
     p
 }
 
-fn signal(child: &Child, sig: &str) {
-    signal_pid(child.id(), sig);
-}
-
-async fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+/// Its exit code, once it exits by itself within `within` (polled without
+/// blocking the test's runtime, which serves requests meanwhile).
+async fn wait_exit(proc: &mut Proc, within: Duration) -> Option<i32> {
     let deadline = Instant::now() + within;
     loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
+        if let Some(code) = proc.exited() {
+            return code;
         }
         assert!(Instant::now() < deadline, "the process did not exit");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -139,15 +118,15 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         .await
     });
     tokio::time::sleep(Duration::from_millis(400)).await;
-    signal(&p.child, "-TERM");
+    p.proc.signal("-TERM");
     let r = in_flight
         .await
         .unwrap()
         .expect("the in-flight request completed");
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body, "slept 1500");
-    let status = wait_exit(&mut p.child, Duration::from_secs(15)).await;
-    assert_eq!(status.code(), Some(0), "{status}");
+    let status = wait_exit(&mut p.proc, Duration::from_secs(15)).await;
+    assert_eq!(status, Some(0));
 }
 
 #[tokio::test]
@@ -157,15 +136,15 @@ async fn killed_and_restarted_keeps_every_route() {
     let mut p = spawn(&url).await;
     hello(p.internal, "w", &w.host(), json!({"http://w.test/p": "/"})).await;
     wait_routable(p.public, "localhost", "/w/").await;
-    signal(&p.child, "-KILL");
-    wait_exit(&mut p.child, Duration::from_secs(10)).await;
+    p.proc.signal("-KILL");
+    wait_exit(&mut p.proc, Duration::from_secs(10)).await;
 
     let mut p = spawn(&url).await;
     wait_routable(p.public, "localhost", "/w/x").await;
     wait_routable(p.public, "w.test", "/p/x").await;
-    signal(&p.child, "-INT");
-    let status = wait_exit(&mut p.child, Duration::from_secs(15)).await;
-    assert_eq!(status.code(), Some(0), "SIGINT exits 0 too: {status}");
+    p.proc.signal("-INT");
+    let status = wait_exit(&mut p.proc, Duration::from_secs(15)).await;
+    assert_eq!(status, Some(0), "SIGINT exits 0 too");
 }
 
 fn alive(pid: u32) -> bool {
@@ -253,20 +232,18 @@ async fn managed_postgres_is_the_default() {
     );
     let second = postmaster_pid(&data);
 
-    signal(&p.child, "-TERM");
-    let status = wait_exit(&mut p.child, Duration::from_secs(40)).await;
-    assert_eq!(status.code(), Some(0));
+    p.proc.signal("-TERM");
+    let status = wait_exit(&mut p.proc, Duration::from_secs(40)).await;
+    assert_eq!(status, Some(0));
     assert!(!alive(second), "PostgreSQL was left running");
 
     // Again from the existing DATA_DIR: same routes, same credentials.
     let mut p = spawn_with(&env).await;
     wait_routable(p.public, "localhost", "/w/x").await;
     assert_eq!(managed_database(p.internal).await, creds);
-    signal(&p.child, "-TERM");
+    p.proc.signal("-TERM");
     assert_eq!(
-        wait_exit(&mut p.child, Duration::from_secs(40))
-            .await
-            .code(),
+        wait_exit(&mut p.proc, Duration::from_secs(40)).await,
         Some(0)
     );
     let _ = std::fs::remove_dir_all(&data);
@@ -337,7 +314,7 @@ async fn database_calls_keep_memory_bounded() {
         .await
         .unwrap();
     assert_eq!(first.status, StatusCode::OK);
-    let pid = p.child.id();
+    let pid = p.proc.id();
     // The first call ran Argon2 once: one thread's buffer is counted in.
     let idle = vm_kib(pid, "VmRSS");
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -460,7 +437,7 @@ async fn soak_with_churning_waifus() {
         }
         i += 1;
         if baseline.is_none() && started.elapsed() > Duration::from_secs(5) {
-            baseline = Some(rss_and_fds(p.child.id()));
+            baseline = Some(rss_and_fds(p.proc.id()));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -469,7 +446,7 @@ async fn soak_with_churning_waifus() {
         w.await.unwrap();
     }
     let (rss0, fds0) = baseline.unwrap();
-    let (rss1, fds1) = rss_and_fds(p.child.id());
+    let (rss1, fds1) = rss_and_fds(p.proc.id());
     let (ok, unexpected) = (
         ok.load(Ordering::Relaxed),
         unexpected.load(Ordering::Relaxed),
@@ -570,12 +547,8 @@ async fn access_log_lines_in_json_and_text() {
             get(p.public, "localhost", "/missing/x").await,
             StatusCode::NOT_FOUND
         );
-        signal(&p.child, "-TERM");
-        assert!(
-            wait_exit(&mut p.child, Duration::from_secs(20))
-                .await
-                .success()
-        );
+        p.proc.signal("-TERM");
+        assert!(wait_exit(&mut p.proc, Duration::from_secs(20)).await == Some(0));
         let log = std::fs::read_to_string(&log_path).unwrap();
         assert!(
             !log.contains("token=secret"),
@@ -694,8 +667,8 @@ async fn two_orchestrators_share_routes_and_one_runs_health_checks() {
 
     // The leader is killed: the other takes over the checks within seconds
     // and goes on checking (it notices the waifu going unhealthy again).
-    signal(&a.child, "-KILL");
-    wait_exit(&mut a.child, Duration::from_secs(10)).await;
+    a.proc.signal("-KILL");
+    wait_exit(&mut a.proc, Duration::from_secs(10)).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while leads(b.internal).await != Some(true) {
         assert!(Instant::now() < deadline, "no takeover");
