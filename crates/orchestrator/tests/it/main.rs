@@ -5,11 +5,14 @@
 
 mod harness;
 mod pg;
+mod relay;
 mod waifu;
 
 mod acme;
+mod audit;
 mod backups;
 mod binary;
+mod binary_load;
 mod check;
 mod claims;
 mod data;
@@ -28,6 +31,7 @@ mod ops;
 mod ownership;
 mod pause;
 mod proxy;
+mod proxy_limits;
 mod registration;
 mod replicas;
 mod rollout;
@@ -37,4 +41,6 @@ mod smuggling;
 mod stall;
 mod throttle;
 mod tls;
+mod tls_listener;
 mod upgrades;
+mod versions;
