@@ -245,3 +245,43 @@ fn public_db(config: &Config, url: &str) -> provision::PublicDb {
         port: config.db_public_port.or(url_port).unwrap_or(5432),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn hello_answers_name_the_public_port_unless_it_is_80() {
+        let addr = |port| std::net::SocketAddr::from(([0, 0, 0, 0], port));
+        assert_eq!(
+            public_base(Some("waifus.dev"), addr(80)),
+            "http://waifus.dev"
+        );
+        assert_eq!(
+            public_base(Some("waifus.dev"), addr(8080)),
+            "http://waifus.dev:8080"
+        );
+        assert_eq!(public_base(None, addr(8080)), "http://localhost:8080");
+    }
+
+    #[test]
+    fn waifus_reach_the_database_where_the_operator_says_else_where_the_url_points() {
+        let config = |args: &[&str]| {
+            let mut argv = vec!["orchestrator"];
+            argv.extend_from_slice(args);
+            crate::Cli::parse_from(argv).serve
+        };
+        let url = "postgres://u:p@db.internal:6543/state";
+        let from_url = public_db(&config(&[]), url);
+        assert_eq!(
+            (from_url.host.as_str(), from_url.port),
+            ("db.internal", 6543)
+        );
+        let set = config(&["--db-public-host", "pg.example", "--db-public-port", "7000"]);
+        let told = public_db(&set, url);
+        assert_eq!((told.host.as_str(), told.port), ("pg.example", 7000));
+        let socket = public_db(&config(&[]), "postgres://u:p@/state?host=/run/postgresql");
+        assert_eq!((socket.host.as_str(), socket.port), ("localhost", 5432));
+    }
+}

@@ -254,3 +254,37 @@ impl Registry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(name: &str, host: &str, version: Option<&str>) -> Hello {
+        Hello {
+            name: name.into(),
+            host: host.into(),
+            additional_binds: Default::default(),
+            secret: None,
+            version: version.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn a_hello_is_checked_once_whole() {
+        let good = hello("link", "10.0.0.7:8080", Some("1.2.0"));
+        let valid = ValidHello::check(&good).unwrap();
+        assert_eq!(valid.name(), "link");
+        assert_eq!(valid.upstream.authority(), "10.0.0.7:8080");
+        for (bad, why) in [
+            (hello("Link", "a:1", None), "invalid name"),
+            (hello("__internal", "a:1", None), "invalid name"),
+            (hello("link", "a b:1", None), "invalid host"),
+            (hello("link", "a:99999", None), "invalid host"),
+            (hello("link", "a:1", Some("")), "invalid version"),
+            (hello("link", "a:1", Some("two words")), "invalid version"),
+        ] {
+            let err = ValidHello::check(&bad).unwrap_err().to_string();
+            assert!(err.starts_with(why), "{bad:?}: {err}");
+        }
+    }
+}
