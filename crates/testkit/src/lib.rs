@@ -9,8 +9,10 @@
 //!
 //! Also the parts every test crate needs around real processes: free
 //! loopback ports, the workspace's binaries, a child process that never
-//! outlives its test, and a throwaway PostgreSQL cluster ([`pg`]).
+//! outlives its test, one HTTP request as a client sends it ([`http`]),
+//! and a throwaway PostgreSQL cluster ([`pg`]).
 
+pub mod http;
 pub mod pg;
 
 use std::io::Write as _;

@@ -11,10 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use waifus_testkit::{Proc, free_addr};
 
 /// The orchestrator binary, built beside `link` by `cargo test --workspace`.
@@ -35,28 +31,16 @@ async fn request(
     path: &str,
     body: &str,
 ) -> Option<Reply> {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let req = http::Request::builder()
-        .method(method)
-        .uri(format!("http://{public}{path}"))
-        .header("host", host)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(10), client.request(req))
-        .await
-        .ok()?
-        .ok()?;
-    let status = response.status().as_u16();
-    let location = response
-        .headers()
-        .get("location")
-        .map(|v| v.to_str().unwrap().to_owned());
-    let body = response.into_body().collect().await.ok()?.to_bytes();
+    let call = waifus_testkit::http::Call {
+        headers: &[("host", host), ("content-type", "application/json")],
+        body: body.to_owned().into(),
+        ..waifus_testkit::http::Call::new(method.parse().ok()?, path)
+    };
+    let reply = waifus_testkit::http::send(public, call).await.ok()?;
     Some(Reply {
-        status,
-        location,
-        body: String::from_utf8_lossy(&body).into_owned(),
+        status: reply.status.as_u16(),
+        location: reply.header("location"),
+        body: reply.text(),
     })
 }
 

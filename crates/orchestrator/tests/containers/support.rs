@@ -114,28 +114,17 @@ pub(crate) async fn public(
     path: &str,
     body: &str,
 ) -> Option<(u16, Option<String>, String)> {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let request = http::Request::builder()
-        .method(method)
-        .uri(format!("http://127.0.0.1:{port}{path}"))
-        .header("host", host)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
-        .await
-        .ok()?
-        .ok()?;
-    let status = response.status().as_u16();
-    let location = response
-        .headers()
-        .get("location")
-        .map(|v| v.to_str().unwrap().to_owned());
-    let body = response.into_body().collect().await.ok()?.to_bytes();
+    let call = waifus_testkit::http::Call {
+        headers: &[("host", host), ("content-type", "application/json")],
+        body: body.to_owned().into(),
+        ..waifus_testkit::http::Call::new(method.parse().ok()?, path)
+    };
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let reply = waifus_testkit::http::send(addr, call).await.ok()?;
     Some((
-        status,
-        location,
-        String::from_utf8_lossy(&body).into_owned(),
+        reply.status.as_u16(),
+        reply.header("location"),
+        reply.text(),
     ))
 }
 

@@ -2,13 +2,11 @@
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use waifus_testkit::http as client;
 
 use bytes::Bytes;
 use clap::Parser;
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::{Method, StatusCode};
 use orchestrator::{Cli, Listeners, RunError};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -319,22 +317,10 @@ fn temp_root() -> &'static std::path::Path {
     root
 }
 
-/// A whole response.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
+pub use waifus_testkit::http::Reply;
 
-impl Reply {
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-}
-
-/// One HTTP/1.1 request on a fresh connection; `None` if it could not be sent.
+/// One HTTP/1.1 request on a fresh connection; `None` if it could not be
+/// sent (an answer that takes over 20 s fails the test).
 pub async fn send(
     addr: SocketAddr,
     method: Method,
@@ -345,9 +331,7 @@ pub async fn send(
     send_from(None, addr, method, target, headers, body).await
 }
 
-/// As [`send`], from the local address `source` when given (any of
-/// 127.0.0.0/8 reaches a loopback listener), so a test can be several
-/// clients.
+/// As [`send`], from the source address `source`.
 pub async fn send_from(
     source: Option<std::net::IpAddr>,
     addr: SocketAddr,
@@ -356,36 +340,18 @@ pub async fn send_from(
     headers: &[(&str, &str)],
     body: Bytes,
 ) -> Option<Reply> {
-    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    connector.set_local_address(source);
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .set_host(false)
-        .build(connector);
-    let mut req = Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{target}"));
-    let mut has_host = false;
-    for (k, v) in headers {
-        has_host |= k.eq_ignore_ascii_case("host");
-        req = req.header(*k, *v);
-    }
-    if !has_host {
-        req = req.header("host", addr.to_string());
-    }
-    let exchange = async {
-        let response = client.request(req.body(Full::new(body)).ok()?).await.ok()?;
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.ok()?.to_bytes();
-        Some(Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        })
+    let call = client::Call {
+        headers,
+        body,
+        from: source,
+        within: Duration::from_secs(20),
+        ..client::Call::new(method, target)
     };
-    tokio::time::timeout(Duration::from_secs(20), exchange)
-        .await
-        .expect("request and answer within 20 s")
+    match client::send(addr, call).await {
+        Ok(reply) => Some(reply),
+        Err(client::Failed::Broken) => None,
+        Err(client::Failed::TimedOut) => panic!("no answer within 20 s from {addr}{target}"),
+    }
 }
 
 /// POSTs JSON to `path` on `addr` (an internal listener); `None` if it could

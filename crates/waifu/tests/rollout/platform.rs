@@ -300,19 +300,11 @@ pub(crate) async fn fetch(
     path: &str,
     json: Option<String>,
 ) -> Option<(u16, String)> {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let request = http::Request::builder()
-        .method(method)
-        .uri(format!("http://{to}{path}"))
-        .header("host", "localhost")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(json.unwrap_or_default())))
-        .unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
-        .await
-        .ok()?
-        .ok()?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.ok()?.to_bytes();
-    Some((status, String::from_utf8_lossy(&body).into_owned()))
+    let call = waifus_testkit::http::Call {
+        headers: &[("host", "localhost"), ("content-type", "application/json")],
+        body: json.unwrap_or_default().into(),
+        ..waifus_testkit::http::Call::new(method.parse().ok()?, path)
+    };
+    let reply = waifus_testkit::http::send(to, call).await.ok()?;
+    Some((reply.status.as_u16(), reply.text()))
 }
