@@ -168,6 +168,7 @@ pub(crate) fn from_vars(
         version,
         drain_for: crate::DEFAULT_DRAIN,
         credentials: Default::default(),
+        rotation: Default::default(),
     })
 }
 

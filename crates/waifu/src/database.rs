@@ -151,6 +151,9 @@ impl Waifu {
         new_secret: impl Into<String>,
     ) -> Result<DatabaseCredentials, DatabaseError> {
         let new_secret = new_secret.into();
+        // Calls with the old secret finish first, and none starts until the
+        // new one is in place.
+        let _rotating = self.rotation.write().await;
         let secret = self.current_secret().ok_or(DatabaseError::NoSecret)?;
         let url = format!("{}/__internal/database/rotate", self.orchestrator);
         let request = RotateRequest {
@@ -187,6 +190,7 @@ impl Waifu {
     }
 
     async fn fetch_credentials(&self) -> Result<DatabaseCredentials, DatabaseError> {
+        let _sending = self.rotation.read().await;
         let secret = self.current_secret().ok_or(DatabaseError::NoSecret)?;
         let url = format!("{}/__internal/database", self.orchestrator);
         let request = DatabaseRequest {

@@ -86,6 +86,12 @@ pub struct Waifu {
     /// How long in-flight requests may take to finish after SIGTERM.
     drain_for: Duration,
     credentials: Arc<Mutex<Option<DatabaseCredentials>>>,
+    /// Held for reading by every call that carries the secret (hello,
+    /// goodbye, a database call), for writing by a rotation: no call leaves
+    /// with the old secret while a rotation is under way, so none arrives
+    /// after it with a secret that no longer works (a wrong secret counts
+    /// towards the name's lock).
+    rotation: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl std::fmt::Debug for Waifu {
@@ -180,6 +186,7 @@ impl Waifu {
     pub async fn hello(&self) -> Result<HelloResponse, HelloError> {
         // A rotated secret replaced in its file is used from the next hello.
         self.reread_secret_file();
+        let _sending = self.rotation.read().await;
         let url = format!("{}/__internal/hello", self.orchestrator);
         let hello = Hello {
             name: self.name.clone(),
@@ -211,6 +218,7 @@ impl Waifu {
     /// # Ok(()) }
     /// ```
     pub async fn goodbye(&self) -> Result<(), HelloError> {
+        let _sending = self.rotation.read().await;
         let url = format!("{}/__internal/goodbye", self.orchestrator);
         let goodbye = Goodbye {
             name: self.name.clone(),

@@ -49,6 +49,7 @@ impl Waifu {
             version: None,
             drain_for: DEFAULT_DRAIN,
             credentials: Arc::default(),
+            rotation: Arc::default(),
         }
     }
 

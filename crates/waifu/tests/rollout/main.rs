@@ -75,6 +75,12 @@ fn rollout_waifu() {
 const REHELLO_MS: &str = "TEST_REHELLO_MS";
 
 async fn serve_as_waifu(log: PathBuf) -> i32 {
+    // The SDK's log goes to stderr (the platform keeps it in `{label}.log`).
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
     let mut waifu = waifu::Waifu::from_env().unwrap();
     if let Ok(ms) = std::env::var(REHELLO_MS) {
         waifu = waifu.rehello_every(Duration::from_millis(ms.parse().unwrap()));
@@ -500,6 +506,12 @@ async fn a_secret_rotated_under_load_fails_no_request() {
             .filter(|l| l.contains("FATAL") || l.contains("ERROR"))
         {
             eprintln!("PGLOG {l}");
+        }
+        for who in ["a", "b"] {
+            let log = std::fs::read_to_string(platform.dir.join(format!("{who}.log")));
+            for l in log.unwrap_or_default().lines() {
+                eprintln!("LOG{who} {l}");
+            }
         }
     }
     assert!(failures(&outcomes).is_empty(), "{:?}", failures(&outcomes));
