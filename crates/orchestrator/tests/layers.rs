@@ -1,14 +1,9 @@
 //! The orchestrator's modules import each other only as [`ALLOWED`] says.
-//!
-//! The lower rooms are crates (`waifus-http1`, `waifus-upstream`,
-//! `waifus-routing`, `waifus-store`, `waifus-protocol`), so Cargo already
-//! refuses an import upward from them. What Cargo cannot see is the
-//! direction between the modules of this crate; this test reads each
-//! library source file (its tests left out), finds the top-level modules it
-//! names (`crate::x`, `crate::{x, y}`, or `super::` up to the root), and
-//! checks them against a whitelist that is itself free of cycles. A new
-//! module, or a new arrow, is a change to [`ALLOWED`], made on purpose.
-//! Run alone: `cargo test -p orchestrator --test layers`.
+//! The lower rooms are crates (http1, protocol, upstream, routing, store):
+//! Cargo refuses an upward import from them. Inside this crate, this test
+//! reads each library file (tests left out), finds the top-level modules it
+//! names (`crate::x`, `crate::{x, y}`, `super::` up to the root) and checks
+//! them against a whitelist that cannot hold a cycle.
 
 #![allow(clippy::unwrap_used)]
 
@@ -139,8 +134,7 @@ fn imports(code: &str, depth: usize) -> BTreeSet<String> {
     out
 }
 
-/// Where `module` is in [`ALLOWED`]; `None` for the crates the lower rooms
-/// are.
+/// Where `module` is in [`ALLOWED`]; `None` for a crate.
 fn rank(module: &str) -> Option<usize> {
     ALLOWED.iter().position(|(m, _)| *m == module)
 }
@@ -169,10 +163,8 @@ fn modules_import_only_what_the_whitelist_allows() {
 fn the_whitelist_points_down_the_list() {
     for (n, (module, imports)) in ALLOWED.iter().enumerate() {
         for import in *imports {
-            assert!(
-                rank(import).is_none_or(|r| r > n),
-                "{module} → {import} points up"
-            );
+            let down = rank(import).is_none_or(|r| r > n);
+            assert!(down, "{module} → {import} points up");
         }
     }
 }
@@ -182,11 +174,6 @@ fn the_scanner_sees_imports_and_ignores_comments_and_strings() {
     let text = "use crate::{api::{self, Calls}, store};\n// crate::edge\nlet s = \"crate::tls\";\n\
                 let r = r#\"crate::ops\"#;\nsuper::super::routing::x(); super::sibling();\n\
                 crate::proxy::handle();\n#[cfg(test)]\nmod tests {\n use crate::app;\n}\n";
-    let found = imports(&code(text), 2);
-    assert_eq!(
-        found,
-        ["api", "proxy", "routing", "store"]
-            .map(String::from)
-            .into()
-    );
+    let want = ["api", "proxy", "routing", "store"].map(String::from);
+    assert_eq!(imports(&code(text), 2), want.into());
 }
