@@ -6,6 +6,7 @@
 //! Everything here is pure: no I/O, no allocation beyond the values returned.
 
 mod bind;
+mod health;
 mod host;
 mod name;
 mod path;
@@ -13,6 +14,7 @@ mod version;
 mod wire;
 
 pub use bind::{BindError, BindKey, BindTarget, parse_bind_key, parse_bind_target};
+pub use health::{DEFAULT_HEALTH_PATH, HealthPathError, MAX_HEALTH_PATH, validate_health_path};
 pub use host::{HostError, Scheme, Upstream, parse_host};
 pub use name::{NameError, validate_name};
 pub use path::{is_internal_segment, path_has_internal_segment};

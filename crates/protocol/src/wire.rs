@@ -26,6 +26,10 @@ pub struct Hello {
     /// instances get new requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// Where the orchestrator checks this instance's health (any 2xx is
+    /// healthy); `None`: `/__internal/health`, answering 204.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
 }
 
 impl std::fmt::Debug for Hello {
@@ -36,6 +40,7 @@ impl std::fmt::Debug for Hello {
             .field("additional_binds", &self.additional_binds)
             .field("secret", &self.secret.as_ref().map(|_| "(hidden)"))
             .field("version", &self.version)
+            .field("health", &self.health)
             .finish()
     }
 }
@@ -330,6 +335,7 @@ mod tests {
             additional_binds: Default::default(),
             secret: Some("s3cret-a".into()),
             version: Some("7".into()),
+            health: Some("/healthz".into()),
         };
         let goodbye = Goodbye {
             name: "shop".into(),

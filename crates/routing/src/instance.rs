@@ -58,6 +58,9 @@ pub struct Instance {
     checked: Notify,
     /// The version its hello announced.
     pub version: Option<Box<str>>,
+    /// Where its health is checked, if its hello named a path; else the
+    /// protocol's `/__internal/health`.
+    pub health_path: Option<Box<str>>,
     /// Unix milliseconds since which its version is current (first
     /// announced, or made current by an operator): the instance with the
     /// latest names its waifu's current version.
@@ -88,12 +91,26 @@ impl Instance {
             checks: AtomicU64::new(0),
             checked: Notify::new(),
             version: None,
+            health_path: None,
             version_at_ms: AtomicI64::new(0),
             goodbye_ms: AtomicI64::new(0),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
             drained: CancellationToken::new(),
         }
+    }
+
+    /// The same, checked at `path` (`None`: the protocol's path).
+    pub fn with_health_path(mut self, path: Option<&str>) -> Self {
+        self.health_path = path.map(Into::into);
+        self
+    }
+
+    /// The target its health checks ask for.
+    pub fn health_target(&self) -> &str {
+        self.health_path
+            .as_deref()
+            .unwrap_or(waifus_protocol::DEFAULT_HEALTH_PATH)
     }
 
     /// The same, announcing `version`, current since `at_ms` (Unix

@@ -21,6 +21,8 @@ pub struct HelloRecord<'a> {
     pub source: &'a str,
     /// Whether incidents also get an outbox row for the webhook.
     pub webhook: bool,
+    /// The health path the hello declared, if any.
+    pub health_path: Option<&'a str>,
 }
 
 /// What a hello's binds came to.
@@ -38,7 +40,7 @@ pub struct Granted {
 /// A hello in one statement (see [`Store::hello`]). Parameters: name,
 /// instance, the binds asked for as four arrays (host, prefix, canonical
 /// key, target), the change channel and payload, source, version,
-/// version time, and whether incidents go to a webhook.
+/// version time, whether incidents go to a webhook, and the health path.
 const HELLO: &str = "WITH waifu AS (
    INSERT INTO waifus (name) VALUES ($1)
    ON CONFLICT (name) DO UPDATE SET updated_at = now(), empty_since = NULL
@@ -63,12 +65,13 @@ const HELLO: &str = "WITH waifu AS (
    ON CONFLICT (name, version) DO UPDATE SET current_at = waifu_versions.current_at
    RETURNING current_at, xmax = 0 AS added),
  instance AS (
-   INSERT INTO instances (name, host, version, version_at)
-   VALUES ($1, $2, $10::text, (SELECT current_at FROM ver))
+   INSERT INTO instances (name, host, version, version_at, health_path)
+   VALUES ($1, $2, $10::text, (SELECT current_at FROM ver), $13::text)
    ON CONFLICT (name, host) DO UPDATE SET
      last_hello = now(),
      version = EXCLUDED.version,
      version_at = EXCLUDED.version_at,
+     health_path = EXCLUDED.health_path,
      healthy = instances.healthy AND instances.goodbye_at IS NULL
        AND instances.version IS NOT DISTINCT FROM EXCLUDED.version,
      goodbye_at = NULL
@@ -231,6 +234,7 @@ impl Store {
             claims,
             source,
             webhook,
+            health_path,
         } = *hello;
         let mut client = self.pool.get().await?;
         let hosts: Vec<&str> = claims.iter().map(|c| c.key.host.as_str()).collect();
@@ -238,7 +242,7 @@ impl Store {
         let canonical: Vec<String> = claims.iter().map(|c| c.key.canonical()).collect();
         let targets: Vec<&str> = claims.iter().map(|c| c.target).collect();
         let instance = instance.to_string();
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 12] = [
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 13] = [
             &name,
             &instance,
             &hosts,
@@ -251,6 +255,7 @@ impl Store {
             &version,
             &version_at,
             &webhook,
+            &health_path,
         ];
         let row = if claims.is_empty() {
             let hello = client.prepare_cached(HELLO).await?;

@@ -26,13 +26,15 @@ pub struct StoredInstance {
     pub version_at_ms: i64,
     /// Unix milliseconds of its goodbye, if it said one.
     pub goodbye_ms: Option<i64>,
+    /// The health path its hello declared, if any.
+    pub health_path: Option<String>,
 }
 
 /// The instance columns [`StoredInstance`] is read from, after `name` when
 /// `with_name`.
 const INSTANCE_COLUMNS: &str = "host, healthy, version,
     floor(extract(epoch FROM version_at) * 1000)::bigint,
-    floor(extract(epoch FROM goodbye_at) * 1000)::bigint";
+    floor(extract(epoch FROM goodbye_at) * 1000)::bigint, health_path";
 
 fn stored_instance(row: &tokio_postgres::Row, at: usize) -> Result<StoredInstance, StoreError> {
     let host: &str = row.get(at);
@@ -45,6 +47,7 @@ fn stored_instance(row: &tokio_postgres::Row, at: usize) -> Result<StoredInstanc
         version: row.get(at + 2),
         version_at_ms: row.get(at + 3),
         goodbye_ms: row.get(at + 4),
+        health_path: row.get(at + 5),
     })
 }
 

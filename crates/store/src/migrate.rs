@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_hosts_attempts.sql"),
     include_str!("migrations/0007_switches_backups.sql"),
     include_str!("migrations/0008_versions_forward.sql"),
+    include_str!("migrations/0009_health_path.sql"),
 ];
 
 /// Advisory lock key serialising migrations across orchestrators ("waifus01").

@@ -194,6 +194,7 @@ impl Waifu {
             additional_binds: self.binds.clone(),
             secret: self.current_secret(),
             version: self.version.clone(),
+            health: None,
         };
         let (status, body) = client::post_json(&url, &hello, self.token.as_deref()).await?;
         if status != StatusCode::OK {

@@ -1,7 +1,8 @@
 //! Active health checks: when each instance is checked, and what is done
 //! with the answer.
 //!
-//! Every instance gets its own task: `GET {instance}/__internal/health` every
+//! Every instance gets its own task: `GET {instance}/__internal/health` (or
+//! the path its hello declared) every
 //! `HEALTH_INTERVAL` (±10 % jitter, so thousands of instances do not beat in
 //! step) with `HEALTH_TIMEOUT`, over the same keep-alive connections the
 //! proxy uses (so a check also keeps one warm). A new instance's first check
@@ -277,7 +278,7 @@ pub(super) async fn check(instance: &Arc<Instance>, timeout: Duration) -> Outcom
     let exchange = async {
         let request = Outgoing::bodyless(
             Method::GET,
-            "/__internal/health",
+            instance.health_target(),
             &[
                 ("host", instance.endpoint.authority.as_str()),
                 ("user-agent", "waifus-orchestrator"),

@@ -17,7 +17,7 @@ use crate::ops::incidents::Incidents;
 use crate::routing::Instance;
 use crate::store::incidents::NewIncident;
 
-/// A hello whose name, host and version are valid: checked once, before
+/// A hello whose name, host, version and health path are valid: checked once, before
 /// anything else looks at it (ownership included), and all that
 /// [`Registry::hello`] takes.
 #[derive(Debug)]
@@ -32,6 +32,9 @@ impl<'a> ValidHello<'a> {
         let upstream = parse_host(&hello.host)?;
         if let Some(version) = &hello.version {
             waifus_protocol::validate_version(version)?;
+        }
+        if let Some(path) = &hello.health {
+            waifus_protocol::validate_health_path(path)?;
         }
         Ok(ValidHello { hello, upstream })
     }
@@ -91,9 +94,11 @@ impl Registry {
         // The same instance, as it was: nothing about it changes. Another
         // version at its address, or one back after its goodbye, is a new
         // instance there.
-        let same = known
-            .as_ref()
-            .filter(|i| !i.is_leaving() && i.version.as_deref() == hello.version.as_deref());
+        let same = known.as_ref().filter(|i| {
+            !i.is_leaving()
+                && i.version.as_deref() == hello.version.as_deref()
+                && i.health_path.as_deref() == hello.health.as_deref()
+        });
         // An instance that is not healthy (it may just have restarted) is
         // checked now, and a new one gets its first check, while the hello
         // commits; the answer waits for that check, so a waifu that is up is
@@ -112,7 +117,8 @@ impl Registry {
             let version_at = crate::routing::now_ms_i64();
             let instance = Arc::new(
                 Instance::new(upstream.clone(), false, &self.shutdown)
-                    .with_version(version, version_at),
+                    .with_version(version, version_at)
+                    .with_health_path(hello.health.as_deref()),
             );
             let (committed, on_commit) = oneshot::channel();
             let _ = self.watch.send(Watch {
@@ -134,6 +140,7 @@ impl Registry {
                 claims: &claims,
                 source: &source,
                 webhook,
+                health_path: hello.health.as_deref(),
             })
             .await?;
         let reported: Vec<NewIncident> = granted
@@ -266,6 +273,7 @@ mod tests {
             additional_binds: Default::default(),
             secret: None,
             version: version.map(Into::into),
+            health: None,
         }
     }
 
@@ -282,6 +290,13 @@ mod tests {
             (hello("link", "a:99999", None), "invalid host"),
             (hello("link", "a:1", Some("")), "invalid version"),
             (hello("link", "a:1", Some("two words")), "invalid version"),
+            (
+                Hello {
+                    health: Some("healthz".into()),
+                    ..hello("link", "a:1", None)
+                },
+                "invalid health path",
+            ),
         ] {
             let err = ValidHello::check(&bad).unwrap_err().to_string();
             assert!(err.starts_with(why), "{bad:?}: {err}");

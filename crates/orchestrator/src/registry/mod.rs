@@ -46,6 +46,8 @@ pub(crate) enum HelloError {
     Host(#[from] HostError),
     #[error("invalid version: {0}")]
     Version(#[from] waifus_protocol::VersionError),
+    #[error("invalid health path: {0}")]
+    Health(#[from] waifus_protocol::HealthPathError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -231,7 +233,8 @@ impl Registry {
     fn adopt(&self, name: &Arc<str>, stored: &StoredInstance) -> Arc<Instance> {
         let instance = Arc::new(
             Instance::new(stored.upstream.clone(), stored.healthy, &self.shutdown)
-                .with_version(stored.version.as_deref(), stored.version_at_ms),
+                .with_version(stored.version.as_deref(), stored.version_at_ms)
+                .with_health_path(stored.health_path.as_deref()),
         );
         match stored.goodbye_ms {
             Some(ms) => {

@@ -227,3 +227,38 @@ async fn a_check_must_answer_within_its_timeout() {
     orch.wait_health("t", StatusCode::NO_CONTENT).await;
     orch.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_declared_health_path_is_checked_instead_of_the_protocols() {
+    let db = unique_db("health_path");
+    let orch = harness::start(&db, &[]).await;
+    let w = TestWaifu::start("w").await;
+    // The protocol's path answers 500 throughout; the declared one 200.
+    w.healthy.store(false, Ordering::SeqCst);
+    let hello = |path: &str| json!({"name": "w", "host": w.host(), "health": path});
+    let (status, body) = orch.hello(hello("/status?code=200")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    orch.wait_health("w", StatusCode::NO_CONTENT).await;
+    assert_eq!(orch.get("localhost", "/w/x").await.status, StatusCode::OK);
+    // Stored: a restarted orchestrator checks the same path.
+    orch.stop().await.unwrap();
+    let orch = harness::start(&db, &[]).await;
+    orch.wait_health("w", StatusCode::NO_CONTENT).await;
+    assert_eq!(orch.get("localhost", "/w/x").await.status, StatusCode::OK);
+    // A declared path that fails keeps the instance out, whatever the
+    // protocol's path says.
+    w.healthy.store(true, Ordering::SeqCst);
+    let (status, _) = orch.hello(hello("/status?code=503")).await;
+    assert_eq!(status, StatusCode::OK);
+    orch.wait_health("w", StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(
+        orch.get("localhost", "/w/x").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    for bad in ["healthz", "/health z", "/a#b"] {
+        let (status, body) = orch.hello(hello(bad)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(body["error"], "invalid_health", "{bad}");
+    }
+    orch.stop().await.unwrap();
+}
