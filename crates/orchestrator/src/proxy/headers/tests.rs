@@ -382,3 +382,17 @@ fn cookies_are_joined() {
     let (f, _) = sent(&map(&[("cookie", "only=1")]), false, &fwd);
     assert_eq!(one(&f, "cookie"), Some("only=1"));
 }
+
+#[test]
+fn new_request_ids_are_32_hex_digits_and_do_not_repeat() {
+    let ids: std::collections::HashSet<[u8; 32]> = (0..200).map(|_| new_request_id()).collect();
+    assert_eq!(ids.len(), 200, "every id is new");
+    for id in &ids {
+        assert!(
+            id.iter()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+    }
+    let tails: std::collections::HashSet<&[u8]> = ids.iter().map(|id| &id[1..]).collect();
+    assert!(tails.len() > 100, "the digits after the first vary too");
+}
