@@ -333,7 +333,8 @@ async fn an_upgrade_releases_paths_taken_on_a_claimed_waifus_host_before() {
              ALTER TABLE binds DROP COLUMN since;
              CREATE TABLE throttle (name text);
              DROP TABLE attempts;
-             DROP INDEX incidents_by_name;",
+             DROP INDEX incidents_by_name;
+             ALTER TABLE instances DROP COLUMN health_path;",
         )
         .await
         .unwrap();
