@@ -52,6 +52,20 @@ impl Pebble {
     /// Pebble validating on `http_port` (HTTP-01) and `tls_port`
     /// (TLS-ALPN-01) of 127.0.0.1; certificates valid for `validity` seconds.
     async fn start(http_port: u16, tls_port: u16, validity: u64) -> Pebble {
+        // Its four ports are picked free and then bound by Pebble: another
+        // test may take one meanwhile, and then Pebble exits; it is started
+        // again on new ones.
+        let mut why = String::new();
+        for _ in 0..5 {
+            match Pebble::try_start(http_port, tls_port, validity).await {
+                Ok(pebble) => return pebble,
+                Err(e) => why = e,
+            }
+        }
+        panic!("Pebble did not start: {why}");
+    }
+
+    async fn try_start(http_port: u16, tls_port: u16, validity: u64) -> Result<Pebble, String> {
         let dir = harness::temp_dir("pebble");
         let ca = TestCa::new();
         let (crt, key) = ca.leaf(&["127.0.0.1", "localhost"]);
@@ -94,22 +108,36 @@ impl Pebble {
             .stderr(log("pebble.err"))
             .spawn()
             .unwrap();
-        let pebble = Pebble {
+        let mut pebble = Pebble {
             directory: format!("https://127.0.0.1:{acme}/dir"),
             ca_file,
             ca,
             management: SocketAddr::from(([127, 0, 0, 1], management)),
             children: vec![dns_server, pebble],
         };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
         for port in [acme, management, dns_management] {
-            eventually(Duration::from_secs(20), "pebble listening", || async move {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .is_ok()
-            })
-            .await;
+            while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                let exited = pebble
+                    .children
+                    .iter_mut()
+                    .any(|c| c.try_wait().ok().flatten().is_some());
+                if exited || std::time::Instant::now() > deadline {
+                    let err = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+                    // Dropped: the children are stopped.
+                    return Err(format!(
+                        "port {port}: pebble: {} challtestsrv: {}",
+                        err("pebble.err"),
+                        err("challtestsrv.err")
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
-        pebble
+        Ok(pebble)
     }
 
     /// Pebble validating against the orchestrator that will serve on `ports`.
