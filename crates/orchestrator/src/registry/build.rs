@@ -1,6 +1,8 @@
 //! The control plane, built and started: the registry loaded from the
 //! store, and the tasks that act for it (health checks, draining, following
-//! other orchestrators), each with its settings in one struct.
+//! other orchestrators), each with its settings in one struct; and the
+//! registry's side of their seams: the writes health checks and draining
+//! ask for.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::info;
 
 use super::drain::{self, Leave};
 use super::health::{self, Checks, HealthConfig};
@@ -139,7 +142,26 @@ impl Checks for Registry {
         instance: &Arc<Instance>,
         why: &str,
     ) -> Result<(), StoreError> {
-        Registry::deregister(self, name, instance, why).await
+        let mut state = self.state.lock().await;
+        self.store
+            .remove_instance(name, &instance.upstream, "orchestrator", why)
+            .await?;
+        let old_hosts: Vec<String> = state.waifus.get(name).map_or_else(Vec::new, |e| {
+            e.binds.iter().map(|(key, _)| key.host.clone()).collect()
+        });
+        if let Some(entry) = state.waifus.get_mut(name) {
+            entry.instances.retain(|i| !Arc::ptr_eq(i, instance));
+            if entry.instances.is_empty() {
+                state.waifus.remove(name);
+            } else {
+                entry.route = Arc::new(entry.route.rebuilt(entry.instances.clone()));
+            }
+        }
+        self.touch(&mut state, name);
+        self.publish_waifu(&state, name, old_hosts.iter().map(String::as_str));
+        instance.retired.cancel();
+        info!(name, instance = %instance.upstream, "deregistered instance");
+        Ok(())
     }
 }
 
@@ -151,10 +173,33 @@ impl Leave for Registry {
         goodbye_ms: i64,
         why: &str,
     ) -> Result<(), StoreError> {
-        Registry::remove_left(self, name, instance, goodbye_ms, why).await
+        let mut state = self.state.lock().await;
+        self.store
+            .remove_left(name, &instance.upstream, goodbye_ms, why)
+            .await?;
+        let removed = state.waifus.get_mut(name).is_some_and(|entry| {
+            let before = entry.instances.len();
+            entry.instances.retain(|i| !Arc::ptr_eq(i, instance));
+            before != entry.instances.len()
+        });
+        if removed {
+            self.rebuild(&mut state, name);
+            self.touch(&mut state, name);
+        }
+        Ok(())
     }
 
     async fn forget_empty(&self, after: Duration) -> Result<(), StoreError> {
-        Registry::forget_empty(self, after).await
+        let mut state = self.state.lock().await;
+        for name in self.store.forget_empty(after).await? {
+            let Some(entry) = state.waifus.remove(&name) else {
+                continue;
+            };
+            let hosts: Vec<String> = entry.binds.iter().map(|(k, _)| k.host.clone()).collect();
+            self.touch(&mut state, &name);
+            self.publish_waifu(&state, &name, hosts.iter().map(String::as_str));
+            info!(%name, "forgot a waifu that has had no instance since its last goodbye");
+        }
+        Ok(())
     }
 }

@@ -312,46 +312,6 @@ impl Registry {
         self.publish_waifu(state, name, hosts.iter().map(String::as_str));
     }
 
-    /// Removes a drained instance (if it has not said hello again since its
-    /// goodbye); the waifu stays, with no instance answering 503.
-    pub(crate) async fn remove_left(
-        &self,
-        name: &str,
-        instance: &Arc<Instance>,
-        goodbye_ms: i64,
-        why: &str,
-    ) -> Result<(), StoreError> {
-        let mut state = self.state.lock().await;
-        self.store
-            .remove_left(name, &instance.upstream, goodbye_ms, why)
-            .await?;
-        let removed = state.waifus.get_mut(name).is_some_and(|entry| {
-            let before = entry.instances.len();
-            entry.instances.retain(|i| !Arc::ptr_eq(i, instance));
-            before != entry.instances.len()
-        });
-        if removed {
-            self.rebuild(&mut state, name);
-            self.touch(&mut state, name);
-        }
-        Ok(())
-    }
-
-    /// Forgets waifus without an instance for `after`, with their binds.
-    pub(crate) async fn forget_empty(&self, after: std::time::Duration) -> Result<(), StoreError> {
-        let mut state = self.state.lock().await;
-        for name in self.store.forget_empty(after).await? {
-            let Some(entry) = state.waifus.remove(&name) else {
-                continue;
-            };
-            let hosts: Vec<String> = entry.binds.iter().map(|(k, _)| k.host.clone()).collect();
-            self.touch(&mut state, &name);
-            self.publish_waifu(&state, &name, hosts.iter().map(String::as_str));
-            info!(%name, "forgot a waifu that has had no instance since its last goodbye");
-        }
-        Ok(())
-    }
-
     /// Makes `version` the current version of `name` in the store (audited
     /// from `source`, announced to the other orchestrators) and here.
     pub(crate) async fn make_current(
@@ -371,36 +331,6 @@ impl Registry {
     fn touch(&self, state: &mut State, name: &str) {
         let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         state.touched.insert(name.to_owned(), seq);
-    }
-
-    /// Drops an instance that stayed critical too long; its waifu and binds
-    /// go with its last instance. Memory follows only once the store agreed.
-    pub(crate) async fn deregister(
-        &self,
-        name: &str,
-        instance: &Arc<Instance>,
-        why: &str,
-    ) -> Result<(), StoreError> {
-        let mut state = self.state.lock().await;
-        self.store
-            .remove_instance(name, &instance.upstream, "orchestrator", why)
-            .await?;
-        let old_hosts: Vec<String> = state.waifus.get(name).map_or_else(Vec::new, |e| {
-            e.binds.iter().map(|(key, _)| key.host.clone()).collect()
-        });
-        if let Some(entry) = state.waifus.get_mut(name) {
-            entry.instances.retain(|i| !Arc::ptr_eq(i, instance));
-            if entry.instances.is_empty() {
-                state.waifus.remove(name);
-            } else {
-                entry.route = Arc::new(entry.route.rebuilt(entry.instances.clone()));
-            }
-        }
-        self.touch(&mut state, name);
-        self.publish_waifu(&state, name, old_hosts.iter().map(String::as_str));
-        instance.retired.cancel();
-        info!(name, instance = %instance.upstream, "deregistered instance");
-        Ok(())
     }
 
     /// Publishes the table after a change to one waifu only; `old_hosts`
