@@ -55,6 +55,12 @@ pub struct Goodbye {
     /// Required when the name is claimed. `Debug` never shows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// Answer only once nothing is in flight to the instance on the
+    /// orchestrator asked, or its drain time is over, or a few seconds
+    /// have passed (then the answer's `inFlight` is not 0: ask again).
+    /// Asking again is cheap on the network and idempotent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wait: bool,
 }
 
 impl std::fmt::Debug for Goodbye {
@@ -63,6 +69,7 @@ impl std::fmt::Debug for Goodbye {
             .field("name", &self.name)
             .field("host", &self.host)
             .field("secret", &self.secret.as_ref().map(|_| "(hidden)"))
+            .field("wait", &self.wait)
             .finish()
     }
 }
@@ -75,6 +82,10 @@ pub struct GoodbyeResponse {
     pub host: String,
     /// Always true: it gets no new request and drains.
     pub draining: bool,
+    /// With `wait`: requests and upgraded connections still in flight to
+    /// the instance on the orchestrator that answered (0: drained there).
+    #[serde(rename = "inFlight", default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<u64>,
 }
 
 fn null_as_empty<'de, D>(d: D) -> Result<BTreeMap<String, String>, D::Error>
@@ -341,6 +352,7 @@ mod tests {
             name: "shop".into(),
             host: "shop:80".into(),
             secret: Some("s3cret-a".into()),
+            wait: true,
         };
         let rotate = RotateRequest {
             name: "shop".into(),

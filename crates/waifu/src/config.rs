@@ -167,6 +167,7 @@ pub(crate) fn from_vars(
         rehello_every: crate::DEFAULT_REHELLO,
         version,
         drain_for: crate::DEFAULT_DRAIN,
+        health: None,
         credentials: Default::default(),
         rotation: Default::default(),
     })

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use tracing::{info, warn};
-use waifus_protocol::{DatabaseCredentials, Goodbye, Hello, HelloResponse};
+use waifus_protocol::{DatabaseCredentials, Goodbye, GoodbyeResponse, Hello, HelloResponse};
 
 pub use client::CallError;
 pub use config::ConfigError;
@@ -53,6 +53,9 @@ pub const DEFAULT_DRAIN: Duration = Duration::from_secs(25);
 /// every orchestrator (several may share the state) has stopped sending to
 /// it before it stops listening.
 pub const GOODBYE_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a goodbye the orchestrator has not taken yet is retried.
+const GOODBYE_RETRY_FOR: Duration = Duration::from_secs(5);
 
 /// One waifu: who it is, where it listens, how to reach the orchestrator.
 /// Its `Debug` shows neither its secret nor its token.
@@ -85,6 +88,8 @@ pub struct Waifu {
     version: Option<String>,
     /// How long in-flight requests may take to finish after SIGTERM.
     drain_for: Duration,
+    /// The health path announced in hello (`None`: the protocol's).
+    health: Option<String>,
     credentials: Arc<Mutex<Option<DatabaseCredentials>>>,
     /// Held for reading by every call that carries the secret (hello,
     /// goodbye, a database call), for writing by a rotation: no call leaves
@@ -110,6 +115,7 @@ impl std::fmt::Debug for Waifu {
             .field("rehello_every", &self.rehello_every)
             .field("version", &self.version)
             .field("drain_for", &self.drain_for)
+            .field("health", &self.health)
             .finish_non_exhaustive()
     }
 }
@@ -120,6 +126,20 @@ fn read_secret_file(file: &std::path::Path) -> Option<String> {
     let text = std::fs::read_to_string(file).ok()?;
     let text = text.trim_end_matches(['\n', '\r']);
     (!text.is_empty()).then(|| text.to_owned())
+}
+
+/// How a goodbye that waits ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// The orchestrator has nothing in flight to the instance.
+    Idle,
+    /// The instance was removed already (drained where it was first).
+    Gone,
+    /// Time ran out with requests still in flight.
+    TimedOut {
+        /// How many, as last reported.
+        in_flight: u64,
+    },
 }
 
 /// Why `serve` stopped with an error.
@@ -194,7 +214,7 @@ impl Waifu {
             additional_binds: self.binds.clone(),
             secret: self.current_secret(),
             version: self.version.clone(),
-            health: None,
+            health: self.health.clone(),
         };
         let (status, body) = client::post_json(&url, &hello, self.token.as_deref()).await?;
         if status != StatusCode::OK {
@@ -219,12 +239,72 @@ impl Waifu {
     /// # Ok(()) }
     /// ```
     pub async fn goodbye(&self) -> Result<(), HelloError> {
+        self.goodbye_call(false).await.map(|_| ())
+    }
+
+    /// Says goodbye and waits, at most `within`, until the orchestrator
+    /// has nothing in flight to this instance any more (it answers each
+    /// goodbye that asks to wait within a few seconds; this asks again
+    /// until then). For a program that cannot count its own requests, such
+    /// as one running an app it did not write.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), waifu::HelloError> {
+    /// let w = waifu::Waifu::new("a", "a:8080");
+    /// match w.goodbye_and_drain(std::time::Duration::from_secs(25)).await? {
+    ///     waifu::Drained::Idle | waifu::Drained::Gone => println!("nothing in flight"),
+    ///     waifu::Drained::TimedOut { in_flight } => println!("{in_flight} still in flight"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn goodbye_and_drain(&self, within: Duration) -> Result<Drained, HelloError> {
+        let started = tokio::time::Instant::now();
+        let deadline = started + within;
+        let mut attempt = 0;
+        let mut said = false;
+        let mut last = 0;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            // An orchestrator that never took the goodbye gets a few seconds,
+            // as a waifu that stops gives it; one that did, until the end.
+            let retrying = said || started.elapsed() < GOODBYE_RETRY_FOR;
+            let in_flight = match tokio::time::timeout(left, self.goodbye_call(true)).await {
+                Ok(Ok(answer)) => answer.in_flight.unwrap_or(0),
+                // Removed already: drained on the orchestrator that was first.
+                Ok(Err(HelloError::Refused { status, .. }))
+                    if said && status == StatusCode::NOT_FOUND =>
+                {
+                    return Ok(Drained::Gone);
+                }
+                Ok(Err(e)) if e.is_transient() && retrying && !left.is_zero() => {
+                    warn!(error = %e, "goodbye failed; retrying");
+                    let wait = backoff(attempt).min(Duration::from_millis(500));
+                    tokio::time::sleep(wait.min(left)).await;
+                    attempt += 1;
+                    continue;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(Drained::TimedOut { in_flight: last }),
+            };
+            said = true;
+            last = in_flight;
+            if in_flight == 0 {
+                return Ok(Drained::Idle);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(Drained::TimedOut { in_flight });
+            }
+        }
+    }
+
+    async fn goodbye_call(&self, wait: bool) -> Result<GoodbyeResponse, HelloError> {
         let _sending = self.rotation.read().await;
         let url = format!("{}/__internal/goodbye", self.orchestrator);
         let goodbye = Goodbye {
             name: self.name.clone(),
             host: self.host.clone(),
             secret: self.current_secret(),
+            wait,
         };
         let (status, body) = client::post_json(&url, &goodbye, self.token.as_deref()).await?;
         if status != StatusCode::OK {
@@ -233,7 +313,10 @@ impl Waifu {
                 message: client::error_message(&body),
             });
         }
-        Ok(())
+        serde_json::from_slice(&body).map_err(|e| HelloError::Refused {
+            status,
+            message: format!("unexpected answer: {e}"),
+        })
     }
 
     /// Says hello until it succeeds (capped exponential backoff), logs

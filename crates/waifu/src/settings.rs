@@ -25,6 +25,21 @@ impl Waifu {
         config::from_vars(|k| std::env::var(k).ok(), &config::hostname())
     }
 
+    /// Settings as [`Waifu::from_env`] reads them, but from `lookup`
+    /// (a program that takes some of them from its command line asks the
+    /// environment for the others).
+    ///
+    /// ```no_run
+    /// let waifu = waifu::Waifu::from_lookup(|k| match k {
+    ///     "PORT" => Some("9000".to_owned()),
+    ///     _ => std::env::var(k).ok(),
+    /// })?;
+    /// # Ok::<(), waifu::ConfigError>(())
+    /// ```
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Waifu, ConfigError> {
+        config::from_vars(lookup, &config::hostname())
+    }
+
     /// Settings in code: a name and the address the orchestrator reaches
     /// this waifu at. Everything else as in [`Waifu::from_env`]'s defaults.
     ///
@@ -48,6 +63,7 @@ impl Waifu {
             rehello_every: DEFAULT_REHELLO,
             version: None,
             drain_for: DEFAULT_DRAIN,
+            health: None,
             credentials: Arc::default(),
             rotation: Arc::default(),
         }
@@ -171,6 +187,40 @@ impl Waifu {
     pub fn drain_for(mut self, within: Duration) -> Self {
         self.drain_for = within;
         self
+    }
+
+    /// The path the orchestrator checks this waifu's health at, sent with
+    /// every hello; any 2xx answer there is healthy. Unset, the protocol's
+    /// `GET /__internal/health` answering 204 is the rule ([`Waifu::serve`]
+    /// serves it).
+    ///
+    /// ```
+    /// let w = waifu::Waifu::new("a", "a:1").health_path("/healthz");
+    /// assert_eq!(w.health(), Some("/healthz"));
+    /// ```
+    pub fn health_path(mut self, path: impl Into<String>) -> Self {
+        self.health = Some(path.into());
+        self
+    }
+
+    /// The health path sent with each hello, if one was set.
+    pub fn health(&self) -> Option<&str> {
+        self.health.as_deref()
+    }
+
+    /// The port it listens on ([`Waifu::port`], `PORT`).
+    ///
+    /// ```
+    /// assert_eq!(waifu::Waifu::new("a", "a:9000").port(9000).listening_port(), 9000);
+    /// ```
+    pub fn listening_port(&self) -> u16 {
+        self.port
+    }
+
+    /// How long requests in flight may take after SIGTERM
+    /// ([`Waifu::drain_for`]).
+    pub fn drain_time(&self) -> Duration {
+        self.drain_for
     }
 
     /// The waifu's name.

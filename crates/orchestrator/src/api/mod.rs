@@ -36,6 +36,11 @@ use source::Source;
 pub(crate) use state::{AppState, Calls};
 pub(crate) use tokens::Tokens;
 
+/// The longest a goodbye with `wait` waits for the instance to drain here
+/// before answering with what is still in flight: within the deadline every
+/// call answers in.
+const GOODBYE_WAIT: std::time::Duration = std::time::Duration::from_secs(4);
+
 /// The internal API's router.
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
@@ -147,11 +152,24 @@ async fn goodbye(
             Asked::Goodbye,
         )
         .await?;
-    let host = state.registry.goodbye(valid, peer).await?;
+    let instance = state.registry.goodbye(valid, peer).await?;
+    let in_flight = if goodbye.wait {
+        let drained = async {
+            tokio::select! {
+                () = instance.idle() => {}
+                () = instance.drained.cancelled() => {}
+            }
+        };
+        let _ = tokio::time::timeout(GOODBYE_WAIT, drained).await;
+        Some(u64::try_from(instance.in_flight()).unwrap_or(u64::MAX))
+    } else {
+        None
+    };
     Ok(Json(GoodbyeResponse {
         name: goodbye.name,
-        host,
+        host: instance.upstream.to_string(),
         draining: true,
+        in_flight,
     }))
 }
 

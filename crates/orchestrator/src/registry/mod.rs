@@ -272,12 +272,12 @@ impl Registry {
     /// Handles `POST /__internal/goodbye` from `source`, whose ownership of
     /// the name was checked before: the instance gets no new request here
     /// at once (and on other orchestrators when they hear of it), and drains.
-    /// Returns its canonical address.
+    /// Returns the instance, which knows what is in flight to it here.
     pub(crate) async fn goodbye(
         &self,
         goodbye: ValidGoodbye<'_>,
         source: std::net::IpAddr,
-    ) -> Result<String, GoodbyeError> {
+    ) -> Result<Arc<Instance>, GoodbyeError> {
         let ValidGoodbye { name, upstream } = goodbye;
         let mut state = self.state.lock().await;
         let instance = state
@@ -298,7 +298,7 @@ impl Registry {
             self.drain(&name.into(), &instance, goodbye_ms);
         }
         self.touch(&mut state, name);
-        Ok(upstream.to_string())
+        Ok(instance)
     }
 
     /// Rebuilds and publishes a waifu's route after one of its instances

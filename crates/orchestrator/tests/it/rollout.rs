@@ -227,6 +227,98 @@ async fn goodbye_stops_new_requests_and_lets_those_in_flight_finish() {
 }
 
 #[tokio::test]
+async fn a_goodbye_that_waits_answers_once_nothing_is_in_flight() {
+    let orch = harness::start(&unique_db("goodbyewait"), &["--upstream-timeout", "10s"]).await;
+    let a = TestWaifu::start("a").await;
+    orch.register("w", &a.host(), json!({})).await;
+    let public = orch.public;
+    let slow = |ms: u64| {
+        tokio::spawn(async move {
+            harness::send(
+                public,
+                Method::GET,
+                &format!("/w/slow?ms={ms}"),
+                &[("host", "localhost")],
+                Bytes::new(),
+            )
+            .await
+        })
+    };
+    let in_flight = async || {
+        a.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| t.starts_with("/slow"))
+            .count()
+    };
+    // A request longer than one wait: the answer comes after about 4 s
+    // with it still counted, and asking again is answered the same way.
+    let long = slow(6_000);
+    wait_until("the long request reached A", async || {
+        in_flight().await == 1
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let (status, body) = goodbye(&orch, json!({"name": "w", "host": a.host(), "wait": true})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["inFlight"], 1, "{body} after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(3),
+        "{body}"
+    );
+    // Once it is done, the next goodbye says so (or the instance is gone).
+    assert_eq!(
+        long.await.unwrap().expect("an answer").status,
+        StatusCode::OK
+    );
+    let (status, body) = goodbye(&orch, json!({"name": "w", "host": a.host(), "wait": true})).await;
+    match status {
+        StatusCode::OK => assert_eq!(body["inFlight"], 0, "{body}"),
+        StatusCode::NOT_FOUND => assert_eq!(body["error"], "unknown_instance", "{body}"),
+        other => panic!("{other}: {body}"),
+    }
+
+    // A goodbye that waits is answered as soon as the request in flight
+    // ends, not at the end of the wait.
+    let b = TestWaifu::start("b").await;
+    orch.register("w", &b.host(), json!({})).await;
+    let public = orch.public;
+    let short = tokio::spawn(async move {
+        harness::send(
+            public,
+            Method::GET,
+            "/w/slow?ms=1200",
+            &[("host", "localhost")],
+            Bytes::new(),
+        )
+        .await
+    });
+    wait_until("the request reached B", async || {
+        b.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|t| t.starts_with("/slow"))
+    })
+    .await;
+    let (status, body) = goodbye(&orch, json!({"name": "w", "host": b.host(), "wait": true})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["inFlight"], 0, "{body}");
+    // It was answered by then, and never cut.
+    let r = short.await.unwrap().expect("an answer");
+    assert_eq!(
+        (r.status, &r.body[..]),
+        (StatusCode::OK, &b"slept 1200"[..])
+    );
+    // Without `wait` the answer is as before.
+    orch.register("w", &a.host(), json!({})).await;
+    let (_, body) = goodbye(&orch, json!({"name": "w", "host": a.host()})).await;
+    assert!(body.get("inFlight").is_none(), "{body}");
+    orch.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_waifu_whose_last_instance_left_is_503_until_it_returns() {
     let orch = harness::start(&unique_db("lastleft"), &[]).await;
     let a = TestWaifu::start("a").await;

@@ -48,11 +48,18 @@ pub(crate) struct Load {
 
 impl Load {
     pub(crate) fn start(public: SocketAddr, name: &str, posts: bool) -> Load {
+        Load::posting_to(public, name, posts.then_some("/work"))
+    }
+
+    /// The same, with the POSTs (if any) sent to `post` (carrying their key
+    /// in `x-key` as well).
+    pub(crate) fn posting_to(public: SocketAddr, name: &str, post: Option<&str>) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let outcomes = Arc::new(Mutex::new(Vec::new()));
         let clients = (0..CLIENTS)
             .map(|c| {
                 let (stop, outcomes, name) = (stop.clone(), outcomes.clone(), name.to_owned());
+                let post_path = post.map(str::to_owned);
                 tokio::spawn(async move {
                     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
                         .pool_max_idle_per_host(1)
@@ -60,13 +67,16 @@ impl Load {
                     let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         n += 1;
-                        let post = posts && n.is_multiple_of(2);
+                        let post = post_path.is_some() && n.is_multiple_of(2);
                         let key = post.then(|| format!("c{c}-{n}"));
                         let mut request = http::Request::builder().header("host", "localhost");
                         let body = if let Some(key) = &key {
                             request = request
                                 .method("POST")
-                                .uri(format!("http://{public}/{name}/work"))
+                                .uri(format!(
+                                    "http://{public}/{name}{}",
+                                    post_path.as_deref().unwrap_or_default()
+                                ))
                                 .header("x-key", key);
                             Bytes::from(vec![b'x'; BODY])
                         } else {
@@ -148,12 +158,20 @@ impl Load {
 
 /// The keys written by the waifus' logs, with how often each was written.
 pub(crate) fn done_keys(logs: &[&Path]) -> HashMap<String, usize> {
+    let texts: Vec<String> = logs
+        .iter()
+        .map(|log| std::fs::read_to_string(log).unwrap_or_default())
+        .collect();
+    counted_keys(&texts.concat())
+}
+
+/// The keys in `text`, one per line (a tab ends a key), with how often
+/// each is there.
+pub(crate) fn counted_keys(text: &str) -> HashMap<String, usize> {
     let mut done = HashMap::new();
-    for log in logs {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        for key in text.lines() {
-            *done.entry(key.to_owned()).or_insert(0) += 1;
-        }
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let key = line.split('\t').next().unwrap_or(line);
+        *done.entry(key.to_owned()).or_insert(0) += 1;
     }
     done
 }
@@ -161,7 +179,11 @@ pub(crate) fn done_keys(logs: &[&Path]) -> HashMap<String, usize> {
 /// Every POST that was answered 200 was done exactly once, and no POST was
 /// done that the load did not send or was done twice.
 pub(crate) fn each_post_done_once(outcomes: &[Outcome], logs: &[&Path]) {
-    let done = done_keys(logs);
+    each_post_done_once_in(outcomes, done_keys(logs));
+}
+
+/// The same, for the keys an app lists.
+pub(crate) fn each_post_done_once_in(outcomes: &[Outcome], done: HashMap<String, usize>) {
     let sent: HashMap<&str, &Outcome> = outcomes
         .iter()
         .filter_map(|o| o.key.as_deref().map(|k| (k, o)))

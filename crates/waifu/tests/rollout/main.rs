@@ -25,6 +25,7 @@
 
 mod load;
 mod platform;
+mod run;
 mod systemd;
 mod upgrade;
 
