@@ -5,7 +5,7 @@
 #
 # postgres-password and database-url (the same password), internal-token
 # (every waifu's ORCHESTRATOR_TOKEN), admin-token (for you, Prometheus and
-# the CLI), link-secret and hello-secret (each waifu's own). Random, 32 bytes
+# the CLI), link-secret, hello-secret and notes-secret (each waifu's own). Random, 32 bytes
 # as hex; a file that exists is kept, so running it again changes nothing.
 # The directory is 0700 (nobody else on this machine reads it); the files
 # are 0644 because each is bind-mounted into its container, whose user is
@@ -24,6 +24,6 @@ write() {
 write postgres-password "$(random)"
 password=$(head -n1 "$dir/postgres-password")
 write database-url "postgres://waifus:$password@postgres:5432/waifus"
-for name in internal-token admin-token link-secret hello-secret; do
+for name in internal-token admin-token link-secret hello-secret notes-secret; do
     write "$name" "$(random)"
 done

@@ -134,8 +134,14 @@ impl App {
     fn reap(&mut self) -> Option<Ended> {
         let orphans_are_ours = std::process::id() == 1;
         while self.ended.is_none() {
-            let which = (!orphans_are_ours).then_some(self.pid);
-            match rustix::process::waitpid(which, WaitOptions::NOHANG) {
+            // `waitpid(None)` would be only our own process group, which the
+            // app is not in: any child is `wait`.
+            let reaped = if orphans_are_ours {
+                rustix::process::wait(WaitOptions::NOHANG)
+            } else {
+                rustix::process::waitpid(Some(self.pid), WaitOptions::NOHANG)
+            };
+            match reaped {
                 Ok(Some((pid, status))) if pid == self.pid => {
                     self.ended = Some(Ended::from_status(status));
                 }

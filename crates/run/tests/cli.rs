@@ -73,3 +73,29 @@ fn an_app_that_cannot_start_or_dies_before_its_health_passes_is_passed_on() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn as_a_containers_first_process_it_passes_on_the_apps_status() {
+    // A new PID namespace makes waifu-run process 1, as in a container:
+    // it reaps every child, the app's status among them. The app leaves
+    // an orphan behind, which becomes waifu-run's.
+    let unshare = Command::new("unshare")
+        .args(["-fp", "--mount-proc", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !waifus_testkit::require(unshare, "unshare -fp (root)", "run the suite as root") {
+        return;
+    }
+    let out = Command::new("unshare")
+        .args(["-fp", "--mount-proc"])
+        .arg(env!("CARGO_BIN_EXE_waifu-run"))
+        .args(["--name", "pid1", "--port", "1", "--"])
+        .args(["sh", "-c", "sleep 0.3 & sleep 0.1; exit 3"])
+        .env("ORCHESTRATOR_URL", "http://127.0.0.1:1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("exit status 3"), "{err}");
+    assert!(!err.contains("waiting for the app failed"), "{err}");
+}

@@ -25,6 +25,8 @@ pub struct RuleResult {
 pub struct Report {
     pub target: String,
     pub results: Vec<RuleResult>,
+    /// Said after the verdict (where to look when a rule failed).
+    pub note: Option<String>,
 }
 
 impl Report {
@@ -45,9 +47,13 @@ impl fmt::Display for Report {
         }
         let failed = self.results.iter().filter(|r| r.failure.is_some()).count();
         if failed == 0 {
-            write!(f, "All {} rules passed.", self.results.len())
+            write!(f, "All {} rules passed.", self.results.len())?;
         } else {
-            write!(f, "{failed} of {} rules failed.", self.results.len())
+            write!(f, "{failed} of {} rules failed.", self.results.len())?;
+        }
+        match &self.note {
+            Some(note) => write!(f, "\n{note}"),
+            None => Ok(()),
         }
     }
 }
@@ -68,6 +74,7 @@ pub async fn check(target: &str, timeout: Duration) -> Report {
     let mut report = Report {
         target: target.to_owned(),
         results: Vec::new(),
+        note: None,
     };
     let upstream = match parse_host(target) {
         Ok(u) if u.scheme == Scheme::Http => u,

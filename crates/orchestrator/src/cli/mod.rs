@@ -3,6 +3,7 @@
 //! The only code that reports errors with `anyhow`, for a person to read.
 
 mod check;
+mod conformance;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -14,12 +15,16 @@ use orchestrator::{
 };
 use waifus_protocol::{AuditEntry, IncidentInfo};
 
-/// `orchestrator check URL`: prints the report; exit 0 only if all rules pass.
+/// `orchestrator check URL` or `check --run -- CMD`: prints the report;
+/// exit 0 only if all rules pass.
 pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(check::check(&args.url, args.timeout));
+    let report = match &args.url {
+        Some(url) if !args.run => runtime.block_on(check::check(url, args.timeout)),
+        _ => runtime.block_on(conformance::run(args))?,
+    };
     println!("{report}");
     Ok(if report.passed() {
         ExitCode::SUCCESS

@@ -289,9 +289,40 @@ pub struct IncidentsArgs {
 /// Arguments of `orchestrator check`.
 #[derive(Debug, Clone, Args)]
 pub struct CheckArgs {
-    /// The waifu's address: host:port or http://host:port.
-    pub url: String,
+    /// The waifu's address: host:port or http://host:port (its health
+    /// answer is checked). Not with --run.
+    #[arg(required_unless_present = "run", conflicts_with = "run")]
+    pub url: Option<String>,
     /// How long the waifu may take to answer.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Run the command given after `--` as a waifu (twice, for a deploy)
+    /// with a throwaway orchestrator, and check every rule of the protocol.
+    #[arg(long, requires = "command")]
+    pub run: bool,
+    /// With --run: the command and its arguments. It gets ORCHESTRATOR_URL,
+    /// WAIFU_NAME, WAIFU_HOST, PORT, LISTEN_ADDR, WAIFU_VERSION,
+    /// WAIFU_SECRET and WAIFU_CACHE_DIR, and must listen on PORT.
+    #[arg(last = true)]
+    pub command: Vec<std::ffi::OsString>,
+    /// With --run: an orchestrator's internal API (http://host:port) to use
+    /// instead of a throwaway one; needs --public.
+    #[arg(long, requires = "public", requires = "run")]
+    pub orchestrator: Option<String>,
+    /// With --orchestrator: its public address (host:port), where the
+    /// waifu is served at /{name}/.
+    #[arg(long, requires = "orchestrator")]
+    pub public: Option<SocketAddr>,
+    /// With --orchestrator: its ADMIN_TOKEN, to read its list of waifus.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// With --run: the waifu's name.
+    #[arg(long, default_value = "conformance")]
+    pub name: String,
+    /// With --run: the path the load requests during the deploy.
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    /// With --run: how long an instance may take to exit after SIGTERM.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain: Duration,
 }

@@ -43,7 +43,9 @@ impl Stack {
             ("ORCHESTRATOR_IMAGE", &images.orchestrator),
             ("LINK_IMAGE", &images.link),
             ("HELLO_IMAGE", &images.hello),
+            ("NOTES_IMAGE", &images.notes),
             ("WAIFUS_BASE_IMAGE", &images.base),
+            ("APP_BASE_IMAGE", &images.app_base),
             ("PUBLISH_ADDR", "127.0.0.1"),
             ("HTTP_PORT", &http.to_string()),
             ("HTTPS_PORT", &https.to_string()),
@@ -195,6 +197,19 @@ async fn the_compose_stack_serves_restarts_scales_and_loses_nothing() {
     follow("localhost", format!("/link/link/{code}")).await;
     follow("link.localhost", format!("/{code}")).await;
 
+    // notes, a Python app with no waifus code run by waifu-run, stores a
+    // note in the database waifu-run handed it and lists it.
+    until_status(port, "localhost", "/notes/", 200, Duration::from_secs(180)).await;
+    let (status, _, key) = public(port, "POST", "localhost", "/notes/notes", "a note")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{key}");
+    let (status, _, listed) = public(port, "GET", "localhost", "/notes/notes", "")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{listed}");
+    assert!(listed.lines().any(|l| l == key.trim()), "{key} in {listed}");
+
     // Backups run in the container with the server's own pg_dump: link's
     // new database gets a first verified backup on the `backups` volume,
     // and it restores there (paused, swapped, resumed) with its link in it.
@@ -305,9 +320,9 @@ async fn the_compose_stack_serves_restarts_scales_and_loses_nothing() {
         tokio::task::block_in_place(|| stack.metric("waifus_hellos_total{outcome=\"ok\"}"));
     eprintln!("orchestrator restart: routes back after {back:?}, {hellos} hellos since");
     // Waifus say hello every 30 s; one whose turn fell in the restart
-    // may have said it again, but not all three.
+    // may have said it again, but not all four.
     assert!(
-        hellos < 3.0,
+        hellos < 4.0,
         "routes came back from the stored state, not from hellos"
     );
 
@@ -369,6 +384,20 @@ async fn the_compose_stack_serves_restarts_scales_and_loses_nothing() {
         tokio::task::block_in_place(|| stack.serving("hello")).len(),
         2
     );
+
+    // docker stop of the notes container: waifu-run says goodbye, waits
+    // for nothing in flight, stops the app; the container exits 0.
+    let notes = tokio::task::block_in_place(|| stack.containers("notes"))
+        .pop()
+        .unwrap();
+    tokio::task::block_in_place(|| ok(&mut docker(&["stop", &notes]), Duration::from_secs(60)));
+    let exit = ok(
+        &mut docker(&["inspect", "-f", "{{.State.ExitCode}}", &notes]),
+        Duration::from_secs(30),
+    );
+    let log = tokio::task::block_in_place(|| stack.logs(&notes));
+    assert_eq!(exit.trim(), "0", "{log}");
+    assert!(log.contains("nothing in flight any more"), "{log}");
 
     // PostgreSQL restarted: provisioning works again, nothing else restarted.
     tokio::task::block_in_place(|| {

@@ -15,6 +15,7 @@ mod binary;
 mod binary_load;
 mod check;
 mod claims;
+mod conformance;
 mod data;
 mod database;
 mod deploy;

@@ -257,3 +257,32 @@ async fn waifu_run_hands_the_app_its_database_from_the_cache_when_the_orchestrat
     second.signal("-TERM");
     assert_eq!(second.exit_code(Duration::from_secs(40)), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_ends_by_itself_is_said_goodbye_for_and_its_status_passed_on() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let platform = Platform::start("run-ends").await;
+    let stop = platform.dir.join("stop");
+    // A server that stops when told (the file appears) and exits 9.
+    let script = format!(
+        "{PYTHON} -m http.server --bind 127.0.0.1 \"$PORT\" & server=$!; \
+         while [ ! -e {stop} ]; do sleep 0.05; done; kill $server; exit 9",
+        stop = stop.display()
+    );
+    let mut app = platform.run_app("ends", "a", &["--health", "/"], &["sh", "-c", &script], &[]);
+    platform.until_answered("ends", "<!DOCTYPE").await;
+    std::fs::write(&stop, "").unwrap();
+    assert_eq!(
+        app.exit_code(Duration::from_secs(30)),
+        Some(9),
+        "{}",
+        platform.log("a")
+    );
+    let log = platform.log("a");
+    assert!(log.contains("the app ended: saying goodbye"), "{log}");
+    let actions = platform.audited("ends").await;
+    assert!(actions.iter().any(|a| a == "goodbye"), "{actions:?}");
+    // It is no longer routed: the waifu answers 503 until an instance returns.
+    let (status, _) = fetch(platform.public, "GET", "/ends/", None).await.unwrap();
+    assert_eq!(status, 503);
+}
