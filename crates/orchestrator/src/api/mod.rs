@@ -29,7 +29,7 @@ use waifus_protocol::{
 
 use crate::ownership::Asked;
 use crate::provision::MAX_SECRET;
-use crate::registry::{ValidGoodbye, ValidHello};
+use crate::registry::{GoodbyeError, ValidGoodbye, ValidHello};
 
 use error::{ApiError, MAX_BODY};
 use source::Source;
@@ -152,7 +152,16 @@ async fn goodbye(
             Asked::Goodbye,
         )
         .await?;
-    let instance = state.registry.goodbye(valid, peer).await?;
+    // Removed here already (or by another orchestrator) while requests to
+    // it are still in flight here: a goodbye that waits waits for them.
+    let still_leaving = goodbye
+        .wait
+        .then(|| state.registry.still_leaving(&valid))
+        .flatten();
+    let instance = match (state.registry.goodbye(valid, peer).await, still_leaving) {
+        (Err(GoodbyeError::UnknownInstance), Some(instance)) => instance,
+        (answer, _) => answer?,
+    };
     let in_flight = if goodbye.wait {
         let drained = async {
             tokio::select! {

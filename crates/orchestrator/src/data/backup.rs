@@ -105,7 +105,9 @@ impl Backups {
         match most {
             Some(name) if overdue(&name) >= 0.0 => {
                 self.back_up(&name).await;
-                Ok(spacing)
+                // A database made meanwhile is not left a whole spacing
+                // (an interval, with one database) without a backup.
+                Ok(spacing.min(poll))
             }
             _ => {
                 let soonest = names.iter().map(|n| -overdue(n)).fold(every, f64::min);

@@ -157,6 +157,11 @@ pub(crate) struct Registry {
     /// How long a hello waits for the first check of its instance (the
     /// health check timeout).
     check_wait: std::time::Duration,
+    /// Every instance handed to the drain, by name and address, while
+    /// anything (a request in flight here) keeps it alive: another
+    /// orchestrator may remove it from the state first, and a goodbye that
+    /// waits must still see what is in flight to it here.
+    left: std::sync::Mutex<Vec<(Arc<str>, std::sync::Weak<Instance>)>>,
 }
 
 /// What [`Registry::load`] is given.
@@ -203,6 +208,7 @@ impl Registry {
             // The internal API answers within 5 s: a slow first check is
             // not waited out (the instance is routed once it passes).
             check_wait: check_wait.min(MAX_CHECK_WAIT),
+            left: std::sync::Mutex::default(),
         };
         let loaded = {
             let mut state = registry.state.lock().await;
@@ -255,6 +261,11 @@ impl Registry {
     /// Stops checking a leaving instance, closes its idle connections (so a
     /// waifu waiting for them can exit) and hands it to the drain.
     fn drain(&self, name: &Arc<str>, instance: &Arc<Instance>, goodbye_ms: i64) {
+        {
+            let mut left = self.left.lock().unwrap_or_else(|e| e.into_inner());
+            left.retain(|(_, i)| i.strong_count() > 0);
+            left.push((name.clone(), Arc::downgrade(instance)));
+        }
         instance.retired.cancel();
         instance.endpoint.pool.close();
         let _ = self.leaving.send(Leaving {
@@ -299,6 +310,17 @@ impl Registry {
         }
         self.touch(&mut state, name);
         Ok(instance)
+    }
+
+    /// An instance of `name` at `upstream` that left the state (drained,
+    /// or removed by another orchestrator) while something here still
+    /// holds it, such as a request in flight.
+    pub(crate) fn still_leaving(&self, goodbye: &ValidGoodbye<'_>) -> Option<Arc<Instance>> {
+        let left = self.left.lock().unwrap_or_else(|e| e.into_inner());
+        left.iter()
+            .filter(|(name, _)| **name == *goodbye.name)
+            .filter_map(|(_, i)| i.upgrade())
+            .find(|i| i.upstream == goodbye.upstream)
     }
 
     /// Rebuilds and publishes a waifu's route after one of its instances

@@ -351,3 +351,36 @@ async fn a_backup_restores_on_a_new_machine() {
         .unwrap();
     fresh.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_made_after_a_backup_gets_its_first_within_seconds_not_an_interval() {
+    let db = unique_db("backupnew");
+    let dir = harness::temp_dir("backupnew");
+    let orch = harness::start(
+        &db,
+        &[
+            "--backup-dir",
+            dir.to_str().unwrap(),
+            "--backup-interval",
+            "1h",
+        ],
+    )
+    .await;
+    credentials(&orch, "first", "first-secret").await;
+    until(
+        "a verified backup of first",
+        Duration::from_secs(60),
+        async || !verified_ids(&db, "first").await.is_empty(),
+    )
+    .await;
+    // Made after that backup: with one database the spacing is the whole
+    // hour, but a new one is looked for every 10 s.
+    credentials(&orch, "second", "second-secret").await;
+    until(
+        "a verified backup of second",
+        Duration::from_secs(60),
+        async || !verified_ids(&db, "second").await.is_empty(),
+    )
+    .await;
+    orch.stop().await.unwrap();
+}

@@ -319,6 +319,68 @@ async fn a_goodbye_that_waits_answers_once_nothing_is_in_flight() {
 }
 
 #[tokio::test]
+async fn a_goodbye_that_waits_counts_what_is_in_flight_here_after_another_orchestrator_removed_it()
+{
+    // Two orchestrators on one state: a long request goes through `b`;
+    // the goodbye through `a`, where nothing is in flight, so `a` removes
+    // the instance at once, and `b` hears of it. A goodbye that waits, sent
+    // to `b`, must still count `b`'s request, not answer 404 (a program
+    // such as waifu-run would then stop its app under that request).
+    let db = unique_db("goodbyeelsewhere");
+    let flags = ["--upstream-timeout", "20s"];
+    let a = harness::start(&db, &flags).await;
+    let b = harness::start(&db, &flags).await;
+    let w = TestWaifu::start("w").await;
+    a.register("w", &w.host(), json!({})).await;
+    wait_until("b routes to w", async || {
+        b.get("localhost", "/w/who").await.status == StatusCode::OK
+    })
+    .await;
+    let public = b.public;
+    let long = tokio::spawn(async move {
+        harness::send(
+            public,
+            Method::GET,
+            "/w/slow?ms=7000",
+            &[("host", "localhost")],
+            Bytes::new(),
+        )
+        .await
+    });
+    wait_until("the long request reached w", async || {
+        w.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|t| t.starts_with("/slow"))
+    })
+    .await;
+    let (status, body) = goodbye(&a, json!({"name": "w", "host": w.host()})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_until("b no longer lists w's instance", async || {
+        listed(&b, "w").await.is_empty()
+    })
+    .await;
+    let (status, body) = goodbye(&b, json!({"name": "w", "host": w.host(), "wait": true})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["inFlight"], 1, "{body}");
+    // Without `wait` nothing changed: the instance is unknown.
+    let (status, _) = goodbye(&b, json!({"name": "w", "host": w.host()})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        long.await.unwrap().expect("an answer").status,
+        StatusCode::OK
+    );
+    let (status, body) = goodbye(&b, json!({"name": "w", "host": w.host(), "wait": true})).await;
+    assert!(
+        status == StatusCode::NOT_FOUND || body["inFlight"] == 0,
+        "{status} {body}"
+    );
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_waifu_whose_last_instance_left_is_503_until_it_returns() {
     let orch = harness::start(&unique_db("lastleft"), &[]).await;
     let a = TestWaifu::start("a").await;
