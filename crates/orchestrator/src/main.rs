@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Some(Command::Db(args)) => cli::report(cli::db(args.action)),
         Some(Command::Pause(args)) => cli::report(cli::pause(args)),
         Some(Command::Resume(args)) => cli::report(cli::resume(args)),
+        Some(Command::Maintenance(args)) => cli::report(cli::maintenance(args)),
         Some(Command::Version(args)) => cli::report(cli::version(args)),
         Some(Command::Upgrade(args)) => cli::report(cli::upgrade(args)),
         Some(Command::Serve(config)) => run(&config),

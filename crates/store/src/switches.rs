@@ -78,12 +78,33 @@ impl Store {
 
     /// Opens `name`'s switch (audited, announced); whether it was set.
     pub async fn clear_switch(&self, name: &str, source: &str) -> Result<bool, StoreError> {
+        self.clear_switch_in(name, None, source).await
+    }
+
+    /// Opens `name`'s switch only if it is in `mode` (`paused` or
+    /// `maintenance`): ending maintenance never releases a restore's pause.
+    pub async fn clear_switch_if(
+        &self,
+        name: &str,
+        mode: &str,
+        source: &str,
+    ) -> Result<bool, StoreError> {
+        self.clear_switch_in(name, Some(mode), source).await
+    }
+
+    async fn clear_switch_in(
+        &self,
+        name: &str,
+        mode: Option<&str>,
+        source: &str,
+    ) -> Result<bool, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let cleared = tx
             .query_opt(
-                "DELETE FROM switches WHERE name = $1 RETURNING mode",
-                &[&name],
+                "DELETE FROM switches WHERE name = $1 AND ($2::text IS NULL OR mode = $2)
+                 RETURNING mode",
+                &[&name, &mode],
             )
             .await?;
         let Some(row) = cleared else {

@@ -66,6 +66,11 @@ pub(crate) enum ApiError {
     #[error("maxWait must be a duration from 1 ms to 10 min, such as \"30s\"")]
     BadMaxWait,
     #[error(
+        "retryAfter must be whole seconds from 1 to 86400, and message at most 512 bytes \
+         of text without control characters"
+    )]
+    BadMaintenance,
+    #[error(
         "no instance of this waifu ever announced that version; known: {}",
         if .0.is_empty() { "none".to_owned() } else { .0.join(", ") }
     )]
@@ -129,6 +134,7 @@ impl ApiError {
             ApiError::TimedOut => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
             ApiError::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::BadMaxWait => (StatusCode::BAD_REQUEST, "invalid_max_wait"),
+            ApiError::BadMaintenance => (StatusCode::BAD_REQUEST, "invalid_maintenance"),
             ApiError::UnknownVersion(_) => (StatusCode::NOT_FOUND, "unknown_version"),
             ApiError::Upgrade(_) => (StatusCode::CONFLICT, "upgrade_failed"),
         }

@@ -12,6 +12,7 @@ mod error;
 mod operator;
 mod source;
 mod state;
+mod switch;
 mod tokens;
 
 use std::net::IpAddr;
@@ -56,7 +57,11 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route(
             "/__internal/waifus/{name}/pause",
-            axum::routing::put(operator::pause).delete(operator::resume),
+            axum::routing::put(switch::pause).delete(switch::resume),
+        )
+        .route(
+            "/__internal/waifus/{name}/maintenance",
+            axum::routing::put(switch::maintenance_on).delete(switch::maintenance_off),
         )
         .route(
             "/__internal/waifus/{name}/version",

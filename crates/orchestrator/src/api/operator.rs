@@ -1,6 +1,6 @@
-//! The operator's endpoints: the list of waifus and their health, pauses,
+//! The operator's endpoints: the list of waifus and their health,
 //! versions, the upgrade, incidents, the audit log, metrics and the status
-//! page.
+//! page (pauses and maintenance: [`super::switch`]).
 
 use axum::Json;
 use axum::body::Body;
@@ -12,7 +12,7 @@ use waifus_protocol::{AuditEntry, IncidentInfo, WaifuInfo, validate_name};
 
 use crate::ops::status::{RECENT_AUDIT, RECENT_INCIDENTS, Status, WaifuStatus, html};
 
-use super::error::{ApiError, INCIDENTS_MAX, MAX_BODY};
+use super::error::{ApiError, INCIDENTS_MAX};
 use super::source::Source;
 use super::{AppState, json_body};
 
@@ -78,63 +78,6 @@ pub(super) async fn waifu_health(
     }
 }
 
-/// `PUT /__internal/waifus/{name}/pause` `{"maxWait"?}`: the waifu's new
-/// public requests wait (none reaches it) until it is resumed, each at
-/// most `maxWait` (30 s), on every orchestrator.
-pub(super) async fn pause(
-    State(state): State<AppState>,
-    Source(peer): Source,
-    name: Result<Path<String>, PathRejection>,
-    body: Body,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let Path(name) = name.map_err(|_| ApiError::UnknownWaifu)?;
-    if state.routes.load().waifu(&name).is_none() {
-        return Err(ApiError::UnknownWaifu);
-    }
-    let bytes = axum::body::to_bytes(body, MAX_BODY)
-        .await
-        .map_err(|_| ApiError::BadBody)?;
-    let request: PauseRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
-        PauseRequest::default()
-    } else {
-        serde_json::from_slice(&bytes)?
-    };
-    let max_wait = match request.max_wait.as_deref() {
-        None => DEFAULT_MAX_WAIT,
-        Some(text) => humantime::parse_duration(text)
-            .ok()
-            .filter(|d| !d.is_zero() && *d <= MAX_MAX_WAIT)
-            .ok_or(ApiError::BadMaxWait)?,
-    };
-    let mode = crate::store::switches::SwitchMode::Paused { max_wait };
-    state
-        .registry
-        .set_switch(&name, &mode, &peer.to_string())
-        .await?;
-    Ok(Json(serde_json::json!({
-        "name": name,
-        "paused": true,
-        "maxWait": humantime::format_duration(max_wait).to_string(),
-    })))
-}
-
-/// `DELETE /__internal/waifus/{name}/pause`: the held requests go on.
-pub(super) async fn resume(
-    State(state): State<AppState>,
-    Source(peer): Source,
-    name: Result<Path<String>, PathRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let Path(name) = name.map_err(|_| ApiError::UnknownWaifu)?;
-    validate_name(&name).map_err(|_| ApiError::UnknownWaifu)?;
-    let was = state
-        .registry
-        .clear_switch(&name, &peer.to_string())
-        .await?;
-    Ok(Json(
-        serde_json::json!({"name": name, "paused": false, "wasPaused": was}),
-    ))
-}
-
 /// `PUT /__internal/waifus/{name}/version` `{"version"}`: that version,
 /// one the waifu's instances announced before, is current again (or
 /// already was); on every orchestrator within moments.
@@ -196,17 +139,6 @@ pub(super) async fn upgrade(
         "previous": std::process::id(),
         "pid": successor,
     })))
-}
-
-/// How long a paused waifu's requests wait unless told otherwise.
-const DEFAULT_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-/// The longest a request may be told to wait.
-const MAX_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
-
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PauseRequest {
-    max_wait: Option<String>,
 }
 
 /// A listing's `limit`: [`INCIDENTS_DEFAULT`] when absent, at most

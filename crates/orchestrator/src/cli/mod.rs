@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use orchestrator::status::{Status, audit_table, incident_table, text};
 use orchestrator::{
-    AuditArgs, CheckArgs, ClientArgs, DbAction, PauseArgs, ResumeArgs, StateArgs, VersionArgs,
+    AuditArgs, CheckArgs, ClientArgs, DbAction, MaintenanceArgs, PauseArgs, ResumeArgs, StateArgs,
+    VersionArgs,
 };
 use waifus_protocol::{AuditEntry, IncidentInfo};
 
@@ -239,6 +240,30 @@ pub async fn resume(args: ResumeArgs) -> anyhow::Result<String> {
     } else {
         format!("{} was not paused\n", args.name)
     })
+}
+
+/// `orchestrator maintenance NAME on|off`.
+pub async fn maintenance(args: MaintenanceArgs) -> anyhow::Result<String> {
+    let path = format!("/__internal/waifus/{}/maintenance", checked(&args.name)?);
+    if args.state == "off" {
+        let answer: serde_json::Value =
+            call(&args.client, http::Method::DELETE, &path, None).await?;
+        return Ok(if answer["wasOn"] == true {
+            format!(
+                "{} is out of maintenance: its requests go through again\n",
+                args.name
+            )
+        } else {
+            format!("{} was not in maintenance\n", args.name)
+        });
+    }
+    let body = serde_json::json!({"message": args.message, "retryAfter": args.retry_after});
+    let _: serde_json::Value = call(&args.client, http::Method::PUT, &path, Some(body)).await?;
+    Ok(format!(
+        "{} is in maintenance on every orchestrator: its requests are answered 503 \
+         (Retry-After: {} s) until `orchestrator maintenance {} off`\n",
+        args.name, args.retry_after, args.name
+    ))
 }
 
 /// `orchestrator upgrade`.

@@ -46,6 +46,10 @@ pub enum Command {
     Pause(PauseArgs),
     /// Let a paused waifu's requests go on.
     Resume(ResumeArgs),
+    /// Put a waifu in maintenance (`on`: every public request for it is
+    /// answered 503 with --message and Retry-After, on every orchestrator;
+    /// health checks go on) or take it out (`off`).
+    Maintenance(MaintenanceArgs),
     /// Make a version a waifu's instances announced before its current
     /// version again (a rollback): its instances get every new request
     /// while one of them is healthy. A version never seen before becomes
@@ -75,6 +79,23 @@ pub struct PauseArgs {
     /// How long each held request may wait (at most 10 min).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub max_wait: Duration,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Arguments of `orchestrator maintenance`.
+#[derive(Debug, Clone, Args)]
+pub struct MaintenanceArgs {
+    pub name: String,
+    /// `on` or `off`.
+    #[arg(value_parser = ["on", "off"])]
+    pub state: String,
+    /// What clients are told (at most 512 bytes).
+    #[arg(long)]
+    pub message: Option<String>,
+    /// Seconds clients are told to wait (`Retry-After`, 1 to 86400).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub retry_after: u64,
     #[command(flatten)]
     pub client: ClientArgs,
 }

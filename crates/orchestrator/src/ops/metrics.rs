@@ -19,6 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry as PromRegistry;
 
 use crate::routing::stats::{CLASSES, LATENCY_BUCKETS, METHODS, RequestStats};
+use crate::routing::switch::Found;
 use crate::routing::{Instance, RouteTable, Routes, WaifuRoute};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -266,6 +267,27 @@ impl Collector for ProxyCollector {
             MetricType::Gauge,
         )?;
         leader.encode_gauge(&i64::from(*self.leading.borrow()))?;
+
+        for (metric, help, is) in [
+            (
+                "waifu_maintenance",
+                "1 while a waifu is in maintenance: its requests are answered 503",
+                (|f: &Found| matches!(f, Found::Maintenance { .. })) as fn(&Found) -> bool,
+            ),
+            (
+                "waifu_paused",
+                "1 while a waifu is paused: its new requests wait",
+                |f: &Found| matches!(f, Found::Paused(_)),
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Gauge)?;
+            for waifu in routes.waifu_routes() {
+                let on = is(&waifu.switch.find());
+                family
+                    .encode_family(&[("waifu", &*waifu.name)])?
+                    .encode_gauge(&i64::from(on))?;
+            }
+        }
 
         let mut errors = encoder.encode_descriptor(
             "upstream_connect_errors",

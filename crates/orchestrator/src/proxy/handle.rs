@@ -257,7 +257,19 @@ impl Proxy {
             )));
         }
         served.waifu = Some(resolved.waifu.clone());
-        let instance = resolved.waifu.pick().ok_or(ProxyError::NoHealthy)?.clone();
+        let Some(instance) = resolved.waifu.pick() else {
+            // In maintenance with no instance up (the usual reason for it):
+            // the operator's answer, not an outage.
+            if let Found::Maintenance {
+                message,
+                retry_after,
+            } = resolved.waifu.switch.find()
+            {
+                return Err(ProxyError::Maintenance(message, retry_after));
+            }
+            return Err(ProxyError::NoHealthy);
+        };
+        let instance = instance.clone();
         if self.access_log {
             served.instance = Some(instance.clone());
         }

@@ -43,8 +43,25 @@ impl Registry {
 
     /// Opens `name`'s switch here and in the store; whether it was set.
     pub(crate) async fn clear_switch(&self, name: &str, source: &str) -> Result<bool, StoreError> {
+        self.clear_switch_if(name, None, source).await
+    }
+
+    /// The same, only if the switch is in `mode` (`paused`, `maintenance`).
+    pub(crate) async fn clear_switch_if(
+        &self,
+        name: &str,
+        mode: Option<&str>,
+        source: &str,
+    ) -> Result<bool, StoreError> {
         let mut state = self.state.lock().await;
-        let cleared = self.store.clear_switch(name, source).await?;
+        let cleared = match mode {
+            None => self.store.clear_switch(name, source).await?,
+            Some(mode) => self.store.clear_switch_if(name, mode, source).await?,
+        };
+        // Another mode stays as it is.
+        if !cleared && mode.is_some() {
+            return Ok(false);
+        }
         let shared: Arc<str> = name.into();
         if let Some(entry) = state.waifus.get_mut(name) {
             self.apply_switch(&shared, entry, None);

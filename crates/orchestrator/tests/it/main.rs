@@ -27,6 +27,7 @@ mod health;
 mod hosts;
 mod http1;
 mod limits;
+mod maintenance;
 mod openapi;
 mod ops;
 mod ownership;

@@ -211,6 +211,27 @@ async fn real_responses_match_docs_openapi_yaml() {
     ] {
         calls.push(("/__internal/waifus/{name}/pause", method, path.into(), body));
     }
+    for (method, path, body) in [
+        (
+            "put",
+            "/__internal/waifus/w/maintenance",
+            Some(json!({"message": "soon back", "retryAfter": 30})),
+        ),
+        (
+            "put",
+            "/__internal/waifus/w/maintenance",
+            Some(json!({"retryAfter": 0})),
+        ),
+        ("put", "/__internal/waifus/nobody/maintenance", None),
+        ("delete", "/__internal/waifus/w/maintenance", None),
+    ] {
+        calls.push((
+            "/__internal/waifus/{name}/maintenance",
+            method,
+            path.into(),
+            body,
+        ));
+    }
     for (path, body) in [
         ("/__internal/waifus/w/version", json!({"version": "v1"})),
         (
@@ -420,6 +441,10 @@ async fn real_responses_match_docs_openapi_yaml() {
         ("/__internal/waifus/{name}/pause", "put", 400),
         ("/__internal/waifus/{name}/pause", "put", 404),
         ("/__internal/waifus/{name}/pause", "delete", 200),
+        ("/__internal/waifus/{name}/maintenance", "put", 200),
+        ("/__internal/waifus/{name}/maintenance", "put", 400),
+        ("/__internal/waifus/{name}/maintenance", "put", 404),
+        ("/__internal/waifus/{name}/maintenance", "delete", 200),
         ("/__internal/waifus/{name}/version", "put", 200),
         ("/__internal/waifus/{name}/version", "put", 400),
         ("/__internal/waifus/{name}/version", "put", 404),
