@@ -332,10 +332,13 @@ fn resolve_bind<'a>(bind: &'a BindRoute, path: &'a str) -> Option<Resolved<'a>> 
     if !(rest.is_empty() || rest.starts_with('/')) {
         return None;
     }
+    // The bind's root (`link.waifu`, `link.waifu/`) is exactly the target:
+    // `POST https://link.waifu/` reaches `POST /link`, as a framework with
+    // strict trailing slashes routes it.
     let path = match (&*bind.target, rest) {
         ("", "") => Cow::Borrowed("/"),
         ("", rest) => Cow::Borrowed(rest),
-        (target, "") => Cow::Borrowed(target),
+        (target, "" | "/") => Cow::Borrowed(target),
         (target, rest) => Cow::Owned(format!("{target}{rest}")),
     };
     Some(Resolved {

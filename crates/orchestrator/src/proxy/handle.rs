@@ -299,6 +299,8 @@ impl Proxy {
             },
             host: &host_value,
             prefix: resolved.prefix,
+            path: &path,
+            query: parts.uri.query(),
         };
         let websocket = upgrade.is_some();
         let had_length = parts.headers.contains_key(header::CONTENT_LENGTH);

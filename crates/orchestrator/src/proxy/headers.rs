@@ -79,6 +79,9 @@ pub(crate) struct Forwarded<'a> {
     /// The routed authority, canonical.
     pub host: &'a HeaderValue,
     pub prefix: &'a str,
+    /// The public path as checked, and the query: `X-Forwarded-Uri`.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
 }
 
 /// The `X-Request-Id` a request was sent with: the client's when sane,
@@ -160,6 +163,15 @@ pub(crate) fn write_request_fields<'h>(
     write_field(head, b"x-forwarded-host", fwd.host.as_bytes());
     if !fwd.prefix.is_empty() && is_field_value(fwd.prefix) {
         write_field(head, b"x-forwarded-prefix", fwd.prefix.as_bytes());
+    }
+    if is_field_value(fwd.path) && fwd.query.is_none_or(is_field_value) {
+        head.extend_from_slice(b"x-forwarded-uri: ");
+        head.extend_from_slice(fwd.path.as_bytes());
+        if let Some(query) = fwd.query {
+            head.extend_from_slice(b"?");
+            head.extend_from_slice(query.as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
     }
     write_field(head, b"host", fwd.host.as_bytes());
     head.extend_from_slice(b"x-real-ip: ");

@@ -96,6 +96,7 @@ fn assert_none_forged(h: &Value, how: &str) {
             "x-forwarded-proto",
             "x-forwarded-host",
             "x-forwarded-prefix",
+            "x-forwarded-uri",
         ];
         if !ours.contains(&name) {
             assert!(
@@ -293,5 +294,94 @@ async fn connect_is_refused_and_the_connection_closed() {
     // Nothing after a CONNECT reached the waifu.
     let seen = w.seen.lock().unwrap().clone();
     assert_eq!(seen, ["/x"], "{seen:?}");
+    orch.stop().await.unwrap();
+}
+
+/// What a waifu sees of a bind and of the main domain: the bind's root is
+/// exactly its target (a framework with strict trailing slashes routes
+/// `POST /link`, not `/link/`), anything under it is `{target}{rest}`, and
+/// `X-Forwarded-Uri` is the path and query the client asked for.
+#[tokio::test]
+async fn a_binds_root_is_exactly_its_target_and_the_public_uri_is_forwarded() {
+    let orch = harness::start(&unique_db("bindroot"), &[]).await;
+    let w = TestWaifu::start("w").await;
+    orch.register(
+        "w",
+        &w.host(),
+        json!({"http://link.test": "/link", "http://app.test/app": "/v1"}),
+    )
+    .await;
+    // (host, method, public target, target the waifu gets, prefix, uri)
+    let cases = [
+        ("link.test", Method::POST, "/", "/link", None, "/"),
+        (
+            "link.test",
+            Method::GET,
+            "/?q=1",
+            "/link?q=1",
+            None,
+            "/?q=1",
+        ),
+        ("link.test", Method::GET, "/abc", "/link/abc", None, "/abc"),
+        (
+            "link.test",
+            Method::GET,
+            "/abc/",
+            "/link/abc/",
+            None,
+            "/abc/",
+        ),
+        ("app.test", Method::GET, "/app", "/v1", Some("/app"), "/app"),
+        (
+            "app.test",
+            Method::GET,
+            "/app/",
+            "/v1",
+            Some("/app"),
+            "/app/",
+        ),
+        (
+            "app.test",
+            Method::GET,
+            "/app/x?y",
+            "/v1/x?y",
+            Some("/app"),
+            "/app/x?y",
+        ),
+        ("localhost", Method::GET, "/w", "/", Some("/w"), "/w"),
+        ("localhost", Method::GET, "/w/", "/", Some("/w"), "/w/"),
+        (
+            "localhost",
+            Method::GET,
+            "/w/a/b?c=d",
+            "/a/b?c=d",
+            Some("/w"),
+            "/w/a/b?c=d",
+        ),
+        // The path as checked (dot segments resolved), not as spelled.
+        (
+            "localhost",
+            Method::GET,
+            "/w/a/../b",
+            "/b",
+            Some("/w"),
+            "/w/b",
+        ),
+    ];
+    for (host, method, target, want, prefix, uri) in cases {
+        let r = orch
+            .request(method.clone(), host, target, &[], Bytes::new())
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{host}{target}");
+        let echo = r.json();
+        assert_eq!(echo["method"], method.as_str(), "{host}{target}");
+        assert_eq!(echo["target"], want, "{host}{target}");
+        let h = &echo["headers"];
+        assert_eq!(h["x-forwarded-uri"], json!([uri]), "{host}{target}: {h}");
+        match prefix {
+            Some(p) => assert_eq!(h["x-forwarded-prefix"], json!([p]), "{host}{target}"),
+            None => assert!(h.get("x-forwarded-prefix").is_none(), "{host}{target}: {h}"),
+        }
+    }
     orch.stop().await.unwrap();
 }

@@ -41,7 +41,7 @@ fn resolution() {
         ("localhost", "/", None),
         ("localhost", "/nope", None),
         ("elsewhere", "/link", None),
-        ("link.waifu", "/", Some(("link", "/link/", ""))),
+        ("link.waifu", "/", Some(("link", "/link", ""))),
         ("link.waifu", "/abc", Some(("link", "/link/abc", ""))),
         ("x.waifu", "/p", Some(("other", "/t", "/p"))),
         ("x.waifu", "/p/z", Some(("other", "/t/z", "/p"))),

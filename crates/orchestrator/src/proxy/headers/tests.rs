@@ -86,6 +86,7 @@ fn forwarded() {
         ("x-forwarded-proto", "https"),
         ("x-forwarded-host", "evil"),
         ("x-forwarded-prefix", "/evil"),
+        ("x-forwarded-uri", "/__internal/health"),
         ("forwarded", "for=evil"),
         ("x-original-url", "/__internal/health"),
         ("x-rewrite-url", "/__internal/health"),
@@ -100,6 +101,9 @@ fn forwarded() {
     assert_eq!(one(&f, "x-forwarded-proto"), Some("http"));
     assert_eq!(one(&f, "x-forwarded-host"), Some("localhost:8080"));
     assert_eq!(one(&f, "x-forwarded-prefix"), None);
+    // The path the client asked for, as checked: never the client's claim.
+    assert_eq!(one(&f, "x-forwarded-uri"), Some("/x"));
+    assert_eq!(f.iter().filter(|(k, _)| k == "x-forwarded-uri").count(), 1);
     assert_eq!(one(&f, "forwarded"), None);
     assert_eq!(one(&f, "x-original-url"), None);
     assert_eq!(one(&f, "x-rewrite-url"), None);
@@ -113,6 +117,8 @@ fn forwarded() {
     let h = map(&[("x-request-id", &"x".repeat(200)), ("host", "Example.test")]);
     let fwd = Forwarded {
         prefix: "/link",
+        path: "/link/abc",
+        query: Some("q=1&r"),
         ..fwd
     };
     let (f, id) = sent(&h, false, &fwd);
@@ -120,6 +126,7 @@ fn forwarded() {
     assert_eq!(minted.len(), 32);
     assert_eq!(minted, id);
     assert_eq!(one(&f, "x-forwarded-prefix"), Some("/link"));
+    assert_eq!(one(&f, "x-forwarded-uri"), Some("/link/abc?q=1&r"));
     assert_eq!(one(&f, "x-forwarded-for"), Some("127.0.0.1"));
     assert_eq!(one(&f, "host"), Some("localhost:8080"));
 
@@ -152,6 +159,8 @@ fn plain<'a>(host: &'a HeaderValue, peer: &str) -> Forwarded<'a> {
         proto: "http",
         host,
         prefix: "",
+        path: "/x",
+        query: None,
     }
 }
 
@@ -238,6 +247,7 @@ fn forgeable_fields_are_dropped_or_replaced() {
             "x-forwarded-for",
             "x-forwarded-proto",
             "x-forwarded-host",
+            "x-forwarded-uri",
             "host",
             "x-real-ip",
             "x-request-id"
@@ -348,6 +358,7 @@ fn request_hop_by_hop() {
             "x-forwarded-for",
             "x-forwarded-proto",
             "x-forwarded-host",
+            "x-forwarded-uri",
             "host",
             "x-real-ip",
             "x-request-id"
