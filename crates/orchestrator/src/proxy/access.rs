@@ -27,6 +27,8 @@ pub(crate) struct Entry {
     pub waifu: Option<Box<str>>,
     pub instance: Option<String>,
     pub request_id: Option<HeaderValue>,
+    /// The W3C trace id the request was sent with.
+    pub trace_id: Option<super::trace::TraceId>,
     pub tls: bool,
     bytes: u64,
 }
@@ -58,6 +60,7 @@ impl Entry {
             waifu: None,
             instance: None,
             request_id: None,
+            trace_id: None,
             tls,
             bytes: 0,
         }
@@ -69,6 +72,11 @@ impl Entry {
             .request_id
             .as_ref()
             .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        let trace_id = self
+            .trace_id
+            .as_ref()
+            .and_then(|id| std::str::from_utf8(id).ok())
             .unwrap_or("-");
         tracing::info!(
             target: "access",
@@ -82,6 +90,7 @@ impl Entry {
             waifu = %self.waifu.as_deref().unwrap_or("-"),
             instance = %self.instance.as_deref().unwrap_or("-"),
             request_id = %request_id,
+            trace_id = %trace_id,
             scheme = %if self.tls { "https" } else { "http" },
             complete,
         );

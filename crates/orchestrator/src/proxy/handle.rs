@@ -66,6 +66,7 @@ struct Served {
     waifu: Option<Arc<WaifuRoute>>,
     instance: Option<Arc<Instance>>,
     request_id: Option<HeaderValue>,
+    trace_id: Option<super::trace::TraceId>,
 }
 
 /// Timeouts towards waifus, what to record, and what to add to answers.
@@ -205,6 +206,7 @@ impl Proxy {
                     entry.waifu = served.waifu.map(|w| w.name.clone());
                     entry.instance = served.instance.map(|i| i.upstream.to_string());
                     entry.request_id = served.request_id;
+                    entry.trace_id = served.trace_id;
                     response.map(|body| access::Logged::new(body, entry))
                 }
             })
@@ -304,7 +306,7 @@ impl Proxy {
         };
         let websocket = upgrade.is_some();
         let had_length = parts.headers.contains_key(header::CONTENT_LENGTH);
-        let (outgoing, request_id) = Outgoing::new(
+        let (outgoing, (request_id, trace_id)) = Outgoing::new(
             parts.method,
             &resolved.path,
             parts.uri.query(),
@@ -315,6 +317,7 @@ impl Proxy {
         );
         if self.access_log {
             served.request_id = Some(request_id.to_value());
+            served.trace_id = Some(trace_id);
         }
         // The target, the Host value and the header values are slices of
         // hyper's read buffer; they all end here, so that buffer is free

@@ -31,8 +31,12 @@ use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 use waifus_http1::token::{is_field_value, list_elements};
 
+use super::trace::{self, TraceId};
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -118,7 +122,7 @@ pub(crate) fn write_request_fields<'h>(
     headers: &'h HeaderMap,
     websocket: bool,
     fwd: &Forwarded<'_>,
-) -> RequestId<'h> {
+) -> (RequestId<'h>, TraceId) {
     let named = connection_named(headers);
     let kept_id = headers
         .get(&X_REQUEST_ID)
@@ -135,6 +139,10 @@ pub(crate) fn write_request_fields<'h>(
                 write_cookies(head, headers);
                 cookies_written = true;
             }
+            continue;
+        }
+        if *name == TRACEPARENT || *name == TRACESTATE {
+            // Written below: exactly one traceparent, valid.
             continue;
         }
         if *name == X_REQUEST_ID {
@@ -181,12 +189,43 @@ pub(crate) fn write_request_fields<'h>(
         write_field(head, b"upgrade", b"websocket");
         write_field(head, b"connection", b"upgrade");
     }
-    match kept_id {
+    let trace = write_trace_context(head, headers, &named);
+    let id = match kept_id {
         Some(id) => RequestId::Client(id),
         None => {
             let id = new_request_id();
             write_field(head, b"x-request-id", &id);
             RequestId::Minted(id)
+        }
+    };
+    (id, trace)
+}
+
+/// The client's `traceparent` and `tracestate` if it sent one valid
+/// `traceparent` (and named neither as hop-by-hop), else a new
+/// `traceparent` alone; the trace id sent.
+fn write_trace_context(head: &mut BytesMut, headers: &HeaderMap, named: &[HeaderName]) -> TraceId {
+    let mut sent = headers.get_all(&TRACEPARENT).iter();
+    let kept = match (sent.next(), sent.next()) {
+        (Some(v), None) if trace::is_valid(v.as_bytes()) && !named.contains(&TRACEPARENT) => {
+            Some(v)
+        }
+        _ => None,
+    };
+    match kept {
+        Some(v) => {
+            write_field(head, b"traceparent", v.as_bytes());
+            if !named.contains(&TRACESTATE) {
+                for state in headers.get_all(&TRACESTATE) {
+                    write_field(head, b"tracestate", state.as_bytes());
+                }
+            }
+            trace::trace_id(v.as_bytes())
+        }
+        None => {
+            let v = trace::generate();
+            write_field(head, b"traceparent", &v);
+            trace::trace_id(&v)
         }
     }
 }

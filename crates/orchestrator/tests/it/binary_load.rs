@@ -237,6 +237,9 @@ async fn https_in_the_real_binary() {
     );
 }
 
+/// A valid W3C traceparent, as a client's tracer sends it.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
 #[tokio::test]
 async fn access_log_lines_in_json_and_text() {
     let w = TestWaifu::start("a").await;
@@ -262,13 +265,40 @@ async fn access_log_lines_in_json_and_text() {
             p.public,
             Method::GET,
             "/a/logged?token=secret",
-            &[("host", "localhost"), ("x-request-id", "req-42")],
+            &[
+                ("host", "localhost"),
+                ("x-request-id", "req-42"),
+                ("traceparent", TRACEPARENT),
+                ("tracestate", "vendor=1"),
+            ],
             Bytes::new(),
         )
         .await
         .unwrap();
         assert_eq!(r.status, StatusCode::OK);
         let body_len = r.body.len();
+        // The waifu got the client's traceparent byte for byte, once.
+        let echo: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(echo["headers"]["traceparent"], json!([TRACEPARENT]));
+        assert_eq!(echo["headers"]["tracestate"], json!(["vendor=1"]));
+        // An invalid one is replaced by one of the proxy's; the log line
+        // carries the trace id sent.
+        let r = send(
+            p.public,
+            Method::GET,
+            "/a/replaced",
+            &[("host", "localhost"), ("traceparent", "00-not-valid")],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+        let echo: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        let replaced = echo["headers"]["traceparent"][0]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(echo["headers"]["traceparent"].as_array().unwrap().len(), 1);
+        assert_ne!(replaced, "00-not-valid");
         assert_eq!(
             get(p.public, "localhost", "/missing/x").await,
             StatusCode::NOT_FOUND
@@ -282,6 +312,9 @@ async fn access_log_lines_in_json_and_text() {
         );
         let lines: Vec<&str> = log.lines().filter(|l| l.contains("/a/logged")).collect();
         assert_eq!(lines.len(), 1, "{log}");
+        let replaced_line: Vec<&str> = log.lines().filter(|l| l.contains("/a/replaced")).collect();
+        assert_eq!(replaced_line.len(), 1, "{log}");
+        assert!(replaced_line[0].contains(&replaced[3..35]), "{log}");
         let missing = log.lines().filter(|l| l.contains("/missing/x")).count();
         assert_eq!(missing, 1, "{log}");
         if format == "json" {
@@ -296,6 +329,7 @@ async fn access_log_lines_in_json_and_text() {
             assert_eq!(f["waifu"], "a");
             assert_eq!(f["instance"], format!("http://{}", w.host()));
             assert_eq!(f["request_id"], "req-42");
+            assert_eq!(f["trace_id"], &TRACEPARENT[3..35]);
             assert_eq!(f["client"], "127.0.0.1");
             assert!(f["duration_ms"].as_f64().unwrap() > 0.0);
             assert!(line["timestamp"].is_string());
@@ -310,6 +344,7 @@ async fn access_log_lines_in_json_and_text() {
                 "status=200",
                 " waifu=a ",
                 "request_id=req-42",
+                &format!("trace_id={}", &TRACEPARENT[3..35]),
                 "method=GET",
                 "path=/a/logged ",
             ] {

@@ -56,8 +56,19 @@ fn hop_by_hop() {
 /// The fields `write_request_fields` writes, parsed back; `(name, value)`
 /// in order, and the request id it reports.
 fn sent(h: &HeaderMap, upgrade: bool, fwd: &Forwarded<'_>) -> (Vec<(String, String)>, String) {
+    let (fields, id, _) = sent_traced(h, upgrade, fwd);
+    (fields, id)
+}
+
+/// The same, with the trace id it reports.
+fn sent_traced(
+    h: &HeaderMap,
+    upgrade: bool,
+    fwd: &Forwarded<'_>,
+) -> (Vec<(String, String)>, String, String) {
     let mut head = BytesMut::new();
-    let id = write_request_fields(&mut head, h, upgrade, fwd).to_value();
+    let (id, trace) = write_request_fields(&mut head, h, upgrade, fwd);
+    let id = id.to_value();
     let text = std::str::from_utf8(&head).unwrap();
     let fields = text
         .strip_suffix("\r\n")
@@ -68,7 +79,11 @@ fn sent(h: &HeaderMap, upgrade: bool, fwd: &Forwarded<'_>) -> (Vec<(String, Stri
             (name.to_owned(), value.to_owned())
         })
         .collect();
-    (fields, id.to_str().unwrap().to_owned())
+    (
+        fields,
+        id.to_str().unwrap().to_owned(),
+        String::from_utf8(trace.to_vec()).unwrap(),
+    )
 }
 
 fn one<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -250,6 +265,7 @@ fn forgeable_fields_are_dropped_or_replaced() {
             "x-forwarded-uri",
             "host",
             "x-real-ip",
+            "traceparent",
             "x-request-id"
         ]
     );
@@ -361,6 +377,7 @@ fn request_hop_by_hop() {
             "x-forwarded-uri",
             "host",
             "x-real-ip",
+            "traceparent",
             "x-request-id"
         ]
     );
@@ -406,4 +423,55 @@ fn new_request_ids_are_32_hex_digits_and_do_not_repeat() {
     }
     let tails: std::collections::HashSet<&[u8]> = ids.iter().map(|id| &id[1..]).collect();
     assert!(tails.len() > 100, "the digits after the first vary too");
+}
+
+#[test]
+fn exactly_one_valid_traceparent_is_sent() {
+    let host = HeaderValue::from_static("localhost");
+    let fwd = plain(&host, "127.0.0.1");
+    let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let trace = |h: &HeaderMap| {
+        let (fields, _, id) = sent_traced(h, false, &fwd);
+        let parents: Vec<String> = fields
+            .iter()
+            .filter(|(n, _)| n == "traceparent")
+            .map(|(_, v)| v.clone())
+            .collect();
+        let states: Vec<String> = fields
+            .iter()
+            .filter(|(n, _)| n == "tracestate")
+            .map(|(_, v)| v.clone())
+            .collect();
+        assert_eq!(parents.len(), 1, "{fields:?}");
+        assert!(super::trace::is_valid(parents[0].as_bytes()), "{parents:?}");
+        (parents[0].clone(), states, id)
+    };
+    // Valid: kept byte for byte, with its tracestate; the id is its own.
+    let (parent, states, id) = trace(&map(&[("traceparent", valid), ("tracestate", "a=1,b=2")]));
+    assert_eq!(parent, valid);
+    assert_eq!(states, ["a=1,b=2"]);
+    assert_eq!(id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    // Invalid, doubled, or named hop-by-hop: replaced, its state dropped.
+    for h in [
+        map(&[("traceparent", "00-xyz"), ("tracestate", "a=1")]),
+        map(&[
+            ("traceparent", valid),
+            ("traceparent", valid),
+            ("tracestate", "a=1"),
+        ]),
+        map(&[
+            ("traceparent", valid),
+            ("connection", "traceparent"),
+            ("tracestate", "a=1"),
+        ]),
+    ] {
+        let (parent, states, id) = trace(&h);
+        assert_ne!(parent, valid, "{h:?}");
+        assert!(states.is_empty(), "{h:?}");
+        assert_eq!(id, parent[3..35], "{h:?}");
+    }
+    // Missing: generated.
+    let (parent, _, id) = trace(&map(&[]));
+    assert_eq!(&parent[..3], "00-");
+    assert_eq!(id, parent[3..35]);
 }
