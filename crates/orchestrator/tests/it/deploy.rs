@@ -76,7 +76,7 @@ fn compose_file_is_valid_and_publishes_only_the_orchestrator() {
         .keys()
         .map(|k| k.as_str().unwrap())
         .collect();
-    for want in ["postgres", "orchestrator", "link", "hello"] {
+    for want in ["postgres", "orchestrator", "link", "hello", "notes"] {
         assert!(names.contains(&want), "{want} in {names:?}");
     }
     for name in &names {
@@ -123,7 +123,7 @@ fn compose_file_is_valid_and_publishes_only_the_orchestrator() {
     // Every secret comes from a file (a compose secret), none from the
     // environment; the internal API wants its token, operators theirs, and
     // every hello its waifu's secret.
-    for name in ["postgres", "orchestrator", "link", "hello"] {
+    for name in ["postgres", "orchestrator", "link", "hello", "notes"] {
         let env = format!("{:?}", services[name]["environment"]);
         for plain in [
             "\"DATABASE_URL\"",
@@ -149,13 +149,13 @@ fn compose_file_is_valid_and_publishes_only_the_orchestrator() {
     }
     assert_eq!(env["HELLO_SECRET"].as_str(), Some("required"));
     assert!(!env["DB_PUBLIC_HOST"].is_badvalue());
-    for waifu in ["link", "hello"] {
+    for waifu in ["link", "hello", "notes"] {
         let env = &services[waifu]["environment"];
         assert!(env["WAIFU_SECRET_FILE"].as_str().is_some(), "{waifu}");
         assert!(env["ORCHESTRATOR_TOKEN_FILE"].as_str().is_some(), "{waifu}");
     }
     let secrets = config["secrets"].as_hash().unwrap();
-    assert_eq!(secrets.len(), 6, "{secrets:?}");
+    assert_eq!(secrets.len(), 7, "{secrets:?}");
     for (name, secret) in secrets {
         assert!(secret["file"].as_str().is_some(), "{name:?} is a file");
     }
