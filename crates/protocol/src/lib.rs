@@ -8,6 +8,7 @@
 mod bind;
 mod health;
 mod host;
+mod limits;
 mod name;
 mod path;
 mod version;
@@ -16,6 +17,7 @@ mod wire;
 pub use bind::{BindError, BindKey, BindTarget, parse_bind_key, parse_bind_target};
 pub use health::{DEFAULT_HEALTH_PATH, HealthPathError, MAX_HEALTH_PATH, validate_health_path};
 pub use host::{HostError, Scheme, Upstream, parse_host};
+pub use limits::{Limits, LimitsError, MAX_IN_FLIGHT, MAX_TIMEOUT, RequestLimits, parse_duration};
 pub use name::{NameError, validate_name};
 pub use path::{is_internal_segment, path_has_internal_segment};
 pub use version::{MAX_VERSION, VersionError, validate_version};

@@ -30,6 +30,9 @@ pub struct Hello {
     /// healthy); `None`: `/__internal/health`, answering 204.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
+    /// What the proxy should enforce for this instance's requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<crate::Limits>,
 }
 
 impl std::fmt::Debug for Hello {
@@ -41,6 +44,7 @@ impl std::fmt::Debug for Hello {
             .field("secret", &self.secret.as_ref().map(|_| "(hidden)"))
             .field("version", &self.version)
             .field("health", &self.health)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -218,6 +222,10 @@ pub struct InstanceInfo {
     /// It gets no new request: it said goodbye, or a newer version serves.
     #[serde(default)]
     pub draining: bool,
+    /// The limits the proxy enforces for it: what its hello asked,
+    /// clamped by the operator's maximums.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<crate::Limits>,
 }
 
 /// One accepted bind of a waifu.
@@ -347,6 +355,7 @@ mod tests {
             secret: Some("s3cret-a".into()),
             version: Some("7".into()),
             health: Some("/healthz".into()),
+            limits: None,
         };
         let goodbye = Goodbye {
             name: "shop".into(),

@@ -61,6 +61,9 @@ pub struct Instance {
     /// Where its health is checked, if its hello named a path; else the
     /// protocol's `/__internal/health`.
     pub health_path: Option<Box<str>>,
+    /// What its hello asked the proxy to enforce (before the operator's
+    /// clamp).
+    pub limits: waifus_protocol::RequestLimits,
     /// Unix milliseconds since which its version is current (first
     /// announced, or made current by an operator): the instance with the
     /// latest names its waifu's current version.
@@ -92,6 +95,7 @@ impl Instance {
             checked: Notify::new(),
             version: None,
             health_path: None,
+            limits: waifus_protocol::RequestLimits::default(),
             version_at_ms: AtomicI64::new(0),
             goodbye_ms: AtomicI64::new(0),
             in_flight: AtomicUsize::new(0),
@@ -103,6 +107,12 @@ impl Instance {
     /// The same, checked at `path` (`None`: the protocol's path).
     pub fn with_health_path(mut self, path: Option<&str>) -> Self {
         self.health_path = path.map(Into::into);
+        self
+    }
+
+    /// The same, with the limits its hello asked for.
+    pub fn with_limits(mut self, limits: waifus_protocol::RequestLimits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -240,6 +250,16 @@ impl Busy {
     pub fn new(instance: Arc<Instance>) -> Arc<Busy> {
         instance.in_flight.fetch_add(1, SeqCst);
         Arc::new(Busy(instance))
+    }
+
+    /// Counted in flight only if fewer than `max` are: one atomic step, so
+    /// however many requests arrive at once, no more than `max` get in.
+    pub fn within(instance: Arc<Instance>, max: usize) -> Option<Arc<Busy>> {
+        instance
+            .in_flight
+            .fetch_update(SeqCst, SeqCst, |n| (n < max).then_some(n + 1))
+            .ok()?;
+        Some(Arc::new(Busy(instance)))
     }
 
     pub fn instance(&self) -> &Arc<Instance> {

@@ -218,41 +218,9 @@ fn settings(args: &Args) -> Result<(Waifu, Duration), String> {
         None => waifu,
     };
     let drain_for = match std::env::var("DRAIN_TIMEOUT") {
-        Ok(text) => parse_duration(&text)
+        Ok(text) => waifu::waifus_protocol::parse_duration(&text)
             .ok_or_else(|| format!("DRAIN_TIMEOUT={text:?} is not a duration (e.g. 25s)"))?,
         Err(_) => waifu.drain_time(),
     };
     Ok((waifu, drain_for))
-}
-
-/// `25s`, `500ms`, `2m` or a number of seconds.
-fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let n: u64 = number.parse().ok()?;
-    match unit.trim() {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("25s"), Some(Duration::from_secs(25)));
-        assert_eq!(parse_duration("30"), Some(Duration::from_secs(30)));
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("soon"), None);
-        assert_eq!(parse_duration("5h"), None);
-        assert_eq!(parse_duration(""), None);
-    }
 }

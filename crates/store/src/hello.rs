@@ -23,6 +23,8 @@ pub struct HelloRecord<'a> {
     pub webhook: bool,
     /// The health path the hello declared, if any.
     pub health_path: Option<&'a str>,
+    /// The limits the hello asked for.
+    pub limits: waifus_protocol::RequestLimits,
 }
 
 /// What a hello's binds came to.
@@ -40,7 +42,8 @@ pub struct Granted {
 /// A hello in one statement (see [`Store::hello`]). Parameters: name,
 /// instance, the binds asked for as four arrays (host, prefix, canonical
 /// key, target), the change channel and payload, source, version,
-/// version time, whether incidents go to a webhook, and the health path.
+/// version time, whether incidents go to a webhook, the health path, and
+/// the limits (body bytes, requests in flight, timeout in ms).
 const HELLO: &str = "WITH waifu AS (
    INSERT INTO waifus (name) VALUES ($1)
    ON CONFLICT (name) DO UPDATE SET updated_at = now(), empty_since = NULL
@@ -65,13 +68,18 @@ const HELLO: &str = "WITH waifu AS (
    ON CONFLICT (name, version) DO UPDATE SET current_at = waifu_versions.current_at
    RETURNING current_at, xmax = 0 AS added),
  instance AS (
-   INSERT INTO instances (name, host, version, version_at, health_path)
-   VALUES ($1, $2, $10::text, (SELECT current_at FROM ver), $13::text)
+   INSERT INTO instances (name, host, version, version_at, health_path,
+                          max_body_size, max_in_flight, timeout_ms)
+   VALUES ($1, $2, $10::text, (SELECT current_at FROM ver), $13::text,
+           $14::bigint, $15::integer, $16::bigint)
    ON CONFLICT (name, host) DO UPDATE SET
      last_hello = now(),
      version = EXCLUDED.version,
      version_at = EXCLUDED.version_at,
      health_path = EXCLUDED.health_path,
+     max_body_size = EXCLUDED.max_body_size,
+     max_in_flight = EXCLUDED.max_in_flight,
+     timeout_ms = EXCLUDED.timeout_ms,
      healthy = instances.healthy AND instances.goodbye_at IS NULL
        AND instances.version IS NOT DISTINCT FROM EXCLUDED.version,
      goodbye_at = NULL
@@ -235,14 +243,24 @@ impl Store {
             source,
             webhook,
             health_path,
+            limits,
         } = *hello;
+        let max_body_size = limits
+            .max_body_size
+            .map(|b| i64::try_from(b).unwrap_or(i64::MAX));
+        let max_in_flight = limits
+            .max_in_flight
+            .map(|n| i32::try_from(n).unwrap_or(i32::MAX));
+        let timeout_ms = limits
+            .timeout
+            .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
         let mut client = self.pool.get().await?;
         let hosts: Vec<&str> = claims.iter().map(|c| c.key.host.as_str()).collect();
         let prefixes: Vec<&str> = claims.iter().map(|c| c.key.prefix.as_str()).collect();
         let canonical: Vec<String> = claims.iter().map(|c| c.key.canonical()).collect();
         let targets: Vec<&str> = claims.iter().map(|c| c.target).collect();
         let instance = instance.to_string();
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 13] = [
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 16] = [
             &name,
             &instance,
             &hosts,
@@ -256,6 +274,9 @@ impl Store {
             &version_at,
             &webhook,
             &health_path,
+            &max_body_size,
+            &max_in_flight,
+            &timeout_ms,
         ];
         let row = if claims.is_empty() {
             let hello = client.prepare_cached(HELLO).await?;

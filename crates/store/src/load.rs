@@ -28,13 +28,16 @@ pub struct StoredInstance {
     pub goodbye_ms: Option<i64>,
     /// The health path its hello declared, if any.
     pub health_path: Option<String>,
+    /// The limits its hello asked for.
+    pub limits: waifus_protocol::RequestLimits,
 }
 
 /// The instance columns [`StoredInstance`] is read from, after `name` when
 /// `with_name`.
 const INSTANCE_COLUMNS: &str = "host, healthy, version,
     floor(extract(epoch FROM version_at) * 1000)::bigint,
-    floor(extract(epoch FROM goodbye_at) * 1000)::bigint, health_path";
+    floor(extract(epoch FROM goodbye_at) * 1000)::bigint, health_path,
+    max_body_size, max_in_flight, timeout_ms";
 
 fn stored_instance(row: &tokio_postgres::Row, at: usize) -> Result<StoredInstance, StoreError> {
     let host: &str = row.get(at);
@@ -48,6 +51,17 @@ fn stored_instance(row: &tokio_postgres::Row, at: usize) -> Result<StoredInstanc
         version_at_ms: row.get(at + 3),
         goodbye_ms: row.get(at + 4),
         health_path: row.get(at + 5),
+        limits: waifus_protocol::RequestLimits {
+            max_body_size: row
+                .get::<_, Option<i64>>(at + 6)
+                .map(|b| u64::try_from(b).unwrap_or(0)),
+            max_in_flight: row
+                .get::<_, Option<i32>>(at + 7)
+                .map(|n| u32::try_from(n).unwrap_or(1)),
+            timeout: row
+                .get::<_, Option<i64>>(at + 8)
+                .map(|ms| std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+        },
     })
 }
 

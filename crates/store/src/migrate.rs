@@ -22,6 +22,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_switches_backups.sql"),
     include_str!("migrations/0008_versions_forward.sql"),
     include_str!("migrations/0009_health_path.sql"),
+    include_str!("migrations/0010_limits.sql"),
 ];
 
 /// Advisory lock key serialising migrations across orchestrators ("waifus01").

@@ -121,7 +121,7 @@ impl Body for UpstreamBody {
                 Poll::Ready(Ok(())) => this.upload = None,
                 // The client's body broke: the exchange is over, and the
                 // client's connection is cut (its answer has begun).
-                Poll::Ready(Err(SendError::RequestBody(e))) => {
+                Poll::Ready(Err(e @ (SendError::RequestBody(_) | SendError::BodyTooLarge))) => {
                     tracing::debug!(error = %e, "the request body failed mid-response");
                     this.upload = None;
                     return this.fail(BodyError::RequestBody);

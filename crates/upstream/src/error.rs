@@ -17,6 +17,10 @@ pub enum SendError {
     /// The client's request body failed (it broke off or broke its framing).
     #[error("the request body failed: {0}")]
     RequestBody(#[source] hyper::Error),
+    /// The client's body grew past its limit: nothing beyond the limit was
+    /// sent, and the request is never completed (its connection is closed).
+    #[error("the request body is larger than allowed")]
+    BodyTooLarge,
     #[error("bad response: {0}")]
     BadHead(#[from] BadHead),
     #[error("bad response: response head too large (over 64 KiB)")]

@@ -95,6 +95,16 @@ impl Outgoing {
         (outgoing, written)
     }
 
+    /// Sends at most `max` body bytes: a body that turns out larger (a
+    /// chunked one) fails with [`SendError::BodyTooLarge`] before its
+    /// excess or its end is written, so the waifu sees an aborted request,
+    /// never a complete-looking truncated one.
+    pub fn limit_body(&mut self, max: u64) {
+        if let Some(upload) = &mut self.upload {
+            upload.left = max;
+        }
+    }
+
     /// A request without a body, such as a health check; `fields` (name,
     /// value) are written as they are, so they must be valid field text.
     pub fn bodyless(method: Method, path: &str, fields: &[(&str, &str)]) -> Self {
@@ -117,6 +127,8 @@ pub(super) struct Upload {
     pending: VecDeque<Bytes>,
     /// The body ended and its last bytes are queued.
     ended: bool,
+    /// Body bytes still allowed ([`Outgoing::limit_body`]).
+    left: u64,
 }
 
 impl Upload {
@@ -126,7 +138,15 @@ impl Upload {
             chunked: framing == ReqFraming::Chunked,
             pending: VecDeque::with_capacity(3),
             ended: false,
+            left: u64::MAX,
         }
+    }
+
+    /// Takes `n` bytes of the allowance.
+    fn spend(&mut self, n: usize) -> Result<(), SendError> {
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        self.left = self.left.checked_sub(n).ok_or(SendError::BodyTooLarge)?;
+        Ok(())
     }
 
     /// Moves body bytes that are ready now, framed, onto the end of `head`
@@ -149,6 +169,7 @@ impl Upload {
                     if data.is_empty() {
                         continue;
                     }
+                    self.spend(data.len())?;
                     if head.len() + data.len() > COALESCE {
                         self.queue(data);
                         return Ok(());
@@ -213,6 +234,9 @@ impl Upload {
                     if let Ok(data) = frame.into_data()
                         && !data.is_empty()
                     {
+                        if let Err(e) = self.spend(data.len()) {
+                            return Poll::Ready(Err(e));
+                        }
                         self.queue(data);
                     }
                 }

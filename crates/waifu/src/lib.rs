@@ -215,6 +215,7 @@ impl Waifu {
             secret: self.current_secret(),
             version: self.version.clone(),
             health: self.health.clone(),
+            limits: None,
         };
         let (status, body) = client::post_json(&url, &hello, self.token.as_deref()).await?;
         if status != StatusCode::OK {

@@ -89,6 +89,7 @@ impl ApiError {
             ApiError::Hello(HelloError::Host(_)) => (StatusCode::BAD_REQUEST, "invalid_host"),
             ApiError::Hello(HelloError::Version(_)) => (StatusCode::BAD_REQUEST, "invalid_version"),
             ApiError::Hello(HelloError::Health(_)) => (StatusCode::BAD_REQUEST, "invalid_health"),
+            ApiError::Hello(HelloError::Limits(_)) => (StatusCode::BAD_REQUEST, "invalid_limits"),
             ApiError::Hello(HelloError::Store(_)) | ApiError::Goodbye(GoodbyeError::Store(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
             }

@@ -82,6 +82,10 @@ pub(super) fn control_plane(
             drain_timeout: config.drain_timeout,
             resync_every: config.resync_interval,
         },
+        ceilings: registry::Ceilings {
+            max_body_size: config.max_body_size,
+            timeout: config.upstream_timeout,
+        },
     }
 }
 
@@ -138,6 +142,7 @@ pub(super) fn proxy(
         proxy::UpstreamConfig {
             connect_timeout: config.upstream_connect_timeout,
             response_timeout: config.upstream_timeout,
+            max_body_size: config.max_body_size,
             access_log: config.access_log,
             hsts: settings.hsts.clone(),
         },

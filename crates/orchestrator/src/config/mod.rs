@@ -149,6 +149,10 @@ pub struct Config {
     /// Bound on waiting for a waifu's response headers (then 504).
     #[arg(long, env = "UPSTREAM_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub upstream_timeout: Duration,
+    /// The largest request body passed to a waifu (`64MiB`, `1GB`, bytes);
+    /// a waifu's hello may ask for less. Larger ones are answered 413.
+    #[arg(long, env = "MAX_BODY_SIZE", default_value = "64MiB", value_parser = parse_size)]
+    pub max_body_size: u64,
     /// A client must send a request's headers within this time; it is also the
     /// idle time after which a keep-alive HTTP/1 connection is closed.
     #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
@@ -257,6 +261,35 @@ fn duration_or_off(s: &str) -> Result<Duration, humantime::DurationError> {
         "" | "off" | "0" => Ok(Duration::ZERO),
         s => humantime::parse_duration(s),
     }
+}
+
+/// A size in bytes: a number, optionally with `KB`, `MB`, `GB` (powers of
+/// 1000) or `KiB`, `MiB`, `GiB` (powers of 1024).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 64MiB or 1000000"))?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "mb" => 1000 * 1000,
+        "gb" => 1000 * 1000 * 1000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{text:?}: the unit must be KB, MB, GB, KiB, MiB or GiB"
+            ));
+        }
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// A path, empty allowed (then [`Config::normalized`] makes it unset).

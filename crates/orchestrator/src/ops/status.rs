@@ -164,9 +164,14 @@ th{{background:#f0f0f0;font-weight:600}} code{{font-size:13px}}
                 } else {
                     ""
                 };
+                let limits = i
+                    .limits
+                    .as_ref()
+                    .map(|l| format!(" <small>{}</small>", esc(&limits_text(l))))
+                    .unwrap_or_default();
                 let _ = write!(
                     h,
-                    r#"<div class="instance"><code>{host}</code>{version} <span class="{class}">{word}</span>{draining} <small>checked {checked}</small></div>"#,
+                    r#"<div class="instance"><code>{host}</code>{version} <span class="{class}">{word}</span>{draining} <small>checked {checked}</small>{limits}</div>"#,
                     host = esc(&i.host),
                     checked = esc(checked),
                 );
@@ -324,6 +329,7 @@ pub fn text(status: &Status) -> String {
                 i.version.clone().unwrap_or_else(|| "-".into()),
                 state,
                 i.last_check.clone().unwrap_or_else(|| "never".into()),
+                i.limits.as_ref().map_or_else(|| "-".into(), limits_text),
             ]);
         }
         for b in &w.info.binds {
@@ -336,7 +342,14 @@ pub fn text(status: &Status) -> String {
         out += &table(&["WAIFU", "HEALTHY", "BINDS", "DATABASE", "URL"], &waifus);
         out.push('\n');
         out += &table(
-            &["WAIFU", "INSTANCE", "VERSION", "STATE", "LAST CHECK"],
+            &[
+                "WAIFU",
+                "INSTANCE",
+                "VERSION",
+                "STATE",
+                "LAST CHECK",
+                "LIMITS",
+            ],
             &instances,
         );
         if !binds.is_empty() {
@@ -391,6 +404,31 @@ pub fn incident_table(incidents: &[IncidentInfo]) -> String {
     table(&["TIME", "KIND", "WAIFU", "SOURCE", "DETAIL"], &rows)
 }
 
+/// An instance's limits in a few words: `body ≤ 1 MiB, 4 in flight, 30s`.
+fn limits_text(l: &waifus_protocol::Limits) -> String {
+    let mut parts = Vec::new();
+    if let Some(b) = l.max_body_size {
+        parts.push(format!("body ≤ {}", size_text(b)));
+    }
+    if let Some(n) = l.max_in_flight {
+        parts.push(format!("{n} in flight"));
+    }
+    if let Some(t) = &l.timeout {
+        parts.push(format!("timeout {t}"));
+    }
+    parts.join(", ")
+}
+
+/// Bytes in the largest binary unit that divides them evenly (or bytes).
+fn size_text(bytes: u64) -> String {
+    for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if bytes >= size && bytes.is_multiple_of(size) {
+            return format!("{} {unit}", bytes / size);
+        }
+    }
+    format!("{bytes} B")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,6 +451,11 @@ mod tests {
                         last_check: Some("2026-11-27T23:00:00Z".into()),
                         version: Some("1.2.3".into()),
                         draining: false,
+                        limits: Some(waifus_protocol::Limits {
+                            max_body_size: Some(1 << 20),
+                            max_in_flight: Some(4),
+                            timeout: Some("30s".into()),
+                        }),
                     }],
                     state: "paused".into(),
                     binds: vec![BindInfo {

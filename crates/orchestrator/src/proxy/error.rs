@@ -37,6 +37,11 @@ pub(super) enum ProxyError {
     Maintenance(Option<String>, std::time::Duration),
     /// The waifu was paused for longer than the request may wait.
     Paused,
+    /// The body is larger than the instance takes (413; the connection
+    /// closes, the rest of the body unread).
+    BodyTooLarge,
+    /// Every healthy instance has as many requests in flight as it allows.
+    Overloaded,
 }
 
 impl ProxyError {
@@ -45,7 +50,10 @@ impl ProxyError {
         let mut retry_after = 5;
         let mut own_message = None;
         // What is left of a broken request body cannot be read past.
-        let close = matches!(self, ProxyError::BadBody | ProxyError::Connect);
+        let close = matches!(
+            self,
+            ProxyError::BadBody | ProxyError::Connect | ProxyError::BodyTooLarge
+        );
         let (status, code, message) = match self {
             ProxyError::ToHttps(to) => {
                 location = HeaderValue::from_str(&to).ok();
@@ -72,6 +80,19 @@ impl ProxyError {
                     StatusCode::SERVICE_UNAVAILABLE,
                     "maintenance",
                     "the waifu is in maintenance; retry later",
+                )
+            }
+            ProxyError::BodyTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is larger than this waifu takes",
+            ),
+            ProxyError::Overloaded => {
+                retry_after = 1;
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "the waifu has as many requests in flight as it takes; retry shortly",
                 )
             }
             ProxyError::Paused => {

@@ -23,6 +23,9 @@ use super::error::ProxyError;
 use super::guard::{self, Rejection};
 use super::headers::{self, Forwarded, write_request_fields};
 use super::host::{https_location, request_authority};
+use super::limits;
+
+mod relay;
 use super::trusted::TrustedProxies;
 use super::via::Via;
 use super::websocket;
@@ -75,6 +78,8 @@ pub(crate) struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Until the waifu's response headers arrive.
     pub response_timeout: Duration,
+    /// `MAX_BODY_SIZE`: the largest request body passed on.
+    pub max_body_size: u64,
     /// One access log line per request.
     pub access_log: bool,
     /// `HSTS`: the `Strict-Transport-Security` value of answers over TLS.
@@ -106,6 +111,8 @@ pub(crate) struct Proxy {
     access_log: bool,
     connect_timeout: Duration,
     response_timeout: Duration,
+    /// `MAX_BODY_SIZE`.
+    max_body_size: u64,
     /// Owns upgraded tunnels so shutdown can wait for them.
     tunnels: TaskTracker,
     /// Cancelled when draining is over: closes remaining tunnels.
@@ -133,6 +140,7 @@ impl Proxy {
             access_log: config.access_log,
             connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
+            max_body_size: config.max_body_size,
             tunnels,
             hard_stop,
             trusted,
@@ -272,6 +280,10 @@ impl Proxy {
             return Err(ProxyError::NoHealthy);
         };
         let instance = instance.clone();
+        let max_body = limits::max_body(&instance, self.max_body_size);
+        if limits::declared_over(body.as_ref(), max_body) {
+            return Err(ProxyError::BodyTooLarge);
+        }
         if self.access_log {
             served.instance = Some(instance.clone());
         }
@@ -306,7 +318,7 @@ impl Proxy {
         };
         let websocket = upgrade.is_some();
         let had_length = parts.headers.contains_key(header::CONTENT_LENGTH);
-        let (outgoing, (request_id, trace_id)) = Outgoing::new(
+        let (mut outgoing, (request_id, trace_id)) = Outgoing::new(
             parts.method,
             &resolved.path,
             parts.uri.query(),
@@ -315,6 +327,7 @@ impl Proxy {
             websocket,
             |head| write_request_fields(head, &parts.headers, websocket, &forwarded),
         );
+        outgoing.limit_body(max_body);
         if self.access_log {
             served.request_id = Some(request_id.to_value());
             served.trace_id = Some(trace_id);
@@ -378,7 +391,17 @@ impl Proxy {
                     }
                 }
             }
-            let busy = Busy::new(instance);
+            let Some(busy) = limits::enter(instance.clone()) else {
+                // At its limit: another healthy instance with room, or 503
+                // at once (never a queue).
+                tried.push(instance);
+                let next = served
+                    .waifu
+                    .as_ref()
+                    .and_then(|waifu| waifu.pick_except(&tried).cloned());
+                instance = next.ok_or(ProxyError::Overloaded)?;
+                continue;
+            };
             if let Some(waifu) = &served.waifu
                 && !waifu.switch.is_open()
             {
@@ -387,7 +410,8 @@ impl Proxy {
                 continue;
             }
             let sent = upstream::try_send(&busy, outgoing, self.connect_timeout);
-            let answer = tokio::time::timeout(self.response_timeout, sent).await;
+            let timeout = limits::response_timeout(busy.instance(), self.response_timeout);
+            let answer = tokio::time::timeout(timeout, sent).await;
             let (error, unsent) = match answer {
                 Ok(Err(Unanswered {
                     error,
@@ -421,69 +445,6 @@ impl Proxy {
             instance.record(Outcome::Down);
             if let Some(waifu) = &served.waifu {
                 waifu.stats.get().connect_error();
-            }
-        }
-    }
-
-    /// The client's response to what the waifu answered (or did not).
-    fn relay(
-        &self,
-        answer: Attempt,
-        busy: Arc<Busy>,
-        upgrade: Option<Switch>,
-        served: &Served,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let instance = busy.instance();
-        let answer = match answer {
-            Err(_) | Ok(Err(SendError::ConnectTimeout)) => return Err(ProxyError::Timeout),
-            // The client's body broke off or broke its framing: the
-            // exchange with the waifu is dropped (its connection closed)
-            // and this is the request's only answer.
-            Ok(Err(SendError::RequestBody(e))) => {
-                debug!(error = %e, "the request body failed");
-                return Err(ProxyError::BadBody);
-            }
-            Ok(Err(e)) => {
-                self.unreachable(instance, &e, served);
-                debug!(instance = %instance.upstream, error = %e, "upstream failed");
-                return Err(ProxyError::Upstream);
-            }
-            Ok(Ok(answer)) => answer,
-        };
-        match answer {
-            Answer::Response(response) => {
-                let (mut rparts, rbody) = response.into_parts();
-                headers::strip_hop_by_hop(&mut rparts.headers, false);
-                Ok(Response::from_parts(rparts, Either::Left(rbody)))
-            }
-            Answer::Switched {
-                response,
-                io,
-                early,
-            } => {
-                let switch = upgrade.ok_or(ProxyError::Upstream)?;
-                if !switch.key.is_accepted_by(response.headers()) {
-                    // Not the handshake we forwarded: its server may still
-                    // be reading HTTP, so nothing is relayed, and `io` is
-                    // closed here.
-                    debug!(instance = %instance.upstream, "a 101 that does not complete the WebSocket handshake");
-                    return Err(ProxyError::Upstream);
-                }
-                if let Some(switched) = &switch.switched {
-                    switched.store(true, Ordering::Release);
-                }
-                let (mut rparts, ()) = response.into_parts();
-                headers::strip_hop_by_hop(&mut rparts.headers, true);
-                websocket::tunnel(
-                    &self.tunnels,
-                    &self.hard_stop,
-                    switch.client,
-                    io,
-                    early,
-                    busy,
-                );
-                let empty = Either::Right(Full::new(Bytes::new()));
-                Ok(Response::from_parts(rparts, empty))
             }
         }
     }

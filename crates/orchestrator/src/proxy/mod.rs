@@ -17,6 +17,7 @@ pub(crate) mod guard;
 mod handle;
 mod headers;
 mod host;
+mod limits;
 mod trace;
 pub(crate) mod trusted;
 mod via;

@@ -27,6 +27,16 @@ pub(crate) struct Parts {
     /// `http://host[:port]` that `/{name}` is appended to in hello answers.
     pub public_base: String,
     pub timing: Timing,
+    /// `MAX_BODY_SIZE` and `UPSTREAM_TIMEOUT`: what no hello's limits
+    /// exceed (shown clamped in the list of waifus).
+    pub ceilings: Ceilings,
+}
+
+/// The operator's maximums for what a hello's limits may ask.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ceilings {
+    pub max_body_size: u64,
+    pub timeout: Duration,
 }
 
 /// The control plane's clocks, from the settings.
@@ -66,6 +76,7 @@ pub(crate) async fn start(
         main_domain,
         public_base,
         timing,
+        ceilings,
     } = parts;
     let (writer, routes) = routing::routes();
     let (leads, leading) = watch::channel(true);
@@ -82,6 +93,7 @@ pub(crate) async fn start(
         instances: instances.clone(),
         leading: leading.clone(),
         check_wait: timing.health.timeout,
+        ceilings,
     })
     .await?;
     let registry = Arc::new(registry);

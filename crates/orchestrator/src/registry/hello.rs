@@ -17,13 +17,14 @@ use crate::ops::incidents::Incidents;
 use crate::routing::Instance;
 use crate::store::incidents::NewIncident;
 
-/// A hello whose name, host, version and health path are valid: checked once, before
+/// A hello whose name, host, version, health path and limits are valid: checked once, before
 /// anything else looks at it (ownership included), and all that
 /// [`Registry::hello`] takes.
 #[derive(Debug)]
 pub(crate) struct ValidHello<'a> {
     hello: &'a Hello,
     upstream: Upstream,
+    limits: waifus_protocol::RequestLimits,
 }
 
 impl<'a> ValidHello<'a> {
@@ -36,7 +37,15 @@ impl<'a> ValidHello<'a> {
         if let Some(path) = &hello.health {
             waifus_protocol::validate_health_path(path)?;
         }
-        Ok(ValidHello { hello, upstream })
+        let limits = match &hello.limits {
+            Some(limits) => limits.check()?,
+            None => waifus_protocol::RequestLimits::default(),
+        };
+        Ok(ValidHello {
+            hello,
+            upstream,
+            limits,
+        })
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -56,7 +65,11 @@ impl Registry {
         source: std::net::IpAddr,
         incidents: &Incidents,
     ) -> Result<HelloResponse, HelloError> {
-        let ValidHello { hello, upstream } = hello;
+        let ValidHello {
+            hello,
+            upstream,
+            limits,
+        } = hello;
         let webhook = incidents.webhook();
         let mut outcomes = Vec::with_capacity(hello.additional_binds.len());
         let mut parsed: Vec<Option<(BindKey, String)>> = Vec::new();
@@ -98,6 +111,7 @@ impl Registry {
             !i.is_leaving()
                 && i.version.as_deref() == hello.version.as_deref()
                 && i.health_path.as_deref() == hello.health.as_deref()
+                && i.limits == limits
         });
         // An instance that is not healthy (it may just have restarted) is
         // checked now, and a new one gets its first check, while the hello
@@ -118,7 +132,8 @@ impl Registry {
             let instance = Arc::new(
                 Instance::new(upstream.clone(), false, &self.shutdown)
                     .with_version(version, version_at)
-                    .with_health_path(hello.health.as_deref()),
+                    .with_health_path(hello.health.as_deref())
+                    .with_limits(limits),
             );
             let (committed, on_commit) = oneshot::channel();
             let _ = self.watch.send(Watch {
@@ -141,6 +156,7 @@ impl Registry {
                 source: &source,
                 webhook,
                 health_path: hello.health.as_deref(),
+                limits,
             })
             .await?;
         let reported: Vec<NewIncident> = granted
@@ -274,6 +290,7 @@ mod tests {
             secret: None,
             version: version.map(Into::into),
             health: None,
+            limits: None,
         }
     }
 

@@ -17,7 +17,7 @@ mod hello;
 mod replicas;
 mod switches;
 
-pub(crate) use build::{ControlPlane, Parts, Timing, start};
+pub(crate) use build::{Ceilings, ControlPlane, Parts, Timing, start};
 pub(crate) use health::HealthConfig;
 pub(crate) use hello::ValidHello;
 
@@ -48,6 +48,8 @@ pub(crate) enum HelloError {
     Version(#[from] waifus_protocol::VersionError),
     #[error("invalid health path: {0}")]
     Health(#[from] waifus_protocol::HealthPathError),
+    #[error("invalid limits: {0}")]
+    Limits(#[from] waifus_protocol::LimitsError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -162,6 +164,8 @@ pub(crate) struct Registry {
     /// orchestrator may remove it from the state first, and a goodbye that
     /// waits must still see what is in flight to it here.
     left: std::sync::Mutex<Vec<(Arc<str>, std::sync::Weak<Instance>)>>,
+    /// The operator's maximums for hellos' limits.
+    ceilings: Ceilings,
 }
 
 /// What [`Registry::load`] is given.
@@ -176,6 +180,7 @@ struct Setup {
     leading: tokio::sync::watch::Receiver<bool>,
     /// The health check timeout.
     check_wait: std::time::Duration,
+    ceilings: Ceilings,
 }
 
 impl Registry {
@@ -191,6 +196,7 @@ impl Registry {
             instances: shutdown,
             leading,
             check_wait,
+            ceilings,
         } = setup;
         let (watch, watched) = mpsc::unbounded_channel();
         let (leaving, to_drain) = mpsc::unbounded_channel();
@@ -209,6 +215,7 @@ impl Registry {
             // not waited out (the instance is routed once it passes).
             check_wait: check_wait.min(MAX_CHECK_WAIT),
             left: std::sync::Mutex::default(),
+            ceilings,
         };
         let loaded = {
             let mut state = registry.state.lock().await;
@@ -240,7 +247,8 @@ impl Registry {
         let instance = Arc::new(
             Instance::new(stored.upstream.clone(), stored.healthy, &self.shutdown)
                 .with_version(stored.version.as_deref(), stored.version_at_ms)
-                .with_health_path(stored.health_path.as_deref()),
+                .with_health_path(stored.health_path.as_deref())
+                .with_limits(stored.limits),
         );
         match stored.goodbye_ms {
             Some(ms) => {
@@ -412,7 +420,7 @@ impl Registry {
                 instances: entry
                     .instances
                     .iter()
-                    .map(|i| instance_info(i, entry.route.draining(i)))
+                    .map(|i| instance_info(i, entry.route.draining(i), self.ceilings))
                     .collect(),
                 binds: entry
                     .binds
@@ -437,7 +445,7 @@ impl Registry {
     }
 }
 
-fn instance_info(instance: &Instance, draining: bool) -> InstanceInfo {
+fn instance_info(instance: &Instance, draining: bool, ceilings: Ceilings) -> InstanceInfo {
     use std::sync::atomic::Ordering::Relaxed;
     let last = instance.last_check_ms.load(Relaxed);
     InstanceInfo {
@@ -449,5 +457,11 @@ fn instance_info(instance: &Instance, draining: bool) -> InstanceInfo {
         }),
         version: instance.version.as_deref().map(str::to_owned),
         draining,
+        limits: Some(
+            instance
+                .limits
+                .clamped(ceilings.max_body_size, ceilings.timeout)
+                .to_wire(),
+        ),
     }
 }

@@ -6,6 +6,7 @@
 mod harness;
 mod pg;
 mod relay;
+mod request_limits;
 mod waifu;
 
 mod acme;
