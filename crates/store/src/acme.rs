@@ -13,6 +13,22 @@ pub struct StoredCert {
     pub key_pem: String,
 }
 
+/// A pending challenge answer, published for every orchestrator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedChallenge {
+    /// `http-01` (name: the token, value: the key authorization) or
+    /// `tls-alpn-01` (name: the host, value: the certificate's DER, key:
+    /// its PKCS#8 key).
+    pub kind: String,
+    pub name: String,
+    pub value: Vec<u8>,
+    pub key: Option<Vec<u8>>,
+}
+
+/// How long a published challenge is kept at most (an order that died
+/// without withdrawing it).
+const CHALLENGE_TTL_S: i32 = 600;
+
 /// Held while one orchestrator orders a certificate for a host, so replicas
 /// sharing the database do not order the same one at once. It is a
 /// session-level advisory lock on a connection of its own, taken out of the
@@ -115,5 +131,53 @@ impl Store {
         Ok(row
             .get::<_, bool>(0)
             .then_some(AcmeLock { _client: client }))
+    }
+
+    /// Publishes a challenge answer for every orchestrator.
+    pub async fn publish_challenge(&self, c: &SharedChallenge) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO acme_challenges (kind, name, value, key) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (kind, name) DO UPDATE
+                 SET value = EXCLUDED.value, key = EXCLUDED.key, set_at = now()",
+                &[&c.kind, &c.name, &c.value, &c.key],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Withdraws a challenge answer (its order ended).
+    pub async fn withdraw_challenge(&self, kind: &str, name: &str) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "DELETE FROM acme_challenges WHERE kind = $1 AND name = $2",
+                &[&kind, &name],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Every pending challenge answer (the long-forgotten ones deleted).
+    pub async fn shared_challenges(&self) -> Result<Vec<SharedChallenge>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "WITH gone AS (DELETE FROM acme_challenges
+                               WHERE set_at < now() - make_interval(secs => $1))
+                 SELECT kind, name, value, key FROM acme_challenges",
+                &[&f64::from(CHALLENGE_TTL_S)],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| SharedChallenge {
+                kind: r.get(0),
+                name: r.get(1),
+                value: r.get(2),
+                key: r.get(3),
+            })
+            .collect())
     }
 }

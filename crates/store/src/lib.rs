@@ -70,10 +70,14 @@ impl Store {
         if config.get_dbname().is_none() {
             config.dbname(migrate::DEFAULT_STATE_DATABASE);
         }
+        // The URL's own (`?application_name=replica-2`) tells replicas
+        // apart in `pg_stat_activity`.
+        if config.get_application_name().is_none() {
+            config.application_name("waifus-orchestrator");
+        }
         config
             .connect_timeout(CONNECT_TIMEOUT)
             .options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"))
-            .application_name("waifus-orchestrator")
             .keepalives(true)
             .keepalives_idle(KEEPALIVE_IDLE)
             .keepalives_interval(KEEPALIVE_INTERVAL)

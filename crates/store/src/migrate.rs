@@ -23,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0008_versions_forward.sql"),
     include_str!("migrations/0009_health_path.sql"),
     include_str!("migrations/0010_limits.sql"),
+    include_str!("migrations/0011_acme_challenges.sql"),
 ];
 
 /// Advisory lock key serialising migrations across orchestrators ("waifus01").

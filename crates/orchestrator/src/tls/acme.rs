@@ -12,6 +12,11 @@
 //! once two thirds of its lifetime have passed; a failed order is retried
 //! after 1 min, doubling up to 1 day, alternating TLS-ALPN-01 and HTTP-01 so
 //! one closed port does not block issuance.
+//!
+//! Behind a load balancer the CA's validation may reach any replica: the
+//! one that orders publishes each challenge answer in PostgreSQL, every
+//! replica reads the published answers every [`SHARED_EVERY`], and the CA
+//! is told a challenge is ready only [`SHARE_WAIT`] after it was published.
 
 mod client;
 
@@ -33,7 +38,7 @@ use tracing::{info, warn};
 use super::{Certs, Issued, is_public_host, provider};
 use crate::routing::Routes;
 use crate::store::Store;
-use crate::store::acme::StoredCert;
+use crate::store::acme::{SharedChallenge, StoredCert};
 use client::AcmeHttp;
 
 /// The challenge tried first.
@@ -78,6 +83,12 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
 /// Longest sleep between looks at what is due.
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
+/// How often every orchestrator reads the challenge answers others published.
+const SHARED_EVERY: Duration = Duration::from_millis(500);
+/// How long after publishing a challenge answer the CA is told it is
+/// ready: every orchestrator has read it by then.
+const SHARE_WAIT: Duration = Duration::from_millis(1500);
+
 /// Retry when another orchestrator holds a host's ordering lock.
 const BUSY_RETRY: Duration = Duration::from_secs(30);
 /// Bound on one HTTP exchange with the ACME server.
@@ -130,11 +141,53 @@ pub(crate) async fn manage(
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(FIRST_BACKOFF);
         };
-        renew_forever(&config, &account, &certs, &routes, &store).await;
+        tokio::join!(
+            renew_forever(&config, &account, &certs, &routes, &store),
+            follow_shared(&certs, &store),
+        );
     };
     tokio::select! {
         () = shutdown.cancelled() => {}
         () = run => {}
+    }
+}
+
+/// Reads the challenge answers other orchestrators published, for as long
+/// as ACME runs here.
+async fn follow_shared(certs: &Certs, store: &Store) {
+    let mut failing = false;
+    loop {
+        match store.shared_challenges().await {
+            Ok(rows) => {
+                failing = false;
+                let mut shared = super::Shared::default();
+                for row in rows {
+                    match (row.kind.as_str(), row.key) {
+                        ("http-01", _) => {
+                            if let Ok(ka) = String::from_utf8(row.value) {
+                                shared.http.insert(row.name, ka);
+                            }
+                        }
+                        ("tls-alpn-01", Some(key)) => match alpn_key(row.value, key) {
+                            Ok(cert) => {
+                                shared.alpn.insert(row.name, cert);
+                            }
+                            Err(e) => {
+                                warn!(host = %row.name, error = %e, "a published challenge certificate is unusable")
+                            }
+                        },
+                        _ => {}
+                    }
+                }
+                certs.set_shared(shared);
+            }
+            Err(e) if !failing => {
+                failing = true;
+                warn!(error = %e, "cannot read the challenges other orchestrators published");
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(SHARED_EVERY).await;
     }
 }
 
@@ -293,11 +346,22 @@ async fn obtain(
     let Some(_lock) = store.acme_lock(host).await? else {
         return Ok(Obtained::Busy);
     };
+    // Another orchestrator may have stored one between our last look and
+    // the lock: one order per name, whoever places it.
+    load_stored(&config.directory, certs, store).await?;
+    if certs
+        .acme_certs()
+        .get(host)
+        .is_some_and(|c| c.renew_at() > SystemTime::now())
+    {
+        return Ok(Obtained::Issued);
+    }
     info!(%host, ?challenge, "ordering a certificate");
     let identifiers = [Identifier::Dns(host.to_owned())];
     let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
     let mut pending = PendingChallenges {
         certs,
+        store,
         tokens: Vec::new(),
         alpn_hosts: Vec::new(),
     };
@@ -321,18 +385,33 @@ async fn obtain(
             .challenge(pick.kind())
             .ok_or_else(|| anyhow!("challenge vanished"))?;
         let key_authorization = handle.key_authorization();
-        match pick {
+        let published = match pick {
             Challenge::Http01 => {
-                certs
-                    .set_http_challenge(&handle.token, Some(key_authorization.as_str().to_owned()));
+                let ka = key_authorization.as_str().to_owned();
+                certs.set_http_challenge(&handle.token, Some(ka.clone()));
                 pending.tokens.push(handle.token.clone());
+                SharedChallenge {
+                    kind: "http-01".into(),
+                    name: handle.token.clone(),
+                    value: ka.into_bytes(),
+                    key: None,
+                }
             }
             Challenge::TlsAlpn01 => {
-                let cert = alpn_certificate(host, key_authorization.digest().as_ref())?;
-                certs.set_alpn_challenge(host, Some(cert));
+                let (cert, key) = alpn_certificate(host, key_authorization.digest().as_ref())?;
+                certs.set_alpn_challenge(host, Some(alpn_key(cert.clone(), key.clone())?));
                 pending.alpn_hosts.push(host.to_owned());
+                SharedChallenge {
+                    kind: "tls-alpn-01".into(),
+                    name: host.to_owned(),
+                    value: cert,
+                    key: Some(key),
+                }
             }
-        }
+        };
+        // Every replica answers it before the CA asks.
+        store.publish_challenge(&published).await?;
+        tokio::time::sleep(SHARE_WAIT).await;
         tracing::debug!(%host, url = %handle.url, ?pick, "challenge ready");
         handle.set_ready().await?;
     }
@@ -397,38 +476,60 @@ async fn order_problems(order: &mut instant_acme::Order) -> String {
     }
 }
 
-/// Challenge answers published for one order, withdrawn when it ends.
+/// Challenge answers published for one order, withdrawn when it ends
+/// (here at once, from the store by a task of its own).
 struct PendingChallenges<'a> {
     certs: &'a Certs,
+    store: &'a Store,
     tokens: Vec<String>,
     alpn_hosts: Vec<String>,
 }
 
 impl Drop for PendingChallenges<'_> {
     fn drop(&mut self) {
-        for token in &self.tokens {
-            self.certs.set_http_challenge(token, None);
+        let mut published = Vec::new();
+        for token in self.tokens.drain(..) {
+            self.certs.set_http_challenge(&token, None);
+            published.push(("http-01", token));
         }
-        for host in &self.alpn_hosts {
-            self.certs.set_alpn_challenge(host, None);
+        for host in self.alpn_hosts.drain(..) {
+            self.certs.set_alpn_challenge(&host, None);
+            published.push(("tls-alpn-01", host));
         }
+        if published.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            for (kind, name) in published {
+                if let Err(e) = store.withdraw_challenge(kind, &name).await {
+                    warn!(%name, error = %e, "a challenge answer stays published until it expires");
+                }
+            }
+        });
     }
 }
 
 /// The TLS-ALPN-01 certificate (RFC 8737): self-signed for the host, with
 /// the key authorization's digest in the critical acmeIdentifier extension.
-fn alpn_certificate(host: &str, digest: &[u8]) -> anyhow::Result<Arc<CertifiedKey>> {
+/// Its certificate and PKCS#8 key, DER.
+fn alpn_certificate(host: &str, digest: &[u8]) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
     let key = rcgen::KeyPair::generate()?;
     let mut params = rcgen::CertificateParams::new(vec![host.to_owned()])?;
     params
         .custom_extensions
         .push(rcgen::CustomExtension::new_acme_identifier(digest));
     let cert = params.self_signed(&key)?;
-    let der = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    Ok((cert.der().to_vec(), key.serialize_der()))
+}
+
+/// A TLS-ALPN-01 certificate and key (DER) as the TLS listener serves it.
+fn alpn_key(cert: Vec<u8>, key: Vec<u8>) -> anyhow::Result<Arc<CertifiedKey>> {
+    let der = PrivateKeyDer::Pkcs8(key.into());
     // Not `CertifiedKey::from_der`: its consistency check parses the
     // certificate with webpki, which refuses the critical extension.
     let key = provider().key_provider.load_private_key(der)?;
-    Ok(Arc::new(CertifiedKey::new(vec![cert.der().clone()], key)))
+    Ok(Arc::new(CertifiedKey::new(vec![cert.into()], key)))
 }
 
 #[cfg(test)]
@@ -447,7 +548,8 @@ mod tests {
     #[test]
     fn alpn_certificate_carries_the_digest() {
         let digest = [7u8; 32];
-        let cert = alpn_certificate("a.example.com", &digest).unwrap();
+        let (cert, key) = alpn_certificate("a.example.com", &digest).unwrap();
+        let cert = alpn_key(cert, key).unwrap();
         let der = cert.cert[0].as_ref();
         // id-pe-acmeIdentifier (1.3.6.1.5.5.7.1.31), critical, OCTET STRING of the digest.
         let oid = [0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x01, 0x1f];

@@ -75,6 +75,15 @@ impl Issued {
     }
 }
 
+/// Challenge answers published through the store.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// HTTP-01 key authorizations by token.
+    pub http: HashMap<String, String>,
+    /// TLS-ALPN-01 certificates by host.
+    pub alpn: HashMap<String, Arc<CertifiedKey>>,
+}
+
 /// The TLS listener's certificate resolver and the ACME challenge answers.
 #[derive(Debug)]
 pub(crate) struct Certs {
@@ -84,6 +93,9 @@ pub(crate) struct Certs {
     alpn_challenges: Mutex<CertMap>,
     /// Pending HTTP-01 key authorizations by token.
     http_challenges: Mutex<HashMap<String, String>>,
+    /// The answers other orchestrators published for their orders (the CA
+    /// may validate through any of them), as last read from the store.
+    shared: ArcSwap<Shared>,
     /// Self-signed certificates made so far; `None` when not in development mode.
     dev: Option<Mutex<CertMap>>,
     routes: Routes,
@@ -96,6 +108,7 @@ impl Certs {
             acme: ArcSwap::default(),
             alpn_challenges: Mutex::default(),
             http_challenges: Mutex::default(),
+            shared: ArcSwap::default(),
             dev: dev.then(Mutex::default),
             routes,
         }
@@ -141,13 +154,21 @@ impl Certs {
         };
     }
 
-    /// The answer to `GET /.well-known/acme-challenge/{token}`, if pending.
+    /// The answer to `GET /.well-known/acme-challenge/{token}`, if pending
+    /// here or at another orchestrator.
     pub(crate) fn http_challenge(&self, token: &str) -> Option<String> {
-        self.http_challenges
+        let own = self
+            .http_challenges
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(token)
-            .cloned()
+            .cloned();
+        own.or_else(|| self.shared.load().http.get(token).cloned())
+    }
+
+    /// What other orchestrators have published, replacing what was.
+    pub(crate) fn set_shared(&self, shared: Shared) {
+        self.shared.store(Arc::new(shared));
     }
 
     /// The certificate for a lowercase host, from the first source that has one.
@@ -187,11 +208,14 @@ impl ResolvesServerCert for Certs {
             .alpn()
             .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
         if validation {
-            let challenges = self
+            let name = name?;
+            let own = self
                 .alpn_challenges
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            return challenges.get(&name?).cloned();
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&name)
+                .cloned();
+            return own.or_else(|| self.shared.load().alpn.get(&name).cloned());
         }
         match name {
             Some(host) => self.for_host(&host),

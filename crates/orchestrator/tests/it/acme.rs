@@ -343,3 +343,152 @@ async fn http01_for_accepted_binds_and_main_domain_only() {
     assert_eq!(accounts, 1);
     orch.stop().await.unwrap();
 }
+
+/// A TCP load balancer in front of two orchestrators that sends each
+/// connection to the one that does NOT hold the ACME ordering lock (read
+/// from PostgreSQL by the sessions' application names), or in turn when
+/// neither does: so the CA's validation always reaches the orchestrator
+/// that did not place the order.
+struct AwayFromTheOrderer {
+    http: std::net::SocketAddr,
+    tls: std::net::SocketAddr,
+}
+
+impl AwayFromTheOrderer {
+    /// `backends`: (application name, public address, TLS address).
+    async fn start(db: &str, backends: [(&'static str, SocketAddr, SocketAddr); 2]) -> Self {
+        let db = db.to_owned();
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tls = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addrs = (http.local_addr().unwrap(), tls.local_addr().unwrap());
+        for (listener, tls) in [(http, false), (tls, true)] {
+            let db = db.clone();
+            tokio::spawn(async move {
+                // Connected at the first validation, once the orchestrators
+                // have made the database.
+                let mut sql = None;
+                let mut turn = 0usize;
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if sql.is_none() {
+                        sql = Some(pg::cluster().superuser(&db).await);
+                    }
+                    let Some(sql) = &sql else { continue };
+                    // The session holding an advisory lock other than the
+                    // health leader's ("waifusHC") is ordering.
+                    let orderer: Option<String> = sql
+                        .query_opt(
+                            "SELECT a.application_name FROM pg_locks l
+                             JOIN pg_stat_activity a ON a.pid = l.pid
+                             WHERE l.locktype = 'advisory' AND l.granted
+                               AND NOT (l.classid = 2002872678 AND l.objid = 1970489411)
+                             LIMIT 1",
+                            &[],
+                        )
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|r| r.get(0));
+                    let pick = match orderer {
+                        Some(name) => backends.iter().position(|b| b.0 != name).unwrap_or(0),
+                        None => {
+                            turn += 1;
+                            turn % 2
+                        }
+                    };
+                    let to = if tls {
+                        backends[pick].2
+                    } else {
+                        backends[pick].1
+                    };
+                    tokio::spawn(async move {
+                        if let Ok(mut server) = tokio::net::TcpStream::connect(to).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                }
+            });
+        }
+        AwayFromTheOrderer {
+            http: addrs.0,
+            tls: addrs.1,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_orchestrators_answer_each_others_challenges_with_one_order_per_name() {
+    if !installed() {
+        return;
+    }
+    for (challenge, host) in [
+        ("http-01", "ha-http.example.net"),
+        ("tls-alpn-01", "ha-alpn.example.net"),
+    ] {
+        let db = pg::unique_db(&format!("acme_ha_{}", &challenge[..3]));
+        let (ports_a, ports_b) = (Ports::bind().await, Ports::bind().await);
+        let addr = |l: &tokio::net::TcpListener| l.local_addr().unwrap();
+        let balancer = AwayFromTheOrderer::start(
+            &db,
+            [
+                ("orch_a", addr(&ports_a.public), addr(&ports_a.https)),
+                ("orch_b", addr(&ports_b.public), addr(&ports_b.https)),
+            ],
+        )
+        .await;
+        let pebble = Pebble::start(balancer.http.port(), balancer.tls.port(), 3600).await;
+        let flags = pebble.flags(&["--acme-challenge", challenge]);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let url = pg::cluster().url(&db);
+        let a = harness::start_with_ports(
+            &format!("{url}?application_name=orch_a"),
+            &flags,
+            Some(ports_a),
+        )
+        .await;
+        let b = harness::start_with_ports(
+            &format!("{url}?application_name=orch_b"),
+            &flags,
+            Some(ports_b),
+        )
+        .await;
+        let owner = TestWaifu::start("owner").await;
+        a.register(
+            "owner",
+            &owner.host(),
+            json!({ format!("https://{host}"): "/" }),
+        )
+        .await;
+        let trust = Trust::Roots(vec![pebble.root().await]);
+        let (a_https, b_https) = (a.https.unwrap(), b.https.unwrap());
+        eventually(
+            Duration::from_secs(90),
+            &format!("a certificate for {host} by {challenge} on both"),
+            || async {
+                served_cert(a_https, host, &trust).await.is_some()
+                    && served_cert(b_https, host, &trust).await.is_some()
+            },
+        )
+        .await;
+        // One order: one stored certificate, the same on both.
+        assert_eq!(
+            served_cert(a_https, host, &trust).await,
+            served_cert(b_https, host, &trust).await,
+            "{challenge}"
+        );
+        assert_eq!(stored_hosts(&db).await, [host], "{challenge}");
+        let reply = get(b_https, host, "/x", &trust, false).await;
+        assert_eq!(reply.json()["id"], "owner");
+        // Answered challenges are withdrawn.
+        let sql = pg::cluster().superuser(&db).await;
+        eventually(Duration::from_secs(10), "challenges withdrawn", || async {
+            sql.query_one("SELECT count(*) FROM acme_challenges", &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 0
+        })
+        .await;
+        a.stop().await.unwrap();
+        b.stop().await.unwrap();
+    }
+}
