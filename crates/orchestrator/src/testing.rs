@@ -20,6 +20,12 @@ pub fn normalize(raw: &str) -> Result<std::borrow::Cow<'_, str>, &'static str> {
     })
 }
 
+/// Response compression as the proxy streams it: `body` in pieces of
+/// `piece` bytes, with `coding` (`gzip`, `br`, `zstd`); the bytes out.
+pub fn compress_pieces(coding: &str, body: &[u8], piece: usize) -> usize {
+    crate::proxy::compress::compress_pieces(coding, body, piece).unwrap_or(0)
+}
+
 /// A request head as the public listener's HTTP/1.1 loop takes it.
 #[derive(Debug)]
 pub struct H1Head {

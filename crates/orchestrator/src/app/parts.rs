@@ -143,6 +143,7 @@ pub(super) fn proxy(
             connect_timeout: config.upstream_connect_timeout,
             response_timeout: config.upstream_timeout,
             max_body_size: config.max_body_size,
+            compression: config.compression,
             access_log: config.access_log,
             hsts: settings.hsts.clone(),
         },

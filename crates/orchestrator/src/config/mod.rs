@@ -153,6 +153,10 @@ pub struct Config {
     /// a waifu's hello may ask for less. Larger ones are answered 413.
     #[arg(long, env = "MAX_BODY_SIZE", default_value = "64MiB", value_parser = parse_size)]
     pub max_body_size: u64,
+    /// `on`: responses are compressed (gzip, br, zstd) as the client
+    /// accepts, for compressible types over 1 KiB the waifu did not encode.
+    #[arg(long, env = "COMPRESSION", default_value = "off", value_parser = on_off, action = clap::ArgAction::Set)]
+    pub compression: bool,
     /// A client must send a request's headers within this time; it is also the
     /// idle time after which a keep-alive HTTP/1 connection is closed.
     #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
@@ -260,6 +264,15 @@ fn duration_or_off(s: &str) -> Result<Duration, humantime::DurationError> {
     match s.trim() {
         "" | "off" | "0" => Ok(Duration::ZERO),
         s => humantime::parse_duration(s),
+    }
+}
+
+/// `on` or `off`.
+fn on_off(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" | "" => Ok(false),
+        _ => Err(format!("{text:?}: use on or off")),
     }
 }
 

@@ -19,6 +19,7 @@ use tracing::debug;
 
 use super::access;
 use super::body::{ClientBody, ProxyBody};
+use super::compress::{self, Compressed};
 use super::error::ProxyError;
 use super::guard::{self, Rejection};
 use super::headers::{self, Forwarded, write_request_fields};
@@ -80,6 +81,8 @@ pub(crate) struct UpstreamConfig {
     pub response_timeout: Duration,
     /// `MAX_BODY_SIZE`: the largest request body passed on.
     pub max_body_size: u64,
+    /// `COMPRESSION=on`: responses compressed as the client accepts.
+    pub compression: bool,
     /// One access log line per request.
     pub access_log: bool,
     /// `HSTS`: the `Strict-Transport-Security` value of answers over TLS.
@@ -113,6 +116,8 @@ pub(crate) struct Proxy {
     response_timeout: Duration,
     /// `MAX_BODY_SIZE`.
     max_body_size: u64,
+    /// `COMPRESSION=on`.
+    compression: bool,
     /// Owns upgraded tunnels so shutdown can wait for them.
     tunnels: TaskTracker,
     /// Cancelled when draining is over: closes remaining tunnels.
@@ -141,6 +146,7 @@ impl Proxy {
             connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
             max_body_size: config.max_body_size,
+            compression: config.compression,
             tunnels,
             hard_stop,
             trusted,
@@ -172,6 +178,11 @@ impl Proxy {
             Box::new(access::Entry::begin(&req, who, started, via.tls))
         });
         let mut served = Served::default();
+        // Read before the request is taken apart; nothing when off.
+        let coding = self
+            .compression
+            .then(|| compress::choose(req.headers()))
+            .flatten();
         // Only over TLS (RFC 6797 §7.2: never on plain HTTP).
         let hsts = via.tls.then(|| self.hsts.clone()).flatten();
         let prepared = self.prepare(req, client, via, &mut served);
@@ -207,6 +218,11 @@ impl Proxy {
                 None => &this.unrouted,
             };
             stats.record(&method, status, started.elapsed());
+            let response = if this.compression {
+                compress::apply(response, coding, method == http::Method::HEAD)
+            } else {
+                response.map(Compressed::plain)
+            };
             Ok(match entry {
                 None => response.map(access::Logged::off),
                 Some(mut entry) => {

@@ -12,6 +12,7 @@
 
 mod access;
 mod body;
+pub(crate) mod compress;
 mod error;
 pub(crate) mod guard;
 mod handle;

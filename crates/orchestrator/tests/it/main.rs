@@ -16,6 +16,7 @@ mod binary;
 mod binary_load;
 mod check;
 mod claims;
+mod compression;
 mod conformance;
 mod data;
 mod database;

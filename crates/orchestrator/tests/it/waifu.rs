@@ -4,6 +4,9 @@
 //! - `POST /echo`: streams the request body back;
 //! - `GET /stream`: sends 1 MiB, waits for `release`, then 2 MiB more;
 //! - `GET /slow?ms=N`: answers after N ms;
+//! - `GET /json`: 10 KiB of JSON; `GET /encoded`: a body the waifu encoded
+//!   itself; `GET /sse`, `GET /slow-text`: a first piece (an event, 4 KiB of
+//!   text), the rest once `release` is notified;
 //! - `GET /ws`: completes a WebSocket handshake (101 with the right
 //!   `Sec-WebSocket-Accept`), then echoes raw bytes (no framing: the proxy
 //!   only relays); `GET /no-upgrade`: 200 even when asked to upgrade;
@@ -196,6 +199,53 @@ impl State {
                     }
                 });
                 Response::new(Either::Right(Either::Left(ChannelBody(rx))))
+            }
+            "/json" => {
+                // 10 KiB of JSON, compressible.
+                let items: Vec<String> = (0..1000).map(|i| format!("{{\"n\":{i:>5}}}")).collect();
+                let mut body = format!("[{}]", items.join(","));
+                body.truncate(10 * 1024 - 1);
+                body.push(']');
+                let mut r = full(StatusCode::OK, body);
+                r.headers_mut()
+                    .insert("content-type", "application/json".parse().unwrap());
+                r
+            }
+            "/encoded" => {
+                // Already encoded by the waifu: must pass untouched.
+                let mut r = full(StatusCode::OK, vec![b'z'; 4096]);
+                r.headers_mut()
+                    .insert("content-type", "text/plain".parse().unwrap());
+                r.headers_mut()
+                    .insert("content-encoding", "identity-test".parse().unwrap());
+                r
+            }
+            "/sse" | "/slow-text" => {
+                // A first piece at once, the rest only when released.
+                let (tx, rx) = mpsc::channel(4);
+                let release = self.release.clone();
+                let sse = path == "/sse";
+                tokio::spawn(async move {
+                    let first = if sse {
+                        Bytes::from_static(b"data: first\n\n")
+                    } else {
+                        Bytes::from(vec![b'a'; 4096])
+                    };
+                    if tx.send(first).await.is_err() {
+                        return;
+                    }
+                    release.notified().await;
+                    let _ = tx.send(Bytes::from(vec![b'b'; 4096])).await;
+                });
+                let mut r = Response::new(Either::Right(Either::Left(ChannelBody(rx))));
+                let kind = if sse {
+                    "text/event-stream"
+                } else {
+                    "text/plain"
+                };
+                r.headers_mut()
+                    .insert("content-type", kind.parse().unwrap());
+                r
             }
             "/status" => {
                 // `/status?code=N`: that status, with a body where one may be.
