@@ -104,6 +104,25 @@ impl RawWaifu {
     }
 }
 
+/// A request body of pieces of these sizes, its length not declared.
+struct Pieces(std::collections::VecDeque<usize>);
+
+impl hyper::body::Body for Pieces {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(
+            self.0
+                .pop_front()
+                .map(|n| Ok(hyper::body::Frame::data(Bytes::from(vec![b'x'; n])))),
+        )
+    }
+}
+
 async fn say_hello(orch: &Orch, name: &str, host: &str, limits: Value) {
     let (status, body) = orch
         .hello(json!({"name": name, "host": host, "limits": limits}))
@@ -204,6 +223,26 @@ async fn a_waifus_limits_hold_for_bodies_bursts_and_slow_answers() {
             u.complete == (u.bytes == 1000),
             "a cut upload looked complete: {uploads:?}"
         );
+    }
+
+    // Over HTTP/2, a body without a declared length is cut the same way.
+    let stream = tokio::net::TcpStream::connect(orch.public).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let request = http::Request::post("http://localhost/raw/up")
+        .body(Pieces(vec![600, 300, 101, 50].into()))
+        .unwrap();
+    let answer = send.send_request(request).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // Whatever reached the waifu of it (here, all of it was at hand, so
+    // nothing was sent) never looks complete.
+    for u in raw.uploads.lock().unwrap().iter() {
+        assert!(u.bytes <= 1000 && u.complete == (u.bytes == 1000), "{u:?}");
     }
 
     // The operator's maximum is the ceiling: a hello asking more gets it.
