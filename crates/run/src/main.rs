@@ -15,7 +15,6 @@ mod args;
 mod database;
 mod probe;
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -58,7 +57,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    logging();
+    waifu::init_logging();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -71,20 +70,6 @@ fn main() -> ExitCode {
     };
     let code = runtime.block_on(run(args));
     ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
-}
-
-/// Logs to stderr: text (coloured only on a terminal) or `LOG_FORMAT=json`.
-fn logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
-        builder.json().init();
-    } else {
-        builder.with_ansi(std::io::stderr().is_terminal()).init();
-    }
 }
 
 /// Runs the app as a waifu; the status to exit with.

@@ -14,6 +14,7 @@
 //!
 //! #[tokio::main]
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     waifu::init_logging(); // stderr; LOG_FORMAT=json; colour only on a terminal
 //!     let app = Router::new().route("/", get(|| async { "hello" }));
 //!     waifu::Waifu::from_env()?.serve(app).await?;
 //!     Ok(())
@@ -23,6 +24,7 @@
 mod client;
 mod config;
 mod database;
+mod logging;
 mod migrate;
 mod serve;
 mod settings;
@@ -39,6 +41,7 @@ use waifus_protocol::{DatabaseCredentials, Goodbye, GoodbyeResponse, Hello, Hell
 pub use client::CallError;
 pub use config::ConfigError;
 pub use database::{Database, DatabaseError, Unavailable};
+pub use logging::init_logging;
 pub use migrate::MigrateError;
 pub use waifus_protocol;
 

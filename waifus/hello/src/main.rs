@@ -7,9 +7,7 @@ use axum::{Router, routing::get};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .init();
+    waifu::init_logging();
     let app = Router::new().route("/", get(|| async { "hello from waifus\n" }));
     let served = match waifu::Waifu::from_env() {
         Ok(w) => w

@@ -1,6 +1,8 @@
 //! The `hello` binary serves its greeting and its health check before any
 //! orchestrator exists (it keeps saying hello in the background), and leaves
-//! on SIGTERM with exit code 0 even when its goodbye cannot be delivered.
+//! on SIGTERM with exit code 0 even when its goodbye cannot be delivered. Its
+//! log, redirected to a file, holds no colour codes; with `LOG_FORMAT=json`
+//! every line is a JSON object.
 
 #![allow(clippy::unwrap_used)]
 
@@ -24,6 +26,27 @@ fn get(port: u16, path: &str) -> Option<String> {
 
 #[test]
 fn serves_before_the_orchestrator_exists_and_exits_zero_on_sigterm() {
+    for format in ["text", "json"] {
+        let log = run_once(format);
+        assert!(log.contains("listening"), "{format}: {log}");
+        assert!(
+            !log.contains('\u{1b}'),
+            "{format}: an escape code in {log:?}"
+        );
+        if format == "json" {
+            for line in log.lines() {
+                let parsed: Result<serde_json::Value, _> = serde_json::from_str(line);
+                assert!(parsed.is_ok(), "not JSON: {line}");
+            }
+        }
+    }
+}
+
+/// Runs hello once, its stderr in a file, as `serves_before…` describes;
+/// that file's content.
+fn run_once(format: &str) -> String {
+    let log_path = std::env::temp_dir().join(format!("hello-{}-{format}.log", std::process::id()));
+    let log = std::fs::File::create(&log_path).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -39,7 +62,10 @@ fn serves_before_the_orchestrator_exists_and_exits_zero_on_sigterm() {
         .env("WAIFU_HOST", format!("127.0.0.1:{port}"))
         .env("PORT", port.to_string())
         .env("LISTEN_ADDR", "127.0.0.1")
-        .stderr(Stdio::null())
+        .env("LOG_FORMAT", format)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -68,4 +94,7 @@ fn serves_before_the_orchestrator_exists_and_exits_zero_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(0));
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let _ = std::fs::remove_file(&log_path);
+    text
 }

@@ -31,9 +31,7 @@ const CODE_LEN: usize = 7;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .init();
+    waifu::init_logging();
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
