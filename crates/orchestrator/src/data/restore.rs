@@ -80,7 +80,8 @@ impl Data {
         let paused = self.pause_for_swap(name, max_wait, source).await?;
         let swapped = self.swap(&admin, name, &fresh, &stamp).await;
         if paused {
-            self.store.clear_switch(name, source).await?;
+            // Only its own pause: maintenance an operator set meanwhile stays.
+            self.store.clear_switch_if(name, "paused", source).await?;
         }
         let before = match swapped {
             Ok(before) => before,
