@@ -269,11 +269,7 @@ impl Registry {
     /// Stops checking a leaving instance, closes its idle connections (so a
     /// waifu waiting for them can exit) and hands it to the drain.
     fn drain(&self, name: &Arc<str>, instance: &Arc<Instance>, goodbye_ms: i64) {
-        {
-            let mut left = self.left.lock().unwrap_or_else(|e| e.into_inner());
-            left.retain(|(_, i)| i.strong_count() > 0);
-            left.push((name.clone(), Arc::downgrade(instance)));
-        }
+        self.note_left(name, instance);
         instance.retired.cancel();
         instance.endpoint.pool.close();
         let _ = self.leaving.send(Leaving {
@@ -318,6 +314,18 @@ impl Registry {
         }
         self.touch(&mut state, name);
         Ok(instance)
+    }
+
+    /// Remembers a leaving instance for as long as something holds it.
+    fn note_left(&self, name: &Arc<str>, instance: &Arc<Instance>) {
+        let mut left = self.left.lock().unwrap_or_else(|e| e.into_inner());
+        left.retain(|(_, i)| i.strong_count() > 0);
+        if !left
+            .iter()
+            .any(|(_, i)| std::ptr::eq(i.as_ptr(), Arc::as_ptr(instance)))
+        {
+            left.push((name.clone(), Arc::downgrade(instance)));
+        }
     }
 
     /// An instance of `name` at `upstream` that left the state (drained,

@@ -258,15 +258,18 @@ impl Registry {
             i.upstream == s.upstream && i.version.as_deref() == s.version.as_deref()
         };
         let mut instances_changed = false;
+        let shared_name: Arc<str> = name.into();
         entry.instances.retain(|i| {
             let keep = stored.instances.iter().any(|s| same(i, s));
             if !keep {
                 i.retired.cancel();
+                // Removed elsewhere (it drained there first): requests in
+                // flight to it here still count for a goodbye that waits.
+                self.note_left(&shared_name, i);
                 instances_changed = true;
             }
             keep
         });
-        let shared_name: Arc<str> = name.into();
         for s in &stored.instances {
             match entry.instances.iter().find(|i| same(i, s)) {
                 Some(instance) => {
