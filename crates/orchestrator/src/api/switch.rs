@@ -39,9 +39,16 @@ struct MaintenanceRequest {
     retry_after: Option<u64>,
 }
 
-/// The waifu a switch is asked for: it must be known here.
-fn known(state: &AppState, name: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+/// The name a switch is asked for, if it is one.
+fn named(name: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(name) = name.map_err(|_| ApiError::UnknownWaifu)?;
+    validate_name(&name).map_err(|_| ApiError::UnknownWaifu)?;
+    Ok(name)
+}
+
+/// The waifu a switch is set for: it must be known here.
+fn known(state: &AppState, name: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let name = named(name)?;
     if state.routes.load().waifu(&name).is_none() {
         return Err(ApiError::UnknownWaifu);
     }
@@ -97,8 +104,7 @@ pub(super) async fn resume(
     Source(peer): Source,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Path(name) = name.map_err(|_| ApiError::UnknownWaifu)?;
-    validate_name(&name).map_err(|_| ApiError::UnknownWaifu)?;
+    let name = named(name)?;
     let was = state
         .registry
         .clear_switch(&name, &peer.to_string())
@@ -152,8 +158,7 @@ pub(super) async fn maintenance_off(
     Source(peer): Source,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Path(name) = name.map_err(|_| ApiError::UnknownWaifu)?;
-    validate_name(&name).map_err(|_| ApiError::UnknownWaifu)?;
+    let name = named(name)?;
     let was = state
         .registry
         .clear_switch_if(&name, Some("maintenance"), &peer.to_string())

@@ -12,6 +12,7 @@ use http::{Method, StatusCode};
 use serde_json::json;
 
 use crate::harness::{self, Orch};
+use crate::pause::state_of;
 use crate::pg::unique_db;
 use crate::waifu::TestWaifu;
 
@@ -37,18 +38,6 @@ async fn last_check(orch: &Orch) -> Option<String> {
         .await;
     let w = list.as_array()?.iter().find(|w| w["name"] == "w")?;
     w["instances"][0]["lastCheck"].as_str().map(str::to_owned)
-}
-
-async fn state_of(orch: &Orch) -> String {
-    let (_, list) = orch
-        .internal_json(Method::GET, "/__internal/waifus", String::new())
-        .await;
-    list.as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["name"] == "w")
-        .map(|w| w["state"].as_str().unwrap().to_owned())
-        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,7 +75,7 @@ async fn maintenance_set_on_one_orchestrator_answers_503_on_every_one_within_a_s
         assert_eq!(r.json()["message"], "back at five", "{host}{path}");
         assert_eq!(r.header("retry-after").as_deref(), Some("120"));
     }
-    assert_eq!(state_of(&b).await, "maintenance");
+    assert_eq!(state_of(&b, "w").await, "maintenance");
     let metrics = b.scrape().await;
     assert!(
         metrics.contains("waifus_waifu_maintenance{waifu=\"w\"} 1"),
@@ -124,7 +113,7 @@ async fn maintenance_set_on_one_orchestrator_answers_503_on_every_one_within_a_s
     let took = until_status(&b, "localhost", "/w/x", StatusCode::OK).await;
     assert!(took < Duration::from_secs(1), "{took:?}");
     until_status(&b, "w.test", "/x", StatusCode::OK).await;
-    assert_eq!(state_of(&b).await, "open");
+    assert_eq!(state_of(&b, "w").await, "open");
 
     // One switch: a pause replaces nothing it should not, and ending
     // maintenance never releases a pause.
@@ -140,7 +129,7 @@ async fn maintenance_set_on_one_orchestrator_answers_503_on_every_one_within_a_s
         )
         .await;
     assert_eq!(answer["wasOn"], false, "{answer}");
-    assert_eq!(state_of(&a).await, "paused");
+    assert_eq!(state_of(&a, "w").await, "paused");
     let (status, _) = a
         .internal_json(Method::DELETE, "/__internal/waifus/w/pause", String::new())
         .await;
@@ -182,7 +171,7 @@ async fn maintenance_set_on_one_orchestrator_answers_503_on_every_one_within_a_s
         let (status, answer) = a.internal_json(Method::PUT, path, body.to_string()).await;
         assert_eq!(answer["error"], want, "{path} {body}: {status} {answer}");
     }
-    assert_eq!(state_of(&a).await, "open");
+    assert_eq!(state_of(&a, "w").await, "open");
 
     // From the command line.
     let cli = |args: &[&str]| {

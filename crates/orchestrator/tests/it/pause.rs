@@ -12,7 +12,8 @@ use crate::harness::{self, Orch};
 use crate::pg::unique_db;
 use crate::waifu::TestWaifu;
 
-async fn state_of(orch: &Orch, name: &str) -> String {
+/// `name`'s switch state as `orch` lists it (`open`, `paused`, `maintenance`).
+pub(crate) async fn state_of(orch: &Orch, name: &str) -> String {
     let (_, list) = orch
         .internal_json(Method::GET, "/__internal/waifus", String::new())
         .await;
