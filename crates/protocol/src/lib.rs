@@ -22,7 +22,7 @@ pub use name::{NameError, validate_name};
 pub use path::{is_internal_segment, path_has_internal_segment};
 pub use version::{MAX_VERSION, VersionError, validate_version};
 pub use wire::{
-    AuditEntry, BindInfo, BindOutcome, DatabaseCredentials, DatabaseRequest, ErrorBody, Goodbye,
-    GoodbyeResponse, Hello, HelloResponse, IncidentInfo, InstanceInfo, RefusalReason,
-    RotateRequest, WaifuInfo,
+    AuditEntry, Availability, BindInfo, BindOutcome, DatabaseCredentials, DatabaseRequest,
+    ErrorBody, Goodbye, GoodbyeResponse, Hello, HelloResponse, History, IncidentInfo, InstanceInfo,
+    RefusalReason, RotateRequest, Transition, WaifuInfo,
 };

@@ -255,6 +255,62 @@ pub struct IncidentInfo {
     pub delivered: bool,
 }
 
+/// One row of a waifu's health history: a change of one instance's state,
+/// or of the waifu's switch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    /// RFC 3339, UTC.
+    pub time: String,
+    /// The instance (`http://host:port`), or `None` for the waifu's switch.
+    pub instance: Option<String>,
+    /// The state before: `added`, `healthy`, `unhealthy`, `draining` for an
+    /// instance; `open`, `paused`, `maintenance` for the switch; `None` when
+    /// nothing was known (a new instance).
+    pub from: Option<String>,
+    /// The state after: as `from`, or `removed`.
+    pub to: String,
+    /// Why: `refused`, `timeout`, `status 500`, `status 204`, `hello`,
+    /// `goodbye`, ...
+    pub reason: String,
+    /// The orchestrator that decided it.
+    pub origin: String,
+}
+
+/// How a waifu fared over one window (`24h`, `7d`, `30d`): seconds up (at
+/// least one healthy instance), down (instances, none healthy), and in
+/// maintenance or paused (not counted as down). Time without any instance,
+/// or before the waifu's first hello, is not counted.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Availability {
+    pub up: f64,
+    pub down: f64,
+    pub maintenance: f64,
+    /// Outages that began within the window.
+    pub outages: u32,
+}
+
+impl Availability {
+    /// Up as a share of up and down (maintenance left out); `None` when
+    /// neither was measured.
+    pub fn uptime(&self) -> Option<f64> {
+        let measured = self.up + self.down;
+        (measured > 0.0).then(|| self.up / measured)
+    }
+}
+
+/// `GET /__internal/waifus/{name}/history`: transitions, newest first, and
+/// uptime per window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    pub name: String,
+    pub transitions: Vec<Transition>,
+    /// Share of measured time up, by window (`24h`, `7d`, `30d`); `null`
+    /// when nothing was measured in it.
+    pub uptime: std::collections::BTreeMap<String, Option<f64>>,
+    /// The seconds behind each figure of `uptime`.
+    pub availability: std::collections::BTreeMap<String, Availability>,
+}
+
 /// One entry of `GET /__internal/audit`: a change of routing or data state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {

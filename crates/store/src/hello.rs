@@ -25,6 +25,10 @@ pub struct HelloRecord<'a> {
     pub health_path: Option<&'a str>,
     /// The limits the hello asked for.
     pub limits: waifus_protocol::RequestLimits,
+    /// The binds it asked for that were refused before reaching the store
+    /// (invalid ones), with their reasons: kept with the `taken` ones as
+    /// what its latest hello was refused.
+    pub refused: &'a [(&'a str, &'a str)],
 }
 
 /// What a hello's binds came to.
@@ -43,7 +47,9 @@ pub struct Granted {
 /// instance, the binds asked for as four arrays (host, prefix, canonical
 /// key, target), the change channel and payload, source, version,
 /// version time, whether incidents go to a webhook, the health path, and
-/// the limits (body bytes, requests in flight, timeout in ms).
+/// the limits (body bytes, requests in flight, timeout in ms), this
+/// orchestrator's name for the history, and the binds refused before (keys
+/// and reasons).
 const HELLO: &str = "WITH waifu AS (
    INSERT INTO waifus (name) VALUES ($1)
    ON CONFLICT (name) DO UPDATE SET updated_at = now(), empty_since = NULL
@@ -148,6 +154,33 @@ const HELLO: &str = "WITH waifu AS (
    DELETE FROM binds b WHERE b.name = $1 AND NOT EXISTS
      (SELECT 1 FROM claimed c WHERE c.host = b.host AND c.prefix = b.prefix)
    RETURNING b.bind, b.host, b.prefix),
+ -- A new instance, or one new at its address, in the history.
+ history AS (
+   INSERT INTO health_history (name, instance, from_state, to_state, reason, origin)
+   SELECT $1, $2, (SELECT h.to_state FROM health_history h
+      WHERE h.name = $1 AND h.instance IS NOT DISTINCT FROM $2
+      ORDER BY h.time DESC, h.id DESC LIMIT 1), 'added',
+          CASE WHEN i.added THEN 'hello'
+               WHEN p.goodbye_at IS NOT NULL THEN 'hello after its goodbye'
+               ELSE 'hello with another version' END ||
+          coalesce(', version ' || $10::text, ''), $17
+   FROM instance i LEFT JOIN prev p ON true
+   WHERE i.added OR p.goodbye_at IS NOT NULL OR p.version IS DISTINCT FROM $10::text),
+ -- What this hello was refused, kept for the status page (written only for
+ -- a waifu ever refused one, and only when it changes).
+ refusals AS (
+   INSERT INTO hello_refusals (name, binds, reasons)
+   SELECT $1, coalesce(array_agg(x.bind ORDER BY x.bind), '{}'),
+          coalesce(array_agg(x.reason ORDER BY x.bind), '{}')
+   FROM (SELECT unnest($18::text[]) AS bind, unnest($19::text[]) AS reason
+         UNION ALL
+         SELECT bind, 'taken: the host ' || host || ' belongs to ' ||
+                coalesce(holder, 'another waifu') FROM refused) x
+   HAVING count(*) > 0 OR EXISTS (SELECT 1 FROM hello_refusals WHERE name = $1)
+   ON CONFLICT (name) DO UPDATE
+     SET binds = EXCLUDED.binds, reasons = EXCLUDED.reasons, at = now()
+     WHERE hello_refusals.binds IS DISTINCT FROM EXCLUDED.binds
+        OR hello_refusals.reasons IS DISTINCT FROM EXCLUDED.reasons),
  -- What changed, one audit row each: a repeated hello adds none.
  audited AS (
    INSERT INTO audit (action, name, source, detail)
@@ -244,7 +277,10 @@ impl Store {
             webhook,
             health_path,
             limits,
+            refused,
         } = *hello;
+        let refused_binds: Vec<&str> = refused.iter().map(|(b, _)| *b).collect();
+        let refused_reasons: Vec<&str> = refused.iter().map(|(_, r)| *r).collect();
         let max_body_size = limits
             .max_body_size
             .map(|b| i64::try_from(b).unwrap_or(i64::MAX));
@@ -260,7 +296,7 @@ impl Store {
         let canonical: Vec<String> = claims.iter().map(|c| c.key.canonical()).collect();
         let targets: Vec<&str> = claims.iter().map(|c| c.target).collect();
         let instance = instance.to_string();
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 16] = [
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 19] = [
             &name,
             &instance,
             &hosts,
@@ -277,6 +313,9 @@ impl Store {
             &max_body_size,
             &max_in_flight,
             &timeout_ms,
+            &self.replica(),
+            &refused_binds,
+            &refused_reasons,
         ];
         let row = if claims.is_empty() {
             let hello = client.prepare_cached(HELLO).await?;

@@ -13,6 +13,7 @@ mod audit;
 pub mod backups;
 mod error;
 mod hello;
+pub mod history;
 pub mod incidents;
 mod load;
 mod migrate;
@@ -47,6 +48,15 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEPALIVE_RETRIES: u32 = 3;
 
+/// This machine's name (a container's is its id), for [`Store::replica`].
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
 /// Handle to the state database.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -56,6 +66,8 @@ pub struct Store {
     /// This process's tag on its change notifications, so it can skip its
     /// own (it has applied them already).
     origin: std::sync::Arc<str>,
+    /// This orchestrator as people tell replicas apart ([`Store::replica`]).
+    replica: std::sync::Arc<str>,
 }
 
 /// The channel every change to waifus, instances, binds or health is
@@ -71,10 +83,14 @@ impl Store {
             config.dbname(migrate::DEFAULT_STATE_DATABASE);
         }
         // The URL's own (`?application_name=replica-2`) tells replicas
-        // apart in `pg_stat_activity`.
-        if config.get_application_name().is_none() {
-            config.application_name("waifus-orchestrator");
-        }
+        // apart in `pg_stat_activity`, and in the history and notifications.
+        let replica = match config.get_application_name() {
+            Some(name) => name.to_owned(),
+            None => {
+                config.application_name("waifus-orchestrator");
+                format!("{}:{}", hostname(), std::process::id())
+            }
+        };
         config
             .connect_timeout(CONNECT_TIMEOUT)
             .options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"))
@@ -105,7 +121,14 @@ impl Store {
             pool,
             config: session_config,
             origin: format!("{:016x}", fastrand::u64(..)).into(),
+            replica: replica.into(),
         })
+    }
+
+    /// This orchestrator as the history and the notifications name it: the
+    /// URL's `application_name` when it has one, else `host:pid`.
+    pub fn replica(&self) -> &str {
+        &self.replica
     }
 
     /// The tag this process puts on its change notifications.
@@ -136,7 +159,8 @@ impl Store {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// Remembers an instance's health so a restart routes at once.
+    /// Remembers an instance's health so a restart routes at once, and a
+    /// change of it in the history, `reason` being what the check saw.
     ///
     /// Committed without waiting for the WAL flush: health is re-learned by
     /// the next check, so losing the last change in a crash of PostgreSQL
@@ -147,24 +171,36 @@ impl Store {
         name: &str,
         instance: &Upstream,
         healthy: bool,
+        reason: &str,
     ) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
         client
             .execute(
                 // `set_config(..., true)` lasts until this statement's own
                 // transaction commits; it is joined in so that it runs.
-                "WITH changed AS (
-                   UPDATE instances SET healthy = $3
-                   WHERE name = $1 AND host = $2 AND healthy IS DISTINCT FROM $3
-                   RETURNING name),
-                 lazily AS (SELECT set_config('synchronous_commit', 'off', true))
-                 SELECT pg_notify($4, $5) FROM changed, lazily",
+                &format!(
+                    "WITH changed AS (
+                       UPDATE instances SET healthy = $3
+                       WHERE name = $1 AND host = $2 AND healthy IS DISTINCT FROM $3
+                       RETURNING name),
+                     noted AS (
+                       INSERT INTO health_history
+                         (name, instance, from_state, to_state, reason, origin)
+                       SELECT $1, $2, {latest},
+                              CASE WHEN $3 THEN 'healthy' ELSE 'unhealthy' END, $6, $7
+                       FROM changed),
+                     lazily AS (SELECT set_config('synchronous_commit', 'off', true))
+                     SELECT pg_notify($4, $5) FROM changed, lazily",
+                    latest = history::LATEST
+                ),
                 &[
                     &name,
                     &instance.to_string(),
                     &healthy,
                     &CHANGES,
                     &self.change(name),
+                    &reason,
+                    &self.replica(),
                 ],
             )
             .await?;

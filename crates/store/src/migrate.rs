@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0009_health_path.sql"),
     include_str!("migrations/0010_limits.sql"),
     include_str!("migrations/0011_acme_challenges.sql"),
+    include_str!("migrations/0012_history.sql"),
 ];
 
 /// Advisory lock key serialising migrations across orchestrators ("waifus01").

@@ -8,7 +8,7 @@ use std::time::Duration;
 use waifus_protocol::Upstream;
 
 use super::error::StoreError;
-use super::{CHANGES, Store, audit};
+use super::{CHANGES, Store, audit, history};
 
 /// A goodbye's time as milliseconds, in SQL.
 const GOODBYE_MS: &str = "floor(extract(epoch FROM goodbye_at) * 1000)::bigint";
@@ -36,6 +36,7 @@ impl Store {
         if removed > 0 {
             let detail = format!("instance {host} removed: {why}");
             audit::append(&tx, "instance_removed", name, source, &detail).await?;
+            history::note(&tx, name, Some(&host), "removed", why, self.replica()).await?;
         }
         let last = tx
             .query_opt(
@@ -92,13 +93,26 @@ impl Store {
                      audited AS (
                        INSERT INTO audit (action, name, source, detail)
                        SELECT 'goodbye', $1, $3, 'instance ' || $2 || ' said goodbye: draining'
+                       FROM leaving),
+                     noted AS (
+                       INSERT INTO health_history
+                         (name, instance, from_state, to_state, reason, origin)
+                       SELECT $1, $2, {latest}, 'draining', 'goodbye from ' || $3, $6
                        FROM leaving)
                      SELECT coalesce((SELECT ms FROM leaving),
                                      (SELECT {GOODBYE_MS} FROM instances
                                       WHERE name = $1 AND host = $2)),
-                            pg_notify($4, $5)"
+                            pg_notify($4, $5)",
+                    latest = history::LATEST
                 ),
-                &[&name, &host, &source, &CHANGES, &self.change(name)],
+                &[
+                    &name,
+                    &host,
+                    &source,
+                    &CHANGES,
+                    &self.change(name),
+                    &self.replica(),
+                ],
             )
             .await?;
         Ok(row.get(0))
@@ -131,6 +145,7 @@ impl Store {
         }
         let detail = format!("instance {host} removed: {why}");
         audit::append(&tx, "instance_removed", name, "orchestrator", &detail).await?;
+        history::note(&tx, name, Some(&host), "removed", why, self.replica()).await?;
         tx.execute(
             "UPDATE waifus SET empty_since = now() WHERE name = $1 AND empty_since IS NULL
                AND NOT EXISTS (SELECT 1 FROM instances WHERE name = $1)",

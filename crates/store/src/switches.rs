@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::error::StoreError;
 use super::switch_row::{SWITCH_COLUMNS, switch_of};
 pub use super::switch_row::{StoredSwitch, SwitchMode};
-use super::{CHANGES, Store, audit};
+use super::{CHANGES, Store, audit, history};
 
 /// How long an orchestrator counts as alive after its last heartbeat.
 pub const ALIVE_FOR: Duration = Duration::from_secs(10);
@@ -70,6 +70,8 @@ impl Store {
             )
             .await?;
         audit::append(&tx, action, name, source, &detail).await?;
+        let reason = format!("{action} by {source}");
+        history::note(&tx, name, None, kind, &reason, self.replica()).await?;
         tx.execute("SELECT pg_notify($1, $2)", &[&CHANGES, &self.change(name)])
             .await?;
         tx.commit().await?;
@@ -115,6 +117,8 @@ impl Store {
             _ => "maintenance_off",
         };
         audit::append(&tx, action, name, source, "new requests go through again").await?;
+        let reason = format!("{action} by {source}");
+        history::note(&tx, name, None, "open", &reason, self.replica()).await?;
         tx.execute("SELECT pg_notify($1, $2)", &[&CHANGES, &self.change(name)])
             .await?;
         tx.commit().await?;

@@ -45,6 +45,11 @@ pub(crate) enum ApiError {
     BadQuery,
     #[error("bad query string: name must be a waifu name (a DNS label)")]
     BadQueryName,
+    #[error(
+        "bad query string: since must be an RFC 3339 time (2026-12-05T10:00:00Z) or a \
+         duration back from now (90m, 7d)"
+    )]
+    BadSince,
     #[error("no waifu is registered under this name")]
     UnknownWaifu,
     #[error("the waifu has no healthy instance")]
@@ -126,7 +131,9 @@ impl ApiError {
             },
             ApiError::BadSecret => (StatusCode::BAD_REQUEST, "invalid_secret"),
             ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
-            ApiError::BadQuery | ApiError::BadQueryName => (StatusCode::BAD_REQUEST, "bad_query"),
+            ApiError::BadQuery | ApiError::BadQueryName | ApiError::BadSince => {
+                (StatusCode::BAD_REQUEST, "bad_query")
+            }
             ApiError::UnknownWaifu => (StatusCode::NOT_FOUND, "unknown_waifu"),
             ApiError::NoHealthyInstance => (StatusCode::SERVICE_UNAVAILABLE, "no_healthy_instance"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),

@@ -9,6 +9,7 @@
 mod auth;
 mod deadline;
 mod error;
+mod history;
 mod operator;
 mod source;
 mod state;
@@ -63,6 +64,7 @@ pub(crate) fn router(state: AppState) -> Router {
             "/__internal/waifus/{name}/maintenance",
             axum::routing::put(switch::maintenance_on).delete(switch::maintenance_off),
         )
+        .route("/__internal/waifus/{name}/history", get(history::history))
         .route(
             "/__internal/waifus/{name}/version",
             axum::routing::put(operator::make_current),

@@ -10,7 +10,12 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use waifus_protocol::{AuditEntry, IncidentInfo, WaifuInfo, validate_name};
 
-use crate::ops::status::{RECENT_AUDIT, RECENT_INCIDENTS, Status, WaifuStatus, html};
+use std::collections::BTreeMap;
+
+use crate::ops::availability;
+use crate::ops::status::{
+    DAY_SLOTS, RECENT_AUDIT, RECENT_INCIDENTS, RefusedBind, Status, WaifuStatus, html,
+};
 
 use super::error::{ApiError, INCIDENTS_MAX};
 use super::source::Source;
@@ -190,6 +195,9 @@ async fn collect(state: &AppState) -> Status {
     let listed = state.registry.list_within(STATUS_STORE_WAIT).await;
     let busy = listed.is_none();
     let waifus = listed.unwrap_or_default();
+    let week = super::history::WINDOWS[1].1;
+    let since = super::history::now_ms()
+        .saturating_sub(i64::try_from(week.as_millis()).unwrap_or(i64::MAX));
     // The page is most needed when PostgreSQL is in trouble: what it says
     // about the store is bounded, the rest is memory.
     let stored = tokio::time::timeout(STATUS_STORE_WAIT, async {
@@ -197,36 +205,45 @@ async fn collect(state: &AppState) -> Status {
             state.store.databases(),
             state.store.incidents(RECENT_INCIDENTS),
             state.store.audit(None, RECENT_AUDIT),
-            state.store.backup_summary()
+            state.store.backup_summary(),
+            state.store.steps(None, since),
+            state.store.refusals(),
         )
     })
     .await;
-    let (databases, incidents, audit, backups, store_error) = match stored {
-        Ok(Ok((d, i, a, b))) => (d, i, a, b, None),
-        Ok(Err(e)) => (
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Some(e.to_string()),
-        ),
+    let (stored, store_error) = match stored {
+        Ok(Ok(stored)) => (Some(stored), None),
+        Ok(Err(e)) => (None, Some(e.to_string())),
         Err(_) => (
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
+            None,
             Some(format!(
                 "the state database did not answer within {} s",
                 STATUS_STORE_WAIT.as_secs()
             )),
         ),
     };
+    let (databases, incidents, audit, backups, (steps, now), refusals) =
+        stored.unwrap_or_else(|| {
+            let nothing = (Vec::new(), super::history::now_ms());
+            (
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                nothing,
+                Vec::new(),
+            )
+        });
     let store_error = match (store_error, busy) {
         (None, true) => Some(
             "a change waits for the state database: the waifus cannot be listed now".to_owned(),
         ),
         (e, _) => e,
     };
+    let mut traffic = state.graphs.points(&state.routes);
+    let by_waifu = availability::by_waifu(&steps);
+    let day = i64::try_from(super::history::WINDOWS[0].1.as_millis()).unwrap_or(i64::MAX);
+    let week = i64::try_from(week.as_millis()).unwrap_or(i64::MAX);
     let waifus = waifus
         .into_iter()
         .map(|info| {
@@ -238,7 +255,34 @@ async fn collect(state: &AppState) -> Status {
                 .iter()
                 .find(|(name, _, _)| *name == info.name)
                 .and_then(|(_, _, verified)| verified.clone());
+            let steps = by_waifu.get(info.name.as_str()).copied().unwrap_or(&[]);
+            let mut uptime = BTreeMap::new();
+            for (window, length) in [("24h", day), ("7d", week)] {
+                let a = availability::availability(steps, now - length, now);
+                uptime.insert(window.to_owned(), a.uptime());
+            }
+            let refused = refusals
+                .iter()
+                .find(|r| r.name == info.name)
+                .map(|r| {
+                    r.binds
+                        .iter()
+                        .map(|(bind, reason)| RefusedBind {
+                            bind: bind.clone(),
+                            reason: reason.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             WaifuStatus {
+                traffic: traffic.remove(&info.name).unwrap_or_default(),
+                uptime,
+                day: if store_error.is_some() {
+                    Vec::new()
+                } else {
+                    availability::slots(steps, now - day, now, DAY_SLOTS)
+                },
+                refused,
                 info,
                 database,
                 last_backup,
@@ -251,6 +295,7 @@ async fn collect(state: &AppState) -> Status {
         requests_per_second: state.metrics.request_rate(),
         open_connections: state.metrics.open_connections(),
         health_leader: state.registry.leads_health_checks(),
+        time: now,
         waifus,
         incidents,
         audit,

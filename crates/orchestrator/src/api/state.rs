@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::tokens::Tokens;
+use crate::ops::graphs::Graphs;
 use crate::ops::incidents::Incidents;
 use crate::ops::metrics::Metrics;
 use crate::ownership::Ownership;
@@ -21,6 +22,8 @@ pub(crate) struct AppState {
     pub incidents: Incidents,
     pub store: Store,
     pub metrics: Arc<Metrics>,
+    /// The status page's traffic graphs.
+    pub graphs: Arc<Graphs>,
     /// The bearer tokens calls must carry.
     pub tokens: Arc<Tokens>,
     /// Where each call runs, so it can be answered at the deadline.

@@ -75,7 +75,8 @@ pub(crate) fn is_operator(path: &str) -> bool {
         || (path.starts_with("/__internal/waifus/")
             && (path.ends_with("/maintenance")
                 || path.ends_with("/pause")
-                || path.ends_with("/version")))
+                || path.ends_with("/version")
+                || path.ends_with("/history")))
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -142,6 +143,8 @@ mod tests {
         assert!(admin.allows(&post, "/__internal/hello", None));
         assert!(!admin.allows(&get, "/__internal/incidents", None));
         assert!(admin.allows(&get, "/__internal/incidents", Some("boss")));
+        assert!(!admin.allows(&get, "/__internal/waifus/link/history", None));
+        assert!(admin.allows(&get, "/__internal/waifus/link/history", Some("boss")));
         // Neither: everything is open, as before tokens existed.
         let none = Tokens::new(None, None);
         assert!(none.allows(&get, "/__internal/incidents", None));

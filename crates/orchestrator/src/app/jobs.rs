@@ -59,7 +59,10 @@ impl Jobs<'_> {
         }
         tasks.spawn(prune_audit(
             self.store.clone(),
-            config.audit_retention,
+            Retention {
+                audit: config.audit_retention,
+                history: config.history_retention,
+            },
             self.leading.clone(),
             shutdown.clone(),
         ));
@@ -87,12 +90,19 @@ async fn heartbeat(store: store::Store, shutdown: CancellationToken) {
 /// How often an orchestrator says it is alive.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 
-/// Deletes audit rows older than `keep`, and attempt records nobody needs
-/// any more, when this orchestrator starts to lead (one does at a time) and
-/// hourly while it does, until `shutdown`.
+/// How long the audit log and the health history are kept.
+#[derive(Debug, Clone, Copy)]
+struct Retention {
+    audit: Duration,
+    history: Duration,
+}
+
+/// Deletes audit rows and history older than they are kept, and attempt
+/// records nobody needs any more, when this orchestrator starts to lead
+/// (one does at a time) and hourly while it does, until `shutdown`.
 async fn prune_audit(
     store: store::Store,
-    keep: Duration,
+    keep: Retention,
     mut leading: tokio::sync::watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) {
@@ -103,10 +113,15 @@ async fn prune_audit(
                 r = leading.wait_for(|l| *l) => if r.is_err() { return },
             }
         }
-        match store.prune_audit(keep).await {
+        match store.prune_audit(keep.audit).await {
             Ok(0) => {}
             Ok(n) => info!(rows = n, "pruned the audit log"),
             Err(e) => warn!(error = %e, "could not prune the audit log"),
+        }
+        match store.prune_history(keep.history).await {
+            Ok(0) => {}
+            Ok(n) => info!(rows = n, "pruned the health history"),
+            Err(e) => warn!(error = %e, "could not prune the health history"),
         }
         let (memory, trusted_for) = (
             crate::ownership::throttle::MEMORY,

@@ -99,9 +99,12 @@ async fn serve(
         routes,
         leading,
         instances,
+        observations,
     } = registry::start(control, &tasks, shutdown).await?;
     let metrics = metrics::Metrics::new(routes.clone(), leading.clone());
     tasks.spawn(metrics::sample_rate(metrics.clone(), shutdown.clone()));
+    let graphs = crate::ops::graphs::Graphs::new(config.graph_step);
+    tasks.spawn(graphs.clone().run(routes.clone(), shutdown.clone()));
     let https = match (settings.tls.clone(), listeners.https) {
         (Some(tls), Some(listener)) => {
             Some(tls::build(tls, listener, &routes, &store, &tasks, shutdown).await?)
@@ -127,6 +130,14 @@ async fn serve(
         leading: &leading,
     };
     jobs.spawn(&tasks, shutdown)?;
+    tasks.spawn(crate::ops::outages::watch(
+        observations,
+        store.clone(),
+        incidents.clone(),
+        config.flap_window,
+        leading.clone(),
+        shutdown.clone(),
+    ));
     let (ownership, provisioner) = parts::databases(config, url, &store, &incidents, &tasks)?;
     let (asks, upgrader) = upgrades.unzip();
     let api = api::router(api::AppState {
@@ -137,6 +148,7 @@ async fn serve(
         incidents,
         store,
         metrics: metrics.clone(),
+        graphs,
         tokens: Arc::new(api::Tokens::new(
             config.internal_token.as_deref(),
             config.admin_token.as_deref(),

@@ -9,12 +9,12 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use orchestrator::status::{Status, audit_table, incident_table, text};
+use orchestrator::status::{Status, audit_table, history_table, incident_table, text};
 use orchestrator::{
-    AuditArgs, CheckArgs, ClientArgs, DbAction, MaintenanceArgs, PauseArgs, ResumeArgs, StateArgs,
-    VersionArgs,
+    AuditArgs, CheckArgs, ClientArgs, DbAction, HistoryArgs, MaintenanceArgs, PauseArgs,
+    ResumeArgs, StateArgs, VersionArgs,
 };
-use waifus_protocol::{AuditEntry, IncidentInfo};
+use waifus_protocol::{AuditEntry, History, IncidentInfo};
 
 /// `orchestrator check URL` or `check --run -- CMD`: prints the report;
 /// exit 0 only if all rules pass.
@@ -70,6 +70,45 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<String> {
     }
     let entries: Vec<AuditEntry> = fetch(&args.client, &path).await?;
     Ok(audit_table(&entries))
+}
+
+/// `orchestrator history NAME`: the uptime line, then the transitions.
+pub async fn history(args: HistoryArgs) -> anyhow::Result<String> {
+    if waifus_protocol::validate_name(&args.name).is_err() {
+        anyhow::bail!("{:?} is not a waifu name (a DNS label)", args.name);
+    }
+    let mut path = format!(
+        "/__internal/waifus/{}/history?limit={}",
+        args.name, args.limit
+    );
+    if let Some(since) = &args.since {
+        let valid = humantime::parse_duration(since).is_ok()
+            || humantime::parse_rfc3339_weak(since).is_ok();
+        if !valid {
+            anyhow::bail!(
+                "--since {since:?} is neither a duration (90m, 7d) nor an RFC 3339 time \
+                 (2026-12-05T10:00:00Z)"
+            );
+        }
+        path.push_str("&since=");
+        path.push_str(&percent_encode(since));
+    }
+    let history: History = fetch(&args.client, &path).await?;
+    Ok(history_table(&history))
+}
+
+/// `text` with everything but unreserved characters percent-encoded, for a
+/// query string.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// `orchestrator claim release NAME`: what was done, in a sentence.

@@ -35,6 +35,10 @@ pub enum Command {
     Incidents(IncidentsArgs),
     /// Print a running orchestrator's audit log, newest first.
     Audit(AuditArgs),
+    /// Print a waifu's health history (every change of its instances'
+    /// states and of its switch), newest first, with its uptime over 24
+    /// hours, 7 and 30 days.
+    History(HistoryArgs),
     /// Operator actions on a waifu's claimed name, made on the state
     /// database with the orchestrator's own settings.
     Claim(ClaimArgs),
@@ -295,6 +299,21 @@ pub struct AuditArgs {
     /// How many, newest first.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub limit: u32,
+}
+
+/// Arguments of `orchestrator history`.
+#[derive(Debug, Clone, Args)]
+pub struct HistoryArgs {
+    pub name: String,
+    /// Only changes since then: an RFC 3339 time or a duration back from
+    /// now (`90m`, `7d`).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// How many, newest first.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: u32,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// Arguments of `orchestrator incidents`.

@@ -192,6 +192,19 @@ pub struct Config {
     /// How long audit rows are kept.
     #[arg(long, env = "AUDIT_RETENTION", default_value = "90d", value_parser = humantime::parse_duration)]
     pub audit_retention: Duration,
+    /// How long the health history (every instance's state changes) is
+    /// kept.
+    #[arg(long, env = "HISTORY_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub history_retention: Duration,
+    /// A waifu that changes between up and down more than 4 times within
+    /// this is flapping: one `waifu_flapping` notification, then none until
+    /// it is stable for as long.
+    #[arg(long, env = "FLAP_WINDOW", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub flap_window: Duration,
+    /// The step of the status page's graphs: one point each (keep the
+    /// default; shorter ones are for tests).
+    #[arg(long, env = "GRAPH_STEP", default_value = "60s", value_parser = humantime::parse_duration, hide = true)]
+    pub graph_step: Duration,
 
     /// A file holding DATABASE_URL (a Docker or Kubernetes secret; a
     /// trailing newline is ignored). Set one of the two.

@@ -255,6 +255,9 @@ impl Config {
             ("IDLE_TIMEOUT", self.idle_timeout),
             ("RESYNC_INTERVAL", self.resync_interval),
             ("AUDIT_RETENTION", self.audit_retention),
+            ("HISTORY_RETENTION", self.history_retention),
+            ("FLAP_WINDOW", self.flap_window),
+            ("GRAPH_STEP", self.graph_step),
             ("DRAIN_TIMEOUT", self.drain_timeout),
             ("BACKUP_INTERVAL", self.backup_interval),
         ] {

@@ -55,6 +55,12 @@ pub(crate) enum IncidentKind {
     BackupFailed,
     /// A scheduled backup did not restore to what it was taken from.
     BackupUnverified,
+    /// A waifu has had no healthy instance for 2 checks.
+    WaifuDown,
+    /// A waifu that was down has a healthy instance again.
+    WaifuUp,
+    /// A waifu changes state too often to notify each change.
+    WaifuFlapping,
 }
 
 impl IncidentKind {
@@ -67,6 +73,9 @@ impl IncidentKind {
             IncidentKind::Unauthorized => "unauthorized",
             IncidentKind::BackupFailed => "backup_failed",
             IncidentKind::BackupUnverified => "backup_unverified",
+            IncidentKind::WaifuDown => "waifu_down",
+            IncidentKind::WaifuUp => "waifu_up",
+            IncidentKind::WaifuFlapping => "waifu_flapping",
         }
     }
 }

@@ -9,8 +9,12 @@
 
 use std::fmt::Write as _;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
-use waifus_protocol::{AuditEntry, IncidentInfo, WaifuInfo};
+use waifus_protocol::{AuditEntry, Availability, History, IncidentInfo, WaifuInfo};
+
+use super::graphs::{POINTS, Point};
 
 /// Incidents shown on the page.
 pub(crate) const RECENT_INCIDENTS: i64 = 20;
@@ -18,6 +22,8 @@ pub(crate) const RECENT_INCIDENTS: i64 = 20;
 pub(crate) const RECENT_AUDIT: i64 = 20;
 /// The page reloads itself this often.
 const REFRESH_SECONDS: u32 = 5;
+/// The availability strip's slots over 24 hours: 15 minutes each.
+pub(crate) const DAY_SLOTS: usize = 96;
 
 /// Everything the page shows.
 #[derive(Debug, Serialize, Deserialize)]
@@ -30,6 +36,10 @@ pub struct Status {
     pub open_connections: i64,
     /// Whether this orchestrator runs the health checks (one at a time does).
     pub health_leader: bool,
+    /// When the snapshot was taken, Unix milliseconds (the state
+    /// database's clock): the end of every waifu's `day`.
+    #[serde(default)]
+    pub time: i64,
     pub waifus: Vec<WaifuStatus>,
     /// Newest first.
     pub incidents: Vec<IncidentInfo>,
@@ -53,6 +63,28 @@ pub struct WaifuStatus {
     /// When its newest verified backup was checked (RFC 3339), if any.
     #[serde(rename = "lastBackup", default)]
     pub last_backup: Option<String>,
+    /// Requests per second and p99 latency through this orchestrator, one
+    /// point a minute over the last hour, oldest first, the minute under
+    /// way last.
+    #[serde(default)]
+    pub traffic: Vec<Point>,
+    /// Share of time up over `24h` and `7d` (maintenance left out);
+    /// `null` when nothing was measured.
+    #[serde(default)]
+    pub uptime: BTreeMap<String, Option<f64>>,
+    /// The last 24 hours in 15-minute slots, oldest first.
+    #[serde(default)]
+    pub day: Vec<Availability>,
+    /// Binds its latest hello asked for and did not get.
+    #[serde(default)]
+    pub refused: Vec<RefusedBind>,
+}
+
+/// A bind a waifu's latest hello was refused, and why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefusedBind {
+    pub bind: String,
+    pub reason: String,
 }
 
 /// HTML-escapes text for element content and quoted attributes.
@@ -103,6 +135,10 @@ th,td{{text-align:left;padding:.3rem .6rem;border-bottom:1px solid #e3e3e3;verti
 th{{background:#f0f0f0;font-weight:600}} code{{font-size:13px}}
 .ok{{color:#17723b;font-weight:600}} .bad{{color:#b3261e;font-weight:600}} .draining{{color:#8a5a00;font-weight:600}}
 .summary span{{display:inline-block;margin-right:1.5rem}} .warn{{background:#fff4e5;padding:.5rem;border:1px solid #f0c36d}}
+.graph{{white-space:nowrap}} .graph svg{{vertical-align:middle;background:#f6f8fa}} .graph small{{color:#555}}
+polyline{{fill:none;stroke-width:1.5}} polyline.requests{{stroke:#1a73e8}} polyline.p99{{stroke:#8a5a00}}
+rect.up{{fill:#2e9d57}} rect.down{{fill:#b3261e}} rect.maintenance{{fill:#6b7bd6}} rect.none{{fill:#e3e3e3}}
+.refused{{color:#b3261e}}
 </style></head><body>
 <h1>waifus status</h1>
 <p class="summary"><span>version <b>{version}</b></span><span>up <b>{up}</b></span>
@@ -134,7 +170,7 @@ th{{background:#f0f0f0;font-weight:600}} code{{font-size:13px}}
     } else {
         h.push_str(
             "<table id=\"waifus\"><thead><tr><th>Waifu</th><th>Instances</th><th>Binds</th>\
-             <th>Database</th></tr></thead><tbody>\n",
+             <th>Database</th><th>Last hour · 24 hours</th></tr></thead><tbody>\n",
         );
         for w in &status.waifus {
             let _ = write!(
@@ -185,6 +221,14 @@ th{{background:#f0f0f0;font-weight:600}} code{{font-size:13px}}
                     esc(&b.target)
                 );
             }
+            for r in &w.refused {
+                let _ = write!(
+                    h,
+                    r#"<div class="refused"><code>{}</code> refused: {}</div>"#,
+                    esc(&r.bind),
+                    esc(&r.reason)
+                );
+            }
             let mut database = match (&w.database, &status.store_error) {
                 (Some(state), _) => esc(state),
                 (None, None) => "—".to_owned(),
@@ -197,7 +241,9 @@ th{{background:#f0f0f0;font-weight:600}} code{{font-size:13px}}
                     esc(at)
                 );
             }
-            let _ = writeln!(h, "</td><td>{database}</td></tr>");
+            let _ = write!(h, "</td><td>{database}</td><td class=\"graphs\">");
+            graphs(&mut h, w, status.time);
+            h.push_str("</td></tr>\n");
         }
         h.push_str("</tbody></table>\n");
     }
@@ -233,6 +279,132 @@ th{{background:#f0f0f0;font-weight:600}} code{{font-size:13px}}
          …/__internal/status</code>; metrics: <a href=\"/__internal/metrics\">/__internal/metrics</a>.</small></p>\n</body></html>"
     );
     h
+}
+
+/// Size of a sparkline, and of the availability strip.
+const SPARK: (f64, f64) = (180.0, 28.0);
+const STRIP_HEIGHT: u32 = 12;
+
+/// A waifu's graphs, each with its value in text beside it: requests per
+/// second and p99 over the last hour, and availability over 24 hours.
+fn graphs(h: &mut String, w: &WaifuStatus, now: i64) {
+    let rates: Vec<Option<f64>> = w.traffic.iter().map(|p| Some(p.rate)).collect();
+    let p99s: Vec<Option<f64>> = w.traffic.iter().map(|p| p.p99_ms).collect();
+    match w.traffic.last() {
+        None => h.push_str(r#"<div class="graph"><small>no requests through this orchestrator in the last hour</small></div>"#),
+        Some(last) => {
+            h.push_str(r#"<div class="graph">"#);
+            sparkline(h, "requests", "requests per second, last hour", &rates);
+            let _ = write!(h, r#" <span class="value requests">{:.1} req/s</span></div>"#, last.rate);
+            h.push_str(r#"<div class="graph">"#);
+            sparkline(h, "p99", "99th percentile latency, last hour", &p99s);
+            let p99 = w.traffic.iter().rev().find_map(|p| p.p99_ms);
+            let _ = write!(
+                h,
+                r#" <span class="value p99">p99 {}</span></div>"#,
+                p99.map_or_else(|| "—".to_owned(), |ms| format!("{ms:.1} ms"))
+            );
+        }
+    }
+    h.push_str(r#"<div class="graph">"#);
+    if !w.day.is_empty() {
+        strip(h, &w.day, now);
+    }
+    let figure = |window: &str| match w.uptime.get(window).copied().flatten() {
+        Some(share) => format!("{:.2} %", share * 100.0),
+        None => "—".to_owned(),
+    };
+    let _ = write!(
+        h,
+        r#" <span class="value uptime">up {} (24 h), {} (7 d)</span></div>"#,
+        figure("24h"),
+        figure("7d")
+    );
+}
+
+/// An inline SVG line of `values` (one per step, the newest at the right
+/// edge; `None` leaves a point out), scaled to its largest.
+fn sparkline(h: &mut String, class: &str, label: &str, values: &[Option<f64>]) {
+    let (width, height) = SPARK;
+    let max = values.iter().flatten().copied().fold(0.0_f64, f64::max);
+    let dx = width / POINTS as f64;
+    let n = values.len();
+    let mut points = String::new();
+    for (i, v) in values.iter().enumerate() {
+        let Some(v) = v else { continue };
+        let x = width - (n - 1 - i) as f64 * dx;
+        let y = if max > 0.0 {
+            height - 2.0 - v / max * (height - 4.0)
+        } else {
+            height - 2.0
+        };
+        let _ = write!(points, "{x:.1},{y:.1} ");
+    }
+    let _ = write!(
+        h,
+        r#"<svg class="spark {class}" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{label}"><title>{label}</title><polyline class="{class}" points="{}"/></svg>"#,
+        points.trim_end()
+    );
+}
+
+/// An inline SVG strip of `slots` (the 24 hours before `now`), one bar
+/// each: red with any outage, blue with maintenance, green up, grey when
+/// nothing was measured; each says what it was in its title.
+fn strip(h: &mut String, slots: &[Availability], now: i64) {
+    let width = slots.len() * 2;
+    let _ = write!(
+        h,
+        r#"<svg class="strip availability" width="{width}" height="{STRIP_HEIGHT}" viewBox="0 0 {width} {STRIP_HEIGHT}" role="img" aria-label="availability, last 24 hours"><title>availability, last 24 hours</title>"#
+    );
+    let slot_ms = 24 * 3600 * 1000 / i64::try_from(slots.len()).unwrap_or(1);
+    let start = now - 24 * 3600 * 1000;
+    for (i, slot) in slots.iter().enumerate() {
+        let class = if slot.down > 0.0 {
+            "down"
+        } else if slot.maintenance > 0.0 {
+            "maintenance"
+        } else if slot.up > 0.0 {
+            "up"
+        } else {
+            "none"
+        };
+        let from = start + i64::try_from(i).unwrap_or(0) * slot_ms;
+        let _ = write!(
+            h,
+            r#"<rect class="{class}" x="{}" y="0" width="2" height="{STRIP_HEIGHT}"><title>{} UTC: {}</title></rect>"#,
+            i * 2,
+            clock(from),
+            slot_text(slot)
+        );
+    }
+    h.push_str("</svg>");
+}
+
+/// `HH:MM` of Unix milliseconds, UTC.
+fn clock(ms: i64) -> String {
+    let t =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()[11..16].to_owned()
+}
+
+/// A slot's figures in words: `up 14 min 50 s, down 10 s`.
+fn slot_text(slot: &Availability) -> String {
+    let mut parts = Vec::new();
+    for (what, seconds) in [
+        ("up", slot.up),
+        ("down", slot.down),
+        ("maintenance", slot.maintenance),
+    ] {
+        if seconds > 0.0 {
+            let d = std::time::Duration::from_secs(seconds.round() as u64);
+            parts.push(format!("{what} {}", humantime::format_duration(d)));
+        }
+    }
+    if parts.is_empty() {
+        "no instance".to_owned()
+    } else {
+        parts.join(", ")
+    }
 }
 
 /// A section of log rows (time, what, waifu, source, detail), escaped.
@@ -306,6 +478,7 @@ pub fn text(status: &Status) -> String {
     let mut waifus = Vec::new();
     let mut instances = Vec::new();
     let mut binds = Vec::new();
+    let mut refused = Vec::new();
     for w in &status.waifus {
         let healthy = w.info.instances.iter().filter(|i| i.healthy).count();
         waifus.push(vec![
@@ -316,8 +489,15 @@ pub fn text(status: &Status) -> String {
             format!("{healthy}/{}", w.info.instances.len()),
             w.info.binds.len().to_string(),
             w.database.clone().unwrap_or_else(|| "-".into()),
+            percent(w.uptime.get("24h").copied().flatten()),
+            w.traffic
+                .last()
+                .map_or_else(|| "-".into(), |p| format!("{:.1}", p.rate)),
             w.info.url.clone(),
         ]);
+        for r in &w.refused {
+            refused.push(vec![w.info.name.clone(), r.bind.clone(), r.reason.clone()]);
+        }
         for i in &w.info.instances {
             let mut state = if i.healthy { "healthy" } else { "unhealthy" }.to_owned();
             if i.draining {
@@ -339,7 +519,12 @@ pub fn text(status: &Status) -> String {
     if waifus.is_empty() {
         out.push_str("no waifus\n");
     } else {
-        out += &table(&["WAIFU", "HEALTHY", "BINDS", "DATABASE", "URL"], &waifus);
+        out += &table(
+            &[
+                "WAIFU", "HEALTHY", "BINDS", "DATABASE", "UP 24H", "REQ/S", "URL",
+            ],
+            &waifus,
+        );
         out.push('\n');
         out += &table(
             &[
@@ -356,12 +541,21 @@ pub fn text(status: &Status) -> String {
             out.push('\n');
             out += &table(&["WAIFU", "BIND", "TARGET"], &binds);
         }
+        if !refused.is_empty() {
+            out.push('\n');
+            out += &table(&["WAIFU", "REFUSED BIND", "WHY"], &refused);
+        }
     }
     out.push('\n');
     out += &incident_table(&status.incidents);
     out.push('\n');
     out += &audit_table(&status.audit);
     out
+}
+
+/// A share as a percentage with two decimals, or `-`.
+pub fn percent(share: Option<f64>) -> String {
+    share.map_or_else(|| "-".into(), |s| format!("{:.2}%", s * 100.0))
 }
 
 /// Audit rows as a text table (`orchestrator audit`).
@@ -382,6 +576,58 @@ pub fn audit_table(entries: &[AuditEntry]) -> String {
         })
         .collect();
     table(&["TIME", "ACTION", "WAIFU", "SOURCE", "DETAIL"], &rows)
+}
+
+/// A waifu's history (`orchestrator history`): uptime per window, then its
+/// transitions as a table.
+pub fn history_table(history: &History) -> String {
+    let mut out = format!("{}: up", history.name);
+    for (i, window) in ["24h", "7d", "30d"].into_iter().enumerate() {
+        let share = history.uptime.get(window).copied().flatten();
+        let sep = if i == 0 { " " } else { ", " };
+        let _ = write!(out, "{sep}{} over {window}", percent(share));
+        if let Some(a) = history.availability.get(window)
+            && (a.down > 0.0 || a.maintenance > 0.0)
+        {
+            let _ = write!(
+                out,
+                " ({} outage(s), {} down",
+                a.outages,
+                humantime::format_duration(std::time::Duration::from_secs(a.down.round() as u64))
+            );
+            if a.maintenance > 0.0 {
+                let _ = write!(
+                    out,
+                    ", {} in maintenance",
+                    humantime::format_duration(std::time::Duration::from_secs(
+                        a.maintenance.round() as u64
+                    ))
+                );
+            }
+            out.push(')');
+        }
+    }
+    out.push_str("\n\n");
+    if history.transitions.is_empty() {
+        out.push_str("no changes recorded in that time\n");
+        return out;
+    }
+    let rows: Vec<Vec<String>> = history
+        .transitions
+        .iter()
+        .map(|t| {
+            vec![
+                t.time.clone(),
+                t.instance.clone().unwrap_or_else(|| "(switch)".into()),
+                t.from.clone().unwrap_or_else(|| "-".into()),
+                t.to.clone(),
+                t.reason.clone(),
+                t.origin.clone(),
+            ]
+        })
+        .collect();
+    out += &table(&["TIME", "INSTANCE", "FROM", "TO", "REASON", "BY"], &rows);
+    out
 }
 
 /// Incidents as a text table (`orchestrator incidents`).
@@ -441,6 +687,7 @@ mod tests {
             requests_per_second: 12.5,
             open_connections: 3,
             health_leader: true,
+            time: 86_400_000,
             waifus: vec![WaifuStatus {
                 info: WaifuInfo {
                     name: "link".into(),
@@ -465,6 +712,32 @@ mod tests {
                 },
                 database: Some("ready".into()),
                 last_backup: Some("2026-12-05T01:00:00Z".into()),
+                traffic: vec![
+                    Point {
+                        time: 1_000,
+                        rate: 2.0,
+                        p99_ms: Some(3.0),
+                    },
+                    Point {
+                        time: 61_000,
+                        rate: 4.0,
+                        p99_ms: None,
+                    },
+                ],
+                uptime: [("24h".to_owned(), Some(0.5)), ("7d".to_owned(), None)].into(),
+                day: vec![
+                    Availability {
+                        up: 10.0,
+                        down: 5.0,
+                        maintenance: 0.0,
+                        outages: 1,
+                    };
+                    DAY_SLOTS
+                ],
+                refused: vec![RefusedBind {
+                    bind: "https://other.waifu/<x>".into(),
+                    reason: "taken: the host other.waifu belongs to shop".into(),
+                }],
             }],
             incidents: vec![IncidentInfo {
                 time: "2026-11-27T23:00:01Z".into(),
@@ -494,6 +767,42 @@ mod tests {
         assert!(!page.contains("<script>"));
         assert!(page.contains(r#"http-equiv="refresh""#));
         assert!(!page.contains("http://") || page.contains(r#"href="http://localhost:8080/link""#));
+    }
+
+    #[test]
+    fn graphs_are_inline_svg_with_their_values_in_text() {
+        let page = html(&sample());
+        // Two points of requests per second; the p99 line leaves out the
+        // step without requests.
+        let line = page
+            .split(r#"<polyline class="requests" points=""#)
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap();
+        assert_eq!(line.split(' ').count(), 2, "{line}");
+        let p99 = page
+            .split(r#"<polyline class="p99" points=""#)
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap();
+        assert_eq!(p99.split(' ').count(), 1, "{p99}");
+        assert!(page.contains("4.0 req/s"), "{page}");
+        assert!(page.contains("p99 3.0 ms"), "{page}");
+        assert_eq!(page.matches(r#"<rect class="down""#).count(), DAY_SLOTS);
+        assert!(page.contains("up 50.00 % (24 h), — (7 d)"), "{page}");
+        assert!(page.contains("00:00 UTC: up 10s, down 5s"), "{page}");
+        assert!(page.contains("https://other.waifu/&lt;x&gt;</code> refused: taken"));
+        // No traffic, no history: text only, no empty graph.
+        let mut quiet = sample();
+        quiet.waifus[0].traffic.clear();
+        quiet.waifus[0].day.clear();
+        let page = html(&quiet);
+        assert!(!page.contains("<polyline"));
+        assert!(!page.contains("<rect"));
+        assert!(page.contains("no requests through this orchestrator"));
+        let text = text(&sample());
+        assert!(text.contains("50.00%"), "{text}");
+        assert!(text.contains("REFUSED BIND"), "{text}");
     }
 
     #[test]

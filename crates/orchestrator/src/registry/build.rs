@@ -7,14 +7,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use super::drain::{self, Leave};
-use super::health::{self, Checks, HealthConfig};
+use super::health::{self, Checks, HealthConfig, Seen};
 use super::{Loaded, Registry, replicas};
+use crate::ops::outages::Observation;
 use crate::routing::{self, Instance, Outcome, Routes};
 use crate::store::{Store, StoreError};
 
@@ -62,6 +63,8 @@ pub(crate) struct ControlPlane {
     /// Cancelled once the listeners have drained: every instance's task
     /// ends.
     pub instances: CancellationToken,
+    /// The health leader's checks, for the outage notifications.
+    pub observations: mpsc::UnboundedReceiver<Observation>,
 }
 
 /// Loads the stored state, publishes it, and starts the tasks that keep it
@@ -81,6 +84,7 @@ pub(crate) async fn start(
     let (writer, routes) = routing::routes();
     let (leads, leading) = watch::channel(true);
     let instances = CancellationToken::new();
+    let (outages, observations) = mpsc::unbounded_channel();
     let Loaded {
         registry,
         watched,
@@ -94,6 +98,7 @@ pub(crate) async fn start(
         leading: leading.clone(),
         check_wait: timing.health.timeout,
         ceilings,
+        outages,
     })
     .await?;
     let registry = Arc::new(registry);
@@ -129,11 +134,12 @@ pub(crate) async fn start(
         routes,
         leading,
         instances,
+        observations,
     })
 }
 
 impl Checks for Registry {
-    async fn probe(&self, instance: &Arc<Instance>, timeout: Duration) -> Outcome {
+    async fn probe(&self, instance: &Arc<Instance>, timeout: Duration) -> Seen {
         health::check(instance, timeout).await
     }
 
@@ -142,10 +148,33 @@ impl Checks for Registry {
         name: &str,
         instance: &Arc<Instance>,
         healthy: bool,
+        reason: &str,
     ) -> Result<(), StoreError> {
         self.store
-            .set_health(name, &instance.upstream, healthy)
+            .set_health(name, &instance.upstream, healthy, reason)
             .await
+    }
+
+    fn observed(&self, name: &Arc<str>, instance: &Arc<Instance>, seen: Seen) {
+        let ok = seen.outcome() == Outcome::Success;
+        let table = self.routes.current();
+        // The first check of a new waifu's instance runs before its hello
+        // is published: this check alone says whether it is up.
+        let (available, quiet) = table.waifu(name).map_or((ok, false), |waifu| {
+            let available = waifu
+                .instances
+                .iter()
+                .any(|i| i.is_healthy() && !i.is_leaving());
+            (available, !waifu.switch.is_open())
+        });
+        let failure = (!ok).then(|| format!("{}: {seen}", instance.upstream));
+        let _ = self.outages.send(Observation {
+            name: name.clone(),
+            available,
+            quiet,
+            failure,
+            at: tokio::time::Instant::now(),
+        });
     }
 
     async fn deregister(

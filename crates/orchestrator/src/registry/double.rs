@@ -11,6 +11,7 @@ use waifus_protocol::parse_host;
 
 use super::drain::Leave;
 use super::health::Checks;
+use super::health::Seen;
 use crate::routing::{Instance, Outcome};
 use crate::store::StoreError;
 
@@ -108,13 +109,18 @@ pub(super) fn instance(
 }
 
 impl Checks for Double {
-    async fn probe(&self, _: &Arc<Instance>, _: Duration) -> Outcome {
+    async fn probe(&self, _: &Arc<Instance>, _: Duration) -> Seen {
         self.record(Call::Probe);
         let mut outcomes = self.outcomes.lock().unwrap();
-        match outcomes.len() {
+        let outcome = match outcomes.len() {
             0 => Outcome::Failed,
             1 => outcomes[0],
             _ => outcomes.pop_front().unwrap_or(Outcome::Failed),
+        };
+        match outcome {
+            Outcome::Success => Seen::Status(204),
+            Outcome::Down => Seen::Refused,
+            Outcome::Failed => Seen::Status(500),
         }
     }
 
@@ -123,9 +129,12 @@ impl Checks for Double {
         _: &str,
         _: &Arc<Instance>,
         healthy: bool,
+        _: &str,
     ) -> Result<(), StoreError> {
         self.write(Call::Stored(healthy))
     }
+
+    fn observed(&self, _: &Arc<str>, _: &Arc<Instance>, _: Seen) {}
 
     async fn deregister(&self, _: &str, _: &Arc<Instance>, why: &str) -> Result<(), StoreError> {
         self.write(Call::Deregistered(why.to_owned()))

@@ -51,6 +51,50 @@ pub(crate) struct Watch {
     pub committed: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
+/// What one check saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// An answer with this status (2xx: a success).
+    Status(u16),
+    /// The connection was refused: nothing listens there.
+    Refused,
+    /// The connection failed otherwise (no route, reset).
+    Unreachable,
+    /// The connection was not made in time.
+    ConnectTimeout,
+    /// No whole answer in time.
+    Timeout,
+    /// The answer was not HTTP, or the connection broke off.
+    Broken,
+    /// A 101 to a check that asked for no upgrade.
+    Switched,
+}
+
+impl Seen {
+    /// What it counts as for the instance's health ([`Instance::record`]).
+    pub(crate) fn outcome(self) -> Outcome {
+        match self {
+            Seen::Status(s) if (200..300).contains(&s) => Outcome::Success,
+            Seen::Refused | Seen::Unreachable | Seen::ConnectTimeout => Outcome::Down,
+            Seen::Status(_) | Seen::Timeout | Seen::Broken | Seen::Switched => Outcome::Failed,
+        }
+    }
+}
+
+impl std::fmt::Display for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Seen::Status(s) => write!(f, "status {s}"),
+            Seen::Refused => f.write_str("refused"),
+            Seen::Unreachable => f.write_str("unreachable"),
+            Seen::ConnectTimeout => f.write_str("connect timeout"),
+            Seen::Timeout => f.write_str("timeout"),
+            Seen::Broken => f.write_str("broken answer"),
+            Seen::Switched => f.write_str("unasked 101"),
+        }
+    }
+}
+
 /// What a health check asks of the rest of the control plane.
 pub(crate) trait Checks: Send + Sync + 'static {
     /// One check of `instance`, the whole exchange within `timeout`.
@@ -58,16 +102,22 @@ pub(crate) trait Checks: Send + Sync + 'static {
         &self,
         instance: &Arc<Instance>,
         timeout: Duration,
-    ) -> impl Future<Output = Outcome> + Send;
+    ) -> impl Future<Output = Seen> + Send;
 
     /// Stores a change of an instance's health, for other orchestrators
-    /// and restarts.
+    /// and restarts, with the history row saying `reason`.
     fn store_health(
         &self,
         name: &str,
         instance: &Arc<Instance>,
         healthy: bool,
+        reason: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// A check of an instance of `name` that this orchestrator ran as the
+    /// health leader, its outcome recorded: what the outage notifications
+    /// go by.
+    fn observed(&self, name: &Arc<str>, instance: &Arc<Instance>, seen: Seen);
 
     /// Drops an instance that stayed critical too long (its waifu and binds
     /// go with its last instance); `why` goes into the audit log.
@@ -168,12 +218,15 @@ async fn watch_instance<C: Checks>(
             persisted = instance.is_healthy();
         }
         first = false;
-        let outcome = tokio::select! {
+        let seen = tokio::select! {
             () = &mut retired => return,
             o = shared.control.probe(&instance, config.timeout) => o,
         };
-        let healthy = instance.record(outcome);
+        let healthy = instance.record(seen.outcome());
         instance.check_done();
+        if *leading.borrow() {
+            shared.control.observed(&name, &instance, seen);
+        }
         if let Some(stored) = committed.take() {
             // Nothing is stored for an instance whose hello did not commit.
             tokio::select! {
@@ -185,12 +238,19 @@ async fn watch_instance<C: Checks>(
             if healthy {
                 info!(%name, instance = %instance.upstream, "instance is healthy");
             } else {
-                warn!(%name, instance = %instance.upstream, ?outcome, "instance is unhealthy");
+                warn!(%name, instance = %instance.upstream, check = %seen, "instance is unhealthy");
             }
             // Boxed, as is the deregistration below: these rare awaits
             // (futures of 1.6 and 2.0 KiB) would otherwise set the size of
             // every instance's task, which is 1.3 KiB without them.
-            match Box::pin(shared.control.store_health(&name, &instance, healthy)).await {
+            let reason = seen.to_string();
+            match Box::pin(
+                shared
+                    .control
+                    .store_health(&name, &instance, healthy, &reason),
+            )
+            .await
+            {
                 Ok(()) => persisted = healthy,
                 Err(e) => warn!(%name, error = %e, "could not store health state"),
             }
@@ -273,8 +333,8 @@ fn respread(late: Duration, interval: Duration, unit: f64) -> Option<Duration> {
 /// This future is part of every instance's task, so what it holds across
 /// its awaits is kept small: the answer is taken apart before the body is
 /// read.
-pub(super) async fn check(instance: &Arc<Instance>, timeout: Duration) -> Outcome {
-    let mut outcome = Outcome::Failed;
+pub(super) async fn check(instance: &Arc<Instance>, timeout: Duration) -> Seen {
+    let mut seen = Seen::Timeout;
     let exchange = async {
         let request = Outgoing::bodyless(
             Method::GET,
@@ -285,28 +345,40 @@ pub(super) async fn check(instance: &Arc<Instance>, timeout: Duration) -> Outcom
             ],
         );
         let body = match judge(upstream::send(instance, request, timeout).await) {
-            Ok(body) => body,
+            Ok((status, body)) => {
+                seen = Seen::Status(status);
+                body
+            }
             Err(failed) => {
-                outcome = failed;
+                seen = failed;
                 return;
             }
         };
-        outcome = Outcome::Success;
         drain(body).await;
     };
     let _ = tokio::time::timeout(timeout, exchange).await;
-    outcome
+    seen
 }
 
-/// A check's answer: the body of a 2xx response still to be read, or the
-/// outcome of anything else.
-fn judge(answer: Result<Answer, SendError>) -> Result<UpstreamBody, Outcome> {
+/// A check's answer: the status and body of a 2xx response, the body still
+/// to be read, or what else was seen.
+fn judge(answer: Result<Answer, SendError>) -> Result<(u16, UpstreamBody), Seen> {
     match answer {
-        Err(SendError::Connect(_) | SendError::ConnectTimeout) => Err(Outcome::Down),
-        Ok(Answer::Response(response)) if response.status().is_success() => {
-            Ok(response.into_body())
+        Err(SendError::Connect(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Err(Seen::Refused)
         }
-        Err(_) | Ok(Answer::Response(_) | Answer::Switched { .. }) => Err(Outcome::Failed),
+        Err(SendError::Connect(_)) => Err(Seen::Unreachable),
+        Err(SendError::ConnectTimeout) => Err(Seen::ConnectTimeout),
+        Ok(Answer::Response(response)) => {
+            let status = response.status().as_u16();
+            if response.status().is_success() {
+                Ok((status, response.into_body()))
+            } else {
+                Err(Seen::Status(status))
+            }
+        }
+        Ok(Answer::Switched { .. }) => Err(Seen::Switched),
+        Err(_) => Err(Seen::Broken),
     }
 }
 

@@ -92,6 +92,12 @@ impl Registry {
             });
             parsed.push(checked.ok());
         }
+        // Refused here (the store adds the taken ones): kept as what the
+        // latest hello was refused.
+        let refused: Vec<(&str, &str)> = outcomes
+            .iter()
+            .filter_map(|o| Some((o.bind.as_str(), refusal_text(o.reason?))))
+            .collect();
         let claims: Vec<BindClaim<'_>> = parsed
             .iter()
             .flatten()
@@ -157,6 +163,7 @@ impl Registry {
                 webhook,
                 health_path: hello.health.as_deref(),
                 limits,
+                refused: &refused,
             })
             .await?;
         let reported: Vec<NewIncident> = granted
@@ -275,6 +282,18 @@ impl Registry {
             entry.instances.push(instance);
             entry.route = Arc::new(entry.route.rebuilt(entry.instances.clone()));
         }
+    }
+}
+
+/// Why a bind was refused, as the status page says it.
+fn refusal_text(reason: RefusalReason) -> &'static str {
+    match reason {
+        RefusalReason::Invalid => {
+            "invalid: not an absolute http(s) URL with a plain path and target"
+        }
+        RefusalReason::Taken => "taken: the host belongs to another waifu",
+        RefusalReason::MainDomain => "main_domain: the main domain is routed by waifu name",
+        RefusalReason::InternalPath => "internal_path: a segment starts with __internal",
     }
 }
 

@@ -31,6 +31,7 @@ use waifus_protocol::{
     BindInfo, BindKey, HostError, InstanceInfo, NameError, WaifuInfo, parse_host, validate_name,
 };
 
+use crate::ops::outages::Observation;
 use crate::routing::switch::Setting;
 use crate::routing::{BindRoute, Instance, RouteTable, RouteWriter, WaifuRoute};
 use crate::store::{Store, StoreError, StoredInstance};
@@ -166,6 +167,8 @@ pub(crate) struct Registry {
     left: std::sync::Mutex<Vec<(Arc<str>, std::sync::Weak<Instance>)>>,
     /// The operator's maximums for hellos' limits.
     ceilings: Ceilings,
+    /// Where the health leader's checks go, for the outage notifications.
+    outages: mpsc::UnboundedSender<Observation>,
 }
 
 /// What [`Registry::load`] is given.
@@ -181,6 +184,7 @@ struct Setup {
     /// The health check timeout.
     check_wait: std::time::Duration,
     ceilings: Ceilings,
+    outages: mpsc::UnboundedSender<Observation>,
 }
 
 impl Registry {
@@ -197,6 +201,7 @@ impl Registry {
             leading,
             check_wait,
             ceilings,
+            outages,
         } = setup;
         let (watch, watched) = mpsc::unbounded_channel();
         let (leaving, to_drain) = mpsc::unbounded_channel();
@@ -216,6 +221,7 @@ impl Registry {
             check_wait: check_wait.min(MAX_CHECK_WAIT),
             left: std::sync::Mutex::default(),
             ceilings,
+            outages,
         };
         let loaded = {
             let mut state = registry.state.lock().await;

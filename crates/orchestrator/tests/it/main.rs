@@ -26,6 +26,7 @@ mod forwarding;
 mod guard;
 mod h2;
 mod health;
+mod history;
 mod hosts;
 mod http1;
 mod limits;
