@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use crate::ops::availability;
 use crate::ops::status::{
-    DAY_SLOTS, RECENT_AUDIT, RECENT_INCIDENTS, RefusedBind, Status, WaifuStatus, html,
+    DAY_SLOTS, RECENT_AUDIT, RECENT_INCIDENTS, RefusedBind, Status, WaifuStatus, html, stretches,
 };
 
 use super::error::{ApiError, INCIDENTS_MAX};
@@ -280,7 +280,9 @@ async fn collect(state: &AppState) -> Status {
                 day: if store_error.is_some() {
                     Vec::new()
                 } else {
-                    availability::slots(steps, now - day, now, DAY_SLOTS)
+                    let slots = availability::slots(steps, now - day, now, DAY_SLOTS);
+                    let slot_ms = day / i64::try_from(DAY_SLOTS).unwrap_or(1);
+                    stretches(&slots, now - day, slot_ms)
                 },
                 refused,
                 info,

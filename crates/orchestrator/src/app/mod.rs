@@ -103,7 +103,7 @@ async fn serve(
     } = registry::start(control, &tasks, shutdown).await?;
     let metrics = metrics::Metrics::new(routes.clone(), leading.clone());
     tasks.spawn(metrics::sample_rate(metrics.clone(), shutdown.clone()));
-    let graphs = crate::ops::graphs::Graphs::new(config.graph_step);
+    let graphs = crate::ops::graphs::Graphs::new(crate::ops::graphs::STEP);
     tasks.spawn(graphs.clone().run(routes.clone(), shutdown.clone()));
     let https = match (settings.tls.clone(), listeners.https) {
         (Some(tls), Some(listener)) => {

@@ -201,10 +201,6 @@ pub struct Config {
     /// it is stable for as long.
     #[arg(long, env = "FLAP_WINDOW", default_value = "5m", value_parser = humantime::parse_duration)]
     pub flap_window: Duration,
-    /// The step of the status page's graphs: one point each (keep the
-    /// default; shorter ones are for tests).
-    #[arg(long, env = "GRAPH_STEP", default_value = "60s", value_parser = humantime::parse_duration, hide = true)]
-    pub graph_step: Duration,
 
     /// A file holding DATABASE_URL (a Docker or Kubernetes secret; a
     /// trailing newline is ignored). Set one of the two.

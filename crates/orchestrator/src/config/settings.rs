@@ -257,7 +257,6 @@ impl Config {
             ("AUDIT_RETENTION", self.audit_retention),
             ("HISTORY_RETENTION", self.history_retention),
             ("FLAP_WINDOW", self.flap_window),
-            ("GRAPH_STEP", self.graph_step),
             ("DRAIN_TIMEOUT", self.drain_timeout),
             ("BACKUP_INTERVAL", self.backup_interval),
         ] {

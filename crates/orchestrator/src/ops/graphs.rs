@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::routing::Routes;
 use crate::routing::stats::{LATENCY_BUCKETS, LazyStats, RequestStats};
 
+/// One point per waifu this often.
+pub(crate) const STEP: Duration = Duration::from_secs(60);
 /// Points kept per waifu: an hour of minutes.
 pub(crate) const POINTS: usize = 60;
 

@@ -42,6 +42,10 @@ pub(crate) const DOWN_AFTER: u32 = 2;
 /// is flapping.
 pub(crate) const FLAP_CHANGES: usize = 4;
 
+/// A waifu not observed this long (it has no instance left) is forgotten
+/// by the leader until it is observed again.
+const FORGET_AFTER: Duration = Duration::from_secs(3600);
+
 /// One check of one of a waifu's instances, by the health leader.
 #[derive(Debug)]
 pub(crate) struct Observation {
@@ -97,6 +101,8 @@ pub(crate) struct Tracker {
     unavailable_since: Option<Instant>,
     /// The last failed check, for the next notification.
     pub(crate) last_failure: Option<String>,
+    /// When it was last observed.
+    seen: Option<Instant>,
 }
 
 impl Tracker {
@@ -128,6 +134,7 @@ impl Tracker {
         failure: Option<&str>,
         window: Duration,
     ) -> Option<Notice> {
+        self.seen = Some(at);
         if let Some(failure) = failure {
             self.last_failure = Some(failure.to_owned());
         }
@@ -289,9 +296,25 @@ pub(crate) async fn watch(
     let mut trackers: HashMap<Arc<str>, Tracker> = HashMap::new();
     // What was stored, read when this orchestrator starts to lead.
     let mut stored: Option<HashMap<String, Alert>> = None;
+    let mut sweep = tokio::time::interval(FORGET_AFTER / 6);
     loop {
         let observation = tokio::select! {
             () = shutdown.cancelled() => return,
+            _ = sweep.tick() => {
+                // Waifus no longer checked (gone) are forgotten here; what
+                // was said of them stays in the store.
+                let now = Instant::now();
+                trackers.retain(|name, t| {
+                    let keep = t.seen.is_some_and(|s| now.duration_since(s) < FORGET_AFTER);
+                    if !keep
+                        && let (Some(alerts), Some(alert)) = (stored.as_mut(), t.alert())
+                    {
+                        alerts.insert(name.to_string(), alert);
+                    }
+                    keep
+                });
+                continue;
+            }
             r = leading.changed() => {
                 if r.is_err() {
                     return;

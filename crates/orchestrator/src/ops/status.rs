@@ -72,12 +72,65 @@ pub struct WaifuStatus {
     /// `null` when nothing was measured.
     #[serde(default)]
     pub uptime: BTreeMap<String, Option<f64>>,
-    /// The last 24 hours in 15-minute slots, oldest first.
+    /// The last 24 hours, oldest first, in stretches of 15-minute slots of
+    /// one kind.
     #[serde(default)]
-    pub day: Vec<Availability>,
+    pub day: Vec<Stretch>,
     /// Binds its latest hello asked for and did not get.
     #[serde(default)]
     pub refused: Vec<RefusedBind>,
+}
+
+/// Consecutive slots of a waifu's day that look the same: red with any
+/// outage, blue with maintenance, green up, grey with no instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stretch {
+    /// Unix milliseconds.
+    pub from: i64,
+    pub to: i64,
+    /// `down`, `maintenance`, `up` or `none`: what its slots each were.
+    pub state: String,
+    /// The seconds behind it, summed over its slots.
+    #[serde(flatten)]
+    pub figures: Availability,
+}
+
+/// What a slot looks like on the strip.
+fn look(slot: &Availability) -> &'static str {
+    if slot.down > 0.0 {
+        "down"
+    } else if slot.maintenance > 0.0 {
+        "maintenance"
+    } else if slot.up > 0.0 {
+        "up"
+    } else {
+        "none"
+    }
+}
+
+/// `slots` of `slot_ms` each from `from`, merged into stretches.
+pub(crate) fn stretches(slots: &[Availability], from: i64, slot_ms: i64) -> Vec<Stretch> {
+    let mut out: Vec<Stretch> = Vec::new();
+    for (i, slot) in slots.iter().enumerate() {
+        let start = from + i64::try_from(i).unwrap_or(0) * slot_ms;
+        let state = look(slot);
+        match out.last_mut() {
+            Some(s) if s.state == state => {
+                s.to = start + slot_ms;
+                s.figures.up += slot.up;
+                s.figures.down += slot.down;
+                s.figures.maintenance += slot.maintenance;
+                s.figures.outages += slot.outages;
+            }
+            _ => out.push(Stretch {
+                from: start,
+                to: start + slot_ms,
+                state: state.to_owned(),
+                figures: *slot,
+            }),
+        }
+    }
+    out
 }
 
 /// A bind a waifu's latest hello was refused, and why.
@@ -137,6 +190,7 @@ th{{background:#f0f0f0;font-weight:600}} code{{font-size:13px}}
 .summary span{{display:inline-block;margin-right:1.5rem}} .warn{{background:#fff4e5;padding:.5rem;border:1px solid #f0c36d}}
 .graph{{white-space:nowrap}} .graph svg{{vertical-align:middle;background:#f6f8fa}} .graph small{{color:#555}}
 polyline{{fill:none;stroke-width:1.5}} polyline.requests{{stroke:#1a73e8}} polyline.p99{{stroke:#8a5a00}}
+circle.requests{{fill:#1a73e8}} circle.p99{{fill:#8a5a00}}
 rect.up{{fill:#2e9d57}} rect.down{{fill:#b3261e}} rect.maintenance{{fill:#6b7bd6}} rect.none{{fill:#e3e3e3}}
 .refused{{color:#b3261e}}
 </style></head><body>
@@ -294,10 +348,10 @@ fn graphs(h: &mut String, w: &WaifuStatus, now: i64) {
         None => h.push_str(r#"<div class="graph"><small>no requests through this orchestrator in the last hour</small></div>"#),
         Some(last) => {
             h.push_str(r#"<div class="graph">"#);
-            sparkline(h, "requests", "requests per second, last hour", &rates);
+            sparkline(h, "requests", "requests per second", &rates);
             let _ = write!(h, r#" <span class="value requests">{:.1} req/s</span></div>"#, last.rate);
             h.push_str(r#"<div class="graph">"#);
-            sparkline(h, "p99", "99th percentile latency, last hour", &p99s);
+            sparkline(h, "p99", "99th percentile latency", &p99s);
             let p99 = w.traffic.iter().rev().find_map(|p| p.p99_ms);
             let _ = write!(
                 h,
@@ -322,59 +376,67 @@ fn graphs(h: &mut String, w: &WaifuStatus, now: i64) {
     );
 }
 
-/// An inline SVG line of `values` (one per step, the newest at the right
-/// edge; `None` leaves a point out), scaled to its largest.
+/// An inline SVG line of `values` (one per step, oldest first; `None`
+/// leaves a point out) across the whole width, scaled to its largest, with
+/// a dot on the newest; its title says the span (an hour once there is an
+/// hour of points).
 fn sparkline(h: &mut String, class: &str, label: &str, values: &[Option<f64>]) {
     let (width, height) = SPARK;
     let max = values.iter().flatten().copied().fold(0.0_f64, f64::max);
-    let dx = width / POINTS as f64;
     let n = values.len();
+    let dx = width / (n.max(2) - 1) as f64;
     let mut points = String::new();
+    let mut last = None;
     for (i, v) in values.iter().enumerate() {
         let Some(v) = v else { continue };
-        let x = width - (n - 1 - i) as f64 * dx;
+        let x = if n == 1 { width } else { i as f64 * dx };
         let y = if max > 0.0 {
             height - 2.0 - v / max * (height - 4.0)
         } else {
             height - 2.0
         };
         let _ = write!(points, "{x:.1},{y:.1} ");
+        last = Some((x, y));
     }
+    let span = n.min(POINTS);
     let _ = write!(
         h,
-        r#"<svg class="spark {class}" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{label}"><title>{label}</title><polyline class="{class}" points="{}"/></svg>"#,
-        points.trim_end()
+        r#"<svg class="spark {class}" width="{width}" height="{height}" viewBox="-2 0 {w} {height}" role="img" aria-label="{label}"><title>{label}, last {span} min</title><polyline class="{class}" points="{}"/>"#,
+        points.trim_end(),
+        w = width + 4.0
     );
+    if let Some((x, y)) = last {
+        let _ = write!(
+            h,
+            r#"<circle class="{class}" cx="{x:.1}" cy="{y:.1}" r="2"/>"#
+        );
+    }
+    h.push_str("</svg>");
 }
 
-/// An inline SVG strip of `slots` (the 24 hours before `now`), one bar
-/// each: red with any outage, blue with maintenance, green up, grey when
-/// nothing was measured; each says what it was in its title.
-fn strip(h: &mut String, slots: &[Availability], now: i64) {
-    let width = slots.len() * 2;
+/// An inline SVG strip of a waifu's day (the 24 hours before `now`), one
+/// bar per stretch, 2 pixels per 15 minutes; each says what it was in its
+/// title.
+fn strip(h: &mut String, day: &[Stretch], now: i64) {
+    let width = DAY_SLOTS * 2;
     let _ = write!(
         h,
         r#"<svg class="strip availability" width="{width}" height="{STRIP_HEIGHT}" viewBox="0 0 {width} {STRIP_HEIGHT}" role="img" aria-label="availability, last 24 hours"><title>availability, last 24 hours</title>"#
     );
-    let slot_ms = 24 * 3600 * 1000 / i64::try_from(slots.len()).unwrap_or(1);
-    let start = now - 24 * 3600 * 1000;
-    for (i, slot) in slots.iter().enumerate() {
-        let class = if slot.down > 0.0 {
-            "down"
-        } else if slot.maintenance > 0.0 {
-            "maintenance"
-        } else if slot.up > 0.0 {
-            "up"
-        } else {
-            "none"
-        };
-        let from = start + i64::try_from(i).unwrap_or(0) * slot_ms;
+    let day_ms = 24 * 3600 * 1000;
+    let start = now - day_ms;
+    #[allow(clippy::cast_precision_loss)]
+    let x = |t: i64| (t - start).clamp(0, day_ms) as f64 / day_ms as f64 * width as f64;
+    for s in day {
         let _ = write!(
             h,
-            r#"<rect class="{class}" x="{}" y="0" width="2" height="{STRIP_HEIGHT}"><title>{} UTC: {}</title></rect>"#,
-            i * 2,
-            clock(from),
-            slot_text(slot)
+            r#"<rect class="{}" x="{:.0}" y="0" width="{:.0}" height="{STRIP_HEIGHT}"><title>{}–{} UTC: {}</title></rect>"#,
+            esc(&s.state),
+            x(s.from),
+            x(s.to) - x(s.from),
+            clock(s.from),
+            clock(s.to),
+            slot_text(&s.figures)
         );
     }
     h.push_str("</svg>");
@@ -725,15 +787,36 @@ mod tests {
                     },
                 ],
                 uptime: [("24h".to_owned(), Some(0.5)), ("7d".to_owned(), None)].into(),
-                day: vec![
-                    Availability {
-                        up: 10.0,
-                        down: 5.0,
-                        maintenance: 0.0,
-                        outages: 1,
-                    };
-                    DAY_SLOTS
-                ],
+                day: stretches(
+                    &[
+                        Availability {
+                            up: 900.0,
+                            down: 0.0,
+                            maintenance: 0.0,
+                            outages: 0,
+                        },
+                        Availability {
+                            up: 890.0,
+                            down: 10.0,
+                            maintenance: 0.0,
+                            outages: 1,
+                        },
+                        Availability {
+                            up: 900.0,
+                            down: 0.0,
+                            maintenance: 0.0,
+                            outages: 0,
+                        },
+                        Availability {
+                            up: 900.0,
+                            down: 0.0,
+                            maintenance: 0.0,
+                            outages: 0,
+                        },
+                    ],
+                    86_400_000 - 4 * 900_000,
+                    900_000,
+                ),
                 refused: vec![RefusedBind {
                     bind: "https://other.waifu/<x>".into(),
                     reason: "taken: the host other.waifu belongs to shop".into(),
@@ -788,9 +871,21 @@ mod tests {
         assert_eq!(p99.split(' ').count(), 1, "{p99}");
         assert!(page.contains("4.0 req/s"), "{page}");
         assert!(page.contains("p99 3.0 ms"), "{page}");
-        assert_eq!(page.matches(r#"<rect class="down""#).count(), DAY_SLOTS);
+        // Up, the outage, up again: three bars, the last two slots one.
+        assert_eq!(page.matches("<rect ").count(), 3, "{page}");
+        assert!(
+            page.contains(r#"<rect class="down" x="186" y="0" width="2""#),
+            "{page}"
+        );
+        assert!(
+            page.contains(r#"<rect class="up" x="188" y="0" width="4""#),
+            "{page}"
+        );
+        assert!(
+            page.contains("23:15–23:30 UTC: up 14m 50s, down 10s"),
+            "{page}"
+        );
         assert!(page.contains("up 50.00 % (24 h), — (7 d)"), "{page}");
-        assert!(page.contains("00:00 UTC: up 10s, down 5s"), "{page}");
         assert!(page.contains("https://other.waifu/&lt;x&gt;</code> refused: taken"));
         // No traffic, no history: text only, no empty graph.
         let mut quiet = sample();

@@ -138,6 +138,24 @@ async fn real_responses_match_docs_openapi_yaml() {
             None,
         ),
         (
+            "/__internal/waifus/{name}/history",
+            "get",
+            "/__internal/waifus/w/history?since=1h".into(),
+            None,
+        ),
+        (
+            "/__internal/waifus/{name}/history",
+            "get",
+            "/__internal/waifus/w/history?since=yesterday".into(),
+            None,
+        ),
+        (
+            "/__internal/waifus/{name}/history",
+            "get",
+            "/__internal/waifus/nobody/history".into(),
+            None,
+        ),
+        (
             "/__internal/hello",
             "post",
             "/__internal/hello".into(),

@@ -466,3 +466,156 @@ async fn status_and_incidents_commands_print_tables() {
         "{err}"
     );
 }
+
+/// Headless Chromium, after a waifu served traffic for two minutes with a
+/// 10 s outage in its first minute: an SVG line of requests per second of
+/// at least two points, and the outage in the 24-hour strip; the uptime of
+/// that first minute is right within 5 points. Another waifu, which never
+/// served a request, is on the page too, without a graph. The page is
+/// photographed (`WAIFUS_SCREENSHOT=path` keeps the picture).
+#[tokio::test]
+async fn status_page_graphs_two_minutes_of_traffic_and_an_outage() {
+    let browser = chromium();
+    if !harness::tool_present(browser.is_some(), "Chromium (apt-get install chromium)") {
+        return;
+    }
+    let Some(browser) = browser else { return };
+    let orch = harness::start(
+        &pg::unique_db("status_graphs"),
+        &["--health-interval", "200ms"],
+    )
+    .await;
+    let name = "graphed";
+    let w = TestWaifu::start(name).await;
+    orch.register(name, &w.host(), json!({"http://graphed.test": "/"}))
+        .await;
+    let (status, _) = orch
+        .hello(json!({"name": "idle", "host": "127.0.0.1:9",
+                      "additionalBinds": {"http://graphed.test": "/"}}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let started = std::time::Instant::now();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let traffic = tokio::spawn({
+        let (public, stop) = (orch.public, stop.clone());
+        async move {
+            let mut n = 0u64;
+            while !stop.is_cancelled() {
+                // Every tenth a little slower, for a p99 to show.
+                let target = if n.is_multiple_of(10) {
+                    "/graphed/slow?ms=30"
+                } else {
+                    "/graphed/x"
+                };
+                let _ = harness::send(
+                    public,
+                    Method::GET,
+                    target,
+                    &[("host", "localhost")],
+                    Bytes::new(),
+                )
+                .await;
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            n
+        }
+    });
+
+    // The known outage: its health answers 500 for 10 s.
+    tokio::time::sleep_until((started + Duration::from_secs(20)).into()).await;
+    w.healthy.store(false, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    w.healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    orch.wait_health(name, StatusCode::NO_CONTENT).await;
+
+    tokio::time::sleep_until((started + Duration::from_secs(60)).into()).await;
+    let (status, h) = orch
+        .internal_json(
+            Method::GET,
+            &format!("/__internal/waifus/{name}/history"),
+            String::new(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{h}");
+    let day = &h["availability"]["24h"];
+    let measured = day["up"].as_f64().unwrap() + day["down"].as_f64().unwrap();
+    let want = 1.0 - 10.0 / measured;
+    let got = h["uptime"]["24h"].as_f64().unwrap();
+    assert!(
+        (got - want).abs() <= 0.05,
+        "uptime {got} over {measured} s with a 10 s outage: {h}"
+    );
+    assert_eq!(day["outages"], 1, "{h}");
+
+    tokio::time::sleep_until((started + Duration::from_secs(125)).into()).await;
+    stop.cancel();
+    let requests = traffic.await.unwrap();
+    assert!(requests > 1000, "{requests} requests");
+
+    let url = format!("http://{}/__internal/status", orch.internal);
+    let dom = {
+        let (browser, url) = (browser.to_owned(), url.clone());
+        tokio::task::spawn_blocking(move || dump_dom(&browser, &url))
+            .await
+            .unwrap()
+    };
+    let graphed = dom
+        .split(r#"<tr class="waifu">"#)
+        .find(|row| row.contains(">graphed<"))
+        .unwrap_or_else(|| panic!("no row for graphed in {dom}"));
+    let points = graphed
+        .split(r#"<polyline class="requests" points=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no requests line in {graphed}"));
+    assert!(points.split(' ').count() >= 2, "{points}");
+    assert!(graphed.contains(r#"<polyline class="p99""#), "{graphed}");
+    assert!(graphed.contains(r#"<rect class="down""#), "{graphed}");
+    assert!(graphed.contains(" req/s</span>"), "{graphed}");
+    let idle = dom
+        .split(r#"<tr class="waifu">"#)
+        .find(|row| row.contains(">idle<"))
+        .unwrap();
+    assert!(
+        idle.contains("no requests through this orchestrator"),
+        "{idle}"
+    );
+    assert!(idle.contains(r#"<div class="refused">"#), "{idle}");
+
+    let picture = harness::temp_dir("screenshot").join("status.png");
+    let shot = {
+        let (browser, picture) = (browser.to_owned(), picture.clone());
+        tokio::task::spawn_blocking(move || {
+            let profile = harness::temp_dir("chromium");
+            harness::output_within(
+                Command::new(browser)
+                    .args([
+                        "--headless",
+                        "--no-sandbox",
+                        "--disable-gpu",
+                        "--disable-dev-shm-usage",
+                        "--hide-scrollbars",
+                        "--window-size=1400,720",
+                    ])
+                    .arg(format!("--user-data-dir={}", profile.display()))
+                    .arg(format!("--screenshot={}", picture.display()))
+                    .arg(&url),
+                Duration::from_secs(120),
+            )
+        })
+        .await
+        .unwrap()
+    };
+    assert!(
+        shot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
+    let png = std::fs::read(&picture).unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "not a picture");
+    if let Some(keep) = std::env::var_os("WAIFUS_SCREENSHOT") {
+        std::fs::write(keep, &png).unwrap();
+    }
+    orch.stop().await.unwrap();
+}
