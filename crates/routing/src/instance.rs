@@ -76,6 +76,9 @@ pub struct Instance {
     idle: Notify,
     /// Cancelled when its drain time is over: closes tunnels still open.
     pub drained: CancellationToken,
+    /// What it answered while a rollout ran (counted only then), for the
+    /// rollout's judgement of its version.
+    pub rollout_stats: crate::stats::LazyStats,
 }
 
 impl Instance {
@@ -101,6 +104,7 @@ impl Instance {
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
             drained: CancellationToken::new(),
+            rollout_stats: crate::stats::LazyStats::default(),
         }
     }
 

@@ -7,6 +7,7 @@
 //! its request counters ([`stats`]); no task or service lives here.
 
 mod instance;
+pub mod rollout;
 mod shards;
 pub mod stats;
 pub mod switch;

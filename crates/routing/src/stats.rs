@@ -57,6 +57,11 @@ impl RequestStats {
         self.connect_errors.load(Relaxed)
     }
 
+    /// Requests answered 5xx, and connections that could not be made.
+    pub fn failures(&self) -> u64 {
+        self.counts.iter().map(|m| m[4].load(Relaxed)).sum::<u64>() + self.connect_errors()
+    }
+
     /// Every request counted so far.
     pub fn total(&self) -> u64 {
         self.counts.iter().flatten().map(|c| c.load(Relaxed)).sum()

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use waifus_protocol::BindKey;
 
 use super::instance::Instance;
+use super::rollout::{RolloutRoute, Side};
 use super::shards::Shards;
 use super::stats::LazyStats;
 use super::switch::Switch;
@@ -42,6 +43,9 @@ pub struct WaifuRoute {
     pub stats: Arc<LazyStats>,
     /// Open, paused or in maintenance; kept across rebuilds of the route.
     pub switch: Arc<Switch>,
+    /// A rollout running: new clients split between the version rolled
+    /// out and the others by its share, each kept on its side.
+    pub rollout: Option<Arc<RolloutRoute>>,
 }
 
 impl WaifuRoute {
@@ -55,6 +59,7 @@ impl WaifuRoute {
             next: AtomicUsize::new(0),
             stats: Arc::default(),
             switch: Arc::default(),
+            rollout: None,
         }
     }
 
@@ -70,7 +75,29 @@ impl WaifuRoute {
             next: AtomicUsize::new(0),
             stats: self.stats.clone(),
             switch: self.switch.clone(),
+            rollout: self.rollout.clone(),
         }
+    }
+
+    /// The same route with `rollout` (or none).
+    pub fn with_rollout(&self, rollout: Option<Arc<RolloutRoute>>) -> Self {
+        let mut route = self.rebuilt(self.instances.to_vec());
+        route.rollout = rollout;
+        route
+    }
+
+    /// During a rollout: a healthy instance of `side`, round robin, or of
+    /// the other side when none of it is healthy; as [`WaifuRoute::pick`]
+    /// without a rollout.
+    pub fn pick_side(&self, side: Side) -> Option<&Arc<Instance>> {
+        let Some(rollout) = &self.rollout else {
+            return self.pick();
+        };
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let on_side =
+            |i: &Arc<Instance>| rollout.is_new(i.version.as_deref()) == (side == Side::New);
+        round(&self.routable, start, &on_side)
+            .or_else(|| round(&self.routable, start, &|i| !on_side(i)))
     }
 
     /// Picks a healthy instance, round robin, of the newest version if one
@@ -103,10 +130,14 @@ impl WaifuRoute {
     }
 
     /// Whether `instance` gets no new request: it said goodbye, or it is of
-    /// an older version while one of the newest is healthy.
+    /// an older version while one of the newest is healthy (and no rollout
+    /// runs).
     pub fn draining(&self, instance: &Instance) -> bool {
         if instance.is_leaving() {
             return true;
+        }
+        if self.rollout.is_some() {
+            return false;
         }
         let (newest, _) = self.routable.split_at(self.newest);
         !newest.iter().any(|i| std::ptr::eq(&**i, instance))

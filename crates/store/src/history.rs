@@ -16,9 +16,10 @@ use super::error::StoreError;
 use super::incidents::{self, NewIncident};
 
 /// The latest state recorded for `name`'s instance `$2` (the switch for a
-/// NULL one), in SQL: the `from` of the next row.
+/// NULL one), in SQL: the `from` of the next row. A rollout's rows (no
+/// instance, `rollout`) are no state of the switch.
 pub(super) const LATEST: &str = "(SELECT h.to_state FROM health_history h
-      WHERE h.name = $1 AND h.instance IS NOT DISTINCT FROM $2
+      WHERE h.name = $1 AND h.instance IS NOT DISTINCT FROM $2 AND h.to_state <> 'rollout'
       ORDER BY h.time DESC, h.id DESC LIMIT 1)";
 
 /// Appends one row through `client` (a transaction of the caller's):
@@ -38,6 +39,24 @@ pub(super) async fn note(
                  VALUES ($1, $2, {LATEST}, $3, $4, $5)"
             ),
             &[&name, &instance, &to, &reason, &origin],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Appends a rollout's row through `client`: a step, its end or its
+/// abort, in words.
+pub(super) async fn note_rollout(
+    client: &impl GenericClient,
+    name: &str,
+    reason: &str,
+    origin: &str,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            "INSERT INTO health_history (name, instance, from_state, to_state, reason, origin)
+             VALUES ($1, NULL, NULL, 'rollout', $2, $3)",
+            &[&name, &reason, &origin],
         )
         .await?;
     Ok(())
@@ -133,6 +152,7 @@ impl Store {
                    SELECT DISTINCT ON (name, instance) name, instance, to_state, id
                    FROM health_history
                    WHERE ($1::text IS NULL OR name = $1) AND time < (SELECT t FROM since)
+                     AND to_state <> 'rollout'
                    ORDER BY name, instance, time DESC, id DESC),
                  steps AS (
                    SELECT name, instance, to_state, $2::bigint AS ms, 0 AS o, id FROM before
@@ -141,7 +161,8 @@ impl Store {
                    SELECT name, instance, to_state,
                           floor(extract(epoch FROM time) * 1000)::bigint, 1, id
                    FROM health_history
-                   WHERE ($1::text IS NULL OR name = $1) AND time >= (SELECT t FROM since))
+                   WHERE ($1::text IS NULL OR name = $1) AND time >= (SELECT t FROM since)
+                     AND to_state <> 'rollout')
                  SELECT name, instance, to_state, ms,
                         floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint
                  FROM steps ORDER BY name, ms, o, id",

@@ -19,12 +19,13 @@ mod load;
 mod migrate;
 pub mod ownership;
 mod removal;
+pub mod rollouts;
 mod switch_row;
 pub mod switches;
 pub mod versions;
 
 pub use hello::{BindClaim, Granted, HelloRecord};
-pub use load::{StoredInstance, StoredWaifu};
+pub use load::{RunningRollout, StoredInstance, StoredWaifu};
 
 pub use error::StoreError;
 

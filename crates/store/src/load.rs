@@ -14,6 +14,27 @@ pub struct StoredWaifu {
     pub binds: Vec<(BindKey, String)>,
     /// Paused or in maintenance; `None`: open.
     pub switch: Option<switch_row::StoredSwitch>,
+    /// Its running rollout, if one runs.
+    pub rollout: Option<RunningRollout>,
+}
+
+/// A running rollout, as routing needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningRollout {
+    pub generation: i64,
+    /// `""`: instances that announce none.
+    pub version: String,
+    pub share: i32,
+}
+
+const ROLLOUT_COLUMNS: &str = "r.generation, r.version, r.share";
+
+fn running_of(row: &tokio_postgres::Row, at: usize) -> RunningRollout {
+    RunningRollout {
+        generation: row.get(at),
+        version: row.get(at + 1),
+        share: row.get(at + 2),
+    }
 }
 
 /// An instance as stored.
@@ -90,6 +111,16 @@ impl Store {
                 )
                 .await?
                 .and_then(|r| switch_row::switch_of(&r, 0)),
+            rollout: client
+                .query_opt(
+                    &format!(
+                        "SELECT {ROLLOUT_COLUMNS} FROM rollouts r
+                         WHERE r.name = $1 AND r.state = 'running'"
+                    ),
+                    &[&name],
+                )
+                .await?
+                .map(|r| running_of(&r, 0)),
         };
         for row in client
             .query(
@@ -125,6 +156,7 @@ impl Store {
                 instances: Vec::new(),
                 binds: Vec::new(),
                 switch: None,
+                rollout: None,
             })
             .collect();
         let find = |waifus: &mut Vec<StoredWaifu>, name: &str| {
@@ -179,6 +211,19 @@ impl Store {
         {
             if let Some(i) = find(&mut waifus, row.get(0)) {
                 waifus[i].switch = switch_row::switch_of(&row, 1);
+            }
+        }
+        for row in client
+            .query(
+                &format!(
+                    "SELECT r.name, {ROLLOUT_COLUMNS} FROM rollouts r WHERE r.state = 'running'"
+                ),
+                &[],
+            )
+            .await?
+        {
+            if let Some(i) = find(&mut waifus, row.get(0)) {
+                waifus[i].rollout = Some(running_of(&row, 1));
             }
         }
         Ok(waifus)

@@ -82,6 +82,10 @@ pub(crate) enum ApiError {
     UnknownVersion(Vec<String>),
     #[error("no upgrade: {0}")]
     Upgrade(String),
+    #[error("bad rollout: {0}")]
+    BadRollout(String),
+    #[error("no rollout runs for this waifu")]
+    NoRollout,
 }
 
 impl ApiError {
@@ -145,6 +149,8 @@ impl ApiError {
             ApiError::BadMaintenance => (StatusCode::BAD_REQUEST, "invalid_maintenance"),
             ApiError::UnknownVersion(_) => (StatusCode::NOT_FOUND, "unknown_version"),
             ApiError::Upgrade(_) => (StatusCode::CONFLICT, "upgrade_failed"),
+            ApiError::BadRollout(_) => (StatusCode::BAD_REQUEST, "bad_rollout"),
+            ApiError::NoRollout => (StatusCode::NOT_FOUND, "no_rollout"),
         }
     }
 }

@@ -11,6 +11,7 @@ mod deadline;
 mod error;
 mod history;
 mod operator;
+pub(crate) mod rollout;
 mod source;
 mod state;
 mod switch;
@@ -35,7 +36,7 @@ use crate::registry::{GoodbyeError, ValidGoodbye, ValidHello};
 
 use error::{ApiError, MAX_BODY};
 use source::Source;
-pub(crate) use state::{AppState, Calls};
+pub(crate) use state::{AppState, Calls, RolloutDefaults};
 pub(crate) use tokens::Tokens;
 
 /// The longest a goodbye with `wait` waits for the instance to drain here
@@ -65,6 +66,12 @@ pub(crate) fn router(state: AppState) -> Router {
             axum::routing::put(switch::maintenance_on).delete(switch::maintenance_off),
         )
         .route("/__internal/waifus/{name}/history", get(history::history))
+        .route(
+            "/__internal/waifus/{name}/rollout",
+            axum::routing::put(rollout::start)
+                .get(rollout::show)
+                .delete(rollout::abort),
+        )
         .route(
             "/__internal/waifus/{name}/version",
             axum::routing::put(operator::make_current),

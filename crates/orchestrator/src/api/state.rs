@@ -24,6 +24,8 @@ pub(crate) struct AppState {
     pub metrics: Arc<Metrics>,
     /// The status page's traffic graphs.
     pub graphs: Arc<Graphs>,
+    /// What a rollout does unless told otherwise.
+    pub rollouts: RolloutDefaults,
     /// The bearer tokens calls must carry.
     pub tokens: Arc<Tokens>,
     /// Where each call runs, so it can be answered at the deadline.
@@ -33,6 +35,13 @@ pub(crate) struct AppState {
     /// Where an upgrade is asked for; `None` when this orchestrator is not
     /// a process of its own (embedded, as in tests).
     pub upgrades: Option<crate::upgrade::Asks>,
+}
+
+/// `ROLLOUT_STEPS` and `ROLLOUT_INTERVAL`.
+#[derive(Debug, Clone)]
+pub(crate) struct RolloutDefaults {
+    pub steps: Vec<i32>,
+    pub interval: std::time::Duration,
 }
 
 /// Where calls run: tracked, and cut once shutdown's drain is over.

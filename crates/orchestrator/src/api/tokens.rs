@@ -76,7 +76,8 @@ pub(crate) fn is_operator(path: &str) -> bool {
             && (path.ends_with("/maintenance")
                 || path.ends_with("/pause")
                 || path.ends_with("/version")
-                || path.ends_with("/history")))
+                || path.ends_with("/history")
+                || path.ends_with("/rollout")))
 }
 
 fn digest(token: &str) -> [u8; 32] {

@@ -130,6 +130,16 @@ async fn serve(
         leading: &leading,
     };
     jobs.spawn(&tasks, shutdown)?;
+    tasks.spawn(registry::publish_rollout_counts(
+        registry.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(registry::analyse_rollouts(
+        registry.clone(),
+        incidents.clone(),
+        leading.clone(),
+        shutdown.clone(),
+    ));
     tasks.spawn(crate::ops::outages::watch(
         observations,
         store.clone(),
@@ -149,6 +159,10 @@ async fn serve(
         store,
         metrics: metrics.clone(),
         graphs,
+        rollouts: api::RolloutDefaults {
+            steps: config.rollout_steps.0.clone(),
+            interval: config.rollout_interval,
+        },
         tokens: Arc::new(api::Tokens::new(
             config.internal_token.as_deref(),
             config.admin_token.as_deref(),

@@ -192,6 +192,19 @@ pub struct Config {
     /// How long audit rows are kept.
     #[arg(long, env = "AUDIT_RETENTION", default_value = "90d", value_parser = humantime::parse_duration)]
     pub audit_retention: Duration,
+    /// `off`: a newly announced version takes every new request at once
+    /// (unless an operator starts a rollout); `auto`: it rolls out by
+    /// itself, ROLLOUT_STEPS every ROLLOUT_INTERVAL, and is rolled back when
+    /// it is worse.
+    #[arg(long, env = "ROLLOUT", value_enum, default_value = "off")]
+    pub rollout: RolloutMode,
+    /// The shares of new clients a rollout gives the new version, step by
+    /// step, in percent, the last 100 (`10,50,100`).
+    #[arg(long, env = "ROLLOUT_STEPS", default_value = "10,50,100", value_parser = parse_steps)]
+    pub rollout_steps: Steps,
+    /// How long each step of a rollout lasts before it is judged.
+    #[arg(long, env = "ROLLOUT_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub rollout_interval: Duration,
     /// How long the health history (every instance's state changes) is
     /// kept.
     #[arg(long, env = "HISTORY_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
@@ -212,6 +225,54 @@ pub struct Config {
     /// A file holding ADMIN_TOKEN.
     #[arg(long, env = "ADMIN_TOKEN_FILE", value_parser = any_path())]
     pub admin_token_file: Option<PathBuf>,
+}
+
+/// Whether newly announced versions roll out by themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RolloutMode {
+    /// Only when an operator starts one.
+    Off,
+    /// Every newly announced version.
+    Auto,
+}
+
+/// A rollout's steps: percents, strictly increasing, the last 100.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Steps(pub Vec<i32>);
+
+/// The most steps a rollout has.
+pub const MAX_STEPS: usize = 20;
+
+/// Steps from `10,50,100`.
+pub fn parse_steps(text: &str) -> Result<Steps, String> {
+    let steps: Vec<i32> = text
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse::<i32>()
+                .map_err(|_| format!("{s:?} is not a whole percent"))
+        })
+        .collect::<Result<_, _>>()?;
+    check_steps(&steps)?;
+    Ok(Steps(steps))
+}
+
+/// Whether `steps` can be a rollout's: 1 to 20 percents from 1 to 100,
+/// each above the last, ending with 100.
+pub fn check_steps(steps: &[i32]) -> Result<(), String> {
+    if steps.is_empty() || steps.len() > MAX_STEPS {
+        return Err(format!("1 to {MAX_STEPS} steps"));
+    }
+    if steps.iter().any(|s| !(1..=100).contains(s)) {
+        return Err("each step is a percent from 1 to 100".to_owned());
+    }
+    if steps.windows(2).any(|w| w[0] >= w[1]) {
+        return Err("each step is above the one before".to_owned());
+    }
+    if steps.last() != Some(&100) {
+        return Err("the last step is 100".to_owned());
+    }
+    Ok(())
 }
 
 /// Whether a hello must carry the waifu's secret.

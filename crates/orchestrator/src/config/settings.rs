@@ -257,6 +257,7 @@ impl Config {
             ("AUDIT_RETENTION", self.audit_retention),
             ("HISTORY_RETENTION", self.history_retention),
             ("FLAP_WINDOW", self.flap_window),
+            ("ROLLOUT_INTERVAL", self.rollout_interval),
             ("DRAIN_TIMEOUT", self.drain_timeout),
             ("BACKUP_INTERVAL", self.backup_interval),
         ] {

@@ -24,7 +24,7 @@ pub(crate) const STEP: Duration = Duration::from_secs(60);
 pub(crate) const POINTS: usize = 60;
 
 /// Buckets of the latency histogram, `+Inf` last.
-const BUCKETS: usize = LATENCY_BUCKETS.len() + 1;
+pub(crate) const BUCKETS: usize = LATENCY_BUCKETS.len() + 1;
 
 /// One step of one waifu's traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

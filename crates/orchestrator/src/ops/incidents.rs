@@ -61,6 +61,8 @@ pub(crate) enum IncidentKind {
     WaifuUp,
     /// A waifu changes state too often to notify each change.
     WaifuFlapping,
+    /// A rollout's new version was worse and was rolled back.
+    RolloutAborted,
 }
 
 impl IncidentKind {
@@ -76,6 +78,7 @@ impl IncidentKind {
             IncidentKind::WaifuDown => "waifu_down",
             IncidentKind::WaifuUp => "waifu_up",
             IncidentKind::WaifuFlapping => "waifu_flapping",
+            IncidentKind::RolloutAborted => "rollout_aborted",
         }
     }
 }

@@ -71,6 +71,15 @@ struct Served {
     instance: Option<Arc<Instance>>,
     request_id: Option<HeaderValue>,
     trace_id: Option<super::trace::TraceId>,
+    /// During a rollout: whom it went to, and the cookie of a client
+    /// assigned a side now. Boxed: nothing when no rollout runs.
+    rollout: Option<Box<RolloutServed>>,
+}
+
+#[derive(Debug)]
+struct RolloutServed {
+    instance: Arc<Instance>,
+    set_cookie: Option<HeaderValue>,
 }
 
 /// Timeouts towards waifus, what to record, and what to add to answers.
@@ -218,6 +227,16 @@ impl Proxy {
                 None => &this.unrouted,
             };
             stats.record(&method, status, started.elapsed());
+            if let Some(rollout) = served.rollout.take() {
+                rollout
+                    .instance
+                    .rollout_stats
+                    .get()
+                    .record(&method, status, started.elapsed());
+                if let Some(cookie) = rollout.set_cookie {
+                    response.headers_mut().append(header::SET_COOKIE, cookie);
+                }
+            }
             let response = if this.compression {
                 compress::apply(response, coding, method == http::Method::HEAD)
             } else {
@@ -283,7 +302,20 @@ impl Proxy {
             )));
         }
         served.waifu = Some(resolved.waifu.clone());
-        let Some(instance) = resolved.waifu.pick() else {
+        // During a rollout a client keeps the side its cookie names; a new
+        // one is given one by the share, and the cookie.
+        let (picked, assigned) = match &resolved.waifu.rollout {
+            None => (resolved.waifu.pick(), None),
+            Some(rollout) => match rollout.side_of(&parts.headers) {
+                Some(side) => (resolved.waifu.pick_side(side), None),
+                None => {
+                    let side = rollout.assign(fastrand::u8(0..100));
+                    let cookie = rollout_cookie(rollout, side, resolved.prefix);
+                    (resolved.waifu.pick_side(side), cookie)
+                }
+            },
+        };
+        let Some(instance) = picked else {
             // In maintenance with no instance up (the usual reason for it):
             // the operator's answer, not an outage.
             if let Found::Maintenance {
@@ -296,6 +328,12 @@ impl Proxy {
             return Err(ProxyError::NoHealthy);
         };
         let instance = instance.clone();
+        if resolved.waifu.rollout.is_some() {
+            served.rollout = Some(Box::new(RolloutServed {
+                instance: instance.clone(),
+                set_cookie: assigned,
+            }));
+        }
         let max_body = limits::max_body(&instance, self.max_body_size);
         if limits::declared_over(body.as_ref(), max_body) {
             return Err(ProxyError::BodyTooLarge);
@@ -461,6 +499,9 @@ impl Proxy {
             instance.record(Outcome::Down);
             if let Some(waifu) = &served.waifu {
                 waifu.stats.get().connect_error();
+                if waifu.rollout.is_some() {
+                    instance.rollout_stats.get().connect_error();
+                }
             }
         }
     }
@@ -491,4 +532,21 @@ fn challenge_answer(key_authorization: String) -> Response<ProxyBody> {
         HeaderValue::from_static("application/octet-stream"),
     );
     response
+}
+
+/// The `Set-Cookie` value that keeps a client on `side` of `rollout`, for
+/// the path it reached the waifu under (`/{name}`, a bind's prefix, or
+/// `/`).
+fn rollout_cookie(
+    rollout: &crate::routing::rollout::RolloutRoute,
+    side: crate::routing::rollout::Side,
+    prefix: &str,
+) -> Option<HeaderValue> {
+    let path = if prefix.is_empty() { "/" } else { prefix };
+    HeaderValue::from_str(&format!(
+        "{}={}; Path={path}; HttpOnly; SameSite=Lax",
+        rollout.cookie_name(),
+        rollout.cookie_value(side)
+    ))
+    .ok()
 }

@@ -15,11 +15,13 @@ mod drain;
 mod health;
 mod hello;
 mod replicas;
+mod rollout;
 mod switches;
 
 pub(crate) use build::{Ceilings, ControlPlane, Parts, Timing, start};
 pub(crate) use health::HealthConfig;
 pub(crate) use hello::ValidHello;
+pub(crate) use rollout::{analyse as analyse_rollouts, publish as publish_rollout_counts};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -234,6 +236,7 @@ impl Registry {
                     .collect();
                 let mut entry = Entry::new(&stored.name, instances, stored.binds);
                 registry.apply_switch(&name, &mut entry, stored.switch.as_ref());
+                registry.apply_rollout(&name, &mut entry, stored.rollout.as_ref());
                 state.waifus.insert(stored.name, entry);
             }
             registry.publish(&state);

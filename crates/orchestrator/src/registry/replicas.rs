@@ -306,6 +306,7 @@ impl Registry {
             entry.route = Arc::new(entry.route.rebuilt(entry.instances.clone()));
             changed = true;
         }
+        changed |= self.apply_rollout(name, entry, stored.rollout.as_ref());
         // The switch lives in the route: nothing to publish.
         self.apply_switch(&shared_name, entry, stored.switch.as_ref());
         (old_hosts, changed)

@@ -14,6 +14,7 @@ mod audit;
 mod backups;
 mod binary;
 mod binary_load;
+mod canary;
 mod check;
 mod claims;
 mod compression;

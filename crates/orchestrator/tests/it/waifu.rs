@@ -13,7 +13,8 @@
 //! - anything else: a JSON echo of the request as received.
 //!
 //! Every request that came through the proxy (it carries `X-Forwarded-For`)
-//! has its raw target recorded in `seen`.
+//! has its raw target recorded in `seen`. Set `fail_every` to N and every
+//! Nth such request is answered 500; `delay_ms` delays each of them.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -59,6 +60,10 @@ pub struct TestWaifu {
     pub release: Arc<Notify>,
     /// Connections open to it now.
     pub conns: Arc<std::sync::atomic::AtomicUsize>,
+    /// 0: never; N: every Nth proxied request fails with 500.
+    pub fail_every: Arc<std::sync::atomic::AtomicUsize>,
+    /// Milliseconds each proxied request waits before its answer.
+    pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
     stop: CancellationToken,
 }
 
@@ -92,6 +97,8 @@ impl TestWaifu {
             seen: Arc::default(),
             release: Arc::new(Notify::new()),
             conns: Arc::default(),
+            fail_every: Arc::default(),
+            delay_ms: Arc::default(),
             stop: CancellationToken::new(),
         };
         let state = State {
@@ -99,6 +106,9 @@ impl TestWaifu {
             healthy: waifu.healthy.clone(),
             seen: waifu.seen.clone(),
             release: waifu.release.clone(),
+            fail_every: waifu.fail_every.clone(),
+            delay_ms: waifu.delay_ms.clone(),
+            proxied: Arc::default(),
         };
         let stop = waifu.stop.clone();
         let conns = waifu.conns.clone();
@@ -154,6 +164,9 @@ struct State {
     healthy: Arc<AtomicBool>,
     seen: Arc<Mutex<Vec<String>>>,
     release: Arc<Notify>,
+    fail_every: Arc<std::sync::atomic::AtomicUsize>,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    proxied: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<TestBody> {
@@ -170,6 +183,18 @@ impl State {
             .map_or_else(|| req.uri().to_string(), |pq| pq.as_str().to_owned());
         if req.headers().contains_key("x-forwarded-for") {
             self.seen.lock().unwrap().push(target.clone());
+            let delay = self.delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            let every = self.fail_every.load(Ordering::SeqCst);
+            let n = self.proxied.fetch_add(1, Ordering::SeqCst) + 1;
+            if every > 0 && n.is_multiple_of(every) {
+                return full(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("{} failed", self.id),
+                );
+            }
         }
         let path = req.uri().path().to_owned();
         match path.as_str() {

@@ -1,0 +1,302 @@
+//! Rollouts: a new version takes a share of new clients, each client kept
+//! on its side by a cookie, step by step; a worse one (errors, latency) is
+//! rolled back at its first judgement, with an incident and an audit row.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::harness::{self, Orch};
+use crate::pg::unique_db;
+use crate::waifu::TestWaifu;
+
+/// One request of a client through the proxy: which waifu answered
+/// (`None` for anything but a 200), and the cookie it was given.
+async fn visit(
+    public: SocketAddr,
+    cookie: Option<&str>,
+) -> (StatusCode, Option<String>, Option<String>) {
+    let mut headers = vec![("host", "localhost")];
+    if let Some(c) = cookie {
+        headers.push(("cookie", c));
+    }
+    let r = harness::send(public, Method::GET, "/cn/x", &headers, Bytes::new())
+        .await
+        .expect("public listener reachable");
+    let id = (r.status == StatusCode::OK).then(|| r.json()["id"].as_str().unwrap().to_owned());
+    let set = r
+        .headers
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned());
+    (r.status, id, set)
+}
+
+async fn rollout(orch: &Orch, method: Method, body: Value) -> (StatusCode, Value) {
+    orch.internal_json(method, "/__internal/waifus/cn/rollout", body.to_string())
+        .await
+}
+
+/// v1 serving; a rollout of v2 started; v2's instance says hello and is
+/// healthy.
+async fn two_versions(orch: &Orch, plan: Value) -> (TestWaifu, TestWaifu) {
+    let v1 = TestWaifu::start("v1").await;
+    let (status, body) = orch
+        .hello(json!({"name": "cn", "host": v1.host(), "version": "1"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    orch.wait_health("cn", StatusCode::NO_CONTENT).await;
+    let (status, started) = rollout(orch, Method::PUT, plan).await;
+    assert_eq!(status, StatusCode::OK, "{started}");
+    assert_eq!(started["state"], "running");
+    assert_eq!(started["from"], "1");
+    let v2 = TestWaifu::start("v2").await;
+    let (status, body) = orch
+        .hello(json!({"name": "cn", "host": v2.host(), "version": "2"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    orch.wait_checked("cn").await;
+    (v1, v2)
+}
+
+/// New clients, one request each, until `stop`: the answers by waifu, and
+/// how many failed.
+fn load(
+    public: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, usize, Vec<String>)> {
+    tokio::spawn(async move {
+        let (mut v1, mut v2, mut failed) = (0, 0, Vec::new());
+        while !stop.load(Ordering::SeqCst) {
+            match visit(public, None).await {
+                (_, Some(id), _) if id == "v1" => v1 += 1,
+                (_, Some(_), _) => v2 += 1,
+                (status, None, _) => failed.push(status.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (v1, v2, failed)
+    })
+}
+
+async fn wait_state(orch: &Orch, want: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (_, r) = rollout(orch, Method::GET, Value::Null).await;
+        if r["state"] == want {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "no {want} rollout: {r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_rollout_splits_new_clients_keeps_each_on_its_side_and_ends_on_the_new_version() {
+    let orch = harness::start(&unique_db("canary_split"), &[]).await;
+    let (_v1, _v2) = two_versions(
+        &orch,
+        json!({"version": "2", "steps": [10, 50, 100], "interval": "8s"}),
+    )
+    .await;
+    // 2,000 new clients, 50 at a time, each coming back with its cookie.
+    let on_new = Arc::new(AtomicUsize::new(0));
+    for _ in 0..40 {
+        let batch: Vec<_> = (0..50)
+            .map(|_| {
+                let (public, on_new) = (orch.public, on_new.clone());
+                tokio::spawn(async move {
+                    let (status, first, cookie) = visit(public, None).await;
+                    assert_eq!(status, StatusCode::OK);
+                    let cookie = cookie.expect("a new client gets the cookie");
+                    assert!(cookie.starts_with("waifus_rollout_cn="), "{cookie}");
+                    let (_, again, set) = visit(public, Some(&cookie)).await;
+                    assert_eq!(first, again, "a client sees one version");
+                    assert_eq!(set, None, "a client with the cookie keeps it");
+                    if first.as_deref() == Some("v2") {
+                        on_new.fetch_add(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for client in batch {
+            client.await.unwrap();
+        }
+    }
+    let share = on_new.load(Ordering::SeqCst) as f64 / 2000.0;
+    assert!(
+        (0.07..=0.13).contains(&share),
+        "{share} of new clients on v2 at 10 %"
+    );
+    let (_, now) = rollout(&orch, Method::GET, Value::Null).await;
+    assert_eq!(now["share"], 10, "{now}");
+
+    // Traffic on, the steps go by: 50, then 100 and done; nothing fails.
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load(orch.public, stop.clone());
+    let done = wait_state(&orch, "done", Duration::from_secs(60)).await;
+    assert_eq!(done["share"], 100, "{done}");
+    assert!(done["judged"].as_str().unwrap().contains("new:"), "{done}");
+    // The old version drains as after any deploy.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, list) = orch
+            .internal_json(Method::GET, "/__internal/waifus", String::new())
+            .await;
+        let v1_draining = list[0]["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["version"] == "1" && i["draining"] == true);
+        if v1_draining {
+            break;
+        }
+        assert!(Instant::now() < deadline, "v1 does not drain: {list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (v1, v2, failed) = traffic.await.unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(v1 > 0 && v2 > 0, "{v1} {v2}");
+    let (_, audit) = orch
+        .internal_json(Method::GET, "/__internal/audit?name=cn", String::new())
+        .await;
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    for want in ["rollout_started", "rollout_step", "rollout_done"] {
+        assert!(actions.contains(&want), "{actions:?}");
+    }
+    orch.stop().await.unwrap();
+}
+
+/// A new version worse than the old one, by errors or by latency: rolled
+/// back at its first judgement; every client is on the old version at once
+/// (its cookie for the new side notwithstanding); the only failures are the
+/// new version's own answers before that.
+async fn rolled_back(db: &str, plan: Value, worse: impl FnOnce(&TestWaifu), why: &str) {
+    let orch = harness::start(&unique_db(db), &[]).await;
+    let (_v1, v2) = two_versions(&orch, plan).await;
+    worse(&v2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load(orch.public, stop.clone());
+    // A client on the new side.
+    let cookie = loop {
+        let (_, id, cookie) = visit(orch.public, None).await;
+        if id.as_deref() == Some("v2") {
+            break cookie.unwrap();
+        }
+    };
+    let aborted = wait_state(&orch, "aborted", Duration::from_secs(30)).await;
+    let at = Instant::now();
+    assert_eq!(aborted["share"], 0);
+    let judged = aborted["judged"].as_str().unwrap();
+    assert!(judged.contains(why), "{judged}");
+    // Back on v1 within a second, cookie or not.
+    loop {
+        let (_, id, _) = visit(orch.public, Some(&cookie)).await;
+        if id.as_deref() == Some("v1") {
+            break;
+        }
+        assert!(at.elapsed() < Duration::from_secs(1), "still on v2");
+    }
+    for _ in 0..20 {
+        let (_, id, set) = visit(orch.public, Some(&cookie)).await;
+        assert_eq!(id.as_deref(), Some("v1"));
+        assert_eq!(set, None, "no cookie once the rollout is over");
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (_, _, failed) = traffic.await.unwrap();
+    assert!(failed.iter().all(|s| s.starts_with("500")), "{failed:?}");
+
+    let (_, incidents) = orch
+        .internal_json(Method::GET, "/__internal/incidents", String::new())
+        .await;
+    let incident = incidents
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["kind"] == "rollout_aborted")
+        .unwrap_or_else(|| panic!("{incidents}"));
+    assert_eq!(incident["name"], "cn");
+    assert!(incident["detail"].as_str().unwrap().contains(why));
+    let (_, audit) = orch
+        .internal_json(Method::GET, "/__internal/audit?name=cn", String::new())
+        .await;
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "rollout_aborted" && a["source"] == "orchestrator"),
+        "{audit}"
+    );
+    orch.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_version_failing_one_request_in_five_is_rolled_back() {
+    rolled_back(
+        "canary_errors",
+        json!({"version": "2", "steps": [10, 50, 100], "interval": "3s"}),
+        |v2| v2.fail_every.store(5, Ordering::SeqCst),
+        "error rate",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_version_twice_as_slow_is_rolled_back() {
+    rolled_back(
+        "canary_slow",
+        json!({"version": "2", "steps": [20, 100], "interval": "3s", "maxLatencyRatio": 1.5}),
+        |v2| v2.delay_ms.store(60, Ordering::SeqCst),
+        "p99",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn rollout_requests_are_checked() {
+    let orch = harness::start(&unique_db("canary_bad"), &[]).await;
+    let (status, body) = rollout(&orch, Method::PUT, json!({"version": "2"})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let w = TestWaifu::start("w").await;
+    orch.register("cn", &w.host(), json!({})).await;
+    for bad in [
+        json!({"version": "2", "steps": [50, 10, 100]}),
+        json!({"version": "2", "steps": [10, 50]}),
+        json!({"version": "2", "steps": []}),
+        json!({"version": "2", "interval": "0s"}),
+        json!({"version": "2", "maxErrorRate": 2}),
+        json!({"version": "2", "maxLatencyRatio": 0.5}),
+        json!({"version": "two words"}),
+        json!({"version": "2", "surprise": true}),
+    ] {
+        let (status, body) = rollout(&orch, Method::PUT, bad.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert!(body["message"].is_string(), "{body}");
+    }
+    let (status, body) = rollout(&orch, Method::GET, Value::Null).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("no_rollout"))
+    );
+    let (status, _) = rollout(&orch, Method::DELETE, Value::Null).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, started) = rollout(&orch, Method::PUT, json!({"version": "2"})).await;
+    assert_eq!(status, StatusCode::OK, "{started}");
+    assert_eq!(started["steps"], json!([10, 50, 100]));
+    assert_eq!(started["interval"], "1m");
+    let (status, aborted) = rollout(&orch, Method::DELETE, Value::Null).await;
+    assert_eq!(status, StatusCode::OK, "{aborted}");
+    assert_eq!(aborted["state"], "aborted");
+    orch.stop().await.unwrap();
+}
