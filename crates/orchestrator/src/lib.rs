@@ -42,7 +42,8 @@ use waifus_upstream as upstream;
 pub use app::{Listeners, Process, RunError, run, run_process};
 pub use config::commands::{
     AuditArgs, CheckArgs, ClaimAction, ClaimArgs, Cli, ClientArgs, Command, DbAction, DbArgs,
-    HistoryArgs, IncidentsArgs, MaintenanceArgs, PauseArgs, ResumeArgs, StateArgs, VersionArgs,
+    HistoryArgs, IncidentsArgs, MaintenanceArgs, PauseArgs, ResumeArgs, RolloutArgs, StateArgs,
+    VersionArgs,
 };
 pub use config::{Config, ConfigError, HelloSecret, LogFormat, Settings};
 pub use managed::ManagedError;

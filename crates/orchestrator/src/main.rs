@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Some(Command::Incidents(args)) => cli::report(cli::incidents(args.client, args.limit)),
         Some(Command::Audit(args)) => cli::report(cli::audit(args)),
         Some(Command::History(args)) => cli::report(cli::history(args)),
+        Some(Command::Rollout(args)) => cli::report(cli::rollout(args)),
         Some(Command::Claim(args)) => match args.action {
             ClaimAction::Release { name, state } => cli::report(cli::release_claim(state, name)),
         },

@@ -29,6 +29,9 @@ pub struct HelloRecord<'a> {
     /// (invalid ones), with their reasons: kept with the `taken` ones as
     /// what its latest hello was refused.
     pub refused: &'a [(&'a str, &'a str)],
+    /// `ROLLOUT=auto`: the steps and the interval (milliseconds) of the
+    /// rollout a version announced for the first time starts.
+    pub auto_rollout: Option<(&'a [i32], i64)>,
 }
 
 /// What a hello's binds came to.
@@ -41,6 +44,8 @@ pub struct Granted {
     /// Since when the announced version is current (Unix milliseconds):
     /// the instance's `version_at`.
     pub version_at_ms: i64,
+    /// The rollout this hello started (`ROLLOUT=auto`), if it did.
+    pub rollout: Option<super::RunningRollout>,
 }
 
 /// A hello in one statement (see [`Store::hello`]). Parameters: name,
@@ -181,6 +186,30 @@ const HELLO: &str = "WITH waifu AS (
      SET binds = EXCLUDED.binds, reasons = EXCLUDED.reasons, at = now()
      WHERE hello_refusals.binds IS DISTINCT FROM EXCLUDED.binds
         OR hello_refusals.reasons IS DISTINCT FROM EXCLUDED.reasons),
+ -- ROLLOUT=auto: a version never announced before, while instances of the
+ -- one current before serve, rolls out over it instead of taking every
+ -- request at once.
+ auto AS (
+   INSERT INTO rollouts (name, version, stable, steps, step, interval_ms, max_error_rate,
+                         max_latency_ratio, state, share, generation, started_by)
+   SELECT $1, coalesce($10::text, ''), w.version, $21::integer[], 0, $22::bigint, 0.01, 2.0,
+          'running', ($21::integer[])[1], nextval('rollout_generation'), 'orchestrator'
+   FROM was w
+   WHERE $20 AND (SELECT added FROM ver) AND w.version <> coalesce($10::text, '')
+     AND EXISTS (SELECT 1 FROM instances i WHERE i.name = $1 AND i.goodbye_at IS NULL
+                   AND coalesce(i.version, '') = w.version)
+   ON CONFLICT (name) DO UPDATE SET version = EXCLUDED.version, stable = EXCLUDED.stable,
+     steps = EXCLUDED.steps, step = 0, interval_ms = EXCLUDED.interval_ms,
+     max_error_rate = EXCLUDED.max_error_rate, max_latency_ratio = EXCLUDED.max_latency_ratio,
+     state = 'running', share = EXCLUDED.share, generation = EXCLUDED.generation,
+     started_at = now(), step_at = now(), judged = NULL, started_by = EXCLUDED.started_by
+   RETURNING generation, version, stable, share),
+ auto_noted AS (
+   INSERT INTO health_history (name, instance, from_state, to_state, reason, origin)
+   SELECT $1, NULL, NULL, 'rollout',
+          coalesce(nullif(version, ''), 'no version') || ' to ' || share ||
+          ' % of new clients (announced by instance ' || $2 || ')', $17
+   FROM auto),
  -- What changed, one audit row each: a repeated hello adds none.
  audited AS (
    INSERT INTO audit (action, name, source, detail)
@@ -221,12 +250,19 @@ const HELLO: &str = "WITH waifu AS (
    UNION ALL
    SELECT 'bind_refused', holder, $9,
           'a bind of ' || $1 || ' on this waifu''s host was refused: ' || bind
-   FROM news WHERE holder IS NOT NULL)
+   FROM news WHERE holder IS NOT NULL
+   UNION ALL
+   SELECT 'rollout_started', $1, 'orchestrator',
+          coalesce(nullif(version, ''), 'no version') || ' rolls out over ' ||
+          coalesce(nullif(stable, ''), 'no version') || ' by itself (ROLLOUT=auto): steps ' ||
+          array_to_string($21::integer[], ', ') || ' %'
+   FROM auto)
  SELECT (SELECT array_agg(host) FROM claimed),
         (SELECT array_agg(prefix) FROM claimed),
         (SELECT array_agg(detail) FROM reported),
         pg_notify($7, $8),
-        (SELECT floor(extract(epoch FROM current_at) * 1000)::bigint FROM ver)";
+        (SELECT floor(extract(epoch FROM current_at) * 1000)::bigint FROM ver),
+        (SELECT generation FROM auto), (SELECT version FROM auto), (SELECT share FROM auto)";
 
 /// One bind a hello asks for, already validated.
 #[derive(Debug)]
@@ -278,7 +314,12 @@ impl Store {
             health_path,
             limits,
             refused,
+            auto_rollout,
         } = *hello;
+        let (auto, steps, interval_ms) = match auto_rollout {
+            Some((steps, ms)) => (true, steps, ms),
+            None => (false, &[][..], 0),
+        };
         let refused_binds: Vec<&str> = refused.iter().map(|(b, _)| *b).collect();
         let refused_reasons: Vec<&str> = refused.iter().map(|(_, r)| *r).collect();
         let max_body_size = limits
@@ -296,7 +337,7 @@ impl Store {
         let canonical: Vec<String> = claims.iter().map(|c| c.key.canonical()).collect();
         let targets: Vec<&str> = claims.iter().map(|c| c.target).collect();
         let instance = instance.to_string();
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 19] = [
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 22] = [
             &name,
             &instance,
             &hosts,
@@ -316,6 +357,9 @@ impl Store {
             &self.replica(),
             &refused_binds,
             &refused_reasons,
+            &auto,
+            &steps,
+            &interval_ms,
         ];
         let row = if claims.is_empty() {
             let hello = client.prepare_cached(HELLO).await?;
@@ -338,8 +382,16 @@ impl Store {
         let granted_hosts: Vec<String> = row.get::<_, Option<_>>(0).unwrap_or_default();
         let granted_prefixes: Vec<String> = row.get::<_, Option<_>>(1).unwrap_or_default();
         let reported: Vec<String> = row.get::<_, Option<_>>(2).unwrap_or_default();
+        let rollout = row
+            .get::<_, Option<i64>>(5)
+            .map(|generation| super::RunningRollout {
+                generation,
+                version: row.get(6),
+                share: row.get(7),
+            });
         Ok(Granted {
             version_at_ms: row.get(4),
+            rollout,
             reported,
             granted: claims
                 .iter()

@@ -208,6 +208,7 @@ async fn collect(state: &AppState) -> Status {
             state.store.backup_summary(),
             state.store.steps(None, since),
             state.store.refusals(),
+            state.store.running_rollouts(),
         )
     })
     .await;
@@ -222,8 +223,8 @@ async fn collect(state: &AppState) -> Status {
             )),
         ),
     };
-    let (databases, incidents, audit, backups, (steps, now), refusals) =
-        stored.unwrap_or_else(|| {
+    let (databases, incidents, audit, backups, (steps, now), refusals, rollouts) = stored
+        .unwrap_or_else(|| {
             let nothing = (Vec::new(), super::history::now_ms());
             (
                 Vec::new(),
@@ -231,6 +232,7 @@ async fn collect(state: &AppState) -> Status {
                 Vec::new(),
                 Vec::new(),
                 nothing,
+                Vec::new(),
                 Vec::new(),
             )
         });
@@ -299,6 +301,7 @@ async fn collect(state: &AppState) -> Status {
         health_leader: state.registry.leads_health_checks(),
         time: now,
         waifus,
+        rollouts: rollouts.into_iter().map(Into::into).collect(),
         incidents,
         audit,
         store_error,

@@ -7,10 +7,11 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use waifus_protocol::validate_name;
 
 use crate::config::check_steps;
+use crate::ops::status::RolloutInfo;
 use crate::store::rollouts::{RolloutPlan, StoredRollout};
 
 use super::error::ApiError;
@@ -35,32 +36,6 @@ struct RolloutRequest {
     interval: Option<String>,
     max_error_rate: Option<f64>,
     max_latency_ratio: Option<f64>,
-}
-
-/// A rollout as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RolloutInfo {
-    pub name: String,
-    /// The version rolled out (`null`: none announced).
-    pub version: Option<String>,
-    /// The version it replaces.
-    pub from: Option<String>,
-    pub steps: Vec<i32>,
-    /// Index into `steps` of the step now.
-    pub step: i32,
-    /// Percent of new clients sent to `version` now.
-    pub share: i32,
-    pub interval: String,
-    pub max_error_rate: f64,
-    pub max_latency_ratio: f64,
-    /// `running`, `done` or `aborted`.
-    pub state: String,
-    pub started_at: String,
-    /// The figures of the last judgement, or why it was aborted.
-    pub judged: Option<String>,
-    /// Seconds until the step is judged, while it runs.
-    pub next_step_in: Option<f64>,
 }
 
 impl From<StoredRollout> for RolloutInfo {

@@ -86,6 +86,8 @@ pub(super) fn control_plane(
             max_body_size: config.max_body_size,
             timeout: config.upstream_timeout,
         },
+        auto_rollout: (config.rollout == crate::config::RolloutMode::Auto)
+            .then(|| (config.rollout_steps.0.clone(), config.rollout_interval)),
     }
 }
 

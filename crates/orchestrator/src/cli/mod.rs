@@ -12,7 +12,7 @@ use std::time::Duration;
 use orchestrator::status::{Status, audit_table, history_table, incident_table, text};
 use orchestrator::{
     AuditArgs, CheckArgs, ClientArgs, DbAction, HistoryArgs, MaintenanceArgs, PauseArgs,
-    ResumeArgs, StateArgs, VersionArgs,
+    ResumeArgs, RolloutArgs, StateArgs, VersionArgs,
 };
 use waifus_protocol::{AuditEntry, History, IncidentInfo};
 
@@ -95,6 +95,36 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<String> {
     }
     let history: History = fetch(&args.client, &path).await?;
     Ok(history_table(&history))
+}
+
+/// `orchestrator rollout NAME [--version V …|--abort]`: the rollout as it
+/// stands after the call.
+pub async fn rollout(args: RolloutArgs) -> anyhow::Result<String> {
+    if waifus_protocol::validate_name(&args.name).is_err() {
+        anyhow::bail!("{:?} is not a waifu name (a DNS label)", args.name);
+    }
+    let path = format!("/__internal/waifus/{}/rollout", args.name);
+    let info: orchestrator::status::RolloutInfo = match (&args.version, args.abort) {
+        (Some(version), _) => {
+            let mut body = serde_json::json!({ "version": version });
+            if let Some(steps) = &args.steps {
+                body["steps"] = serde_json::json!(steps.0);
+            }
+            if let Some(interval) = args.interval {
+                body["interval"] = humantime::format_duration(interval).to_string().into();
+            }
+            if let Some(rate) = args.max_error_rate {
+                body["maxErrorRate"] = rate.into();
+            }
+            if let Some(ratio) = args.max_latency_ratio {
+                body["maxLatencyRatio"] = ratio.into();
+            }
+            call(&args.client, http::Method::PUT, &path, Some(body)).await?
+        }
+        (None, true) => call(&args.client, http::Method::DELETE, &path, None).await?,
+        (None, false) => fetch(&args.client, &path).await?,
+    };
+    Ok(orchestrator::status::rollout_text(&info))
 }
 
 /// `text` with everything but unreserved characters percent-encoded, for a

@@ -35,6 +35,11 @@ pub enum Command {
     Incidents(IncidentsArgs),
     /// Print a running orchestrator's audit log, newest first.
     Audit(AuditArgs),
+    /// Roll a version out to a share of new clients, step by step (judged
+    /// between steps, rolled back by itself when worse than the version it
+    /// replaces); with --abort stop it (the old version takes every client
+    /// again); with neither, show how it goes.
+    Rollout(RolloutArgs),
     /// Print a waifu's health history (every change of its instances'
     /// states and of its switch), newest first, with its uptime over 24
     /// hours, 7 and 30 days.
@@ -299,6 +304,35 @@ pub struct AuditArgs {
     /// How many, newest first.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub limit: u32,
+}
+
+/// Arguments of `orchestrator rollout`.
+#[derive(Debug, Clone, Args)]
+pub struct RolloutArgs {
+    pub name: String,
+    /// The version to roll out (its instances may say hello before or
+    /// after).
+    #[arg(long, conflicts_with = "abort")]
+    pub version: Option<String>,
+    /// Shares of new clients, step by step, in percent (default:
+    /// ROLLOUT_STEPS of the orchestrator, `10,50,100`).
+    #[arg(long, requires = "version", value_parser = super::parse_steps)]
+    pub steps: Option<super::Steps>,
+    /// How long each step lasts before it is judged (default:
+    /// ROLLOUT_INTERVAL of the orchestrator, `60s`).
+    #[arg(long, requires = "version", value_parser = humantime::parse_duration)]
+    pub interval: Option<Duration>,
+    /// Rolled back above this share of failed requests (0 to 1; 0.01).
+    #[arg(long, requires = "version")]
+    pub max_error_rate: Option<f64>,
+    /// Rolled back above this many times the old version's p99 (2.0).
+    #[arg(long, requires = "version")]
+    pub max_latency_ratio: Option<f64>,
+    /// Abort the running rollout.
+    #[arg(long)]
+    pub abort: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// Arguments of `orchestrator history`.

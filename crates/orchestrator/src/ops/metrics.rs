@@ -289,6 +289,23 @@ impl Collector for ProxyCollector {
             }
         }
 
+        let mut share = encoder.encode_descriptor(
+            "rollout_share",
+            "Percent of a waifu's new clients sent to the version rolled out, while a rollout runs",
+            None,
+            MetricType::Gauge,
+        )?;
+        for waifu in routes.waifu_routes() {
+            if let Some(rollout) = &waifu.rollout {
+                share
+                    .encode_family(&[
+                        ("waifu", &*waifu.name),
+                        ("version", rollout.version.as_deref().unwrap_or("")),
+                    ])?
+                    .encode_gauge(&i64::from(rollout.share))?;
+            }
+        }
+
         let mut errors = encoder.encode_descriptor(
             "upstream_connect_errors",
             "Failed connections to a waifu's instances",

@@ -41,6 +41,9 @@ pub struct Status {
     #[serde(default)]
     pub time: i64,
     pub waifus: Vec<WaifuStatus>,
+    /// Rollouts running now.
+    #[serde(default)]
+    pub rollouts: Vec<RolloutInfo>,
     /// Newest first.
     pub incidents: Vec<IncidentInfo>,
     /// The newest changes to names, instances, binds, secrets and
@@ -131,6 +134,32 @@ pub(crate) fn stretches(slots: &[Availability], from: i64, slot_ms: i64) -> Vec<
         }
     }
     out
+}
+
+/// A rollout as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutInfo {
+    pub name: String,
+    /// The version rolled out (`null`: none announced).
+    pub version: Option<String>,
+    /// The version it replaces.
+    pub from: Option<String>,
+    pub steps: Vec<i32>,
+    /// Index into `steps` of the step now.
+    pub step: i32,
+    /// Percent of new clients sent to `version` now.
+    pub share: i32,
+    pub interval: String,
+    pub max_error_rate: f64,
+    pub max_latency_ratio: f64,
+    /// `running`, `done` or `aborted`.
+    pub state: String,
+    pub started_at: String,
+    /// The figures of the last judgement, or why it was aborted.
+    pub judged: Option<String>,
+    /// Seconds until the step is judged, while it runs.
+    pub next_step_in: Option<f64>,
 }
 
 /// A bind a waifu's latest hello was refused, and why.
@@ -301,6 +330,7 @@ rect.up{{fill:#2e9d57}} rect.down{{fill:#b3261e}} rect.maintenance{{fill:#6b7bd6
         }
         h.push_str("</tbody></table>\n");
     }
+    rollouts_html(&mut h, &status.rollouts);
     let incidents: Vec<[&str; 5]> = status
         .incidents
         .iter()
@@ -333,6 +363,61 @@ rect.up{{fill:#2e9d57}} rect.down{{fill:#b3261e}} rect.maintenance{{fill:#6b7bd6
          …/__internal/status</code>; metrics: <a href=\"/__internal/metrics\">/__internal/metrics</a>.</small></p>\n</body></html>"
     );
     h
+}
+
+/// The running rollouts: what rolls out over what, the step and share, the
+/// figures the last step was judged on, and when the next judgement is.
+fn rollouts_html(h: &mut String, rollouts: &[RolloutInfo]) {
+    if rollouts.is_empty() {
+        return;
+    }
+    h.push_str(
+        "<h2>Rollouts</h2>\n<table id=\"rollouts\"><thead><tr><th>Waifu</th><th>Version</th>\
+         <th>Replacing</th><th>Step</th><th>Share of new clients</th><th>Judged on</th>\
+         <th>Next judgement</th></tr></thead><tbody>\n",
+    );
+    for r in rollouts {
+        let _ = writeln!(
+            h,
+            r#"<tr class="rollout"><td>{}</td><td><code>{}</code></td><td><code>{}</code></td><td>{} of {}</td><td><b>{} %</b></td><td>{}</td><td>{}</td></tr>"#,
+            esc(&r.name),
+            esc(r.version.as_deref().unwrap_or("none")),
+            esc(r.from.as_deref().unwrap_or("none")),
+            r.step + 1,
+            r.steps.len(),
+            r.share,
+            esc(r.judged.as_deref().unwrap_or("not judged yet")),
+            r.next_step_in
+                .map_or_else(|| "—".to_owned(), |s| format!("in {s:.0} s")),
+        );
+    }
+    h.push_str("</tbody></table>\n");
+}
+
+/// A rollout in lines of text (`orchestrator rollout`, `status`).
+pub fn rollout_text(r: &RolloutInfo) -> String {
+    let mut out = format!(
+        "{}: {} over {}, {}: step {} of {} {:?}, {} % of new clients, every {} \
+         (rolled back above {:.2} % errors or {}× the p99)\n",
+        r.name,
+        r.version.as_deref().unwrap_or("no version"),
+        r.from.as_deref().unwrap_or("no version"),
+        r.state,
+        r.step + 1,
+        r.steps.len(),
+        r.steps,
+        r.share,
+        r.interval,
+        r.max_error_rate * 100.0,
+        r.max_latency_ratio,
+    );
+    if let Some(j) = &r.judged {
+        let _ = writeln!(out, "  last judged on: {j}");
+    }
+    if let Some(s) = r.next_step_in {
+        let _ = writeln!(out, "  next judgement in {s:.0} s");
+    }
+    out
 }
 
 /// Size of a sparkline, and of the availability strip.
@@ -608,6 +693,12 @@ pub fn text(status: &Status) -> String {
             out += &table(&["WAIFU", "REFUSED BIND", "WHY"], &refused);
         }
     }
+    if !status.rollouts.is_empty() {
+        out.push('\n');
+        for r in &status.rollouts {
+            out += &rollout_text(r);
+        }
+    }
     out.push('\n');
     out += &incident_table(&status.incidents);
     out.push('\n');
@@ -750,6 +841,7 @@ mod tests {
             open_connections: 3,
             health_leader: true,
             time: 86_400_000,
+            rollouts: Vec::new(),
             waifus: vec![WaifuStatus {
                 info: WaifuInfo {
                     name: "link".into(),

@@ -31,6 +31,8 @@ pub(crate) struct Parts {
     /// `MAX_BODY_SIZE` and `UPSTREAM_TIMEOUT`: what no hello's limits
     /// exceed (shown clamped in the list of waifus).
     pub ceilings: Ceilings,
+    /// `ROLLOUT=auto`: `ROLLOUT_STEPS` and `ROLLOUT_INTERVAL`.
+    pub auto_rollout: Option<(Vec<i32>, Duration)>,
 }
 
 /// The operator's maximums for what a hello's limits may ask.
@@ -80,6 +82,7 @@ pub(crate) async fn start(
         public_base,
         timing,
         ceilings,
+        auto_rollout,
     } = parts;
     let (writer, routes) = routing::routes();
     let (leads, leading) = watch::channel(true);
@@ -99,6 +102,7 @@ pub(crate) async fn start(
         check_wait: timing.health.timeout,
         ceilings,
         outages,
+        auto_rollout,
     })
     .await?;
     let registry = Arc::new(registry);

@@ -164,8 +164,13 @@ impl Registry {
                 health_path: hello.health.as_deref(),
                 limits,
                 refused: &refused,
+                auto_rollout: self.auto_rollout.as_ref().map(|(steps, every)| {
+                    let ms = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
+                    (steps.as_slice(), ms)
+                }),
             })
             .await?;
+        let rollout = granted.rollout.clone();
         let reported: Vec<NewIncident> = granted
             .reported
             .into_iter()
@@ -209,10 +214,19 @@ impl Registry {
         if version_moved && let Some(entry) = state.waifus.get_mut(hello.name.as_str()) {
             entry.route = Arc::new(entry.route.rebuilt(entry.instances.clone()));
         }
+        // A version rolled out by itself gets its share with its first
+        // route, never every request first.
+        let mut rolled_out = false;
+        if let Some(rollout) = &rollout
+            && let Some(entry) = state.waifus.get_mut(hello.name.as_str())
+        {
+            rolled_out = self.apply_rollout(&hello.name, entry, Some(rollout));
+            info!(name = %hello.name, version = ?hello.version, share = rollout.share, "rollout started by itself");
+        }
         self.touch(&mut state, &hello.name);
         let after = state.waifus.get(&hello.name).map(|e| &e.binds);
         // A repeated hello (SDKs re-hello every 30 s) changes nothing.
-        if new_instance.is_some() || version_moved || before.as_ref() != after {
+        if new_instance.is_some() || version_moved || rolled_out || before.as_ref() != after {
             let old = before.iter().flatten().map(|(key, _)| key.host.as_str());
             self.publish_waifu(&state, &hello.name, old);
         }

@@ -171,6 +171,9 @@ pub(crate) struct Registry {
     ceilings: Ceilings,
     /// Where the health leader's checks go, for the outage notifications.
     outages: mpsc::UnboundedSender<Observation>,
+    /// `ROLLOUT=auto`: the steps and interval of the rollout a newly
+    /// announced version starts.
+    auto_rollout: Option<(Vec<i32>, std::time::Duration)>,
 }
 
 /// What [`Registry::load`] is given.
@@ -187,6 +190,7 @@ struct Setup {
     check_wait: std::time::Duration,
     ceilings: Ceilings,
     outages: mpsc::UnboundedSender<Observation>,
+    auto_rollout: Option<(Vec<i32>, std::time::Duration)>,
 }
 
 impl Registry {
@@ -204,6 +208,7 @@ impl Registry {
             check_wait,
             ceilings,
             outages,
+            auto_rollout,
         } = setup;
         let (watch, watched) = mpsc::unbounded_channel();
         let (leaving, to_drain) = mpsc::unbounded_channel();
@@ -224,6 +229,7 @@ impl Registry {
             left: std::sync::Mutex::default(),
             ceilings,
             outages,
+            auto_rollout,
         };
         let loaded = {
             let mut state = registry.state.lock().await;

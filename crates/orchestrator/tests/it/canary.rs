@@ -134,6 +134,46 @@ async fn a_rollout_splits_new_clients_keeps_each_on_its_side_and_ends_on_the_new
     );
     let (_, now) = rollout(&orch, Method::GET, Value::Null).await;
     assert_eq!(now["share"], 10, "{now}");
+    // Visible: metrics, the status page, the CLI.
+    let metrics = orch.scrape().await;
+    assert_eq!(
+        harness::sample(&metrics, r#"waifus_rollout_share{waifu="cn",version="2"}"#),
+        Some(10.0),
+        "{metrics}"
+    );
+    let status = harness::send(
+        orch.internal,
+        Method::GET,
+        "/__internal/status",
+        &[("accept", "application/json")],
+        Bytes::new(),
+    )
+    .await
+    .unwrap()
+    .json();
+    assert_eq!(status["rollouts"][0]["version"], "2", "{status}");
+    let internal = orch.internal.to_string();
+    let out =
+        tokio::task::spawn_blocking(move || {
+            harness::output_within(
+                std::process::Command::new(waifus_testkit::workspace_binary("orchestrator"))
+                    .args(["rollout", "cn", "--internal-addr", &internal]),
+                Duration::from_secs(30),
+            )
+        })
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with("cn: 2 over 1, running: step 1 of 3"),
+        "{text}"
+    );
+    assert!(text.contains("10 % of new clients"), "{text}");
 
     // Traffic on, the steps go by: 50, then 100 and done; nothing fails.
     let stop = Arc::new(AtomicBool::new(false));
@@ -298,5 +338,80 @@ async fn rollout_requests_are_checked() {
     let (status, aborted) = rollout(&orch, Method::DELETE, Value::Null).await;
     assert_eq!(status, StatusCode::OK, "{aborted}");
     assert_eq!(aborted["state"], "aborted");
+    orch.stop().await.unwrap();
+}
+
+/// `ROLLOUT=auto`: a version announced for the first time rolls out by
+/// itself over the one that served, from its first route on (never every
+/// request first), and ends as current; the first version of a waifu does
+/// not roll out over nothing.
+#[tokio::test]
+async fn with_rollout_auto_a_new_version_rolls_out_by_itself() {
+    let orch = harness::start(
+        &unique_db("canary_auto"),
+        &[
+            "--rollout",
+            "auto",
+            "--rollout-steps",
+            "20,100",
+            "--rollout-interval",
+            "3s",
+        ],
+    )
+    .await;
+    let v1 = TestWaifu::start("v1").await;
+    let (status, _) = orch
+        .hello(json!({"name": "cn", "host": v1.host(), "version": "1"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    orch.wait_health("cn", StatusCode::NO_CONTENT).await;
+    let (status, _) = rollout(&orch, Method::GET, Value::Null).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the first version rolls out over nothing"
+    );
+
+    let v2 = TestWaifu::start("v2").await;
+    let (status, _) = orch
+        .hello(json!({"name": "cn", "host": v2.host(), "version": "2"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, started) = rollout(&orch, Method::GET, Value::Null).await;
+    assert_eq!(status, StatusCode::OK, "{started}");
+    assert_eq!(
+        (&started["version"], &started["from"], &started["share"]),
+        (&json!("2"), &json!("1"), &json!(20)),
+        "{started}"
+    );
+    // From the hello's answer on, new clients split; none is on v2 without
+    // its share.
+    let mut on_v2 = 0;
+    for _ in 0..200 {
+        let (status, id, cookie) = visit(orch.public, None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(cookie.is_some());
+        on_v2 += usize::from(id.as_deref() == Some("v2"));
+    }
+    assert!((10..=75).contains(&on_v2), "{on_v2} of 200 on v2 at 20 %");
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load(orch.public, stop.clone());
+    wait_state(&orch, "done", Duration::from_secs(30)).await;
+    // Within a second every new client goes to v2, with no cookie.
+    let done = Instant::now();
+    loop {
+        let (_, id, cookie) = visit(orch.public, None).await;
+        if (id.as_deref(), &cookie) == (Some("v2"), &None) {
+            break;
+        }
+        assert!(done.elapsed() < Duration::from_secs(1), "{id:?} {cookie:?}");
+    }
+    for _ in 0..20 {
+        let (_, id, cookie) = visit(orch.public, None).await;
+        assert_eq!((id.as_deref(), cookie), (Some("v2"), None));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (_, _, failed) = traffic.await.unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
     orch.stop().await.unwrap();
 }
