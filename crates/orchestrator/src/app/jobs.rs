@@ -118,6 +118,9 @@ async fn prune_audit(
             Ok(n) => info!(rows = n, "pruned the audit log"),
             Err(e) => warn!(error = %e, "could not prune the audit log"),
         }
+        if let Err(e) = store.prune_rollout_counts().await {
+            warn!(error = %e, "could not prune the counts of rollouts over");
+        }
         match store.prune_history(keep.history).await {
             Ok(0) => {}
             Ok(n) => info!(rows = n, "pruned the health history"),

@@ -415,3 +415,136 @@ async fn with_rollout_auto_a_new_version_rolls_out_by_itself() {
     assert!(failed.is_empty(), "{failed:?}");
     orch.stop().await.unwrap();
 }
+
+/// HAProxy in front of two orchestrators on one PostgreSQL, round robin,
+/// for the clients of a rollout whose new version fails one request in
+/// five: both apply the share set through either; the counts of both are
+/// judged together, once; the rollback is applied by both within a second.
+#[tokio::test]
+async fn two_orchestrators_behind_haproxy_share_one_rollout() {
+    let found = std::process::Command::new("haproxy")
+        .arg("-v")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !harness::tool_present(found, "HAProxy (apt-get install haproxy)") {
+        return;
+    }
+    let db = unique_db("canary_ha");
+    let url = crate::pg::cluster().url(&db);
+    let a = harness::start_with_url(&format!("{url}?application_name=replica-a"), &[]).await;
+    let b = harness::start_with_url(&format!("{url}?application_name=replica-b"), &[]).await;
+    let front = waifus_testkit::free_addr();
+    let dir = harness::temp_dir("haproxy");
+    let config = dir.join("haproxy.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "global\n  maxconn 2048\ndefaults\n  mode http\n  timeout connect 2s\n  \
+             timeout client 30s\n  timeout server 30s\nfrontend f\n  bind {front}\n  \
+             default_backend orchestrators\nbackend orchestrators\n  balance roundrobin\n  \
+             server a {}\n  server b {}\n",
+            a.public, b.public
+        ),
+    )
+    .unwrap();
+    let _haproxy = waifus_testkit::Proc::spawn(
+        std::process::Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&config),
+    );
+
+    let v1 = TestWaifu::start("v1").await;
+    let (status, _) = a
+        .hello(json!({"name": "cn", "host": v1.host(), "version": "1"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    a.wait_health("cn", StatusCode::NO_CONTENT).await;
+    b.wait_health("cn", StatusCode::NO_CONTENT).await;
+    // Started through b; both apply its share within a second.
+    let (status, started) = rollout(
+        &b,
+        Method::PUT,
+        json!({"version": "2", "steps": [20, 100], "interval": "3s"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{started}");
+    let set = Instant::now();
+    for orch in [&a, &b] {
+        loop {
+            let metrics = orch.scrape().await;
+            let series = r#"waifus_rollout_share{waifu="cn",version="2"}"#;
+            if harness::sample(&metrics, series) == Some(20.0) {
+                break;
+            }
+            assert!(set.elapsed() < Duration::from_secs(1), "{metrics}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let v2 = TestWaifu::start("v2").await;
+    v2.fail_every.store(5, Ordering::SeqCst);
+    let (status, _) = a
+        .hello(json!({"name": "cn", "host": v2.host(), "version": "2"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    a.wait_checked("cn").await;
+
+    // New clients through HAProxy; one client on the new side.
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load(front, stop.clone());
+    let cookie = loop {
+        let (_, id, cookie) = visit(front, None).await;
+        if id.as_deref() == Some("v2") {
+            break cookie.unwrap();
+        }
+    };
+    wait_state(&a, "aborted", Duration::from_secs(30)).await;
+    let aborted = Instant::now();
+    for orch in [&a, &b] {
+        loop {
+            let (_, id, _) = visit(orch.public, Some(&cookie)).await;
+            if id.as_deref() == Some("v1") {
+                break;
+            }
+            assert!(aborted.elapsed() < Duration::from_secs(1), "still on v2");
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (_, _, failed) = traffic.await.unwrap();
+    assert!(failed.iter().all(|s| s.starts_with("500")), "{failed:?}");
+
+    // One judgement: one abort in the audit log, one incident; counts from
+    // both orchestrators.
+    let (_, audit) = a
+        .internal_json(Method::GET, "/__internal/audit?name=cn", String::new())
+        .await;
+    let aborts = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "rollout_aborted")
+        .count();
+    assert_eq!(aborts, 1, "{audit}");
+    let (_, incidents) = b
+        .internal_json(Method::GET, "/__internal/incidents", String::new())
+        .await;
+    let n = incidents
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["kind"] == "rollout_aborted")
+        .count();
+    assert_eq!(n, 1, "{incidents}");
+    let sql = crate::pg::cluster().superuser(&db).await;
+    let origins: i64 = sql
+        .query_one(
+            "SELECT count(DISTINCT origin) FROM rollout_counts WHERE name = 'cn'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(origins, 2, "counts from both orchestrators");
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}

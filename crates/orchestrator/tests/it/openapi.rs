@@ -144,6 +144,24 @@ async fn real_responses_match_docs_openapi_yaml() {
             None,
         ),
         (
+            "/__internal/waifus/{name}/rollout",
+            "get",
+            "/__internal/waifus/w/rollout".into(),
+            None,
+        ),
+        (
+            "/__internal/waifus/{name}/rollout",
+            "delete",
+            "/__internal/waifus/w/rollout".into(),
+            None,
+        ),
+        (
+            "/__internal/waifus/{name}/rollout",
+            "put",
+            "/__internal/waifus/nobody/rollout".into(),
+            Some(json!({"version": "2"})),
+        ),
+        (
             "/__internal/waifus/{name}/history",
             "get",
             "/__internal/waifus/w/history?since=yesterday".into(),
@@ -270,6 +288,22 @@ async fn real_responses_match_docs_openapi_yaml() {
             "put",
             path.into(),
             Some(body),
+        ));
+    }
+    for (method, body) in [
+        (
+            "put",
+            Some(json!({"version": "v2", "steps": [10, 100], "interval": "1h"})),
+        ),
+        ("put", Some(json!({"version": "v2", "steps": [100, 10]}))),
+        ("get", None),
+        ("delete", None),
+    ] {
+        calls.push((
+            "/__internal/waifus/{name}/rollout",
+            method,
+            "/__internal/waifus/w/rollout".into(),
+            body,
         ));
     }
     // An orchestrator run in a test's process has no binary of its own to
@@ -466,6 +500,16 @@ async fn real_responses_match_docs_openapi_yaml() {
         ("/__internal/waifus/{name}/version", "put", 200),
         ("/__internal/waifus/{name}/version", "put", 400),
         ("/__internal/waifus/{name}/version", "put", 404),
+        ("/__internal/waifus/{name}/rollout", "put", 200),
+        ("/__internal/waifus/{name}/rollout", "put", 400),
+        ("/__internal/waifus/{name}/rollout", "put", 404),
+        ("/__internal/waifus/{name}/rollout", "get", 200),
+        ("/__internal/waifus/{name}/rollout", "get", 404),
+        ("/__internal/waifus/{name}/rollout", "delete", 200),
+        ("/__internal/waifus/{name}/rollout", "delete", 404),
+        ("/__internal/waifus/{name}/history", "get", 200),
+        ("/__internal/waifus/{name}/history", "get", 400),
+        ("/__internal/waifus/{name}/history", "get", 404),
         ("/__internal/admin/upgrade", "post", 409),
     ] {
         assert!(
