@@ -222,7 +222,8 @@ async fn a_rollout_splits_new_clients_keeps_each_on_its_side_and_ends_on_the_new
 /// (its cookie for the new side notwithstanding); the only failures are the
 /// new version's own answers before that.
 async fn rolled_back(db: &str, plan: Value, worse: impl FnOnce(&TestWaifu), why: &str) {
-    let orch = harness::start(&unique_db(db), &[]).await;
+    let hook = crate::history::Hook::start().await;
+    let orch = harness::start(&unique_db(db), &["--incident-webhook-url", &hook.url]).await;
     let (_v1, v2) = two_versions(&orch, plan).await;
     worse(&v2);
     let stop = Arc::new(AtomicBool::new(false));
@@ -237,6 +238,7 @@ async fn rolled_back(db: &str, plan: Value, worse: impl FnOnce(&TestWaifu), why:
     let aborted = wait_state(&orch, "aborted", Duration::from_secs(30)).await;
     let at = Instant::now();
     assert_eq!(aborted["share"], 0);
+    assert_eq!(aborted["step"], 0, "rolled back at its first judgement: {aborted}");
     let judged = aborted["judged"].as_str().unwrap();
     assert!(judged.contains(why), "{judged}");
     // Back on v1 within a second, cookie or not.
@@ -247,6 +249,7 @@ async fn rolled_back(db: &str, plan: Value, worse: impl FnOnce(&TestWaifu), why:
         }
         assert!(at.elapsed() < Duration::from_secs(1), "still on v2");
     }
+    let reached = v2.seen.lock().unwrap().len();
     for _ in 0..20 {
         let (_, id, set) = visit(orch.public, Some(&cookie)).await;
         assert_eq!(id.as_deref(), Some("v1"));
@@ -254,7 +257,23 @@ async fn rolled_back(db: &str, plan: Value, worse: impl FnOnce(&TestWaifu), why:
     }
     stop.store(true, Ordering::SeqCst);
     let (_, _, failed) = traffic.await.unwrap();
+    // Only v2 ever failed, and nothing reached it once everyone was back.
     assert!(failed.iter().all(|s| s.starts_with("500")), "{failed:?}");
+    assert!(
+        v2.seen.lock().unwrap().len() <= reached + 1,
+        "requests reached v2 after the rollback"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !hook
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|b| b["kind"] == "rollout_aborted" && b["name"] == "cn")
+    {
+        assert!(Instant::now() < deadline, "no rollout_aborted webhook");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let (_, incidents) = orch
         .internal_json(Method::GET, "/__internal/incidents", String::new())

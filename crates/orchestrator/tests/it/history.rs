@@ -20,13 +20,13 @@ use crate::pg;
 use crate::waifu::TestWaifu;
 
 /// A webhook receiver that accepts everything and keeps the bodies.
-struct Hook {
-    url: String,
-    bodies: Arc<Mutex<Vec<Value>>>,
+pub(crate) struct Hook {
+    pub(crate) url: String,
+    pub(crate) bodies: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Hook {
-    async fn start() -> Hook {
+    pub(crate) async fn start() -> Hook {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
