@@ -89,6 +89,29 @@ fn named(version: &str) -> &str {
     }
 }
 
+/// Makes `version` of `name` current: later than any other, its instances'
+/// announcement with it.
+async fn make_newest(
+    tx: &tokio_postgres::Transaction<'_>,
+    name: &str,
+    version: &str,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "WITH at AS (
+           SELECT greatest(date_trunc('milliseconds', clock_timestamp()),
+                           max(current_at) + interval '1 millisecond') AS t
+           FROM waifu_versions WHERE name = $1),
+         v AS (
+           UPDATE waifu_versions SET current_at = (SELECT t FROM at)
+           WHERE name = $1 AND version = $2 RETURNING current_at)
+         UPDATE instances SET version_at = (SELECT current_at FROM v)
+         WHERE name = $1 AND coalesce(version, '') = $2 AND EXISTS (SELECT 1 FROM v)",
+        &[&name, &version],
+    )
+    .await?;
+    Ok(())
+}
+
 impl Store {
     /// Starts a rollout of `plan.version` for `name` (replacing any earlier
     /// one), from the version current before it, at the first step.
@@ -208,6 +231,11 @@ impl Store {
             return Ok(false);
         };
         let (state, share, version): (String, i32, String) = (row.get(0), row.get(1), row.get(2));
+        if state == "done" {
+            // The version rolled out is current from now on (it may not
+            // have been the newest: a rollout back to an older build).
+            make_newest(&tx, name, &version).await?;
+        }
         let (action, reason) = if state == "done" {
             (
                 "rollout_done",
@@ -228,6 +256,26 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Keeps rollout `generation` of `name` at step `step` (too little
+    /// traffic to judge), saying so.
+    pub async fn keep_rollout_step(
+        &self,
+        name: &str,
+        generation: i64,
+        step: i32,
+        judged: &str,
+    ) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "UPDATE rollouts SET judged = $4
+                 WHERE name = $1 AND generation = $2 AND step = $3 AND state = 'running'",
+                &[&name, &generation, &step, &judged],
+            )
+            .await?;
+        Ok(())
     }
 
     /// Aborts `name`'s running rollout (generation `generation`, or any for
@@ -263,19 +311,7 @@ impl Store {
         // The version it replaced is current again (later than any other),
         // so the rolled-out version's instances get no new request while
         // one of it is healthy.
-        tx.execute(
-            "WITH at AS (
-               SELECT greatest(date_trunc('milliseconds', clock_timestamp()),
-                               max(current_at) + interval '1 millisecond') AS t
-               FROM waifu_versions WHERE name = $1),
-             v AS (
-               UPDATE waifu_versions SET current_at = (SELECT t FROM at)
-               WHERE name = $1 AND version = $2 RETURNING current_at)
-             UPDATE instances SET version_at = (SELECT current_at FROM v)
-             WHERE name = $1 AND coalesce(version, '') = $2 AND EXISTS (SELECT 1 FROM v)",
-            &[&name, &rollout.stable],
-        )
-        .await?;
+        make_newest(&tx, name, &rollout.stable).await?;
         let detail = format!(
             "{} rolled back to {}: {why}",
             named(&rollout.version),

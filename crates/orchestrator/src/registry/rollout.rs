@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -287,8 +288,9 @@ pub(crate) async fn analyse(
     mut leading: watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) {
-    // The counts when each step began, by (name, generation, step).
-    let mut began: HashMap<(String, i64, i32), Published> = HashMap::new();
+    // The counts when each step (or its retry, after too little traffic)
+    // began, and when it is judged, by (name, generation, step).
+    let mut began: HashMap<(String, i64, i32), (Published, Instant)> = HashMap::new();
     loop {
         if !*leading.borrow() {
             began.clear();
@@ -322,24 +324,29 @@ pub(crate) async fn analyse(
                     continue;
                 }
             };
-            let Some(then) = began.get(&key) else {
-                // The step's start as this leader saw it: judged a whole
-                // interval later.
-                began.insert(key, counts);
+            let Some((then, due)) = began.get(&key) else {
+                // The step's start as this leader saw it: judged when the
+                // step's interval is over.
+                let interval_ms = i64::try_from(r.interval.as_millis()).unwrap_or(i64::MAX);
+                let left = (r.step_at_ms + interval_ms - r.now_ms).max(0);
+                let due = Instant::now() + Duration::from_millis(u64::try_from(left).unwrap_or(0));
+                began.insert(key, (counts, due));
                 continue;
             };
-            let interval_ms = i64::try_from(r.interval.as_millis()).unwrap_or(i64::MAX);
-            if r.now_ms - r.step_at_ms < interval_ms {
+            if Instant::now() < *due {
                 continue;
             }
             let new = figures(&since(&counts, then, &r.version));
             let old_counts = {
                 let mut all = Counts::default();
-                for v in counts
+                let mut others: Vec<&String> = counts
                     .iter()
                     .map(|(v, _, _)| v)
                     .filter(|v| **v != r.version)
-                {
+                    .collect();
+                others.sort();
+                others.dedup();
+                for v in others {
                     let c = since(&counts, then, v);
                     all.requests += c.requests;
                     all.failures += c.failures;
@@ -363,9 +370,18 @@ pub(crate) async fn analyse(
             let figures = words(new, old);
             let done = match verdict {
                 Verdict::Keep => {
-                    // A fresh start of the same step.
-                    began.insert(key, counts);
-                    Ok(())
+                    // Too little to judge: the same step, counted afresh
+                    // for another interval.
+                    began.insert(key, (counts, Instant::now() + r.interval));
+                    let why = format!("too little traffic to judge, the step goes on ({figures})");
+                    if let Err(e) = registry
+                        .store
+                        .keep_rollout_step(&r.name, r.generation, r.step, &why)
+                        .await
+                    {
+                        warn!(name = %r.name, error = %e, "could not store a rollout's judgement");
+                    }
+                    continue;
                 }
                 Verdict::Next => registry
                     .store
@@ -410,7 +426,8 @@ pub(crate) async fn analyse(
             if let Err(e) = done {
                 warn!(name = %r.name, error = %e, "could not store a rollout's judgement");
             }
-            // Stepped: this replica applies it now (others when they hear).
+            // Moved on: this orchestrator applies it now (others when they
+            // hear of it).
             if let Err(e) = registry.resync_waifu(&r.name).await {
                 warn!(name = %r.name, error = %e, "could not reload a waifu after its rollout moved");
             }

@@ -238,7 +238,10 @@ async fn rolled_back(db: &str, plan: Value, worse: impl FnOnce(&TestWaifu), why:
     let aborted = wait_state(&orch, "aborted", Duration::from_secs(30)).await;
     let at = Instant::now();
     assert_eq!(aborted["share"], 0);
-    assert_eq!(aborted["step"], 0, "rolled back at its first judgement: {aborted}");
+    assert_eq!(
+        aborted["step"], 0,
+        "rolled back at its first judgement: {aborted}"
+    );
     let judged = aborted["judged"].as_str().unwrap();
     assert!(judged.contains(why), "{judged}");
     // Back on v1 within a second, cookie or not.
@@ -566,4 +569,77 @@ async fn two_orchestrators_behind_haproxy_share_one_rollout() {
     assert_eq!(origins, 2, "counts from both orchestrators");
     a.stop().await.unwrap();
     b.stop().await.unwrap();
+}
+
+/// Without traffic there is nothing to judge: the step goes on, never a
+/// promotion, and says why.
+#[tokio::test]
+async fn without_traffic_a_rollout_keeps_its_step() {
+    let orch = harness::start(&unique_db("canary_idle"), &[]).await;
+    let (_v1, _v2) = two_versions(
+        &orch,
+        json!({"version": "2", "steps": [10, 100], "interval": "1s"}),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let kept = loop {
+        let (_, r) = rollout(&orch, Method::GET, Value::Null).await;
+        if r["judged"]
+            .as_str()
+            .is_some_and(|j| j.contains("too little traffic"))
+        {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "never judged: {r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (&kept["state"], &kept["step"], &kept["share"]),
+        (&json!("running"), &json!(0), &json!(10)),
+        "{kept}"
+    );
+    orch.stop().await.unwrap();
+}
+
+/// A rollout back to an older build (one already seen) ends with that
+/// build current, not the newer one it rolled out over.
+#[tokio::test]
+async fn a_rollout_of_an_older_version_ends_with_it_current() {
+    let orch = harness::start(&unique_db("canary_back"), &[]).await;
+    let v1 = TestWaifu::start("v1").await;
+    let v2 = TestWaifu::start("v2").await;
+    for (w, version) in [(&v1, "1"), (&v2, "2")] {
+        let (status, _) = orch
+            .hello(json!({"name": "cn", "host": w.host(), "version": version}))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    orch.wait_checked("cn").await;
+    let (status, started) = rollout(
+        &orch,
+        Method::PUT,
+        json!({"version": "1", "steps": [50, 100], "interval": "2s"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{started}");
+    assert_eq!(started["from"], "2");
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load(orch.public, stop.clone());
+    wait_state(&orch, "done", Duration::from_secs(30)).await;
+    let done = Instant::now();
+    loop {
+        let (_, id, cookie) = visit(orch.public, None).await;
+        if (id.as_deref(), &cookie) == (Some("v1"), &None) {
+            break;
+        }
+        assert!(done.elapsed() < Duration::from_secs(1), "{id:?} {cookie:?}");
+    }
+    for _ in 0..20 {
+        let (_, id, _) = visit(orch.public, None).await;
+        assert_eq!(id.as_deref(), Some("v1"));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (_, _, failed) = traffic.await.unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    orch.stop().await.unwrap();
 }
