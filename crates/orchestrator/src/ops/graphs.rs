@@ -222,6 +222,55 @@ fn unix_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routing::{RouteTable, WaifuRoute};
+    use http::{Method, StatusCode};
+
+    #[test]
+    fn only_waifus_with_traffic_have_points_and_a_waifu_back_starts_afresh() {
+        let (writer, routes) = crate::routing::routes();
+        let idle = Arc::new(WaifuRoute::new("idle", Vec::new()));
+        let busy = Arc::new(WaifuRoute::new("busy", Vec::new()));
+        writer.publish(RouteTable::new(
+            None,
+            [idle.clone(), busy.clone()],
+            std::iter::empty(),
+        ));
+        let graphs = Graphs::new(STEP);
+        graphs.sample(&routes);
+        assert!(graphs.points(&routes).is_empty());
+        for _ in 0..120 {
+            busy.stats
+                .get()
+                .record(&Method::GET, StatusCode::OK, Duration::from_millis(3));
+        }
+        // Its first point is the step it began in: 120 requests over a
+        // minute, 2 a second, p99 within the 2.5–5 ms bucket.
+        graphs.sample(&routes);
+        let points = graphs.points(&routes);
+        assert_eq!(points.len(), 1, "{points:?}");
+        let first = points["busy"][0];
+        assert!((first.rate - 2.0).abs() < 1e-9, "{first:?}");
+        assert!((2.5..=5.0).contains(&first.p99_ms.unwrap()), "{first:?}");
+        // The next step without requests: a point of 0, no p99.
+        graphs.sample(&routes);
+        let second = graphs.points(&routes)["busy"][1];
+        assert_eq!((second.rate, second.p99_ms), (0.0, None));
+        // Gone and back (new counters): its old points go with it.
+        let back = Arc::new(WaifuRoute::new("busy", Vec::new()));
+        writer.publish(RouteTable::new(None, [back.clone()], std::iter::empty()));
+        graphs.sample(&routes);
+        assert!(graphs.points(&routes).is_empty());
+        back.stats
+            .get()
+            .record(&Method::GET, StatusCode::OK, Duration::from_millis(1));
+        graphs.sample(&routes);
+        assert_eq!(graphs.points(&routes)["busy"].len(), 1);
+        // An hour at most.
+        for _ in 0..100 {
+            graphs.sample(&routes);
+        }
+        assert_eq!(graphs.points(&routes)["busy"].len(), POINTS);
+    }
 
     #[test]
     fn p99_interpolates_within_its_bucket() {

@@ -987,6 +987,30 @@ mod tests {
         assert!(!page.contains("<polyline"));
         assert!(!page.contains("<rect"));
         assert!(page.contains("no requests through this orchestrator"));
+        let mut rolling = sample();
+        rolling.rollouts.push(RolloutInfo {
+            name: "link".into(),
+            version: Some("2".into()),
+            from: Some("1".into()),
+            steps: vec![10, 50, 100],
+            step: 1,
+            share: 50,
+            interval: "1m".into(),
+            max_error_rate: 0.01,
+            max_latency_ratio: 2.0,
+            state: "running".into(),
+            started_at: "2026-12-05T12:00:00.000Z".into(),
+            judged: Some("new: 40 requests, 0.00 % errors".into()),
+            next_step_in: Some(42.4),
+        });
+        let page = html(&rolling);
+        assert!(page.contains(r#"<tr class="rollout"><td>link</td><td><code>2</code></td><td><code>1</code></td><td>2 of 3</td><td><b>50 %</b></td><td>new: 40 requests, 0.00 % errors</td><td>in 42 s</td></tr>"#), "{page}");
+        let t = text(&rolling);
+        assert!(
+            t.contains("link: 2 over 1, running: step 2 of 3 [10, 50, 100], 50 % of new clients"),
+            "{t}"
+        );
+        assert!(t.contains("next judgement in 42 s"), "{t}");
         let text = text(&sample());
         assert!(text.contains("50.00%"), "{text}");
         assert!(text.contains("REFUSED BIND"), "{text}");

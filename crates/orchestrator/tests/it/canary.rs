@@ -214,6 +214,27 @@ async fn a_rollout_splits_new_clients_keeps_each_on_its_side_and_ends_on_the_new
     for want in ["rollout_started", "rollout_step", "rollout_done"] {
         assert!(actions.contains(&want), "{actions:?}");
     }
+    // Each step in the history too, with the figures it was judged on.
+    let (_, history) = orch
+        .internal_json(Method::GET, "/__internal/waifus/cn/history", String::new())
+        .await;
+    let steps: Vec<&str> = history["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .filter(|t| t["to"] == "rollout")
+        .map(|t| t["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps.len(), 4, "{steps:?}");
+    for (step, starts) in steps.iter().zip([
+        "2 to 10 % of new clients",
+        "2 to 50 % of new clients (new:",
+        "2 to 100 % of new clients (new:",
+        "2 takes every request",
+    ]) {
+        assert!(step.starts_with(starts), "{steps:?}");
+    }
     orch.stop().await.unwrap();
 }
 
