@@ -22,6 +22,7 @@ mod removal;
 pub mod rollouts;
 mod switch_row;
 pub mod switches;
+pub mod tickets;
 pub mod versions;
 
 pub use hello::{BindClaim, Granted, HelloRecord};

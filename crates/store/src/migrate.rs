@@ -26,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0011_acme_challenges.sql"),
     include_str!("migrations/0012_history.sql"),
     include_str!("migrations/0013_rollouts.sql"),
+    include_str!("migrations/0014_ticket_keys.sql"),
 ];
 
 /// Advisory lock key serialising migrations across orchestrators ("waifus01").

@@ -75,7 +75,9 @@ pub(crate) async fn build(
         ));
     }
     let addr = listener.local_addr()?;
-    let server = Arc::new(server_config(certs.clone())?);
+    let tickets = super::tickets::SharedTickets::new();
+    tasks.spawn(tickets.clone().follow(store.clone(), shutdown.clone()));
+    let server = Arc::new(server_config(certs.clone(), tickets)?);
     info!(%addr, dev = config.dev, "HTTPS listener on");
     Ok(Https {
         listener,

@@ -16,6 +16,7 @@
 pub(crate) mod acme;
 mod build;
 pub(crate) mod files;
+mod tickets;
 
 pub(crate) use build::{Https, SetupError, TlsConfig, build};
 
@@ -292,13 +293,20 @@ pub(crate) fn self_signed(host: &str) -> Result<Arc<CertifiedKey>, String> {
 }
 
 /// The TLS server configuration: TLS 1.2 and 1.3, ALPN h2 then http/1.1
-/// (and `acme-tls/1` for validations), certificates from `certs`.
-pub(crate) fn server_config(certs: Arc<Certs>) -> Result<rustls::ServerConfig, rustls::Error> {
+/// (and `acme-tls/1` for validations), certificates from `certs`, session
+/// tickets from `tickets` (a returning client resumes instead of a full
+/// handshake; TLS 1.2 clients without tickets from a session cache).
+pub(crate) fn server_config(
+    certs: Arc<Certs>,
+    tickets: Arc<dyn rustls::server::ProducesTickets>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(certs);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
+    config.ticketer = tickets;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
     Ok(config)
 }
 

@@ -316,3 +316,61 @@ async fn hsts_goes_on_https_answers_only() {
     let e = config.validate().unwrap_err().to_string();
     assert!(e.contains("HSTS \"max-age=soon\""), "{e}");
 }
+
+/// A client that had a session with one orchestrator resumes it on another
+/// of the same state database (TLS 1.3 tickets under shared keys): no
+/// certificate signature, no key exchange; and on the first one again.
+#[tokio::test]
+async fn a_session_resumes_on_any_orchestrator_of_the_database() {
+    use rustls::HandshakeKind;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let db = pg::unique_db("tickets");
+    let flags = ["--https-addr", "127.0.0.1:0", "--main-domain", "localhost"];
+    let a = harness::start(&db, &flags).await;
+    let b = harness::start(&db, &flags).await;
+    let (a_tls, b_tls) = (a.https.unwrap(), b.https.unwrap());
+    // One exchange, read to its end: the tickets come before the answer.
+    let visit = |addr, config| async move {
+        let mut tls = crate::tls::connect_with(addr, "localhost", config)
+            .await
+            .unwrap();
+        let kind = tls.get_ref().1.handshake_kind();
+        tls.write_all(b"GET /nobody HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer).await;
+        assert!(
+            answer.starts_with(b"HTTP/1.1 404"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+        kind
+    };
+    // Both take the shared key when they start; until then each seals
+    // under its own, so this is polled.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let config = crate::tls::client_config(
+            &crate::tls::Trust::Anything,
+            &[b"http/1.1"],
+            &[&rustls::version::TLS13],
+        );
+        assert_eq!(
+            visit(a_tls, config.clone()).await,
+            Some(HandshakeKind::Full)
+        );
+        if visit(b_tls, config.clone()).await == Some(HandshakeKind::Resumed) {
+            assert_eq!(visit(a_tls, config).await, Some(HandshakeKind::Resumed));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never resumed on the other orchestrator"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
