@@ -40,8 +40,10 @@ type Own = (String, i64, Vec<(String, Counts)>);
 
 /// How often each orchestrator publishes its counts.
 pub(crate) const PUBLISH_EVERY: Duration = Duration::from_secs(2);
-/// How often the leader looks at the running rollouts.
+/// How often the leader looks at the running rollouts ...
 const LOOK_EVERY: Duration = Duration::from_millis(250);
+/// ... and, while none runs, whether one started.
+const IDLE_LOOK_EVERY: Duration = Duration::from_secs(1);
 /// Fewer requests than this to either version in a step: too little to
 /// judge, the step is kept.
 pub(crate) const MIN_REQUESTS: i64 = 20;
@@ -104,6 +106,14 @@ impl Registry {
             self.resync_waifu(name).await?;
         }
         Ok(aborted)
+    }
+
+    /// Whether any waifu's route has a running rollout.
+    fn any_rollout(&self) -> bool {
+        self.routes
+            .current()
+            .waifu_routes()
+            .any(|w| w.rollout.is_some())
     }
 
     /// This orchestrator's counts of every running rollout, by version.
@@ -299,9 +309,15 @@ pub(crate) async fn analyse(
                 r = leading.wait_for(|l| *l) => if r.is_err() { return },
             }
         }
+        // Every orchestrator has each running rollout on its routes: with
+        // none there, nothing is asked of PostgreSQL, and less often.
+        let idle = began.is_empty() && !registry.any_rollout();
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(LOOK_EVERY) => {}
+            () = tokio::time::sleep(if idle { IDLE_LOOK_EVERY } else { LOOK_EVERY }) => {}
+        }
+        if idle && !registry.any_rollout() {
+            continue;
         }
         let running = match registry.store.running_rollouts().await {
             Ok(r) => r,
