@@ -78,7 +78,7 @@ pub struct Instance {
     pub drained: CancellationToken,
     /// What it answered while a rollout ran (counted only then), for the
     /// rollout's judgement of its version.
-    pub rollout_stats: crate::stats::LazyStats,
+    pub rollout_stats: crate::stats::LazyRolloutStats,
 }
 
 impl Instance {
@@ -104,7 +104,7 @@ impl Instance {
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
             drained: CancellationToken::new(),
-            rollout_stats: crate::stats::LazyStats::default(),
+            rollout_stats: crate::stats::LazyRolloutStats::default(),
         }
     }
 

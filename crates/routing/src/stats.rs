@@ -110,9 +110,138 @@ impl LazyStats {
     }
 }
 
+/// Upper bound of rollout latency bucket `i`, in seconds: 0.1 ms growing by
+/// a quarter each, to about a minute; the last bucket is everything above.
+pub fn rollout_bound(i: usize) -> f64 {
+    1e-4 * 1.25f64.powi(i32::try_from(i).unwrap_or(i32::MAX))
+}
+
+/// Rollout latency buckets, `+Inf` last: fine enough (25 %) to tell a
+/// version twice as slow from the old one at any latency.
+pub const ROLLOUT_BUCKETS: usize = 61;
+
+/// What an instance answered while a rollout ran: requests, failures (5xx
+/// and connections that could not be made) and a fine latency histogram.
+#[derive(Debug)]
+pub struct RolloutStats {
+    requests: AtomicU64,
+    failures: AtomicU64,
+    buckets: [AtomicU64; ROLLOUT_BUCKETS],
+}
+
+impl Default for RolloutStats {
+    fn default() -> Self {
+        RolloutStats {
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl RolloutStats {
+    pub fn record(&self, status: StatusCode, took: Duration) {
+        self.requests.fetch_add(1, Relaxed);
+        if status.is_server_error() {
+            self.failures.fetch_add(1, Relaxed);
+        }
+        let secs = took.as_secs_f64();
+        let i = (0..ROLLOUT_BUCKETS - 1)
+            .find(|&i| secs <= rollout_bound(i))
+            .unwrap_or(ROLLOUT_BUCKETS - 1);
+        self.buckets[i].fetch_add(1, Relaxed);
+    }
+
+    /// A connection to the instance could not be made.
+    pub fn connect_error(&self) {
+        self.failures.fetch_add(1, Relaxed);
+    }
+
+    /// Requests, failures, and the buckets (not cumulative).
+    pub fn read(&self) -> (u64, u64, [u64; ROLLOUT_BUCKETS]) {
+        (
+            self.requests.load(Relaxed),
+            self.failures.load(Relaxed),
+            std::array::from_fn(|i| self.buckets[i].load(Relaxed)),
+        )
+    }
+}
+
+/// An instance's [`RolloutStats`], allocated when a rollout first counts it.
+#[derive(Debug, Default)]
+pub struct LazyRolloutStats(OnceLock<Box<RolloutStats>>);
+
+impl LazyRolloutStats {
+    pub fn get(&self) -> &RolloutStats {
+        self.0.get_or_init(Box::default)
+    }
+
+    pub fn if_used(&self) -> Option<&RolloutStats> {
+        self.0.get().map(|b| &**b)
+    }
+}
+
+/// The `q` quantile (0 to 1) of rollout buckets, in milliseconds,
+/// interpolated within its bucket; `None` without requests.
+#[allow(clippy::cast_precision_loss)]
+pub fn rollout_quantile_ms(buckets: &[u64], q: f64) -> Option<f64> {
+    let n: u64 = buckets.iter().sum();
+    if n == 0 {
+        return None;
+    }
+    let rank = q * n as f64;
+    let mut below = 0u64;
+    for (i, &count) in buckets.iter().enumerate() {
+        if count > 0 && (below + count) as f64 >= rank {
+            let upper = rollout_bound(i.min(ROLLOUT_BUCKETS - 2));
+            if i >= ROLLOUT_BUCKETS - 1 {
+                return Some(upper * 1000.0);
+            }
+            let lower = if i == 0 { 0.0 } else { rollout_bound(i - 1) };
+            let within = (rank - below as f64) / count as f64;
+            return Some((lower + (upper - lower) * within) * 1000.0);
+        }
+        below += count;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rollout_buckets_tell_twice_as_slow_apart_at_any_latency() {
+        for base_ms in [1.0, 10.0, 20.0, 300.0] {
+            let one = RolloutStats::default();
+            let two = RolloutStats::default();
+            for _ in 0..200 {
+                one.record(StatusCode::OK, Duration::from_secs_f64(base_ms / 1000.0));
+                two.record(
+                    StatusCode::OK,
+                    Duration::from_secs_f64(2.0 * base_ms / 1000.0),
+                );
+            }
+            let p = |s: &RolloutStats| rollout_quantile_ms(&s.read().2, 0.99).unwrap();
+            let ratio = p(&two) / p(&one);
+            assert!((1.5..2.6).contains(&ratio), "{base_ms} ms: {ratio}");
+            // Within a bucket's width (25 %) of the truth.
+            assert!(
+                (p(&one) / base_ms - 1.0).abs() < 0.26,
+                "{base_ms}: {}",
+                p(&one)
+            );
+        }
+        let s = RolloutStats::default();
+        s.record(StatusCode::BAD_GATEWAY, Duration::from_secs(600));
+        s.connect_error();
+        let (requests, failures, buckets) = s.read();
+        assert_eq!(
+            (requests, failures, buckets[ROLLOUT_BUCKETS - 1]),
+            (1, 2, 1)
+        );
+        assert_eq!(rollout_quantile_ms(&[0; ROLLOUT_BUCKETS], 0.99), None);
+    }
 
     #[test]
     fn stats_classify_and_bucket() {

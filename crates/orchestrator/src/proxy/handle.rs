@@ -232,7 +232,7 @@ impl Proxy {
                     .instance
                     .rollout_stats
                     .get()
-                    .record(&method, status, started.elapsed());
+                    .record(status, started.elapsed());
                 if let Some(cookie) = rollout.set_cookie {
                     response.headers_mut().append(header::SET_COOKIE, cookie);
                 }

@@ -23,9 +23,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Entry, Registry};
-use crate::ops::graphs::p99_ms;
 use crate::ops::incidents::{IncidentKind, Incidents};
 use crate::routing::rollout::RolloutRoute;
+use crate::routing::stats::rollout_quantile_ms;
 use crate::store::incidents::NewIncident;
 use crate::store::rollouts::{Counts, RolloutPlan, StoredRollout};
 use crate::store::{RunningRollout, StoreError};
@@ -44,9 +44,14 @@ pub(crate) const PUBLISH_EVERY: Duration = Duration::from_secs(2);
 const LOOK_EVERY: Duration = Duration::from_millis(250);
 /// ... and, while none runs, whether one started.
 const IDLE_LOOK_EVERY: Duration = Duration::from_secs(1);
-/// Fewer requests than this to either version in a step: too little to
-/// judge, the step is kept.
-pub(crate) const MIN_REQUESTS: i64 = 20;
+/// Fewer requests than this to the new version since its step began: too
+/// little to judge (a 99th percentile of fewer is its maximum), the step
+/// goes on counting.
+pub(crate) const MIN_REQUESTS: i64 = 100;
+/// A p99 this much above the old version's, or less, is never a rollback,
+/// whatever the ratio: below it, differences are a busy machine's
+/// scheduling, not a slower version.
+pub(crate) const LATENCY_FLOOR_MS: f64 = 5.0;
 
 impl Registry {
     /// Makes the route's rollout what the store says; whether it changed
@@ -129,15 +134,15 @@ impl Registry {
                 let Some(stats) = instance.rollout_stats.if_used() else {
                     continue;
                 };
-                let (buckets, _) = stats.latency();
+                let (requests, failures, buckets) = stats.read();
                 let c = by_version
                     .entry(instance.version.as_deref().unwrap_or("").to_owned())
                     .or_insert_with(|| Counts {
                         buckets: vec![0; buckets.len()],
                         ..Counts::default()
                     });
-                c.requests += i64::try_from(stats.total()).unwrap_or(i64::MAX);
-                c.failures += i64::try_from(stats.failures()).unwrap_or(i64::MAX);
+                c.requests += i64::try_from(requests).unwrap_or(i64::MAX);
+                c.failures += i64::try_from(failures).unwrap_or(i64::MAX);
                 for (sum, b) in c.buckets.iter_mut().zip(buckets) {
                     *sum += i64::try_from(b).unwrap_or(i64::MAX);
                 }
@@ -223,6 +228,7 @@ pub(crate) fn judge(
     if let (Some(n), Some(o)) = (new.p99_ms, old.p99_ms)
         && old.requests >= MIN_REQUESTS
         && n > max_latency_ratio * o
+        && n - o > LATENCY_FLOOR_MS
     {
         return Verdict::Abort(format!(
             "p99 {n:.1} ms over {} requests, above {max_latency_ratio} × the old version's {o:.1} ms",
@@ -263,9 +269,6 @@ fn figures(c: &Counts) -> Figures {
         .iter()
         .map(|b| u64::try_from(*b).unwrap_or(0))
         .collect();
-    let p99 = <[u64; crate::ops::graphs::BUCKETS]>::try_from(buckets.as_slice())
-        .ok()
-        .and_then(|b| p99_ms(&b));
     Figures {
         requests: c.requests,
         error_rate: if c.requests > 0 {
@@ -273,7 +276,7 @@ fn figures(c: &Counts) -> Figures {
         } else {
             0.0
         },
-        p99_ms: p99,
+        p99_ms: rollout_quantile_ms(&buckets, 0.99),
     }
 }
 
@@ -386,9 +389,10 @@ pub(crate) async fn analyse(
             let figures = words(new, old);
             let done = match verdict {
                 Verdict::Keep => {
-                    // Too little to judge: the same step, counted afresh
-                    // for another interval.
-                    began.insert(key, (counts, Instant::now() + r.interval));
+                    // Too little to judge: the same step goes on, counting
+                    // from where it began, judged again an interval later.
+                    let then = then.clone();
+                    began.insert(key, (then, Instant::now() + r.interval));
                     let why = format!("too little traffic to judge, the step goes on ({figures})");
                     if let Err(e) = registry
                         .store

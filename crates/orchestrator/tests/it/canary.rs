@@ -252,11 +252,11 @@ async fn a_rollout_splits_new_clients_keeps_each_on_its_side_and_ends_on_the_new
 /// back at its first judgement; every client is on the old version at once
 /// (its cookie for the new side notwithstanding); the only failures are the
 /// new version's own answers before that.
-async fn rolled_back(db: &str, plan: Value, worse: impl FnOnce(&TestWaifu), why: &str) {
+async fn rolled_back(db: &str, plan: Value, worse: impl FnOnce(&TestWaifu, &TestWaifu), why: &str) {
     let hook = crate::history::Hook::start().await;
     let orch = harness::start(&unique_db(db), &["--incident-webhook-url", &hook.url]).await;
-    let (_v1, v2) = two_versions(&orch, plan).await;
-    worse(&v2);
+    let (v1, v2) = two_versions(&orch, plan).await;
+    worse(&v1, &v2);
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = load(orch.public, stop.clone());
     // A client on the new side.
@@ -339,7 +339,7 @@ async fn a_version_failing_one_request_in_five_is_rolled_back() {
     rolled_back(
         "canary_errors",
         json!({"version": "2", "steps": [10, 50, 100], "interval": "3s"}),
-        |v2| v2.fail_every.store(5, Ordering::SeqCst),
+        |_, v2| v2.fail_every.store(5, Ordering::SeqCst),
         "error rate",
     )
     .await;
@@ -350,7 +350,10 @@ async fn a_version_twice_as_slow_is_rolled_back() {
     rolled_back(
         "canary_slow",
         json!({"version": "2", "steps": [20, 100], "interval": "3s", "maxLatencyRatio": 1.5}),
-        |v2| v2.delay_ms.store(60, Ordering::SeqCst),
+        |v1, v2| {
+            v1.delay_ms.store(30, Ordering::SeqCst);
+            v2.delay_ms.store(60, Ordering::SeqCst);
+        },
         "p99",
     )
     .await;
