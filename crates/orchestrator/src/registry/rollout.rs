@@ -44,10 +44,12 @@ pub(crate) const PUBLISH_EVERY: Duration = Duration::from_secs(2);
 const LOOK_EVERY: Duration = Duration::from_millis(250);
 /// ... and, while none runs, whether one started.
 const IDLE_LOOK_EVERY: Duration = Duration::from_secs(1);
-/// Fewer requests than this to the new version since its step began: too
-/// little to judge (a 99th percentile of fewer is its maximum), the step
+/// Requests to the new version since its step began below which it is not
+/// promoted (a 99th percentile of fewer is about their maximum): the step
 /// goes on counting.
 pub(crate) const MIN_REQUESTS: i64 = 100;
+/// Requests enough to roll back for errors: one in five failing shows in 20.
+pub(crate) const MIN_ERROR_REQUESTS: i64 = 20;
 /// A p99 this much above the old version's, or less, is never a rollback,
 /// whatever the ratio: below it, differences are a busy machine's
 /// scheduling, not a slower version.
@@ -213,10 +215,10 @@ pub(crate) fn judge(
     if !healthy {
         return Verdict::Abort("no instance of it is healthy".to_owned());
     }
-    if new.requests < MIN_REQUESTS {
-        return Verdict::Keep;
-    }
-    if new.error_rate > max_error_rate && new.error_rate > old.error_rate {
+    if new.requests >= MIN_ERROR_REQUESTS
+        && new.error_rate > max_error_rate
+        && new.error_rate > old.error_rate
+    {
         return Verdict::Abort(format!(
             "error rate {:.1} % over {} requests, above {:.1} % and the old version's {:.1} %",
             new.error_rate * 100.0,
@@ -226,6 +228,7 @@ pub(crate) fn judge(
         ));
     }
     if let (Some(n), Some(o)) = (new.p99_ms, old.p99_ms)
+        && new.requests >= MIN_REQUESTS
         && old.requests >= MIN_REQUESTS
         && n > max_latency_ratio * o
         && n - o > LATENCY_FLOOR_MS
@@ -234,6 +237,9 @@ pub(crate) fn judge(
             "p99 {n:.1} ms over {} requests, above {max_latency_ratio} × the old version's {o:.1} ms",
             new.requests
         ));
+    }
+    if new.requests < MIN_REQUESTS {
+        return Verdict::Keep;
     }
     Verdict::Next
 }
@@ -480,11 +486,15 @@ mod tests {
     #[test]
     fn worse_is_a_rollback_little_is_a_wait_and_good_is_the_next_step() {
         let old = f(1000, 0.0, Some(10.0));
-        // One in five failing.
+        // One in five failing: seen in 20 requests already.
         assert!(matches!(
-            judge(f(100, 0.2, Some(10.0)), old, true, 0.01, 2.0),
+            judge(f(20, 0.2, Some(10.0)), old, true, 0.01, 2.0),
             Verdict::Abort(why) if why.contains("error rate 20.0 %")
         ));
+        assert_eq!(
+            judge(f(19, 0.2, Some(10.0)), old, true, 0.01, 2.0),
+            Verdict::Keep
+        );
         // Failing no more than the old version: not its fault.
         assert_eq!(
             judge(
