@@ -20,7 +20,9 @@ pub use host::{HostError, Scheme, Upstream, parse_host};
 pub use limits::{Limits, LimitsError, MAX_IN_FLIGHT, MAX_TIMEOUT, RequestLimits, parse_duration};
 pub use name::{NameError, validate_name};
 pub use path::{is_internal_segment, path_has_internal_segment};
-pub use version::{MAX_VERSION, VersionError, validate_version};
+pub use version::{
+    MAX_ROLLOUT_STEPS, MAX_VERSION, VersionError, validate_rollout_steps, validate_version,
+};
 pub use wire::{
     AuditEntry, Availability, BindInfo, BindOutcome, DatabaseCredentials, DatabaseRequest,
     ErrorBody, Goodbye, GoodbyeResponse, Hello, HelloResponse, History, IncidentInfo, InstanceInfo,

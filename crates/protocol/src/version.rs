@@ -52,3 +52,46 @@ mod tests {
         }
     }
 }
+
+/// The most steps a rollout has.
+pub const MAX_ROLLOUT_STEPS: usize = 20;
+
+/// Whether `steps` can be a rollout's: 1 to 20 percents from 1 to 100,
+/// each above the last, ending with 100; why not, in words.
+pub fn validate_rollout_steps(steps: &[i32]) -> Result<(), String> {
+    if steps.is_empty() || steps.len() > MAX_ROLLOUT_STEPS {
+        return Err(format!("1 to {MAX_ROLLOUT_STEPS} steps"));
+    }
+    if steps.iter().any(|s| !(1..=100).contains(s)) {
+        return Err("each step is a percent from 1 to 100".to_owned());
+    }
+    if steps.windows(2).any(|w| w[0] >= w[1]) {
+        return Err("each step is above the one before".to_owned());
+    }
+    if steps.last() != Some(&100) {
+        return Err("the last step is 100".to_owned());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod rollout_steps {
+    use super::validate_rollout_steps;
+
+    #[test]
+    fn steps_rise_to_100() {
+        assert!(validate_rollout_steps(&[10, 50, 100]).is_ok());
+        assert!(validate_rollout_steps(&[100]).is_ok());
+        for bad in [
+            &[][..],
+            &[10, 50],
+            &[50, 10, 100],
+            &[0, 100],
+            &[10, 10, 100],
+            &[10, 101],
+        ] {
+            assert!(validate_rollout_steps(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_rollout_steps(&[1; 21]).is_err());
+    }
+}

@@ -10,7 +10,6 @@ use axum::extract::{Path, State};
 use serde::Deserialize;
 use waifus_protocol::validate_name;
 
-use crate::config::check_steps;
 use crate::ops::status::RolloutInfo;
 use crate::store::rollouts::{RolloutPlan, StoredRollout};
 
@@ -87,7 +86,8 @@ pub(super) async fn start(
     let steps = request
         .steps
         .unwrap_or_else(|| state.rollouts.steps.clone());
-    check_steps(&steps).map_err(|e| ApiError::BadRollout(format!("steps: {e}")))?;
+    waifus_protocol::validate_rollout_steps(&steps)
+        .map_err(|e| ApiError::BadRollout(format!("steps: {e}")))?;
     let interval = match &request.interval {
         None => state.rollouts.interval,
         Some(text) => humantime::parse_duration(text)

@@ -240,9 +240,6 @@ pub enum RolloutMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Steps(pub Vec<i32>);
 
-/// The most steps a rollout has.
-pub const MAX_STEPS: usize = 20;
-
 /// Steps from `10,50,100`.
 pub fn parse_steps(text: &str) -> Result<Steps, String> {
     let steps: Vec<i32> = text
@@ -253,26 +250,8 @@ pub fn parse_steps(text: &str) -> Result<Steps, String> {
                 .map_err(|_| format!("{s:?} is not a whole percent"))
         })
         .collect::<Result<_, _>>()?;
-    check_steps(&steps)?;
+    waifus_protocol::validate_rollout_steps(&steps)?;
     Ok(Steps(steps))
-}
-
-/// Whether `steps` can be a rollout's: 1 to 20 percents from 1 to 100,
-/// each above the last, ending with 100.
-pub fn check_steps(steps: &[i32]) -> Result<(), String> {
-    if steps.is_empty() || steps.len() > MAX_STEPS {
-        return Err(format!("1 to {MAX_STEPS} steps"));
-    }
-    if steps.iter().any(|s| !(1..=100).contains(s)) {
-        return Err("each step is a percent from 1 to 100".to_owned());
-    }
-    if steps.windows(2).any(|w| w[0] >= w[1]) {
-        return Err("each step is above the one before".to_owned());
-    }
-    if steps.last() != Some(&100) {
-        return Err("the last step is 100".to_owned());
-    }
-    Ok(())
 }
 
 /// Whether a hello must carry the waifu's secret.
