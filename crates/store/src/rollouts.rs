@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::error::StoreError;
 use super::incidents::{self, NewIncident};
+use super::versions::make_newest;
 use super::{CHANGES, Store, audit, history};
 
 /// A rollout to start.
@@ -87,29 +88,6 @@ fn named(version: &str) -> &str {
     } else {
         version
     }
-}
-
-/// Makes `version` of `name` current: later than any other, its instances'
-/// announcement with it.
-async fn make_newest(
-    tx: &tokio_postgres::Transaction<'_>,
-    name: &str,
-    version: &str,
-) -> Result<(), StoreError> {
-    tx.execute(
-        "WITH at AS (
-           SELECT greatest(date_trunc('milliseconds', clock_timestamp()),
-                           max(current_at) + interval '1 millisecond') AS t
-           FROM waifu_versions WHERE name = $1),
-         v AS (
-           UPDATE waifu_versions SET current_at = (SELECT t FROM at)
-           WHERE name = $1 AND version = $2 RETURNING current_at)
-         UPDATE instances SET version_at = (SELECT current_at FROM v)
-         WHERE name = $1 AND coalesce(version, '') = $2 AND EXISTS (SELECT 1 FROM v)",
-        &[&name, &version],
-    )
-    .await?;
-    Ok(())
 }
 
 impl Store {

@@ -17,6 +17,29 @@ pub enum MadeCurrent {
     Changed { from: Option<String> },
 }
 
+/// Makes `version` of `name` current: later than any other version's time
+/// (even if the clock went back), its instances' announcement with it.
+pub(super) async fn make_newest(
+    tx: &tokio_postgres::Transaction<'_>,
+    name: &str,
+    version: &str,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "WITH at AS (
+           SELECT greatest(date_trunc('milliseconds', clock_timestamp()),
+                           max(current_at) + interval '1 millisecond') AS t
+           FROM waifu_versions WHERE name = $1),
+         v AS (
+           UPDATE waifu_versions SET current_at = (SELECT t FROM at)
+           WHERE name = $1 AND version = $2 RETURNING current_at)
+         UPDATE instances SET version_at = (SELECT current_at FROM v)
+         WHERE name = $1 AND coalesce(version, '') = $2 AND EXISTS (SELECT 1 FROM v)",
+        &[&name, &version],
+    )
+    .await?;
+    Ok(())
+}
+
 impl Store {
     /// Makes `version` (one `name`'s instances announced before) its
     /// current version: its instances get every request while one of them
@@ -51,20 +74,7 @@ impl Store {
             return Ok(MadeCurrent::Already);
         }
         let from = known.first().filter(|v| !v.is_empty()).cloned();
-        // Later than any version's time, even if the clock went back.
-        tx.execute(
-            "WITH at AS (
-               SELECT greatest(date_trunc('milliseconds', clock_timestamp()),
-                               max(current_at) + interval '1 millisecond') AS t
-               FROM waifu_versions WHERE name = $1),
-             v AS (
-               UPDATE waifu_versions SET current_at = (SELECT t FROM at)
-               WHERE name = $1 AND version = $2 RETURNING current_at)
-             UPDATE instances SET version_at = (SELECT current_at FROM v)
-             WHERE name = $1 AND coalesce(version, '') = $2",
-            &[&name, &version],
-        )
-        .await?;
+        make_newest(&tx, name, version).await?;
         let detail = format!(
             "from {} to {version}: made current by an operator",
             from.as_deref().unwrap_or("no version")

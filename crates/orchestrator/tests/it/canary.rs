@@ -143,16 +143,7 @@ async fn a_rollout_splits_new_clients_keeps_each_on_its_side_and_ends_on_the_new
         Some(10.0),
         "{metrics}"
     );
-    let status = harness::send(
-        orch.internal,
-        Method::GET,
-        "/__internal/status",
-        &[("accept", "application/json")],
-        Bytes::new(),
-    )
-    .await
-    .unwrap()
-    .json();
+    let status = orch.status_json().await;
     assert_eq!(status["rollouts"][0]["version"], "2", "{status}");
     let internal = orch.internal.to_string();
     let out =

@@ -265,6 +265,20 @@ impl Orch {
         }
     }
 
+    /// The status page's snapshot, as JSON.
+    pub async fn status_json(&self) -> Value {
+        send(
+            self.internal,
+            Method::GET,
+            "/__internal/status",
+            &[("accept", "application/json")],
+            Bytes::new(),
+        )
+        .await
+        .expect("internal API reachable")
+        .json()
+    }
+
     /// A request through the public proxy.
     pub async fn get(&self, host: &str, target: &str) -> Reply {
         self.request(Method::GET, host, target, &[], Bytes::new())

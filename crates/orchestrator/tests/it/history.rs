@@ -445,16 +445,7 @@ async fn refused_binds_of_the_latest_hello_are_listed() {
     )
     .await;
     let refused = || async {
-        let status = harness::send(
-            orch.internal,
-            Method::GET,
-            "/__internal/status",
-            &[("accept", "application/json")],
-            Bytes::new(),
-        )
-        .await
-        .unwrap()
-        .json();
+        let status = orch.status_json().await;
         status["waifus"]
             .as_array()
             .unwrap()
