@@ -209,10 +209,10 @@ http://:{port['caddy']} {{
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-def wrk(url, conns, seconds, host="localhost"):
+def wrk(url, conns, seconds, host="localhost", extra=()):
     out = subprocess.run(
         ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency",
-         "-H", f"Host: {host}", url],
+         "-H", f"Host: {host}", *extra, url],
         capture_output=True, text=True, timeout=seconds + 60).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     requests = int(re.search(r"(\d+) requests in", out).group(1))

@@ -201,14 +201,14 @@ impl Checker {
                     // The head so far: what was passed already, then `rest`.
                     let known = self.head.len();
                     let found = if known == 0 {
-                        find(rest, b"\r\n\r\n").map(|e| e + 4)
+                        find_head_end(rest).map(|e| e + 4)
                     } else {
                         let from = known.saturating_sub(3);
                         let mut joined = self.head[from..].to_vec();
                         joined.extend_from_slice(&rest[..rest.len().min(4)]);
-                        find(&joined, b"\r\n\r\n")
+                        find_head_end(&joined)
                             .and_then(|e| (from + e + 4).checked_sub(known))
-                            .or_else(|| find(rest, b"\r\n\r\n").map(|e| e + 4))
+                            .or_else(|| find_head_end(rest).map(|e| e + 4))
                     };
                     let Some(end) = found else {
                         // Incomplete: pass what is known to be well formed,
@@ -303,21 +303,41 @@ fn pass_all(data: &[u8]) -> Verdict {
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+/// Where the first CRLF CRLF in `bytes` starts. The searcher is built
+/// once: building it costs more than searching a short head.
+fn find_head_end(bytes: &[u8]) -> Option<usize> {
+    static END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+    END.find(bytes)
 }
 
 /// A bare LF, or a CR followed by anything but LF; `prev` is the byte
 /// before `bytes` (0 if none). A CR at the very end is not judged.
-fn line_ending_violation(mut prev: u8, bytes: &[u8]) -> Option<Violation> {
-    for &b in bytes {
-        if b == b'\n' && prev != b'\r' {
+///
+/// Jumps from one CR or LF to the next (`memchr`), rather than looking at
+/// every byte: a head is mostly other bytes.
+fn line_ending_violation(prev: u8, bytes: &[u8]) -> Option<Violation> {
+    // The index of the LF that completes the last CRLF seen.
+    let mut crlf_lf = None;
+    if prev == b'\r' {
+        match bytes.first() {
+            Some(b'\n') => crlf_lf = Some(0),
+            Some(_) => return Some(Violation::BareCr),
+            None => {}
+        }
+    }
+    for i in memchr::memchr2_iter(b'\r', b'\n', bytes) {
+        if bytes[i] == b'\n' {
+            if crlf_lf == Some(i) {
+                continue;
+            }
             return Some(Violation::BareLf);
         }
-        if prev == b'\r' && b != b'\n' {
-            return Some(Violation::BareCr);
+        match bytes.get(i + 1) {
+            Some(b'\n') => crlf_lf = Some(i + 1),
+            Some(_) => return Some(Violation::BareCr),
+            None => {}
         }
-        prev = b;
     }
     None
 }
@@ -328,7 +348,8 @@ fn judge_head(head: &[u8]) -> Result<Framing, Violation> {
     if let Some(v) = line_ending_violation(0, head) {
         return Err(v);
     }
-    // Skip leading empty lines, then the request line.
+    // Every line ends in CRLF now. Skip leading empty lines, then the
+    // request line.
     let mut lines = head[..head.len() - 4]
         .split(|&b| b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
@@ -336,6 +357,7 @@ fn judge_head(head: &[u8]) -> Result<Framing, Violation> {
     // The target is the request line's second word; a `#` there is
     // refused wherever it is (fragments are for clients, never sent).
     if let Some(line) = lines.next()
+        && memchr::memchr(b'#', line).is_some()
         && line
             .split(|&b| b == b' ')
             .nth(1)
@@ -348,11 +370,8 @@ fn judge_head(head: &[u8]) -> Result<Framing, Violation> {
         if line.first().is_some_and(|&b| b == b' ' || b == b'\t') {
             return Err(Violation::ObsFold);
         }
-        let colon = line
-            .iter()
-            .position(|&b| b == b':')
-            .ok_or(Violation::BadFieldName)?;
-        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        let colon = memchr::memchr(b':', line).ok_or(Violation::BadFieldName)?;
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
         if name.last().is_some_and(|&b| b == b' ' || b == b'\t') {
             return Err(Violation::SpaceBeforeColon);
         }
@@ -360,11 +379,11 @@ fn judge_head(head: &[u8]) -> Result<Framing, Violation> {
             return Err(Violation::BadFieldName);
         }
         if name.eq_ignore_ascii_case(b"content-length") {
-            if length.replace(value).is_some() {
+            if length.replace(value.trim_ascii()).is_some() {
                 return Err(Violation::TwoLengths);
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding")
-            && encoding.replace(&line[colon + 1..]).is_some()
+            && encoding.replace(value).is_some()
         {
             return Err(Violation::TwoEncodings);
         }

@@ -340,7 +340,8 @@ impl RouteTable {
 
     fn resolve_main<'a>(&'a self, path: &'a str) -> Option<Resolved<'a>> {
         let after = path.strip_prefix('/')?;
-        let end = after.find('/').unwrap_or(after.len());
+        // A byte loop: `find(char)` sets up a searcher for a short name.
+        let end = after.bytes().position(|b| b == b'/').unwrap_or(after.len());
         let waifu = self.waifus.get(&after[..end])?;
         let rest = &after[end..];
         Some(Resolved {

@@ -176,7 +176,7 @@ fn refused_heads() {
             for k in 1..raw.len() {
                 let (passed, violation) = run(&[&raw.as_bytes()[..k], &raw.as_bytes()[k..]]);
                 assert!(violation.is_some(), "{what} split at {k}");
-                assert!(find(&passed, b"\r\n\r\n").is_none(), "{what} split at {k}");
+                assert!(find_head_end(&passed).is_none(), "{what} split at {k}");
                 assert!(
                     !passed.windows(2).any(|w| w == b"\n\n"),
                     "{what} split at {k}"
@@ -392,5 +392,137 @@ proptest! {
             from = to;
         }
         prop_assert_eq!(run(&pieces), (stream.clone(), None));
+    }
+}
+
+/// The checks as first written, byte by byte: the `memchr` versions must
+/// judge every input the same way.
+mod reference {
+    use super::super::{Chunked, Framing, Violation, trim_spaces};
+    use crate::token::is_tchar;
+
+    pub fn line_ending_violation(mut prev: u8, bytes: &[u8]) -> Option<Violation> {
+        for &b in bytes {
+            if b == b'\n' && prev != b'\r' {
+                return Some(Violation::BareLf);
+            }
+            if prev == b'\r' && b != b'\n' {
+                return Some(Violation::BareCr);
+            }
+            prev = b;
+        }
+        None
+    }
+
+    pub fn judge_head(head: &[u8]) -> Result<Framing, Violation> {
+        if let Some(v) = line_ending_violation(0, head) {
+            return Err(v);
+        }
+        let mut lines = head[..head.len() - 4]
+            .split(|&b| b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+            .skip_while(|l| l.is_empty());
+        if let Some(line) = lines.next()
+            && line
+                .split(|&b| b == b' ')
+                .nth(1)
+                .is_some_and(|t| t.contains(&b'#'))
+        {
+            return Err(Violation::Fragment);
+        }
+        let (mut length, mut encoding) = (None::<&[u8]>, None::<&[u8]>);
+        for line in lines {
+            if line.first().is_some_and(|&b| b == b' ' || b == b'\t') {
+                return Err(Violation::ObsFold);
+            }
+            let colon = line
+                .iter()
+                .position(|&b| b == b':')
+                .ok_or(Violation::BadFieldName)?;
+            let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+            if name.last().is_some_and(|&b| b == b' ' || b == b'\t') {
+                return Err(Violation::SpaceBeforeColon);
+            }
+            if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+                return Err(Violation::BadFieldName);
+            }
+            if name.eq_ignore_ascii_case(b"content-length") {
+                if length.replace(value).is_some() {
+                    return Err(Violation::TwoLengths);
+                }
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+                && encoding.replace(&line[colon + 1..]).is_some()
+            {
+                return Err(Violation::TwoEncodings);
+            }
+        }
+        Ok(match (length, encoding) {
+            (Some(_), Some(_)) => return Err(Violation::LengthAndEncoding),
+            (Some(value), None) => {
+                let ok =
+                    !value.is_empty() && value.len() <= 19 && value.iter().all(u8::is_ascii_digit);
+                let n = std::str::from_utf8(value)
+                    .ok()
+                    .filter(|_| ok)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or(Violation::BadLength)?;
+                if n == 0 {
+                    Framing::Head
+                } else {
+                    Framing::Length(n)
+                }
+            }
+            (None, Some(raw)) => {
+                if !trim_spaces(raw).eq_ignore_ascii_case(b"chunked") {
+                    return Err(Violation::BadEncoding);
+                }
+                Framing::Chunked(Chunked::Size)
+            }
+            (None, None) => Framing::Head,
+        })
+    }
+}
+
+/// Bytes a head is made of, weighted towards the ones the checks look at.
+fn head_byte() -> impl Strategy<Value = u8> {
+    prop_oneof![
+        4 => prop::sample::select(b"\r\n :\t#,".to_vec()),
+        4 => prop::sample::select(b"GETPOST/ HTTP/1.1hostcontent-lengthtransfer-encodingchunked0123456789".to_vec()),
+        1 => any::<u8>(),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    #[test]
+    fn line_endings_are_judged_as_byte_by_byte(
+        prev in prop::sample::select(vec![0u8, b'\r', b'\n', b'a']),
+        bytes in prop::collection::vec(head_byte(), 0..64),
+    ) {
+        prop_assert_eq!(line_ending_violation(prev, &bytes), reference::line_ending_violation(prev, &bytes));
+    }
+
+    #[test]
+    fn heads_are_judged_as_byte_by_byte(
+        lines in prop::collection::vec(prop::collection::vec(head_byte(), 0..24), 0..6),
+        glue in prop::sample::select(vec![&b"\r\n"[..], b"\n", b"\r"]),
+    ) {
+        // Whole heads, as `check` hands them over: ending in CRLF CRLF.
+        let mut head = b"GET /a HTTP/1.1".to_vec();
+        for line in &lines {
+            head.extend_from_slice(glue);
+            head.extend_from_slice(line);
+        }
+        head.extend_from_slice(b"\r\n\r\n");
+        prop_assert_eq!(judge_head(&head), reference::judge_head(&head));
+        let known = [
+            &b"POST / HTTP/1.1\r\ncontent-length: 12\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\ntransfer-encoding:  chunked \r\n\r\n",
+            b"\r\n\r\nGET /#x HTTP/1.1\r\nhost: a\r\n\r\n",
+        ];
+        for head in known {
+            prop_assert_eq!(judge_head(head), reference::judge_head(head));
+        }
     }
 }

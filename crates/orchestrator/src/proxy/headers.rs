@@ -44,6 +44,14 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// `keep_upgrade` (a WebSocket handshake's `101`), `Upgrade` survives and
 /// `Connection` is reset to `upgrade`, so the switch can be relayed.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most answers carry none: one look at each name, rather than a hashed
+    // removal of every hop-by-hop name.
+    if !headers.keys().any(is_hop_by_hop) {
+        if keep_upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         for name in connection_named(headers) {
             if !(keep_upgrade && name == header::UPGRADE) {
@@ -68,6 +76,19 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     } else {
         headers.remove(header::UPGRADE);
     }
+}
+
+/// The names [`strip_hop_by_hop`] removes whatever `Connection` says.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::UPGRADE
+        || *name == header::PROXY_AUTHENTICATE
+        || *name == header::PROXY_AUTHORIZATION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
 }
 
 /// What the proxy knows about the request that the waifu should be told.
@@ -123,9 +144,14 @@ pub(crate) fn write_request_fields<'h>(
     websocket: bool,
     fwd: &Forwarded<'_>,
 ) -> (RequestId<'h>, TraceId) {
-    let named = connection_named(headers);
-    let kept_id = headers
-        .get(&X_REQUEST_ID)
+    let seen = Seen::of(headers);
+    let named = if seen.connection {
+        connection_named(headers)
+    } else {
+        Vec::new()
+    };
+    let kept_id = seen
+        .request_id
         .filter(|v| is_sane_request_id(v.as_bytes()) && !named.contains(&X_REQUEST_ID));
     let mut cookies_written = false;
     for (name, value) in headers {
@@ -189,7 +215,7 @@ pub(crate) fn write_request_fields<'h>(
         write_field(head, b"upgrade", b"websocket");
         write_field(head, b"connection", b"upgrade");
     }
-    let trace = write_trace_context(head, headers, &named);
+    let trace = write_trace_context(head, headers, &seen, &named);
     let id = match kept_id {
         Some(id) => RequestId::Client(id),
         None => {
@@ -204,18 +230,20 @@ pub(crate) fn write_request_fields<'h>(
 /// The client's `traceparent` and `tracestate` if it sent one valid
 /// `traceparent` (and named neither as hop-by-hop), else a new
 /// `traceparent` alone; the trace id sent.
-fn write_trace_context(head: &mut BytesMut, headers: &HeaderMap, named: &[HeaderName]) -> TraceId {
-    let mut sent = headers.get_all(&TRACEPARENT).iter();
-    let kept = match (sent.next(), sent.next()) {
-        (Some(v), None) if trace::is_valid(v.as_bytes()) && !named.contains(&TRACEPARENT) => {
-            Some(v)
-        }
+fn write_trace_context(
+    head: &mut BytesMut,
+    headers: &HeaderMap,
+    seen: &Seen<'_>,
+    named: &[HeaderName],
+) -> TraceId {
+    let kept = match seen.traceparent {
+        Some((v, 1)) if trace::is_valid(v.as_bytes()) && !named.contains(&TRACEPARENT) => Some(v),
         _ => None,
     };
     match kept {
         Some(v) => {
             write_field(head, b"traceparent", v.as_bytes());
-            if !named.contains(&TRACESTATE) {
+            if seen.tracestate && !named.contains(&TRACESTATE) {
                 for state in headers.get_all(&TRACESTATE) {
                     write_field(head, b"tracestate", state.as_bytes());
                 }
@@ -227,6 +255,45 @@ fn write_trace_context(head: &mut BytesMut, headers: &HeaderMap, named: &[Header
             write_field(head, b"traceparent", &v);
             trace::trace_id(&v)
         }
+    }
+}
+
+/// What [`write_request_fields`] needs to know before it writes the first
+/// field, gathered in one pass over the fields rather than a hashed lookup
+/// for each name.
+struct Seen<'h> {
+    /// A `Connection` field is present (it may name more hop-by-hop fields).
+    connection: bool,
+    /// The first `X-Request-Id`.
+    request_id: Option<&'h HeaderValue>,
+    /// The first `traceparent` and how many there are.
+    traceparent: Option<(&'h HeaderValue, usize)>,
+    tracestate: bool,
+}
+
+impl<'h> Seen<'h> {
+    fn of(headers: &'h HeaderMap) -> Self {
+        let mut seen = Seen {
+            connection: false,
+            request_id: None,
+            traceparent: None,
+            tracestate: false,
+        };
+        for (name, value) in headers {
+            if *name == header::CONNECTION {
+                seen.connection = true;
+            } else if *name == X_REQUEST_ID {
+                seen.request_id.get_or_insert(value);
+            } else if *name == TRACEPARENT {
+                match &mut seen.traceparent {
+                    Some((_, n)) => *n += 1,
+                    None => seen.traceparent = Some((value, 1)),
+                }
+            } else if *name == TRACESTATE {
+                seen.tracestate = true;
+            }
+        }
+        seen
     }
 }
 
@@ -275,6 +342,7 @@ fn write_ip(head: &mut BytesMut, ip: IpAddr) {
 
 /// One `name: value` line.
 pub(crate) fn write_field(head: &mut BytesMut, name: &[u8], value: &[u8]) {
+    head.reserve(name.len() + value.len() + 4);
     head.extend_from_slice(name);
     head.extend_from_slice(b": ");
     head.extend_from_slice(value);
@@ -304,62 +372,77 @@ fn is_not_forwarded(name: &HeaderName) -> bool {
     ) || poses_as_proxy(name.as_str())
 }
 
+/// Prefixes of the names [`poses_as_proxy`] refuses.
+const PROXY_PREFIXES: &[&str] = &[
+    // The de facto and the standard families (Rack, Spring, Werkzeug,
+    // Django, Express, Tomcat's RemoteIpValve, RFC 7239).
+    "x-forwarded",
+    "forwarded",
+    "x-original-",
+    "x-real-",
+    "x-remote-",
+    "x-client-",
+    "x-cluster-client-",
+    "x-proxyuser-",
+    "x-proxy-",
+    "x-envoy-",
+    // TLS and client certificates as terminating proxies pass them.
+    "x-ssl",
+    "ssl-",
+    "x-arr-",
+    "x-client-cert",
+    // CDNs and clouds.
+    "cf-",
+    "true-client-",
+    "fastly-",
+    "akamai-",
+    "x-akamai-",
+    "cloudfront-",
+    "x-appengine-",
+    "x-amzn-oidc-",
+    "x-goog-authenticated-user-",
+    "x-goog-iap-",
+    "x-ms-client-principal",
+    // Users let in by an authenticating proxy (oauth2-proxy, Grafana's
+    // auth proxy, Apache's REMOTE_USER).
+    "x-auth-request-",
+    "x-webauth-",
+    "remote-user",
+];
+
+/// Whole names [`poses_as_proxy`] refuses.
+const PROXY_NAMES: &[&str] = &[
+    "client-ip",
+    "front-end-https",
+    "x-url-scheme",
+    "x-scheme",
+    "x-host",
+    "x-http-host-override",
+    "x-rewrite-url",
+    "x-originating-ip",
+    "x-client-ip",
+    "via",
+    "proxy",
+];
+
 /// Whether a (lowercase) field name is one by which a proxy tells an
 /// application about the client, the connection or the user; from a
 /// client, each is a lie a waifu might believe. By family, so new members
 /// (`X-Forwarded-Anything`) are covered too.
 pub(crate) fn poses_as_proxy(name: &str) -> bool {
-    const PREFIXES: &[&str] = &[
-        // The de facto and the standard families (Rack, Spring, Werkzeug,
-        // Django, Express, Tomcat's RemoteIpValve, RFC 7239).
-        "x-forwarded",
-        "forwarded",
-        "x-original-",
-        "x-real-",
-        "x-remote-",
-        "x-client-",
-        "x-cluster-client-",
-        "x-proxyuser-",
-        "x-proxy-",
-        "x-envoy-",
-        // TLS and client certificates as terminating proxies pass them.
-        "x-ssl",
-        "ssl-",
-        "x-arr-",
-        "x-client-cert",
-        // CDNs and clouds.
-        "cf-",
-        "true-client-",
-        "fastly-",
-        "akamai-",
-        "x-akamai-",
-        "cloudfront-",
-        "x-appengine-",
-        "x-amzn-oidc-",
-        "x-goog-authenticated-user-",
-        "x-goog-iap-",
-        "x-ms-client-principal",
-        // Users let in by an authenticating proxy (oauth2-proxy, Grafana's
-        // auth proxy, Apache's REMOTE_USER).
-        "x-auth-request-",
-        "x-webauth-",
-        "remote-user",
-    ];
-    const NAMES: &[&str] = &[
-        "client-ip",
-        "front-end-https",
-        "x-url-scheme",
-        "x-scheme",
-        "x-host",
-        "x-http-host-override",
-        "x-rewrite-url",
-        "x-originating-ip",
-        "x-client-ip",
-        "via",
-        "proxy",
-    ];
-    name.contains('_') || NAMES.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p))
+    // Most names start with a letter no listed name starts with.
+    let listed = name
+        .as_bytes()
+        .first()
+        .is_some_and(|b| POSSIBLE_FIRST.contains(b));
+    name.as_bytes().contains(&b'_')
+        || listed
+            && (PROXY_NAMES.contains(&name) || PROXY_PREFIXES.iter().any(|p| name.starts_with(p)))
 }
+
+/// The first letters of the names and prefixes [`poses_as_proxy`] lists
+/// (a unit test keeps the two in step).
+const POSSIBLE_FIRST: &[u8] = b"acfprstvx";
 
 fn is_sane_request_id(id: &[u8]) -> bool {
     (1..=128).contains(&id.len()) && id.iter().all(|b| b.is_ascii_graphic())

@@ -475,3 +475,11 @@ fn exactly_one_valid_traceparent_is_sent() {
     assert_eq!(&parent[..3], "00-");
     assert_eq!(id, parent[3..35]);
 }
+
+#[test]
+fn the_first_letter_filter_lets_every_listed_name_through() {
+    for name in PROXY_PREFIXES.iter().chain(PROXY_NAMES) {
+        assert!(POSSIBLE_FIRST.contains(&name.as_bytes()[0]), "{name}");
+        assert!(poses_as_proxy(name), "{name}");
+    }
+}
