@@ -158,7 +158,7 @@ def main():
     def launch(name, wrap):
         """Starts one target under `wrap` (a command prefix); returns its
         process, its URL and the pid to control."""
-        port = {n: common.free_port() for n in ("relay", "nginx", "haproxy", "caddy", "orchestrator")}
+        port = {n: common.free_port() for n in ("relay", "nginx", "haproxy", "caddy", "caddy-tuned", "orchestrator")}
         d = tempfile.mkdtemp(dir=tmp)
         paths = common.configs(d, port, backend)
         if name == "nginx":

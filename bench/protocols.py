@@ -22,6 +22,9 @@ h2load connection with GOAWAY and left nginx at 8,000 requests per run). For big
 streams (nginx: `proxy_buffering off`, `proxy_request_buffering off`,
 `client_max_body_size 0`), so none buffers a body on disk or in memory.
 
+`ORCHESTRATOR_BIN=path` measures another build of the orchestrator (another
+crypto provider, say) in the same setting.
+
 Reports requests/s, p99 (wrk's, or h2load's per-request log), the proxy's
 CPU per request (user + system from /proc), and peak RSS (VmHWM after the
 run). Installs nothing; says what is missing. Stops everything it started.
@@ -200,7 +203,8 @@ def main():
     procs = {
         "nginx": common.start(["nginx", "-c", paths["nginx.conf"], "-g", "daemon off;"], common.PROXY_CPU, log),
         "haproxy": common.start(["haproxy", "-db", "-f", paths["haproxy.cfg"]], common.PROXY_CPU, log),
-        "orchestrator": common.start([os.path.join(RELEASE, "orchestrator")], common.PROXY_CPU, log, env=env),
+        "orchestrator": common.start([os.environ.get("ORCHESTRATOR_BIN", os.path.join(RELEASE, "orchestrator"))],
+                                     common.PROXY_CPU, log, env=env),
     }
     deadline = time.time() + 120
     while common.get(f"http://127.0.0.1:{internal}/__internal/health") != 204:

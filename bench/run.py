@@ -198,8 +198,31 @@ http://:{port['caddy']} {{
   }}
 }}
 """
+    # Caddy with an upstream pool as large as nginx's here (its default keeps
+    # 32 idle connections per upstream, so at 64 and 256 client connections
+    # most requests open a connection to the backend, as nginx's default of
+    # none would).
+    caddy_tuned = f"""
+{{
+  admin off
+  auto_https off
+}}
+http://:{port['caddy-tuned']} {{
+  bind 127.0.0.1
+  handle_path /app/* {{
+    reverse_proxy 127.0.0.1:{backend} {{
+      transport http {{
+        keepalive 2m
+        keepalive_idle_conns 256
+        keepalive_idle_conns_per_host 256
+      }}
+    }}
+  }}
+}}
+"""
     paths = {}
-    for name, text in [("nginx.conf", nginx), ("haproxy.cfg", haproxy), ("Caddyfile", caddy)]:
+    for name, text in [("nginx.conf", nginx), ("haproxy.cfg", haproxy), ("Caddyfile", caddy),
+                       ("Caddyfile-tuned", caddy_tuned)]:
         paths[name] = os.path.join(tmp, name)
         with open(paths[name], "w") as f:
             f.write(text)
@@ -252,12 +275,12 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--conns", default="64,256")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results.md"))
-    ap.add_argument("--targets", default="direct,relay,nginx,haproxy,caddy,orchestrator",
+    ap.add_argument("--targets", default="direct,relay,nginx,haproxy,caddy,caddy-tuned,orchestrator",
                     help="which targets get load (nginx always: ratios are to it); fewer "
                          "targets leave time for more rounds")
     args = ap.parse_args()
     targets = set(args.targets.split(",")) | {"nginx"}
-    unknown = targets - {"direct", "relay", "nginx", "haproxy", "caddy", "orchestrator"}
+    unknown = targets - {"direct", "relay", "nginx", "haproxy", "caddy", "caddy-tuned", "orchestrator"}
     if unknown:
         sys.exit("unknown targets: " + ", ".join(sorted(unknown)))
 
@@ -277,7 +300,7 @@ def main():
     atexit.register(shutil.rmtree, tmp, True)
     log = open(os.path.join(tmp, "servers.log"), "w")
     backend = free_port()
-    port = {n: free_port() for n in ("relay", "nginx", "haproxy", "caddy", "orchestrator")}
+    port = {n: free_port() for n in ("relay", "nginx", "haproxy", "caddy", "caddy-tuned", "orchestrator")}
     internal = free_port()
     paths = configs(tmp, port, backend)
 
@@ -290,6 +313,9 @@ def main():
         "haproxy": start(["haproxy", "-db", "-f", paths["haproxy.cfg"]], PROXY_CPU, log),
         "caddy": start(["caddy", "run", "--config", paths["Caddyfile"], "--adapter", "caddyfile"],
                        PROXY_CPU, log, env=dict(os.environ, HOME=tmp, XDG_DATA_HOME=tmp, XDG_CONFIG_HOME=tmp)),
+        "caddy-tuned": start(["caddy", "run", "--config", paths["Caddyfile-tuned"], "--adapter", "caddyfile"],
+                             PROXY_CPU, log, env=dict(os.environ, HOME=tmp, XDG_DATA_HOME=tmp,
+                                                      XDG_CONFIG_HOME=tmp)),
         "orchestrator": start([os.path.join(release, "orchestrator")], PROXY_CPU, log, env=dict(
             os.environ, DATA_DIR=os.path.join(tmp, "data"), PUBLIC_ADDR=f"127.0.0.1:{port['orchestrator']}",
             INTERNAL_ADDR=f"127.0.0.1:{internal}", RUST_LOG="warn")),

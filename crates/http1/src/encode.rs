@@ -52,7 +52,9 @@ pub fn response_head(
     }
     match delimited {
         Delimited::Length(n) => {
-            let _ = write!(out, "content-length: {n}\r\n");
+            out.extend_from_slice(b"content-length: ");
+            decimal(out, n);
+            out.extend_from_slice(b"\r\n");
         }
         Delimited::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Delimited::None => {}
@@ -66,6 +68,22 @@ pub fn response_head(
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// `n` in decimal digits, without the formatting machinery (which cost a
+/// fifth as much as writing the whole rest of a response head).
+pub fn decimal(out: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// The line that starts a chunk of `len` bytes.
@@ -102,6 +120,26 @@ pub fn http_date(out: &mut BytesMut) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn decimals_are_written_as_displayed() {
+        for n in [
+            0,
+            1,
+            9,
+            10,
+            99,
+            100,
+            12_345,
+            u64::from(u32::MAX),
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            let mut out = BytesMut::new();
+            super::decimal(&mut out, n);
+            assert_eq!(&out[..], n.to_string().as_bytes());
+        }
+    }
+
     use super::*;
     use http::HeaderValue;
 

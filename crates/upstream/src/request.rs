@@ -11,7 +11,7 @@ use http::Method;
 use hyper::body::{Body, Incoming};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
-use waifus_http1::encode::field;
+use waifus_http1::encode::{decimal, field};
 
 use super::error::SendError;
 
@@ -79,7 +79,9 @@ impl Outgoing {
             ReqFraming::Empty => {}
             ReqFraming::Length => {
                 let n = length.flatten().unwrap_or(0);
-                let _ = write!(head, "content-length: {n}\r\n");
+                head.extend_from_slice(b"content-length: ");
+                decimal(&mut head, n);
+                head.extend_from_slice(b"\r\n");
             }
             ReqFraming::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         }

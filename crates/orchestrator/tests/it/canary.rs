@@ -500,6 +500,16 @@ async fn two_orchestrators_behind_haproxy_share_one_rollout() {
             .arg("-f")
             .arg(&config),
     );
+    // HAProxy binds soon after it starts; on a busy machine, later than the
+    // first request below would be sent.
+    let listening = Instant::now();
+    while tokio::net::TcpStream::connect(front).await.is_err() {
+        assert!(
+            listening.elapsed() < Duration::from_secs(30),
+            "HAProxy does not listen on {front}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let v1 = TestWaifu::start("v1").await;
     let (status, _) = a
