@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import protocols  # noqa: E402  (the TLS configurations)
 import run as common  # noqa: E402  (the proxy benchmark's helpers and configs)
 
 ROOT = common.ROOT
@@ -40,11 +42,16 @@ RELEASE = os.path.join(ROOT, "target", "release")
 TARGETS = ("nginx", "haproxy", "relay", "orchestrator")
 
 
+UNVERIFIED = ssl.create_default_context()
+UNVERIFIED.check_hostname = False
+UNVERIFIED.verify_mode = ssl.CERT_NONE
+
+
 def poke(url):
     """One request on a new connection; the answer does not matter."""
     try:
         req = urllib.request.Request(url, headers={"Host": "localhost"})
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with urllib.request.urlopen(req, timeout=30, context=UNVERIFIED) as r:
             r.read()
     except Exception:
         pass
@@ -96,6 +103,7 @@ def newest_dump(prefix):
 
 
 def short(name, width=110):
+    name = re.sub(r"\s*\[[^\]]*\]$", "", name)  # the object file it is in
     name = re.sub(r"::h[0-9a-f]{16}$", "", name)
     name = re.sub(r"<[^<>]*>", "<…>", name) if len(name) > width else name
     return name if len(name) <= width else name[: width - 1] + "…"
@@ -130,11 +138,14 @@ def main():
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--tls", action="store_true",
+                    help="HTTPS (TLS 1.3, one ECDSA P-256 certificate) to nginx, HAProxy and the "
+                         "orchestrator; the relay does no TLS and is left out")
     ap.add_argument("--no-strace", action="store_true")
     ap.add_argument("--keep", metavar="FILE", help="copy the orchestrator's last callgrind dump here")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "callgrind-results.md"))
     args = ap.parse_args()
-    targets = [t for t in args.targets.split(",") if t]
+    targets = [t for t in args.targets.split(",") if t and not (args.tls and t == "relay")]
     if set(targets) - set(TARGETS):
         sys.exit("unknown targets: " + ", ".join(sorted(set(targets) - set(TARGETS))))
     tools = ["valgrind", "callgrind_control", "callgrind_annotate", "h2load"] + \
@@ -155,12 +166,25 @@ def main():
     common.start([os.path.join(RELEASE, "bench-backend"), f"127.0.0.1:{backend}"], common.LOAD_CPU, log)
     common.wait_ok(f"http://127.0.0.1:{backend}/hello", "the backend")
 
+    certs = os.path.join(tmp, "certs")
+    os.makedirs(certs)
+    crt, key = os.path.join(certs, "localhost.crt"), os.path.join(certs, "localhost.key")
+    pem = os.path.join(tmp, "haproxy.pem")
+    if args.tls:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-keyout", key, "-out", crt, "-days", "2", "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+        with open(pem, "w") as f:
+            f.write(open(crt).read() + open(key).read())
+
     def launch(name, wrap):
         """Starts one target under `wrap` (a command prefix); returns its
         process, its URL and the pid to control."""
         port = {n: common.free_port() for n in ("relay", "nginx", "haproxy", "caddy", "caddy-tuned", "orchestrator")}
         d = tempfile.mkdtemp(dir=tmp)
         paths = common.configs(d, port, backend)
+        if args.tls:
+            paths = protocols.configs(d, port, backend, "https", crt, key, pem)
         if name == "nginx":
             # One process: the worker is the master.
             with open(paths["nginx.conf"]) as f:
@@ -181,6 +205,9 @@ def main():
             env = dict(os.environ, DATA_DIR=os.path.join(d, "data"), WORKER_THREADS="1",
                        PUBLIC_ADDR=f"127.0.0.1:{port['orchestrator']}",
                        INTERNAL_ADDR=f"127.0.0.1:{internal}", RUST_LOG="warn")
+            if args.tls:
+                env.update(PUBLIC_ADDR=f"127.0.0.1:{common.free_port()}", CERT_DIR=certs,
+                           HTTPS_ADDR=f"127.0.0.1:{port['orchestrator']}")
         proc = common.start(wrap(d) + cmd, common.PROXY_CPU, log, env=env)
         if internal:
             deadline = time.time() + 300
@@ -191,8 +218,19 @@ def main():
             hello = json.dumps({"name": "app", "host": f"127.0.0.1:{backend}"}).encode()
             urllib.request.urlopen(urllib.request.Request(
                 f"http://127.0.0.1:{internal}/__internal/hello", data=hello, method="POST"), timeout=30)
-        url = f"http://127.0.0.1:{port[name]}/app/hello"
-        common.wait_ok(url, name, seconds=300)
+        url = f"{'https' if args.tls else 'http'}://localhost:{port[name]}/app/hello"
+        deadline = time.time() + 300
+        while True:
+            try:
+                req = urllib.request.Request(url, headers={"Host": "localhost"})
+                with urllib.request.urlopen(req, timeout=10, context=UNVERIFIED) as r:
+                    if r.status == 200:
+                        break
+            except Exception:
+                pass
+            if time.time() > deadline:
+                sys.exit(f"{name} did not come up ({url})")
+            time.sleep(0.3)
         return proc, url, d
 
     def stop(proc):
@@ -258,7 +296,8 @@ def main():
 
     nginx = sum(per_request["nginx"]) / len(per_request["nginx"]) if "nginx" in per_request else None
     lines = [f"Run: {time.strftime('%Y-%m-%d %H:%M')}, `python3 bench/callgrind.py --requests "
-             f"{args.requests} --conns {args.conns} --repeat {args.repeat}`: {args.requests:,} keep-alive "
+             f"{args.requests} --conns {args.conns} --repeat {args.repeat}{' --tls' if args.tls else ''}`: "
+             f"{args.requests:,} keep-alive {'HTTPS ' if args.tls else ''}"
              f"GETs (`h2load --h1 -c {args.conns}`) through each, one worker each, the counters zeroed "
              f"before and dumped after the stream.", "",
              "| target | instructions per request (each run) | × nginx | system calls per request |",

@@ -274,6 +274,7 @@ def main():
                 after = common.cpu_split(pids(name))
                 spent = after[0] + after[1] - before[0] - before[1]
                 r["cpu_us"] = spent / r["requests"] * 1e6 if r["requests"] else None
+                r["user_us"] = (after[0] - before[0]) / r["requests"] * 1e6 if r["requests"] else None
                 r["cpu_share"] = spent / args.seconds
                 results.setdefault((name, case), []).append(r)
     peak = {n: common.memory_kib(pids(n), "VmHWM") for n in targets}
@@ -314,6 +315,16 @@ def main():
                 lines.append(f"| {name} | {common.fmt([r['rps'] for r in rs])} | {rps / b_rps:.2f} | "
                              f"{common.fmt(p99, digits=2)} | {p99_ratio} | "
                              f"{common.fmt([r['cpu_us'] for r in rs], digits=1)} | {cpu / b_cpu:.2f} | {errors} |")
+    lines += ["", "The proxies' CPU per request split (median µs): user space, and the kernel (the "
+              "system calls, the same for every proxy doing the same job):", "",
+              "| case | target | user µs/req | kernel µs/req |", "|---|---|---|---|"]
+    for case in cases:
+        for name in targets:
+            rs = [r for r in results[(name, case)] if r["cpu_us"] is not None]
+            user = statistics.median(r["user_us"] for r in rs)
+            total = statistics.median(r["cpu_us"] for r in rs)
+            label = f"{case[0]} {case[1]}" if case else mode
+            lines.append(f"| {label} | {name} | {user:.1f} | {total - user:.1f} |")
     lines += ["", "| target | peak RSS KiB | × nginx |", "|---|---|---|"]
     for name in targets:
         lines.append(f"| {name} | {peak[name]:,} | {peak[name] / peak['nginx']:.2f} |")
