@@ -81,6 +81,32 @@ pub(crate) struct Strict<S: Socket = TcpStream> {
     refused: bool,
     /// The refusal still to write, and how much of it is written.
     reply: Option<(Vec<u8>, usize)>,
+    /// Where shutting down has got to (see [`LINGER_TIME`]).
+    closing: Closing,
+}
+
+/// How long, and how much, a connection closed while its client was still
+/// sending a request body is read (and the bytes dropped) after the answer,
+/// as nginx's lingering close does. Closing a socket with unread bytes, or
+/// receiving more after closing, makes the kernel send a reset, and a client
+/// busy writing its body then loses the answer already sent to it (a `413`
+/// for a body declared too large, say). One maximal body, for at most 5 s.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+const LINGER_BYTES: u64 = 64 * 1024 * 1024;
+
+#[derive(Debug)]
+enum Closing {
+    Open,
+    /// The write side is shut; what the client still sends is read and
+    /// dropped until it closes, [`LINGER_BYTES`] or [`LINGER_TIME`].
+    Linger(Linger),
+    Closed,
+}
+
+#[derive(Debug)]
+struct Linger {
+    until: Pin<Box<tokio::time::Sleep>>,
+    left: u64,
 }
 
 impl<S: Socket> Strict<S> {
@@ -93,6 +119,7 @@ impl<S: Socket> Strict<S> {
             approved: Vec::new(),
             refused: false,
             reply: None,
+            closing: Closing::Open,
         }
     }
 
@@ -243,7 +270,41 @@ impl<S: Socket> AsyncWrite for Strict<S> {
             }
             *written += n;
         }
-        Pin::new(&mut this.inner).poll_shutdown(cx)
+        if let Closing::Open = this.closing {
+            ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            // Inside a request body the client is still sending: linger.
+            let sending = !this.tunnel && !this.refused && !this.checker.between_messages();
+            this.closing = if sending {
+                Closing::Linger(Linger {
+                    until: Box::pin(tokio::time::sleep(LINGER_TIME)),
+                    left: LINGER_BYTES,
+                })
+            } else {
+                Closing::Closed
+            };
+        }
+        if let Closing::Linger(linger) = &mut this.closing {
+            let mut scratch = [0u8; 8 * 1024];
+            loop {
+                if linger.until.as_mut().poll(cx).is_ready() {
+                    break;
+                }
+                let mut read = ReadBuf::new(&mut scratch);
+                match Pin::new(&mut this.inner).poll_read(cx, &mut read) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(_)) => break,
+                    Poll::Ready(Ok(())) if read.filled().is_empty() => break,
+                    Poll::Ready(Ok(())) => {
+                        linger.left = linger.left.saturating_sub(read.filled().len() as u64);
+                        if linger.left == 0 {
+                            break;
+                        }
+                    }
+                }
+            }
+            this.closing = Closing::Closed;
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -271,6 +332,49 @@ mod tests {
                 Err(_) => return (out, false),
             }
         }
+    }
+
+    /// Answered and closed while the client still sends a body (a `413`
+    /// for a body declared too large): the client gets the answer, not a
+    /// reset.
+    #[tokio::test]
+    async fn a_client_still_sending_its_body_gets_the_answer_not_a_reset() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut strict = Strict::new(tcp, Arc::new(AtomicBool::new(false)));
+            let mut buf = vec![0u8; 4096];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = strict.read(&mut buf).await.unwrap();
+                assert!(n > 0);
+                got.extend_from_slice(&buf[..n]);
+            }
+            strict
+                .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            strict.shutdown().await.unwrap();
+        });
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let body = 4 << 20;
+        let head = format!("POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: {body}\r\n\r\n");
+        client.write_all(head.as_bytes()).await.unwrap();
+        // All of it, as a client does that reads the answer only then.
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..body / chunk.len() {
+            client.write_all(&chunk).await.expect("sent, not reset");
+        }
+        let mut answer = Vec::new();
+        client
+            .read_to_end(&mut answer)
+            .await
+            .expect("the answer, not a reset");
+        assert!(answer.starts_with(b"HTTP/1.1 413"), "{answer:?}");
+        drop(client);
+        server.await.unwrap();
     }
 
     #[tokio::test]
