@@ -78,7 +78,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// The names [`strip_hop_by_hop`] removes whatever `Connection` says.
+/// Hop-by-hop names, removed whatever `Connection` says: from answers by
+/// [`strip_hop_by_hop`], from requests by [`is_not_forwarded`].
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     *name == header::CONNECTION
         || *name == header::UPGRADE
@@ -353,23 +354,12 @@ pub(crate) fn write_field(head: &mut BytesMut, name: &[u8], value: &[u8]) {
 /// (`Upgrade` and `HTTP2-Settings` included), framing (the proxy re-frames),
 /// `Host`, and every field by which a client could pose as a proxy.
 fn is_not_forwarded(name: &HeaderName) -> bool {
-    if *name == header::CONNECTION
-        || *name == header::UPGRADE
-        || *name == header::PROXY_AUTHENTICATE
-        || *name == header::PROXY_AUTHORIZATION
-        || *name == header::TE
-        || *name == header::TRAILER
-        || *name == header::TRANSFER_ENCODING
+    is_hop_by_hop(name)
         || *name == header::EXPECT
         || *name == header::CONTENT_LENGTH
         || *name == header::HOST
-    {
-        return true;
-    }
-    matches!(
-        name.as_str(),
-        "keep-alive" | "proxy-connection" | "http2-settings"
-    ) || poses_as_proxy(name.as_str())
+        || name.as_str() == "http2-settings"
+        || poses_as_proxy(name.as_str())
 }
 
 /// Prefixes of the names [`poses_as_proxy`] refuses.
