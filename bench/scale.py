@@ -66,7 +66,8 @@ def orchestrator(tmp, tag, interval, log, up):
     returns (process, public port, internal port)."""
     release = os.path.join(R.ROOT, "target", "release")
     public, internal = R.free_port(), R.free_port()
-    proc = R.start([os.path.join(release, "orchestrator")], R.PROXY_CPU, log, env=dict(
+    binary = os.environ.get("ORCHESTRATOR_BIN") or os.path.join(release, "orchestrator")
+    proc = R.start([binary], R.PROXY_CPU, log, env=dict(
         os.environ, DATA_DIR=os.path.join(tmp, f"data-{tag}"), PUBLIC_ADDR=f"127.0.0.1:{public}",
         INTERNAL_ADDR=f"127.0.0.1:{internal}", RUST_LOG="warn", HEALTH_INTERVAL=interval,
         MAIN_DOMAIN="localhost"))
@@ -160,7 +161,14 @@ def phase(args, interval, hellos):
         (("base_bind", one, f"http://127.0.0.1:{one_public}/hello", "app.bind.test"),
          ("many_bind", orch, f"http://127.0.0.1:{public}/hello", f"w{args.waifus // 2}.bind.test")),
     ]
-    for i in range(args.rounds):
+    # The cost of the health checks alone: the orchestrator idle, its CPU
+    # time over a window of whole rounds.
+    only(orch)
+    window = 20
+    before = sum(R.cpu_split([orch.pid]))
+    time.sleep(window)
+    out["idle_cpu"] = (sum(R.cpu_split([orch.pid])) - before) / window
+    for i in range(0 if args.memory_only else args.rounds):
         for pair in pairs:
             for key, proc, url, host in (pair if i % 2 == 0 else pair[::-1]):
                 out[key].append(load(proc, url, host))
@@ -207,9 +215,12 @@ def main():
                     help="where the orchestrators' data directories (their PostgreSQL) go; "
                          "default: the system's temporary directory. /dev/shm takes the disk's "
                          "fsync out of the hello timings")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="no load runs: registration, RSS, idle CPU and hello → routable only "
+                         "(about 3 minutes)")
     ap.add_argument("--out", default=os.path.join(R.ROOT, "bench", "scale-results.md"))
     args = ap.parse_args()
-    if not shutil.which("wrk"):
+    if not shutil.which("wrk") and not args.memory_only:
         sys.exit("missing: wrk (Debian: apt-get install wrk)")
     os.sched_setaffinity(0, {int(R.LOAD_CPU)})
     a = phase(args, "1h", args.hellos)
@@ -243,7 +254,7 @@ def main():
             yield checks, "1 waifu", "bind host", res["base_bind"], res["base_bind"]
             yield checks, n, "bind host", res["many_bind"], res["base_bind"]
 
-    for checks, label, path, rs, base in rows():
+    for checks, label, path, rs, base in ([] if args.memory_only else rows()):
         lines.append(
             f"| {checks} | {label} | {path} | {R.fmt([r['rps'] for r in rs])} | "
             f"{ratio(rs, base, 'rps')} | {R.fmt([r['p99'] for r in rs], digits=2)} | "
@@ -275,6 +286,9 @@ def main():
         f"({args.waifus / a['registered_in']:,.0f} hellos/s). Orchestrator with them: RSS "
         f"{a['rss'] / 1024:.1f} MiB, {a['fds']} open fds (1 h checks); RSS {b['rss'] / 1024:.1f} MiB, "
         f"{b['fds']} fds (5 s checks, one kept-alive connection per instance).",
+        f"Idle with them: {a['idle_cpu'] * 100:.2f} % of a core (1 h checks), "
+        f"{b['idle_cpu'] * 100:.2f} % (5 s checks: {args.waifus + 1:,} instances, "
+        f"{(b['idle_cpu'] - a['idle_cpu']) * 1e6 / ((args.waifus + 1) / 5):.1f} µs of CPU per check).",
         f"Hello → routable over {len(lat):,} hellos on top of {args.waifus:,} waifus (Python client: "
         f"hello, then GETs until 200): p50 {p(0.5):.2f} ms, p99 {p(0.99):.2f} ms, max {lat[-1]:.2f} ms.",
     ]

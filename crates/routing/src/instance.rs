@@ -35,7 +35,7 @@ pub enum Outcome {
     Failed,
 }
 
-/// One running copy of a waifu, shared by the route table and its health task.
+/// One running copy of a waifu, shared by the route table and the health checks.
 #[derive(Debug)]
 pub struct Instance {
     /// Where to connect; its canonical string is the instance's identity.
@@ -48,11 +48,8 @@ pub struct Instance {
     pub failures: AtomicU32,
     /// Unix milliseconds of the last completed check; 0 before the first.
     pub last_check_ms: AtomicU64,
-    /// Cancelled when the instance leaves the registry: stops its health task.
+    /// Cancelled when the instance leaves the registry: stops its health checks.
     pub retired: CancellationToken,
-    /// Asks its health task for a check now (a hello for an instance that
-    /// is not healthy: it may just have restarted).
-    pub recheck: Notify,
     /// Checks completed; [`Instance::checked_since`] waits for the next.
     checks: AtomicU64,
     checked: Notify,
@@ -93,7 +90,6 @@ impl Instance {
             failures: AtomicU32::new(0),
             last_check_ms: AtomicU64::new(0),
             retired: parent.child_token(),
-            recheck: Notify::new(),
             checks: AtomicU64::new(0),
             checked: Notify::new(),
             version: None,

@@ -33,6 +33,8 @@ pub(super) struct Double {
     /// How many writes fail before they succeed.
     failures: Mutex<usize>,
     calls: Mutex<Vec<(Duration, Call)>>,
+    /// How long a probe takes to answer.
+    delay: Duration,
 }
 
 impl Double {
@@ -42,7 +44,15 @@ impl Double {
             outcomes: Mutex::new(outcomes.iter().copied().collect()),
             failures: Mutex::new(0),
             calls: Mutex::new(Vec::new()),
+            delay: Duration::ZERO,
         })
+    }
+
+    /// Probes take `delay` to answer.
+    pub(super) fn slow(self: Arc<Self>, delay: Duration) -> Arc<Self> {
+        let mut double = Arc::into_inner(self).expect("not shared yet");
+        double.delay = delay;
+        Arc::new(double)
     }
 
     /// The next `n` writes fail (the database is away).
@@ -111,12 +121,17 @@ pub(super) fn instance(
 impl Checks for Double {
     async fn probe(&self, _: &Arc<Instance>, _: Duration) -> Seen {
         self.record(Call::Probe);
-        let mut outcomes = self.outcomes.lock().unwrap();
-        let outcome = match outcomes.len() {
-            0 => Outcome::Failed,
-            1 => outcomes[0],
-            _ => outcomes.pop_front().unwrap_or(Outcome::Failed),
+        let outcome = {
+            let mut outcomes = self.outcomes.lock().unwrap();
+            match outcomes.len() {
+                0 => Outcome::Failed,
+                1 => outcomes[0],
+                _ => outcomes.pop_front().unwrap_or(Outcome::Failed),
+            }
         };
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
         match outcome {
             Outcome::Success => Seen::Status(204),
             Outcome::Down => Seen::Refused,

@@ -1,9 +1,8 @@
 //! Active health checks: when each instance is checked, and what is done
 //! with the answer.
 //!
-//! Every instance gets its own task: `GET {instance}/__internal/health` (or
-//! the path its hello declared) every
-//! `HEALTH_INTERVAL` (±10 % jitter, so thousands of instances do not beat in
+//! Every instance is checked with `GET {instance}/__internal/health` (or
+//! the path its hello declared) every `HEALTH_INTERVAL` (±10 % jitter, so thousands of instances do not beat in
 //! step) with `HEALTH_TIMEOUT`, over the same keep-alive connections the
 //! proxy uses (so a check also keeps one warm). A new instance's first check
 //! runs as soon as it says hello. Any 2xx is a success (204 is what the
@@ -12,16 +11,21 @@
 //! ([`Instance::record`]). An instance not healthy for `DEREGISTER_AFTER` is
 //! deregistered, like Consul's `deregister_critical_service_after`.
 //!
+//! One task keeps every instance's next check in a queue ([`Schedule`]);
+//! a check runs as a task of its own only while it runs.
+//!
 //! The checks reach the network and the store through [`Checks`] only (the
 //! registry is the one implementation that runs; the tests drive a double
 //! on a paused clock).
 
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
 use http_body_util::BodyExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -48,7 +52,7 @@ pub(crate) struct Watch {
     /// stored, or is dropped if storing failed. The first check runs while
     /// the transaction commits, so a healthy instance is routable as soon
     /// as it is published; its health is stored only after the commit.
-    pub committed: Option<tokio::sync::oneshot::Receiver<()>>,
+    pub committed: Option<oneshot::Receiver<()>>,
 }
 
 /// What one check saw.
@@ -129,38 +133,300 @@ pub(crate) trait Checks: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
-/// What every instance's task shares.
+/// What the health checks are asked to do.
+#[derive(Debug)]
+pub(crate) enum Ask {
+    /// Start checking an instance.
+    Watch(Watch),
+    /// Check this instance now, whoever leads, after any check already
+    /// running (a hello for an instance that is not healthy: it may just
+    /// have restarted).
+    Recheck(Arc<Instance>),
+    /// How many instances the schedule holds (for the tests).
+    #[cfg(test)]
+    Count(oneshot::Sender<usize>),
+}
+
+/// What every check shares.
 #[derive(Debug)]
 struct Shared<C> {
     control: Arc<C>,
     config: HealthConfig,
     /// The start of the checks' grid ([`on_grid`]).
     epoch: Instant,
+    leading: tokio::sync::watch::Receiver<bool>,
+    /// Where each check hands its instance back to the schedule.
+    done: mpsc::UnboundedSender<Done>,
 }
 
-/// Starts a checking task for every instance the registry announces, and
+/// An instance checked, as the schedule keeps it between checks: about
+/// 60 bytes, where a task of its own took 1.5 KB.
+#[derive(Debug)]
+struct Watched {
+    name: Arc<str>,
+    instance: Arc<Instance>,
+    /// For an instance from a hello still being stored ([`Watch`]).
+    committed: Option<oneshot::Receiver<()>>,
+    /// The health last stored (or, while another orchestrator leads, read
+    /// from the store).
+    persisted: bool,
+    /// Since when its checks have seen it not healthy.
+    critical_since: Option<Instant>,
+}
+
+/// Where an instance is in its round.
+#[derive(Debug)]
+enum Slot {
+    /// Its next check falls due at `due`, or, with `None`, when this
+    /// orchestrator leads the checks or a recheck is asked for (another
+    /// orchestrator checks it; its health comes from the store).
+    Waiting {
+        watched: Watched,
+        due: Option<Instant>,
+        /// Due now whoever leads (a first check, a recheck), not at the
+        /// end of an interval.
+        now: bool,
+    },
+    /// A check runs; `again` if a recheck was asked for meanwhile.
+    Checking { again: bool },
+}
+
+/// A check's end: the instance handed back, or `None` if it is no longer
+/// checked (retired, deregistered, its hello not stored).
+#[derive(Debug)]
+struct Done {
+    key: usize,
+    watched: Option<Watched>,
+}
+
+/// Every instance's next check, in one place. One task for all instances
+/// instead of one each: with 10,000 instances the tasks were the largest
+/// part of the heap. A check runs as a task of its own only while it runs.
+struct Schedule<C> {
+    shared: Arc<Shared<C>>,
+    /// By the address of the instance (each is in the map at most once,
+    /// and its `Arc` is held while it is: the address is not reused).
+    slots: HashMap<usize, Slot>,
+    /// (due, key), soonest first; an entry whose slot is no longer
+    /// waiting for that time is skipped.
+    queue: BinaryHeap<Reverse<(Instant, usize)>>,
+    tracker: TaskTracker,
+}
+
+fn key(instance: &Arc<Instance>) -> usize {
+    Arc::as_ptr(instance) as usize
+}
+
+impl<C: Checks> Schedule<C> {
+    fn leading(&self) -> bool {
+        *self.shared.leading.borrow()
+    }
+
+    fn watch(&mut self, watch: Watch) {
+        let first = watch.committed.is_some();
+        let watched = Watched {
+            persisted: watch.instance.is_healthy(),
+            name: watch.name,
+            committed: watch.committed,
+            instance: watch.instance,
+            critical_since: None,
+        };
+        let key = key(&watched.instance);
+        // The first check of an instance from this process's hello runs
+        // whoever leads: it makes the instance routable at once. A stored
+        // instance is checked at once by the leader.
+        let due = (first || self.leading()).then(Instant::now);
+        self.wait(key, watched, due, first);
+    }
+
+    /// Puts an instance back to wait for `due` (`None`: for the lead).
+    fn wait(&mut self, key: usize, watched: Watched, due: Option<Instant>, now: bool) {
+        if let Some(due) = due {
+            self.queue.push(Reverse((due, key)));
+        }
+        self.slots.insert(key, Slot::Waiting { watched, due, now });
+    }
+
+    fn recheck(&mut self, instance: &Arc<Instance>) {
+        let key = key(instance);
+        match self.slots.get_mut(&key) {
+            Some(Slot::Checking { again }) => *again = true,
+            Some(Slot::Waiting { due, now, .. }) => {
+                let at = Instant::now();
+                *due = Some(at);
+                *now = true;
+                self.queue.push(Reverse((at, key)));
+            }
+            None => {}
+        }
+    }
+
+    /// A check ended: schedules the instance's next one.
+    fn finished(&mut self, Done { key, watched }: Done) {
+        let again = matches!(self.slots.get(&key), Some(Slot::Checking { again: true }));
+        let Some(watched) = watched else {
+            self.slots.remove(&key);
+            return;
+        };
+        if again {
+            self.wait(key, watched, Some(Instant::now()), true);
+            return;
+        }
+        let config = self.shared.config;
+        let period = config.interval.mul_f64(0.9 + fastrand::f64() * 0.2);
+        let due = on_grid(Instant::now() + period, self.shared.epoch);
+        self.wait(key, watched, Some(due), false);
+    }
+
+    /// When the next check falls due.
+    fn next(&self) -> Option<Instant> {
+        self.queue.peek().map(|Reverse((due, _))| *due)
+    }
+
+    /// Starts every check due by now.
+    fn start_due(&mut self) {
+        let now = Instant::now();
+        let leading = self.leading();
+        while let Some(&Reverse((at, key))) = self.queue.peek() {
+            if at > now {
+                return;
+            }
+            self.queue.pop();
+            let Some(Slot::Waiting {
+                due, now: asked, ..
+            }) = self.slots.get(&key)
+            else {
+                continue;
+            };
+            if *due != Some(at) {
+                continue;
+            }
+            let asked = *asked;
+            let Some(Slot::Waiting { watched, .. }) = self.slots.remove(&key) else {
+                continue;
+            };
+            if watched.instance.retired.is_cancelled() {
+                continue;
+            }
+            if !asked && !leading {
+                // Another orchestrator checks; health comes from the store.
+                self.wait(key, watched, None, false);
+                continue;
+            }
+            if !asked
+                && let Some(pause) =
+                    respread(now - at, self.shared.config.interval, fastrand::f64())
+            {
+                self.wait(key, watched, Some(now + pause), true);
+                continue;
+            }
+            self.start(key, watched);
+        }
+    }
+
+    fn start(&mut self, key: usize, watched: Watched) {
+        self.slots.insert(key, Slot::Checking { again: false });
+        self.tracker
+            .spawn(check_once(self.shared.clone(), key, watched));
+    }
+
+    /// This orchestrator leads the checks now: every instance waiting for
+    /// the lead is checked at once.
+    fn lead(&mut self) {
+        let at = Instant::now();
+        for (key, slot) in &mut self.slots {
+            if let Slot::Waiting {
+                watched,
+                due: due @ None,
+                ..
+            } = slot
+            {
+                // What the store said while another orchestrator led.
+                watched.persisted = watched.instance.is_healthy();
+                *due = Some(at);
+                self.queue.push(Reverse((at, *key)));
+            }
+        }
+    }
+
+    /// Forgets retired instances waiting for the lead (the others are
+    /// forgotten when their check falls due).
+    fn sweep(&mut self) {
+        self.slots.retain(|_, slot| match slot {
+            Slot::Waiting {
+                watched, due: None, ..
+            } => !watched.instance.retired.is_cancelled(),
+            _ => true,
+        });
+        if self.slots.capacity() > 2 * self.slots.len() + 64 {
+            self.slots.shrink_to_fit();
+        }
+        if self.queue.capacity() > 2 * self.queue.len() + 64 {
+            self.queue.shrink_to_fit();
+        }
+    }
+}
+
+/// Checks every instance the registry announces on its schedule, and
 /// closes idle upstream connections of every routed instance past their
 /// age.
 pub(crate) async fn supervise<C: Checks>(
     control: Arc<C>,
     routes: Routes,
-    mut watched: mpsc::UnboundedReceiver<Watch>,
+    mut asked: mpsc::UnboundedReceiver<Ask>,
     config: HealthConfig,
     tracker: TaskTracker,
     shutdown: CancellationToken,
-    leading: tokio::sync::watch::Receiver<bool>,
+    mut leading: tokio::sync::watch::Receiver<bool>,
 ) {
-    let shared = Arc::new(Shared {
-        control,
-        config,
-        epoch: Instant::now(),
-    });
+    let (done, mut finished) = mpsc::unbounded_channel();
+    let mut schedule = Schedule {
+        shared: Arc::new(Shared {
+            control,
+            config,
+            epoch: Instant::now(),
+            leading: leading.clone(),
+            done,
+        }),
+        slots: HashMap::new(),
+        queue: BinaryHeap::new(),
+        tracker,
+    };
     let mut reap = tokio::time::interval(upstream::IDLE_FOR / 2);
     reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One timer entry, re-armed for each wait.
+    let sleep = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(sleep);
+    let mut led = *leading.borrow_and_update();
     loop {
-        let watch = tokio::select! {
+        schedule.start_due();
+        let next = schedule.next();
+        if let Some(next) = next {
+            sleep.as_mut().reset(next);
+        }
+        tokio::select! {
             () = shutdown.cancelled() => return,
+            () = &mut sleep, if next.is_some() => {}
+            d = finished.recv() => if let Some(d) = d { schedule.finished(d) },
+            a = asked.recv() => match a {
+                Some(Ask::Watch(w)) => schedule.watch(w),
+                Some(Ask::Recheck(i)) => schedule.recheck(&i),
+                #[cfg(test)]
+                Some(Ask::Count(answer)) => { let _ = answer.send(schedule.slots.len()); }
+                None => return,
+            },
+            r = leading.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                let leads = *leading.borrow_and_update();
+                if leads && !led {
+                    schedule.lead();
+                }
+                led = leads;
+            }
             _ = reap.tick() => {
+                schedule.sweep();
                 // Idle upstream connections past their age are closed here,
                 // not only when the next request finds them. Closing ten
                 // thousand at once would stall this thread for tens of
@@ -176,125 +442,91 @@ pub(crate) async fn supervise<C: Checks>(
                         }
                     }
                 }
-                continue;
             }
-            w = watched.recv() => match w { Some(w) => w, None => return },
-        };
-        let task = watch_instance(shared.clone(), watch, leading.clone());
-        tracker.spawn(task);
+        }
     }
 }
 
-async fn watch_instance<C: Checks>(
-    shared: Arc<Shared<C>>,
-    Watch {
+/// One check of an instance and what follows from it (the routing flag,
+/// the stored health, a deregistration); hands the instance back to the
+/// schedule, unless it is no longer checked.
+async fn check_once<C: Checks>(shared: Arc<Shared<C>>, key: usize, mut watched: Watched) {
+    let kept = follow_up(&shared, &mut watched).await;
+    let _ = shared.done.send(Done {
+        key,
+        watched: kept.then_some(watched),
+    });
+}
+
+/// The check itself; whether the instance is still checked after it.
+async fn follow_up<C: Checks>(shared: &Shared<C>, watched: &mut Watched) -> bool {
+    let config = shared.config;
+    let Watched {
         name,
         instance,
-        mut committed,
-    }: Watch,
-    mut leading: tokio::sync::watch::Receiver<bool>,
-) {
-    let (config, epoch) = (shared.config, shared.epoch);
-    // One wait for retirement, registered once, and one timer entry,
-    // re-armed for each wait, serve every step below.
-    let retired = instance.retired.clone().cancelled_owned();
-    let sleep = tokio::time::sleep_until(epoch);
-    tokio::pin!(retired, sleep);
-    let mut persisted = instance.is_healthy();
-    // Since when this task has seen the instance not healthy.
-    let mut critical_since = None;
-    // The first check of an instance from this process's hello runs here
-    // whoever leads: it makes the instance routable at once.
-    let mut first = committed.is_some();
-    loop {
-        if !first && !*leading.borrow() {
-            // Another orchestrator checks; health comes from the store,
-            // unless a hello here asks for a check now.
-            tokio::select! {
-                () = &mut retired => return,
-                r = leading.wait_for(|l| *l) => if r.is_err() { return },
-                () = instance.recheck.notified() => {}
-            }
-            persisted = instance.is_healthy();
-        }
-        first = false;
-        let seen = tokio::select! {
-            () = &mut retired => return,
-            o = shared.control.probe(&instance, config.timeout) => o,
-        };
-        let healthy = instance.record(seen.outcome());
-        instance.check_done();
-        if *leading.borrow() {
-            shared.control.observed(&name, &instance, seen);
-        }
-        if let Some(stored) = committed.take() {
-            // Nothing is stored for an instance whose hello did not commit.
-            tokio::select! {
-                () = &mut retired => return,
-                r = stored => if r.is_err() { return },
-            }
-        }
-        if healthy != persisted {
-            if healthy {
-                info!(%name, instance = %instance.upstream, "instance is healthy");
-            } else {
-                warn!(%name, instance = %instance.upstream, check = %seen, "instance is unhealthy");
-            }
-            // Boxed, as is the deregistration below: these rare awaits
-            // (futures of 1.6 and 2.0 KiB) would otherwise set the size of
-            // every instance's task, which is 1.3 KiB without them.
-            let reason = seen.to_string();
-            match Box::pin(
-                shared
-                    .control
-                    .store_health(&name, &instance, healthy, &reason),
-            )
-            .await
-            {
-                Ok(()) => persisted = healthy,
-                Err(e) => warn!(%name, error = %e, "could not store health state"),
-            }
-        }
-        let critical_for = match (healthy, critical_since) {
-            (true, _) => {
-                critical_since = None;
-                Duration::ZERO
-            }
-            (false, None) => {
-                critical_since = Some(Instant::now());
-                Duration::ZERO
-            }
-            (false, Some(since)) => Instant::now() - since,
-        };
-        if critical_for >= config.deregister_after {
-            let why = format!(
-                "no healthy answer for {}",
-                humantime::format_duration(config.deregister_after)
-            );
-            match Box::pin(shared.control.deregister(&name, &instance, &why)).await {
-                Ok(()) => return,
-                Err(e) => warn!(%name, error = %e, "could not deregister instance"),
-            }
-        }
-        let period = config.interval.mul_f64(0.9 + fastrand::f64() * 0.2);
-        let due = on_grid(Instant::now() + period, epoch);
-        sleep.as_mut().reset(due);
+        committed,
+        persisted,
+        critical_since,
+    } = watched;
+    let retired = instance.retired.clone();
+    if !*shared.leading.borrow() {
+        // Health came from the store while another orchestrator led.
+        *persisted = instance.is_healthy();
+    }
+    let seen = tokio::select! {
+        () = retired.cancelled() => return false,
+        o = shared.control.probe(instance, config.timeout) => o,
+    };
+    let healthy = instance.record(seen.outcome());
+    instance.check_done();
+    if *shared.leading.borrow() {
+        shared.control.observed(name, instance, seen);
+    }
+    if let Some(stored) = committed.take() {
+        // Nothing is stored for an instance whose hello did not commit.
         tokio::select! {
-            () = &mut retired => return,
-            () = &mut sleep => {}
-            () = instance.recheck.notified() => {
-                first = true;
-                continue;
-            }
-        }
-        if let Some(pause) = respread(Instant::now() - due, config.interval, fastrand::f64()) {
-            sleep.as_mut().reset(Instant::now() + pause);
-            tokio::select! {
-                () = &mut retired => return,
-                () = &mut sleep => {}
-            }
+            () = retired.cancelled() => return false,
+            r = stored => if r.is_err() { return false },
         }
     }
+    if healthy != *persisted {
+        if healthy {
+            info!(%name, instance = %instance.upstream, "instance is healthy");
+        } else {
+            warn!(%name, instance = %instance.upstream, check = %seen, "instance is unhealthy");
+        }
+        let reason = seen.to_string();
+        match shared
+            .control
+            .store_health(name, instance, healthy, &reason)
+            .await
+        {
+            Ok(()) => *persisted = healthy,
+            Err(e) => warn!(%name, error = %e, "could not store health state"),
+        }
+    }
+    let critical_for = match (healthy, *critical_since) {
+        (true, _) => {
+            *critical_since = None;
+            Duration::ZERO
+        }
+        (false, None) => {
+            *critical_since = Some(Instant::now());
+            Duration::ZERO
+        }
+        (false, Some(since)) => Instant::now() - since,
+    };
+    if critical_for >= config.deregister_after {
+        let why = format!(
+            "no healthy answer for {}",
+            humantime::format_duration(config.deregister_after)
+        );
+        match shared.control.deregister(name, instance, &why).await {
+            Ok(()) => return false,
+            Err(e) => warn!(%name, error = %e, "could not deregister instance"),
+        }
+    }
+    true
 }
 
 /// Checks fall due on a grid of this step. With thousands of instances, the
@@ -330,9 +562,8 @@ fn respread(late: Duration, interval: Duration, unit: f64) -> Option<Duration> {
 /// is then cut off by the deadline; the body is read only so that the
 /// connection can be reused.
 ///
-/// This future is part of every instance's task, so what it holds across
-/// its awaits is kept small: the answer is taken apart before the body is
-/// read.
+/// What it holds across its awaits is kept small (2,000 may run at once):
+/// the answer is taken apart before the body is read.
 pub(super) async fn check(instance: &Arc<Instance>, timeout: Duration) -> Seen {
     let mut seen = Seen::Timeout;
     let exchange = async {

@@ -11,7 +11,7 @@ use waifus_protocol::{
     parse_bind_target, parse_host, validate_name,
 };
 
-use super::health::Watch;
+use super::health::{Ask, Watch};
 use super::{Entry, HelloError, Registry, State};
 use crate::ops::incidents::Incidents;
 use crate::routing::Instance;
@@ -128,7 +128,7 @@ impl Registry {
             && !instance.is_healthy()
         {
             awaited = Some((instance.clone(), instance.checks()));
-            instance.recheck.notify_one();
+            let _ = self.watch.send(Ask::Recheck(instance.clone()));
         }
         // A new instance gets its first health check while the hello commits.
         let version = hello.version.as_deref();
@@ -142,11 +142,11 @@ impl Registry {
                     .with_limits(limits),
             );
             let (committed, on_commit) = oneshot::channel();
-            let _ = self.watch.send(Watch {
+            let _ = self.watch.send(Ask::Watch(Watch {
                 name: hello.name.as_str().into(),
                 instance: instance.clone(),
                 committed: Some(on_commit),
-            });
+            }));
             fresh = Some((instance, committed, version_at));
         }
         let source = source.to_canonical().to_string();

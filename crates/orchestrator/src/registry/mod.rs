@@ -38,7 +38,7 @@ use crate::routing::switch::Setting;
 use crate::routing::{BindRoute, Instance, RouteTable, RouteWriter, WaifuRoute};
 use crate::store::{Store, StoreError, StoredInstance};
 use drain::Leaving;
-use health::Watch;
+use health::{Ask, Watch};
 
 /// Why a hello was refused as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +134,7 @@ impl Entry {
 struct Loaded {
     registry: Registry,
     /// Instances for the health checks to watch.
-    watched: mpsc::UnboundedReceiver<Watch>,
+    watched: mpsc::UnboundedReceiver<Ask>,
     /// Instances to drain.
     to_drain: mpsc::UnboundedReceiver<Leaving>,
 }
@@ -151,7 +151,7 @@ pub(crate) struct Registry {
     public_base: String,
     /// Parent of every instance's `retired` token.
     shutdown: CancellationToken,
-    watch: mpsc::UnboundedSender<Watch>,
+    watch: mpsc::UnboundedSender<Ask>,
     /// Instances that said goodbye, to drain ([`drain`]).
     leaving: mpsc::UnboundedSender<Leaving>,
     /// Whether this orchestrator runs the health checks ([`replicas`]):
@@ -271,11 +271,11 @@ impl Registry {
                 self.drain(name, &instance, ms);
             }
             None => {
-                let _ = self.watch.send(Watch {
+                let _ = self.watch.send(Ask::Watch(Watch {
                     name: name.clone(),
                     instance: instance.clone(),
                     committed: None,
-                });
+                }));
             }
         }
         instance

@@ -289,7 +289,9 @@ impl Registry {
                         // Another orchestrator found it healthy (a hello
                         // after a restart, checked there): see for ourselves
                         // now rather than at the next interval.
-                        instance.recheck.notify_one();
+                        let _ = self
+                            .watch
+                            .send(super::health::Ask::Recheck(instance.clone()));
                     }
                 }
                 None => {

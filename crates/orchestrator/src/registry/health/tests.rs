@@ -34,7 +34,7 @@ fn only_a_stall_respreads_the_checks() {
     assert!(respread(stalled, interval, 0.999_999).unwrap() < interval);
 }
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::super::double::{Call, Double, instance};
 
@@ -44,24 +44,67 @@ const CONFIG: HealthConfig = HealthConfig {
     deregister_after: Duration::from_secs(30),
 };
 
-/// Runs one instance's checks against `double` as its only task.
+/// The schedule, run against `double`; what the registry would send it.
+struct Running {
+    asks: mpsc::UnboundedSender<Ask>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    fn new(double: &Arc<Double>, leading: watch::Receiver<bool>) -> Running {
+        let (asks, asked) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let (_writer, routes) = crate::routing::routes();
+        let task = tokio::spawn(supervise(
+            double.clone(),
+            routes,
+            asked,
+            CONFIG,
+            TaskTracker::new(),
+            stop.clone(),
+            leading,
+        ));
+        Running { asks, stop, task }
+    }
+
+    fn watch(&self, instance: &Arc<Instance>, committed: Option<oneshot::Receiver<()>>) {
+        self.asks
+            .send(Ask::Watch(Watch {
+                name: "w".into(),
+                instance: instance.clone(),
+                committed,
+            }))
+            .unwrap();
+    }
+
+    fn recheck(&self, instance: &Arc<Instance>) {
+        self.asks.send(Ask::Recheck(instance.clone())).unwrap();
+    }
+
+    /// How many instances the schedule holds.
+    async fn count(&self) -> usize {
+        let (answer, count) = oneshot::channel();
+        self.asks.send(Ask::Count(answer)).unwrap();
+        count.await.unwrap()
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+/// Runs one instance's checks against `double`.
 fn watch(
     double: &Arc<Double>,
     instance: &Arc<Instance>,
     committed: Option<oneshot::Receiver<()>>,
     leading: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    let shared = Arc::new(Shared {
-        control: double.clone(),
-        config: CONFIG,
-        epoch: Instant::now(),
-    });
-    let watch = Watch {
-        name: "w".into(),
-        instance: instance.clone(),
-        committed,
-    };
-    tokio::spawn(watch_instance(shared, watch, leading))
+) -> Running {
+    let running = Running::new(double, leading);
+    running.watch(instance, committed);
+    running
 }
 
 fn leading(leads: bool) -> (watch::Sender<bool>, watch::Receiver<bool>) {
@@ -74,11 +117,15 @@ async fn an_instance_down_is_deregistered_after_deregister_after_and_not_before(
     let parent = CancellationToken::new();
     let instance = instance(true, &parent);
     let (_leads, leading) = leading(true);
-    let task = watch(&double, &instance, None, leading);
-    tokio::time::timeout(Duration::from_secs(3600), task)
-        .await
-        .expect("deregistered within the hour")
-        .unwrap();
+    let running = watch(&double, &instance, None, leading);
+    double
+        .until(|c| c.iter().any(|(_, c)| matches!(c, Call::Deregistered(_))))
+        .await;
+    let probes = double.probes();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(double.probes(), probes, "not checked once deregistered");
+    assert_eq!(running.count().await, 0, "forgotten once deregistered");
+    running.stop().await;
     let writes = double.writes();
     assert_eq!(writes.len(), 2, "{writes:?}");
     assert_eq!(writes[0], (Duration::ZERO, Call::Stored(false)));
@@ -106,10 +153,12 @@ async fn health_changes_are_stored_once_each_way_and_one_soft_failure_is_tolerat
     let parent = CancellationToken::new();
     let instance = instance(false, &parent);
     let (_leads, leading) = leading(true);
-    let task = watch(&double, &instance, None, leading);
+    let running = watch(&double, &instance, None, leading);
     double.until(|_| double.probes() >= 10).await;
     instance.retired.cancel();
-    task.await.unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(running.count().await, 0, "forgotten once retired");
+    running.stop().await;
     let stored: Vec<Call> = double.writes().into_iter().map(|(_, c)| c).collect();
     assert_eq!(
         stored,
@@ -139,7 +188,7 @@ async fn a_hellos_first_check_routes_at_once_and_is_stored_only_once_committed()
     let (commit, committed) = oneshot::channel();
     // A follower too runs the first check of a hello it took.
     let (_leads, leading) = leading(false);
-    let task = watch(&double, &instance, Some(committed), leading);
+    let running = watch(&double, &instance, Some(committed), leading);
     double.until(|_| double.probes() == 1).await;
     assert!(instance.is_healthy(), "routable before the commit");
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -150,8 +199,12 @@ async fn a_hellos_first_check_routes_at_once_and_is_stored_only_once_committed()
         .await;
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(double.probes(), 1, "a follower checks no more");
+    assert_eq!(running.count().await, 1, "still held, for the lead");
     instance.retired.cancel();
-    task.await.unwrap();
+    // Forgotten by the next sweep (every 15 s), though never due again.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(running.count().await, 0, "forgotten once retired");
+    running.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -161,14 +214,14 @@ async fn a_hello_that_did_not_commit_stores_nothing_and_stops_its_checks() {
     let instance = instance(false, &parent);
     let (commit, committed) = oneshot::channel::<()>();
     let (_leads, leading) = leading(true);
-    let task = watch(&double, &instance, Some(committed), leading);
+    let running = watch(&double, &instance, Some(committed), leading);
     double.until(|_| double.probes() == 1).await;
     drop(commit);
-    tokio::time::timeout(Duration::from_secs(1), task)
-        .await
-        .expect("the task ends")
-        .unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(double.probes(), 1, "no check after the failed hello");
+    assert_eq!(running.count().await, 0);
     assert_eq!(double.writes(), []);
+    running.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -177,10 +230,10 @@ async fn a_follower_checks_when_asked_and_all_the_time_once_it_leads() {
     let parent = CancellationToken::new();
     let instance = instance(true, &parent);
     let (leads, leading) = leading(false);
-    let task = watch(&double, &instance, None, leading);
+    let running = watch(&double, &instance, None, leading);
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(double.probes(), 0, "health comes from the store");
-    instance.recheck.notify_one();
+    running.recheck(&instance);
     double.until(|_| double.probes() == 1).await;
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(double.probes(), 1, "one check per request");
@@ -193,5 +246,61 @@ async fn a_follower_checks_when_asked_and_all_the_time_once_it_leads() {
     );
     assert_eq!(double.writes(), [], "healthy all along: nothing to store");
     parent.cancel();
-    task.await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(running.count().await, 0);
+    running.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_recheck_during_a_check_runs_another_right_after() {
+    let double = Double::new(&[Outcome::Success]).slow(Duration::from_millis(200));
+    let parent = CancellationToken::new();
+    let instance = instance(true, &parent);
+    let (_leads, leading) = leading(true);
+    let running = watch(&double, &instance, None, leading);
+    double.until(|_| double.probes() == 1).await;
+    // The first check is still waiting for its answer.
+    running.recheck(&instance);
+    double.until(|_| double.probes() == 2).await;
+    let calls = double.calls();
+    assert!(
+        calls[1].0 < Duration::from_secs(1),
+        "the second check came at once: {calls:?}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_thousand_instances_are_each_checked_every_interval_on_one_task() {
+    let double = Double::new(&[Outcome::Success]);
+    let parent = CancellationToken::new();
+    let (leads, leading) = leading(true);
+    let running = Running::new(&double, leading);
+    let instances: Vec<_> = (0..1000).map(|_| instance(true, &parent)).collect();
+    for i in &instances {
+        running.watch(i, None);
+    }
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    // Each: one check at once, then one every 4.5–5.5 s.
+    let probes = double.probes();
+    assert!((11_000..=14_500).contains(&probes), "{probes} checks");
+    assert_eq!(running.count().await, 1000);
+    // Half retire; a follower then holds the rest without checking them.
+    for i in instances.iter().step_by(2) {
+        i.retired.cancel();
+    }
+    leads.send(false).unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(running.count().await, 500);
+    let probes = double.probes();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(double.probes(), probes, "a follower checks nothing");
+    leads.send(true).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        double.probes(),
+        probes + 500,
+        "the new leader checks all at once"
+    );
+    running.stop().await;
 }
