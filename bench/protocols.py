@@ -238,8 +238,11 @@ def main():
 
     def pids(name):
         if name == "orchestrator":
+            # Not its managed PostgreSQL; the binary may have another name
+            # (ORCHESTRATOR_BIN).
+            binary = os.path.basename(os.environ.get("ORCHESTRATOR_BIN", "orchestrator"))[:15]
             return [p for p in common.tree(procs[name].pid)
-                    if open(f"/proc/{p}/comm").read().strip() == "orchestrator"]
+                    if open(f"/proc/{p}/comm").read().strip() == binary]
         return common.tree(procs[name].pid)
 
     upload = os.path.join(tmp, "upload")
