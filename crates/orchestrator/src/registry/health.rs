@@ -292,17 +292,18 @@ impl<C: Checks> Schedule<C> {
                 return;
             }
             self.queue.pop();
-            let Some(Slot::Waiting {
-                due, now: asked, ..
-            }) = self.slots.get(&key)
-            else {
-                continue;
-            };
-            if *due != Some(at) {
+            // Only the entry of the time the slot waits for is live.
+            let live =
+                matches!(self.slots.get(&key), Some(Slot::Waiting { due, .. }) if *due == Some(at));
+            if !live {
                 continue;
             }
-            let asked = *asked;
-            let Some(Slot::Waiting { watched, .. }) = self.slots.remove(&key) else {
+            let Some(Slot::Waiting {
+                watched,
+                now: asked,
+                ..
+            }) = self.slots.remove(&key)
+            else {
                 continue;
             };
             if watched.instance.retired.is_cancelled() {
@@ -397,11 +398,13 @@ pub(crate) async fn supervise<C: Checks>(
     // One timer entry, re-armed for each wait.
     let sleep = tokio::time::sleep_until(Instant::now());
     tokio::pin!(sleep);
-    let mut led = *leading.borrow_and_update();
+    leading.borrow_and_update();
     loop {
         schedule.start_due();
         let next = schedule.next();
-        if let Some(next) = next {
+        if let Some(next) = next
+            && sleep.deadline() != next
+        {
             sleep.as_mut().reset(next);
         }
         tokio::select! {
@@ -419,11 +422,11 @@ pub(crate) async fn supervise<C: Checks>(
                 if r.is_err() {
                     return;
                 }
-                let leads = *leading.borrow_and_update();
-                if leads && !led {
+                // Only instances parked while another orchestrator led
+                // are moved: a repeated `true` moves none.
+                if *leading.borrow_and_update() {
                     schedule.lead();
                 }
-                led = leads;
             }
             _ = reap.tick() => {
                 schedule.sweep();
@@ -562,8 +565,9 @@ fn respread(late: Duration, interval: Duration, unit: f64) -> Option<Duration> {
 /// is then cut off by the deadline; the body is read only so that the
 /// connection can be reused.
 ///
-/// What it holds across its awaits is kept small (2,000 may run at once):
-/// the answer is taken apart before the body is read.
+/// What it holds across its awaits is kept small (thousands may run at
+/// once when instances time out): the answer is taken apart before the
+/// body is read.
 pub(super) async fn check(instance: &Arc<Instance>, timeout: Duration) -> Seen {
     let mut seen = Seen::Timeout;
     let exchange = async {
