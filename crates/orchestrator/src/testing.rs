@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
-use tokio_util::sync::CancellationToken;
 use waifus_http1::body::Decoder;
 use waifus_http1::chunked::Step;
 
@@ -150,13 +149,12 @@ pub struct Table(RouteTable);
 
 impl Table {
     pub fn new(waifus: usize) -> Table {
-        let token = CancellationToken::new();
         let routes: Vec<Arc<WaifuRoute>> = (0..waifus)
             .map(|i| {
                 let upstream =
                     waifus_protocol::parse_host(&format!("10.0.{}.{}:8080", i / 250, i % 250))
                         .expect("valid host");
-                let instance = Arc::new(Instance::new(upstream, true, &token));
+                let instance = Arc::new(Instance::new(upstream, true));
                 Arc::new(WaifuRoute::new(&format!("w{i}"), vec![instance]))
             })
             .collect();

@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 use waifus_protocol::Upstream;
 
 use waifus_upstream::{Endpoint, HasEndpoint};
@@ -48,11 +47,10 @@ pub struct Instance {
     pub failures: AtomicU32,
     /// Unix milliseconds of the last completed check; 0 before the first.
     pub last_check_ms: AtomicU64,
-    /// Cancelled when the instance leaves the registry: stops its health checks.
-    pub retired: CancellationToken,
+    /// Set when the instance leaves the registry: its health checks stop.
+    retired: AtomicBool,
     /// Checks completed; [`Instance::checked_since`] waits for the next.
     checks: AtomicU64,
-    checked: Notify,
     /// The version its hello announced.
     pub version: Option<Box<str>>,
     /// Where its health is checked, if its hello named a path; else the
@@ -69,17 +67,22 @@ pub struct Instance {
     goodbye_ms: AtomicI64,
     /// Requests and tunnels in flight to it ([`Busy`]).
     in_flight: AtomicUsize,
-    /// Woken when `in_flight` drops to zero.
-    idle: Notify,
-    /// Cancelled when its drain time is over: closes tunnels still open.
-    pub drained: CancellationToken,
+    /// Set when its drain time is over: tunnels still open close.
+    drained: AtomicBool,
+    /// Woken when it retires, its drain time ends, a check completes or
+    /// `in_flight` drops to zero; each waiter looks again at what it waits
+    /// for ([`Instance::until`]). One for all: with 10,000 instances, the
+    /// two cancellation tokens an instance had (a heap node each, and a
+    /// place in the parent's list) and three of these weighed more than
+    /// the rest of it.
+    changed: Notify,
     /// What it answered while a rollout ran (counted only then), for the
     /// rollout's judgement of its version.
     pub rollout_stats: crate::stats::LazyRolloutStats,
 }
 
 impl Instance {
-    pub fn new(upstream: Upstream, healthy: bool, parent: &CancellationToken) -> Self {
+    pub fn new(upstream: Upstream, healthy: bool) -> Self {
         // The protocol crate only produces valid authorities.
         let authority = http::uri::Authority::try_from(upstream.authority())
             .unwrap_or_else(|_| http::uri::Authority::from_static("invalid.invalid:1"));
@@ -89,17 +92,16 @@ impl Instance {
             healthy: AtomicBool::new(healthy),
             failures: AtomicU32::new(0),
             last_check_ms: AtomicU64::new(0),
-            retired: parent.child_token(),
+            retired: AtomicBool::new(false),
             checks: AtomicU64::new(0),
-            checked: Notify::new(),
             version: None,
             health_path: None,
             limits: waifus_protocol::RequestLimits::default(),
             version_at_ms: AtomicI64::new(0),
             goodbye_ms: AtomicI64::new(0),
             in_flight: AtomicUsize::new(0),
-            idle: Notify::new(),
-            drained: CancellationToken::new(),
+            drained: AtomicBool::new(false),
+            changed: Notify::new(),
             rollout_stats: crate::stats::LazyRolloutStats::default(),
         }
     }
@@ -164,11 +166,50 @@ impl Instance {
 
     /// Waits until nothing is in flight to it.
     pub async fn idle(&self) {
+        self.until(|i| i.in_flight() == 0).await;
+    }
+
+    /// Takes it out of the health checks: it left the registry.
+    pub fn retire(&self) {
+        self.retired.store(true, Release);
+        self.changed.notify_waiters();
+    }
+
+    /// Whether it left the registry.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Acquire)
+    }
+
+    /// Waits until it leaves the registry.
+    pub async fn retired(&self) {
+        self.until(Instance::is_retired).await;
+    }
+
+    /// Its drain time is over: tunnels still open to it close.
+    pub fn end_drain(&self) {
+        self.drained.store(true, Release);
+        self.changed.notify_waiters();
+    }
+
+    /// Whether its drain time is over.
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Acquire)
+    }
+
+    /// Waits until its drain time is over.
+    pub async fn drained(&self) {
+        self.until(Instance::is_drained).await;
+    }
+
+    /// Waits until `done` holds, looking again each time something about
+    /// the instance changes.
+    async fn until(&self, done: impl Fn(&Instance) -> bool) {
         loop {
-            let notified = self.idle.notified();
+            let notified = self.changed.notified();
             tokio::pin!(notified);
+            // Registered before looking, so a change in between wakes it.
             notified.as_mut().enable();
-            if self.in_flight() == 0 {
+            if done(self) {
                 return;
             }
             notified.await;
@@ -178,7 +219,7 @@ impl Instance {
     /// A health check's outcome is recorded: wakes whoever waits for one.
     pub fn check_done(&self) {
         self.checks.fetch_add(1, Release);
-        self.checked.notify_waiters();
+        self.changed.notify_waiters();
     }
 
     /// How many health checks have completed.
@@ -189,18 +230,9 @@ impl Instance {
     /// Waits up to `within` for a check completed after the `seen`th;
     /// whether one was.
     pub async fn checked_since(&self, seen: u64, within: Duration) -> bool {
-        let wait = async {
-            loop {
-                let notified = self.checked.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                if self.checks() > seen {
-                    return;
-                }
-                notified.await;
-            }
-        };
-        tokio::time::timeout(within, wait).await.is_ok()
+        tokio::time::timeout(within, self.until(|i| i.checks() > seen))
+            .await
+            .is_ok()
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -270,7 +302,7 @@ impl Busy {
 impl Drop for Busy {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, SeqCst) == 1 {
-            self.0.idle.notify_waiters();
+            self.0.changed.notify_waiters();
         }
     }
 }
@@ -299,8 +331,7 @@ mod tests {
 
     #[test]
     fn transitions() {
-        let token = CancellationToken::new();
-        let i = Instance::new(parse_host("a:1").unwrap(), false, &token);
+        let i = Instance::new(parse_host("a:1").unwrap(), false);
         assert!(!i.is_healthy(), "new instances start unhealthy");
         assert!(!i.record(Outcome::Failed));
         assert!(
@@ -313,6 +344,47 @@ mod tests {
         assert!(
             !i.record(Outcome::Down),
             "a refused connection counts at once"
+        );
+    }
+
+    /// Each waiter wakes for its own change, and only for it: one `Notify`
+    /// serves them all, so a wake-up for another change must not end a
+    /// wait early.
+    #[tokio::test(start_paused = true)]
+    async fn waiters_wake_for_their_own_change() {
+        let i = Arc::new(Instance::new(parse_host("a:1").unwrap(), true));
+        let busy = Busy::new(i.clone());
+        let (a, b, c, d) = (i.clone(), i.clone(), i.clone(), i.clone());
+        let retired = tokio::spawn(async move { a.retired().await });
+        let drained = tokio::spawn(async move { b.drained().await });
+        let idle = tokio::spawn(async move { c.idle().await });
+        let checked =
+            tokio::spawn(async move { d.checked_since(0, Duration::from_secs(3600)).await });
+        let settle = || tokio::time::sleep(Duration::from_millis(1));
+        // A wake-up that never comes fails here instead of hanging.
+        async fn soon<T>(task: tokio::task::JoinHandle<T>) -> T {
+            let done = tokio::time::timeout(Duration::from_secs(1), task).await;
+            done.expect("woken").expect("the waiter ran")
+        }
+        settle().await;
+        i.check_done();
+        assert!(soon(checked).await, "a check completed");
+        settle().await;
+        assert!(!retired.is_finished() && !drained.is_finished() && !idle.is_finished());
+        i.retire();
+        soon(retired).await;
+        assert!(i.is_retired());
+        settle().await;
+        assert!(!drained.is_finished() && !idle.is_finished());
+        drop(busy);
+        soon(idle).await;
+        settle().await;
+        assert!(!drained.is_finished());
+        i.end_drain();
+        soon(drained).await;
+        assert!(
+            !i.checked_since(1, Duration::from_secs(5)).await,
+            "no second check: the wait times out"
         );
     }
 }

@@ -184,6 +184,29 @@ pub struct BindRoute {
     pub tls: bool,
 }
 
+impl BindRoute {
+    /// The bind of `key` to `target` (`""` or `/t`), routed to `waifu`.
+    pub fn new(key: &BindKey, target: &str, waifu: Arc<WaifuRoute>) -> BindRoute {
+        BindRoute {
+            prefix: shared(&key.prefix),
+            target: shared(target),
+            waifu,
+            tls: key.scheme == waifus_protocol::Scheme::Https,
+        }
+    }
+}
+
+/// `s` as an `Arc`; the empty string (most binds' prefix and target) is
+/// one allocation for all of them, not one each.
+fn shared(s: &str) -> Arc<str> {
+    static EMPTY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+    if s.is_empty() {
+        EMPTY.clone()
+    } else {
+        s.into()
+    }
+}
+
 /// Where a request goes.
 #[derive(Debug)]
 pub struct Resolved<'a> {
@@ -277,12 +300,7 @@ impl RouteTable {
                 .unwrap_or_default();
             if let Some((route, _)) = now {
                 for (key, target) in binds.iter().filter(|(k, _)| k.host == host) {
-                    list.push(BindRoute {
-                        prefix: key.prefix.as_str().into(),
-                        target: target.as_str().into(),
-                        waifu: route.clone(),
-                        tls: key.scheme == waifus_protocol::Scheme::Https,
-                    });
+                    list.push(BindRoute::new(key, target, route.clone()));
                 }
             }
             if list.is_empty() {

@@ -180,7 +180,7 @@ async fn goodbye(
         let drained = async {
             tokio::select! {
                 () = instance.idle() => {}
-                () = instance.drained.cancelled() => {}
+                () = instance.drained() => {}
             }
         };
         let _ = tokio::time::timeout(GOODBYE_WAIT, drained).await;

@@ -137,7 +137,7 @@ pub(super) fn tunnel(
 ) {
     let stop = stop.clone();
     tunnels.spawn(async move {
-        let drained = busy.instance().drained.clone();
+        let instance = busy.instance().clone();
         let Ok(client_io) = client_side.await else {
             return;
         };
@@ -151,7 +151,7 @@ pub(super) fn tunnel(
         tokio::select! {
             _ = relay => {}
             () = stop.cancelled() => {}
-            () = drained.cancelled() => {}
+            () = instance.drained() => {}
         }
         drop(busy);
     });

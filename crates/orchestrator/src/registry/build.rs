@@ -62,8 +62,8 @@ pub(crate) struct ControlPlane {
     /// Whether this orchestrator leads (runs the health checks, the
     /// deliveries and the scheduled jobs).
     pub leading: watch::Receiver<bool>,
-    /// Cancelled once the listeners have drained: every instance's task
-    /// ends.
+    /// Cancelled once the listeners have drained: background work for
+    /// instances ends.
     pub instances: CancellationToken,
     /// The health leader's checks, for the outage notifications.
     pub observations: mpsc::UnboundedReceiver<Observation>,
@@ -204,7 +204,7 @@ impl Checks for Registry {
         }
         self.touch(&mut state, name);
         self.publish_waifu(&state, name, old_hosts.iter().map(String::as_str));
-        instance.retired.cancel();
+        instance.retire();
         info!(name, instance = %instance.upstream, "deregistered instance");
         Ok(())
     }

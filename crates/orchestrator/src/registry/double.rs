@@ -106,16 +106,9 @@ impl Double {
     }
 }
 
-/// An instance for the tests, owned by `parent`.
-pub(super) fn instance(
-    healthy: bool,
-    parent: &tokio_util::sync::CancellationToken,
-) -> Arc<Instance> {
-    Arc::new(Instance::new(
-        parse_host("127.0.0.1:9").unwrap(),
-        healthy,
-        parent,
-    ))
+/// An instance for the tests.
+pub(super) fn instance(healthy: bool) -> Arc<Instance> {
+    Arc::new(Instance::new(parse_host("127.0.0.1:9").unwrap(), healthy))
 }
 
 impl Checks for Double {

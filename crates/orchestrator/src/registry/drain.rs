@@ -117,7 +117,7 @@ async fn drain<R: Leave>(
         () = shutdown.cancelled() => return,
         () = instance.idle() => "it said goodbye and nothing is in flight to it".to_owned(),
         () = tokio::time::sleep_until(deadline) => {
-            instance.drained.cancel();
+            instance.end_drain();
             format!(
                 "it said goodbye and DRAIN_TIMEOUT ({}) has passed",
                 humantime::format_duration(timeout)

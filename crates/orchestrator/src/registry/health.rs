@@ -157,6 +157,8 @@ struct Shared<C> {
     leading: tokio::sync::watch::Receiver<bool>,
     /// Where each check hands its instance back to the schedule.
     done: mpsc::UnboundedSender<Done>,
+    /// Cancelled when the process stops: checks still running end.
+    stop: CancellationToken,
 }
 
 /// An instance checked, as the schedule keeps it between checks: about
@@ -306,7 +308,7 @@ impl<C: Checks> Schedule<C> {
             else {
                 continue;
             };
-            if watched.instance.retired.is_cancelled() {
+            if watched.instance.is_retired() {
                 continue;
             }
             if !asked && !leading {
@@ -356,7 +358,7 @@ impl<C: Checks> Schedule<C> {
         self.slots.retain(|_, slot| match slot {
             Slot::Waiting {
                 watched, due: None, ..
-            } => !watched.instance.retired.is_cancelled(),
+            } => !watched.instance.is_retired(),
             _ => true,
         });
         if self.slots.capacity() > 2 * self.slots.len() + 64 {
@@ -388,6 +390,7 @@ pub(crate) async fn supervise<C: Checks>(
             epoch: Instant::now(),
             leading: leading.clone(),
             done,
+            stop: shutdown.clone(),
         }),
         slots: HashMap::new(),
         queue: BinaryHeap::new(),
@@ -471,13 +474,20 @@ async fn follow_up<C: Checks>(shared: &Shared<C>, watched: &mut Watched) -> bool
         persisted,
         critical_since,
     } = watched;
-    let retired = instance.retired.clone();
+    let instance: &Arc<Instance> = instance;
+    // It left the registry, or the process stops.
+    let gone = || async {
+        tokio::select! {
+            () = instance.retired() => {}
+            () = shared.stop.cancelled() => {}
+        }
+    };
     if !*shared.leading.borrow() {
         // Health came from the store while another orchestrator led.
         *persisted = instance.is_healthy();
     }
     let seen = tokio::select! {
-        () = retired.cancelled() => return false,
+        () = gone() => return false,
         o = shared.control.probe(instance, config.timeout) => o,
     };
     let healthy = instance.record(seen.outcome());
@@ -488,7 +498,7 @@ async fn follow_up<C: Checks>(shared: &Shared<C>, watched: &mut Watched) -> bool
     if let Some(stored) = committed.take() {
         // Nothing is stored for an instance whose hello did not commit.
         tokio::select! {
-            () = retired.cancelled() => return false,
+            () = gone() => return false,
             r = stored => if r.is_err() { return false },
         }
     }

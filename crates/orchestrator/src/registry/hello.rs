@@ -136,7 +136,7 @@ impl Registry {
         if same.is_none() {
             let version_at = crate::routing::now_ms_i64();
             let instance = Arc::new(
-                Instance::new(upstream.clone(), false, &self.shutdown)
+                Instance::new(upstream.clone(), false)
                     .with_version(version, version_at)
                     .with_health_path(hello.health.as_deref())
                     .with_limits(limits),
@@ -235,7 +235,7 @@ impl Registry {
             // Replaced: the old one is no longer checked. (A leaving one
             // goes on draining what is in flight to it.)
             if let Some(old) = &known {
-                old.retired.cancel();
+                old.retire();
             }
             info!(name = %hello.name, instance = %instance.upstream, version = ?instance.version, "new instance");
             if instance.upstream.scheme == waifus_protocol::Scheme::Https {
@@ -293,6 +293,8 @@ impl Registry {
         entry.binds = binds;
         if let Some(instance) = new_instance {
             entry.instances.retain(|i| i.upstream != instance.upstream);
+            // Most waifus have one instance: room for one, not four.
+            entry.instances.reserve_exact(1);
             entry.instances.push(instance);
             entry.route = Arc::new(entry.route.rebuilt(entry.instances.clone()));
         }

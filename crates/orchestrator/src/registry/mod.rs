@@ -149,7 +149,8 @@ pub(crate) struct Registry {
     main_domain: Option<String>,
     /// `http://host[:port]` that `/{name}` is appended to in hello answers.
     public_base: String,
-    /// Parent of every instance's `retired` token.
+    /// Cancelled once the listeners have drained: background work for
+    /// instances (a pause waiting for them to go idle) ends.
     shutdown: CancellationToken,
     watch: mpsc::UnboundedSender<Ask>,
     /// Instances that said goodbye, to drain ([`drain`]).
@@ -183,7 +184,7 @@ struct Setup {
     store: Store,
     main_domain: Option<String>,
     public_base: String,
-    /// Parent of every instance's `retired` token.
+    /// Cancelled once the listeners have drained.
     instances: CancellationToken,
     leading: tokio::sync::watch::Receiver<bool>,
     /// The health check timeout.
@@ -260,7 +261,7 @@ impl Registry {
     /// drained if it said goodbye.
     fn adopt(&self, name: &Arc<str>, stored: &StoredInstance) -> Arc<Instance> {
         let instance = Arc::new(
-            Instance::new(stored.upstream.clone(), stored.healthy, &self.shutdown)
+            Instance::new(stored.upstream.clone(), stored.healthy)
                 .with_version(stored.version.as_deref(), stored.version_at_ms)
                 .with_health_path(stored.health_path.as_deref())
                 .with_limits(stored.limits),
@@ -285,7 +286,7 @@ impl Registry {
     /// waifu waiting for them can exit) and hands it to the drain.
     fn drain(&self, name: &Arc<str>, instance: &Arc<Instance>, goodbye_ms: i64) {
         self.note_left(name, instance);
-        instance.retired.cancel();
+        instance.retire();
         instance.endpoint.pool.close();
         let _ = self.leaving.send(Leaving {
             name: name.clone(),
@@ -406,13 +407,10 @@ impl Registry {
     fn publish(&self, state: &State) {
         let binds = state.waifus.values().flat_map(|entry| {
             entry.binds.iter().map(|(key, target)| {
-                let route = BindRoute {
-                    prefix: key.prefix.as_str().into(),
-                    target: target.as_str().into(),
-                    waifu: entry.route.clone(),
-                    tls: key.scheme == waifus_protocol::Scheme::Https,
-                };
-                (key.host.clone(), route)
+                (
+                    key.host.clone(),
+                    BindRoute::new(key, target, entry.route.clone()),
+                )
             })
         });
         let waifus = state.waifus.values().map(|e| e.route.clone());

@@ -205,6 +205,8 @@ impl Registry {
             }
         }
         state.touched.retain(|_, seq| *seq > since);
+        // After thousands of hellos the map would keep their room for good.
+        state.touched.shrink_to_fit();
         if changed {
             self.publish(&state);
         }
@@ -244,7 +246,7 @@ impl Registry {
                 return (old_hosts, false);
             };
             for instance in &entry.instances {
-                instance.retired.cancel();
+                instance.retire();
             }
             return (old_hosts, true);
         };
@@ -262,7 +264,7 @@ impl Registry {
         entry.instances.retain(|i| {
             let keep = stored.instances.iter().any(|s| same(i, s));
             if !keep {
-                i.retired.cancel();
+                i.retire();
                 // Removed elsewhere (it drained there first): requests in
                 // flight to it here still count for a goodbye that waits.
                 self.note_left(&shared_name, i);

@@ -1,10 +1,8 @@
 use super::*;
-use tokio_util::sync::CancellationToken;
 use waifus_protocol::parse_host;
 
 fn waifu(name: &str) -> Arc<WaifuRoute> {
-    let token = CancellationToken::new();
-    let inst = Arc::new(Instance::new(parse_host("h:1").unwrap(), true, &token));
+    let inst = Arc::new(Instance::new(parse_host("h:1").unwrap(), true));
     Arc::new(WaifuRoute::new(name, vec![inst]))
 }
 
@@ -141,10 +139,9 @@ fn incremental_update_matches_a_rebuild() {
 
 #[test]
 fn round_robin_skips_unhealthy() {
-    let token = CancellationToken::new();
     let insts: Vec<_> = ["a:1", "b:1", "c:1"]
         .iter()
-        .map(|h| Arc::new(Instance::new(parse_host(h).unwrap(), true, &token)))
+        .map(|h| Arc::new(Instance::new(parse_host(h).unwrap(), true)))
         .collect();
     insts[1].healthy.store(false, Ordering::Relaxed);
     let w = WaifuRoute::new("w", insts);
@@ -162,12 +159,10 @@ fn round_robin_skips_unhealthy() {
 /// Instances of `w` at hosts `a:1`, `b:1`, …, each of `version` announced
 /// at `at` (Unix ms).
 fn instances(spec: &[(&str, &str, i64)]) -> Vec<Arc<Instance>> {
-    let token = CancellationToken::new();
     spec.iter()
         .map(|(host, version, at)| {
             Arc::new(
-                Instance::new(parse_host(host).unwrap(), true, &token)
-                    .with_version(Some(version), *at),
+                Instance::new(parse_host(host).unwrap(), true).with_version(Some(version), *at),
             )
         })
         .collect()

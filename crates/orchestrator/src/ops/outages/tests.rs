@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Notice, Tracker};
+use super::{Kept, Notice, Tracker, incident};
 
 const WINDOW: Duration = Duration::from_secs(300);
 const CHECK: Duration = Duration::from_secs(1);
@@ -170,4 +170,55 @@ fn a_new_leader_goes_on_from_what_was_stored() {
     assert!(run(&mut t, start, &[false, false, false]).is_empty());
     let got = run(&mut t, start + CHECK * 3, &[true]);
     assert!(matches!(kinds(&got)[..], [Notice::Up { .. }]));
+}
+
+/// A tracker kept between checks as the leader keeps it (a calm one as the
+/// time it was seen only) says what a whole one says, word for word, over
+/// long runs of random checks: outages, flapping, maintenance.
+#[test]
+fn a_calm_tracker_kept_small_says_what_a_whole_one_says() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut random = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let start = Instant::now();
+    let (mut calm, mut full) = (0, 0);
+    for run in 0..200 {
+        let mut whole = Tracker::default();
+        let mut kept = Kept::new(Tracker::default());
+        // Long healthy stretches, then bursts of changes.
+        let mut up = true;
+        for i in 0..1000u32 {
+            let at = start + CHECK * (run * 1000 + i);
+            if random(if up { 300 } else { 4 }) == 0 {
+                up = !up;
+            }
+            let quiet = random(50) == 0;
+            let failure = (!up || random(30) == 0).then(|| format!("check {i}: refused"));
+            let mut next = kept.tracker();
+            let said = whole.observe(at, up, quiet, failure.as_deref(), WINDOW);
+            let also = next.observe(at, up, quiet, failure.as_deref(), WINDOW);
+            assert_eq!(said, also, "run {run}, check {i}");
+            if let Some(notice) = said {
+                let a = incident(notice, "w", &whole, "r", WINDOW);
+                let b = incident(notice, "w", &next, "r", WINDOW);
+                assert_eq!(format!("{a:?}"), format!("{b:?}"), "run {run}, check {i}");
+            }
+            assert_eq!(whole.alert(), next.alert());
+            kept = Kept::new(next);
+            assert_eq!(kept.alert(), whole.alert());
+            assert_eq!(kept.seen(), Some(at));
+            match kept {
+                Kept::Calm { .. } => calm += 1,
+                Kept::Full(_) => full += 1,
+            }
+        }
+    }
+    assert!(
+        calm > 10_000 && full > 10_000,
+        "both kinds were kept: {calm} calm, {full} whole"
+    );
 }

@@ -25,8 +25,7 @@ fn drain_one(double: &Arc<Double>, instance: &Arc<Instance>) -> tokio::task::Joi
 #[tokio::test(start_paused = true)]
 async fn an_idle_instance_is_removed_at_once() {
     let double = Double::new(&[]);
-    let parent = CancellationToken::new();
-    let instance = instance(true, &parent);
+    let instance = instance(true);
     drain_one(&double, &instance).await.unwrap();
     let writes = double.writes();
     assert_eq!(writes.len(), 1, "{writes:?}");
@@ -35,14 +34,13 @@ async fn an_idle_instance_is_removed_at_once() {
         writes[0].1,
         Call::Removed("it said goodbye and nothing is in flight to it".to_owned())
     );
-    assert!(!instance.drained.is_cancelled(), "no tunnel is cut");
+    assert!(!instance.is_drained(), "no tunnel is cut");
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_busy_instance_is_removed_when_its_last_request_ends() {
     let double = Double::new(&[]);
-    let parent = CancellationToken::new();
-    let instance = instance(true, &parent);
+    let instance = instance(true);
     let busy = Busy::new(instance.clone());
     let task = drain_one(&double, &instance);
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -54,14 +52,13 @@ async fn a_busy_instance_is_removed_when_its_last_request_ends() {
         writes[0].0 >= Duration::from_secs(10) && writes[0].0 < Duration::from_secs(11),
         "{writes:?}"
     );
-    assert!(!instance.drained.is_cancelled());
+    assert!(!instance.is_drained());
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_instance_still_busy_at_the_drain_timeout_is_removed_with_its_tunnels_cut() {
     let double = Double::new(&[]);
-    let parent = CancellationToken::new();
-    let instance = instance(true, &parent);
+    let instance = instance(true);
     let _tunnel = Busy::new(instance.clone());
     drain_one(&double, &instance).await.unwrap();
     let writes = double.writes();
@@ -74,14 +71,13 @@ async fn an_instance_still_busy_at_the_drain_timeout_is_removed_with_its_tunnels
         "removed at {at:?}"
     );
     assert_eq!(why, "it said goodbye and DRAIN_TIMEOUT (30s) has passed");
-    assert!(instance.drained.is_cancelled(), "its tunnels are cut");
+    assert!(instance.is_drained(), "its tunnels are cut");
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_removal_the_store_refuses_is_retried_with_a_growing_pause() {
     let double = Double::new(&[]).failing(4);
-    let parent = CancellationToken::new();
-    let instance = instance(true, &parent);
+    let instance = instance(true);
     let start = Instant::now();
     drain_one(&double, &instance).await.unwrap();
     // Four failures: 0.25 + 0.5 + 1 + 2 s of pauses.

@@ -114,8 +114,7 @@ fn leading(leads: bool) -> (watch::Sender<bool>, watch::Receiver<bool>) {
 #[tokio::test(start_paused = true)]
 async fn an_instance_down_is_deregistered_after_deregister_after_and_not_before() {
     let double = Double::new(&[Outcome::Down]);
-    let parent = CancellationToken::new();
-    let instance = instance(true, &parent);
+    let instance = instance(true);
     let (_leads, leading) = leading(true);
     let running = watch(&double, &instance, None, leading);
     double
@@ -150,12 +149,11 @@ async fn health_changes_are_stored_once_each_way_and_one_soft_failure_is_tolerat
     let double = Double::new(&[
         Success, Success, Failed, Success, Failed, Failed, Failed, Success,
     ]);
-    let parent = CancellationToken::new();
-    let instance = instance(false, &parent);
+    let instance = instance(false);
     let (_leads, leading) = leading(true);
     let running = watch(&double, &instance, None, leading);
     double.until(|_| double.probes() >= 10).await;
-    instance.retired.cancel();
+    instance.retire();
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(running.count().await, 0, "forgotten once retired");
     running.stop().await;
@@ -183,8 +181,7 @@ async fn health_changes_are_stored_once_each_way_and_one_soft_failure_is_tolerat
 #[tokio::test(start_paused = true)]
 async fn a_hellos_first_check_routes_at_once_and_is_stored_only_once_committed() {
     let double = Double::new(&[Outcome::Success]);
-    let parent = CancellationToken::new();
-    let instance = instance(false, &parent);
+    let instance = instance(false);
     let (commit, committed) = oneshot::channel();
     // A follower too runs the first check of a hello it took.
     let (_leads, leading) = leading(false);
@@ -200,7 +197,7 @@ async fn a_hellos_first_check_routes_at_once_and_is_stored_only_once_committed()
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(double.probes(), 1, "a follower checks no more");
     assert_eq!(running.count().await, 1, "still held, for the lead");
-    instance.retired.cancel();
+    instance.retire();
     // Forgotten by the next sweep (every 15 s), though never due again.
     tokio::time::sleep(Duration::from_secs(20)).await;
     assert_eq!(running.count().await, 0, "forgotten once retired");
@@ -210,8 +207,7 @@ async fn a_hellos_first_check_routes_at_once_and_is_stored_only_once_committed()
 #[tokio::test(start_paused = true)]
 async fn a_hello_that_did_not_commit_stores_nothing_and_stops_its_checks() {
     let double = Double::new(&[Outcome::Success]);
-    let parent = CancellationToken::new();
-    let instance = instance(false, &parent);
+    let instance = instance(false);
     let (commit, committed) = oneshot::channel::<()>();
     let (_leads, leading) = leading(true);
     let running = watch(&double, &instance, Some(committed), leading);
@@ -227,8 +223,7 @@ async fn a_hello_that_did_not_commit_stores_nothing_and_stops_its_checks() {
 #[tokio::test(start_paused = true)]
 async fn a_follower_checks_when_asked_and_all_the_time_once_it_leads() {
     let double = Double::new(&[Outcome::Success]);
-    let parent = CancellationToken::new();
-    let instance = instance(true, &parent);
+    let instance = instance(true);
     let (leads, leading) = leading(false);
     let running = watch(&double, &instance, None, leading);
     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -245,7 +240,7 @@ async fn a_follower_checks_when_asked_and_all_the_time_once_it_leads() {
         "{probes} checks in a minute of leading"
     );
     assert_eq!(double.writes(), [], "healthy all along: nothing to store");
-    parent.cancel();
+    instance.retire();
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(running.count().await, 0);
     running.stop().await;
@@ -254,8 +249,7 @@ async fn a_follower_checks_when_asked_and_all_the_time_once_it_leads() {
 #[tokio::test(start_paused = true)]
 async fn a_recheck_during_a_check_runs_another_right_after() {
     let double = Double::new(&[Outcome::Success]).slow(Duration::from_millis(200));
-    let parent = CancellationToken::new();
-    let instance = instance(true, &parent);
+    let instance = instance(true);
     let (_leads, leading) = leading(true);
     let running = watch(&double, &instance, None, leading);
     double.until(|_| double.probes() == 1).await;
@@ -273,10 +267,9 @@ async fn a_recheck_during_a_check_runs_another_right_after() {
 #[tokio::test(start_paused = true)]
 async fn a_thousand_instances_are_each_checked_every_interval_on_one_task() {
     let double = Double::new(&[Outcome::Success]);
-    let parent = CancellationToken::new();
     let (leads, leading) = leading(true);
     let running = Running::new(&double, leading);
-    let instances: Vec<_> = (0..1000).map(|_| instance(true, &parent)).collect();
+    let instances: Vec<_> = (0..1000).map(|_| instance(true)).collect();
     for i in &instances {
         running.watch(i, None);
     }
@@ -287,7 +280,7 @@ async fn a_thousand_instances_are_each_checked_every_interval_on_one_task() {
     assert_eq!(running.count().await, 1000);
     // Half retire; a follower then holds the rest without checking them.
     for i in instances.iter().step_by(2) {
-        i.retired.cancel();
+        i.retire();
     }
     leads.send(false).unwrap();
     tokio::time::sleep(Duration::from_secs(30)).await;
