@@ -155,7 +155,7 @@ impl Table {
                     waifus_protocol::parse_host(&format!("10.0.{}.{}:8080", i / 250, i % 250))
                         .expect("valid host");
                 let instance = Arc::new(Instance::new(upstream, true));
-                Arc::new(WaifuRoute::new(&format!("w{i}"), vec![instance]))
+                Arc::new(WaifuRoute::new(format!("w{i}"), vec![instance]))
             })
             .collect();
         let binds: Vec<(String, BindRoute)> = routes

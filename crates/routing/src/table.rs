@@ -30,7 +30,9 @@ use super::switch::Switch;
 /// over.
 #[derive(Debug)]
 pub struct WaifuRoute {
-    pub name: Box<str>,
+    /// Shared with the registry's and the table's keys: one allocation
+    /// per waifu name, not one per place it is kept.
+    pub name: Arc<str>,
     /// Every registered instance, leaving ones included.
     pub instances: Box<[Arc<Instance>]>,
     /// The routable instances, the newest version's first.
@@ -49,7 +51,7 @@ pub struct WaifuRoute {
 }
 
 impl WaifuRoute {
-    pub fn new(name: &str, instances: Vec<Arc<Instance>>) -> Self {
+    pub fn new(name: impl Into<Arc<str>>, instances: Vec<Arc<Instance>>) -> Self {
         let (routable, newest) = arrange(&instances);
         WaifuRoute {
             name: name.into(),
@@ -245,7 +247,7 @@ impl RouteTable {
     ) -> Self {
         let waifus = waifus
             .into_iter()
-            .map(|w| (Arc::from(&*w.name), w))
+            .map(|w| (w.name.clone(), w))
             .collect::<Shards<_>>();
         let mut by_host: HashMap<Arc<str>, Vec<BindRoute>> = HashMap::new();
         for (host, bind) in binds {
@@ -275,7 +277,7 @@ impl RouteTable {
         let mut hosts = self.hosts.clone();
         match now {
             Some((route, _)) => {
-                waifus.insert(name.into(), route.clone());
+                waifus.insert(route.name.clone(), route.clone());
             }
             None => {
                 waifus.remove(name);

@@ -54,7 +54,7 @@ struct Series {
 #[derive(Debug)]
 pub(crate) struct Graphs {
     step: Duration,
-    series: Mutex<HashMap<Box<str>, Series>>,
+    series: Mutex<HashMap<Arc<str>, Series>>,
 }
 
 impl Graphs {

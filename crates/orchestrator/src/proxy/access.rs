@@ -24,7 +24,7 @@ pub(crate) struct Entry {
     pub method: Method,
     pub path: String,
     pub status: u16,
-    pub waifu: Option<Box<str>>,
+    pub waifu: Option<std::sync::Arc<str>>,
     pub instance: Option<String>,
     pub request_id: Option<HeaderValue>,
     /// The W3C trace id the request was sent with.

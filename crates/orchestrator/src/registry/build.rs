@@ -237,7 +237,7 @@ impl Leave for Registry {
     async fn forget_empty(&self, after: Duration) -> Result<(), StoreError> {
         let mut state = self.state.lock().await;
         for name in self.store.forget_empty(after).await? {
-            let Some(entry) = state.waifus.remove(&name) else {
+            let Some(entry) = state.waifus.remove(name.as_str()) else {
                 continue;
             };
             let hosts: Vec<String> = entry.binds.iter().map(|(k, _)| k.host.clone()).collect();

@@ -105,9 +105,11 @@ impl Registry {
             .collect();
 
         let mut state = self.state.lock().await;
+        // Kept by the entry, its route, the table and the health checks.
+        let shared_name = state.shared_name(&hello.name);
         let known = state
             .waifus
-            .get(&hello.name)
+            .get(hello.name.as_str())
             .and_then(|e| e.instances.iter().find(|i| i.upstream == upstream))
             .cloned();
         // The same instance, as it was: nothing about it changes. Another
@@ -143,7 +145,7 @@ impl Registry {
             );
             let (committed, on_commit) = oneshot::channel();
             let _ = self.watch.send(Ask::Watch(Watch {
-                name: hello.name.as_str().into(),
+                name: shared_name.clone(),
                 instance: instance.clone(),
                 committed: Some(on_commit),
             }));
@@ -205,12 +207,15 @@ impl Registry {
                 outcome.reason = Some(RefusalReason::Taken);
             }
         }
-        let before = state.waifus.get(&hello.name).map(|e| e.binds.clone());
+        let before = state
+            .waifus
+            .get(hello.name.as_str())
+            .map(|e| e.binds.clone());
         let (new_instance, committed) = match fresh {
             Some((instance, committed, _)) => (Some(instance), Some(committed)),
             None => (None, None),
         };
-        Self::apply_hello(&mut state, &hello.name, accepted, new_instance.clone());
+        Self::apply_hello(&mut state, &shared_name, accepted, new_instance.clone());
         if version_moved && let Some(entry) = state.waifus.get_mut(hello.name.as_str()) {
             entry.route = Arc::new(entry.route.rebuilt(entry.instances.clone()));
         }
@@ -224,7 +229,7 @@ impl Registry {
             info!(name = %hello.name, version = ?hello.version, share = rollout.share, "rollout started by itself");
         }
         self.touch(&mut state, &hello.name);
-        let after = state.waifus.get(&hello.name).map(|e| &e.binds);
+        let after = state.waifus.get(hello.name.as_str()).map(|e| &e.binds);
         // A repeated hello (SDKs re-hello every 30 s) changes nothing.
         if new_instance.is_some() || version_moved || rolled_out || before.as_ref() != after {
             let old = before.iter().flatten().map(|(key, _)| key.host.as_str());
@@ -282,13 +287,13 @@ impl Registry {
     /// new (replacing one at the same address).
     fn apply_hello(
         state: &mut State,
-        name: &str,
+        name: &Arc<str>,
         binds: Vec<(BindKey, String)>,
         new_instance: Option<Arc<Instance>>,
     ) {
         let entry = state
             .waifus
-            .entry(name.to_owned())
+            .entry(name.clone())
             .or_insert_with(|| Entry::new(name, Vec::new(), Vec::new()));
         entry.binds = binds;
         if let Some(instance) = new_instance {

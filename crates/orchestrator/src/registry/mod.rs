@@ -98,7 +98,8 @@ const MAX_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, Default)]
 struct State {
-    waifus: BTreeMap<String, Entry>,
+    /// Keyed by the name its route holds (one allocation for both).
+    waifus: BTreeMap<Arc<str>, Entry>,
     /// Last change to each waifu made here (hello, deregistration, a
     /// notification applied), by [`Registry::seq`]: a full resync read
     /// before that change must not undo it. Gone waifus stay until the next
@@ -117,9 +118,18 @@ struct Entry {
     switch_generation: Option<i64>,
 }
 
+impl State {
+    /// `name` as the registry keeps it: the key of its entry if it has one.
+    fn shared_name(&self, name: &str) -> Arc<str> {
+        self.waifus
+            .get_key_value(name)
+            .map_or_else(|| name.into(), |(key, _)| key.clone())
+    }
+}
+
 impl Entry {
-    fn new(name: &str, instances: Vec<Arc<Instance>>, binds: Vec<(BindKey, String)>) -> Self {
-        let route = Arc::new(WaifuRoute::new(name, instances.clone()));
+    fn new(name: &Arc<str>, instances: Vec<Arc<Instance>>, binds: Vec<(BindKey, String)>) -> Self {
+        let route = Arc::new(WaifuRoute::new(name.clone(), instances.clone()));
         Entry {
             instances,
             binds,
@@ -241,10 +251,10 @@ impl Registry {
                     .iter()
                     .map(|s| registry.adopt(&name, s))
                     .collect();
-                let mut entry = Entry::new(&stored.name, instances, stored.binds);
+                let mut entry = Entry::new(&name, instances, stored.binds);
                 registry.apply_switch(&name, &mut entry, stored.switch.as_ref());
                 registry.apply_rollout(&name, &mut entry, stored.rollout.as_ref());
-                state.waifus.insert(stored.name, entry);
+                state.waifus.insert(name, entry);
             }
             registry.publish(&state);
             state.waifus.len()
@@ -436,7 +446,7 @@ impl Registry {
             .waifus
             .iter()
             .map(|(name, entry)| WaifuInfo {
-                name: name.clone(),
+                name: name.to_string(),
                 url: format!("{}/{}", self.public_base, name),
                 instances: entry
                     .instances

@@ -182,10 +182,10 @@ impl Registry {
         let mut state = self.state.lock().await;
         let fresh = |state: &State, name: &str| state.touched.get(name).is_some_and(|s| *s > since);
         let stored_names: HashSet<&str> = stored.iter().map(|w| w.name.as_str()).collect();
-        let gone: Vec<String> = state
+        let gone: Vec<Arc<str>> = state
             .waifus
             .keys()
-            .filter(|n| !stored_names.contains(n.as_str()))
+            .filter(|n| !stored_names.contains(&***n))
             .cloned()
             .collect();
         let mut changed = false;
@@ -252,15 +252,15 @@ impl Registry {
         };
         let leading = *self.leading.borrow();
         let mut changed = !state.waifus.contains_key(name);
+        let shared_name = state.shared_name(name);
         let entry = state
             .waifus
-            .entry(name.to_owned())
-            .or_insert_with(|| Entry::new(name, Vec::new(), Vec::new()));
+            .entry(shared_name.clone())
+            .or_insert_with(|| Entry::new(&shared_name, Vec::new(), Vec::new()));
         let same = |i: &Instance, s: &StoredInstance| {
             i.upstream == s.upstream && i.version.as_deref() == s.version.as_deref()
         };
         let mut instances_changed = false;
-        let shared_name: Arc<str> = name.into();
         entry.instances.retain(|i| {
             let keep = stored.instances.iter().any(|s| same(i, s));
             if !keep {
