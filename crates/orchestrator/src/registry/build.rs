@@ -195,11 +195,11 @@ impl Checks for Registry {
             e.binds.iter().map(|(key, _)| key.host.clone()).collect()
         });
         if let Some(entry) = state.waifus.get_mut(name) {
-            entry.instances.retain(|i| !Arc::ptr_eq(i, instance));
-            if entry.instances.is_empty() {
+            let others = without(entry.instances(), instance);
+            if others.is_empty() {
                 state.waifus.remove(name);
             } else {
-                entry.route = Arc::new(entry.route.rebuilt(entry.instances.clone()));
+                entry.set_instances(others);
             }
         }
         self.touch(&mut state, name);
@@ -223,9 +223,12 @@ impl Leave for Registry {
             .remove_left(name, &instance.upstream, goodbye_ms, why)
             .await?;
         let removed = state.waifus.get_mut(name).is_some_and(|entry| {
-            let before = entry.instances.len();
-            entry.instances.retain(|i| !Arc::ptr_eq(i, instance));
-            before != entry.instances.len()
+            let others = without(entry.instances(), instance);
+            let removed = others.len() != entry.instances().len();
+            if removed {
+                entry.set_instances(others);
+            }
+            removed
         });
         if removed {
             self.rebuild(&mut state, name);
@@ -247,4 +250,13 @@ impl Leave for Registry {
         }
         Ok(())
     }
+}
+
+/// `instances` other than `instance`.
+fn without(instances: &[Arc<Instance>], instance: &Arc<Instance>) -> Vec<Arc<Instance>> {
+    instances
+        .iter()
+        .filter(|i| !Arc::ptr_eq(i, instance))
+        .cloned()
+        .collect()
 }

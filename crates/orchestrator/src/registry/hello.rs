@@ -110,7 +110,7 @@ impl Registry {
         let known = state
             .waifus
             .get(hello.name.as_str())
-            .and_then(|e| e.instances.iter().find(|i| i.upstream == upstream))
+            .and_then(|e| e.instances().iter().find(|i| i.upstream == upstream))
             .cloned();
         // The same instance, as it was: nothing about it changes. Another
         // version at its address, or one back after its goodbye, is a new
@@ -217,7 +217,7 @@ impl Registry {
         };
         Self::apply_hello(&mut state, &shared_name, accepted, new_instance.clone());
         if version_moved && let Some(entry) = state.waifus.get_mut(hello.name.as_str()) {
-            entry.route = Arc::new(entry.route.rebuilt(entry.instances.clone()));
+            entry.set_instances(entry.instances().to_vec());
         }
         // A version rolled out by itself gets its share with its first
         // route, never every request first.
@@ -297,11 +297,14 @@ impl Registry {
             .or_insert_with(|| Entry::new(name, Vec::new(), Vec::new()));
         entry.binds = binds;
         if let Some(instance) = new_instance {
-            entry.instances.retain(|i| i.upstream != instance.upstream);
-            // Most waifus have one instance: room for one, not four.
-            entry.instances.reserve_exact(1);
-            entry.instances.push(instance);
-            entry.route = Arc::new(entry.route.rebuilt(entry.instances.clone()));
+            let mut instances: Vec<Arc<Instance>> = entry
+                .instances()
+                .iter()
+                .filter(|i| i.upstream != instance.upstream)
+                .cloned()
+                .collect();
+            instances.push(instance);
+            entry.set_instances(instances);
         }
     }
 }

@@ -109,10 +109,10 @@ struct State {
 
 #[derive(Debug)]
 struct Entry {
-    instances: Vec<Arc<Instance>>,
     /// Accepted binds with their targets, as stored.
     binds: Vec<(BindKey, String)>,
-    /// The route built from `instances`; replaced when they change.
+    /// Its route, which holds its instances ([`Entry::instances`]);
+    /// replaced when they change.
     route: Arc<WaifuRoute>,
     /// The generation of the switch setting applied last (`None`: open).
     switch_generation: Option<i64>,
@@ -129,13 +129,23 @@ impl State {
 
 impl Entry {
     fn new(name: &Arc<str>, instances: Vec<Arc<Instance>>, binds: Vec<(BindKey, String)>) -> Self {
-        let route = Arc::new(WaifuRoute::new(name.clone(), instances.clone()));
+        let route = Arc::new(WaifuRoute::new(name.clone(), instances));
         Entry {
-            instances,
             binds,
             route,
             switch_generation: None,
         }
+    }
+
+    /// Its instances, leaving ones included (kept by its route only: a
+    /// second list here cost a vector per waifu).
+    fn instances(&self) -> &[Arc<Instance>] {
+        &self.route.instances
+    }
+
+    /// Gives it `instances`: its route is rebuilt with them.
+    fn set_instances(&mut self, instances: Vec<Arc<Instance>>) {
+        self.route = Arc::new(self.route.rebuilt(instances));
     }
 }
 
@@ -324,7 +334,7 @@ impl Registry {
         let instance = state
             .waifus
             .get(name)
-            .and_then(|e| e.instances.iter().find(|i| i.upstream == upstream))
+            .and_then(|e| e.instances().iter().find(|i| i.upstream == upstream))
             .cloned()
             .ok_or(GoodbyeError::UnknownInstance)?;
         let source = source.to_canonical().to_string();
@@ -371,7 +381,7 @@ impl Registry {
         let Some(entry) = state.waifus.get_mut(name) else {
             return;
         };
-        entry.route = Arc::new(entry.route.rebuilt(entry.instances.clone()));
+        entry.set_instances(entry.instances().to_vec());
         let hosts: Vec<String> = entry.binds.iter().map(|(k, _)| k.host.clone()).collect();
         self.publish_waifu(state, name, hosts.iter().map(String::as_str));
     }
@@ -449,7 +459,7 @@ impl Registry {
                 name: name.to_string(),
                 url: format!("{}/{}", self.public_base, name),
                 instances: entry
-                    .instances
+                    .instances()
                     .iter()
                     .map(|i| instance_info(i, entry.route.draining(i), self.ceilings))
                     .collect(),

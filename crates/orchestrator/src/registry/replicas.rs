@@ -245,7 +245,7 @@ impl Registry {
             let Some(entry) = state.waifus.remove(name) else {
                 return (old_hosts, false);
             };
-            for instance in &entry.instances {
+            for instance in entry.instances() {
                 instance.retire();
             }
             return (old_hosts, true);
@@ -261,7 +261,8 @@ impl Registry {
             i.upstream == s.upstream && i.version.as_deref() == s.version.as_deref()
         };
         let mut instances_changed = false;
-        entry.instances.retain(|i| {
+        let mut instances = entry.instances().to_vec();
+        instances.retain(|i| {
             let keep = stored.instances.iter().any(|s| same(i, s));
             if !keep {
                 i.retire();
@@ -273,7 +274,7 @@ impl Registry {
             keep
         });
         for s in &stored.instances {
-            match entry.instances.iter().find(|i| same(i, s)) {
+            match instances.iter().find(|i| same(i, s)) {
                 Some(instance) => {
                     // An operator made another version current.
                     if instance.set_version_at(s.version_at_ms) {
@@ -297,7 +298,7 @@ impl Registry {
                     }
                 }
                 None => {
-                    entry.instances.push(self.adopt(&shared_name, s));
+                    instances.push(self.adopt(&shared_name, s));
                     instances_changed = true;
                 }
             }
@@ -307,7 +308,7 @@ impl Registry {
             changed = true;
         }
         if instances_changed {
-            entry.route = Arc::new(entry.route.rebuilt(entry.instances.clone()));
+            entry.set_instances(instances);
             changed = true;
         }
         changed |= self.apply_rollout(name, entry, stored.rollout.as_ref());

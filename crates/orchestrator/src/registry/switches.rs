@@ -106,7 +106,7 @@ impl Registry {
     /// Acknowledges pause `generation` of `name` once no request is in
     /// flight to its instances from here (or after [`ACK_WAIT`]).
     fn acknowledge_when_idle(&self, name: Arc<str>, entry: &Entry, generation: i64) {
-        let instances = entry.instances.clone();
+        let instances = entry.instances().to_vec();
         let store = self.store.clone();
         let stop = self.shutdown.clone();
         tokio::spawn(async move {
