@@ -104,7 +104,7 @@ struct State {
     /// notification applied), by [`Registry::seq`]: a full resync read
     /// before that change must not undo it. Gone waifus stay until the next
     /// full resync.
-    touched: std::collections::HashMap<String, u64>,
+    touched: std::collections::HashMap<Arc<str>, u64>,
 }
 
 #[derive(Debug)]
@@ -404,7 +404,8 @@ impl Registry {
     /// Records that `name` changed in memory now.
     fn touch(&self, state: &mut State, name: &str) {
         let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        state.touched.insert(name.to_owned(), seq);
+        let name = state.shared_name(name);
+        state.touched.insert(name, seq);
     }
 
     /// Publishes the table after a change to one waifu only; `old_hosts`
