@@ -231,7 +231,7 @@ impl Leave for Registry {
             removed
         });
         if removed {
-            self.rebuild(&mut state, name);
+            self.publish_entry(&state, name);
             self.touch(&mut state, name);
         }
         Ok(())

@@ -382,6 +382,14 @@ impl Registry {
             return;
         };
         entry.set_instances(entry.instances().to_vec());
+        self.publish_entry(state, name);
+    }
+
+    /// Publishes a waifu's route, its binds unchanged.
+    fn publish_entry(&self, state: &State, name: &str) {
+        let Some(entry) = state.waifus.get(name) else {
+            return;
+        };
         let hosts: Vec<String> = entry.binds.iter().map(|(k, _)| k.host.clone()).collect();
         self.publish_waifu(state, name, hosts.iter().map(String::as_str));
     }
