@@ -171,8 +171,7 @@ impl Instance {
 
     /// Takes it out of the health checks: it left the registry.
     pub fn retire(&self) {
-        self.retired.store(true, Release);
-        self.changed.notify_waiters();
+        self.raise(&self.retired);
     }
 
     /// Whether it left the registry.
@@ -187,7 +186,12 @@ impl Instance {
 
     /// Its drain time is over: tunnels still open to it close.
     pub fn end_drain(&self) {
-        self.drained.store(true, Release);
+        self.raise(&self.drained);
+    }
+
+    /// Sets one of its flags for good and wakes whoever waits.
+    fn raise(&self, flag: &AtomicBool) {
+        flag.store(true, Release);
         self.changed.notify_waiters();
     }
 

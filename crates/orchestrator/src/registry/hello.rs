@@ -217,7 +217,7 @@ impl Registry {
         };
         Self::apply_hello(&mut state, &shared_name, accepted, new_instance.clone());
         if version_moved && let Some(entry) = state.waifus.get_mut(hello.name.as_str()) {
-            entry.set_instances(entry.instances().to_vec());
+            entry.rearrange();
         }
         // A version rolled out by itself gets its share with its first
         // route, never every request first.

@@ -147,6 +147,12 @@ impl Entry {
     fn set_instances(&mut self, instances: Vec<Arc<Instance>>) {
         self.route = Arc::new(self.route.rebuilt(instances));
     }
+
+    /// Rebuilds its route from the same instances, one of which changed
+    /// (it is leaving, or its version became current).
+    fn rearrange(&mut self) {
+        self.set_instances(self.instances().to_vec());
+    }
 }
 
 /// What [`Registry::load`] gives.
@@ -381,7 +387,7 @@ impl Registry {
         let Some(entry) = state.waifus.get_mut(name) else {
             return;
         };
-        entry.set_instances(entry.instances().to_vec());
+        entry.rearrange();
         self.publish_entry(state, name);
     }
 
