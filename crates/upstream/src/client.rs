@@ -122,7 +122,10 @@ pub async fn try_send<T: HasEndpoint>(
             {
                 return Err(SendError::UnaskedSwitch.into());
             }
-            Ok(parsed) => return Ok(response::finish(to.clone(), parsed, io, buf, req.upload)),
+            Ok(mut parsed) => {
+                parsed.keep_alive &= !req.close;
+                return Ok(response::finish(to.clone(), parsed, io, buf, req.upload));
+            }
             Err(HeadError::Closed(e)) if reused && retryable && !fresh => {
                 tracing::debug!(endpoint = %endpoint.authority, error = %e, "pooled connection was closed; retrying");
             }

@@ -67,7 +67,6 @@ impl ConnPool {
     }
 
     /// How many idle connections are kept now.
-    #[cfg(test)]
     pub fn idle(&self) -> usize {
         self.idle.lock().map_or(0, |idle| idle.len())
     }

@@ -33,6 +33,9 @@ pub struct Outgoing {
     pub upgrade: bool,
     /// Body bytes that were ready have been moved onto `head` already.
     pub(super) coalesced: bool,
+    /// The connection is closed after the answer, never pooled
+    /// ([`Outgoing::closing`]).
+    pub(super) close: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +96,7 @@ impl Outgoing {
             framing,
             upgrade,
             coalesced: false,
+            close: false,
         };
         (outgoing, written)
     }
@@ -116,6 +120,19 @@ impl Outgoing {
             }
         });
         outgoing
+    }
+
+    /// The same, asking the waifu to close the connection after its answer
+    /// (`connection: close`), which is then not kept for reuse either: for
+    /// a request whose connection would only sit idle until it is reaped.
+    pub fn closing(mut self) -> Self {
+        if !self.close {
+            // The head ends with its empty line: the field goes before it.
+            self.head.truncate(self.head.len() - 2);
+            self.head.extend_from_slice(b"connection: close\r\n\r\n");
+            self.close = true;
+        }
+        self
     }
 }
 

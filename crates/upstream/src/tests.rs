@@ -319,6 +319,54 @@ async fn closed_pooled_connection_is_not_an_error() {
     assert!(instance.pool.idle() == 0, "old: closed");
 }
 
+/// A closing request says so to the waifu, and its connection is not kept
+/// even when the waifu would keep it open; an ordinary one is kept.
+#[tokio::test]
+async fn a_closing_request_asks_for_close_and_is_not_pooled() {
+    for closing in [false, true] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                assert_eq!(s.read(&mut byte).await.unwrap(), 1);
+                head.push(byte[0]);
+            }
+            // An answer with no body, that would keep the connection open.
+            s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .await
+                .unwrap();
+            let _ = s.read(&mut [0u8; 1]).await;
+            String::from_utf8(head).unwrap()
+        });
+        let instance = endpoint(port);
+        let mut req = Outgoing::bodyless(Method::GET, "/h", &[("host", "x")]);
+        if closing {
+            req = req.closing().closing();
+        }
+        let Ok(Answer::Response(r)) = send(&instance, req, Duration::from_secs(5)).await else {
+            panic!("no response");
+        };
+        assert_eq!(r.status(), 204);
+        r.into_body().collect().await.unwrap();
+        assert_eq!(
+            instance.pool.idle(),
+            usize::from(!closing),
+            "closing: {closing}"
+        );
+        drop(instance);
+        let head = server.await.unwrap();
+        let expected = if closing {
+            "GET /h HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        } else {
+            "GET /h HTTP/1.1\r\nhost: x\r\n\r\n"
+        };
+        assert_eq!(head, expected);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 

@@ -143,8 +143,8 @@ pub(crate) async fn start(
 }
 
 impl Checks for Registry {
-    async fn probe(&self, instance: &Arc<Instance>, timeout: Duration) -> Seen {
-        health::check(instance, timeout).await
+    async fn probe(&self, instance: &Arc<Instance>, timeout: Duration, keep: bool) -> Seen {
+        health::check(instance, timeout, keep).await
     }
 
     async fn store_health(

@@ -112,7 +112,7 @@ pub(super) fn instance(healthy: bool) -> Arc<Instance> {
 }
 
 impl Checks for Double {
-    async fn probe(&self, _: &Arc<Instance>, _: Duration) -> Seen {
+    async fn probe(&self, _: &Arc<Instance>, _: Duration, _: bool) -> Seen {
         self.record(Call::Probe);
         let outcome = {
             let mut outcomes = self.outcomes.lock().unwrap();

@@ -101,11 +101,13 @@ impl std::fmt::Display for Seen {
 
 /// What a health check asks of the rest of the control plane.
 pub(crate) trait Checks: Send + Sync + 'static {
-    /// One check of `instance`, the whole exchange within `timeout`.
+    /// One check of `instance`, the whole exchange within `timeout`; its
+    /// connection is kept for reuse only if `keep`.
     fn probe(
         &self,
         instance: &Arc<Instance>,
         timeout: Duration,
+        keep: bool,
     ) -> impl Future<Output = Seen> + Send;
 
     /// Stores a change of an instance's health, for other orchestrators
@@ -488,7 +490,7 @@ async fn follow_up<C: Checks>(shared: &Shared<C>, watched: &mut Watched) -> bool
     }
     let seen = tokio::select! {
         () = gone() => return false,
-        o = shared.control.probe(instance, config.timeout) => o,
+        o = shared.control.probe(instance, config.timeout, keeps_connections(config.interval)) => o,
     };
     let healthy = instance.record(seen.outcome());
     instance.check_done();
@@ -578,10 +580,10 @@ fn respread(late: Duration, interval: Duration, unit: f64) -> Option<Duration> {
 /// What it holds across its awaits is kept small (thousands may run at
 /// once when instances time out): the answer is taken apart before the
 /// body is read.
-pub(super) async fn check(instance: &Arc<Instance>, timeout: Duration) -> Seen {
+pub(super) async fn check(instance: &Arc<Instance>, timeout: Duration, keep: bool) -> Seen {
     let mut seen = Seen::Timeout;
     let exchange = async {
-        let request = Outgoing::bodyless(
+        let mut request = Outgoing::bodyless(
             Method::GET,
             instance.health_target(),
             &[
@@ -589,6 +591,9 @@ pub(super) async fn check(instance: &Arc<Instance>, timeout: Duration) -> Seen {
                 ("user-agent", "waifus-orchestrator"),
             ],
         );
+        if !keep {
+            request = request.closing();
+        }
         let body = match judge(upstream::send(instance, request, timeout).await) {
             Ok((status, body)) => {
                 seen = Seen::Status(status);
@@ -603,6 +608,14 @@ pub(super) async fn check(instance: &Arc<Instance>, timeout: Duration) -> Seen {
     };
     let _ = tokio::time::timeout(timeout, exchange).await;
     seen
+}
+
+/// Whether a check's connection is worth keeping for the next check: not
+/// when the next one comes after an idle connection's age is over (ten
+/// thousand instances checked hourly would otherwise hold ten thousand
+/// descriptors and their buffers for nothing, half a minute after each).
+fn keeps_connections(interval: Duration) -> bool {
+    interval.mul_f64(0.9) < upstream::IDLE_FOR
 }
 
 /// A check's answer: the status and body of a 2xx response, the body still
