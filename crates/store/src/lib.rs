@@ -26,7 +26,7 @@ pub mod tickets;
 pub mod versions;
 
 pub use hello::{BindClaim, Granted, HelloRecord};
-pub use load::{RunningRollout, StoredInstance, StoredWaifu};
+pub use load::{Pages, RunningRollout, StoredInstance, StoredWaifu};
 
 pub use error::StoreError;
 

@@ -144,12 +144,42 @@ impl Store {
         Ok(Some(waifu))
     }
 
-    /// Loads every waifu with its instances and binds.
-    pub async fn load(&self) -> Result<Vec<StoredWaifu>, StoreError> {
+    /// Every stored waifu, `size` at a time ([`Pages`]).
+    pub fn pages(&self, size: usize) -> Pages<'_> {
+        Pages {
+            store: self,
+            size,
+            after: None,
+            done: false,
+        }
+    }
+
+    /// Up to `limit` stored waifus whose names come after `after` (from the
+    /// first with `None`) in the store's order, each with its instances,
+    /// binds, switch and running rollout.
+    async fn load_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StoredWaifu>, StoreError> {
         let client = self.pool.get().await?;
-        let mut waifus: Vec<StoredWaifu> = client
-            .query("SELECT name FROM waifus ORDER BY name", &[])
-            .await?
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = match after {
+            None => {
+                client
+                    .query("SELECT name FROM waifus ORDER BY name LIMIT $1", &[&limit])
+                    .await?
+            }
+            Some(after) => {
+                client
+                    .query(
+                        "SELECT name FROM waifus WHERE name > $1 ORDER BY name LIMIT $2",
+                        &[&after, &limit],
+                    )
+                    .await?
+            }
+        };
+        let mut waifus: Vec<StoredWaifu> = rows
             .iter()
             .map(|row| StoredWaifu {
                 name: row.get(0),
@@ -159,74 +189,114 @@ impl Store {
                 rollout: None,
             })
             .collect();
-        let find = |waifus: &mut Vec<StoredWaifu>, name: &str| {
-            waifus.binary_search_by(|w| w.name.as_str().cmp(name)).ok()
+        drop(rows);
+        if waifus.is_empty() {
+            return Ok(waifus);
+        }
+        // The store's order of names is its collation's, not necessarily
+        // the bytes': the page is looked up in its own sorted copy.
+        let names: Vec<&str> = waifus.iter().map(|w| w.name.as_str()).collect();
+        let mut sorted: Vec<(&str, usize)> = names.iter().copied().zip(0..).collect();
+        sorted.sort_unstable();
+        let find = |name: &str| {
+            sorted
+                .binary_search_by(|(n, _)| (*n).cmp(name))
+                .ok()
+                .map(|i| sorted[i].1)
         };
-        // Decoding tens of thousands of rows takes milliseconds: requests
-        // on this thread get a turn every few hundred (a periodic resync
-        // runs this while proxying).
-        for (n, row) in client
+        let instances = client
             .query(
-                &format!("SELECT name, {INSTANCE_COLUMNS} FROM instances"),
-                &[],
+                &format!("SELECT name, {INSTANCE_COLUMNS} FROM instances WHERE name = ANY($1)"),
+                &[&names],
             )
-            .await?
-            .into_iter()
-            .enumerate()
-        {
-            if n % 512 == 511 {
-                tokio::task::yield_now().await;
-            }
-            let instance = stored_instance(&row, 1)?;
-            if let Some(i) = find(&mut waifus, row.get(0)) {
+            .await?;
+        let binds = client
+            .query(
+                "SELECT name, bind, target FROM binds WHERE name = ANY($1)",
+                &[&names],
+            )
+            .await?;
+        let switches = client
+            .query(
+                &format!(
+                    "SELECT s.name, {} FROM switches s WHERE s.name = ANY($1)",
+                    switch_row::SWITCH_COLUMNS
+                ),
+                &[&names],
+            )
+            .await?;
+        let rollouts = client
+            .query(
+                &format!(
+                    "SELECT r.name, {ROLLOUT_COLUMNS} FROM rollouts r
+                     WHERE r.state = 'running' AND r.name = ANY($1)"
+                ),
+                &[&names],
+            )
+            .await?;
+        // Which waifu of the page each row belongs to, found before the
+        // page is filled in (the lookup borrows its names).
+        let owners = |rows: &[tokio_postgres::Row]| -> Vec<Option<usize>> {
+            rows.iter().map(|row| find(row.get(0))).collect()
+        };
+        let (at, bound) = (owners(&instances), owners(&binds));
+        let (switched, rolling) = (owners(&switches), owners(&rollouts));
+        for (row, i) in instances.iter().zip(at) {
+            let instance = stored_instance(row, 1)?;
+            if let Some(i) = i {
                 push_one(&mut waifus[i].instances, instance);
             }
         }
-        for (n, row) in client
-            .query("SELECT name, bind, target FROM binds", &[])
-            .await?
-            .into_iter()
-            .enumerate()
-        {
-            if n % 512 == 511 {
-                tokio::task::yield_now().await;
-            }
+        for (row, i) in binds.iter().zip(bound) {
             let bind: &str = row.get(1);
             let key = waifus_protocol::parse_bind_key(bind).map_err(|e| StoreError::Corrupt {
                 what: format!("bind {bind:?}: {e}"),
             })?;
-            if let Some(i) = find(&mut waifus, row.get(0)) {
+            if let Some(i) = i {
                 push_one(&mut waifus[i].binds, (key, row.get(2)));
             }
         }
-        for row in client
-            .query(
-                &format!(
-                    "SELECT s.name, {} FROM switches s",
-                    switch_row::SWITCH_COLUMNS
-                ),
-                &[],
-            )
-            .await?
-        {
-            if let Some(i) = find(&mut waifus, row.get(0)) {
-                waifus[i].switch = switch_row::switch_of(&row, 1);
+        for (row, i) in switches.iter().zip(switched) {
+            if let Some(i) = i {
+                waifus[i].switch = switch_row::switch_of(row, 1);
             }
         }
-        for row in client
-            .query(
-                &format!(
-                    "SELECT r.name, {ROLLOUT_COLUMNS} FROM rollouts r WHERE r.state = 'running'"
-                ),
-                &[],
-            )
-            .await?
-        {
-            if let Some(i) = find(&mut waifus, row.get(0)) {
-                waifus[i].rollout = Some(running_of(&row, 1));
+        for (row, i) in rollouts.iter().zip(rolling) {
+            if let Some(i) = i {
+                waifus[i].rollout = Some(running_of(row, 1));
             }
         }
         Ok(waifus)
+    }
+}
+
+/// Every stored waifu, read a page at a time, each with its instances,
+/// binds, switch and running rollout: only a page is in memory at once
+/// (10,000 waifus read in one go held about 6 MB, which the process kept
+/// after they were freed). Pages are read by name, each after the last
+/// name of the one before, so a waifu added or removed meanwhile moves
+/// no other from one page to another.
+#[derive(Debug)]
+pub struct Pages<'a> {
+    store: &'a Store,
+    size: usize,
+    after: Option<String>,
+    done: bool,
+}
+
+impl Pages<'_> {
+    /// The next page, `None` after the last.
+    pub async fn next(&mut self) -> Result<Option<Vec<StoredWaifu>>, StoreError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = self
+            .store
+            .load_page(self.after.as_deref(), self.size)
+            .await?;
+        self.done = page.len() < self.size;
+        self.after = page.last().map(|w| w.name.clone());
+        Ok(Some(page).filter(|p| !p.is_empty()))
     }
 }
 

@@ -260,17 +260,20 @@ impl Registry {
         };
         let loaded = {
             let mut state = registry.state.lock().await;
-            for stored in registry.store.load().await? {
-                let name: Arc<str> = stored.name.as_str().into();
-                let instances: Vec<_> = stored
-                    .instances
-                    .iter()
-                    .map(|s| registry.adopt(&name, s))
-                    .collect();
-                let mut entry = Entry::new(&name, instances, stored.binds);
-                registry.apply_switch(&name, &mut entry, stored.switch.as_ref());
-                registry.apply_rollout(&name, &mut entry, stored.rollout.as_ref());
-                state.waifus.insert(name, entry);
+            let mut pages = registry.store.pages(replicas::PAGE);
+            while let Some(page) = pages.next().await? {
+                for stored in page {
+                    let name: Arc<str> = stored.name.as_str().into();
+                    let instances: Vec<_> = stored
+                        .instances
+                        .iter()
+                        .map(|s| registry.adopt(&name, s))
+                        .collect();
+                    let mut entry = Entry::new(&name, instances, stored.binds);
+                    registry.apply_switch(&name, &mut entry, stored.switch.as_ref());
+                    registry.apply_rollout(&name, &mut entry, stored.rollout.as_ref());
+                    state.waifus.insert(name, entry);
+                }
             }
             registry.publish(&state);
             state.waifus.len()

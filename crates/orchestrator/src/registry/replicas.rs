@@ -159,6 +159,9 @@ async fn session(
     }
 }
 
+/// Waifus read from the store at a time, on a resync and at start.
+pub(super) const PAGE: usize = 512;
+
 /// Stops the connection task with its session.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -173,35 +176,43 @@ impl Drop for AbortOnDrop {
 impl Registry {
     /// Brings every waifu in memory in line with the store (another
     /// orchestrator may have changed them, or a notification was missed).
-    /// The store is read without the state lock, so hellos are not held up;
-    /// waifus changed here since the read began are left as they are. The
-    /// table is published only if something differed.
+    /// The store is read a page at a time ([`PAGE`] waifus), without the
+    /// state lock, so hellos are not held up and only a page is in memory
+    /// at once; waifus changed here since the read began are left as they
+    /// are. The table is published only if something differed.
     pub(crate) async fn resync_all(&self) -> Result<(), StoreError> {
         let since = self.seq.load(std::sync::atomic::Ordering::SeqCst);
-        let stored = self.store.load().await?;
-        let mut state = self.state.lock().await;
         let fresh = |state: &State, name: &str| state.touched.get(name).is_some_and(|s| *s > since);
-        let stored_names: HashSet<&str> = stored.iter().map(|w| w.name.as_str()).collect();
+        // The names the store holds, as the registry's own shared names
+        // (no string is copied).
+        let mut stored_names: HashSet<Arc<str>> =
+            HashSet::with_capacity(self.state.lock().await.waifus.len());
+        let mut changed = false;
+        let mut pages = self.store.pages(PAGE);
+        while let Some(page) = pages.next().await? {
+            let mut state = self.state.lock().await;
+            for waifu in page {
+                let name = state.shared_name(&waifu.name);
+                if !fresh(&state, &name) {
+                    changed |= self.apply_stored(&mut state, &name, Some(waifu)).1;
+                }
+                stored_names.insert(name);
+            }
+            drop(state);
+            // Thousands of waifus: let requests run in between.
+            tokio::task::yield_now().await;
+        }
+        let mut state = self.state.lock().await;
         let gone: Vec<Arc<str>> = state
             .waifus
             .keys()
             .filter(|n| !stored_names.contains(&***n))
             .cloned()
             .collect();
-        let mut changed = false;
+        drop(stored_names);
         for name in gone {
             if !fresh(&state, &name) {
                 changed |= self.apply_stored(&mut state, &name, None).1;
-            }
-        }
-        for (i, waifu) in stored.into_iter().enumerate() {
-            let name = waifu.name.clone();
-            if !fresh(&state, &name) {
-                changed |= self.apply_stored(&mut state, &name, Some(waifu)).1;
-            }
-            if i % 512 == 511 {
-                // Thousands of waifus: let requests run in between.
-                tokio::task::yield_now().await;
             }
         }
         state.touched.retain(|_, seq| *seq > since);

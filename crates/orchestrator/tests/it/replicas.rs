@@ -63,3 +63,49 @@ async fn silent_database_changes_are_picked_up_by_the_periodic_resync() {
     }
     orch.stop().await.unwrap();
 }
+
+/// More waifus than one page of the store's reads: a resync picks up every
+/// page (those added behind the orchestrator's back, and one removed from
+/// a middle page), and a second orchestrator starting on the same
+/// database loads them all.
+#[tokio::test]
+async fn a_resync_and_a_start_read_every_page_of_the_store() {
+    let db = pg::unique_db("pages");
+    let one = harness::start(&db, &["--resync-interval", "300ms"]).await;
+    let w = TestWaifu::start("w").await;
+    one.register("w", &w.host(), json!({})).await;
+    let sql = pg::cluster().superuser(&db).await;
+    // 1,300 waifus, three pages; written behind the orchestrator's back.
+    sql.batch_execute(
+        "INSERT INTO waifus (name) SELECT 'p-' || i FROM generate_series(1, 1300) i;
+         INSERT INTO instances (name, host, healthy)
+             SELECT 'p-' || i, (SELECT host FROM instances WHERE name = 'w'), true
+             FROM generate_series(1, 1300) i;
+         INSERT INTO binds (host, prefix, bind, target, name)
+             SELECT 'p' || i || '.test', '', 'http://p' || i || '.test', '', 'p-' || i
+             FROM generate_series(1, 1300) i;",
+    )
+    .await
+    .unwrap();
+    for i in [1, 513, 1300] {
+        wait_status(&one, &format!("p{i}.test"), StatusCode::OK).await;
+    }
+    // Ordered by name, 'p-700' falls in the middle page.
+    sql.execute("DELETE FROM waifus WHERE name = 'p-700'", &[])
+        .await
+        .unwrap();
+    wait_status(&one, "p700.test", StatusCode::NOT_FOUND).await;
+    let two = harness::start(&db, &[]).await;
+    for orch in [&one, &two] {
+        for i in (1..=1300).filter(|i| *i != 700) {
+            let host = format!("p{i}.test");
+            assert_eq!(orch.get(&host, "/x").await.status, StatusCode::OK, "{host}");
+        }
+        assert_eq!(
+            orch.get("p700.test", "/x").await.status,
+            StatusCode::NOT_FOUND
+        );
+    }
+    two.stop().await.unwrap();
+    one.stop().await.unwrap();
+}
