@@ -96,8 +96,7 @@ impl WaifuRoute {
             return self.pick();
         };
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let on_side =
-            |i: &Arc<Instance>| rollout.is_new(i.version.as_deref()) == (side == Side::New);
+        let on_side = |i: &Arc<Instance>| rollout.is_new(i.version()) == (side == Side::New);
         round(&self.routable, start, &on_side)
             .or_else(|| round(&self.routable, start, &|i| !on_side(i)))
     }
@@ -166,8 +165,8 @@ fn arrange(instances: &[Arc<Instance>]) -> (Box<[Arc<Instance>]>, usize) {
     let Some(latest) = staying().max_by_key(|i| i.version_at()) else {
         return (Box::default(), 0);
     };
-    let newest_version = latest.version.clone();
-    let is_newest = |i: &&Arc<Instance>| i.version == newest_version;
+    let newest_version = latest.version();
+    let is_newest = |i: &&Arc<Instance>| i.version() == newest_version;
     let mut routable: Vec<Arc<Instance>> = staying().filter(is_newest).cloned().collect();
     let newest = routable.len();
     routable.extend(staying().filter(|i| !is_newest(i)).cloned());

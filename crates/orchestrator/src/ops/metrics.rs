@@ -343,7 +343,7 @@ impl Collector for ProxyCollector {
         )?;
         for waifu in routes.waifu_routes() {
             for instance in waifu.instances.iter() {
-                let Some(version) = instance.version.as_deref() else {
+                let Some(version) = instance.version() else {
                     continue;
                 };
                 let upstream = instance.upstream.to_string();

@@ -13,7 +13,7 @@ use crate::routing::{Busy, Instance};
 /// The largest body `instance` takes, under the operator's `ceiling`.
 pub(super) fn max_body(instance: &Instance, ceiling: u64) -> u64 {
     instance
-        .limits
+        .limits()
         .max_body_size
         .map_or(ceiling, |b| b.min(ceiling))
 }
@@ -28,13 +28,16 @@ pub(super) fn declared_over(body: Option<&Incoming>, max: u64) -> bool {
 /// How long `instance`'s response head may take, under the operator's
 /// `ceiling`.
 pub(super) fn response_timeout(instance: &Instance, ceiling: Duration) -> Duration {
-    instance.limits.timeout.map_or(ceiling, |t| t.min(ceiling))
+    instance
+        .limits()
+        .timeout
+        .map_or(ceiling, |t| t.min(ceiling))
 }
 
 /// The request counted in flight to `instance`, unless that many are
 /// already as its hello allows: one atomic step, so no burst gets more in.
 pub(super) fn enter(instance: Arc<Instance>) -> Option<Arc<Busy>> {
-    match instance.limits.max_in_flight {
+    match instance.limits().max_in_flight {
         Some(max) => Busy::within(instance, usize::try_from(max).unwrap_or(usize::MAX)),
         None => Some(Busy::new(instance)),
     }

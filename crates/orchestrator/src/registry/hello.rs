@@ -117,9 +117,9 @@ impl Registry {
         // instance there.
         let same = known.as_ref().filter(|i| {
             !i.is_leaving()
-                && i.version.as_deref() == hello.version.as_deref()
-                && i.health_path.as_deref() == hello.health.as_deref()
-                && i.limits == limits
+                && i.version() == hello.version.as_deref()
+                && i.health_path() == hello.health.as_deref()
+                && *i.limits() == limits
         });
         // An instance that is not healthy (it may just have restarted) is
         // checked now, and a new one gets its first check, while the hello
@@ -242,7 +242,7 @@ impl Registry {
             if let Some(old) = &known {
                 old.retire();
             }
-            info!(name = %hello.name, instance = %instance.upstream, version = ?instance.version, "new instance");
+            info!(name = %hello.name, instance = %instance.upstream, version = ?instance.version(), "new instance");
             if instance.upstream.scheme == waifus_protocol::Scheme::Https {
                 warn!(
                     name = %hello.name,

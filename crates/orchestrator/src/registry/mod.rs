@@ -514,11 +514,11 @@ fn instance_info(instance: &Instance, draining: bool, ceilings: Ceilings) -> Ins
             let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(last);
             humantime::format_rfc3339_millis(t).to_string()
         }),
-        version: instance.version.as_deref().map(str::to_owned),
+        version: instance.version().map(str::to_owned),
         draining,
         limits: Some(
             instance
-                .limits
+                .limits()
                 .clamped(ceilings.max_body_size, ceilings.timeout)
                 .to_wire(),
         ),

@@ -269,7 +269,7 @@ impl Registry {
             .entry(shared_name.clone())
             .or_insert_with(|| Entry::new(&shared_name, Vec::new(), Vec::new()));
         let same = |i: &Instance, s: &StoredInstance| {
-            i.upstream == s.upstream && i.version.as_deref() == s.version.as_deref()
+            i.upstream == s.upstream && i.version() == s.version.as_deref()
         };
         let mut instances_changed = false;
         let mut instances = entry.instances().to_vec();

@@ -138,7 +138,7 @@ impl Registry {
                 };
                 let (requests, failures, buckets) = stats.read();
                 let c = by_version
-                    .entry(instance.version.as_deref().unwrap_or("").to_owned())
+                    .entry(instance.version().unwrap_or("").to_owned())
                     .or_insert_with(|| Counts {
                         buckets: vec![0; buckets.len()],
                         ..Counts::default()
@@ -465,9 +465,9 @@ pub(crate) async fn analyse(
 fn healthy(registry: &Registry, r: &StoredRollout) -> bool {
     let table = registry.routes.current();
     table.waifu(&r.name).is_some_and(|w| {
-        w.instances.iter().any(|i| {
-            i.version.as_deref().unwrap_or("") == r.version && i.is_healthy() && !i.is_leaving()
-        })
+        w.instances
+            .iter()
+            .any(|i| i.version().unwrap_or("") == r.version && i.is_healthy() && !i.is_leaving())
     })
 }
 
