@@ -193,10 +193,17 @@ impl Store {
         if waifus.is_empty() {
             return Ok(waifus);
         }
-        // The store's order of names is its collation's, not necessarily
-        // the bytes': the page is looked up in its own sorted copy.
-        let names: Vec<&str> = waifus.iter().map(|w| w.name.as_str()).collect();
-        let mut sorted: Vec<(&str, usize)> = names.iter().copied().zip(0..).collect();
+        // The page is a range of names in the store's order (its
+        // collation's): the rows of its waifus are read by that range, an
+        // index scan each, and a row of a waifu added inside the range
+        // meanwhile is skipped. Collation order is not necessarily the
+        // bytes': the page is looked up in its own sorted copy.
+        let (first, last) = (
+            waifus[0].name.as_str(),
+            waifus[waifus.len() - 1].name.as_str(),
+        );
+        let mut sorted: Vec<(&str, usize)> =
+            waifus.iter().map(|w| w.name.as_str()).zip(0..).collect();
         sorted.sort_unstable();
         let find = |name: &str| {
             sorted
@@ -206,32 +213,34 @@ impl Store {
         };
         let instances = client
             .query(
-                &format!("SELECT name, {INSTANCE_COLUMNS} FROM instances WHERE name = ANY($1)"),
-                &[&names],
+                &format!(
+                    "SELECT name, {INSTANCE_COLUMNS} FROM instances WHERE name BETWEEN $1 AND $2"
+                ),
+                &[&first, &last],
             )
             .await?;
         let binds = client
             .query(
-                "SELECT name, bind, target FROM binds WHERE name = ANY($1)",
-                &[&names],
+                "SELECT name, bind, target FROM binds WHERE name BETWEEN $1 AND $2",
+                &[&first, &last],
             )
             .await?;
         let switches = client
             .query(
                 &format!(
-                    "SELECT s.name, {} FROM switches s WHERE s.name = ANY($1)",
+                    "SELECT s.name, {} FROM switches s WHERE s.name BETWEEN $1 AND $2",
                     switch_row::SWITCH_COLUMNS
                 ),
-                &[&names],
+                &[&first, &last],
             )
             .await?;
         let rollouts = client
             .query(
                 &format!(
                     "SELECT r.name, {ROLLOUT_COLUMNS} FROM rollouts r
-                     WHERE r.state = 'running' AND r.name = ANY($1)"
+                     WHERE r.state = 'running' AND r.name BETWEEN $1 AND $2"
                 ),
-                &[&names],
+                &[&first, &last],
             )
             .await?;
         // Which waifu of the page each row belongs to, found before the
