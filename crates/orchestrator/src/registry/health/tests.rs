@@ -3,20 +3,38 @@ use super::*;
 #[test]
 fn checks_fall_due_on_the_grid() {
     let epoch = Instant::now();
+    let grid = Grid { epoch };
+    let on_grid = |t| grid.at(grid.after(t));
     let ms = |n| epoch + Duration::from_millis(n);
-    assert_eq!(on_grid(epoch, epoch), epoch);
-    assert_eq!(on_grid(ms(1), epoch), ms(25));
-    assert_eq!(on_grid(ms(25), epoch), ms(25));
-    assert_eq!(on_grid(ms(4_990), epoch), ms(5_000));
-    assert_eq!(on_grid(ms(5_001), epoch), ms(5_025));
-    // Never earlier than asked, and never more than a step later.
-    for n in [0, 7, 24_999, 25_001, 26_000, 333_333, 12_345_678] {
+    assert_eq!(on_grid(epoch), epoch);
+    assert_eq!(on_grid(ms(1)), ms(25));
+    assert_eq!(on_grid(ms(25)), ms(25));
+    assert_eq!(on_grid(ms(4_990)), ms(5_000));
+    assert_eq!(on_grid(ms(5_001)), ms(5_025));
+    assert_eq!(grid.at(grid.before(ms(5_024))), ms(5_000));
+    assert_eq!(grid.at(grid.before(ms(5_025))), ms(5_025));
+    // Never earlier than asked (`after`) or later (`before`), and never
+    // more than a step off; ticks keep the order of times.
+    let mut last = grid.before(epoch);
+    for n in [
+        0,
+        7,
+        24_999,
+        25_001,
+        26_000,
+        333_333,
+        12_345_678,
+        86_400_000_000 * 365 * 10,
+    ] {
         let t = epoch + Duration::from_micros(n);
-        assert!(
-            on_grid(t, epoch) >= t && on_grid(t, epoch) - t < GRID,
-            "{n} µs"
-        );
+        let (up, down) = (grid.at(grid.after(t)), grid.at(grid.before(t)));
+        assert!(up >= t && up - t < GRID, "{n} µs");
+        assert!(down <= t && t - down < GRID, "{n} µs");
+        assert!(grid.before(t) >= last && grid.after(t) >= grid.before(t));
+        last = grid.before(t);
     }
+    // A time before the grid began is its start.
+    assert_eq!(grid.before(epoch), grid.after(epoch));
 }
 
 #[test]
@@ -328,4 +346,12 @@ async fn only_checks_that_come_back_soon_keep_their_connection() {
         drop(instance);
         waifu.await.unwrap();
     }
+}
+
+/// 10,000 instances keep a slot each (16,384 in the table): it stays small.
+#[test]
+fn a_slot_is_small() {
+    // 80 bytes with `Instant`s and the hello's receiver inside.
+    assert!(size_of::<Slot>() <= 56, "{}", size_of::<Slot>());
+    assert_eq!(size_of::<Option<Tick>>(), 8);
 }
