@@ -18,7 +18,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 pub use instance::{Busy, Instance, Outcome, now_ms_i64};
-pub use table::{BindRoute, RouteTable, WaifuRoute};
+pub use table::{BindRoute, Lasting, RouteTable, WaifuRoute};
 
 /// The table and the signal of its changes, shared by the writer and the
 /// readers.

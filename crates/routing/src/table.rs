@@ -35,22 +35,41 @@ pub struct WaifuRoute {
     pub name: Arc<str>,
     /// Every registered instance, leaving ones included.
     pub instances: Box<[Arc<Instance>]>,
-    /// The routable instances, the newest version's first.
-    routable: Box<[Arc<Instance>]>,
+    /// The routable instances, the newest version's first; `None` when
+    /// they are `instances` in the same order (most waifus: a second list
+    /// of the same instances cost an allocation each).
+    routable: Option<Box<[Arc<Instance>]>>,
     /// How many of `routable` are of the newest version.
     newest: usize,
     /// Round-robin cursor.
     next: AtomicUsize,
-    /// Its request counters, kept across rebuilds of the route.
-    pub stats: Arc<LazyStats>,
-    /// Open, paused or in maintenance; kept across rebuilds of the route.
-    pub switch: Arc<Switch>,
+    /// Its counters and switch, kept across rebuilds of the route.
+    pub lasting: Arc<Lasting>,
     /// A rollout running: new clients split between the version rolled
     /// out and the others by its share, each kept on its side.
     pub rollout: Option<Arc<RolloutRoute>>,
 }
 
+/// What a waifu's route keeps across its rebuilds, in one allocation.
+#[derive(Debug, Default)]
+pub struct Lasting {
+    /// Its request counters.
+    pub stats: LazyStats,
+    /// Open, paused or in maintenance.
+    pub switch: Switch,
+}
+
 impl WaifuRoute {
+    /// Its request counters.
+    pub fn stats(&self) -> &LazyStats {
+        &self.lasting.stats
+    }
+
+    /// Open, paused or in maintenance.
+    pub fn switch(&self) -> &Switch {
+        &self.lasting.switch
+    }
+
     pub fn new(name: impl Into<Arc<str>>, instances: Vec<Arc<Instance>>) -> Self {
         let (routable, newest) = arrange(&instances);
         WaifuRoute {
@@ -59,8 +78,7 @@ impl WaifuRoute {
             routable,
             newest,
             next: AtomicUsize::new(0),
-            stats: Arc::default(),
-            switch: Arc::default(),
+            lasting: Arc::default(),
             rollout: None,
         }
     }
@@ -75,8 +93,7 @@ impl WaifuRoute {
             routable,
             newest,
             next: AtomicUsize::new(0),
-            stats: self.stats.clone(),
-            switch: self.switch.clone(),
+            lasting: self.lasting.clone(),
             rollout: self.rollout.clone(),
         }
     }
@@ -88,6 +105,11 @@ impl WaifuRoute {
         route
     }
 
+    /// The routable instances, the newest version's first.
+    fn routable(&self) -> &[Arc<Instance>] {
+        self.routable.as_deref().unwrap_or(&self.instances)
+    }
+
     /// During a rollout: a healthy instance of `side`, round robin, or of
     /// the other side when none of it is healthy; as [`WaifuRoute::pick`]
     /// without a rollout.
@@ -97,14 +119,14 @@ impl WaifuRoute {
         };
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let on_side = |i: &Arc<Instance>| rollout.is_new(i.version()) == (side == Side::New);
-        round(&self.routable, start, &on_side)
-            .or_else(|| round(&self.routable, start, &|i| !on_side(i)))
+        round(self.routable(), start, &on_side)
+            .or_else(|| round(self.routable(), start, &|i| !on_side(i)))
     }
 
     /// Picks a healthy instance, round robin, of the newest version if one
     /// of it is healthy; `None` when none is healthy.
     pub fn pick(&self) -> Option<&Arc<Instance>> {
-        match &*self.routable {
+        match self.routable() {
             [] => None,
             [only] => only.is_healthy().then_some(only),
             _ => self.pick_where(|_| true),
@@ -118,7 +140,7 @@ impl WaifuRoute {
 
     fn pick_where(&self, allowed: impl Fn(&Arc<Instance>) -> bool) -> Option<&Arc<Instance>> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let (newest, older) = self.routable.split_at(self.newest);
+        let (newest, older) = self.routable().split_at(self.newest);
         // An older instance serves only while no newest one is healthy,
         // whether or not `allowed` takes it.
         round(newest, start, &allowed).or_else(|| {
@@ -140,7 +162,7 @@ impl WaifuRoute {
         if self.rollout.is_some() {
             return false;
         }
-        let (newest, _) = self.routable.split_at(self.newest);
+        let (newest, _) = self.routable().split_at(self.newest);
         !newest.iter().any(|i| std::ptr::eq(&**i, instance))
             && newest.iter().any(|i| i.is_healthy())
     }
@@ -158,19 +180,29 @@ fn round<'a>(
         .find(|inst| inst.is_healthy() && allowed(inst))
 }
 
-/// The routable instances of `instances`, the newest version's first, and
+/// The routable instances of `instances`, the newest version's first
+/// (`None`: all of them, in their order), and
 /// how many those are.
-fn arrange(instances: &[Arc<Instance>]) -> (Box<[Arc<Instance>]>, usize) {
+fn arrange(instances: &[Arc<Instance>]) -> (Option<Box<[Arc<Instance>]>>, usize) {
     let staying = || instances.iter().filter(|i| !i.is_leaving());
     let Some(latest) = staying().max_by_key(|i| i.version_at()) else {
-        return (Box::default(), 0);
+        return (Some(Box::default()), 0);
     };
     let newest_version = latest.version();
     let is_newest = |i: &&Arc<Instance>| i.version() == newest_version;
-    let mut routable: Vec<Arc<Instance>> = staying().filter(is_newest).cloned().collect();
-    let newest = routable.len();
+    let newest = staying().filter(is_newest).count();
+    let in_order = staying()
+        .filter(is_newest)
+        .chain(staying().filter(|i| !is_newest(i)));
+    if in_order.clone().count() == instances.len()
+        && in_order.zip(instances).all(|(a, b)| Arc::ptr_eq(a, b))
+    {
+        return (None, newest);
+    }
+    let mut routable: Vec<Arc<Instance>> = Vec::with_capacity(instances.len());
+    routable.extend(staying().filter(is_newest).cloned());
     routable.extend(staying().filter(|i| !is_newest(i)).cloned());
-    (routable.into_boxed_slice(), newest)
+    (Some(routable.into_boxed_slice()), newest)
 }
 
 /// One accepted bind, as the proxy matches it.

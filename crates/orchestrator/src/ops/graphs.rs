@@ -15,8 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::routing::Lasting;
 use crate::routing::Routes;
-use crate::routing::stats::{LATENCY_BUCKETS, LazyStats, RequestStats};
+use crate::routing::stats::{LATENCY_BUCKETS, RequestStats};
 
 /// One point per waifu this often.
 pub(crate) const STEP: Duration = Duration::from_secs(60);
@@ -43,7 +44,7 @@ pub struct Point {
 #[derive(Debug)]
 struct Series {
     /// The counters sampled (a waifu that left and came back has new ones).
-    stats: Weak<LazyStats>,
+    stats: Weak<Lasting>,
     total: u64,
     buckets: [u64; BUCKETS],
     at: std::time::Instant,
@@ -86,10 +87,10 @@ impl Graphs {
         series.retain(|name, s| {
             table
                 .waifu(name)
-                .is_some_and(|w| std::ptr::eq(s.stats.as_ptr(), Arc::as_ptr(&w.stats)))
+                .is_some_and(|w| std::ptr::eq(s.stats.as_ptr(), Arc::as_ptr(&w.lasting)))
         });
         for waifu in table.waifu_routes() {
-            let Some(stats) = waifu.stats.if_used() else {
+            let Some(stats) = waifu.stats().if_used() else {
                 continue;
             };
             let (total, buckets) = read(stats);
@@ -113,7 +114,7 @@ impl Graphs {
                     series.insert(
                         waifu.name.clone(),
                         Series {
-                            stats: Arc::downgrade(&waifu.stats),
+                            stats: Arc::downgrade(&waifu.lasting),
                             total,
                             buckets,
                             at: now,
@@ -134,13 +135,13 @@ impl Graphs {
         let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = HashMap::with_capacity(series.len());
         for waifu in table.waifu_routes() {
-            let Some(stats) = waifu.stats.if_used() else {
+            let Some(stats) = waifu.stats().if_used() else {
                 continue;
             };
             let (total, buckets) = read(stats);
             let mut points: Vec<Point> = Vec::with_capacity(POINTS + 1);
             match series.get(&*waifu.name) {
-                Some(s) if std::ptr::eq(s.stats.as_ptr(), Arc::as_ptr(&waifu.stats)) => {
+                Some(s) if std::ptr::eq(s.stats.as_ptr(), Arc::as_ptr(&waifu.lasting)) => {
                     points.extend(s.points.iter().copied());
                     if now.duration_since(s.at) >= Duration::from_secs(1) {
                         points.push(point(s, total, &buckets, now, time));
@@ -239,7 +240,7 @@ mod tests {
         graphs.sample(&routes);
         assert!(graphs.points(&routes).is_empty());
         for _ in 0..120 {
-            busy.stats
+            busy.stats()
                 .get()
                 .record(&Method::GET, StatusCode::OK, Duration::from_millis(3));
         }
@@ -260,7 +261,7 @@ mod tests {
         writer.publish(RouteTable::new(None, [back.clone()], std::iter::empty()));
         graphs.sample(&routes);
         assert!(graphs.points(&routes).is_empty());
-        back.stats
+        back.stats()
             .get()
             .record(&Method::GET, StatusCode::OK, Duration::from_millis(1));
         graphs.sample(&routes);

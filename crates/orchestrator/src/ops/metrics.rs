@@ -181,7 +181,7 @@ impl Metrics {
         let routes = self.routes.load();
         routes
             .waifu_routes()
-            .filter_map(|w| w.stats.if_used())
+            .filter_map(|w| w.stats().if_used())
             .map(RequestStats::total)
             .sum::<u64>()
             + self.unrouted.total()
@@ -210,7 +210,7 @@ impl Collector for ProxyCollector {
         let routes = self.routes.load();
         let mut waifus: Vec<(&str, &RequestStats)> = routes
             .waifu_routes()
-            .filter_map(|w| Some((&*w.name, w.stats.if_used()?)))
+            .filter_map(|w| Some((&*w.name, w.stats().if_used()?)))
             .collect();
         waifus.push(("-", &self.unrouted));
         waifus.sort_unstable_by_key(|(name, _)| *name);
@@ -282,7 +282,7 @@ impl Collector for ProxyCollector {
         ] {
             let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Gauge)?;
             for waifu in routes.waifu_routes() {
-                let on = is(&waifu.switch.find());
+                let on = is(&waifu.switch().find());
                 family
                     .encode_family(&[("waifu", &*waifu.name)])?
                     .encode_gauge(&i64::from(on))?;

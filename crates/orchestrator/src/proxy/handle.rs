@@ -223,7 +223,7 @@ impl Proxy {
             }
             let status = response.status();
             let stats = match &served.waifu {
-                Some(waifu) => waifu.stats.get(),
+                Some(waifu) => waifu.stats().get(),
                 None => &this.unrouted,
             };
             stats.record(&method, status, started.elapsed());
@@ -321,7 +321,7 @@ impl Proxy {
             if let Found::Maintenance {
                 message,
                 retry_after,
-            } = resolved.waifu.switch.find()
+            } = resolved.waifu.switch().find()
             {
                 return Err(ProxyError::Maintenance(message, retry_after));
             }
@@ -419,17 +419,17 @@ impl Proxy {
         let mut tried: Vec<Arc<Instance>> = Vec::new();
         loop {
             if let Some(waifu) = &served.waifu
-                && !waifu.switch.is_open()
+                && !waifu.switch().is_open()
             {
-                match waifu.switch.find() {
+                match waifu.switch().find() {
                     Found::Open => {}
                     Found::Maintenance {
                         message,
                         retry_after,
                     } => return Err(ProxyError::Maintenance(message, retry_after)),
                     Found::Paused(max_wait) => {
-                        if !waifu.switch.wait_open(max_wait).await {
-                            return Err(match waifu.switch.find() {
+                        if !waifu.switch().wait_open(max_wait).await {
+                            return Err(match waifu.switch().find() {
                                 Found::Maintenance {
                                     message,
                                     retry_after,
@@ -457,7 +457,7 @@ impl Proxy {
                 continue;
             };
             if let Some(waifu) = &served.waifu
-                && !waifu.switch.is_open()
+                && !waifu.switch().is_open()
             {
                 instance = busy.instance().clone();
                 drop(busy);
@@ -498,7 +498,7 @@ impl Proxy {
         if matches!(error, SendError::Connect(_)) {
             instance.record(Outcome::Down);
             if let Some(waifu) = &served.waifu {
-                waifu.stats.get().connect_error();
+                waifu.stats().get().connect_error();
                 if waifu.rollout.is_some() {
                     instance.rollout_stats.get().connect_error();
                 }

@@ -169,7 +169,7 @@ impl Checks for Registry {
                 .instances
                 .iter()
                 .any(|i| i.is_healthy() && !i.is_leaving());
-            (available, !waifu.switch.is_open())
+            (available, !waifu.switch().is_open())
         });
         let failure = (!ok).then(|| format!("{}: {seen}", instance.upstream));
         let _ = self.outages.send(Observation {

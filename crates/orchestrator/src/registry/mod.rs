@@ -493,7 +493,7 @@ impl Registry {
                         },
                     })
                     .collect(),
-                state: match entry.route.switch.setting() {
+                state: match entry.route.switch().setting() {
                     Setting::Open => "open",
                     Setting::Paused { .. } => "paused",
                     Setting::Maintenance { .. } => "maintenance",

@@ -96,7 +96,7 @@ impl Registry {
                 retry_after: *retry_after,
             },
         };
-        entry.route.switch.set(&setting);
+        entry.route.switch().set(&setting);
         debug!(name = %name, ?setting, "switch");
         if let (Some(generation), Setting::Paused { .. }) = (generation, &setting) {
             self.acknowledge_when_idle(name.clone(), entry, generation);

@@ -182,7 +182,7 @@ fn the_newest_version_takes_every_request_while_one_of_it_is_healthy() {
     let w = WaifuRoute::new("w", all.clone());
     assert_eq!(w.newest, 2, "both of version 2 first");
     let hosts: Vec<&str> = w
-        .routable
+        .routable()
         .iter()
         .map(|i| i.upstream.host.as_str())
         .collect();
@@ -202,12 +202,41 @@ fn the_newest_version_takes_every_request_while_one_of_it_is_healthy() {
     assert!(all[2].leave(1));
     let w = w.rebuilt(all.clone());
     assert!(w.draining(&all[2]));
-    assert_eq!(w.routable.len(), 2);
+    assert_eq!(w.routable().len(), 2);
     assert_eq!(
         host_of(w.pick()).as_deref(),
         Some("old"),
         "new:1 is unhealthy"
     );
+}
+
+/// A route keeps a second list of its instances only when the routable
+/// ones differ from them, or come in another order.
+#[test]
+fn routable_instances_are_kept_apart_only_when_they_differ() {
+    let same = instances(&[("a:1", "1", 1), ("b:1", "1", 1)]);
+    let w = WaifuRoute::new("w", same.clone());
+    assert!(w.routable.is_none());
+    assert_eq!(w.routable().len(), 2);
+    // The newest version first: another order.
+    let reordered = instances(&[("old:1", "1", 1), ("new:1", "2", 2)]);
+    let w = WaifuRoute::new("w", reordered);
+    let hosts: Vec<&str> = w
+        .routable()
+        .iter()
+        .map(|i| i.upstream.host.as_str())
+        .collect();
+    assert_eq!(hosts, ["new", "old"]);
+    // One leaving: fewer.
+    assert!(same[1].leave(1));
+    let w = w.rebuilt(same);
+    let hosts: Vec<&str> = w
+        .routable()
+        .iter()
+        .map(|i| i.upstream.host.as_str())
+        .collect();
+    assert_eq!(hosts, ["a"]);
+    assert!(WaifuRoute::new("w", Vec::new()).routable().is_empty());
 }
 
 #[test]
