@@ -224,7 +224,7 @@ impl<C: Checks> Schedule<C> {
         *self.shared.leading.borrow()
     }
 
-    /// Today's tick: a time at or before now, so due at once.
+    /// The grid point at or before now: a check set for it is due at once.
     fn now(&self) -> Tick {
         self.shared.grid.before(Instant::now())
     }
@@ -298,10 +298,10 @@ impl<C: Checks> Schedule<C> {
     fn start_due(&mut self) {
         let now = Instant::now();
         let grid = self.shared.grid;
-        let today = grid.before(now);
+        let due_by = grid.before(now);
         let leading = self.leading();
         while let Some(&Reverse((at, key))) = self.queue.peek() {
-            if at > today {
+            if at > due_by {
                 return;
             }
             self.queue.pop();
