@@ -123,3 +123,40 @@ pub async fn send(addr: SocketAddr, call: Call<'_>) -> Result<Reply, Failed> {
         .await
         .unwrap_or(Err(Failed::TimedOut))
 }
+
+/// A waifu on a bare socket, for tests of the client side: it accepts one
+/// connection, reads one request head byte by byte (so nothing after the
+/// head is consumed), writes `answer` piece by piece (1 ms apart, so the
+/// client sees each in its own read), then, if `hold`, keeps the connection
+/// open until the peer closes it. Returns its port and the head it read
+/// (short if the peer closed first).
+pub async fn bare_waifu(
+    answer: Vec<Vec<u8>>,
+    hold: bool,
+) -> (u16, tokio::task::JoinHandle<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port for the bare waifu");
+    let port = listener.local_addr().expect("its address").port();
+    let task = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("one connection");
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                return String::from_utf8_lossy(&head).into_owned();
+            }
+            head.push(byte[0]);
+        }
+        for piece in answer {
+            s.write_all(&piece).await.expect("the answer written");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if hold {
+            let _ = s.read(&mut [0u8; 1]).await;
+        }
+        String::from_utf8_lossy(&head).into_owned()
+    });
+    (port, task)
+}

@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::*;
+use waifus_testkit::http::bare_waifu;
 
 fn endpoint(port: u16) -> Arc<Endpoint> {
     let authority = format!("127.0.0.1:{port}").parse().unwrap();
@@ -23,26 +24,7 @@ type Got = (Result<(u16, Result<Vec<u8>, String>), String>, usize);
 /// Sends one GET to a waifu that answers with `pieces`, written one by
 /// one, then closes the connection if `close`.
 async fn exchange(method: Method, pieces: Vec<Vec<u8>>, close: bool) -> Got {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut byte = [0u8; 1];
-            if s.read(&mut byte).await.unwrap() == 0 {
-                return;
-            }
-            head.push(byte[0]);
-        }
-        for p in pieces {
-            s.write_all(&p).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        if !close {
-            let _ = s.read(&mut [0u8; 1]).await;
-        }
-    });
+    let (port, server) = bare_waifu(pieces, !close).await;
     let instance = endpoint(port);
     let req = Outgoing::bodyless(method, "/x", &[]);
     let got = match send(&instance, req, Duration::from_secs(5)).await {
@@ -324,23 +306,9 @@ async fn closed_pooled_connection_is_not_an_error() {
 #[tokio::test]
 async fn a_closing_request_asks_for_close_and_is_not_pooled() {
     for closing in [false, true] {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                let mut byte = [0u8; 1];
-                assert_eq!(s.read(&mut byte).await.unwrap(), 1);
-                head.push(byte[0]);
-            }
-            // An answer with no body, that would keep the connection open.
-            s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
-                .await
-                .unwrap();
-            let _ = s.read(&mut [0u8; 1]).await;
-            String::from_utf8(head).unwrap()
-        });
+        // An answer with no body, that would keep the connection open.
+        let (port, server) =
+            bare_waifu(vec![b"HTTP/1.1 204 No Content\r\n\r\n".to_vec()], true).await;
         let instance = endpoint(port);
         let mut req = Outgoing::bodyless(Method::GET, "/h", &[("host", "x")]);
         if closing {

@@ -320,23 +320,12 @@ async fn a_thousand_instances_are_each_checked_every_interval_on_one_task() {
 /// close theirs at once (it would only sit idle until reaped).
 #[tokio::test]
 async fn only_checks_that_come_back_soon_keep_their_connection() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     for (interval, kept) in [(Duration::from_secs(5), 1), (Duration::from_secs(3600), 0)] {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let waifu = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                let mut byte = [0u8; 1];
-                assert_eq!(s.read(&mut byte).await.unwrap(), 1);
-                head.push(byte[0]);
-            }
-            s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
-                .await
-                .unwrap();
-            let _ = s.read(&mut [0u8; 1]).await;
-        });
+        let (port, waifu) = waifus_testkit::http::bare_waifu(
+            vec![b"HTTP/1.1 204 No Content\r\n\r\n".to_vec()],
+            true,
+        )
+        .await;
         let upstream = waifus_protocol::parse_host(&format!("127.0.0.1:{port}")).unwrap();
         let instance = Arc::new(Instance::new(upstream, false));
         let keep = keeps_connections(interval);
