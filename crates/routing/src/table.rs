@@ -268,6 +268,9 @@ pub struct RouteTable {
     waifus: Shards<Arc<WaifuRoute>>,
     /// Lowercase host → binds, longest prefix first.
     hosts: Shards<Arc<[BindRoute]>>,
+    /// How many of the routes have a rollout: periodic work that only
+    /// matters during one asks this instead of walking every route.
+    rollouts: usize,
 }
 
 impl RouteTable {
@@ -288,10 +291,12 @@ impl RouteTable {
             .into_iter()
             .map(|(host, binds)| (host, sorted(binds)))
             .collect();
+        let rollouts = waifus.values().filter(|w| w.rollout.is_some()).count();
         RouteTable {
             main_domain: main_domain.map(Into::into),
             waifus,
             hosts,
+            rollouts,
         }
     }
 
@@ -306,6 +311,9 @@ impl RouteTable {
     ) -> RouteTable {
         let mut waifus = self.waifus.clone();
         let mut hosts = self.hosts.clone();
+        let had = self.waifus.get(name).is_some_and(|w| w.rollout.is_some());
+        let has = now.is_some_and(|(route, _)| route.rollout.is_some());
+        let rollouts = self.rollouts - usize::from(had) + usize::from(has);
         match now {
             Some((route, _)) => {
                 waifus.insert(route.name.clone(), route.clone());
@@ -346,7 +354,13 @@ impl RouteTable {
             main_domain: self.main_domain.clone(),
             waifus,
             hosts,
+            rollouts,
         }
+    }
+
+    /// Whether any waifu's route has a rollout running (no walk).
+    pub fn any_rollout(&self) -> bool {
+        self.rollouts > 0
     }
 
     /// Every waifu's route.

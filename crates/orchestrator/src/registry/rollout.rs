@@ -117,16 +117,16 @@ impl Registry {
 
     /// Whether any waifu's route has a running rollout.
     fn any_rollout(&self) -> bool {
-        self.routes
-            .current()
-            .waifu_routes()
-            .any(|w| w.rollout.is_some())
+        self.routes.current().any_rollout()
     }
 
     /// This orchestrator's counts of every running rollout, by version.
     fn counts(&self) -> Vec<Own> {
         let table = self.routes.current();
         let mut out = Vec::new();
+        if !table.any_rollout() {
+            return out;
+        }
         for waifu in table.waifu_routes() {
             let Some(rollout) = &waifu.rollout else {
                 continue;

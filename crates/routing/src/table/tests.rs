@@ -297,3 +297,26 @@ fn the_table_answers_what_its_readers_ask() {
     );
     assert_eq!(any.main_domain(), None);
 }
+
+/// Whether any route has a rollout is kept as routes come, change and go.
+#[test]
+fn the_table_knows_whether_any_rollout_runs() {
+    let (a, b) = (waifu("a"), waifu("b"));
+    let rolling = |w: &Arc<WaifuRoute>| {
+        let rollout = RolloutRoute::new(&w.name, 1, Some("2"), 10);
+        Arc::new(w.with_rollout(Some(Arc::new(rollout))))
+    };
+    let none: [&str; 0] = [];
+    let table = RouteTable::new(None, [a.clone(), b.clone()], Vec::new());
+    assert!(!table.any_rollout());
+    let table = RouteTable::new(None, [rolling(&a), b.clone()], Vec::new());
+    assert!(table.any_rollout(), "built with one");
+    // Two start, one ends, then the other's waifu goes.
+    let table = table.with_waifu("b", Some((&rolling(&b), &[][..])), none);
+    let table = table.with_waifu("a", Some((&a, &[][..])), none);
+    assert!(table.any_rollout(), "b's still runs");
+    let table = table.with_waifu("b", None, none);
+    assert!(!table.any_rollout(), "b is gone");
+    let table = table.with_waifu("c", Some((&rolling(&waifu("c")), &[][..])), none);
+    assert!(table.any_rollout(), "a new waifu with one");
+}
