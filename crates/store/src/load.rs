@@ -1,6 +1,8 @@
 //! Reading the stored waifus back: all of them at start and on a resync,
 //! one when another orchestrator announces a change to it.
 
+use std::collections::HashMap;
+
 use waifus_protocol::{BindKey, Upstream};
 
 use super::error::StoreError;
@@ -196,21 +198,13 @@ impl Store {
         // The page is a range of names in the store's order (its
         // collation's): the rows of its waifus are read by that range, an
         // index scan each, and a row of a waifu added inside the range
-        // meanwhile is skipped. Collation order is not necessarily the
-        // bytes': the page is looked up in its own sorted copy.
+        // meanwhile is skipped. Each row finds its waifu by name.
         let (first, last) = (
             waifus[0].name.as_str(),
             waifus[waifus.len() - 1].name.as_str(),
         );
-        let mut sorted: Vec<(&str, usize)> =
-            waifus.iter().map(|w| w.name.as_str()).zip(0..).collect();
-        sorted.sort_unstable();
-        let find = |name: &str| {
-            sorted
-                .binary_search_by(|(n, _)| (*n).cmp(name))
-                .ok()
-                .map(|i| sorted[i].1)
-        };
+        let index: HashMap<&str, usize> = waifus.iter().map(|w| w.name.as_str()).zip(0..).collect();
+        let find = |name: &str| index.get(name).copied();
         let instances = client
             .query(
                 &format!(

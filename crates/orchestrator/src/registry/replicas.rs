@@ -162,6 +162,9 @@ async fn session(
 /// Waifus read from the store at a time, on a resync and at start.
 pub(super) const PAGE: usize = 512;
 
+/// Waifus a resync brings in line per hold of the state lock.
+const HOLD: usize = 64;
+
 /// Stops the connection task with its session.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -190,17 +193,21 @@ impl Registry {
         let mut changed = false;
         let mut pages = self.store.pages(PAGE);
         while let Some(page) = pages.next().await? {
-            let mut state = self.state.lock().await;
-            for waifu in page {
-                let name = state.shared_name(&waifu.name);
-                if !fresh(&state, &name) {
-                    changed |= self.apply_stored(&mut state, &name, Some(waifu)).1;
+            // The state lock is held for a few dozen waifus at a time, so
+            // a hello arriving meanwhile waits for those, not for a page.
+            let mut page = page.into_iter().peekable();
+            while page.peek().is_some() {
+                let mut state = self.state.lock().await;
+                for waifu in page.by_ref().take(HOLD) {
+                    let name = state.shared_name(&waifu.name);
+                    if !fresh(&state, &name) {
+                        changed |= self.apply_stored(&mut state, &name, Some(waifu));
+                    }
+                    stored_names.insert(name);
                 }
-                stored_names.insert(name);
+                drop(state);
+                tokio::task::yield_now().await;
             }
-            drop(state);
-            // Thousands of waifus: let requests run in between.
-            tokio::task::yield_now().await;
         }
         let mut state = self.state.lock().await;
         let gone: Vec<Arc<str>> = state
@@ -212,7 +219,7 @@ impl Registry {
         drop(stored_names);
         for name in gone {
             if !fresh(&state, &name) {
-                changed |= self.apply_stored(&mut state, &name, None).1;
+                changed |= self.apply_stored(&mut state, &name, None);
             }
         }
         state.touched.retain(|_, seq| *seq > since);
@@ -229,7 +236,10 @@ impl Registry {
     pub(crate) async fn resync_waifu(&self, name: &str) -> Result<(), StoreError> {
         let mut state = self.state.lock().await;
         let stored = self.store.load_waifu(name).await?;
-        let (old_hosts, changed) = self.apply_stored(&mut state, name, stored);
+        let old_hosts = state.waifus.get(name).map_or_else(Vec::new, |e| {
+            e.binds.iter().map(|(key, _)| key.host.clone()).collect()
+        });
+        let changed = self.apply_stored(&mut state, name, stored);
         self.touch(&mut state, name);
         if changed {
             self.publish_waifu(&state, name, old_hosts.iter().map(String::as_str));
@@ -237,29 +247,21 @@ impl Registry {
         Ok(())
     }
 
-    /// Makes one waifu in memory what the store says; returns the hosts it
-    /// was bound on before and whether anything differed. Instances keep
+    /// Makes one waifu in memory what the store says; returns whether
+    /// anything differed. Instances keep
     /// their identity (connections, counters) while their address, version
     /// and its announcement are the same; their health is taken from the
     /// store unless this process runs the checks; a goodbye stored by
     /// another orchestrator starts their drain here too.
-    fn apply_stored(
-        &self,
-        state: &mut State,
-        name: &str,
-        stored: Option<StoredWaifu>,
-    ) -> (Vec<String>, bool) {
-        let old_hosts = state.waifus.get(name).map_or_else(Vec::new, |e| {
-            e.binds.iter().map(|(key, _)| key.host.clone()).collect()
-        });
+    fn apply_stored(&self, state: &mut State, name: &str, stored: Option<StoredWaifu>) -> bool {
         let Some(stored) = stored else {
             let Some(entry) = state.waifus.remove(name) else {
-                return (old_hosts, false);
+                return false;
             };
             for instance in entry.instances() {
                 instance.retire();
             }
-            return (old_hosts, true);
+            return true;
         };
         let leading = *self.leading.borrow();
         let mut changed = !state.waifus.contains_key(name);
@@ -314,7 +316,9 @@ impl Registry {
                 }
             }
         }
-        if sorted_binds(&entry.binds) != sorted_binds(&stored.binds) {
+        // Most often the same binds in the same order: no copy to compare.
+        if entry.binds != stored.binds && sorted_binds(&entry.binds) != sorted_binds(&stored.binds)
+        {
             entry.binds = stored.binds;
             changed = true;
         }
@@ -325,7 +329,7 @@ impl Registry {
         changed |= self.apply_rollout(name, entry, stored.rollout.as_ref());
         // The switch lives in the route: nothing to publish.
         self.apply_switch(&shared_name, entry, stored.switch.as_ref());
-        (old_hosts, changed)
+        changed
     }
 }
 
