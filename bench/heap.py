@@ -4,6 +4,7 @@
     cargo build --release -p orchestrator -p bench-backend
     python3 bench/heap.py                    # massif heap profile, about 2 minutes
     python3 bench/heap.py --native           # RSS and /proc/PID/smaps_rollup instead
+    RESYNC_INTERVAL=2s python3 bench/heap.py --native --cpu 20   # and what a resync costs
 
 Starts the orchestrator (managed PostgreSQL, HEALTH_INTERVAL=1h unless
 --interval) in front of bench-backend, registers --waifus waifus with one bind
@@ -45,6 +46,41 @@ def frames(snapshot, depth, floor):
     return out
 
 
+def cpu_times(root):
+    """User + system CPU seconds of `root` and of its descendants (the
+    managed PostgreSQL and its backends), apart."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(pid)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    own, below, frontier = stats.get(root, (0, 0))[1], 0.0, {root}
+    while frontier:
+        children = {p for p, (ppid, _) in stats.items() if ppid in frontier}
+        below += sum(stats[p][1] for p in children)
+        frontier = children
+    return own, below
+
+
+def cpu_over(pid, seconds):
+    """Prints the CPU time spent over `seconds`, per resync when
+    RESYNC_INTERVAL is set (as seconds, `2s`). Backends that exit meanwhile
+    are not counted; the managed PostgreSQL keeps its connections open."""
+    own0, pg0 = cpu_times(pid)
+    time.sleep(seconds)
+    own1, pg1 = cpu_times(pid)
+    own, pg = (own1 - own0) * 1000, (pg1 - pg0) * 1000
+    line = f"CPU over {seconds:.0f} s: orchestrator {own:.0f} ms, PostgreSQL {pg:.0f} ms"
+    interval = os.environ.get("RESYNC_INTERVAL", "")
+    if interval.endswith("s") and interval[:-1].replace(".", "").isdigit():
+        n = seconds / float(interval[:-1])
+        line += f"; per resync ({n:.0f}): {own / n:.1f} and {pg / n:.1f} ms"
+    print(line)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--waifus", type=int, default=10_000)
@@ -52,6 +88,9 @@ def main():
     ap.add_argument("--settle", type=float, default=40, help="seconds between the last hello and the reading")
     ap.add_argument("--native", action="store_true", help="RSS and mappings instead of a heap profile")
     ap.add_argument("--depth", type=int, default=2)
+    ap.add_argument("--cpu", type=float, default=0, metavar="SECONDS",
+                    help="with --native, also the CPU time the orchestrator and its PostgreSQL "
+                         "spend over SECONDS after the reading (per resync if RESYNC_INTERVAL is set)")
     args = ap.parse_args()
     release = os.path.join(R.ROOT, "target", "release")
     binary = os.environ.get("ORCHESTRATOR_BIN") or os.path.join(release, "orchestrator")
@@ -117,6 +156,8 @@ def main():
                     maps.append((int(line.split()[1]), name))
             for kib, name in sorted(maps, reverse=True)[:8]:
                 print(f"  {kib / 1024:6.2f} MiB  {name}")
+            if args.cpu:
+                cpu_over(orch.pid, args.cpu)
         else:
             subprocess.run(["vgdb", f"--pid={orch.pid}", "detailed_snapshot", snapshot],
                            check=True, timeout=300, stdout=subprocess.DEVNULL)
