@@ -4,8 +4,8 @@
 //! lock, no label set hashed. The metrics endpoint turns them into
 //! Prometheus counters and a histogram when it is scraped.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -97,16 +97,50 @@ fn method_index(method: &Method) -> usize {
 /// A waifu's [`RequestStats`], allocated on its first request (most of ten
 /// thousand idle waifus never pay for them).
 #[derive(Debug, Default)]
-pub struct LazyStats(OnceLock<Box<RequestStats>>);
+pub struct LazyStats(OnceLock<Arc<RequestStats>>);
 
 impl LazyStats {
-    pub fn get(&self) -> &RequestStats {
-        self.0.get_or_init(Box::default)
+    /// The counters, made on first use and then known to `all`.
+    pub fn get(&self, all: &AllStats) -> &RequestStats {
+        self.0.get_or_init(|| {
+            let stats = Arc::new(RequestStats::default());
+            all.used
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Arc::downgrade(&stats));
+            stats
+        })
     }
 
     /// The counters, if any request was counted.
     pub fn if_used(&self) -> Option<&RequestStats> {
         self.0.get().map(|b| &**b)
+    }
+}
+
+/// The counters of requests no waifu answered, and every waifu's counters
+/// that were ever used: the total of all requests, summed every few seconds
+/// for the request rate, without a walk over ten thousand idle routes.
+#[derive(Debug, Default)]
+pub struct AllStats {
+    pub unrouted: RequestStats,
+    used: Mutex<Vec<Weak<RequestStats>>>,
+}
+
+impl AllStats {
+    /// Every request counted by waifus still routed to (or still
+    /// answering), and every unrouted one; a waifu gone takes its counts.
+    pub fn total(&self) -> u64 {
+        let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut sum = self.unrouted.total();
+        used.retain(|stats| {
+            let Some(stats) = stats.upgrade() else {
+                return false;
+            };
+            sum += stats.total();
+            true
+        });
+        sum
     }
 }
 
@@ -209,6 +243,29 @@ pub fn rollout_quantile_ms(buckets: &[u64], q: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counters made by many threads at once are known once each; a
+    /// waifu's counters dropped leave the total.
+    #[test]
+    fn the_total_counts_every_used_counter_once() {
+        let all = AllStats::default();
+        let mut waifus: Vec<LazyStats> = (0..4).map(|_| LazyStats::default()).collect();
+        let ok = |stats: &RequestStats| stats.record(&Method::GET, StatusCode::OK, Duration::ZERO);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| waifus.iter().for_each(|w| ok(w.get(&all))));
+            }
+        });
+        ok(&all.unrouted);
+        assert_eq!(all.total(), 8 * 4 + 1);
+        waifus.truncate(1);
+        assert_eq!(all.total(), 8 + 1);
+        assert_eq!(
+            all.used.lock().unwrap().len(),
+            1,
+            "the dropped ones are forgotten"
+        );
+    }
 
     #[test]
     fn rollout_buckets_tell_twice_as_slow_apart_at_any_latency() {

@@ -155,7 +155,7 @@ pub(super) fn proxy(
             certs: https.certs.clone(),
             port: https.port,
         }),
-        metrics.unrouted.clone(),
+        metrics.stats.clone(),
         settings.trusted.clone(),
     ))
 }

@@ -237,11 +237,12 @@ mod tests {
             std::iter::empty(),
         ));
         let graphs = Graphs::new(STEP);
+        let all = crate::routing::stats::AllStats::default();
         graphs.sample(&routes);
         assert!(graphs.points(&routes).is_empty());
         for _ in 0..120 {
             busy.stats()
-                .get()
+                .get(&all)
                 .record(&Method::GET, StatusCode::OK, Duration::from_millis(3));
         }
         // Its first point is the step it began in: 120 requests over a
@@ -262,7 +263,7 @@ mod tests {
         graphs.sample(&routes);
         assert!(graphs.points(&routes).is_empty());
         back.stats()
-            .get()
+            .get(&all)
             .record(&Method::GET, StatusCode::OK, Duration::from_millis(1));
         graphs.sample(&routes);
         assert_eq!(graphs.points(&routes)["busy"].len(), 1);

@@ -18,7 +18,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry as PromRegistry;
 
-use crate::routing::stats::{CLASSES, LATENCY_BUCKETS, METHODS, RequestStats};
+use crate::routing::stats::{AllStats, CLASSES, LATENCY_BUCKETS, METHODS, RequestStats};
 use crate::routing::switch::Found;
 use crate::routing::{Instance, RouteTable, Routes, WaifuRoute};
 
@@ -56,9 +56,8 @@ pub(crate) struct Metrics {
     backup_success: Family<WaifuLabel, Gauge>,
     backup_verified: Family<WaifuLabel, Gauge>,
     /// Requests that matched no waifu (404s, 400s, redirects), counted by
-    /// the proxy.
-    pub unrouted: Arc<RequestStats>,
-    routes: Routes,
+    /// the proxy, and every waifu's counters once used.
+    pub stats: Arc<AllStats>,
     started: std::time::Instant,
     /// Requests per second over the last sample (f64 bits), see [`sample_rate`].
     rate: AtomicU64,
@@ -104,10 +103,10 @@ impl Metrics {
             "Unix time of each waifu's newest backup whose restore gave what it was taken from",
             backup_verified.clone(),
         );
-        let unrouted = Arc::new(RequestStats::default());
+        let stats = Arc::new(AllStats::default());
         registry.register_collector(Box::new(ProxyCollector {
-            routes: routes.clone(),
-            unrouted: unrouted.clone(),
+            routes,
+            stats: stats.clone(),
             leading,
         }));
         Arc::new(Metrics {
@@ -118,8 +117,7 @@ impl Metrics {
             connections,
             backup_success,
             backup_verified,
-            unrouted,
-            routes,
+            stats,
             started: std::time::Instant::now(),
             rate: AtomicU64::new(0),
         })
@@ -178,13 +176,7 @@ impl Metrics {
 
     /// Every proxied request counted so far.
     pub(crate) fn requests_total(&self) -> u64 {
-        let routes = self.routes.load();
-        routes
-            .waifu_routes()
-            .filter_map(|w| w.stats().if_used())
-            .map(RequestStats::total)
-            .sum::<u64>()
-            + self.unrouted.total()
+        self.stats.total()
     }
 
     /// The text exposition (OpenMetrics).
@@ -201,7 +193,7 @@ impl Metrics {
 #[derive(Debug)]
 struct ProxyCollector {
     routes: Routes,
-    unrouted: Arc<RequestStats>,
+    stats: Arc<AllStats>,
     leading: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -212,7 +204,7 @@ impl Collector for ProxyCollector {
             .waifu_routes()
             .filter_map(|w| Some((&*w.name, w.stats().if_used()?)))
             .collect();
-        waifus.push(("-", &self.unrouted));
+        waifus.push(("-", &self.stats.unrouted));
         waifus.sort_unstable_by_key(|(name, _)| *name);
 
         let mut requests = encoder.encode_descriptor(
@@ -409,13 +401,14 @@ pub(crate) async fn sample_rate(
     metrics: Arc<Metrics>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let mut last = (std::time::Instant::now(), metrics.requests_total());
+    // The runtime's clock: a test may pause it.
+    let mut last = (tokio::time::Instant::now(), metrics.requests_total());
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(RATE_EVERY) => {}
         }
-        let now = (std::time::Instant::now(), metrics.requests_total());
+        let now = (tokio::time::Instant::now(), metrics.requests_total());
         let secs = now.0.duration_since(last.0).as_secs_f64();
         // A waifu that left takes its counts along: never report a negative rate.
         #[allow(clippy::cast_precision_loss)]
@@ -444,7 +437,46 @@ impl Drop for Open {
 
 #[cfg(test)]
 mod tests {
-    use super::label_value;
+    use super::*;
+    use http::{Method, StatusCode};
+
+    /// The rate counts every waifu's requests (counters made by the
+    /// proxy, found without the route table) and the unrouted ones.
+    #[tokio::test(start_paused = true)]
+    async fn the_request_rate_counts_every_request() {
+        let (_writer, routes) = crate::routing::routes();
+        let (_leading, leading) = tokio::sync::watch::channel(true);
+        let metrics = Metrics::new(routes, leading);
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let sampler = tokio::spawn(sample_rate(metrics.clone(), shutdown.clone()));
+        // Its first reading: nothing yet.
+        tokio::task::yield_now().await;
+        let ok = |stats: &RequestStats| stats.record(&Method::GET, StatusCode::OK, Duration::ZERO);
+        let (a, b) = (
+            WaifuRoute::new("a", Vec::new()),
+            WaifuRoute::new("b", Vec::new()),
+        );
+        for _ in 0..10 {
+            ok(a.stats().get(&metrics.stats));
+        }
+        ok(b.stats().get(&metrics.stats));
+        for _ in 0..3 {
+            ok(&metrics.stats.unrouted);
+        }
+        for _ in 0..100 {
+            if metrics.request_rate() != 0.0 {
+                break;
+            }
+            tokio::time::sleep(RATE_EVERY / 10).await;
+        }
+        assert!(
+            (metrics.request_rate() - 14.0 / RATE_EVERY.as_secs_f64()).abs() < 1e-9,
+            "{}",
+            metrics.request_rate()
+        );
+        shutdown.cancel();
+        sampler.await.unwrap();
+    }
 
     #[test]
     fn label_values_are_escaped() {

@@ -30,7 +30,7 @@ mod relay;
 use super::trusted::TrustedProxies;
 use super::via::Via;
 use super::websocket;
-use crate::routing::stats::RequestStats;
+use crate::routing::stats::AllStats;
 use crate::routing::switch::Found;
 use crate::routing::{Busy, Instance, Outcome, Routes, WaifuRoute};
 use crate::tls::Certs;
@@ -118,8 +118,8 @@ pub(crate) struct Proxy {
     /// served on the plain listener as before.
     https: Option<HttpsInfo>,
     /// Counts requests that matched no waifu (each waifu's own counters
-    /// live with its route).
-    unrouted: Arc<RequestStats>,
+    /// live with its route, and are known here once made).
+    stats: Arc<AllStats>,
     access_log: bool,
     connect_timeout: Duration,
     response_timeout: Duration,
@@ -144,13 +144,13 @@ impl Proxy {
         tunnels: TaskTracker,
         hard_stop: CancellationToken,
         https: Option<HttpsInfo>,
-        unrouted: Arc<RequestStats>,
+        stats: Arc<AllStats>,
         trusted: TrustedProxies,
     ) -> Self {
         Proxy {
             routes,
             https,
-            unrouted,
+            stats,
             access_log: config.access_log,
             connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
@@ -223,8 +223,8 @@ impl Proxy {
             }
             let status = response.status();
             let stats = match &served.waifu {
-                Some(waifu) => waifu.stats().get(),
-                None => &this.unrouted,
+                Some(waifu) => waifu.stats().get(&this.stats),
+                None => &this.stats.unrouted,
             };
             stats.record(&method, status, started.elapsed());
             if let Some(rollout) = served.rollout.take() {
@@ -498,7 +498,7 @@ impl Proxy {
         if matches!(error, SendError::Connect(_)) {
             instance.record(Outcome::Down);
             if let Some(waifu) = &served.waifu {
-                waifu.stats().get().connect_error();
+                waifu.stats().get(&self.stats).connect_error();
                 if waifu.rollout.is_some() {
                     instance.rollout_stats.get().connect_error();
                 }

@@ -209,14 +209,15 @@ impl Registry {
                 tokio::task::yield_now().await;
             }
         }
-        let mut state = self.state.lock().await;
-        let gone: Vec<Arc<str>> = state
-            .waifus
-            .keys()
-            .filter(|n| !stored_names.contains(&***n))
-            .cloned()
+        // The names in memory are copied (pointers) under the lock and
+        // looked up in the store's outside it.
+        let known: Vec<Arc<str>> = self.state.lock().await.waifus.keys().cloned().collect();
+        let gone: Vec<Arc<str>> = known
+            .into_iter()
+            .filter(|n| !stored_names.contains(&**n))
             .collect();
         drop(stored_names);
+        let mut state = self.state.lock().await;
         for name in gone {
             if !fresh(&state, &name) {
                 changed |= self.apply_stored(&mut state, &name, None);
