@@ -249,11 +249,11 @@ impl Registry {
     }
 
     /// Makes one waifu in memory what the store says; returns whether
-    /// anything differed. Instances keep
-    /// their identity (connections, counters) while their address, version
-    /// and its announcement are the same; their health is taken from the
-    /// store unless this process runs the checks; a goodbye stored by
-    /// another orchestrator starts their drain here too.
+    /// anything differed. Instances keep their identity (connections,
+    /// counters) while their address, version and its announcement are the
+    /// same; their health is taken from the store unless this process runs
+    /// the checks; a goodbye stored by another orchestrator starts their
+    /// drain here too.
     fn apply_stored(&self, state: &mut State, name: &str, stored: Option<StoredWaifu>) -> bool {
         let Some(stored) = stored else {
             let Some(entry) = state.waifus.remove(name) else {
