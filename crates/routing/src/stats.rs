@@ -131,16 +131,14 @@ impl AllStats {
     /// Every request counted by waifus still routed to (or still
     /// answering), and every unrouted one; a waifu gone takes its counts.
     pub fn total(&self) -> u64 {
-        let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut sum = self.unrouted.total();
-        used.retain(|stats| {
-            let Some(stats) = stats.upgrade() else {
-                return false;
-            };
-            sum += stats.total();
-            true
-        });
-        sum
+        // Taken out under the lock, summed outside it: a waifu's first
+        // request, which adds to the list, never waits for the sum.
+        let live: Vec<Arc<RequestStats>> = {
+            let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
+            used.retain(|stats| stats.strong_count() > 0);
+            used.iter().filter_map(Weak::upgrade).collect()
+        };
+        live.iter().map(|stats| stats.total()).sum::<u64>() + self.unrouted.total()
     }
 }
 
