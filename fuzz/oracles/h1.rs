@@ -61,9 +61,8 @@ pub fn check(data: &[u8]) {
     assert!(target.starts_with(b"/"), "not origin form: {target:?}");
     assert_eq!(target, head.target.as_bytes(), "the target changed");
 
-    // The fields as the wire has them, grouped by name in order of first
-    // appearance (the order `http::HeaderMap` iterates in).
-    let mut wire: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+    // The fields as the wire has them, in order.
+    let mut wire: Vec<(String, Vec<u8>)> = Vec::new();
     let mut close = false;
     for line in field_lines {
         let colon = line.iter().position(|&b| b == b':');
@@ -82,15 +81,8 @@ pub fn check(data: &[u8]) {
             }
             _ => {}
         }
-        match wire.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, values)) => values.push(value),
-            None => wire.push((name, vec![value])),
-        }
+        wire.push((name, value));
     }
-    let wire: Vec<(String, Vec<u8>)> = wire
-        .into_iter()
-        .flat_map(|(n, vs)| vs.into_iter().map(move |v| (n.clone(), v)))
-        .collect();
     assert_eq!(head.fields, wire, "fields differ from the wire: {raw:?}");
     assert_eq!(head.close, close, "close flag wrong: {raw:?}");
 }

@@ -31,7 +31,7 @@ pub struct H1Head {
     pub method: String,
     /// The request target, as the proxy reads it.
     pub target: String,
-    /// Field names (lowercase) and values, in order.
+    /// Field names (lowercase) and values, in the order they came.
     pub fields: Vec<(String, Vec<u8>)>,
     /// The client asked to close the connection after this request.
     pub close: bool,
@@ -45,18 +45,27 @@ pub struct H1Head {
 pub fn h1_parse(data: &[u8]) -> (usize, Option<H1Head>, Vec<u8>) {
     let passed = waifus_http1::check::Checker::default().check(data).pass;
     let mut buf = BytesMut::from(&data[..passed]);
-    let head = match crate::edge::parse_fast(&mut buf) {
-        crate::edge::Parsed::Fast(head) => Some(H1Head {
-            method: head.parts.method.to_string(),
-            target: head.parts.uri.to_string(),
-            fields: head
-                .parts
-                .headers
-                .iter()
-                .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
-                .collect(),
-            close: head.close,
-        }),
+    let seen = |req: crate::proxy::ClientRequest<'_>| H1Head {
+        method: req.method.to_string(),
+        target: match req.query {
+            Some(query) => format!("{}?{query}", req.path),
+            None => req.path.to_owned(),
+        },
+        fields: req
+            .fields
+            .each()
+            .map(|(name, value)| (String::from_utf8_lossy(name).to_lowercase(), value.to_vec()))
+            .collect(),
+        close: false,
+    };
+    let head = match crate::edge::parse_fast(&buf, seen) {
+        crate::edge::Parsed::Fast(head) => {
+            buf.advance(head.len);
+            Some(H1Head {
+                close: head.close,
+                ..head.served
+            })
+        }
         crate::edge::Parsed::Partial | crate::edge::Parsed::HandOff => None,
     };
     (passed, head, buf.to_vec())

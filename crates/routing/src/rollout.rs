@@ -2,9 +2,6 @@
 //! clients, each of which keeps its side (by a cookie) for the rollout's
 //! life.
 
-use http::HeaderMap;
-use http::header::COOKIE;
-
 /// Which version a client is on during a rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -54,12 +51,22 @@ impl RolloutRoute {
         format!("{}-{s}", self.generation)
     }
 
-    /// The side the request's cookie names for this rollout, if it has one.
-    pub fn side_of(&self, headers: &HeaderMap) -> Option<Side> {
+    /// The side the request's cookie names for this rollout, if it has
+    /// one; `cookies` are the values of its `Cookie` fields.
+    pub fn side_of<'v>(&self, cookies: impl IntoIterator<Item = &'v [u8]>) -> Option<Side> {
         let new = self.cookie_value(Side::New);
         let old = self.cookie_value(Side::Old);
-        for value in headers.get_all(COOKIE) {
-            let Ok(value) = value.to_str() else { continue };
+        for value in cookies {
+            // What `HeaderValue::to_str` takes: visible ASCII, spaces, tabs.
+            if !value
+                .iter()
+                .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+            {
+                continue;
+            }
+            let Ok(value) = std::str::from_utf8(value) else {
+                continue;
+            };
             for pair in value.split(';') {
                 let Some((name, v)) = pair.trim().split_once('=') else {
                     continue;
@@ -97,20 +104,26 @@ impl RolloutRoute {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
+    use http::header::COOKIE;
+
+    fn cookies(h: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+        h.get_all(COOKIE).into_iter().map(|v| v.as_bytes())
+    }
 
     #[test]
     fn a_cookie_of_this_rollout_keeps_its_side_and_any_other_is_none() {
         let r = RolloutRoute::new("link", 7, Some("2.0"), 10);
         let mut h = HeaderMap::new();
-        assert_eq!(r.side_of(&h), None);
+        assert_eq!(r.side_of(cookies(&h)), None);
         h.append(
             COOKIE,
             "a=b; waifus_rollout_link=7-new; c=d".parse().unwrap(),
         );
-        assert_eq!(r.side_of(&h), Some(Side::New));
+        assert_eq!(r.side_of(cookies(&h)), Some(Side::New));
         let mut old = HeaderMap::new();
         old.append(COOKIE, "waifus_rollout_link=7-old".parse().unwrap());
-        assert_eq!(r.side_of(&old), Some(Side::Old));
+        assert_eq!(r.side_of(cookies(&old)), Some(Side::Old));
         // An earlier rollout's cookie, another waifu's, garbage: assigned
         // afresh.
         for stale in [
@@ -121,7 +134,7 @@ mod tests {
         ] {
             let mut h = HeaderMap::new();
             h.append(COOKIE, stale.parse().unwrap());
-            assert_eq!(r.side_of(&h), None, "{stale}");
+            assert_eq!(r.side_of(cookies(&h)), None, "{stale}");
         }
     }
 

@@ -1,41 +1,59 @@
 //! A string-keyed map that is cheap to copy and to change one entry in.
 
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
+
+use hashbrown::HashTable;
 
 /// Number of shards in a [`Shards`] map (a power of two).
 const SHARDS: usize = 256;
 
+/// Where in a key's hash the shard is picked from: bits the shard's own
+/// table uses neither for its bucket (the low bits) nor for its tags (the
+/// top seven), so the keys of one shard still spread over its table.
+const SHARD_SHIFT: u32 = 32;
+
 /// A string-keyed map that is cheap to copy and change one entry in: its
-/// entries live in [`SHARDS`] hash maps behind `Arc`s, so a copy shares them
-/// all and a write clones only the shard it changes (about 1/256 of the
-/// entries). Copying a whole map of 10,000 routes and dropping the old one
-/// took about a millisecond per hello; this takes microseconds.
+/// entries live in [`SHARDS`] hash tables behind `Arc`s, so a copy shares
+/// them all and a write clones only the shard it changes (about 1/256 of
+/// the entries). Copying a whole map of 10,000 routes and dropping the old
+/// one took about a millisecond per hello; this takes microseconds.
+///
+/// A key is hashed once per lookup, with a key of the map's own (SipHash,
+/// as `HashMap`'s), and that hash picks both the shard and the place in
+/// it: names cannot be chosen to crowd one shard or one bucket.
 #[derive(Debug, Clone)]
 pub struct Shards<V> {
-    /// Picks the shard; keyed per map so names cannot be chosen to crowd one.
     hasher: std::hash::RandomState,
-    shards: Vec<Arc<HashMap<Arc<str>, V>>>,
+    shards: Vec<Arc<Shard<V>>>,
 }
+
+/// One shard: its entries, keyed by name.
+type Shard<V> = HashTable<(Arc<str>, V)>;
 
 impl<V> Default for Shards<V> {
     fn default() -> Self {
         Shards {
             hasher: std::hash::RandomState::new(),
-            shards: (0..SHARDS).map(|_| Arc::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Arc::new(HashTable::new())).collect(),
         }
     }
 }
 
 impl<V: Clone> Shards<V> {
-    fn shard(&self, key: &str) -> usize {
-        // The low bits: `SHARDS` is a power of two.
-        self.hasher.hash_one(key) as usize & (SHARDS - 1)
+    fn hash(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn shard(hash: u64) -> usize {
+        (hash >> SHARD_SHIFT) as usize & (SHARDS - 1)
     }
 
     pub fn get(&self, key: &str) -> Option<&V> {
-        self.shards[self.shard(key)].get(key)
+        let hash = self.hash(key);
+        self.shards[Self::shard(hash)]
+            .find(hash, |(k, _)| **k == *key)
+            .map(|(_, v)| v)
     }
 
     pub fn contains_key(&self, key: &str) -> bool {
@@ -44,15 +62,27 @@ impl<V: Clone> Shards<V> {
 
     /// Inserts or replaces; clones the shard if another copy shares it.
     pub fn insert(&mut self, key: Arc<str>, value: V) {
-        let i = self.shard(&key);
-        Arc::make_mut(&mut self.shards[i]).insert(key, value);
+        let hash = self.hash(&key);
+        let hasher = &self.hasher;
+        let shard = Arc::make_mut(&mut self.shards[Self::shard(hash)]);
+        match shard.find_mut(hash, |(k, _)| *k == key) {
+            Some(entry) => entry.1 = value,
+            None => {
+                shard.insert_unique(hash, (key, value), |(k, _)| hasher.hash_one(&**k));
+            }
+        }
     }
 
     pub fn remove(&mut self, key: &str) {
-        let i = self.shard(key);
+        let hash = self.hash(key);
+        let i = Self::shard(hash);
         // Only a shard that holds the key is cloned.
-        if self.shards[i].contains_key(key) {
-            Arc::make_mut(&mut self.shards[i]).remove(key);
+        if self.shards[i].find(hash, |(k, _)| **k == *key).is_none() {
+            return;
+        }
+        let shard = Arc::make_mut(&mut self.shards[i]);
+        if let Ok(entry) = shard.find_entry(hash, |(k, _)| **k == *key) {
+            entry.remove();
         }
     }
 
@@ -62,7 +92,9 @@ impl<V: Clone> Shards<V> {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &V)> {
-        self.shards.iter().flat_map(|s| s.iter())
+        self.shards
+            .iter()
+            .flat_map(|s| s.iter().map(|(k, v)| (k, v)))
     }
 
     pub fn values(&self) -> impl Iterator<Item = &V> {

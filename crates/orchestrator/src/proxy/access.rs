@@ -15,6 +15,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Method};
 use hyper::body::{Body, Frame, SizeHint};
 
+use super::fields::{ClientRequest, text};
+
 /// What is known of a request by the time its response starts.
 #[derive(Debug)]
 pub(crate) struct Entry {
@@ -34,28 +36,23 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    pub(crate) fn begin<B>(
-        req: &http::Request<B>,
+    pub(crate) fn begin(
+        req: &ClientRequest<'_>,
         client: IpAddr,
         started: Instant,
         tls: bool,
     ) -> Entry {
+        static HOST: http::HeaderName = http::header::HOST;
         let host = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| {
-                req.headers()
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
+            .authority
+            .or_else(|| req.fields.first(&HOST).and_then(text))
             .unwrap_or("-");
         Entry {
             started,
             client: client.to_canonical(),
             host: host.to_owned(),
-            method: req.method().clone(),
-            path: req.uri().path().to_owned(),
+            method: req.method.clone(),
+            path: req.path.to_owned(),
             status: 0,
             waifu: None,
             instance: None,

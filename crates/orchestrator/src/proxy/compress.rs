@@ -10,9 +10,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
+
+use super::fields::{Fields, text};
 
 /// Bodies smaller than this stay as they are.
 const MIN_SIZE: u64 = 1024;
@@ -45,11 +47,12 @@ impl Coding {
 /// §12.5.3): the highest q-value above 0, ties going to zstd, then br,
 /// then gzip (zstd costs the least CPU for as much saved: see the
 /// `compress_16k_json` benchmark); `*` stands for every coding not named.
-pub(crate) fn choose(headers: &HeaderMap) -> Option<Coding> {
+pub(crate) fn choose(fields: Fields<'_>) -> Option<Coding> {
+    static ACCEPT_ENCODING: HeaderName = header::ACCEPT_ENCODING;
     let mut q = [None::<f32>; 3];
     let mut star = None;
-    for value in headers.get_all(header::ACCEPT_ENCODING) {
-        let Ok(value) = value.to_str() else { continue };
+    for value in fields.all(&ACCEPT_ENCODING) {
+        let Some(value) = text(value) else { continue };
         for item in value.split(',') {
             let mut parts = item.split(';');
             let name = parts.next().unwrap_or_default().trim();
@@ -363,7 +366,7 @@ mod tests {
     fn accept(v: &str) -> Option<Coding> {
         let mut h = HeaderMap::new();
         h.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(v).unwrap());
-        choose(&h)
+        choose(Fields::Map(&h))
     }
 
     #[test]
@@ -376,7 +379,7 @@ mod tests {
         assert_eq!(accept("identity"), None);
         assert_eq!(accept("*;q=0.1, br;q=0"), Some(Coding::Zstd));
         assert_eq!(accept("GZIP"), Some(Coding::Gzip));
-        assert_eq!(choose(&HeaderMap::new()), None);
+        assert_eq!(choose(Fields::Map(&HeaderMap::new())), None);
     }
 
     #[test]

@@ -8,10 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::{Request, Response};
+use http::Response;
+use http::header::{self, HeaderName, HeaderValue};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,6 +20,7 @@ use super::access;
 use super::body::{ClientBody, ProxyBody};
 use super::compress::{self, Compressed};
 use super::error::ProxyError;
+use super::fields::{ClientRequest, Fields};
 use super::guard::{self, Rejection};
 use super::headers::{self, Forwarded, write_request_fields};
 use super::host::{https_location, request_authority};
@@ -173,24 +173,22 @@ impl Proxy {
     /// cheaper to allocate.
     pub(crate) fn handle(
         self: &Arc<Self>,
-        req: Request<Option<Incoming>>,
+        req: ClientRequest<'_>,
         client: SocketAddr,
         via: &Via,
     ) -> impl Future<Output = Result<Response<ClientBody>, Infallible>> + Send + use<> {
         let started = Instant::now();
-        let method = req.method().clone();
+        let method = req.method.clone();
         // Boxed: the request's future stays small when the log is off.
         let entry = self.access_log.then(|| {
-            let who = self
-                .trusted
-                .client(client.ip(), forwarded_for(req.headers()));
+            let who = self.trusted.client(client.ip(), forwarded_for(req.fields));
             Box::new(access::Entry::begin(&req, who, started, via.tls))
         });
         let mut served = Served::default();
         // Read before the request is taken apart; nothing when off.
         let coding = self
             .compression
-            .then(|| compress::choose(req.headers()))
+            .then(|| compress::choose(req.fields))
             .flatten();
         // Only over TLS (RFC 6797 §7.2: never on plain HTTP).
         let hsts = via.tls.then(|| self.hsts.clone()).flatten();
@@ -260,28 +258,26 @@ impl Proxy {
     /// answer without a waifu.
     fn prepare(
         &self,
-        req: Request<Option<Incoming>>,
+        req: ClientRequest<'_>,
         client: SocketAddr,
         via: &Via,
         served: &mut Served,
     ) -> Result<Prepared, ProxyError> {
-        let (mut parts, body) = req.into_parts();
-        if parts.method == http::Method::CONNECT {
+        if req.method == http::Method::CONNECT {
             return Err(ProxyError::Connect);
         }
-        let target_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
-        if target_len > MAX_TARGET_LEN {
+        if req.target_len() > MAX_TARGET_LEN {
             return Err(ProxyError::TargetTooLong);
         }
-        let (host_value, host) = request_authority(&parts, via)?;
+        let (host_value, host) = request_authority(&req, via)?;
         if let Some(https) = &self.https
             && !via.tls
-            && let Some(token) = parts.uri.path().strip_prefix(ACME_CHALLENGE_PATH)
+            && let Some(token) = req.path.strip_prefix(ACME_CHALLENGE_PATH)
             && let Some(answer) = https.certs.http_challenge(token)
         {
             return Ok(Prepared::Answer(challenge_answer(answer)));
         }
-        let path = guard::normalize(parts.uri.path()).map_err(ProxyError::Guard)?;
+        let path = guard::normalize(req.path).map_err(ProxyError::Guard)?;
         let table = self.routes.load();
         let Some(resolved) = table.resolve(&host, &path) else {
             return Err(if table.serves_host(&host) {
@@ -298,7 +294,7 @@ impl Proxy {
             && let Some(https) = &self.https
         {
             return Err(ProxyError::ToHttps(https_location(
-                &host, https.port, &parts.uri,
+                &host, https.port, req.path, req.query,
             )));
         }
         served.waifu = Some(resolved.waifu.clone());
@@ -306,7 +302,7 @@ impl Proxy {
         // one is given one by the share, and the cookie.
         let (picked, assigned) = match &resolved.waifu.rollout {
             None => (resolved.waifu.pick(), None),
-            Some(rollout) => match rollout.side_of(&parts.headers) {
+            Some(rollout) => match rollout.side_of(req.fields.all(&COOKIE)) {
                 Some(side) => (resolved.waifu.pick_side(side), None),
                 None => {
                     let side = rollout.assign(fastrand::u8(0..100));
@@ -335,51 +331,59 @@ impl Proxy {
             }));
         }
         let max_body = limits::max_body(&instance, self.max_body_size);
-        if limits::declared_over(body.as_ref(), max_body) {
+        if limits::declared_over(req.body.as_ref(), max_body) {
             return Err(ProxyError::BodyTooLarge);
         }
         if self.access_log {
             served.instance = Some(instance.clone());
         }
 
-        let upgrade =
-            websocket::Key::of(&parts.method, parts.version, &parts.headers).and_then(|key| {
-                Some(Switch {
-                    client: parts.extensions.remove::<OnUpgrade>()?,
-                    key,
-                    switched: via.switched.clone(),
-                })
-            });
+        let ClientRequest {
+            method,
+            version,
+            query,
+            fields,
+            body,
+            upgrade,
+            ..
+        } = req;
+        let upgrade = websocket::Key::of(&method, version, fields).and_then(|key| {
+            Some(Switch {
+                client: upgrade?,
+                key,
+                switched: via.switched.clone(),
+            })
+        });
         let peer = client.ip();
         let chain = self.trusted.contains(peer);
         let forwarded = Forwarded {
             client: if chain {
-                self.trusted.client(peer, forwarded_for(&parts.headers))
+                self.trusted.client(peer, forwarded_for(fields))
             } else {
                 peer
             },
             peer,
             chain,
             proto: match (chain, via.tls) {
-                (true, false) => trusted_proto(&parts.headers).unwrap_or("http"),
+                (true, false) => trusted_proto(fields).unwrap_or("http"),
                 (_, true) => "https",
                 (false, false) => "http",
             },
             host: &host_value,
             prefix: resolved.prefix,
             path: &path,
-            query: parts.uri.query(),
+            query,
         };
         let websocket = upgrade.is_some();
-        let had_length = parts.headers.contains_key(header::CONTENT_LENGTH);
+        let had_length = fields.contains(&CONTENT_LENGTH);
         let (mut outgoing, (request_id, trace_id)) = Outgoing::new(
-            parts.method,
+            method,
             &resolved.path,
-            parts.uri.query(),
+            query,
             had_length,
             body,
             websocket,
-            |head| write_request_fields(head, &parts.headers, websocket, &forwarded),
+            |head| write_request_fields(head, fields, websocket, &forwarded),
         );
         outgoing.limit_body(max_body);
         if self.access_log {
@@ -507,17 +511,19 @@ impl Proxy {
     }
 }
 
+static COOKIE: HeaderName = header::COOKIE;
+static CONTENT_LENGTH: HeaderName = header::CONTENT_LENGTH;
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
 /// The `X-Forwarded-For` values, for a trusted proxy's chain.
-fn forwarded_for(headers: &http::HeaderMap) -> impl DoubleEndedIterator<Item = &[u8]> {
-    headers
-        .get_all("x-forwarded-for")
-        .into_iter()
-        .map(HeaderValue::as_bytes)
+fn forwarded_for(fields: Fields<'_>) -> impl DoubleEndedIterator<Item = &[u8]> {
+    fields.all(&X_FORWARDED_FOR)
 }
 
 /// The scheme a trusted proxy says the client used.
-fn trusted_proto(headers: &http::HeaderMap) -> Option<&'static str> {
-    match headers.get("x-forwarded-proto")?.as_bytes() {
+fn trusted_proto(fields: Fields<'_>) -> Option<&'static str> {
+    match fields.first(&X_FORWARDED_PROTO)? {
         b"https" => Some("https"),
         b"http" => Some("http"),
         _ => None,

@@ -26,16 +26,17 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use std::borrow::Cow;
+
 use bytes::BytesMut;
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 use waifus_http1::token::{is_field_value, list_elements};
 
+use super::fields::{Fields, text};
 use super::trace::{self, TraceId};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -46,14 +47,17 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Most answers carry none: one look at each name, rather than a hashed
     // removal of every hop-by-hop name.
-    if !headers.keys().any(is_hop_by_hop) {
+    if !headers
+        .keys()
+        .any(|name| is_hop_by_hop(name.as_str().as_bytes()))
+    {
         if keep_upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
         return;
     }
     if headers.contains_key(header::CONNECTION) {
-        for name in connection_named(headers) {
+        for name in connection_named(Fields::Map(headers)) {
             if !(keep_upgrade && name == header::UPGRADE) {
                 headers.remove(&name);
             }
@@ -78,18 +82,21 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Hop-by-hop names, removed whatever `Connection` says: from answers by
-/// [`strip_hop_by_hop`], from requests by [`is_not_forwarded`].
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    *name == header::CONNECTION
-        || *name == header::UPGRADE
-        || *name == header::PROXY_AUTHENTICATE
-        || *name == header::PROXY_AUTHORIZATION
-        || *name == header::TE
-        || *name == header::TRAILER
-        || *name == header::TRANSFER_ENCODING
-        || *name == KEEP_ALIVE
-        || *name == PROXY_CONNECTION
+/// Hop-by-hop names (lower case), removed whatever `Connection` says: from
+/// answers by [`strip_hop_by_hop`], from requests by [`is_not_forwarded`].
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    matches!(
+        name,
+        b"connection"
+            | b"upgrade"
+            | b"proxy-authenticate"
+            | b"proxy-authorization"
+            | b"te"
+            | b"trailer"
+            | b"transfer-encoding"
+            | b"keep-alive"
+            | b"proxy-connection"
+    )
 }
 
 /// What the proxy knows about the request that the waifu should be told.
@@ -103,7 +110,7 @@ pub(crate) struct Forwarded<'a> {
     pub chain: bool,
     pub proto: &'static str,
     /// The routed authority, canonical.
-    pub host: &'a HeaderValue,
+    pub host: &'a str,
     pub prefix: &'a str,
     /// The public path as checked, and the query: `X-Forwarded-Uri`.
     pub path: &'a str,
@@ -114,7 +121,7 @@ pub(crate) struct Forwarded<'a> {
 /// else a new one.
 #[derive(Debug)]
 pub(crate) enum RequestId<'a> {
-    Client(&'a HeaderValue),
+    Client(&'a [u8]),
     Minted([u8; 32]),
 }
 
@@ -122,71 +129,76 @@ impl RequestId<'_> {
     /// An owned copy (it does not keep the client's request buffer alive).
     pub(crate) fn to_value(&self) -> HeaderValue {
         let bytes = match self {
-            RequestId::Client(v) => v.as_bytes(),
-            RequestId::Minted(id) => id,
+            RequestId::Client(v) => *v,
+            RequestId::Minted(id) => &id[..],
         };
         HeaderValue::from_bytes(bytes).unwrap_or_else(|_| HeaderValue::from_static("-"))
     }
 }
 
 /// Writes the request's fields as the waifu gets them, as `name: value`
-/// lines into `head`: the client's, less hop-by-hop fields, `Expect`,
-/// `Content-Length` (framing is the caller's), `Host` and every field a
-/// client could forge (see the module's list); then the proxy's own
-/// `X-Forwarded-*`, `Host`, `X-Real-IP`, `X-Request-Id` unless the
-/// client's is sane, and with `websocket` the handshake's `Upgrade` and
-/// `Connection`.
+/// lines into `head`, every name in lower case: the client's, less
+/// hop-by-hop fields, `Expect`, `Content-Length` (framing is the caller's),
+/// `Host` and every field a client could forge (see the module's list);
+/// then the proxy's own `X-Forwarded-*`, `Host`, `X-Real-IP`,
+/// `X-Request-Id` unless the client's is sane, and with `websocket` the
+/// handshake's `Upgrade` and `Connection`.
 ///
-/// Written straight into the request head rather than edited in the header
+/// Written straight into the request head rather than edited in a header
 /// map first: no allocation and no hashing per field.
 pub(crate) fn write_request_fields<'h>(
     head: &mut BytesMut,
-    headers: &'h HeaderMap,
+    fields: Fields<'h>,
     websocket: bool,
     fwd: &Forwarded<'_>,
 ) -> (RequestId<'h>, TraceId) {
-    let seen = Seen::of(headers);
+    let seen = Seen::of(fields);
     let named = if seen.connection {
-        connection_named(headers)
+        connection_named(fields)
     } else {
         Vec::new()
     };
+    let is_named = |name: &[u8]| named.iter().any(|n| n.as_str().as_bytes() == name);
     let kept_id = seen
         .request_id
-        .filter(|v| is_sane_request_id(v.as_bytes()) && !named.contains(&X_REQUEST_ID));
+        .filter(|v| is_sane_request_id(v) && !is_named(b"x-request-id"));
     let mut cookies_written = false;
-    for (name, value) in headers {
-        if is_not_forwarded(name) || named.contains(name) {
+    let mut id_written = false;
+    let mut lower = [0u8; LOWER_BUF];
+    for (name, value) in fields.each() {
+        let name = lowercase(name, &mut lower);
+        let name = &*name;
+        if is_not_forwarded(name) || is_named(name) {
             continue;
         }
-        if *name == header::COOKIE {
-            // HTTP/2 sends each cookie as a field of its own; an HTTP/1.1
-            // server expects one (RFC 9113 §8.2.3, RFC 6265 §5.4).
-            if !cookies_written {
-                write_cookies(head, headers);
-                cookies_written = true;
+        match name {
+            b"cookie" => {
+                // HTTP/2 sends each cookie as a field of its own; an
+                // HTTP/1.1 server expects one (RFC 9113 §8.2.3, RFC 6265
+                // §5.4).
+                if !cookies_written {
+                    write_cookies(head, fields);
+                    cookies_written = true;
+                }
             }
-            continue;
-        }
-        if *name == TRACEPARENT || *name == TRACESTATE {
             // Written below: exactly one traceparent, valid.
-            continue;
-        }
-        if *name == X_REQUEST_ID {
-            // Only the first value, and only if sane.
-            if kept_id.is_some_and(|kept| std::ptr::eq(kept, value)) {
-                write_field(head, name.as_str().as_bytes(), value.as_bytes());
+            b"traceparent" | b"tracestate" => {}
+            b"x-request-id" => {
+                // Only the first value, and only if sane.
+                if kept_id.is_some() && !id_written {
+                    write_field(head, name, value);
+                    id_written = true;
+                }
             }
-            continue;
+            _ => write_field(head, name, value),
         }
-        write_field(head, name.as_str().as_bytes(), value.as_bytes());
     }
     // X-Forwarded-For: the peer; after the chain a trusted proxy sent.
     head.extend_from_slice(b"x-forwarded-for: ");
-    if fwd.chain && !named.contains(&X_FORWARDED_FOR) {
-        for value in headers.get_all(&X_FORWARDED_FOR) {
-            if value.to_str().is_ok() {
-                head.extend_from_slice(value.as_bytes());
+    if fwd.chain && !is_named(b"x-forwarded-for") {
+        for value in fields.all(&X_FORWARDED_FOR) {
+            if text(value).is_some() {
+                head.extend_from_slice(value);
                 head.extend_from_slice(b", ");
             }
         }
@@ -216,7 +228,7 @@ pub(crate) fn write_request_fields<'h>(
         write_field(head, b"upgrade", b"websocket");
         write_field(head, b"connection", b"upgrade");
     }
-    let trace = write_trace_context(head, headers, &seen, &named);
+    let trace = write_trace_context(head, fields, &seen, &is_named);
     let id = match kept_id {
         Some(id) => RequestId::Client(id),
         None => {
@@ -228,28 +240,47 @@ pub(crate) fn write_request_fields<'h>(
     (id, trace)
 }
 
+/// Names up to this long are lowered on the stack.
+const LOWER_BUF: usize = 64;
+
+/// `name` in lower case: itself when it is already, else a copy (in `buf`
+/// when it fits).
+fn lowercase<'n>(name: &'n [u8], buf: &'n mut [u8; LOWER_BUF]) -> Cow<'n, [u8]> {
+    if !name.iter().any(u8::is_ascii_uppercase) {
+        return Cow::Borrowed(name);
+    }
+    match buf.get_mut(..name.len()) {
+        Some(lower) => {
+            lower.copy_from_slice(name);
+            lower.make_ascii_lowercase();
+            Cow::Borrowed(lower)
+        }
+        None => Cow::Owned(name.to_ascii_lowercase()),
+    }
+}
+
 /// The client's `traceparent` and `tracestate` if it sent one valid
 /// `traceparent` (and named neither as hop-by-hop), else a new
 /// `traceparent` alone; the trace id sent.
 fn write_trace_context(
     head: &mut BytesMut,
-    headers: &HeaderMap,
+    fields: Fields<'_>,
     seen: &Seen<'_>,
-    named: &[HeaderName],
+    is_named: &impl Fn(&[u8]) -> bool,
 ) -> TraceId {
     let kept = match seen.traceparent {
-        Some((v, 1)) if trace::is_valid(v.as_bytes()) && !named.contains(&TRACEPARENT) => Some(v),
+        Some((v, 1)) if trace::is_valid(v) && !is_named(b"traceparent") => Some(v),
         _ => None,
     };
     match kept {
         Some(v) => {
-            write_field(head, b"traceparent", v.as_bytes());
-            if seen.tracestate && !named.contains(&TRACESTATE) {
-                for state in headers.get_all(&TRACESTATE) {
-                    write_field(head, b"tracestate", state.as_bytes());
+            write_field(head, b"traceparent", v);
+            if seen.tracestate && !is_named(b"tracestate") {
+                for state in fields.all(&TRACESTATE) {
+                    write_field(head, b"tracestate", state);
                 }
             }
-            trace::trace_id(v.as_bytes())
+            trace::trace_id(v)
         }
         None => {
             let v = trace::generate();
@@ -266,31 +297,31 @@ struct Seen<'h> {
     /// A `Connection` field is present (it may name more hop-by-hop fields).
     connection: bool,
     /// The first `X-Request-Id`.
-    request_id: Option<&'h HeaderValue>,
+    request_id: Option<&'h [u8]>,
     /// The first `traceparent` and how many there are.
-    traceparent: Option<(&'h HeaderValue, usize)>,
+    traceparent: Option<(&'h [u8], usize)>,
     tracestate: bool,
 }
 
 impl<'h> Seen<'h> {
-    fn of(headers: &'h HeaderMap) -> Self {
+    fn of(fields: Fields<'h>) -> Self {
         let mut seen = Seen {
             connection: false,
             request_id: None,
             traceparent: None,
             tracestate: false,
         };
-        for (name, value) in headers {
-            if *name == header::CONNECTION {
+        for (name, value) in fields.each() {
+            if name.eq_ignore_ascii_case(b"connection") {
                 seen.connection = true;
-            } else if *name == X_REQUEST_ID {
+            } else if name.eq_ignore_ascii_case(b"x-request-id") {
                 seen.request_id.get_or_insert(value);
-            } else if *name == TRACEPARENT {
+            } else if name.eq_ignore_ascii_case(b"traceparent") {
                 match &mut seen.traceparent {
                     Some((_, n)) => *n += 1,
                     None => seen.traceparent = Some((value, 1)),
                 }
-            } else if *name == TRACESTATE {
+            } else if name.eq_ignore_ascii_case(b"tracestate") {
                 seen.tracestate = true;
             }
         }
@@ -298,24 +329,26 @@ impl<'h> Seen<'h> {
     }
 }
 
+static COOKIE: HeaderName = header::COOKIE;
+static CONNECTION: HeaderName = header::CONNECTION;
+
 /// Every `Cookie` field as one, joined with `; `.
-fn write_cookies(head: &mut BytesMut, headers: &HeaderMap) {
+fn write_cookies(head: &mut BytesMut, fields: Fields<'_>) {
     head.extend_from_slice(b"cookie: ");
-    for (i, value) in headers.get_all(header::COOKIE).iter().enumerate() {
+    for (i, value) in fields.all(&COOKIE).enumerate() {
         if i > 0 {
             head.extend_from_slice(b"; ");
         }
-        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(value);
     }
     head.extend_from_slice(b"\r\n");
 }
 
 /// The fields the `Connection` header names: hop-by-hop too.
-fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| list_elements(v.as_bytes()))
+fn connection_named(fields: Fields<'_>) -> Vec<HeaderName> {
+    fields
+        .all(&CONNECTION)
+        .flat_map(list_elements)
         .filter_map(|name| HeaderName::from_bytes(name).ok())
         .collect()
 }
@@ -353,13 +386,13 @@ pub(crate) fn write_field(head: &mut BytesMut, name: &[u8], value: &[u8]) {
 /// Client fields that never reach a waifu as sent: hop-by-hop ones
 /// (`Upgrade` and `HTTP2-Settings` included), framing (the proxy re-frames),
 /// `Host`, and every field by which a client could pose as a proxy.
-fn is_not_forwarded(name: &HeaderName) -> bool {
+fn is_not_forwarded(name: &[u8]) -> bool {
     is_hop_by_hop(name)
-        || *name == header::EXPECT
-        || *name == header::CONTENT_LENGTH
-        || *name == header::HOST
-        || name.as_str() == "http2-settings"
-        || poses_as_proxy(name.as_str())
+        || matches!(
+            name,
+            b"expect" | b"content-length" | b"host" | b"http2-settings"
+        )
+        || poses_as_proxy(name)
 }
 
 /// Prefixes of the names [`poses_as_proxy`] refuses.
@@ -419,15 +452,15 @@ const PROXY_NAMES: &[&str] = &[
 /// application about the client, the connection or the user; from a
 /// client, each is a lie a waifu might believe. By family, so new members
 /// (`X-Forwarded-Anything`) are covered too.
-pub(crate) fn poses_as_proxy(name: &str) -> bool {
+pub(crate) fn poses_as_proxy(name: &[u8]) -> bool {
     // Most names start with a letter no listed name starts with.
-    let listed = name
-        .as_bytes()
-        .first()
-        .is_some_and(|b| POSSIBLE_FIRST.contains(b));
-    name.as_bytes().contains(&b'_')
+    let listed = name.first().is_some_and(|b| POSSIBLE_FIRST.contains(b));
+    name.contains(&b'_')
         || listed
-            && (PROXY_NAMES.contains(&name) || PROXY_PREFIXES.iter().any(|p| name.starts_with(p)))
+            && (PROXY_NAMES.iter().any(|n| n.as_bytes() == name)
+                || PROXY_PREFIXES
+                    .iter()
+                    .any(|p| name.starts_with(p.as_bytes())))
 }
 
 /// The first letters of the names and prefixes [`poses_as_proxy`] lists
@@ -439,13 +472,8 @@ fn is_sane_request_id(id: &[u8]) -> bool {
 }
 
 fn new_request_id() -> [u8; 32] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut n = fastrand::u128(..);
     let mut id = [0u8; 32];
-    for b in id.iter_mut() {
-        *b = HEX[(n & 15) as usize];
-        n >>= 4;
-    }
+    trace::hex_into(&mut id, fastrand::u128(..));
     id
 }
 

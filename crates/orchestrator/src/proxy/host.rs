@@ -4,9 +4,10 @@
 use std::borrow::Cow;
 
 use http::Version;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName};
 
 use super::error::ProxyError;
+use super::fields::{ClientRequest, text};
 use super::via::Via;
 
 /// The authority a request is routed by, canonical, and its host
@@ -25,19 +26,20 @@ use super::via::Via;
 /// malformed (RFC 9113 §8.3.1). Over TLS, neither may name another host
 /// than the connection was made for.
 pub(super) fn request_authority<'a>(
-    req: &'a http::request::Parts,
+    req: &ClientRequest<'a>,
     via: &Via,
-) -> Result<(HeaderValue, Cow<'a, str>), ProxyError> {
-    let mut fields = req.headers.get_all(header::HOST).iter();
+) -> Result<(Cow<'a, str>, Cow<'a, str>), ProxyError> {
+    static HOST: HeaderName = header::HOST;
+    let mut fields = req.fields.all(&HOST);
     let field = fields.next();
     if fields.next().is_some() {
         return Err(ProxyError::BadHost);
     }
-    let (value, raw) = match req.uri.authority() {
+    let raw = match req.authority {
         Some(authority) => {
             if req.version == Version::HTTP_2
                 && let Some(field) = field
-                && !same_authority(field.as_bytes(), authority.as_str())
+                && !same_authority(field, authority)
             {
                 return Err(if via.tls {
                     ProxyError::Misdirected
@@ -45,27 +47,21 @@ pub(super) fn request_authority<'a>(
                     ProxyError::HostMismatch
                 });
             }
-            let value =
-                HeaderValue::from_str(authority.as_str()).map_err(|_| ProxyError::BadHost)?;
-            (value, authority.as_str())
+            authority
         }
-        None => {
-            let value = field.ok_or(ProxyError::BadHost)?;
-            let raw = value.to_str().map_err(|_| ProxyError::BadHost)?;
-            (value.clone(), raw)
-        }
+        None => field.and_then(text).ok_or(ProxyError::BadHost)?,
     };
     let host = normalize_host(raw).ok_or(ProxyError::BadHost)?;
     if let Some(sni) = via.sni.as_deref() {
         // A connection set up for one name must not serve another.
-        let named = field.and_then(|f| f.to_str().ok()).and_then(normalize_host);
+        let named = field.and_then(text).and_then(normalize_host);
         if sni != host || named.is_some_and(|named| named != sni) {
             return Err(ProxyError::Misdirected);
         }
     }
     let value = match canonical_authority(raw, &host, via) {
-        None => value,
-        Some(canonical) => HeaderValue::from_str(&canonical).map_err(|_| ProxyError::BadHost)?,
+        None => Cow::Borrowed(raw),
+        Some(canonical) => Cow::Owned(canonical),
     };
     Ok((value, host))
 }
@@ -138,12 +134,16 @@ fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
 }
 
 /// `https://{host}[:port]{path}[?query]` for a redirect from plain HTTP.
-pub(super) fn https_location(host: &str, port: u16, uri: &http::Uri) -> String {
-    let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    match port {
-        443 => format!("https://{host}{target}"),
-        port => format!("https://{host}:{port}{target}"),
+pub(super) fn https_location(host: &str, port: u16, path: &str, query: Option<&str>) -> String {
+    let mut location = match port {
+        443 => format!("https://{host}{path}"),
+        port => format!("https://{host}:{port}{path}"),
+    };
+    if let Some(query) = query {
+        location.push('?');
+        location.push_str(query);
     }
+    location
 }
 
 #[cfg(test)]
@@ -152,17 +152,18 @@ mod tests {
 
     #[test]
     fn https_locations() {
-        let uri: http::Uri = "/a/b?q=1".parse().unwrap();
         assert_eq!(
-            https_location("x.test", 443, &uri),
+            https_location("x.test", 443, "/a/b", Some("q=1")),
             "https://x.test/a/b?q=1"
         );
         assert_eq!(
-            https_location("x.test", 8443, &uri),
+            https_location("x.test", 8443, "/a/b", Some("q=1")),
             "https://x.test:8443/a/b?q=1"
         );
-        let absolute: http::Uri = "http://x.test/p".parse().unwrap();
-        assert_eq!(https_location("x.test", 443, &absolute), "https://x.test/p");
+        assert_eq!(
+            https_location("x.test", 443, "/p", None),
+            "https://x.test/p"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod access;
 mod body;
 pub(crate) mod compress;
 mod error;
+pub(crate) mod fields;
 pub(crate) mod guard;
 mod handle;
 mod headers;
@@ -25,5 +26,6 @@ mod via;
 mod websocket;
 
 pub(crate) use body::ClientBody;
+pub(crate) use fields::{ClientRequest, Fields};
 pub(crate) use handle::{HttpsInfo, Proxy, UpstreamConfig};
 pub(crate) use via::Via;

@@ -14,7 +14,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap};
+use http::HeaderMap;
+use http::header::{self, HeaderName};
 use http::{Method, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -24,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::fields::Fields;
 use crate::routing::Busy;
 
 /// The GUID a server appends to the client's key (RFC 6455 §1.3).
@@ -39,25 +41,23 @@ impl Key {
     /// value is the single token `websocket` (any case), and one
     /// `Sec-WebSocket-Key` that is 16 bytes in base64. Anything else is
     /// not a handshake, and the request is served as a plain one.
-    pub(crate) fn of(method: &Method, version: Version, headers: &HeaderMap) -> Option<Key> {
+    pub(crate) fn of(method: &Method, version: Version, fields: Fields<'_>) -> Option<Key> {
+        static UPGRADE: HeaderName = header::UPGRADE;
+        static CONNECTION: HeaderName = header::CONNECTION;
+        static SEC_WEBSOCKET_KEY: HeaderName = header::SEC_WEBSOCKET_KEY;
         if *method != Method::GET || version != Version::HTTP_11 {
             return None;
         }
-        let mut upgrades = headers.get_all(header::UPGRADE).iter();
+        let mut upgrades = fields.all(&UPGRADE);
         let upgrade = upgrades.next()?;
-        if upgrades.next().is_some()
-            || !upgrade
-                .as_bytes()
-                .trim_ascii()
-                .eq_ignore_ascii_case(b"websocket")
-        {
+        if upgrades.next().is_some() || !upgrade.trim_ascii().eq_ignore_ascii_case(b"websocket") {
             return None;
         }
-        if !waifus_http1::response::has_token(headers, &header::CONNECTION, "upgrade") {
+        if !waifus_http1::token::lists_token(fields.all(&CONNECTION), "upgrade") {
             return None;
         }
-        let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
-        let key = keys.next()?.as_bytes().trim_ascii();
+        let mut keys = fields.all(&SEC_WEBSOCKET_KEY);
+        let key = keys.next()?.trim_ascii();
         if keys.next().is_some() {
             return None;
         }
@@ -181,11 +181,11 @@ mod tests {
         let key = Key::of(
             &Method::GET,
             Version::HTTP_11,
-            &headers(&[
+            Fields::Map(&headers(&[
                 ("connection", "Upgrade"),
                 ("upgrade", "websocket"),
                 ("sec-websocket-key", KEY),
-            ]),
+            ])),
         )
         .unwrap();
         assert_eq!(&key.accept(), b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
@@ -236,10 +236,17 @@ mod tests {
             ("upgrade", "websocket"),
             ("sec-websocket-key", KEY),
         ];
-        assert!(Key::of(&Method::GET, Version::HTTP_11, &headers(&good)).is_some());
-        assert!(Key::of(&Method::POST, Version::HTTP_11, &headers(&good)).is_none());
-        assert!(Key::of(&Method::GET, Version::HTTP_10, &headers(&good)).is_none());
-        assert!(Key::of(&Method::GET, Version::HTTP_2, &headers(&good)).is_none());
+        assert!(Key::of(&Method::GET, Version::HTTP_11, Fields::Map(&headers(&good))).is_some());
+        assert!(
+            Key::of(
+                &Method::POST,
+                Version::HTTP_11,
+                Fields::Map(&headers(&good))
+            )
+            .is_none()
+        );
+        assert!(Key::of(&Method::GET, Version::HTTP_10, Fields::Map(&headers(&good))).is_none());
+        assert!(Key::of(&Method::GET, Version::HTTP_2, Fields::Map(&headers(&good))).is_none());
         let bad: &[&[(&str, &str)]] = &[
             &[
                 ("connection", "Upgrade, HTTP2-Settings"),
@@ -288,7 +295,7 @@ mod tests {
         ];
         for b in bad {
             assert!(
-                Key::of(&Method::GET, Version::HTTP_11, &headers(b)).is_none(),
+                Key::of(&Method::GET, Version::HTTP_11, Fields::Map(&headers(b))).is_none(),
                 "{b:?}"
             );
         }

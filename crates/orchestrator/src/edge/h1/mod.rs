@@ -26,8 +26,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use http::{Method, Request};
+use bytes::{Buf, BytesMut};
+use http::Request;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -37,7 +37,7 @@ use waifus_http1::limits::MAX_HEAD;
 
 use super::idle::Tracked;
 use super::strict::Socket;
-use crate::proxy::{Proxy, Via};
+use crate::proxy::{ClientRequest, Proxy, Via};
 pub(crate) use parse::{Parsed, parse};
 use respond::{RespondError, respond};
 
@@ -100,7 +100,9 @@ where
     loop {
         // Read until a whole head is in, or it is clear hyper must take over.
         let head = loop {
-            match parse(&mut buf) {
+            // Served where it lies: the proxy is done with the head's bytes
+            // when `handle` returns, before `buf` changes again.
+            match parse(&buf, |req| conn.proxy.handle(req, conn.peer, &conn.via)) {
                 Parsed::Fast(head) => break head,
                 Parsed::HandOff => return hand_off(io, &buf, &conn).await,
                 Parsed::Partial if buf.len() >= MAX_HEAD => {
@@ -128,14 +130,13 @@ where
                 return close(&mut io).await;
             }
         };
+        buf.advance(head.len);
         timer.received();
         let close_after = head.close || conn.draining.is_cancelled();
-        let is_head = head.parts.method == Method::HEAD;
-        let request = Request::from_parts(head.parts, None);
-        let Ok(response) = conn.proxy.handle(request, conn.peer, &conn.via).await;
+        let Ok(response) = head.served.await;
         // The drain may have begun while the waifu answered.
         let close_after = close_after || conn.draining.is_cancelled();
-        respond(&mut io, &mut out, response, is_head, close_after).await?;
+        respond(&mut io, &mut out, response, head.is_head, close_after).await?;
         if close_after {
             return close(&mut io).await;
         }
@@ -160,7 +161,8 @@ where
     let draining = conn.draining.clone();
     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
         let http1 = req.version() < http::Version::HTTP_2;
-        let handled = proxy.handle(req.map(Some), peer, &via);
+        let (mut parts, body) = req.into_parts();
+        let handled = proxy.handle(ClientRequest::of_hyper(&mut parts, body), peer, &via);
         let draining = draining.clone();
         async move {
             let Ok(mut response) = handled.await;

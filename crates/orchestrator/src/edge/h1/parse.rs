@@ -1,45 +1,47 @@
 //! Parsing a request head the fast path may serve itself, or deciding that
 //! hyper must take the connection.
+//!
+//! A head served here is read where it lies in the read buffer: the proxy
+//! is handed its fields as the parser found them ([`Fields::Raw`]), with
+//! nothing copied, hashed or allocated, and is done with them before the
+//! buffer is touched again.
 
 use std::mem::MaybeUninit;
 
-use bytes::{Bytes, BytesMut};
-use http::header::{HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Uri, Version};
+use http::{Method, Version};
 use waifus_http1::limits::MAX_FIELDS;
 
-/// A request head the fast path serves.
-#[derive(Debug)]
-pub(crate) struct Head {
-    pub parts: http::request::Parts,
-    /// The client asked for the connection to close after this request.
-    pub close: bool,
-}
+use crate::proxy::fields::is_value;
+use crate::proxy::{ClientRequest, Fields};
 
-// Returned once per request and consumed at once: boxing the head would
-// cost an allocation for nothing.
-#[allow(clippy::large_enum_variant)]
+/// What became of the bytes at the start of the buffer.
 #[derive(Debug)]
-pub(crate) enum Parsed {
-    Fast(Head),
+pub(crate) enum Parsed<T> {
+    /// A whole head, served: what serving it returned, and the head's facts.
+    Fast(Head<T>),
     Partial,
     HandOff,
 }
 
-/// Where a field's name and value are in the head.
-#[derive(Debug, Clone, Copy, Default)]
-struct Field {
-    name: (u32, u32),
-    value: (u32, u32),
+/// A request head the fast path served.
+#[derive(Debug)]
+pub(crate) struct Head<T> {
+    pub served: T,
+    /// The head's length: these bytes are done with.
+    pub len: usize,
+    /// The client asked for the connection to close after this request.
+    pub close: bool,
+    pub is_head: bool,
 }
 
-/// Parses the head at the start of `buf`; a head served here is taken
-/// out of it.
-pub(crate) fn parse(buf: &mut BytesMut) -> Parsed {
+/// Parses the head at the start of `buf` and, if the fast path may serve
+/// it, hands it to `serve` (which must be done with its borrow of `buf`
+/// when it returns). Nothing of `buf` is consumed: the caller drops
+/// [`Head::len`] bytes.
+pub(crate) fn parse<T>(buf: &[u8], serve: impl FnOnce(ClientRequest<'_>) -> T) -> Parsed<T> {
     if buf.is_empty() {
         return Parsed::Partial;
     }
-    let mut fields = [Field::default(); MAX_FIELDS];
     // Uninitialised: 3 KiB of headers are not zeroed for every request.
     let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let mut req = httparse::Request::new(&mut []);
@@ -48,26 +50,25 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Parsed {
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::HandOff,
     };
-    let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Parsed::HandOff;
     };
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return Parsed::HandOff;
     };
-    if method == Method::CONNECT || !path.starts_with('/') {
+    if method == Method::CONNECT {
         return Parsed::HandOff;
     }
-    let base = buf.as_ptr() as usize;
-    let at = |s: &[u8]| {
-        let start = s.as_ptr() as usize - base;
-        (start as u32, (start + s.len()) as u32)
+    let Some((path, query)) = origin_form(target) else {
+        return Parsed::HandOff;
     };
-    let target = at(path.as_bytes());
     let mut close = false;
-    let count = req.headers.len();
-    for (field, raw) in fields.iter_mut().zip(req.headers.iter()) {
-        let name = raw.name.as_bytes();
-        let value = raw.value;
+    for field in req.headers.iter() {
+        let name = field.name.as_bytes();
+        let value = field.value;
+        if !is_value(value) {
+            return Parsed::HandOff;
+        }
         if name.eq_ignore_ascii_case(b"content-length") {
             if value != b"0" {
                 return Parsed::HandOff;
@@ -80,50 +81,79 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Parsed {
         } else if name.eq_ignore_ascii_case(b"connection") {
             close |= waifus_http1::token::lists_token([value], "close");
         }
-        *field = Field {
-            name: at(name),
-            value: at(value),
-        };
     }
-    let head = buf.split_to(len).freeze();
-    let slice = |(start, end): (u32, u32)| head.slice(start as usize..end as usize);
-    let Ok(uri) = Uri::from_maybe_shared(slice(target)) else {
-        // `buf` no longer holds this head: put it back for hyper.
-        return unsplit(buf, head);
-    };
-    let mut headers = HeaderMap::with_capacity(count);
-    for field in &fields[..count] {
-        let name = HeaderName::from_bytes(&slice(field.name));
-        let value = HeaderValue::from_maybe_shared(slice(field.value));
-        let (Ok(name), Ok(value)) = (name, value) else {
-            return unsplit(buf, head);
-        };
-        headers.append(name, value);
-    }
-    let mut parts = Request::new(()).into_parts().0;
-    parts.method = method;
-    parts.uri = uri;
-    parts.version = Version::HTTP_11;
-    parts.headers = headers;
-    Parsed::Fast(Head { parts, close })
+    let is_head = method == Method::HEAD;
+    let served = serve(ClientRequest {
+        method,
+        version: Version::HTTP_11,
+        authority: None,
+        path,
+        query,
+        fields: Fields::Raw(req.headers),
+        body: None,
+        upgrade: None,
+    });
+    Parsed::Fast(Head {
+        served,
+        len,
+        close,
+        is_head,
+    })
 }
 
-/// Puts a head taken out of `buf` back in front of it, for hyper.
-fn unsplit(buf: &mut BytesMut, head: Bytes) -> Parsed {
-    let mut whole = BytesMut::with_capacity(head.len() + buf.len());
-    whole.extend_from_slice(&head);
-    whole.extend_from_slice(buf);
-    *buf = whole;
-    Parsed::HandOff
+/// An origin-form target's path and query, if every byte of it is one a
+/// URI allows there and none needs a second look (no fragment, nothing
+/// outside ASCII): such a target is served as `http::Uri` would read it,
+/// and anything else goes to hyper, which reads it with `http::Uri`.
+fn origin_form(target: &str) -> Option<(&str, Option<&str>)> {
+    if !target.starts_with('/') {
+        return None;
+    }
+    let (path, query) = match target.bytes().position(|b| b == b'?') {
+        Some(i) => (&target[..i], Some(&target[i + 1..])),
+        None => (target, None),
+    };
+    let plain = path.bytes().all(is_path_byte)
+        && query.is_none_or(|q| q.bytes().all(|b| b == b'?' || is_path_byte(b)));
+    plain.then_some((path, query))
+}
+
+/// Unreserved, sub-delims, `%`, `:`, `@` and `/` (RFC 3986 §3.3).
+fn is_path_byte(b: u8) -> bool {
+    matches!(b, b'!' | b'$'..=b';' | b'=' | b'@'..=b'Z' | b'_' | b'a'..=b'z' | b'~')
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parsed(raw: &str) -> (Parsed, BytesMut) {
-        let mut buf = BytesMut::from(raw);
-        (parse(&mut buf), buf)
+    /// What the proxy was handed.
+    #[derive(Debug)]
+    struct Seen {
+        method: Method,
+        path: String,
+        query: Option<String>,
+        fields: Vec<(String, Vec<u8>)>,
+    }
+
+    /// The head parsed, and what of `raw` is left once a served head is
+    /// dropped.
+    fn parsed(raw: &str) -> (Parsed<Seen>, Vec<u8>) {
+        let p = parse(raw.as_bytes(), |req| Seen {
+            method: req.method,
+            path: req.path.to_owned(),
+            query: req.query.map(str::to_owned),
+            fields: req
+                .fields
+                .each()
+                .map(|(n, v)| (String::from_utf8_lossy(n).into_owned(), v.to_vec()))
+                .collect(),
+        });
+        let rest = match &p {
+            Parsed::Fast(head) => raw.as_bytes()[head.len..].to_vec(),
+            _ => raw.as_bytes().to_vec(),
+        };
+        (p, rest)
     }
 
     #[test]
@@ -174,16 +204,51 @@ mod tests {
         let Parsed::Fast(head) = p else {
             panic!("{p:?}")
         };
-        assert_eq!(rest, "GET /next", "a pipelined request stays for later");
+        assert_eq!(rest, b"GET /next", "a pipelined request stays for later");
         assert!(head.close);
-        let parts = head.parts;
-        assert_eq!(parts.method, Method::GET);
-        assert_eq!(parts.uri.path(), "/w/a");
-        assert_eq!(parts.uri.query(), Some("q=1"));
-        assert_eq!(parts.version, Version::HTTP_11);
-        assert_eq!(parts.headers["host"], "Example");
-        let xa: Vec<_> = parts.headers.get_all("x-a").iter().collect();
-        assert_eq!(xa, ["1", "2"]);
+        assert!(!head.is_head);
+        let seen = head.served;
+        assert_eq!(seen.method, Method::GET);
+        assert_eq!(seen.path, "/w/a");
+        assert_eq!(seen.query.as_deref(), Some("q=1"));
+        let fields: Vec<(&str, &[u8])> = seen
+            .fields
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_slice()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("Host", &b"Example"[..]),
+                ("X-A", b"1"),
+                ("x-a", b"2"),
+                ("Connection", b"Close")
+            ]
+        );
+    }
+
+    proptest::proptest! {
+        /// A target the fast path reads itself is read as `http::Uri`
+        /// reads it (hyper's path); one it does not is left to hyper.
+        #[test]
+        fn a_target_is_read_as_a_uri_reads_it(
+            target in proptest::collection::vec(proptest::sample::select(
+                b"/?#%aZ09-._~!$&'()*+,;=:@[]{}|\\^`\"<> \x7f\x80\xc3\xa9".to_vec()
+            ), 0..12),
+        ) {
+            let mut target = target;
+            target.insert(0, b'/');
+            let Ok(text) = std::str::from_utf8(&target) else {
+                return Ok(());
+            };
+            if let Some((path, query)) = origin_form(text) {
+                let uri = http::Uri::from_maybe_shared(bytes::Bytes::from(target.clone()));
+                let uri = uri.map_err(|e| proptest::test_runner::TestCaseError::fail(
+                    format!("{text:?} served here, refused by Uri: {e}")))?;
+                proptest::prop_assert_eq!(uri.path(), path);
+                proptest::prop_assert_eq!(uri.query(), query);
+            }
+        }
     }
 
     proptest::proptest! {
@@ -212,9 +277,10 @@ mod tests {
             let (p, left) = parsed(&raw);
             match p {
                 Parsed::Fast(head) => {
-                    let taken = raw.len() - left.len();
+                    let taken = head.len;
                     proptest::prop_assert_eq!(&left[..], &raw.as_bytes()[taken..]);
                     proptest::prop_assert!(raw[..taken].ends_with("\r\n\r\n"));
+                    proptest::prop_assert_eq!(head.served.fields.len(), fields.len());
                     proptest::prop_assert_eq!(&raw[taken..], rest);
                     proptest::prop_assert_eq!(version, "HTTP/1.1");
                     proptest::prop_assert!(target.starts_with('/'));

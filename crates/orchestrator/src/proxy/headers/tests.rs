@@ -60,30 +60,84 @@ fn sent(h: &HeaderMap, upgrade: bool, fwd: &Forwarded<'_>) -> (Vec<(String, Stri
     (fields, id)
 }
 
-/// The same, with the trace id it reports.
+/// The same, with the trace id it reports. The fields are written from
+/// the header map (hyper's view) and from the same fields as the fast
+/// path's parser finds them in a head (its view), with the same random
+/// draws: the two must write the same, same-name fields in the same order.
 fn sent_traced(
     h: &HeaderMap,
     upgrade: bool,
     fwd: &Forwarded<'_>,
 ) -> (Vec<(String, String)>, String, String) {
-    let mut head = BytesMut::new();
-    let (id, trace) = write_request_fields(&mut head, h, upgrade, fwd);
-    let id = id.to_value();
-    let text = std::str::from_utf8(&head).unwrap();
-    let fields = text
-        .strip_suffix("\r\n")
-        .unwrap()
-        .split("\r\n")
-        .map(|line| {
-            let (name, value) = line.split_once(": ").unwrap();
-            (name.to_owned(), value.to_owned())
-        })
-        .collect();
-    (
-        fields,
-        id.to_str().unwrap().to_owned(),
-        String::from_utf8(trace.to_vec()).unwrap(),
-    )
+    let seed = fastrand::u64(..);
+    let written = |fields: Fields<'_>| {
+        let mut head = BytesMut::new();
+        fastrand::seed(seed);
+        let (id, trace) = write_request_fields(&mut head, fields, upgrade, fwd);
+        let id = id.to_value();
+        let text = std::str::from_utf8(&head).unwrap();
+        let fields: Vec<(String, String)> = text
+            .strip_suffix("\r\n")
+            .unwrap()
+            .split("\r\n")
+            .map(|line| {
+                let (name, value) = line.split_once(": ").unwrap();
+                (name.to_owned(), value.to_owned())
+            })
+            .collect();
+        (
+            fields,
+            id.to_str().unwrap().to_owned(),
+            String::from_utf8(trace.to_vec()).unwrap(),
+        )
+    };
+    let from_map = written(Fields::Map(h));
+    let raw = raw_head(h);
+    let mut parsed = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut parsed);
+    assert!(req.parse(&raw).unwrap().is_complete());
+    let from_raw = written(Fields::Raw(req.headers));
+    assert_eq!(
+        by_name(&from_map.0),
+        by_name(&from_raw.0),
+        "the two views differ"
+    );
+    assert_eq!((&from_map.1, &from_map.2), (&from_raw.1, &from_raw.2));
+    from_map
+}
+
+/// A request head carrying `h`'s fields in its order, each name in a mixed
+/// case (a client may spell them any way).
+fn raw_head(h: &HeaderMap) -> Vec<u8> {
+    let mut raw = b"GET / HTTP/1.1\r\n".to_vec();
+    for (i, (name, value)) in h.iter().enumerate() {
+        let name: String = name
+            .as_str()
+            .chars()
+            .enumerate()
+            .map(|(j, c)| {
+                if (i + j) % 2 == 0 {
+                    c.to_ascii_uppercase()
+                } else {
+                    c
+                }
+            })
+            .collect();
+        raw.extend_from_slice(name.as_bytes());
+        raw.extend_from_slice(b": ");
+        raw.extend_from_slice(value.as_bytes());
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"\r\n");
+    raw
+}
+
+/// Fields sorted by name, same-name fields kept in their order: a header
+/// map groups same-name fields, a head need not.
+fn by_name(fields: &[(String, String)]) -> Vec<(String, String)> {
+    let mut sorted = fields.to_vec();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    sorted
 }
 
 fn one<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -108,8 +162,8 @@ fn forwarded() {
         ("x-request-id", "abc-123"),
         ("accept", "*/*"),
     ]);
-    let host = HeaderValue::from_static("localhost:8080");
-    let fwd = plain(&host, "::ffff:127.0.0.1");
+    let host = "localhost:8080";
+    let fwd = plain(host, "::ffff:127.0.0.1");
     let (f, id) = sent(&h, false, &fwd);
     // From a peer nobody trusts: afresh.
     assert_eq!(one(&f, "x-forwarded-for"), Some("127.0.0.1"));
@@ -154,7 +208,7 @@ fn forwarded() {
     let fwd = Forwarded {
         client: "2.2.2.2".parse().unwrap(),
         chain: true,
-        ..plain(&host, "10.0.0.5")
+        ..plain(host, "10.0.0.5")
     };
     let (f, _) = sent(&h, false, &fwd);
     assert_eq!(
@@ -165,7 +219,7 @@ fn forwarded() {
 }
 
 /// What an untrusted peer at `peer` gets.
-fn plain<'a>(host: &'a HeaderValue, peer: &str) -> Forwarded<'a> {
+fn plain<'a>(host: &'a str, peer: &str) -> Forwarded<'a> {
     let peer: IpAddr = peer.parse().unwrap();
     Forwarded {
         client: peer,
@@ -250,8 +304,8 @@ fn forgeable_fields_are_dropped_or_replaced() {
     pairs.push(("x-forwardedness", "kept? no: a member of the family"));
     pairs.push(("accept-language", "de"));
     let h = map(&pairs);
-    let host = HeaderValue::from_static("h.test");
-    let fwd = plain(&host, "10.0.0.1");
+    let host = "h.test";
+    let fwd = plain(host, "10.0.0.1");
     let (f, _) = sent(&h, false, &fwd);
     let names: Vec<&str> = f.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
@@ -275,7 +329,7 @@ fn forgeable_fields_are_dropped_or_replaced() {
     // A trusted proxy's chain is kept, nothing else of what it sent.
     let fwd = Forwarded {
         chain: true,
-        ..plain(&host, "10.0.0.1")
+        ..plain(host, "10.0.0.1")
     };
     let (f, _) = sent(&h, false, &fwd);
     assert_eq!(one(&f, "x-forwarded-for"), Some("6.6.6.6, 10.0.0.1"));
@@ -302,7 +356,7 @@ fn ordinary_fields_pass() {
         "sec-websocket-key",
         "range",
     ] {
-        assert!(!poses_as_proxy(name), "{name}");
+        assert!(!poses_as_proxy(name.as_bytes()), "{name}");
     }
 }
 
@@ -310,8 +364,8 @@ fn ordinary_fields_pass() {
 /// that one only as the proxy writes it; `HTTP2-Settings` never.
 #[test]
 fn only_websocket_upgrades_go_upstream() {
-    let host = HeaderValue::from_static("h.test");
-    let fwd = plain(&host, "10.0.0.1");
+    let host = "h.test";
+    let fwd = plain(host, "10.0.0.1");
     for upgrade in ["h2c", "websocket, h2c", "WebSocket"] {
         // Whether or not the client names them in `Connection`.
         for connection in ["Upgrade", "Upgrade, HTTP2-Settings"] {
@@ -339,12 +393,12 @@ fn only_websocket_upgrades_go_upstream() {
 /// names, even forwarding fields named there; an upgrade keeps `Upgrade`.
 #[test]
 fn request_hop_by_hop() {
-    let host = HeaderValue::from_static("h.test");
+    let host = "h.test";
     let fwd = Forwarded {
         proto: "https",
         // Even from a trusted proxy, a chain `Connection` names is dropped.
         chain: true,
-        ..plain(&host, "10.0.0.1")
+        ..plain(host, "10.0.0.1")
     };
     let h = map(&[
         (
@@ -394,8 +448,8 @@ fn request_hop_by_hop() {
 /// in order, where the first one was.
 #[test]
 fn cookies_are_joined() {
-    let host = HeaderValue::from_static("h.test");
-    let fwd = plain(&host, "10.0.0.1");
+    let host = "h.test";
+    let fwd = plain(host, "10.0.0.1");
     let h = map(&[
         ("accept", "*/*"),
         ("cookie", "a=1"),
@@ -427,8 +481,8 @@ fn new_request_ids_are_32_hex_digits_and_do_not_repeat() {
 
 #[test]
 fn exactly_one_valid_traceparent_is_sent() {
-    let host = HeaderValue::from_static("localhost");
-    let fwd = plain(&host, "127.0.0.1");
+    let host = "localhost";
+    let fwd = plain(host, "127.0.0.1");
     let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let trace = |h: &HeaderMap| {
         let (fields, _, id) = sent_traced(h, false, &fwd);
@@ -480,6 +534,62 @@ fn exactly_one_valid_traceparent_is_sent() {
 fn the_first_letter_filter_lets_every_listed_name_through() {
     for name in PROXY_PREFIXES.iter().chain(PROXY_NAMES) {
         assert!(POSSIBLE_FIRST.contains(&name.as_bytes()[0]), "{name}");
-        assert!(poses_as_proxy(name), "{name}");
+        assert!(poses_as_proxy(name.as_bytes()), "{name}");
+    }
+}
+
+proptest::proptest! {
+    /// Whatever the fields, in whatever order and case: the fast path's
+    /// view writes what hyper's header map writes, for an untrusted peer
+    /// and for a trusted one, with and without a WebSocket switch.
+    #[test]
+    fn both_views_of_the_fields_write_the_same(
+        fields in proptest::collection::vec((
+            proptest::sample::select(vec![
+                "Cookie", "cookie", "X-Request-Id", "x-request-id", "traceparent",
+                "TraceState", "Connection", "X-Forwarded-For", "x-forwarded-proto",
+                "Host", "Accept", "X-Secret", "Keep-Alive", "TE", "Forwarded",
+                "X_Forwarded_For", "Content-Length", "Via", "x-a",
+            ]),
+            proptest::sample::select(vec![
+                "1", "a=1", "x-secret", "close, X-Secret", "traceparent", "0",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                "1.1.1.1", "https", "x-request-id", "\t v ", "k\u{e9}",
+            ]),
+        ), 0..10),
+        trusted in proptest::bool::ANY,
+        websocket in proptest::bool::ANY,
+    ) {
+        let mut h = HeaderMap::new();
+        let mut raw = b"GET / HTTP/1.1\r\n".to_vec();
+        for (name, value) in &fields {
+            // As hyper reads the field: without the space around it.
+            let trimmed = value.trim_matches([' ', '\t']);
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(trimmed.as_bytes()).unwrap(),
+            );
+            raw.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        }
+        raw.extend_from_slice(b"\r\n");
+        let mut parsed = [httparse::EMPTY_HEADER; 16];
+        let mut req = httparse::Request::new(&mut parsed);
+        proptest::prop_assert!(req.parse(&raw).unwrap().is_complete());
+        let fwd = Forwarded {
+            chain: trusted,
+            ..plain("h.test", "10.0.0.5")
+        };
+        let seed = fastrand::u64(..);
+        let written = |fields: Fields<'_>| {
+            let mut head = BytesMut::new();
+            fastrand::seed(seed);
+            let (id, trace) = write_request_fields(&mut head, fields, websocket, &fwd);
+            let text = String::from_utf8_lossy(&head).into_owned();
+            let mut lines: Vec<String> = text.split("\r\n").map(str::to_owned).collect();
+            // Same-name lines keep their order; different names may not.
+            lines.sort_by_key(|l| l.split(':').next().unwrap_or_default().to_owned());
+            (lines, id.to_value(), trace)
+        };
+        proptest::prop_assert_eq!(written(Fields::Map(&h)), written(Fields::Raw(req.headers)));
     }
 }
