@@ -360,18 +360,27 @@ fn write_ip(head: &mut BytesMut, ip: IpAddr) {
         let _ = write!(head, "{ip}");
         return;
     };
+    // Gathered on the stack and copied once: one capacity check, not one
+    // per digit.
+    let mut text = [0u8; 15];
+    let mut len = 0;
     for (i, octet) in v4.octets().into_iter().enumerate() {
         if i > 0 {
-            head.extend_from_slice(b".");
+            text[len] = b'.';
+            len += 1;
         }
         if octet >= 100 {
-            head.extend_from_slice(&[b'0' + octet / 100]);
+            text[len] = b'0' + octet / 100;
+            len += 1;
         }
         if octet >= 10 {
-            head.extend_from_slice(&[b'0' + octet / 10 % 10]);
+            text[len] = b'0' + octet / 10 % 10;
+            len += 1;
         }
-        head.extend_from_slice(&[b'0' + octet % 10]);
+        text[len] = b'0' + octet % 10;
+        len += 1;
     }
+    head.extend_from_slice(&text[..len]);
 }
 
 /// One `name: value` line.
