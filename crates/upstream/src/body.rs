@@ -32,7 +32,7 @@ pub struct UpstreamBody {
     decoder: Decoder,
     keep_alive: bool,
     /// The rest of the request body, still streaming to the waifu.
-    upload: Option<Upload>,
+    upload: Option<Box<Upload>>,
     /// Whose pool the connection goes back to.
     owner: Arc<dyn HasEndpoint>,
 }
@@ -57,7 +57,7 @@ impl UpstreamBody {
         buf: BytesMut,
         framing: Framing,
         keep_alive: bool,
-        upload: Option<Upload>,
+        upload: Option<Box<Upload>>,
         owner: Arc<dyn HasEndpoint>,
     ) -> UpstreamBody {
         let mut body = UpstreamBody {

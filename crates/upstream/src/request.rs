@@ -26,8 +26,9 @@ const COALESCE: usize = 16 * 1024;
 pub struct Outgoing {
     pub method: Method,
     pub(super) head: BytesMut,
-    /// `None` for a request without a body.
-    pub(super) upload: Option<Upload>,
+    /// `None` for a request without a body. Boxed: most requests have
+    /// none, and a request is moved several times on its way.
+    pub(super) upload: Option<Box<Upload>>,
     pub(super) framing: ReqFraming,
     /// Upgrade requested: a 101 is relayed instead of refused.
     pub upgrade: bool,
@@ -92,7 +93,7 @@ impl Outgoing {
         let outgoing = Outgoing {
             method,
             head,
-            upload: body.map(|body| Upload::new(body, framing)),
+            upload: body.map(|body| Box::new(Upload::new(body, framing))),
             framing,
             upgrade,
             coalesced: false,

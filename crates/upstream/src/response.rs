@@ -41,7 +41,7 @@ pub(super) struct Exchange<'a> {
     pub io: &'a mut TcpStream,
     pub buf: &'a mut BytesMut,
     /// Taken (`None`) once the upload is complete.
-    pub upload: &'a mut Option<Upload>,
+    pub upload: &'a mut Option<Box<Upload>>,
     /// Whether any byte of the response arrived.
     pub any: bool,
 }
@@ -105,7 +105,7 @@ pub(super) fn finish<T: HasEndpoint>(
     head: Head,
     io: TcpStream,
     buf: BytesMut,
-    upload: Option<Upload>,
+    upload: Option<Box<Upload>>,
 ) -> Answer {
     let Head {
         response,

@@ -247,7 +247,9 @@ impl Encoder {
 pub(crate) struct Compressed<B> {
     inner: B,
     /// `None`: passed through (or the stream has ended).
-    encoder: Option<Encoder>,
+    /// Boxed: most responses are not compressed, and this body is part of
+    /// every response the proxy moves around.
+    encoder: Option<Box<Encoder>>,
     ended: bool,
 }
 
@@ -264,7 +266,7 @@ impl<B> Compressed<B> {
         match Encoder::new(coding) {
             Ok(encoder) => Compressed {
                 inner,
-                encoder: Some(encoder),
+                encoder: Some(Box::new(encoder)),
                 ended: false,
             },
             Err(_) => Compressed::plain(inner),
