@@ -150,6 +150,85 @@ async fn no_client_poses_as_a_proxy_and_a_trusted_one_keeps_its_chain() {
     orch.stop().await.unwrap();
 }
 
+/// The body of a raw response, its chunks joined if it is chunked.
+fn raw_body(response: &str) -> String {
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head in {response:?}"));
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return body.to_owned();
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+    out
+}
+
+/// A client may spell field names in any case; the HTTP/1.1 fast path
+/// reads them as the client sent them, so every rule about them must hold
+/// whatever the case: forged fields are dropped, the fields `Connection`
+/// names too, cookies are joined, a valid `traceparent` and a sane
+/// `X-Request-Id` are kept, `Host` is the one routed by, and two `Host`
+/// fields in different cases are two.
+#[tokio::test]
+async fn field_names_in_any_case_are_read_alike_on_the_fast_path() {
+    let orch = harness::start(&unique_db("fieldcase"), &[]).await;
+    let w = TestWaifu::start("w").await;
+    orch.register("w", &w.host(), json!({})).await;
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut request = String::from("GET /w/headers HTTP/1.1\r\nHOST: LocalHost\r\n");
+    for (i, (name, value)) in FORGED.iter().enumerate() {
+        // Every other letter upper case, starting with the first or not.
+        let name: String = name
+            .chars()
+            .enumerate()
+            .map(|(j, c)| {
+                if (i + j) % 2 == 0 {
+                    c.to_ascii_uppercase()
+                } else {
+                    c
+                }
+            })
+            .collect();
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!(
+        "CONNECTION: close, X-Secret-Thing\r\nX-SECRET-THING: 6.6.6.6\r\nCookie: a=1\r\n\
+         COOKIE: b=2\r\nTraceParent: {PARENT}\r\nX-Request-ID: abc-1\r\nx-request-id: def-2\r\n\
+         Content-LENGTH: 0\r\nX-Kept: yes\r\n\r\n"
+    ));
+    let response = harness::raw(orch.public, request.as_bytes()).await;
+    assert_eq!(harness::raw_status(&response), 200, "{response}");
+    let echo: Value = serde_json::from_str(&raw_body(&response)).unwrap();
+    let h = &echo["headers"];
+    assert_none_forged(h, "mixed case");
+    assert!(h.get("x-secret-thing").is_none(), "{h}");
+    assert_eq!(h["x-forwarded-for"], json!(["127.0.0.1"]), "{h}");
+    assert_eq!(h["x-real-ip"], json!(["127.0.0.1"]), "{h}");
+    assert_eq!(h["host"], json!(["localhost"]), "{h}");
+    assert_eq!(h["cookie"], json!(["a=1; b=2"]), "{h}");
+    assert_eq!(h["traceparent"], json!([PARENT]), "{h}");
+    assert_eq!(h["x-request-id"], json!(["abc-1"]), "{h}");
+    assert_eq!(h["x-kept"], json!(["yes"]), "{h}");
+    assert_eq!(h["content-length"], json!(["0"]), "{h}");
+
+    let twice = "GET /w/headers HTTP/1.1\r\nHost: localhost\r\nHOST: localhost\r\n\
+                 Connection: close\r\n\r\n";
+    let response = harness::raw(orch.public, twice.as_bytes()).await;
+    assert_eq!(harness::raw_status(&response), 400, "{response}");
+    orch.stop().await.unwrap();
+}
+
 /// Behind a load balancer listed in `TRUSTED_PROXIES`, the internal API
 /// counts and records the address it names; anyone else's claim is
 /// ignored.
