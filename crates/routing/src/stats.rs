@@ -249,15 +249,22 @@ mod tests {
         let all = AllStats::default();
         let mut waifus: Vec<LazyStats> = (0..4).map(|_| LazyStats::default()).collect();
         let ok = |stats: &RequestStats| stats.record(&Method::GET, StatusCode::OK, Duration::ZERO);
+        // 300 first requests at once, each waifu's first use raced by all.
+        const AT_ONCE: u64 = 300;
+        let start = std::sync::Barrier::new(AT_ONCE as usize);
         std::thread::scope(|s| {
-            for _ in 0..8 {
-                s.spawn(|| waifus.iter().for_each(|w| ok(w.get(&all))));
+            for _ in 0..AT_ONCE {
+                s.spawn(|| {
+                    start.wait();
+                    waifus.iter().for_each(|w| ok(w.get(&all)));
+                });
             }
         });
+        assert_eq!(all.used.lock().unwrap().len(), 4, "each made known once");
         ok(&all.unrouted);
-        assert_eq!(all.total(), 8 * 4 + 1);
+        assert_eq!(all.total(), AT_ONCE * 4 + 1);
         waifus.truncate(1);
-        assert_eq!(all.total(), 8 + 1);
+        assert_eq!(all.total(), AT_ONCE + 1);
         assert_eq!(
             all.used.lock().unwrap().len(),
             1,
