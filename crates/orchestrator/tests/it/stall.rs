@@ -1,7 +1,8 @@
 //! A PostgreSQL that stalls (stopped with SIGSTOP: its sockets stay open
 //! and the kernel acknowledges every byte, so no TCP bound notices) never
 //! hangs the internal API: every call answers within the deadline, a
-//! refusal is never answered without its incident, and proxying goes on.
+//! refusal is never answered without its incident, and proxying goes on;
+//! resyncs that start meanwhile hold nothing up.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -52,7 +53,15 @@ async fn a_stalled_database_gets_answers_within_the_deadline_and_no_refusal_with
     let cluster = pg::dedicated();
     let orch = harness::start_with_url(
         &cluster.url(&unique_db("stall")),
-        &["--internal-token", TOKEN, "--admin-token", ADMIN],
+        // A resync every second: several start while the server is stopped.
+        &[
+            "--internal-token",
+            TOKEN,
+            "--admin-token",
+            ADMIN,
+            "--resync-interval",
+            "1s",
+        ],
     )
     .await;
     let w = TestWaifu::start("w").await;
@@ -173,6 +182,7 @@ async fn a_stalled_database_gets_answers_within_the_deadline_and_no_refusal_with
     assert!(page.contains("did not answer within"), "{page}");
     // Proxying goes on meanwhile.
     let proxied = orch.get("localhost", "/w/x").await;
+
     let mut refusals = 0;
     for (what, (r, took)) in &answers {
         assert!(*took < Duration::from_secs(6), "{what} took {took:?}");
@@ -243,4 +253,43 @@ impl Drop for Stalled<'_> {
     fn drop(&mut self) {
         self.0.signal_server("CONT");
     }
+}
+
+/// Resyncs that start while the server is stopped wait for it holding no
+/// lock: for three seconds of a stall (three resyncs begun, one a second),
+/// the list of waifus, kept in memory, is answered at once each time. (A
+/// hello that is waiting for its commit does hold the registry, by
+/// design, so this stall has none in flight.)
+#[tokio::test]
+async fn resyncs_waiting_on_a_stalled_database_hold_up_nothing() {
+    let cluster = pg::dedicated();
+    let orch = harness::start_with_url(
+        &cluster.url(&unique_db("stallresync")),
+        &["--internal-token", TOKEN, "--resync-interval", "1s"],
+    )
+    .await;
+    let w = TestWaifu::start("w").await;
+    let hello = json!({"name": "w", "host": w.host()});
+    let (r, _) = timed(&orch, Method::POST, "/__internal/hello", TOKEN, hello).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    cluster.signal_server("STOP");
+    let stalled = Stalled(&cluster);
+    let stopped = Instant::now();
+    let mut lists = 0;
+    while stopped.elapsed() < Duration::from_secs(3) {
+        let (list, took) =
+            timed(&orch, Method::GET, "/__internal/waifus", TOKEN, Value::Null).await;
+        assert_eq!(list.status, StatusCode::OK, "{:?}", list.body);
+        assert!(took < Duration::from_secs(1), "the list took {took:?}");
+        assert!(
+            list.json().to_string().contains(&w.host()),
+            "{:?}",
+            list.body
+        );
+        lists += 1;
+    }
+    assert!(lists > 1);
+    assert_eq!(orch.get("localhost", "/w/x").await.status, StatusCode::OK);
+    drop(stalled);
+    orch.stop().await.unwrap();
 }
