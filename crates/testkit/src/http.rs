@@ -160,3 +160,18 @@ pub async fn bare_waifu(
     });
     (port, task)
 }
+
+/// `name` with every other letter in upper case, starting with the first
+/// when `offset` is even: a field name as a client may spell it.
+pub fn mixed_case(name: &str, offset: usize) -> String {
+    name.chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if (offset + i).is_multiple_of(2) {
+                c.to_ascii_uppercase()
+            } else {
+                c
+            }
+        })
+        .collect()
+}

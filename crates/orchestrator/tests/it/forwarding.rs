@@ -188,18 +188,7 @@ async fn field_names_in_any_case_are_read_alike_on_the_fast_path() {
     const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let mut request = String::from("GET /w/headers HTTP/1.1\r\nHOST: LocalHost\r\n");
     for (i, (name, value)) in FORGED.iter().enumerate() {
-        // Every other letter upper case, starting with the first or not.
-        let name: String = name
-            .chars()
-            .enumerate()
-            .map(|(j, c)| {
-                if (i + j) % 2 == 0 {
-                    c.to_ascii_uppercase()
-                } else {
-                    c
-                }
-            })
-            .collect();
+        let name = waifus_testkit::http::mixed_case(name, i);
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str(&format!(

@@ -111,18 +111,7 @@ fn sent_traced(
 fn raw_head(h: &HeaderMap) -> Vec<u8> {
     let mut raw = b"GET / HTTP/1.1\r\n".to_vec();
     for (i, (name, value)) in h.iter().enumerate() {
-        let name: String = name
-            .as_str()
-            .chars()
-            .enumerate()
-            .map(|(j, c)| {
-                if (i + j) % 2 == 0 {
-                    c.to_ascii_uppercase()
-                } else {
-                    c
-                }
-            })
-            .collect();
+        let name = waifus_testkit::http::mixed_case(name.as_str(), i);
         raw.extend_from_slice(name.as_bytes());
         raw.extend_from_slice(b": ");
         raw.extend_from_slice(value.as_bytes());
