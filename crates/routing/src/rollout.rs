@@ -52,21 +52,11 @@ impl RolloutRoute {
     }
 
     /// The side the request's cookie names for this rollout, if it has
-    /// one; `cookies` are the values of its `Cookie` fields.
-    pub fn side_of<'v>(&self, cookies: impl IntoIterator<Item = &'v [u8]>) -> Option<Side> {
+    /// one; `cookies` are the values of its `Cookie` fields that are text.
+    pub fn side_of<'v>(&self, cookies: impl IntoIterator<Item = &'v str>) -> Option<Side> {
         let new = self.cookie_value(Side::New);
         let old = self.cookie_value(Side::Old);
         for value in cookies {
-            // What `HeaderValue::to_str` takes: visible ASCII, spaces, tabs.
-            if !value
-                .iter()
-                .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
-            {
-                continue;
-            }
-            let Ok(value) = std::str::from_utf8(value) else {
-                continue;
-            };
             for pair in value.split(';') {
                 let Some((name, v)) = pair.trim().split_once('=') else {
                     continue;
@@ -107,8 +97,10 @@ mod tests {
     use http::HeaderMap;
     use http::header::COOKIE;
 
-    fn cookies(h: &HeaderMap) -> impl Iterator<Item = &[u8]> {
-        h.get_all(COOKIE).into_iter().map(|v| v.as_bytes())
+    fn cookies(h: &HeaderMap) -> impl Iterator<Item = &str> {
+        h.get_all(COOKIE)
+            .into_iter()
+            .filter_map(|v| v.to_str().ok())
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 
 /// Number of shards in a [`Shards`] map (a power of two).
 const SHARDS: usize = 256;
@@ -65,10 +66,11 @@ impl<V: Clone> Shards<V> {
         let hash = self.hash(&key);
         let hasher = &self.hasher;
         let shard = Arc::make_mut(&mut self.shards[Self::shard(hash)]);
-        match shard.find_mut(hash, |(k, _)| *k == key) {
-            Some(entry) => entry.1 = value,
-            None => {
-                shard.insert_unique(hash, (key, value), |(k, _)| hasher.hash_one(&**k));
+        let rehash = |(k, _): &(Arc<str>, V)| hasher.hash_one(&**k);
+        match shard.entry(hash, |(k, _)| *k == key, rehash) {
+            Entry::Occupied(mut entry) => entry.get_mut().1 = value,
+            Entry::Vacant(entry) => {
+                entry.insert((key, value));
             }
         }
     }

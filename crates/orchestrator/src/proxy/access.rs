@@ -42,10 +42,9 @@ impl Entry {
         started: Instant,
         tls: bool,
     ) -> Entry {
-        static HOST: http::HeaderName = http::header::HOST;
         let host = req
             .authority
-            .or_else(|| req.fields.first(&HOST).and_then(text))
+            .or_else(|| req.fields.first(http::header::HOST).and_then(text))
             .unwrap_or("-");
         Entry {
             started,

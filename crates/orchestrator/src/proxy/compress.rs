@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
 
@@ -48,10 +48,9 @@ impl Coding {
 /// then gzip (zstd costs the least CPU for as much saved: see the
 /// `compress_16k_json` benchmark); `*` stands for every coding not named.
 pub(crate) fn choose(fields: Fields<'_>) -> Option<Coding> {
-    static ACCEPT_ENCODING: HeaderName = header::ACCEPT_ENCODING;
     let mut q = [None::<f32>; 3];
     let mut star = None;
-    for value in fields.all(&ACCEPT_ENCODING) {
+    for value in fields.all(header::ACCEPT_ENCODING) {
         let Some(value) = text(value) else { continue };
         for item in value.split(',') {
             let mut parts = item.split(';');

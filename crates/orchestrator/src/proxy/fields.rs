@@ -35,7 +35,7 @@ impl<'a> Fields<'a> {
     }
 
     /// The values of the fields named `name`, in the order they came.
-    pub(crate) fn all(self, name: &'a HeaderName) -> All<'a> {
+    pub(crate) fn all(self, name: HeaderName) -> All<'a> {
         match self {
             Fields::Map(map) => All::Map(map.get_all(name).into_iter()),
             Fields::Raw(raw) => All::Raw(raw.iter(), name),
@@ -43,12 +43,12 @@ impl<'a> Fields<'a> {
     }
 
     /// The first value of the fields named `name`.
-    pub(crate) fn first(self, name: &'a HeaderName) -> Option<&'a [u8]> {
+    pub(crate) fn first(self, name: HeaderName) -> Option<&'a [u8]> {
         self.all(name).next()
     }
 
     /// Whether a field named `name` is present.
-    pub(crate) fn contains(self, name: &'a HeaderName) -> bool {
+    pub(crate) fn contains(self, name: HeaderName) -> bool {
         self.first(name).is_some()
     }
 }
@@ -75,7 +75,7 @@ impl<'a> Iterator for Each<'a> {
 /// [`Fields::all`].
 pub(crate) enum All<'a> {
     Map(http::header::ValueIter<'a, http::HeaderValue>),
-    Raw(std::slice::Iter<'a, httparse::Header<'a>>, &'a HeaderName),
+    Raw(std::slice::Iter<'a, httparse::Header<'a>>, HeaderName),
 }
 
 fn named<'a>(h: &httparse::Header<'a>, name: &HeaderName) -> Option<&'a [u8]> {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Response;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http_body_util::{Either, Full};
 use hyper::upgrade::OnUpgrade;
 use tokio_util::sync::CancellationToken;
@@ -20,7 +20,7 @@ use super::access;
 use super::body::{ClientBody, ProxyBody};
 use super::compress::{self, Compressed};
 use super::error::ProxyError;
-use super::fields::{ClientRequest, Fields};
+use super::fields::{ClientRequest, Fields, text};
 use super::guard::{self, Rejection};
 use super::headers::{self, Forwarded, write_request_fields};
 use super::host::{https_location, request_authority};
@@ -304,7 +304,8 @@ impl Proxy {
         // one is given one by the share, and the cookie.
         let (picked, assigned) = match &resolved.waifu.rollout {
             None => (resolved.waifu.pick(), None),
-            Some(rollout) => match rollout.side_of(req.fields.all(&COOKIE)) {
+            Some(rollout) => match rollout.side_of(req.fields.all(header::COOKIE).filter_map(text))
+            {
                 Some(side) => (resolved.waifu.pick_side(side), None),
                 None => {
                     let side = rollout.assign(fastrand::u8(0..100));
@@ -377,7 +378,7 @@ impl Proxy {
             query,
         };
         let websocket = upgrade.is_some();
-        let had_length = fields.contains(&CONTENT_LENGTH);
+        let had_length = fields.contains(header::CONTENT_LENGTH);
         let (mut outgoing, (request_id, trace_id)) = Outgoing::new(
             method,
             &resolved.path,
@@ -513,19 +514,14 @@ impl Proxy {
     }
 }
 
-static COOKIE: HeaderName = header::COOKIE;
-static CONTENT_LENGTH: HeaderName = header::CONTENT_LENGTH;
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-
 /// The `X-Forwarded-For` values, for a trusted proxy's chain.
 fn forwarded_for(fields: Fields<'_>) -> impl DoubleEndedIterator<Item = &[u8]> {
-    fields.all(&X_FORWARDED_FOR)
+    fields.all(headers::X_FORWARDED_FOR.clone())
 }
 
 /// The scheme a trusted proxy says the client used.
 fn trusted_proto(fields: Fields<'_>) -> Option<&'static str> {
-    match fields.first(&X_FORWARDED_PROTO)? {
+    match fields.first(headers::X_FORWARDED_PROTO.clone())? {
         b"https" => Some("https"),
         b"http" => Some("http"),
         _ => None,

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use http::Version;
-use http::header::{self, HeaderName};
+use http::header;
 
 use super::error::ProxyError;
 use super::fields::{ClientRequest, text};
@@ -29,8 +29,7 @@ pub(super) fn request_authority<'a>(
     req: &ClientRequest<'a>,
     via: &Via,
 ) -> Result<(Cow<'a, str>, Cow<'a, str>), ProxyError> {
-    static HOST: HeaderName = header::HOST;
-    let mut fields = req.fields.all(&HOST);
+    let mut fields = req.fields.all(header::HOST);
     let field = fields.next();
     if fields.next().is_some() {
         return Err(ProxyError::BadHost);

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::HeaderMap;
-use http::header::{self, HeaderName};
+use http::header;
 use http::{Method, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -42,21 +42,18 @@ impl Key {
     /// `Sec-WebSocket-Key` that is 16 bytes in base64. Anything else is
     /// not a handshake, and the request is served as a plain one.
     pub(crate) fn of(method: &Method, version: Version, fields: Fields<'_>) -> Option<Key> {
-        static UPGRADE: HeaderName = header::UPGRADE;
-        static CONNECTION: HeaderName = header::CONNECTION;
-        static SEC_WEBSOCKET_KEY: HeaderName = header::SEC_WEBSOCKET_KEY;
         if *method != Method::GET || version != Version::HTTP_11 {
             return None;
         }
-        let mut upgrades = fields.all(&UPGRADE);
+        let mut upgrades = fields.all(header::UPGRADE);
         let upgrade = upgrades.next()?;
         if upgrades.next().is_some() || !upgrade.trim_ascii().eq_ignore_ascii_case(b"websocket") {
             return None;
         }
-        if !waifus_http1::token::lists_token(fields.all(&CONNECTION), "upgrade") {
+        if !waifus_http1::token::lists_token(fields.all(header::CONNECTION), "upgrade") {
             return None;
         }
-        let mut keys = fields.all(&SEC_WEBSOCKET_KEY);
+        let mut keys = fields.all(header::SEC_WEBSOCKET_KEY);
         let key = keys.next()?.trim_ascii();
         if keys.next().is_some() {
             return None;
