@@ -44,7 +44,7 @@ impl Entry {
     ) -> Entry {
         let host = req
             .authority
-            .or_else(|| req.fields.first(http::header::HOST).and_then(text))
+            .or_else(|| req.fields.first(&super::fields::name::HOST).and_then(text))
             .unwrap_or("-");
         Entry {
             started,

@@ -14,7 +14,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
 
-use super::fields::{Fields, text};
+use super::fields::{Fields, name, text};
 
 /// Bodies smaller than this stay as they are.
 const MIN_SIZE: u64 = 1024;
@@ -50,7 +50,7 @@ impl Coding {
 pub(crate) fn choose(fields: Fields<'_>) -> Option<Coding> {
     let mut q = [None::<f32>; 3];
     let mut star = None;
-    for value in fields.all(header::ACCEPT_ENCODING) {
+    for value in fields.all(&name::ACCEPT_ENCODING) {
         let Some(value) = text(value) else { continue };
         for item in value.split(',') {
             let mut parts = item.split(';');

@@ -35,7 +35,7 @@ impl<'a> Fields<'a> {
     }
 
     /// The values of the fields named `name`, in the order they came.
-    pub(crate) fn all(self, name: HeaderName) -> All<'a> {
+    pub(crate) fn all(self, name: &'a HeaderName) -> All<'a> {
         match self {
             Fields::Map(map) => All::Map(map.get_all(name).into_iter()),
             Fields::Raw(raw) => All::Raw(raw.iter(), name),
@@ -43,12 +43,12 @@ impl<'a> Fields<'a> {
     }
 
     /// The first value of the fields named `name`.
-    pub(crate) fn first(self, name: HeaderName) -> Option<&'a [u8]> {
+    pub(crate) fn first(self, name: &'a HeaderName) -> Option<&'a [u8]> {
         self.all(name).next()
     }
 
     /// Whether a field named `name` is present.
-    pub(crate) fn contains(self, name: HeaderName) -> bool {
+    pub(crate) fn contains(self, name: &'a HeaderName) -> bool {
         self.first(name).is_some()
     }
 }
@@ -75,7 +75,7 @@ impl<'a> Iterator for Each<'a> {
 /// [`Fields::all`].
 pub(crate) enum All<'a> {
     Map(http::header::ValueIter<'a, http::HeaderValue>),
-    Raw(std::slice::Iter<'a, httparse::Header<'a>>, HeaderName),
+    Raw(std::slice::Iter<'a, httparse::Header<'a>>, &'a HeaderName),
 }
 
 fn named<'a>(h: &httparse::Header<'a>, name: &HeaderName) -> Option<&'a [u8]> {
@@ -123,6 +123,24 @@ pub(crate) fn is_value(value: &[u8]) -> bool {
     value
         .iter()
         .all(|&b| b == b'\t' || (b >= b' ' && b != 0x7f))
+}
+
+/// The names the proxy looks fields up by, as statics: a name is passed by
+/// reference (the http crate's constants are not, and a name by value
+/// costs a construction and a drop per lookup on the request path).
+pub(crate) mod name {
+    use http::header::{self, HeaderName};
+
+    pub(crate) static ACCEPT_ENCODING: HeaderName = header::ACCEPT_ENCODING;
+    pub(crate) static CONNECTION: HeaderName = header::CONNECTION;
+    pub(crate) static CONTENT_LENGTH: HeaderName = header::CONTENT_LENGTH;
+    pub(crate) static COOKIE: HeaderName = header::COOKIE;
+    pub(crate) static HOST: HeaderName = header::HOST;
+    pub(crate) static SEC_WEBSOCKET_KEY: HeaderName = header::SEC_WEBSOCKET_KEY;
+    pub(crate) static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+    pub(crate) static UPGRADE: HeaderName = header::UPGRADE;
+    pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 }
 
 /// A client's request, read by hyper or by the fast path.

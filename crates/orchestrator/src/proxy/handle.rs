@@ -20,7 +20,7 @@ use super::access;
 use super::body::{ClientBody, ProxyBody};
 use super::compress::{self, Compressed};
 use super::error::ProxyError;
-use super::fields::{ClientRequest, Fields, text};
+use super::fields::{ClientRequest, Fields, name, text};
 use super::guard::{self, Rejection};
 use super::headers::{self, Forwarded, write_request_fields};
 use super::host::{https_location, request_authority};
@@ -304,15 +304,16 @@ impl Proxy {
         // one is given one by the share, and the cookie.
         let (picked, assigned) = match &resolved.waifu.rollout {
             None => (resolved.waifu.pick(), None),
-            Some(rollout) => match rollout.side_of(req.fields.all(header::COOKIE).filter_map(text))
-            {
-                Some(side) => (resolved.waifu.pick_side(side), None),
-                None => {
-                    let side = rollout.assign(fastrand::u8(0..100));
-                    let cookie = rollout_cookie(rollout, side, resolved.prefix);
-                    (resolved.waifu.pick_side(side), cookie)
+            Some(rollout) => {
+                match rollout.side_of(req.fields.all(&name::COOKIE).filter_map(text)) {
+                    Some(side) => (resolved.waifu.pick_side(side), None),
+                    None => {
+                        let side = rollout.assign(fastrand::u8(0..100));
+                        let cookie = rollout_cookie(rollout, side, resolved.prefix);
+                        (resolved.waifu.pick_side(side), cookie)
+                    }
                 }
-            },
+            }
         };
         let Some(instance) = picked else {
             // In maintenance with no instance up (the usual reason for it):
@@ -378,7 +379,7 @@ impl Proxy {
             query,
         };
         let websocket = upgrade.is_some();
-        let had_length = fields.contains(header::CONTENT_LENGTH);
+        let had_length = fields.contains(&name::CONTENT_LENGTH);
         let (mut outgoing, (request_id, trace_id)) = Outgoing::new(
             method,
             &resolved.path,
@@ -516,12 +517,12 @@ impl Proxy {
 
 /// The `X-Forwarded-For` values, for a trusted proxy's chain.
 fn forwarded_for(fields: Fields<'_>) -> impl DoubleEndedIterator<Item = &[u8]> {
-    fields.all(headers::X_FORWARDED_FOR.clone())
+    fields.all(&name::X_FORWARDED_FOR)
 }
 
 /// The scheme a trusted proxy says the client used.
 fn trusted_proto(fields: Fields<'_>) -> Option<&'static str> {
-    match fields.first(headers::X_FORWARDED_PROTO.clone())? {
+    match fields.first(&name::X_FORWARDED_PROTO)? {
         b"https" => Some("https"),
         b"http" => Some("http"),
         _ => None,

@@ -33,12 +33,9 @@ use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 use waifus_http1::token::{is_field_value, list_elements};
 
-use super::fields::{Fields, text};
+use super::fields::{Fields, name, text};
 use super::trace::{self, TraceId};
 
-pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -197,7 +194,7 @@ pub(crate) fn write_request_fields<'h>(
     // X-Forwarded-For: the peer; after the chain a trusted proxy sent.
     head.extend_from_slice(b"x-forwarded-for: ");
     if fwd.chain && !is_named(b"x-forwarded-for") {
-        for value in fields.all(X_FORWARDED_FOR.clone()) {
+        for value in fields.all(&name::X_FORWARDED_FOR) {
             if text(value).is_some() {
                 head.extend_from_slice(value);
                 head.extend_from_slice(b", ");
@@ -277,7 +274,7 @@ fn write_trace_context(
         Some(v) => {
             write_field(head, b"traceparent", v);
             if seen.tracestate && !is_named(b"tracestate") {
-                for state in fields.all(TRACESTATE.clone()) {
+                for state in fields.all(&name::TRACESTATE) {
                     write_field(head, b"tracestate", state);
                 }
             }
@@ -333,7 +330,7 @@ impl<'h> Seen<'h> {
 /// Every `Cookie` field as one, joined with `; `.
 fn write_cookies(head: &mut BytesMut, fields: Fields<'_>) {
     head.extend_from_slice(b"cookie: ");
-    for (i, value) in fields.all(header::COOKIE).enumerate() {
+    for (i, value) in fields.all(&name::COOKIE).enumerate() {
         if i > 0 {
             head.extend_from_slice(b"; ");
         }
@@ -345,7 +342,7 @@ fn write_cookies(head: &mut BytesMut, fields: Fields<'_>) {
 /// The fields the `Connection` header names: hop-by-hop too.
 fn connection_named(fields: Fields<'_>) -> Vec<HeaderName> {
     fields
-        .all(header::CONNECTION)
+        .all(&name::CONNECTION)
         .flat_map(list_elements)
         .filter_map(|name| HeaderName::from_bytes(name).ok())
         .collect()

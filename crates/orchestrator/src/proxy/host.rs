@@ -4,10 +4,9 @@
 use std::borrow::Cow;
 
 use http::Version;
-use http::header;
 
 use super::error::ProxyError;
-use super::fields::{ClientRequest, text};
+use super::fields::{ClientRequest, name, text};
 use super::via::Via;
 
 /// The authority a request is routed by, canonical, and its host
@@ -29,7 +28,7 @@ pub(super) fn request_authority<'a>(
     req: &ClientRequest<'a>,
     via: &Via,
 ) -> Result<(Cow<'a, str>, Cow<'a, str>), ProxyError> {
-    let mut fields = req.fields.all(header::HOST);
+    let mut fields = req.fields.all(&name::HOST);
     let field = fields.next();
     if fields.next().is_some() {
         return Err(ProxyError::BadHost);

@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::fields::Fields;
+use super::fields::{Fields, name};
 use crate::routing::Busy;
 
 /// The GUID a server appends to the client's key (RFC 6455 §1.3).
@@ -45,15 +45,15 @@ impl Key {
         if *method != Method::GET || version != Version::HTTP_11 {
             return None;
         }
-        let mut upgrades = fields.all(header::UPGRADE);
+        let mut upgrades = fields.all(&name::UPGRADE);
         let upgrade = upgrades.next()?;
         if upgrades.next().is_some() || !upgrade.trim_ascii().eq_ignore_ascii_case(b"websocket") {
             return None;
         }
-        if !waifus_http1::token::lists_token(fields.all(header::CONNECTION), "upgrade") {
+        if !waifus_http1::token::lists_token(fields.all(&name::CONNECTION), "upgrade") {
             return None;
         }
-        let mut keys = fields.all(header::SEC_WEBSOCKET_KEY);
+        let mut keys = fields.all(&name::SEC_WEBSOCKET_KEY);
         let key = keys.next()?.trim_ascii();
         if keys.next().is_some() {
             return None;
