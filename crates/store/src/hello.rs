@@ -55,7 +55,7 @@ pub struct Granted {
 /// the limits (body bytes, requests in flight, timeout in ms), this
 /// orchestrator's name for the history, and the binds refused before (keys
 /// and reasons).
-const HELLO: &str = "WITH waifu AS (
+pub(crate) const HELLO: &str = "WITH waifu AS (
    INSERT INTO waifus (name) VALUES ($1)
    ON CONFLICT (name) DO UPDATE SET updated_at = now(), empty_since = NULL
    RETURNING xmax = 0 AS added),
@@ -331,7 +331,7 @@ impl Store {
         let timeout_ms = limits
             .timeout
             .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
-        let mut client = self.pool.get().await?;
+        let mut client = self.hellos.get().await?;
         let hosts: Vec<&str> = claims.iter().map(|c| c.key.host.as_str()).collect();
         let prefixes: Vec<&str> = claims.iter().map(|c| c.key.prefix.as_str()).collect();
         let canonical: Vec<String> = claims.iter().map(|c| c.key.canonical()).collect();

@@ -32,7 +32,7 @@ pub use error::StoreError;
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 use waifus_protocol::Upstream;
 
@@ -63,6 +63,12 @@ fn hostname() -> String {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: Pool,
+    /// One connection for recording hellos, which the registry takes one
+    /// at a time anyway: the hello's large statement is parsed and planned
+    /// on one connection instead of on each of the pool's, and again on
+    /// one after new statistics (every `ANALYZE` of a table it names costs
+    /// the next execution a re-parse of about 4 ms per connection).
+    hellos: Pool,
     /// For sessions of their own (LISTEN and the health-check lock).
     config: std::sync::Arc<tokio_postgres::Config>,
     /// This process's tag on its change notifications, so it can skip its
@@ -70,6 +76,23 @@ pub struct Store {
     origin: std::sync::Arc<str>,
     /// This orchestrator as people tell replicas apart ([`Store::replica`]).
     replica: std::sync::Arc<str>,
+}
+
+/// A pool of at most `size` connections made with `config`.
+fn pool_of(config: tokio_postgres::Config, size: usize) -> deadpool_postgres::PoolBuilder {
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(CONNECT_TIMEOUT))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .recycle_timeout(Some(CONNECT_TIMEOUT))
 }
 
 /// The channel every change to waifus, instances, binds or health is
@@ -103,24 +126,27 @@ impl Store {
             .tcp_user_timeout(UNACKED_TIMEOUT);
         migrate::ensure_database(&config).await?;
         let session_config = std::sync::Arc::new(config.clone());
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(8)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(CONNECT_TIMEOUT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .recycle_timeout(Some(CONNECT_TIMEOUT))
-            .build()?;
+        let pool = pool_of(config.clone(), 8).build()?;
         let mut client = pool.get().await?;
         migrate::run(&mut client).await?;
+        // The hello's statement is prepared as its connection opens, after
+        // the migrations (so its tables exist).
+        let hellos = pool_of(config, 1)
+            .post_create(Hook::async_fn(|client, _| {
+                Box::pin(async move {
+                    client
+                        .prepare_cached(hello::HELLO)
+                        .await
+                        .map(drop)
+                        .map_err(HookError::Backend)
+                })
+            }))
+            .build()?;
+        // Opened (and its statement prepared) now, not by the first hello.
+        drop(hellos.get().await?);
         Ok(Store {
             pool,
+            hellos,
             config: session_config,
             origin: format!("{:016x}", fastrand::u64(..)).into(),
             replica: replica.into(),

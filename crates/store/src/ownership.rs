@@ -4,6 +4,7 @@
 //! it may bring, in one transaction that holds both rows locked, and
 //! commits before the caller answers.
 
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
 use super::Store;
@@ -104,18 +105,19 @@ impl Store {
     /// A name's secret hash and the records of `source` and of the name, in
     /// one round trip.
     pub async fn owner_state(&self, name: &str, source: &str) -> Result<OwnerState, StoreError> {
-        let client = self.pool.get().await?;
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT now(), (SELECT secret_hash FROM waifu_secrets WHERE name = $1),
-                            a.source, {RECORD}
-                     FROM (SELECT 1) one
-                     LEFT JOIN attempts a ON a.name = $1 AND a.source IN ('', $2)"
-                ),
-                &[&name, &source],
+        // Asked before every hello: prepared once per connection, one round
+        // trip each time after that.
+        static OWNER_STATE: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT now(), (SELECT secret_hash FROM waifu_secrets WHERE name = $1),
+                        a.source, {RECORD}
+                 FROM (SELECT 1) one
+                 LEFT JOIN attempts a ON a.name = $1 AND a.source IN ('', $2)"
             )
-            .await?;
+        });
+        let client = self.pool.get().await?;
+        let statement = client.prepare_cached(&OWNER_STATE).await?;
+        let rows = client.query(&statement, &[&name, &source]).await?;
         let first = rows.first().ok_or_else(|| StoreError::Corrupt {
             what: "the ownership query returned no row".into(),
         })?;
