@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""What waifus repeating their hello cost: every waifu says hello again
+every 30 s (the protocol asks it to, so that a restarted orchestrator learns
+it back), so 10,000 waifus make 333 hellos a second that change nothing.
+
+Starts the release orchestrator on its managed PostgreSQL and the bench
+backend, registers `--waifus` waifus (8 clients), then repeats every hello at
+`--waifus / 30` a second for `--seconds` (8 paced clients, each hello on a
+kept-alive connection), and reports the CPU the orchestrator and its
+PostgreSQL spent (user + system, from /proc) as a share of one core and per
+hello, and the hellos' latency.
+
+    cargo build --release -p orchestrator -p bench-backend
+    python3 bench/rehello.py [--waifus 10000] [--seconds 20]
+"""
+
+import argparse
+import http.client
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run as R  # noqa: E402
+
+CLIENTS = 8
+
+
+def hello(conn, name, up):
+    body = json.dumps({"name": name, "host": up})
+    conn.request("POST", "/__internal/hello", body, {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    data = r.read()
+    if r.status != 200:
+        sys.exit(f"hello {name}: {r.status} {data[:200]!r}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--waifus", type=int, default=10_000)
+    ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--every", type=float, default=30.0, help="seconds between a waifu's hellos")
+    args = ap.parse_args()
+    release = os.path.join(R.ROOT, "target", "release")
+    tmp = tempfile.mkdtemp(prefix="waifus-rehello-")
+    os.chmod(tmp, 0o755)
+    log = open(os.path.join(tmp, "servers.log"), "w")
+    backend = R.free_port()
+    R.start([os.path.join(release, "bench-backend"), f"127.0.0.1:{backend}"], R.LOAD_CPU, log)
+    R.wait_ok(f"http://127.0.0.1:{backend}/hello", "the backend")
+    up = f"127.0.0.1:{backend}"
+    internal = R.free_port()
+    orch = R.start([os.path.join(release, "orchestrator")], R.PROXY_CPU, log, env=dict(
+        os.environ, DATA_DIR=os.path.join(tmp, "data"), PUBLIC_ADDR=f"127.0.0.1:{R.free_port()}",
+        INTERNAL_ADDR=f"127.0.0.1:{internal}", RUST_LOG="warn", HEALTH_INTERVAL="1h"))
+    deadline = time.time() + 90
+    while R.get(f"http://127.0.0.1:{internal}/__internal/health") != 204:
+        if time.time() > deadline:
+            sys.exit("the orchestrator did not become ready")
+        time.sleep(0.2)
+
+    def clients(work):
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(CLIENTS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def register(k):
+        c = http.client.HTTPConnection("127.0.0.1", internal, timeout=30)
+        for i in range(k, args.waifus, CLIENTS):
+            hello(c, f"w{i}", up)
+
+    started = time.time()
+    clients(register)
+    print(f"registered {args.waifus:,} waifus in {time.time() - started:.1f} s")
+    time.sleep(5)
+    R.quiet()
+
+    rate = args.waifus / args.every
+    total = int(rate * args.seconds)
+    latencies = [[] for _ in range(CLIENTS)]
+
+    def repeat(k):
+        c = http.client.HTTPConnection("127.0.0.1", internal, timeout=30)
+        # Hello n is due at t0 + n / rate; this client sends every CLIENTS-th.
+        for n in range(k, total, CLIENTS):
+            due = t0 + n / rate
+            wait = due - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            s = time.perf_counter()
+            hello(c, f"w{n % args.waifus}", up)
+            latencies[k].append((time.perf_counter() - s) * 1e3)
+
+    pids = R.tree(orch.pid)
+    own = [orch.pid]
+    pg = [p for p in pids if p != orch.pid]
+    before = (sum(R.cpu_split(own)), sum(R.cpu_split(pg)))
+    t0 = time.perf_counter()
+    clients(repeat)
+    elapsed = time.perf_counter() - t0
+    pg = [p for p in R.tree(orch.pid) if p != orch.pid]
+    after = (sum(R.cpu_split(own)), sum(R.cpu_split(pg)))
+    lat = sorted(x for xs in latencies for x in xs)
+    o, p = after[0] - before[0], after[1] - before[1]
+    print(f"{total:,} repeated hellos at {rate:,.0f}/s over {elapsed:.1f} s "
+          f"({total / elapsed:,.0f}/s achieved)")
+    print(f"orchestrator: {100 * o / elapsed:.1f} % of a core, {1e6 * o / total:.0f} µs per hello")
+    print(f"its PostgreSQL: {100 * p / elapsed:.1f} % of a core, {1e6 * p / total:.0f} µs per hello")
+    print(f"hello latency: p50 {lat[len(lat) // 2]:.2f} ms, p99 {lat[int(len(lat) * 0.99)]:.2f} ms, "
+          f"max {lat[-1]:.2f} ms")
+    R.stop_all()
+
+
+if __name__ == "__main__":
+    main()
