@@ -12,6 +12,8 @@ hello, and the hellos' latency.
 
     cargo build --release -p orchestrator -p bench-backend
     python3 bench/rehello.py [--waifus 10000] [--seconds 20]
+
+`ORCHESTRATOR_BIN=path` runs another build.
 """
 
 import argparse
@@ -53,7 +55,8 @@ def main():
     R.wait_ok(f"http://127.0.0.1:{backend}/hello", "the backend")
     up = f"127.0.0.1:{backend}"
     internal = R.free_port()
-    orch = R.start([os.path.join(release, "orchestrator")], R.PROXY_CPU, log, env=dict(
+    binary = os.environ.get("ORCHESTRATOR_BIN") or os.path.join(release, "orchestrator")
+    orch = R.start([binary], R.PROXY_CPU, log, env=dict(
         os.environ, DATA_DIR=os.path.join(tmp, "data"), PUBLIC_ADDR=f"127.0.0.1:{R.free_port()}",
         INTERNAL_ADDR=f"127.0.0.1:{internal}", RUST_LOG="warn", HEALTH_INTERVAL="1h"))
     deadline = time.time() + 90

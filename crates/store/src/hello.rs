@@ -57,7 +57,11 @@ pub struct Granted {
 /// and reasons).
 pub(crate) const HELLO: &str = "WITH waifu AS (
    INSERT INTO waifus (name) VALUES ($1)
+   -- A repeated hello (every 30 s) rewrites no row that it leaves as it
+   -- was; the row is locked all the same (ON CONFLICT DO UPDATE locks it
+   -- whether or not its WHERE holds), so forgetting an empty waifu waits.
    ON CONFLICT (name) DO UPDATE SET updated_at = now(), empty_since = NULL
+     WHERE waifus.empty_since IS NOT NULL
    RETURNING xmax = 0 AS added),
  prev AS (
    SELECT version, goodbye_at FROM instances WHERE name = $1 AND host = $2),
@@ -83,6 +87,10 @@ pub(crate) const HELLO: &str = "WITH waifu AS (
                           max_body_size, max_in_flight, timeout_ms)
    VALUES ($1, $2, $10::text, (SELECT current_at FROM ver), $13::text,
            $14::bigint, $15::integer, $16::bigint)
+   -- last_hello: the latest hello that changed the row. Unchanged, the
+   -- row is not rewritten and not returned: what reads this part looks
+   -- for an instance added, back after its goodbye or with another
+   -- version, none of which an unchanged row is.
    ON CONFLICT (name, host) DO UPDATE SET
      last_hello = now(),
      version = EXCLUDED.version,
@@ -94,6 +102,12 @@ pub(crate) const HELLO: &str = "WITH waifu AS (
      healthy = instances.healthy AND instances.goodbye_at IS NULL
        AND instances.version IS NOT DISTINCT FROM EXCLUDED.version,
      goodbye_at = NULL
+     WHERE instances.goodbye_at IS NOT NULL
+        OR (instances.version, instances.version_at, instances.health_path,
+            instances.max_body_size, instances.max_in_flight, instances.timeout_ms)
+           IS DISTINCT FROM
+           (EXCLUDED.version, EXCLUDED.version_at, EXCLUDED.health_path,
+            EXCLUDED.max_body_size, EXCLUDED.max_in_flight, EXCLUDED.timeout_ms)
    RETURNING xmax = 0 AS added),
  -- The statement's snapshot: this waifu's binds before it.
  before AS (

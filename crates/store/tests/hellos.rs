@@ -63,3 +63,68 @@ async fn hellos_share_one_connection_prepared_when_the_store_opens() {
         .expect("count");
     assert_eq!(row.get::<_, i64>(0), 32);
 }
+
+/// The row versions (`xmin`) of the waifu's and its instance's rows.
+async fn row_versions(client: &tokio_postgres::Client, name: &str) -> (String, String) {
+    let row = client
+        .query_one(
+            "SELECT w.xmin::text, i.xmin::text FROM waifus w JOIN instances i USING (name)
+             WHERE name = $1",
+            &[&name],
+        )
+        .await
+        .expect("rows");
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_hello_rewrites_no_row_it_leaves_as_it_was() {
+    let db = pg::unique_db("rehello");
+    let store = Store::open(&pg::cluster().url(&db)).await.expect("open");
+    let client = pg::cluster().superuser(&db).await;
+    let instance = parse_host("127.0.0.1:9").expect("host");
+    store.hello(&record("w", &instance)).await.expect("hello");
+    let first = row_versions(&client, "w").await;
+
+    // As the registry repeats it: the instance known, no new version time.
+    let again = HelloRecord {
+        version_at: None,
+        ..record("w", &instance)
+    };
+    for _ in 0..3 {
+        store.hello(&again).await.expect("repeated hello");
+    }
+    assert_eq!(row_versions(&client, "w").await, first);
+
+    // A change is written: a health path, then a version.
+    let health = HelloRecord {
+        health_path: Some("/up"),
+        ..again
+    };
+    store
+        .hello(&health)
+        .await
+        .expect("hello with a health path");
+    let changed = row_versions(&client, "w").await;
+    assert_eq!(changed.0, first.0, "the waifu's row stays");
+    assert_ne!(changed.1, first.1, "the instance's row is rewritten");
+    let row = client
+        .query_one("SELECT health_path FROM instances WHERE name = 'w'", &[])
+        .await
+        .expect("instance");
+    assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some("/up"));
+    let version = HelloRecord {
+        version: Some("2"),
+        ..health
+    };
+    store.hello(&version).await.expect("hello with a version");
+    let row = client
+        .query_one(
+            "SELECT version, healthy FROM instances WHERE name = 'w'",
+            &[],
+        )
+        .await
+        .expect("instance");
+    assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some("2"));
+    assert!(!row.get::<_, bool>(1), "another version starts unhealthy");
+}
