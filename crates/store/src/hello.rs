@@ -199,7 +199,8 @@ pub(crate) const HELLO: &str = "WITH waifu AS (
    ON CONFLICT (name) DO UPDATE
      SET binds = EXCLUDED.binds, reasons = EXCLUDED.reasons, at = now()
      WHERE hello_refusals.binds IS DISTINCT FROM EXCLUDED.binds
-        OR hello_refusals.reasons IS DISTINCT FROM EXCLUDED.reasons),
+        OR hello_refusals.reasons IS DISTINCT FROM EXCLUDED.reasons
+   RETURNING name),
  -- ROLLOUT=auto: a version never announced before, while instances of the
  -- one current before serve, rolls out over it instead of taking every
  -- request at once.
@@ -270,11 +271,22 @@ pub(crate) const HELLO: &str = "WITH waifu AS (
           coalesce(nullif(version, ''), 'no version') || ' rolls out over ' ||
           coalesce(nullif(stable, ''), 'no version') || ' by itself (ROLLOUT=auto): steps ' ||
           array_to_string($21::integer[], ', ') || ' %'
-   FROM auto)
+   FROM auto),
+ -- Whether the hello changed anything the other orchestrators hold: only
+ -- then are they told (each reloads the waifu named). A repeated hello
+ -- that changes nothing (every 30 s per waifu) tells nobody.
+ changed AS (
+   SELECT EXISTS (SELECT 1 FROM waifu) OR (SELECT added FROM ver)
+       OR EXISTS (SELECT 1 FROM instance)
+       OR EXISTS (SELECT 1 FROM claimed c WHERE NOT EXISTS
+            (SELECT 1 FROM before b WHERE b.host = c.host AND b.prefix = c.prefix
+               AND b.bind = c.bind AND b.target = c.target))
+       OR EXISTS (SELECT 1 FROM released) OR EXISTS (SELECT 1 FROM reported)
+       OR EXISTS (SELECT 1 FROM refusals) OR EXISTS (SELECT 1 FROM auto) AS something)
  SELECT (SELECT array_agg(host) FROM claimed),
         (SELECT array_agg(prefix) FROM claimed),
         (SELECT array_agg(detail) FROM reported),
-        pg_notify($7, $8),
+        (SELECT pg_notify($7, $8) FROM changed WHERE something),
         (SELECT floor(extract(epoch FROM current_at) * 1000)::bigint FROM ver),
         (SELECT generation FROM auto), (SELECT version FROM auto), (SELECT share FROM auto)";
 
@@ -316,6 +328,10 @@ impl Store {
     /// checked at the end of the statement, after its insert. The claimed
     /// and the released binds are disjoint, so no row is touched twice.
     ///
+    /// A repeated hello that changes nothing (waifus repeat theirs every
+    /// 30 s) rewrites neither the waifu's row nor the instance's, and is
+    /// not announced on [`CHANGES`]; its binds are decided again all the
+    /// same, and a bind that changes hands is announced.
     pub async fn hello(&self, hello: &HelloRecord<'_>) -> Result<Granted, StoreError> {
         let HelloRecord {
             name,

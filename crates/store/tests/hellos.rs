@@ -128,3 +128,76 @@ async fn a_repeated_hello_rewrites_no_row_it_leaves_as_it_was() {
     assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some("2"));
     assert!(!row.get::<_, bool>(1), "another version starts unhealthy");
 }
+
+/// A session listening on the change channel; its notifications' payloads
+/// arrive on the receiver.
+async fn listen(db: &str) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (client, mut connection) =
+        tokio_postgres::connect(&pg::cluster().url(db), tokio_postgres::NoTls)
+            .await
+            .expect("listener");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    let _ = tx.send(n.payload().to_owned());
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {}", waifus_store::CHANGES))
+        .await
+        .expect("LISTEN");
+    // Kept open by the task above as long as the client lives.
+    Box::leak(Box::new(client));
+    rx
+}
+
+async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a notification within 10 s")
+        .expect("the listener runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_hello_that_changes_something_is_announced() {
+    let db = pg::unique_db("announced");
+    let store = Store::open(&pg::cluster().url(&db)).await.expect("open");
+    let mut changes = listen(&db).await;
+    let instance = parse_host("127.0.0.1:9").expect("host");
+    store.hello(&record("w", &instance)).await.expect("hello");
+    assert!(next(&mut changes).await.ends_with(" w"));
+
+    let again = HelloRecord {
+        version_at: None,
+        ..record("w", &instance)
+    };
+    store.hello(&again).await.expect("repeated hello");
+    store.hello(&again).await.expect("repeated hello");
+    // Notifications arrive in commit order: the next one is x's.
+    store.hello(&record("x", &instance)).await.expect("hello");
+    assert!(next(&mut changes).await.ends_with(" x"));
+
+    // A bind, and its release, are announced.
+    let key = waifus_protocol::parse_bind_key("http://w.test").expect("bind");
+    let claims = [waifus_store::BindClaim {
+        key: &key,
+        target: "",
+    }];
+    let bound = HelloRecord {
+        claims: &claims,
+        ..again
+    };
+    store.hello(&bound).await.expect("hello with a bind");
+    assert!(next(&mut changes).await.ends_with(" w"));
+    store.hello(&bound).await.expect("the same again");
+    store.hello(&again).await.expect("hello without it");
+    assert!(next(&mut changes).await.ends_with(" w"));
+    store.hello(&record("y", &instance)).await.expect("hello");
+    assert!(next(&mut changes).await.ends_with(" y"));
+}
