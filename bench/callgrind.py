@@ -159,12 +159,8 @@ def main():
         if not os.path.exists(os.path.join(RELEASE, b)):
             sys.exit(f"missing {RELEASE}/{b}: cargo build --release -p orchestrator -p bench-backend")
 
-    tmp = tempfile.mkdtemp(prefix="waifus-callgrind-")
-    os.chmod(tmp, 0o755)
-    log = open(os.path.join(tmp, "servers.log"), "w")
-    backend = common.free_port()
-    common.start([os.path.join(RELEASE, "bench-backend"), f"127.0.0.1:{backend}"], common.LOAD_CPU, log)
-    common.wait_ok(f"http://127.0.0.1:{backend}/hello", "the backend")
+    tmp, log = common.scratch("waifus-callgrind-")
+    backend = int(common.start_backend(RELEASE, log).rsplit(":", 1)[1])
 
     certs = os.path.join(tmp, "certs")
     os.makedirs(certs)

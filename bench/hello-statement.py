@@ -25,7 +25,6 @@ import argparse
 import os
 import re
 import sys
-import tempfile
 import time
 
 import psycopg2
@@ -50,20 +49,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--connections", type=int, default=3)
     args = ap.parse_args()
-    tmp = tempfile.mkdtemp(prefix="waifus-hello-statement-")
-    os.chmod(tmp, 0o755)
+    tmp, log = R.scratch("waifus-hello-statement-")
     data = os.path.join(tmp, "data")
     internal = R.free_port()
-    log = open(os.path.join(tmp, "orchestrator.log"), "w")
     R.start([os.path.join(R.ROOT, "target", "release", "orchestrator")], R.PROXY_CPU, log,
             env=dict(os.environ, DATA_DIR=data, PUBLIC_ADDR=f"127.0.0.1:{R.free_port()}",
                      INTERNAL_ADDR=f"127.0.0.1:{internal}", RUST_LOG="warn"))
     try:
-        deadline = time.time() + 90
-        while R.get(f"http://127.0.0.1:{internal}/__internal/health") != 204:
-            if time.time() > deadline:
-                sys.exit("the orchestrator did not become ready")
-            time.sleep(0.2)
+        R.wait_ready(internal)
         port = open(os.path.join(data, "postgres-port")).read().strip()
         password = open(os.path.join(data, "postgres-password")).read().strip()
         sql = hello_sql()

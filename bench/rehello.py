@@ -21,7 +21,6 @@ import http.client
 import json
 import os
 import sys
-import tempfile
 import threading
 import time
 
@@ -47,23 +46,14 @@ def main():
     ap.add_argument("--every", type=float, default=30.0, help="seconds between a waifu's hellos")
     args = ap.parse_args()
     release = os.path.join(R.ROOT, "target", "release")
-    tmp = tempfile.mkdtemp(prefix="waifus-rehello-")
-    os.chmod(tmp, 0o755)
-    log = open(os.path.join(tmp, "servers.log"), "w")
-    backend = R.free_port()
-    R.start([os.path.join(release, "bench-backend"), f"127.0.0.1:{backend}"], R.LOAD_CPU, log)
-    R.wait_ok(f"http://127.0.0.1:{backend}/hello", "the backend")
-    up = f"127.0.0.1:{backend}"
+    tmp, log = R.scratch("waifus-rehello-")
+    up = R.start_backend(release, log)
     internal = R.free_port()
     binary = os.environ.get("ORCHESTRATOR_BIN") or os.path.join(release, "orchestrator")
     orch = R.start([binary], R.PROXY_CPU, log, env=dict(
         os.environ, DATA_DIR=os.path.join(tmp, "data"), PUBLIC_ADDR=f"127.0.0.1:{R.free_port()}",
         INTERNAL_ADDR=f"127.0.0.1:{internal}", RUST_LOG="warn", HEALTH_INTERVAL="1h"))
-    deadline = time.time() + 90
-    while R.get(f"http://127.0.0.1:{internal}/__internal/health") != 204:
-        if time.time() > deadline:
-            sys.exit("the orchestrator did not become ready")
-        time.sleep(0.2)
+    R.wait_ready(internal)
 
     def clients(work):
         threads = [threading.Thread(target=work, args=(k,)) for k in range(CLIENTS)]

@@ -97,6 +97,31 @@ def wait_ok(url, what, seconds=60):
         time.sleep(0.2)
 
 
+def scratch(prefix):
+    """A new scratch directory others may read (PostgreSQL runs as its own
+    user) and a log file in it for the servers a script starts."""
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(tmp, 0o755)
+    return tmp, open(os.path.join(tmp, "servers.log"), "w")
+
+
+def start_backend(release, log):
+    """Starts bench-backend on the load CPU; returns its address."""
+    port = free_port()
+    start([os.path.join(release, "bench-backend"), f"127.0.0.1:{port}"], LOAD_CPU, log)
+    wait_ok(f"http://127.0.0.1:{port}/hello", "the backend")
+    return f"127.0.0.1:{port}"
+
+
+def wait_ready(internal, seconds=90):
+    """Waits for an orchestrator's internal health endpoint to answer 204."""
+    deadline = time.time() + seconds
+    while get(f"http://127.0.0.1:{internal}/__internal/health") != 204:
+        if time.time() > deadline:
+            sys.exit("the orchestrator did not become ready")
+        time.sleep(0.2)
+
+
 def tree(pid):
     """pid and all its descendants."""
     children = {}
