@@ -129,9 +129,14 @@ async fn a_repeated_hello_rewrites_no_row_it_leaves_as_it_was() {
     assert!(!row.get::<_, bool>(1), "another version starts unhealthy");
 }
 
-/// A session listening on the change channel; its notifications' payloads
-/// arrive on the receiver.
-async fn listen(db: &str) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+/// A session listening on the change channel (it listens while the client
+/// is kept); its notifications' payloads arrive on the receiver.
+async fn listen(
+    db: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
     let (client, mut connection) =
         tokio_postgres::connect(&pg::cluster().url(db), tokio_postgres::NoTls)
             .await
@@ -152,9 +157,7 @@ async fn listen(db: &str) -> tokio::sync::mpsc::UnboundedReceiver<String> {
         .batch_execute(&format!("LISTEN {}", waifus_store::CHANGES))
         .await
         .expect("LISTEN");
-    // Kept open by the task above as long as the client lives.
-    Box::leak(Box::new(client));
-    rx
+    (client, rx)
 }
 
 async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
@@ -168,7 +171,7 @@ async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
 async fn only_a_hello_that_changes_something_is_announced() {
     let db = pg::unique_db("announced");
     let store = Store::open(&pg::cluster().url(&db)).await.expect("open");
-    let mut changes = listen(&db).await;
+    let (_listening, mut changes) = listen(&db).await;
     let instance = parse_host("127.0.0.1:9").expect("host");
     store.hello(&record("w", &instance)).await.expect("hello");
     assert!(next(&mut changes).await.ends_with(" w"));
