@@ -99,9 +99,11 @@ def wait_ok(url, what, seconds=60):
 
 def scratch(prefix):
     """A new scratch directory others may read (PostgreSQL runs as its own
-    user) and a log file in it for the servers a script starts."""
+    user) and a log file in it for the servers a script starts; removed at
+    exit, after every process started is stopped."""
     tmp = tempfile.mkdtemp(prefix=prefix)
     os.chmod(tmp, 0o755)
+    atexit.register(lambda: (stop_all(), shutil.rmtree(tmp, True)))
     return tmp, open(os.path.join(tmp, "servers.log"), "w")
 
 
