@@ -38,7 +38,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
@@ -173,9 +172,7 @@ def main():
         if not os.path.exists(os.path.join(RELEASE, b)):
             sys.exit(f"missing {RELEASE}/{b}: cargo build --release -p orchestrator -p bench-backend")
 
-    tmp = tempfile.mkdtemp(prefix="waifus-protocols-")
-    os.chmod(tmp, 0o755)
-    log = open(os.path.join(tmp, "servers.log"), "w")
+    tmp, log = common.scratch("waifus-protocols-")
     certs = os.path.join(tmp, "certs")
     os.makedirs(certs)
     crt, key = os.path.join(certs, "localhost.crt"), os.path.join(certs, "localhost.key")
@@ -206,11 +203,7 @@ def main():
         "orchestrator": common.start([os.environ.get("ORCHESTRATOR_BIN", os.path.join(RELEASE, "orchestrator"))],
                                      common.PROXY_CPU, log, env=env),
     }
-    deadline = time.time() + 120
-    while common.get(f"http://127.0.0.1:{internal}/__internal/health") != 204:
-        if time.time() > deadline:
-            sys.exit("the orchestrator did not become ready")
-        time.sleep(0.2)
+    common.wait_ready(internal, 120)
     hello = json.dumps({"name": "app", "host": f"127.0.0.1:{backend}"}).encode()
     urllib.request.urlopen(urllib.request.Request(
         f"http://127.0.0.1:{internal}/__internal/hello", data=hello, method="POST"), timeout=5)

@@ -322,10 +322,7 @@ def main():
     if (os.cpu_count() or 1) < 2:
         sys.exit("needs at least 2 CPUs: proxies on CPU 0, load on CPU 1")
 
-    tmp = tempfile.mkdtemp(prefix="waifus-bench-")
-    os.chmod(tmp, 0o755)
-    atexit.register(shutil.rmtree, tmp, True)
-    log = open(os.path.join(tmp, "servers.log"), "w")
+    tmp, log = scratch("waifus-bench-")
     backend = free_port()
     port = {n: free_port() for n in ("relay", "nginx", "haproxy", "caddy", "caddy-tuned", "orchestrator")}
     internal = free_port()
@@ -347,11 +344,7 @@ def main():
             os.environ, DATA_DIR=os.path.join(tmp, "data"), PUBLIC_ADDR=f"127.0.0.1:{port['orchestrator']}",
             INTERNAL_ADDR=f"127.0.0.1:{internal}", RUST_LOG="warn")),
     }
-    deadline = time.time() + 90
-    while get(f"http://127.0.0.1:{internal}/__internal/health") != 204:
-        if time.time() > deadline:
-            sys.exit("the orchestrator did not become ready")
-        time.sleep(0.2)
+    wait_ready(internal)
     hello = json.dumps({"name": "app", "host": f"127.0.0.1:{backend}"}).encode()
     urllib.request.urlopen(urllib.request.Request(
         f"http://127.0.0.1:{internal}/__internal/hello", data=hello, method="POST"), timeout=5)

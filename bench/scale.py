@@ -71,11 +71,7 @@ def orchestrator(tmp, tag, interval, log, up):
         os.environ, DATA_DIR=os.path.join(tmp, f"data-{tag}"), PUBLIC_ADDR=f"127.0.0.1:{public}",
         INTERNAL_ADDR=f"127.0.0.1:{internal}", RUST_LOG="warn", HEALTH_INTERVAL=interval,
         MAIN_DOMAIN="localhost"))
-    deadline = time.time() + 90
-    while R.get(f"http://127.0.0.1:{internal}/__internal/health") != 204:
-        if time.time() > deadline:
-            sys.exit("the orchestrator did not become ready")
-        time.sleep(0.2)
+    R.wait_ready(internal)
     hello(hello_conn(internal), "app", up, {"http://app.bind.test": "/"})
     R.wait_ok(f"http://127.0.0.1:{public}/app/hello", "the first waifu")
     return proc, public, internal
