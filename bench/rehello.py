@@ -11,7 +11,11 @@ PostgreSQL spent (user + system, from /proc) as a share of one core and per
 hello, and the hellos' latency.
 
     cargo build --release -p orchestrator -p bench-backend
-    python3 bench/rehello.py [--waifus 10000] [--seconds 20]
+    python3 bench/rehello.py [--waifus 10000] [--seconds 20] [--binds]
+
+With `--binds` each waifu also asks for a bind host of its own, as waifus
+with their own domains do (a hello with binds locks its hosts in a
+transaction of its own).
 
 `ORCHESTRATOR_BIN=path` runs another build.
 """
@@ -30,8 +34,11 @@ import run as R  # noqa: E402
 CLIENTS = 8
 
 
-def hello(conn, name, up):
-    body = json.dumps({"name": name, "host": up})
+def hello(conn, name, up, bind):
+    body = {"name": name, "host": up}
+    if bind:
+        body["additionalBinds"] = {f"http://{name}.bind.test": "/"}
+    body = json.dumps(body)
     conn.request("POST", "/__internal/hello", body, {"Content-Type": "application/json"})
     r = conn.getresponse()
     data = r.read()
@@ -44,6 +51,8 @@ def main():
     ap.add_argument("--waifus", type=int, default=10_000)
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--every", type=float, default=30.0, help="seconds between a waifu's hellos")
+    ap.add_argument("--binds", action="store_true",
+                    help="each waifu also binds a host of its own (w1.bind.test, ...)")
     args = ap.parse_args()
     release = os.path.join(R.ROOT, "target", "release")
     tmp, log = R.scratch("waifus-rehello-")
@@ -65,7 +74,7 @@ def main():
     def register(k):
         c = http.client.HTTPConnection("127.0.0.1", internal, timeout=30)
         for i in range(k, args.waifus, CLIENTS):
-            hello(c, f"w{i}", up)
+            hello(c, f"w{i}", up, args.binds)
 
     started = time.time()
     clients(register)
@@ -86,7 +95,7 @@ def main():
             if wait > 0:
                 time.sleep(wait)
             s = time.perf_counter()
-            hello(c, f"w{n % args.waifus}", up)
+            hello(c, f"w{n % args.waifus}", up, args.binds)
             latencies[k].append((time.perf_counter() - s) * 1e3)
 
     pids = R.tree(orch.pid)

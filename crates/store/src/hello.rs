@@ -290,6 +290,42 @@ pub(crate) const HELLO: &str = "WITH waifu AS (
         (SELECT floor(extract(epoch FROM current_at) * 1000)::bigint FROM ver),
         (SELECT generation FROM auto), (SELECT version FROM auto), (SELECT share FROM auto)";
 
+/// Whether a hello of a known instance would change nothing, read without
+/// writing: the waifu is not empty; the instance is there, not gone, with
+/// the same version (current since the instance's `version_at`), health
+/// path and limits; its latest hello was refused nothing; and it holds
+/// exactly the binds it asks for, alone on each of their hosts (so none
+/// would be refused, released or taken back). One row, the version's
+/// current time (Unix milliseconds), when so; none otherwise. Parameters:
+/// name, instance, version, health path, the three limits, and the binds
+/// as four arrays (host, prefix, canonical key, target).
+///
+/// Nothing is written, so an unchanged hello is ordered before any hello
+/// or removal it overlaps; every row it reads was committed durably (a
+/// commit is visible only once flushed).
+pub(crate) const UNCHANGED: &str = "SELECT floor(extract(epoch FROM v.current_at) * 1000)::bigint
+ FROM waifus w
+ JOIN instances i ON i.name = w.name AND i.host = $2
+ JOIN waifu_versions v ON v.name = w.name AND v.version = coalesce($3::text, '')
+ WHERE w.name = $1 AND w.empty_since IS NULL AND i.goodbye_at IS NULL
+   AND (i.version, i.version_at, i.health_path, i.max_body_size, i.max_in_flight, i.timeout_ms)
+       IS NOT DISTINCT FROM
+       ($3::text, v.current_at, $4::text, $5::bigint, $6::integer, $7::bigint)
+   AND NOT EXISTS (SELECT 1 FROM hello_refusals r
+                   WHERE r.name = $1 AND (r.binds <> '{}' OR r.reasons <> '{}'))
+   AND (SELECT count(*) FROM binds b WHERE b.name = $1) = cardinality($8::text[])
+   AND NOT EXISTS (
+     SELECT 1 FROM unnest($8::text[], $9::text[], $10::text[], $11::text[])
+       AS c (host, prefix, bind, target)
+     WHERE NOT EXISTS (SELECT 1 FROM binds b WHERE b.host = c.host AND b.prefix = c.prefix
+                         AND b.name = $1 AND b.bind = c.bind AND b.target = c.target)
+        OR EXISTS (SELECT 1 FROM binds o WHERE o.host = c.host AND o.name <> $1))";
+
+/// Takes the transaction locks of the hosts a hello binds on (parameter:
+/// the hosts), in one order.
+const LOCK_HOSTS: &str = "SELECT pg_advisory_xact_lock(hashtextextended('waifus-host:' || h, 0))
+     FROM (SELECT DISTINCT h FROM unnest($1::text[]) h ORDER BY h) hosts";
+
 /// One bind a hello asks for, already validated.
 #[derive(Debug)]
 pub struct BindClaim<'a> {
@@ -361,12 +397,44 @@ impl Store {
         let timeout_ms = limits
             .timeout
             .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
-        let mut client = self.hellos.get().await?;
+        let client = self.hellos.get().await?;
         let hosts: Vec<&str> = claims.iter().map(|c| c.key.host.as_str()).collect();
         let prefixes: Vec<&str> = claims.iter().map(|c| c.key.prefix.as_str()).collect();
         let canonical: Vec<String> = claims.iter().map(|c| c.key.canonical()).collect();
         let targets: Vec<&str> = claims.iter().map(|c| c.target).collect();
         let instance = instance.to_string();
+        // A known instance's hello (no new version time) with nothing
+        // refused before the store: when it would change nothing, it is
+        // answered from one read, without a write or a commit to wait for.
+        if version_at.is_none() && refused.is_empty() {
+            let unchanged = client.prepare_cached(UNCHANGED).await?;
+            let row = client
+                .query_opt(
+                    &unchanged,
+                    &[
+                        &name,
+                        &instance,
+                        &version,
+                        &health_path,
+                        &max_body_size,
+                        &max_in_flight,
+                        &timeout_ms,
+                        &hosts,
+                        &prefixes,
+                        &canonical,
+                        &targets,
+                    ],
+                )
+                .await?;
+            if let Some(row) = row {
+                return Ok(Granted {
+                    granted: vec![true; claims.len()],
+                    reported: Vec::new(),
+                    version_at_ms: row.get(0),
+                    rollout: None,
+                });
+            }
+        }
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 22] = [
             &name,
             &instance,
@@ -391,22 +459,32 @@ impl Store {
             &steps,
             &interval_ms,
         ];
+        let hello = client.prepare_cached(HELLO).await?;
         let row = if claims.is_empty() {
-            let hello = client.prepare_cached(HELLO).await?;
             client.query_one(&hello, &params).await?
         } else {
-            let tx = client.transaction().await?;
-            // Hosts locked in one order: two hellos wait for each other
-            // instead of deadlocking.
-            tx.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended('waifus-host:' || h, 0))
-                 FROM (SELECT DISTINCT h FROM unnest($1::text[]) h ORDER BY h) hosts",
-                &[&hosts],
-            )
-            .await?;
-            let hello = tx.prepare_cached(HELLO).await?;
-            let row = tx.query_one(&hello, &params).await?;
-            tx.commit().await?;
+            // The hosts are locked first, in one order (two hellos wait
+            // for each other instead of deadlocking), and the statement's
+            // snapshot is taken after the locks, so it sees every hello
+            // that held them before. The four requests go out together
+            // (sent in this order when first polled, `biased`) and
+            // PostgreSQL runs them in order: one round trip instead of
+            // five. When one fails, the transaction is aborted and the
+            // COMMIT ends it as a rollback, so the connection goes back
+            // to the pool outside any transaction either way.
+            let lock = client.prepare_cached(LOCK_HOSTS).await?;
+            let locked_hosts: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&hosts];
+            let (begin, locked, row, commit) = tokio::join!(
+                biased;
+                client.batch_execute("BEGIN"),
+                client.execute(&lock, &locked_hosts),
+                client.query_one(&hello, &params),
+                client.batch_execute("COMMIT"),
+            );
+            begin?;
+            locked?;
+            let row = row?;
+            commit?;
             row
         };
         let granted_hosts: Vec<String> = row.get::<_, Option<_>>(0).unwrap_or_default();

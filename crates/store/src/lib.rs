@@ -129,16 +129,18 @@ impl Store {
         let pool = pool_of(config.clone(), 8).build()?;
         let mut client = pool.get().await?;
         migrate::run(&mut client).await?;
-        // The hello's statement is prepared as its connection opens, after
+        // The hello's statements are prepared as its connection opens, after
         // the migrations (so its tables exist).
         let hellos = pool_of(config, 1)
             .post_create(Hook::async_fn(|client, _| {
                 Box::pin(async move {
-                    client
-                        .prepare_cached(hello::HELLO)
-                        .await
-                        .map(drop)
-                        .map_err(HookError::Backend)
+                    for statement in [hello::UNCHANGED, hello::HELLO] {
+                        client
+                            .prepare_cached(statement)
+                            .await
+                            .map_err(HookError::Backend)?;
+                    }
+                    Ok(())
                 })
             }))
             .build()?;

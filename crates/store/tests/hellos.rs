@@ -64,17 +64,23 @@ async fn hellos_share_one_connection_prepared_when_the_store_opens() {
     assert_eq!(row.get::<_, i64>(0), 32);
 }
 
-/// The row versions (`xmin`) of the waifu's and its instance's rows.
-async fn row_versions(client: &tokio_postgres::Client, name: &str) -> (String, String) {
+/// The row versions (`xmin`) of the waifu's and its instance's rows, and
+/// of its versions' and binds' rows together.
+async fn row_versions(client: &tokio_postgres::Client, name: &str) -> (String, String, String) {
     let row = client
         .query_one(
-            "SELECT w.xmin::text, i.xmin::text FROM waifus w JOIN instances i USING (name)
+            "SELECT w.xmin::text, i.xmin::text,
+                    (SELECT string_agg(xmin::text, ',' ORDER BY version) FROM waifu_versions
+                     WHERE name = $1)
+                    || ';' || coalesce((SELECT string_agg(xmin::text, ',' ORDER BY host)
+                                        FROM binds WHERE name = $1), '')
+             FROM waifus w JOIN instances i USING (name)
              WHERE name = $1",
             &[&name],
         )
         .await
         .expect("rows");
-    (row.get(0), row.get(1))
+    (row.get(0), row.get(1), row.get(2))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,6 +101,44 @@ async fn a_repeated_hello_rewrites_no_row_it_leaves_as_it_was() {
         store.hello(&again).await.expect("repeated hello");
     }
     assert_eq!(row_versions(&client, "w").await, first);
+
+    // With a bind it holds alone, the same: the hello is answered as
+    // granted, and nothing is written.
+    let key = waifus_protocol::parse_bind_key("http://w.test/p").expect("bind");
+    let claims = [waifus_store::BindClaim {
+        key: &key,
+        target: "/t",
+    }];
+    let bound = HelloRecord {
+        claims: &claims,
+        ..again
+    };
+    assert_eq!(store.hello(&bound).await.expect("bind").granted, [true]);
+    let first = row_versions(&client, "w").await;
+    for _ in 0..3 {
+        let granted = store.hello(&bound).await.expect("repeated hello");
+        assert_eq!(granted.granted, [true]);
+        assert!(granted.reported.is_empty());
+    }
+    assert_eq!(row_versions(&client, "w").await, first);
+    // Another target for the bind is written.
+    let claims = [waifus_store::BindClaim {
+        key: &key,
+        target: "/u",
+    }];
+    let retargeted = HelloRecord {
+        claims: &claims,
+        ..again
+    };
+    assert_eq!(
+        store.hello(&retargeted).await.expect("bind").granted,
+        [true]
+    );
+    let row = client
+        .query_one("SELECT target FROM binds WHERE name = 'w'", &[])
+        .await
+        .expect("bind");
+    assert_eq!(row.get::<_, String>(0), "/u");
 
     // A change is written: a health path, then a version.
     let health = HelloRecord {
@@ -203,4 +247,232 @@ async fn only_a_hello_that_changes_something_is_announced() {
     assert!(next(&mut changes).await.ends_with(" w"));
     store.hello(&record("y", &instance)).await.expect("hello");
     assert!(next(&mut changes).await.ends_with(" y"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claimed_waifus_racing_for_one_host_through_many_stores_get_it_once() {
+    let db = pg::unique_db("hostrace");
+    // Eight stores, as eight orchestrators: eight hello connections, so
+    // up to eight hellos in the database at once.
+    let mut stores = Vec::new();
+    for _ in 0..8 {
+        stores.push(Store::open(&pg::cluster().url(&db)).await.expect("open"));
+    }
+    let instance = parse_host("127.0.0.1:9").expect("host");
+    let names: Vec<String> = (0..24).map(|i| format!("racer-{i}")).collect();
+    for name in &names {
+        stores[0]
+            .hello(&record(name, &instance))
+            .await
+            .expect("hello");
+    }
+    let client = pg::cluster().superuser(&db).await;
+    client
+        .execute(
+            "INSERT INTO waifu_secrets (name, secret_hash) SELECT name, 'x' FROM waifus",
+            &[],
+        )
+        .await
+        .expect("claimed");
+    // Each claimed waifu asks for its own path on one new host, all at
+    // once: the host's first claimed holder keeps it alone. Ten hosts, one
+    // after another, each raced for by all.
+    for round in 0..10 {
+        let host = format!("race{round}.test");
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(names.len()));
+        let racers: Vec<_> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let store = stores[i % stores.len()].clone();
+                let (name, instance, start) = (name.clone(), instance.clone(), start.clone());
+                let bind = format!("http://{host}/p{i}");
+                tokio::spawn(async move {
+                    let key = waifus_protocol::parse_bind_key(&bind).expect("bind");
+                    let claims = [waifus_store::BindClaim {
+                        key: &key,
+                        target: "",
+                    }];
+                    start.wait().await;
+                    let hello = HelloRecord {
+                        version_at: None,
+                        claims: &claims,
+                        ..record(&name, &instance)
+                    };
+                    store.hello(&hello).await.map(|g| g.granted[0])
+                })
+            })
+            .collect();
+        let mut winners = 0;
+        for racer in racers {
+            winners += usize::from(racer.await.expect("task").expect("hello recorded"));
+        }
+        let row = client
+            .query_one(
+                "SELECT count(DISTINCT name) FROM binds WHERE host = $1",
+                &[&host],
+            )
+            .await
+            .expect("holders");
+        assert_eq!((winners, row.get::<_, i64>(0)), (1, 1), "{host}");
+    }
+    // Every hello ended its transaction: no session waits in one.
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = $1 AND state LIKE 'idle in transaction%'",
+            &[&db],
+        )
+        .await
+        .expect("sessions");
+    assert_eq!(row.get::<_, i64>(0), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_with_binds_that_fails_leaves_nothing_behind() {
+    let db = pg::unique_db("hellofails");
+    let store = Store::open(&pg::cluster().url(&db)).await.expect("open");
+    let client = pg::cluster().superuser(&db).await;
+    // The statement fails when it writes a bind on boom.test.
+    client
+        .batch_execute(
+            "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN RAISE EXCEPTION 'boom'; END $$;
+             CREATE TRIGGER boom BEFORE INSERT ON binds FOR EACH ROW
+               WHEN (NEW.host = 'boom.test') EXECUTE FUNCTION boom();",
+        )
+        .await
+        .expect("trigger");
+    let instance = parse_host("127.0.0.1:9").expect("host");
+    let boom = waifus_protocol::parse_bind_key("http://boom.test").expect("bind");
+    let fine = waifus_protocol::parse_bind_key("http://fine.test").expect("bind");
+    let claims = [waifus_store::BindClaim {
+        key: &boom,
+        target: "",
+    }];
+    let failing = HelloRecord {
+        claims: &claims,
+        ..record("w", &instance)
+    };
+    let err = store
+        .hello(&failing)
+        .await
+        .expect_err("the statement fails");
+    assert!(err.to_string().contains("boom"), "{err}");
+    // Nothing of it was kept, and its connection is back outside any
+    // transaction: the next hello on it commits.
+    let row = client
+        .query_one("SELECT count(*) FROM waifus", &[])
+        .await
+        .expect("count");
+    assert_eq!(row.get::<_, i64>(0), 0);
+    let claims = [waifus_store::BindClaim {
+        key: &fine,
+        target: "",
+    }];
+    let granted = store
+        .hello(&HelloRecord {
+            claims: &claims,
+            ..record("w", &instance)
+        })
+        .await
+        .expect("the next hello");
+    assert_eq!(granted.granted, [true]);
+    let row = client
+        .query_one("SELECT count(*) FROM binds WHERE host = 'fine.test'", &[])
+        .await
+        .expect("count");
+    assert_eq!(row.get::<_, i64>(0), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_hello_still_decides_what_changed_beside_it() {
+    let db = pg::unique_db("rehellobeside");
+    let store = Store::open(&pg::cluster().url(&db)).await.expect("open");
+    let client = pg::cluster().superuser(&db).await;
+    let instance = parse_host("127.0.0.1:9").expect("host");
+    let a = waifus_protocol::parse_bind_key("http://shared.test/a").expect("bind");
+    let b = waifus_protocol::parse_bind_key("http://shared.test/b").expect("bind");
+    let on_a = [waifus_store::BindClaim {
+        key: &a,
+        target: "",
+    }];
+    let on_b = [waifus_store::BindClaim {
+        key: &b,
+        target: "",
+    }];
+    // Two waifus nobody claimed share a host by path, early first.
+    let early = HelloRecord {
+        claims: &on_a,
+        ..record("early", &instance)
+    };
+    let late = HelloRecord {
+        claims: &on_b,
+        ..record("late", &instance)
+    };
+    assert_eq!(store.hello(&early).await.expect("early").granted, [true]);
+    assert_eq!(store.hello(&late).await.expect("late").granted, [true]);
+    let late_again = HelloRecord {
+        version_at: None,
+        ..late
+    };
+    assert_eq!(
+        store.hello(&late_again).await.expect("late").granted,
+        [true]
+    );
+
+    // Then early is claimed: it held the host first, so late's next
+    // hello, unchanged itself, loses the bind.
+    client
+        .execute(
+            "INSERT INTO waifu_secrets (name, secret_hash) VALUES ('early', 'x')",
+            &[],
+        )
+        .await
+        .expect("claimed");
+    let granted = store.hello(&late_again).await.expect("late again");
+    assert_eq!(granted.granted, [false]);
+    assert_eq!(granted.reported.len(), 1, "{:?}", granted.reported);
+    let row = client
+        .query_one("SELECT count(*) FROM binds WHERE name = 'late'", &[])
+        .await
+        .expect("binds");
+    assert_eq!(row.get::<_, i64>(0), 0);
+    // Asking for no bind any more, late's refusals are cleared.
+    let plain = HelloRecord {
+        claims: &[],
+        ..late_again
+    };
+    store.hello(&plain).await.expect("late without binds");
+    let row = client
+        .query_one(
+            "SELECT cardinality(binds) FROM hello_refusals WHERE name = 'late'",
+            &[],
+        )
+        .await
+        .expect("refusals");
+    assert_eq!(row.get::<_, i32>(0), 0);
+
+    // An instance that said goodbye (on another orchestrator) is back at
+    // its next hello, unchanged as the hello is.
+    let early_again = HelloRecord {
+        version_at: None,
+        ..early
+    };
+    client
+        .execute(
+            "UPDATE instances SET goodbye_at = now() WHERE name = 'early'",
+            &[],
+        )
+        .await
+        .expect("goodbye");
+    store.hello(&early_again).await.expect("early again");
+    let row = client
+        .query_one(
+            "SELECT goodbye_at IS NULL FROM instances WHERE name = 'early'",
+            &[],
+        )
+        .await
+        .expect("instance");
+    assert!(row.get::<_, bool>(0), "back after its goodbye");
 }
