@@ -8,14 +8,35 @@ use waifus_testkit::pg;
 /// The sessions of `db` whose latest statement was the hello's.
 async fn hello_sessions(db: &str) -> i64 {
     let client = pg::cluster().superuser("postgres").await;
-    let row = client
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = $1 AND query LIKE 'WITH waifu AS%'",
-            &[&db],
-        )
-        .await
-        .expect("pg_stat_activity");
+    one(
+        &client,
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = $1 AND query LIKE 'WITH waifu AS%'",
+        &[&db],
+    )
+    .await
+}
+
+/// A bind, parsed.
+fn key(bind: &str) -> waifus_protocol::BindKey {
+    waifus_protocol::parse_bind_key(bind).expect("bind")
+}
+
+/// A hello's one bind: `key`, to `target`.
+fn claim<'a>(
+    key: &'a waifus_protocol::BindKey,
+    target: &'a str,
+) -> [waifus_store::BindClaim<'a>; 1] {
+    [waifus_store::BindClaim { key, target }]
+}
+
+/// The one value a query returns.
+async fn one<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> T {
+    let row = client.query_one(sql, params).await.expect(sql);
     row.get(0)
 }
 
@@ -57,11 +78,8 @@ async fn hellos_share_one_connection_prepared_when_the_store_opens() {
     }
     assert_eq!(hello_sessions(&db).await, 1);
     let client = pg::cluster().superuser(&db).await;
-    let row = client
-        .query_one("SELECT count(*) FROM waifus", &[])
-        .await
-        .expect("count");
-    assert_eq!(row.get::<_, i64>(0), 32);
+    let value: i64 = one(&client, "SELECT count(*) FROM waifus", &[]).await;
+    assert_eq!(value, 32);
 }
 
 /// The row versions (`xmin`) of the waifu's and its instance's rows, and
@@ -104,11 +122,8 @@ async fn a_repeated_hello_rewrites_no_row_it_leaves_as_it_was() {
 
     // With a bind it holds alone, the same: the hello is answered as
     // granted, and nothing is written.
-    let key = waifus_protocol::parse_bind_key("http://w.test/p").expect("bind");
-    let claims = [waifus_store::BindClaim {
-        key: &key,
-        target: "/t",
-    }];
+    let key = key("http://w.test/p");
+    let claims = claim(&key, "/t");
     let bound = HelloRecord {
         claims: &claims,
         ..again
@@ -122,10 +137,7 @@ async fn a_repeated_hello_rewrites_no_row_it_leaves_as_it_was() {
     }
     assert_eq!(row_versions(&client, "w").await, first);
     // Another target for the bind is written.
-    let claims = [waifus_store::BindClaim {
-        key: &key,
-        target: "/u",
-    }];
+    let claims = claim(&key, "/u");
     let retargeted = HelloRecord {
         claims: &claims,
         ..again
@@ -134,11 +146,8 @@ async fn a_repeated_hello_rewrites_no_row_it_leaves_as_it_was() {
         store.hello(&retargeted).await.expect("bind").granted,
         [true]
     );
-    let row = client
-        .query_one("SELECT target FROM binds WHERE name = 'w'", &[])
-        .await
-        .expect("bind");
-    assert_eq!(row.get::<_, String>(0), "/u");
+    let value: String = one(&client, "SELECT target FROM binds WHERE name = 'w'", &[]).await;
+    assert_eq!(value, "/u");
 
     // A change is written: a health path, then a version.
     let health = HelloRecord {
@@ -152,11 +161,13 @@ async fn a_repeated_hello_rewrites_no_row_it_leaves_as_it_was() {
     let changed = row_versions(&client, "w").await;
     assert_eq!(changed.0, first.0, "the waifu's row stays");
     assert_ne!(changed.1, first.1, "the instance's row is rewritten");
-    let row = client
-        .query_one("SELECT health_path FROM instances WHERE name = 'w'", &[])
-        .await
-        .expect("instance");
-    assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some("/up"));
+    let value: Option<String> = one(
+        &client,
+        "SELECT health_path FROM instances WHERE name = 'w'",
+        &[],
+    )
+    .await;
+    assert_eq!(value.as_deref(), Some("/up"));
     let version = HelloRecord {
         version: Some("2"),
         ..health
@@ -231,11 +242,8 @@ async fn only_a_hello_that_changes_something_is_announced() {
     assert!(next(&mut changes).await.ends_with(" x"));
 
     // A bind, and its release, are announced.
-    let key = waifus_protocol::parse_bind_key("http://w.test").expect("bind");
-    let claims = [waifus_store::BindClaim {
-        key: &key,
-        target: "",
-    }];
+    let key = key("http://w.test");
+    let claims = claim(&key, "");
     let bound = HelloRecord {
         claims: &claims,
         ..again
@@ -288,11 +296,8 @@ async fn claimed_waifus_racing_for_one_host_through_many_stores_get_it_once() {
                 let (name, instance, start) = (name.clone(), instance.clone(), start.clone());
                 let bind = format!("http://{host}/p{i}");
                 tokio::spawn(async move {
-                    let key = waifus_protocol::parse_bind_key(&bind).expect("bind");
-                    let claims = [waifus_store::BindClaim {
-                        key: &key,
-                        target: "",
-                    }];
+                    let key = key(&bind);
+                    let claims = claim(&key, "");
                     start.wait().await;
                     let hello = HelloRecord {
                         version_at: None,
@@ -307,25 +312,23 @@ async fn claimed_waifus_racing_for_one_host_through_many_stores_get_it_once() {
         for racer in racers {
             winners += usize::from(racer.await.expect("task").expect("hello recorded"));
         }
-        let row = client
-            .query_one(
-                "SELECT count(DISTINCT name) FROM binds WHERE host = $1",
-                &[&host],
-            )
-            .await
-            .expect("holders");
-        assert_eq!((winners, row.get::<_, i64>(0)), (1, 1), "{host}");
+        let value: i64 = one(
+            &client,
+            "SELECT count(DISTINCT name) FROM binds WHERE host = $1",
+            &[&host],
+        )
+        .await;
+        assert_eq!((winners, value), (1, 1), "{host}");
     }
     // Every hello ended its transaction: no session waits in one.
-    let row = client
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity
+    let value: i64 = one(
+        &client,
+        "SELECT count(*) FROM pg_stat_activity
              WHERE datname = $1 AND state LIKE 'idle in transaction%'",
-            &[&db],
-        )
-        .await
-        .expect("sessions");
-    assert_eq!(row.get::<_, i64>(0), 0);
+        &[&db],
+    )
+    .await;
+    assert_eq!(value, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,12 +347,9 @@ async fn a_hello_with_binds_that_fails_leaves_nothing_behind() {
         .await
         .expect("trigger");
     let instance = parse_host("127.0.0.1:9").expect("host");
-    let boom = waifus_protocol::parse_bind_key("http://boom.test").expect("bind");
-    let fine = waifus_protocol::parse_bind_key("http://fine.test").expect("bind");
-    let claims = [waifus_store::BindClaim {
-        key: &boom,
-        target: "",
-    }];
+    let boom = key("http://boom.test");
+    let fine = key("http://fine.test");
+    let claims = claim(&boom, "");
     let failing = HelloRecord {
         claims: &claims,
         ..record("w", &instance)
@@ -361,15 +361,9 @@ async fn a_hello_with_binds_that_fails_leaves_nothing_behind() {
     assert!(err.to_string().contains("boom"), "{err}");
     // Nothing of it was kept, and its connection is back outside any
     // transaction: the next hello on it commits.
-    let row = client
-        .query_one("SELECT count(*) FROM waifus", &[])
-        .await
-        .expect("count");
-    assert_eq!(row.get::<_, i64>(0), 0);
-    let claims = [waifus_store::BindClaim {
-        key: &fine,
-        target: "",
-    }];
+    let value: i64 = one(&client, "SELECT count(*) FROM waifus", &[]).await;
+    assert_eq!(value, 0);
+    let claims = claim(&fine, "");
     let granted = store
         .hello(&HelloRecord {
             claims: &claims,
@@ -378,11 +372,13 @@ async fn a_hello_with_binds_that_fails_leaves_nothing_behind() {
         .await
         .expect("the next hello");
     assert_eq!(granted.granted, [true]);
-    let row = client
-        .query_one("SELECT count(*) FROM binds WHERE host = 'fine.test'", &[])
-        .await
-        .expect("count");
-    assert_eq!(row.get::<_, i64>(0), 1);
+    let value: i64 = one(
+        &client,
+        "SELECT count(*) FROM binds WHERE host = 'fine.test'",
+        &[],
+    )
+    .await;
+    assert_eq!(value, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,16 +387,10 @@ async fn a_repeated_hello_still_decides_what_changed_beside_it() {
     let store = Store::open(&pg::cluster().url(&db)).await.expect("open");
     let client = pg::cluster().superuser(&db).await;
     let instance = parse_host("127.0.0.1:9").expect("host");
-    let a = waifus_protocol::parse_bind_key("http://shared.test/a").expect("bind");
-    let b = waifus_protocol::parse_bind_key("http://shared.test/b").expect("bind");
-    let on_a = [waifus_store::BindClaim {
-        key: &a,
-        target: "",
-    }];
-    let on_b = [waifus_store::BindClaim {
-        key: &b,
-        target: "",
-    }];
+    let a = key("http://shared.test/a");
+    let b = key("http://shared.test/b");
+    let on_a = claim(&a, "");
+    let on_b = claim(&b, "");
     // Two waifus nobody claimed share a host by path, early first.
     let early = HelloRecord {
         claims: &on_a,
@@ -433,25 +423,26 @@ async fn a_repeated_hello_still_decides_what_changed_beside_it() {
     let granted = store.hello(&late_again).await.expect("late again");
     assert_eq!(granted.granted, [false]);
     assert_eq!(granted.reported.len(), 1, "{:?}", granted.reported);
-    let row = client
-        .query_one("SELECT count(*) FROM binds WHERE name = 'late'", &[])
-        .await
-        .expect("binds");
-    assert_eq!(row.get::<_, i64>(0), 0);
+    let value: i64 = one(
+        &client,
+        "SELECT count(*) FROM binds WHERE name = 'late'",
+        &[],
+    )
+    .await;
+    assert_eq!(value, 0);
     // Asking for no bind any more, late's refusals are cleared.
     let plain = HelloRecord {
         claims: &[],
         ..late_again
     };
     store.hello(&plain).await.expect("late without binds");
-    let row = client
-        .query_one(
-            "SELECT cardinality(binds) FROM hello_refusals WHERE name = 'late'",
-            &[],
-        )
-        .await
-        .expect("refusals");
-    assert_eq!(row.get::<_, i32>(0), 0);
+    let value: i32 = one(
+        &client,
+        "SELECT cardinality(binds) FROM hello_refusals WHERE name = 'late'",
+        &[],
+    )
+    .await;
+    assert_eq!(value, 0);
 
     // An instance that said goodbye (on another orchestrator) is back at
     // its next hello, unchanged as the hello is.
@@ -467,12 +458,11 @@ async fn a_repeated_hello_still_decides_what_changed_beside_it() {
         .await
         .expect("goodbye");
     store.hello(&early_again).await.expect("early again");
-    let row = client
-        .query_one(
-            "SELECT goodbye_at IS NULL FROM instances WHERE name = 'early'",
-            &[],
-        )
-        .await
-        .expect("instance");
-    assert!(row.get::<_, bool>(0), "back after its goodbye");
+    let value: bool = one(
+        &client,
+        "SELECT goodbye_at IS NULL FROM instances WHERE name = 'early'",
+        &[],
+    )
+    .await;
+    assert!(value, "back after its goodbye");
 }
