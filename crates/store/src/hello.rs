@@ -357,17 +357,19 @@ impl Store {
     /// binds on one host are decided one hello at a time (a transaction
     /// lock per host), so two hellos cannot both take a host.
     ///
-    /// One statement, so one round trip when no bind is asked for (a hello
-    /// took seven before, and on a busy core each cost more than the
-    /// commit). Data-modifying `WITH` parts all run and see the rows as
-    /// they were before the statement; the foreign keys to `waifus` are
-    /// checked at the end of the statement, after its insert. The claimed
-    /// and the released binds are disjoint, so no row is touched twice.
+    /// One statement, so one round trip (with binds too: the hosts' locks,
+    /// the statement and the commit are sent together). Data-modifying
+    /// `WITH` parts all run and see the rows as they were before the
+    /// statement; the foreign keys to `waifus` are checked at the end of
+    /// the statement, after its insert. The claimed and the released binds
+    /// are disjoint, so no row is touched twice.
     ///
-    /// A repeated hello that changes nothing (waifus repeat theirs every
-    /// 30 s) rewrites neither the waifu's row nor the instance's, and is
-    /// not announced on [`CHANGES`]; its binds are decided again all the
-    /// same, and a bind that changes hands is announced.
+    /// A repeated hello that would change nothing (waifus repeat theirs
+    /// every 30 s) is answered from one read (`UNCHANGED`): no write, no
+    /// commit, nothing announced on [`CHANGES`]. One that may change
+    /// something runs the statement, which rewrites no row it leaves as it
+    /// was and is announced only when something changed; its binds are
+    /// decided again, and a bind that changes hands is announced.
     pub async fn hello(&self, hello: &HelloRecord<'_>) -> Result<Granted, StoreError> {
         let HelloRecord {
             name,
