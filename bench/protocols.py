@@ -8,6 +8,7 @@ and HAProxy doing the same job, one mode per run.
     python3 bench/protocols.py --mode h2           # h2load over TLS: 8 connections x 100 streams
     python3 bench/protocols.py --mode h2c          # the same over cleartext (prior knowledge)
     python3 bench/protocols.py --mode big          # 1 MiB and 64 MiB down- and uploads
+    python3 bench/protocols.py --mode h2 --syscalls   # also system calls per request (perf)
 
 The setting is the proxy benchmark's (`bench/run.py`): one fast backend,
 each proxy strips `/app` and forwards with upstream keep-alive, one worker
@@ -35,6 +36,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -156,6 +158,9 @@ def main():
                     help="connections (default: 64 for https, handshakes; 8 for h2, h2c; 4 for big)")
     ap.add_argument("--streams", type=int, default=100, help="h2, h2c: concurrent streams per connection")
     ap.add_argument("--targets", default=",".join(PROXIES))
+    ap.add_argument("--syscalls", action="store_true",
+                    help="also count each proxy's system calls per request (perf stat, the "
+                         "raw_syscalls:sys_enter tracepoint; needs perf and root)")
     args = ap.parse_args()
     mode = args.mode
     targets = [t for t in args.targets.split(",") if t]
@@ -163,9 +168,10 @@ def main():
         targets.insert(0, "nginx")
     conns = args.conns or {"https": 64, "handshakes": 64, "h2": 8, "h2c": 8, "big": 4}[mode]
     tools = ["nginx", "haproxy", "openssl", "taskset"] + (["h2load"] if mode in ("h2", "h2c", "big") else ["wrk"])
+    tools += ["perf"] if args.syscalls else []
     missing = [t for t in tools if not shutil.which(t)]
     if missing:
-        pkgs = {"h2load": "nghttp2-client", "taskset": "util-linux"}
+        pkgs = {"h2load": "nghttp2-client", "taskset": "util-linux", "perf": "linux-perf"}
         sys.exit("missing: " + ", ".join(missing) + "\ninstall them (Debian): apt-get install "
                  + " ".join(sorted({pkgs.get(m, m) for m in missing})))
     for b in ("orchestrator", "bench-backend"):
@@ -265,9 +271,22 @@ def main():
             load(name, case, 2)  # warm-up, discarded
         for _ in range(args.rounds):
             for name in targets:
+                counting = None
+                if args.syscalls:
+                    counted = os.path.join(tmp, "syscalls.csv")
+                    counting = subprocess.Popen(
+                        ["perf", "stat", "-e", "raw_syscalls:sys_enter", "-x,", "-o", counted,
+                         "-p", ",".join(map(str, pids(name)))], stderr=subprocess.DEVNULL)
+                    time.sleep(0.5)
                 before = common.cpu_split(pids(name))
                 r = load(name, case, args.seconds)
                 after = common.cpu_split(pids(name))
+                if counting:
+                    counting.send_signal(signal.SIGINT)
+                    counting.wait()
+                    calls = [int(line.split(",")[0]) for line in open(counted)
+                             if "raw_syscalls" in line and line.split(",")[0].isdigit()]
+                    r["syscalls"] = calls[0] / r["requests"] if calls and r["requests"] else None
                 spent = after[0] + after[1] - before[0] - before[1]
                 r["cpu_us"] = spent / r["requests"] * 1e6 if r["requests"] else None
                 r["user_us"] = (after[0] - before[0]) / r["requests"] * 1e6 if r["requests"] else None
@@ -313,14 +332,16 @@ def main():
                              f"{common.fmt([r['cpu_us'] for r in rs], digits=1)} | {cpu / b_cpu:.2f} | {errors} |")
     lines += ["", "The proxies' CPU per request split (median µs): user space, and the kernel (the "
               "system calls, the same for every proxy doing the same job):", "",
-              "| case | target | user µs/req | kernel µs/req |", "|---|---|---|---|"]
+              "| case | target | user µs/req | kernel µs/req | system calls/req |", "|---|---|---|---|---|"]
     for case in cases:
         for name in targets:
             rs = [r for r in results[(name, case)] if r["cpu_us"] is not None]
             user = statistics.median(r["user_us"] for r in rs)
             total = statistics.median(r["cpu_us"] for r in rs)
             label = f"{case[0]} {case[1]}" if case else mode
-            lines.append(f"| {label} | {name} | {user:.1f} | {total - user:.1f} |")
+            calls = [r["syscalls"] for r in rs if r.get("syscalls") is not None]
+            calls = f"{statistics.median(calls):.2f}" if calls else "not counted (--syscalls)"
+            lines.append(f"| {label} | {name} | {user:.1f} | {total - user:.1f} | {calls} |")
     lines += ["", "| target | peak RSS KiB | × nginx |", "|---|---|---|"]
     for name in targets:
         lines.append(f"| {name} | {peak[name]:,} | {peak[name] / peak['nginx']:.2f} |")
