@@ -301,8 +301,10 @@ pub(crate) const HELLO: &str = "WITH waifu AS (
 /// as four arrays (host, prefix, canonical key, target).
 ///
 /// Nothing is written, so an unchanged hello is ordered before any hello
-/// or removal it overlaps; every row it reads was committed durably (a
-/// commit is visible only once flushed).
+/// or removal it overlaps. What it reads is durable: the columns it looks
+/// at are written only by statements that wait for the disk (a synchronous
+/// commit is visible only once flushed); health changes, committed without
+/// waiting, write none of them.
 pub(crate) const UNCHANGED: &str = "SELECT floor(extract(epoch FROM v.current_at) * 1000)::bigint
  FROM waifus w
  JOIN instances i ON i.name = w.name AND i.host = $2
