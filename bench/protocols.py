@@ -286,7 +286,10 @@ def main():
                     counting.wait()
                     calls = [int(line.split(",")[0]) for line in open(counted)
                              if "raw_syscalls" in line and line.split(",")[0].isdigit()]
-                    r["syscalls"] = calls[0] / r["requests"] if calls and r["requests"] else None
+                    if not calls:
+                        sys.exit(f"perf stat counted no system calls of {name}; "
+                                 f"see {counted} (perf needs root, or kernel.perf_event_paranoid <= -1)")
+                    r["syscalls"] = calls[0] / r["requests"] if r["requests"] else None
                 spent = after[0] + after[1] - before[0] - before[1]
                 r["cpu_us"] = spent / r["requests"] * 1e6 if r["requests"] else None
                 r["user_us"] = (after[0] - before[0]) / r["requests"] * 1e6 if r["requests"] else None
