@@ -134,7 +134,7 @@ impl Store {
         let hellos = pool_of(config, 1)
             .post_create(Hook::async_fn(|client, _| {
                 Box::pin(async move {
-                    for statement in [hello::UNCHANGED, hello::HELLO] {
+                    for statement in [hello::UNCHANGED, hello::FIRST, hello::HELLO] {
                         client
                             .prepare_cached(statement)
                             .await

@@ -53,6 +53,7 @@ fn record<'a>(name: &'a str, instance: &'a waifus_protocol::Upstream) -> HelloRe
         limits: RequestLimits::default(),
         refused: &[],
         auto_rollout: None,
+        new_waifu: true,
     }
 }
 
@@ -465,4 +466,213 @@ async fn a_repeated_hello_still_decides_what_changed_beside_it() {
     )
     .await;
     assert!(value, "back after its goodbye");
+}
+
+/// The statement the hello connection of `db` ran last.
+async fn last_hello_statement(db: &str) -> String {
+    let client = pg::cluster().superuser("postgres").await;
+    one(
+        &client,
+        "SELECT query FROM pg_stat_activity
+         WHERE datname = $1 AND query LIKE 'WITH waifu AS%'",
+        &[&db],
+    )
+    .await
+}
+
+/// Every row a hello may write about `name`, without the ids and times
+/// PostgreSQL fills in: what two ways of recording one hello are compared
+/// by.
+async fn rows_of(client: &tokio_postgres::Client, name: &str) -> Vec<String> {
+    let mut rows = Vec::new();
+    for table in [
+        "waifus",
+        "instances",
+        "waifu_versions",
+        "binds",
+        "health_history",
+        "audit",
+        "incidents",
+        "hello_refusals",
+        "rollouts",
+    ] {
+        let sql = format!(
+            "SELECT '{table} ' || (to_jsonb(t) - ARRAY['registered_at', 'updated_at',
+                 'last_hello', 'time', 'id', 'at', 'started_at', 'step_at'])::text
+             FROM {table} t WHERE name = $1 ORDER BY 1"
+        );
+        for row in client.query(&sql, &[&name]).await.expect(&sql) {
+            rows.push(row.get(0));
+        }
+    }
+    rows
+}
+
+/// A new waifu's first hello has a statement of its own: for every kind
+/// of first hello it writes the rows the full statement writes, and
+/// announces it; a name that exists after all (another orchestrator added
+/// it) goes to the full statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_hello_writes_what_the_full_statement_writes() {
+    let short_db = pg::unique_db("first_short");
+    let full_db = pg::unique_db("first_full");
+    let short = Store::open(&pg::cluster().url(&short_db))
+        .await
+        .expect("open");
+    let full = Store::open(&pg::cluster().url(&full_db))
+        .await
+        .expect("open");
+    let (_listening, mut changes) = listen(&short_db).await;
+    let short_client = pg::cluster().superuser(&short_db).await;
+    let full_client = pg::cluster().superuser(&full_db).await;
+    let instance = parse_host("127.0.0.1:9").expect("host");
+    let other = parse_host("127.0.0.1:10").expect("host");
+    let limits = RequestLimits {
+        max_body_size: Some(1024),
+        max_in_flight: Some(3),
+        timeout: Some(std::time::Duration::from_millis(2500)),
+    };
+    let cases = [
+        ("a", &instance, None, None, RequestLimits::default()),
+        ("b", &instance, Some("v1"), Some("/up"), limits),
+        ("c", &other, Some("v2"), None, RequestLimits::default()),
+    ];
+    for (name, upstream, version, health_path, limits) in cases {
+        let hello = HelloRecord {
+            version,
+            version_at: Some(1_700_000_000_123),
+            health_path,
+            limits,
+            ..record(name, upstream)
+        };
+        let by_short = short.hello(&hello).await.expect("first hello");
+        assert!(
+            last_hello_statement(&short_db).await.contains("DO NOTHING"),
+            "{name}: the short statement ran"
+        );
+        assert!(next(&mut changes).await.ends_with(&format!(" {name}")));
+        let by_full = full
+            .hello(&HelloRecord {
+                new_waifu: false,
+                ..hello
+            })
+            .await
+            .expect("first hello");
+        assert_eq!(by_short.version_at_ms, 1_700_000_000_123);
+        assert_eq!(by_short.version_at_ms, by_full.version_at_ms);
+        assert_eq!(by_short.granted, by_full.granted);
+        assert_eq!(by_short.reported, by_full.reported);
+        assert_eq!(by_short.rollout.is_none(), by_full.rollout.is_none());
+        let written = rows_of(&short_client, name).await;
+        assert!(written.len() >= 6, "{name}: {written:?}");
+        assert_eq!(written, rows_of(&full_client, name).await, "{name}");
+    }
+
+    // Forgotten and back: the history goes on from where it was.
+    for (store, client) in [(&short, &short_client), (&full, &full_client)] {
+        client
+            .execute(
+                "INSERT INTO health_history (name, instance, from_state, to_state, reason, origin)
+                 VALUES ('b', 'http://127.0.0.1:9', 'added', 'healthy', 'checked', 'test')",
+                &[],
+            )
+            .await
+            .expect("history");
+        client
+            .execute("DELETE FROM waifus WHERE name = 'b'", &[])
+            .await
+            .expect("forget");
+        let new_waifu = std::ptr::eq(store, &short);
+        store
+            .hello(&HelloRecord {
+                version: Some("v3"),
+                version_at: Some(1_700_000_000_456),
+                new_waifu,
+                ..record("b", &instance)
+            })
+            .await
+            .expect("back");
+    }
+    assert!(last_hello_statement(&short_db).await.contains("DO NOTHING"));
+    let written = rows_of(&short_client, "b").await;
+    assert!(
+        written
+            .iter()
+            .any(|r| r.contains(r#""from_state": "healthy""#)),
+        "{written:?}"
+    );
+    assert_eq!(written, rows_of(&full_client, "b").await);
+
+    // Thought new, but another orchestrator added it: the full statement
+    // records a second instance.
+    for (store, new_waifu) in [(&short, true), (&full, false)] {
+        store
+            .hello(&HelloRecord {
+                version: Some("v2"),
+                version_at: Some(1_700_000_000_789),
+                new_waifu,
+                ..record("c", &instance)
+            })
+            .await
+            .expect("second instance");
+    }
+    assert!(!last_hello_statement(&short_db).await.contains("DO NOTHING"));
+    let written = rows_of(&short_client, "c").await;
+    assert_eq!(
+        written
+            .iter()
+            .filter(|r| r.starts_with("instances "))
+            .count(),
+        2,
+        "{written:?}"
+    );
+    assert_eq!(written, rows_of(&full_client, "c").await);
+}
+
+/// Many orchestrators saying one new waifu's first hello at once: it is
+/// added once, with every instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_hellos_of_one_name_racing_through_many_stores_add_it_once() {
+    let db = pg::unique_db("first_race");
+    let url = pg::cluster().url(&db);
+    let mut stores = Vec::new();
+    for _ in 0..8 {
+        stores.push(Store::open(&url).await.expect("open"));
+    }
+    let client = pg::cluster().superuser(&db).await;
+    for round in 0..5 {
+        let name = format!("r{round}");
+        let hellos = stores.iter().enumerate().map(|(i, store)| {
+            let store = store.clone();
+            let name = name.clone();
+            tokio::spawn(async move {
+                let instance = parse_host(&format!("127.0.0.1:{}", 9000 + i)).expect("host");
+                store.hello(&record(&name, &instance)).await
+            })
+        });
+        for hello in hellos.collect::<Vec<_>>() {
+            hello.await.expect("task").expect("hello recorded");
+        }
+        let count = |sql: &'static str| {
+            let client = &client;
+            let name = name.clone();
+            async move { one::<i64>(client, sql, &[&name]).await }
+        };
+        assert_eq!(
+            count("SELECT count(*) FROM audit WHERE name = $1 AND action = 'waifu_added'").await,
+            1
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM instances WHERE name = $1").await,
+            8
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM audit WHERE name = $1 AND action = 'instance_added'").await,
+            8
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM waifu_versions WHERE name = $1").await,
+            1
+        );
+    }
 }

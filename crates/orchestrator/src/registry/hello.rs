@@ -170,6 +170,7 @@ impl Registry {
                     let ms = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
                     (steps.as_slice(), ms)
                 }),
+                new_waifu: !state.waifus.contains_key(hello.name.as_str()),
             })
             .await?;
         let rollout = granted.rollout.clone();
