@@ -471,3 +471,51 @@ async fn racing_hellos_grant_a_bind_once() {
     assert_eq!(r.status, StatusCode::OK);
     orch.stop().await.unwrap();
 }
+
+/// A new waifu's first hello without binds is recorded by the store's short
+/// statement for it; another instance of that waifu, and a new waifu's
+/// first hello with a bind, by the full one. (The two statements' rows are
+/// held equal by the store's own tests; this holds the registry to asking
+/// for the short one only when it holds no waifu of the name.)
+#[tokio::test]
+async fn only_a_new_waifus_first_hello_without_binds_takes_the_short_statement() {
+    let db = unique_db("firsthello");
+    let orch = harness::start(&db, &[]).await;
+    let superuser = crate::pg::cluster().superuser("postgres").await;
+    // Whether the hello connection's latest statement was the short one
+    // (after a hello with binds it is the transaction's COMMIT).
+    let last = || async {
+        let row = superuser
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = $1 AND query LIKE '%ON CONFLICT (name) DO NOTHING%'",
+                &[&db],
+            )
+            .await
+            .expect("sessions");
+        row.get::<_, i64>(0) == 1
+    };
+    let hello = |name: &str, host: &str, binds: Value| {
+        let body = json!({"name": name, "host": host, "additionalBinds": binds});
+        let orch = &orch;
+        async move {
+            let (status, body) = orch.hello(body).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    };
+    hello("fresh", "127.0.0.1:1", json!({})).await;
+    assert!(last().await, "a new waifu's first hello");
+    hello("fresh", "127.0.0.1:2", json!({})).await;
+    assert!(!last().await, "a second instance");
+    hello("bound", "127.0.0.1:3", json!({"http://bound.test": "/"})).await;
+    assert!(!last().await, "a first hello with a bind");
+    hello("other", "127.0.0.1:4", json!({})).await;
+    assert!(last().await, "another new waifu");
+    let (_, waifus) = orch
+        .internal_json(Method::GET, "/__internal/waifus", String::new())
+        .await;
+    let text = waifus.to_string();
+    for name in ["fresh", "bound", "other"] {
+        assert!(text.contains(&format!("\"{name}\"")), "{text}");
+    }
+}
