@@ -239,13 +239,13 @@ async fn a_rollout_splits_new_clients_keeps_each_on_its_side_and_ends_on_the_new
     orch.stop().await.unwrap();
 }
 
+/// New clients at a time while a rollout is judged.
+const LOADERS: usize = 4;
+
 /// A new version worse than the old one, by errors or by latency: rolled
 /// back at its first judgement; every client is on the old version at once
 /// (its cookie for the new side notwithstanding); the only failures are the
 /// new version's own answers before that.
-/// New clients at a time while a rollout is judged.
-const LOADERS: usize = 4;
-
 async fn rolled_back(db: &str, plan: Value, worse: impl FnOnce(&TestWaifu, &TestWaifu), why: &str) {
     let hook = crate::history::Hook::start().await;
     let orch = harness::start(&unique_db(db), &["--incident-webhook-url", &hook.url]).await;
