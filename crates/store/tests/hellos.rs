@@ -569,7 +569,8 @@ async fn a_first_hello_writes_what_the_full_statement_writes() {
     }
 
     // Forgotten and back: the history goes on from where it was.
-    for (store, client) in [(&short, &short_client), (&full, &full_client)] {
+    for (store, client, new_waifu) in [(&short, &short_client, true), (&full, &full_client, false)]
+    {
         client
             .execute(
                 "INSERT INTO health_history (name, instance, from_state, to_state, reason, origin)
@@ -582,7 +583,6 @@ async fn a_first_hello_writes_what_the_full_statement_writes() {
             .execute("DELETE FROM waifus WHERE name = 'b'", &[])
             .await
             .expect("forget");
-        let new_waifu = std::ptr::eq(store, &short);
         store
             .hello(&HelloRecord {
                 version: Some("v3"),
