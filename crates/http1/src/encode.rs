@@ -6,7 +6,6 @@ use std::fmt::Write as _;
 use std::time::SystemTime;
 
 use bytes::BytesMut;
-use http::header;
 use http::{HeaderMap, StatusCode};
 
 /// How the body that follows a head is delimited.
@@ -22,11 +21,11 @@ pub enum Delimited {
 /// `Content-Length` is kept only when `keep_length` (the answer to a `HEAD`:
 /// the length the `GET` would have), `204`/`304`/1xx have neither, and
 /// `Connection` is written only as `close` when `close`. A `Date` is added
-/// if the fields have none.
-pub fn response_head(
+/// if the fields have none. `fields` are (name in lower case, value).
+pub fn response_head<'a>(
     out: &mut BytesMut,
     status: StatusCode,
-    headers: &HeaderMap,
+    fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
     delimited: Delimited,
     keep_length: bool,
     close: bool,
@@ -37,17 +36,17 @@ pub fn response_head(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut has_date = false;
-    for (name, value) in headers {
-        match *name {
-            header::CONTENT_LENGTH if !keep_length => continue,
-            header::TRANSFER_ENCODING | header::CONNECTION => continue,
-            header::TRAILER if delimited != Delimited::Chunked => continue,
-            header::DATE => has_date = true,
+    for (name, value) in fields {
+        match name {
+            b"content-length" if !keep_length => continue,
+            b"transfer-encoding" | b"connection" => continue,
+            b"trailer" if delimited != Delimited::Chunked => continue,
+            b"date" => has_date = true,
             _ => {}
         }
-        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(name);
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
     match delimited {
@@ -89,6 +88,12 @@ pub fn decimal(out: &mut BytesMut, mut n: u64) {
 /// The line that starts a chunk of `len` bytes.
 pub fn chunk_size_line(out: &mut BytesMut, len: usize) {
     let _ = write!(out, "{len:x}\r\n");
+}
+
+/// A map's fields as [`response_head`] takes them.
+pub fn map_fields(map: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
+    map.iter()
+        .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
 }
 
 /// One `name: value` field line.
@@ -153,7 +158,14 @@ mod tests {
         let head = |status: u16, delimited, keep_length, close| {
             let mut out = BytesMut::new();
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-            response_head(&mut out, status, &headers, delimited, keep_length, close);
+            response_head(
+                &mut out,
+                status,
+                map_fields(&headers),
+                delimited,
+                keep_length,
+                close,
+            );
             String::from_utf8(out.to_vec()).unwrap_or_default()
         };
         assert_eq!(
@@ -186,7 +198,14 @@ mod tests {
             (Delimited::None, false),
         ] {
             let mut out = BytesMut::new();
-            response_head(&mut out, StatusCode::OK, &headers, delimited, false, false);
+            response_head(
+                &mut out,
+                StatusCode::OK,
+                map_fields(&headers),
+                delimited,
+                false,
+                false,
+            );
             let head = String::from_utf8(out.to_vec()).unwrap_or_default();
             assert_eq!(head.contains("trailer: x-sum\r\n"), kept, "{head}");
         }

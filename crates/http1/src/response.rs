@@ -7,9 +7,9 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::{Buf, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Response, StatusCode, Version};
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method, StatusCode};
 
 use crate::body::Framing;
 use crate::limits::MAX_FIELDS;
@@ -18,10 +18,114 @@ use crate::token::{list_elements, lists_token};
 /// A parsed response head.
 #[derive(Debug)]
 pub struct Head {
-    pub response: Response<()>,
+    pub status: StatusCode,
+    pub fields: ResponseFields,
     pub framing: Framing,
     /// Whether the connection may carry another request once the body ends.
     pub keep_alive: bool,
+}
+
+/// Where one field lies in its head.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    name: u32,
+    name_len: u32,
+    value: u32,
+    value_len: u32,
+}
+
+// One bit of `removed` per field.
+const _: () = assert!(MAX_FIELDS <= 128);
+
+/// Whether bit `i` of `bits` is set.
+fn bit(bits: &[u64; 2], i: usize) -> bool {
+    bits[i / 64] & (1 << (i % 64)) != 0
+}
+
+/// A response's header fields where they lie in the head they came in,
+/// in the order they came: nothing copied, hashed or allocated per field.
+/// Names are in lower case (lowered in place when the head was read);
+/// every name is a token and every value valid field text, as parsing
+/// checked, by the same rules `HeaderName` and `HeaderValue` apply.
+#[derive(Debug, Clone)]
+pub struct ResponseFields {
+    head: Bytes,
+    spans: Box<[Span]>,
+    /// Bit `i` set: the field at `spans[i]` was removed. (Two words, not
+    /// a `u128`, whose alignment would pad every response that holds it.)
+    removed: [u64; 2],
+}
+
+impl ResponseFields {
+    /// Every field left as (name, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.spans
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| !bit(&self.removed, i))
+            .map(|(_, span)| self.field(span))
+    }
+
+    /// The values of the fields named `name` (lower case), in order.
+    pub fn get_all<'a>(&'a self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
+        self.iter()
+            .filter(move |(n, _)| *n == name)
+            .map(|(_, value)| value)
+    }
+
+    /// Whether a field named `name` (lower case) is left.
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.get_all(name).next().is_some()
+    }
+
+    /// Removes the fields for which `keep` says no.
+    pub fn retain(&mut self, mut keep: impl FnMut(&[u8], &[u8]) -> bool) {
+        for (i, span) in self.spans.iter().enumerate() {
+            let (name, value) = self.field(span);
+            if !bit(&self.removed, i) && !keep(name, value) {
+                self.removed[i / 64] |= 1 << (i % 64);
+            }
+        }
+    }
+
+    /// Whether no field is left.
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+
+    /// The fields left, appended to `map` in order: for the code that
+    /// needs them as a `HeaderMap` (hyper's writers, compression).
+    pub fn append_to(&self, map: &mut HeaderMap) {
+        map.reserve(self.spans.len());
+        for (i, span) in self.spans.iter().enumerate() {
+            if bit(&self.removed, i) {
+                continue;
+            }
+            let (ns, nl) = (span.name as usize, span.name_len as usize);
+            let (vs, vl) = (span.value as usize, span.value_len as usize);
+            // Neither can fail: parsing admitted only the bytes these
+            // admit (a test holds the two sets of rules to each other).
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(&self.head[ns..ns + nl]),
+                HeaderValue::from_maybe_shared(self.head.slice(vs..vs + vl)),
+            ) {
+                map.append(name, value);
+            }
+        }
+    }
+
+    /// The fields left, as a `HeaderMap`.
+    pub fn to_header_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        self.append_to(&mut map);
+        map
+    }
+
+    fn field(&self, span: &Span) -> (&[u8], &[u8]) {
+        let (ns, nl) = (span.name as usize, span.name_len as usize);
+        let (vs, vl) = (span.value as usize, span.value_len as usize);
+        (&self.head[ns..ns + nl], &self.head[vs..vs + vl])
+    }
 }
 
 /// Why a response head was refused.
@@ -33,10 +137,6 @@ pub enum BadHead {
     Malformed,
     #[error("invalid status")]
     Status,
-    #[error("invalid header name")]
-    Name,
-    #[error("invalid header value")]
-    Value,
     #[error("invalid Content-Length")]
     Length,
     #[error("conflicting Content-Length")]
@@ -66,41 +166,36 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, B
             continue;
         }
         let http11 = parsed.version == Some(1);
-        // Header values are kept as slices of the head, not copied.
+        // Offsets into the head (u32: a head is far shorter than 4 GiB).
         let base = buf.as_ptr() as usize;
-        let count = parsed.headers.len();
-        // Offsets (u32: a head is far shorter than 4 GiB): 1.6 KiB, which
-        // libc clears with vector stores, not a byte-counted `rep stosb`.
-        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_FIELDS];
         let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-        for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
-            *span = (
-                offset(field.name.as_bytes()),
-                field.name.len() as u32,
-                offset(field.value),
-                field.value.len() as u32,
-            );
-        }
-        let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
+        let spans: Box<[Span]> = parsed
+            .headers
+            .iter()
+            .map(|field| Span {
+                name: offset(field.name.as_bytes()),
+                name_len: field.name.len() as u32,
+                value: offset(field.value),
+                value_len: field.value.len() as u32,
+            })
+            .collect();
         let mut present = Present::default();
-        for &(ns, nl, vs, vl) in &spans[..count] {
-            let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
-            let name = HeaderName::from_bytes(&head[ns..ns + nl]).map_err(|_| BadHead::Name)?;
-            let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
-                .map_err(|_| BadHead::Value)?;
-            present.note(&name);
-            headers.append(name, value);
+        for span in &*spans {
+            let name = &mut buf[span.name as usize..(span.name + span.name_len) as usize];
+            name.make_ascii_lowercase();
+            present.note(name);
         }
-        let (framing, mut keep_alive) = framing_of(&headers, present, status, method)?;
+        let fields = ResponseFields {
+            head: buf.split_to(len).freeze(),
+            spans,
+            removed: [0; 2],
+        };
+        let (framing, mut keep_alive) = framing_of(&fields, present, status, method)?;
         keep_alive &=
-            http11 && !(present.connection && has_token(&headers, &header::CONNECTION, "close"));
-        let mut response = Response::new(());
-        *response.status_mut() = status;
-        *response.version_mut() = Version::HTTP_11;
-        *response.headers_mut() = headers;
+            http11 && !(present.connection && lists_token(fields.get_all(b"connection"), "close"));
         return Ok(Some(Head {
-            response,
+            status,
+            fields,
             framing,
             keep_alive,
         }));
@@ -117,13 +212,12 @@ struct Present {
 }
 
 impl Present {
-    fn note(&mut self, name: &HeaderName) {
-        if *name == header::CONTENT_LENGTH {
-            self.length = true;
-        } else if *name == header::TRANSFER_ENCODING {
-            self.encoding = true;
-        } else if *name == header::CONNECTION {
-            self.connection = true;
+    fn note(&mut self, name: &[u8]) {
+        match name {
+            b"content-length" => self.length = true,
+            b"transfer-encoding" => self.encoding = true,
+            b"connection" => self.connection = true,
+            _ => {}
         }
     }
 }
@@ -131,7 +225,7 @@ impl Present {
 /// How a response body is delimited (RFC 9112 §6.3), and whether that
 /// leaves the connection reusable.
 fn framing_of(
-    headers: &HeaderMap,
+    fields: &ResponseFields,
     present: Present,
     status: StatusCode,
     method: &Method,
@@ -144,11 +238,11 @@ fn framing_of(
         return Ok((Framing::None, true));
     }
     if present.encoding {
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|v| list_elements(v.as_bytes()))
-            .rfind(|t| !t.is_empty());
+        let last = fields
+            .get_all(b"transfer-encoding")
+            .flat_map(list_elements)
+            .filter(|t| !t.is_empty())
+            .last();
         let chunked = last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
         // With Content-Length as well, the message is suspect: read it as
         // Transfer-Encoding says, then close (RFC 9112 §6.3 ¶3).
@@ -160,8 +254,8 @@ fn framing_of(
         });
     }
     let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in list_elements(value.as_bytes()) {
+    for value in fields.get_all(b"content-length") {
+        for part in list_elements(value) {
             let n = parse_length(part).ok_or(BadHead::Length)?;
             if length.is_some_and(|l| l != n) {
                 return Err(BadHead::ConflictingLength);
@@ -183,25 +277,14 @@ pub fn parse_length(digits: &[u8]) -> Option<u64> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
-/// Whether a comma-separated field lists `token` (any case).
-pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    lists_token(headers.get_all(name).iter().map(|v| v.as_bytes()), token)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn head(raw: &str, method: &Method) -> Result<Option<(u16, Framing, bool, usize)>, BadHead> {
         let mut buf = BytesMut::from(raw);
-        Ok(parse_head(&mut buf, method)?.map(|h| {
-            (
-                h.response.status().as_u16(),
-                h.framing,
-                h.keep_alive,
-                buf.len(),
-            )
-        }))
+        Ok(parse_head(&mut buf, method)?
+            .map(|h| (h.status.as_u16(), h.framing, h.keep_alive, buf.len())))
     }
 
     #[test]
@@ -286,5 +369,88 @@ mod tests {
         );
         assert_eq!(head("HTTP/1.1 099 X\r\n\r\n", get), Err(BadHead::Status));
         assert_eq!(head("nonsense\r\n\r\n", get), Err(BadHead::Malformed));
+    }
+
+    /// The fields are kept unchecked by `HeaderName` and `HeaderValue`
+    /// because httparse admits exactly the bytes they admit: every byte in
+    /// a name and in a value, read by the one and checked by the other.
+    #[test]
+    fn parsing_admits_exactly_what_header_names_and_values_admit() {
+        for b in 0..=255u8 {
+            let mut name = b"x-a".to_vec();
+            name.insert(1, b);
+            let mut raw = b"HTTP/1.1 200 OK\r\n".to_vec();
+            raw.extend_from_slice(&name);
+            raw.extend_from_slice(b": 1\r\ncontent-length: 0\r\n\r\n");
+            let parsed = parse_head(&mut BytesMut::from(&raw[..]), &Method::GET);
+            let admitted = HeaderName::from_bytes(&name).is_ok();
+            // A colon ends the name there instead.
+            if b == b':' {
+                continue;
+            }
+            assert_eq!(
+                matches!(parsed, Ok(Some(_))),
+                admitted,
+                "name byte {b:#04x}"
+            );
+            if let Ok(Some(head)) = parsed {
+                let map = head.fields.to_header_map();
+                assert_eq!(map.len(), 2, "name byte {b:#04x}");
+            }
+
+            let value = [b'a', b, b'z'];
+            let mut raw = b"HTTP/1.1 200 OK\r\nx-a: ".to_vec();
+            raw.extend_from_slice(&value);
+            raw.extend_from_slice(b"\r\ncontent-length: 0\r\n\r\n");
+            let parsed = parse_head(&mut BytesMut::from(&raw[..]), &Method::GET);
+            // A line ending inside the value ends the line there instead.
+            if b == b'\r' || b == b'\n' {
+                continue;
+            }
+            let admitted = HeaderValue::from_bytes(&value).is_ok();
+            assert_eq!(
+                matches!(parsed, Ok(Some(_))),
+                admitted,
+                "value byte {b:#04x}"
+            );
+            if let Ok(Some(head)) = parsed {
+                let map = head.fields.to_header_map();
+                assert_eq!(map["x-a"].as_bytes(), &value[..], "value byte {b:#04x}");
+            }
+        }
+    }
+
+    #[test]
+    fn fields_are_read_in_lower_case_where_they_lie_and_removed_one_by_one() {
+        let mut raw = String::from("HTTP/1.1 200 OK\r\nX-First: a\r\n");
+        for i in 0..96 {
+            raw.push_str(&format!("X-N{i}: {i}\r\n"));
+        }
+        raw.push_str("Set-Cookie: a=1\r\nSET-COOKIE: b=2\r\ncontent-length: 2\r\n\r\nok");
+        let mut buf = BytesMut::from(raw.as_str());
+        let Ok(Some(head)) = parse_head(&mut buf, &Method::GET) else {
+            panic!("not parsed");
+        };
+        assert_eq!(&buf[..], b"ok");
+        let mut fields = head.fields;
+        assert_eq!(fields.iter().count(), 100, "all of them");
+        let cookies: Vec<_> = fields.get_all(b"set-cookie").collect();
+        assert_eq!(cookies, [&b"a=1"[..], b"b=2"]);
+        assert!(fields.contains(b"x-first"));
+        assert!(!fields.contains(b"X-First"), "names are lower case");
+        // The first, the 65th and the last field.
+        fields
+            .retain(|name, _| name != b"x-first" && name != b"x-n63" && name != b"content-length");
+        assert!(!fields.contains(b"x-first"));
+        assert!(!fields.contains(b"x-n63"));
+        assert!(fields.contains(b"x-n62") && fields.contains(b"x-n64"));
+        assert!(!fields.contains(b"content-length"));
+        assert_eq!(fields.iter().count(), 97);
+        assert_eq!(fields.to_header_map().len(), 97);
+        let last = fields.iter().last().map(|(name, _)| name.to_vec());
+        assert_eq!(last.as_deref(), Some(&b"set-cookie"[..]));
+        fields.retain(|_, _| false);
+        assert!(fields.is_empty());
+        assert!(fields.to_header_map().is_empty());
     }
 }

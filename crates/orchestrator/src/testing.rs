@@ -87,7 +87,7 @@ pub fn upstream_decode(data: &[u8], head: bool) -> Decoded {
         Ok(None) => return Decoded::HeadIncomplete,
         Err(_) => return Decoded::Refused,
     };
-    let status = parsed.response.status().as_u16();
+    let status = parsed.status.as_u16();
     if status == 101 {
         return Decoded::Switched { early: buf.len() };
     }

@@ -117,9 +117,7 @@ pub async fn try_send<T: HasEndpoint>(
         let method = &req.method;
         let result = std::future::poll_fn(|cx| exchange.poll_head(cx, method)).await;
         match result {
-            Ok(parsed)
-                if parsed.response.status() == StatusCode::SWITCHING_PROTOCOLS && !req.upgrade =>
-            {
+            Ok(parsed) if parsed.status == StatusCode::SWITCHING_PROTOCOLS && !req.upgrade => {
                 return Err(SendError::UnaskedSwitch.into());
             }
             Ok(mut parsed) => {

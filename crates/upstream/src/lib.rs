@@ -33,4 +33,4 @@ pub use endpoint::{Endpoint, HasEndpoint};
 pub use error::SendError;
 pub use pool::IDLE_FOR;
 pub use request::Outgoing;
-pub use response::Answer;
+pub use response::{Answer, Reply};

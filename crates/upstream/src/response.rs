@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use http::{Method, Response, StatusCode};
 use tokio::net::TcpStream;
 use waifus_http1::limits::MAX_HEAD;
-use waifus_http1::response::{Head, parse_head};
+use waifus_http1::response::{Head, ResponseFields, parse_head};
 
 use super::body::{MIN_READ, READ_SIZE, UpstreamBody};
 use super::endpoint::HasEndpoint;
@@ -19,7 +19,7 @@ use super::request::Upload;
 #[derive(Debug)]
 pub enum Answer {
     /// A response whose body streams from the waifu.
-    Response(Response<UpstreamBody>),
+    Response(Reply),
     /// `101 Switching Protocols` to an upgrade request: the raw connection,
     /// with any bytes the waifu already sent after the head.
     Switched {
@@ -27,6 +27,25 @@ pub enum Answer {
         io: TcpStream,
         early: Bytes,
     },
+}
+
+/// A waifu's response: its fields stay where they lie in the head it
+/// sent, for the proxy to clean and write out without building a map.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub fields: ResponseFields,
+    pub body: UpstreamBody,
+}
+
+impl Reply {
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn into_body(self) -> UpstreamBody {
+        self.body
+    }
 }
 
 /// Writing failed or the response never started: `Closed` when nothing at
@@ -108,18 +127,25 @@ pub(super) fn finish<T: HasEndpoint>(
     upload: Option<Box<Upload>>,
 ) -> Answer {
     let Head {
-        response,
+        status,
+        fields,
         framing,
         keep_alive,
     } = head;
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        fields.append_to(response.headers_mut());
         return Answer::Switched {
             response,
             io,
             early: buf.freeze(),
         };
     }
-    let (parts, ()) = response.into_parts();
     let body = UpstreamBody::new(io, buf, framing, keep_alive, upload, owner);
-    Answer::Response(Response::from_parts(parts, body))
+    Answer::Response(Reply {
+        status,
+        fields,
+        body,
+    })
 }

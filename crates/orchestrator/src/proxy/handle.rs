@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::access;
+use super::answered::Answered;
 use super::body::{ClientBody, ProxyBody};
 use super::compress::{self, Compressed};
 use super::error::ProxyError;
@@ -34,7 +35,7 @@ use crate::routing::stats::AllStats;
 use crate::routing::switch::Found;
 use crate::routing::{Busy, Instance, Outcome, Routes, WaifuRoute};
 use crate::tls::Certs;
-use crate::upstream::{self, Answer, Outgoing, SendError, Unanswered};
+use crate::upstream::{self, Answer, Outgoing, Reply, SendError, Unanswered};
 
 /// What one exchange with a waifu came to.
 type Attempt = Result<Result<Answer, SendError>, tokio::time::error::Elapsed>;
@@ -178,7 +179,7 @@ impl Proxy {
         req: ClientRequest<'_>,
         client: SocketAddr,
         via: &Via,
-    ) -> impl Future<Output = Result<Response<ClientBody>, Infallible>> + Send + use<> {
+    ) -> impl Future<Output = Result<Answered<ClientBody>, Infallible>> + Send + use<> {
         let started = Instant::now();
         let method = req.method.clone();
         // Boxed: the request's future stays small when the log is off.
@@ -208,20 +209,20 @@ impl Proxy {
                     Ok((answer, busy)) => this.relay(answer, busy, upgrade, &served),
                     Err(e) => Err(e),
                 },
-                Ok(Prepared::Answer(response)) => Ok(*response),
+                Ok(Prepared::Answer(response)) => Ok(Answered::own(*response)),
                 Err(e) => Err(e),
             };
-            let mut response = response.unwrap_or_else(ProxyError::into_response);
+            let mut answered =
+                response.unwrap_or_else(|e| Answered::own(ProxyError::into_response(e)));
             if let Some(hsts) = hsts
-                && !response
-                    .headers()
-                    .contains_key(header::STRICT_TRANSPORT_SECURITY)
+                && !answered.contains(&header::STRICT_TRANSPORT_SECURITY)
             {
-                response
+                answered
+                    .response
                     .headers_mut()
                     .insert(header::STRICT_TRANSPORT_SECURITY, hsts);
             }
-            let status = response.status();
+            let status = answered.response.status();
             let stats = match &served.waifu {
                 Some(waifu) => waifu.stats().get(&this.stats),
                 None => &this.stats.unrouted,
@@ -234,13 +235,18 @@ impl Proxy {
                     .get()
                     .record(status, started.elapsed());
                 if let Some(cookie) = rollout.set_cookie {
-                    response.headers_mut().append(header::SET_COOKIE, cookie);
+                    answered
+                        .response
+                        .headers_mut()
+                        .append(header::SET_COOKIE, cookie);
                 }
             }
+            // Compression reads and edits the fields: it takes them whole.
             let response = if this.compression {
-                compress::apply(response, coding, method == http::Method::HEAD)
+                let whole = answered.into_http();
+                Answered::own(compress::apply(whole, coding, method == http::Method::HEAD))
             } else {
-                response.map(Compressed::plain)
+                answered.map(Compressed::plain)
             };
             Ok(match entry {
                 None => response.map(access::Logged::off),
@@ -567,6 +573,8 @@ mod tests {
     #[test]
     fn what_each_request_moves_stays_small() {
         assert!(size_of::<http::Response<super::ClientBody>>() <= 256);
+        // The waifu's fields where they lie: 64 bytes beside it.
+        assert!(size_of::<super::Answered<super::ClientBody>>() <= 320);
         assert!(size_of::<super::Prepared>() <= 128);
         assert!(size_of::<super::Attempt>() <= 232);
     }

@@ -31,6 +31,7 @@ use std::borrow::Cow;
 use bytes::BytesMut;
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
+use waifus_http1::response::ResponseFields;
 use waifus_http1::token::{is_field_value, list_elements};
 
 use super::fields::{Fields, name, text};
@@ -80,8 +81,25 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// The same for a waifu's answer other than a switch, its fields where
+/// they lie: hop-by-hop ones, `Upgrade` and every one `Connection` names
+/// are marked removed.
+pub(crate) fn strip_hop_by_hop_fields(fields: &mut ResponseFields) {
+    if !fields.iter().any(|(name, _)| is_hop_by_hop(name)) {
+        return;
+    }
+    let named: Vec<HeaderName> = fields
+        .get_all(b"connection")
+        .flat_map(list_elements)
+        .filter_map(|name| HeaderName::from_bytes(name).ok())
+        .collect();
+    fields.retain(|name, _| {
+        !is_hop_by_hop(name) && !named.iter().any(|n| n.as_str().as_bytes() == name)
+    });
+}
+
 /// Hop-by-hop names (lower case), removed whatever `Connection` says: from
-/// answers by [`strip_hop_by_hop`], from requests by [`is_not_forwarded`].
+/// answers by [`strip_hop_by_hop`] and [`strip_hop_by_hop_fields`], from requests by [`is_not_forwarded`].
 fn is_hop_by_hop(name: &[u8]) -> bool {
     matches!(
         name,

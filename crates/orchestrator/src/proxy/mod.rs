@@ -11,6 +11,7 @@
 //! completed it with its `101 Switching Protocols`.
 
 mod access;
+mod answered;
 mod body;
 pub(crate) mod compress;
 mod error;
@@ -25,6 +26,7 @@ pub(crate) mod trusted;
 mod via;
 mod websocket;
 
+pub(crate) use answered::Answered;
 pub(crate) use body::ClientBody;
 pub(crate) use fields::{ClientRequest, Fields};
 pub(crate) use handle::{HttpsInfo, Proxy, UpstreamConfig};

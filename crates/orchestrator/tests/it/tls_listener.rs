@@ -300,6 +300,14 @@ async fn hsts_goes_on_https_answers_only() {
                 "{target} h2={h2}"
             );
         }
+        // The waifu's own is left as it is, and alone.
+        let reply = get(https, "app.example.com", "/hsts", &trust, h2).await;
+        let values: Vec<_> = reply
+            .headers
+            .get_all("strict-transport-security")
+            .iter()
+            .collect();
+        assert_eq!(values, ["max-age=5"], "h2={h2}");
     }
     let plain = orch.get("localhost", "/app/x").await;
     assert_eq!(plain.status, StatusCode::OK);

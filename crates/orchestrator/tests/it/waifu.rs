@@ -236,6 +236,13 @@ impl State {
                     .insert("content-type", "application/json".parse().unwrap());
                 r
             }
+            "/hsts" => {
+                // Its own HSTS, which the proxy's must not join or replace.
+                let mut r = full(StatusCode::OK, "own hsts");
+                r.headers_mut()
+                    .insert("strict-transport-security", "max-age=5".parse().unwrap());
+                r
+            }
             "/encoded" => {
                 // Already encoded by the waifu: must pass untouched.
                 let mut r = full(StatusCode::OK, vec![b'z'; 4096]);

@@ -165,7 +165,8 @@ where
         let handled = proxy.handle(ClientRequest::of_hyper(&mut parts, body), peer, &via);
         let draining = draining.clone();
         async move {
-            let Ok(mut response) = handled.await;
+            let Ok(answered) = handled.await;
+            let mut response = answered.into_http();
             // Draining: the client takes its next request elsewhere.
             if http1
                 && draining.is_cancelled()

@@ -6,13 +6,13 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
-use http::{Response, StatusCode};
+use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::Body;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use waifus_http1::encode::{Delimited, chunk_size_line, response_head};
+use waifus_http1::encode::{Delimited, chunk_size_line, map_fields, response_head};
 
-use crate::proxy::ClientBody;
+use crate::proxy::{Answered, ClientBody};
 
 /// Response bytes gathered before they are written.
 const WRITE_BUF: usize = 16 * 1024;
@@ -34,10 +34,11 @@ pub(crate) enum RespondError {
 pub(super) async fn respond<S: AsyncWrite + Unpin>(
     io: &mut S,
     out: &mut BytesMut,
-    response: Response<ClientBody>,
+    response: Answered<ClientBody>,
     is_head: bool,
     close: bool,
 ) -> Result<(), RespondError> {
+    let Answered { response, waifu } = response;
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
     let bodyless = status.is_informational()
@@ -56,7 +57,11 @@ pub(super) async fn respond<S: AsyncWrite + Unpin>(
     response_head(
         out,
         status,
-        &parts.headers,
+        // The waifu's fields straight from its head, then the proxy's.
+        waifu
+            .iter()
+            .flat_map(|fields| fields.iter())
+            .chain(map_fields(&parts.headers)),
         framing,
         is_head && !bodyless,
         close,

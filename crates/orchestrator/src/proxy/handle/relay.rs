@@ -11,7 +11,7 @@ impl Proxy {
         busy: Arc<Busy>,
         upgrade: Option<Switch>,
         served: &Served,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Answered<ProxyBody>, ProxyError> {
         let instance = busy.instance();
         let answer = match answer {
             Err(_) | Ok(Err(SendError::ConnectTimeout)) => return Err(ProxyError::Timeout),
@@ -31,10 +31,18 @@ impl Proxy {
             Ok(Ok(answer)) => answer,
         };
         match answer {
-            Answer::Response(response) => {
-                let (mut rparts, rbody) = response.into_parts();
-                headers::strip_hop_by_hop(&mut rparts.headers, false);
-                Ok(Response::from_parts(rparts, Either::Left(rbody)))
+            Answer::Response(Reply {
+                status,
+                mut fields,
+                body,
+            }) => {
+                headers::strip_hop_by_hop_fields(&mut fields);
+                let mut response = Response::new(Either::Left(body));
+                *response.status_mut() = status;
+                Ok(Answered {
+                    response,
+                    waifu: Some(fields),
+                })
             }
             Answer::Switched {
                 response,
@@ -63,7 +71,7 @@ impl Proxy {
                     busy,
                 );
                 let empty = Either::Right(Full::new(Bytes::new()));
-                Ok(Response::from_parts(rparts, empty))
+                Ok(Answered::own(Response::from_parts(rparts, empty)))
             }
         }
     }

@@ -51,6 +51,49 @@ fn hop_by_hop() {
     strip_hop_by_hop(&mut h, true);
     assert_eq!(h["upgrade"], "websocket");
     assert_eq!(h["connection"], "upgrade");
+
+    // The same answer's fields where they lie.
+    let mut fields = response_fields(
+        "Connection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\n\
+         TE: trailers\r\nTransfer-Encoding: chunked\r\nUpgrade: websocket\r\n\
+         Proxy-Authorization: x\r\nX-Kept: 1\r\n",
+    );
+    strip_hop_by_hop_fields(&mut fields);
+    let left: Vec<_> = fields.iter().collect();
+    assert_eq!(left, [(&b"x-kept"[..], &b"1"[..])]);
+}
+
+/// A waifu's answer with `fields` (lines ending in CRLF), as read.
+fn response_fields(fields: &str) -> ResponseFields {
+    let raw = format!("HTTP/1.1 200 OK\r\n{fields}content-length: 0\r\n\r\n");
+    let mut buf = BytesMut::from(raw.as_bytes());
+    let head = waifus_http1::response::parse_head(&mut buf, &http::Method::GET);
+    let mut fields = head.unwrap().unwrap().fields;
+    fields.retain(|name, _| name != b"content-length");
+    fields
+}
+
+/// A response head as the fast path writes it, its lines sorted by name
+/// (same-name lines keep their order; different names may not).
+fn written_response<'a>(fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Vec<String> {
+    let mut out = BytesMut::new();
+    let framing = waifus_http1::encode::Delimited::Length(0);
+    waifus_http1::encode::response_head(
+        &mut out,
+        http::StatusCode::OK,
+        fields,
+        framing,
+        false,
+        false,
+    );
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let mut lines: Vec<String> = text
+        .split("\r\n")
+        .filter(|l| !l.starts_with("date: "))
+        .map(str::to_owned)
+        .collect();
+    lines.sort_by_key(|l| l.split(':').next().unwrap_or_default().to_owned());
+    lines
 }
 
 /// The fields `write_request_fields` writes, parsed back; `(name, value)`
@@ -580,5 +623,41 @@ proptest::proptest! {
             (lines, id.to_value(), trace)
         };
         proptest::prop_assert_eq!(written(Fields::Map(&h)), written(Fields::Raw(req.headers)));
+    }
+}
+
+proptest::proptest! {
+    /// Whatever a waifu answers, in whatever order and case: its fields
+    /// cleaned where they lie and written straight from its head come out
+    /// as the header map hyper's path builds, cleans and writes.
+    #[test]
+    fn both_views_of_an_answer_clean_and_write_the_same(
+        fields in proptest::collection::vec((
+            proptest::sample::select(vec![
+                "Connection", "connection", "X-Secret", "x-secret", "Keep-Alive",
+                "TE", "Trailer", "Transfer-Encoding", "Upgrade", "Proxy-Authenticate",
+                "Proxy-Connection", "Set-Cookie", "Date", "Content-Type", "X-A", "x-a",
+                "Strict-Transport-Security",
+            ]),
+            proptest::sample::select(vec![
+                "1", "a=1", "x-secret", "close, X-Secret", "X-A,, te", "upgrade",
+                "\t v ", "k\u{e9}", "text/plain", "max-age=1",
+            ]),
+        ), 0..12),
+    ) {
+        let mut lines = String::new();
+        for (name, value) in &fields {
+            lines.push_str(&format!("{name}: {value}\r\n"));
+        }
+        let mut fields = response_fields(&lines);
+        // hyper's path: the map as the answer used to be read, cleaned.
+        let mut map = fields.to_header_map();
+        strip_hop_by_hop(&mut map, false);
+        strip_hop_by_hop_fields(&mut fields);
+        proptest::prop_assert_eq!(&fields.to_header_map(), &map);
+        proptest::prop_assert_eq!(
+            written_response(fields.iter()),
+            written_response(waifus_http1::encode::map_fields(&map))
+        );
     }
 }
