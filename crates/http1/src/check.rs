@@ -28,7 +28,7 @@
 
 use crate::chunked::{ChunkError, Chunked, Step};
 use crate::limits::MAX_HEAD;
-use crate::token::is_tchar;
+use crate::token::TCHAR;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -375,7 +375,7 @@ fn judge_head(head: &[u8]) -> Result<Framing, Violation> {
         if name.last().is_some_and(|&b| b == b' ' || b == b'\t') {
             return Err(Violation::SpaceBeforeColon);
         }
-        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+        if name.is_empty() || !TCHAR.holds_all(name) {
             return Err(Violation::BadFieldName);
         }
         if name.eq_ignore_ascii_case(b"content-length") {

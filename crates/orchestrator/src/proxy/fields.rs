@@ -12,6 +12,7 @@ use http::header::HeaderName;
 use http::{HeaderMap, Method, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
+use waifus_http1::token::{ByteSet, FIELD_VALUE};
 
 /// A request's header fields.
 #[derive(Debug, Clone, Copy)]
@@ -107,10 +108,8 @@ impl DoubleEndedIterator for All<'_> {
 /// A field value as text, when it is all visible ASCII, spaces and tabs
 /// (what `HeaderValue::to_str` accepts).
 pub(crate) fn text(value: &[u8]) -> Option<&str> {
-    if value
-        .iter()
-        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
-    {
+    static TEXT: ByteSet = ByteSet::new(&[(b' ', b'~')], b"\t");
+    if TEXT.holds_all(value) {
         std::str::from_utf8(value).ok()
     } else {
         None
@@ -120,9 +119,7 @@ pub(crate) fn text(value: &[u8]) -> Option<&str> {
 /// Whether every byte of a field value is one `HeaderValue` accepts: any
 /// but the controls other than tab.
 pub(crate) fn is_value(value: &[u8]) -> bool {
-    value
-        .iter()
-        .all(|&b| b == b'\t' || (b >= b' ' && b != 0x7f))
+    FIELD_VALUE.holds_all(value)
 }
 
 /// The names the proxy looks fields up by, as statics: a name is passed by
@@ -180,5 +177,20 @@ impl<'a> ClientRequest<'a> {
     /// The target as the client sent it (origin form): `path[?query]`.
     pub(crate) fn target_len(&self) -> usize {
         self.path.len() + self.query.map_or(0, |q| q.len() + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// What `HeaderValue` takes, and what of it `to_str` gives as text.
+    #[test]
+    fn values_and_text_are_judged_as_header_value_judges_them() {
+        for b in 0..=255u8 {
+            let bytes = [b'a', b, b'z'];
+            let value = http::HeaderValue::from_bytes(&bytes);
+            assert_eq!(super::is_value(&bytes), value.is_ok(), "{b:#x}");
+            let text = value.as_ref().ok().and_then(|v| v.to_str().ok());
+            assert_eq!(super::text(&bytes), text, "{b:#x}");
+        }
     }
 }

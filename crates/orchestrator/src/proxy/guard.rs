@@ -22,6 +22,7 @@
 
 use std::borrow::Cow;
 
+use waifus_http1::token::{ALPHANUMERIC, ByteSet};
 use waifus_protocol::is_internal_segment;
 
 /// Why a request target was not accepted.
@@ -43,7 +44,7 @@ pub(crate) fn normalize(raw: &str) -> Result<Cow<'_, str>, Rejection> {
             "the request target must be a path starting with '/'",
         ));
     }
-    if raw.bytes().all(|b| b == b'/' || is_canonical_byte(b)) {
+    if CANONICAL_OR_SLASH.holds_all(raw.as_bytes()) {
         let mut segments = segments(&raw[1..]);
         if segments.all(|s| dot_segment(s).is_none() && !is_internal_segment(s)) {
             return Ok(Cow::Borrowed(raw));
@@ -253,8 +254,12 @@ fn hex_value(b: u8) -> Option<u8> {
 }
 
 /// RFC 3986 `pchar` minus `%`: the bytes written as themselves.
+static CANONICAL: ByteSet = ByteSet::new(&ALPHANUMERIC, b"-._~!$&'()*+,;=:@");
+/// The same and `/`: a path all of them is canonical as it is.
+static CANONICAL_OR_SLASH: ByteSet = ByteSet::new(&ALPHANUMERIC, b"-._~!$&'()*+,;=:@/");
+
 fn is_canonical_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b)
+    CANONICAL.contains(b)
 }
 
 fn encode_segment(segment: &str, out: &mut String) {
@@ -272,6 +277,17 @@ fn encode_segment(segment: &str, out: &mut String) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// The tables hold exactly the bytes RFC 3986 names.
+    #[test]
+    fn canonical_bytes_are_pchar_without_percent() {
+        for b in 0..=255u8 {
+            let pchar = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b);
+            assert_eq!(is_canonical_byte(b), pchar, "{b:#x}");
+            assert_eq!(CANONICAL_OR_SLASH.contains(b), pchar || b == b'/', "{b:#x}");
+        }
+    }
     #[test]
     fn segments_are_what_split_gives() {
         for path in [
@@ -291,7 +307,6 @@ mod tests {
         }
     }
 
-    use super::*;
     use proptest::prelude::*;
 
     #[derive(Debug, PartialEq)]

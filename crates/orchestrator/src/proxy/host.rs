@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 
 use http::Version;
+use waifus_http1::token::{ALPHANUMERIC, ByteSet};
 
 use super::error::ProxyError;
 use super::fields::{ClientRequest, name, text};
@@ -118,9 +119,8 @@ fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
         position(raw, b':').map_or(raw, |i| &raw[..i])
     };
     let host = host.strip_suffix('.').unwrap_or(host);
-    let valid = host
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b));
+    static HOST: ByteSet = ByteSet::new(&ALPHANUMERIC, b"-._[]:");
+    let valid = HOST.holds_all(host.as_bytes());
     if host.is_empty() || !valid {
         return None;
     }

@@ -10,6 +10,7 @@ use std::mem::MaybeUninit;
 
 use http::{Method, Version};
 use waifus_http1::limits::MAX_FIELDS;
+use waifus_http1::token::ByteSet;
 
 use crate::proxy::fields::is_value;
 use crate::proxy::{ClientRequest, Fields};
@@ -113,18 +114,30 @@ fn origin_form(target: &str) -> Option<(&str, Option<&str>)> {
         Some(i) => (&target[..i], Some(&target[i + 1..])),
         None => (target, None),
     };
-    let plain = path.bytes().all(is_path_byte)
-        && query.is_none_or(|q| q.bytes().all(|b| b == b'?' || is_path_byte(b)));
+    let plain =
+        PATH.holds_all(path.as_bytes()) && query.is_none_or(|q| QUERY.holds_all(q.as_bytes()));
     plain.then_some((path, query))
 }
 
 /// Unreserved, sub-delims, `%`, `:`, `@` and `/` (RFC 3986 §3.3).
-fn is_path_byte(b: u8) -> bool {
-    matches!(b, b'!' | b'$'..=b';' | b'=' | b'@'..=b'Z' | b'_' | b'a'..=b'z' | b'~')
-}
+static PATH: ByteSet = ByteSet::new(&[(b'$', b';'), (b'@', b'Z'), (b'a', b'z')], b"!=_~");
+/// The same and `?` (RFC 3986 §3.4).
+static QUERY: ByteSet = ByteSet::new(&[(b'$', b';'), (b'@', b'Z'), (b'a', b'z')], b"!=_~?");
 
 #[cfg(test)]
 mod tests {
+    /// The tables hold exactly the bytes RFC 3986 allows in a path and
+    /// a query, but for `#` and what is not ASCII.
+    #[test]
+    fn path_and_query_bytes_are_the_rfcs() {
+        for b in 0..=255u8 {
+            let path =
+                matches!(b, b'!' | b'$'..=b';' | b'=' | b'@'..=b'Z' | b'_' | b'a'..=b'z' | b'~');
+            assert_eq!(super::PATH.contains(b), path, "{b:#x}");
+            assert_eq!(super::QUERY.contains(b), path || b == b'?', "{b:#x}");
+        }
+    }
+
     use super::*;
 
     /// What the proxy was handed.
