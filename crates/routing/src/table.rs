@@ -268,6 +268,10 @@ pub struct RouteTable {
     waifus: Shards<Arc<WaifuRoute>>,
     /// Lowercase host → binds, longest prefix first.
     hosts: Shards<Arc<[BindRoute]>>,
+    /// Whether the main domain has binds (stored before it became the main
+    /// domain): they win there, as on any host. Without, a request for the
+    /// main domain is resolved with one lookup, not two.
+    main_bound: bool,
     /// How many of the routes have a rollout: periodic work that only
     /// matters during one asks this instead of walking every route.
     rollouts: usize,
@@ -292,8 +296,10 @@ impl RouteTable {
             .map(|(host, binds)| (host, sorted(binds)))
             .collect();
         let rollouts = waifus.values().filter(|w| w.rollout.is_some()).count();
+        let main_domain: Option<Arc<str>> = main_domain.map(Into::into);
         RouteTable {
-            main_domain: main_domain.map(Into::into),
+            main_bound: bound(main_domain.as_deref(), &hosts),
+            main_domain,
             waifus,
             hosts,
             rollouts,
@@ -351,6 +357,7 @@ impl RouteTable {
             }
         }
         RouteTable {
+            main_bound: bound(self.main_domain.as_deref(), &hosts),
             main_domain: self.main_domain.clone(),
             waifus,
             hosts,
@@ -394,6 +401,9 @@ impl RouteTable {
 
     /// Resolves a lowercase host without port and a canonical path.
     pub fn resolve<'a>(&'a self, host: &str, path: &'a str) -> Option<Resolved<'a>> {
+        if !self.main_bound && self.main_domain.as_deref() == Some(host) {
+            return self.resolve_main(path);
+        }
         if let Some(binds) = self.hosts.get(host) {
             return binds.iter().find_map(|b| resolve_bind(b, path));
         }
@@ -416,6 +426,11 @@ impl RouteTable {
             tls: false,
         })
     }
+}
+
+/// Whether `main_domain` has binds in `hosts`.
+fn bound(main_domain: Option<&str>, hosts: &Shards<Arc<[BindRoute]>>) -> bool {
+    main_domain.is_some_and(|main| hosts.get(main).is_some())
 }
 
 /// Longest prefix first, so the most specific bind wins.

@@ -62,6 +62,33 @@ fn resolution() {
     );
 }
 
+/// Binds on the main domain (stored before it became the main domain) win
+/// there as on any host, whether the table was built with them or they
+/// came and went with a waifu's change; without them, names route.
+#[test]
+fn binds_on_the_main_domain_win_there() {
+    use waifus_protocol::parse_bind_key;
+    let (link, other) = (waifu("link"), waifu("other"));
+    let binds = vec![("localhost".to_string(), bind("/link", "/in", &other))];
+    let table = RouteTable::new(Some("localhost"), [link.clone(), other.clone()], binds);
+    let route = |t: &RouteTable, path: &str| {
+        t.resolve("localhost", path)
+            .map(|r| (r.waifu.name.to_string(), r.path.into_owned()))
+    };
+    let bound = Some(("other".to_string(), "/in/x".to_string()));
+    let named = Some(("link".to_string(), "/x".to_string()));
+    assert_eq!(route(&table, "/link/x"), bound);
+    let unbound = table.with_waifu("other", Some((&other, &[])), ["localhost"]);
+    assert_eq!(route(&unbound, "/link/x"), named);
+    let key = parse_bind_key("http://localhost/link").unwrap();
+    let again = unbound.with_waifu("other", Some((&other, &[(key.clone(), "/in".into())])), []);
+    assert_eq!(route(&again, "/link/x"), bound);
+    let fresh = RouteTable::new(Some("localhost"), [link, other.clone()], Vec::new());
+    assert_eq!(route(&fresh, "/link/x"), named);
+    let bound_later = fresh.with_waifu("other", Some((&other, &[(key, "/in".into())])), []);
+    assert_eq!(route(&bound_later, "/link/x"), bound);
+}
+
 /// Deriving a table after one waifu changed routes exactly like building
 /// it from scratch: binds added, moved between hosts and dropped.
 #[test]
