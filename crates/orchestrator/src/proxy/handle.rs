@@ -357,10 +357,12 @@ impl Proxy {
             upgrade,
             ..
         } = req;
-        let upgrade = websocket::Key::of(&method, version, fields).and_then(|key| {
+        // Only a connection that can be switched is looked at for a
+        // handshake (never one on the fast path, which hands upgrades off).
+        let upgrade = upgrade.and_then(|client| {
             Some(Switch {
-                client: upgrade?,
-                key,
+                key: websocket::Key::of(&method, version, fields)?,
+                client,
                 switched: via.switched.clone(),
             })
         });
