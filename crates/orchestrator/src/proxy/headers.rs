@@ -219,7 +219,10 @@ pub(crate) fn write_request_fields<'h>(
             }
         }
     }
-    write_ip(head, fwd.peer.to_canonical());
+    let peer = fwd.peer.to_canonical();
+    let peer_at = head.len();
+    write_ip(head, peer);
+    let peer_text = peer_at..head.len();
     head.extend_from_slice(b"\r\n");
     let client = fwd.client.to_canonical();
     write_field(head, b"x-forwarded-proto", fwd.proto.as_bytes());
@@ -238,7 +241,12 @@ pub(crate) fn write_request_fields<'h>(
     }
     write_field(head, b"host", fwd.host.as_bytes());
     head.extend_from_slice(b"x-real-ip: ");
-    write_ip(head, client);
+    if client == peer {
+        // Usually the peer itself: its text is copied, not written again.
+        copy_within_end(head, peer_text);
+    } else {
+        write_ip(head, client);
+    }
     head.extend_from_slice(b"\r\n");
     if websocket {
         write_field(head, b"upgrade", b"websocket");
@@ -364,6 +372,14 @@ fn connection_named(fields: Fields<'_>) -> Vec<HeaderName> {
         .flat_map(list_elements)
         .filter_map(|name| HeaderName::from_bytes(name).ok())
         .collect()
+}
+
+/// Appends a copy of `head[range]` (at most an address's text long).
+fn copy_within_end(head: &mut BytesMut, range: std::ops::Range<usize>) {
+    let mut text = [0u8; 64];
+    let len = range.len().min(text.len());
+    text[..len].copy_from_slice(&head[range.start..range.start + len]);
+    head.extend_from_slice(&text[..len]);
 }
 
 /// An address as `Display` writes it; IPv4 without the formatting
