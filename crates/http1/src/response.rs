@@ -12,7 +12,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 
 use crate::body::Framing;
-use crate::limits::MAX_FIELDS;
+use crate::limits::{MAX_FIELDS, MAX_HEAD};
 use crate::token::{list_elements, lists_token};
 
 /// A parsed response head.
@@ -133,6 +133,8 @@ impl ResponseFields {
 pub enum BadHead {
     #[error("too many response header fields")]
     TooManyFields,
+    #[error("response head over 64 KiB")]
+    TooLarge,
     #[error("malformed response head")]
     Malformed,
     #[error("invalid status")]
@@ -164,6 +166,10 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, B
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
             buf.advance(len);
             continue;
+        }
+        // A head that completed in the read that took it past the limit.
+        if len > MAX_HEAD {
+            return Err(BadHead::TooLarge);
         }
         let http11 = parsed.version == Some(1);
         // Offsets into the head (u32: a head is far shorter than 4 GiB).
@@ -452,5 +458,35 @@ mod tests {
         fields.retain(|_, _| false);
         assert!(fields.is_empty());
         assert!(fields.to_header_map().is_empty());
+    }
+
+    #[test]
+    fn empty_values_and_heads_without_fields_and_over_the_limit() {
+        let raw = "HTTP/1.1 200 OK\r\nX-E:\r\nx-f: \t\r\ncontent-length: 0\r\nX-Last:\r\n\r\n";
+        let Ok(Some(head)) = parse_head(&mut BytesMut::from(raw), &Method::GET) else {
+            panic!("not parsed");
+        };
+        let fields: Vec<_> = head.fields.iter().collect();
+        assert_eq!(
+            fields,
+            [
+                (&b"x-e"[..], &b""[..]),
+                (b"x-f", b""),
+                (b"content-length", b"0"),
+                (b"x-last", b""),
+            ]
+        );
+        let mut buf = BytesMut::from("HTTP/1.1 204 No Content\r\n\r\nnext");
+        let Ok(Some(head)) = parse_head(&mut buf, &Method::GET) else {
+            panic!("not parsed");
+        };
+        assert!(head.fields.is_empty());
+        assert_eq!(&buf[..], b"next");
+        // Complete, but longer than a head may be.
+        let mut raw = String::from("HTTP/1.1 200 OK\r\n");
+        raw.push_str(&format!("x-big: {}\r\n", "v".repeat(MAX_HEAD)));
+        raw.push_str("\r\n");
+        let parsed = parse_head(&mut BytesMut::from(raw.as_str()), &Method::GET);
+        assert_eq!(parsed.map(|h| h.is_some()), Err(BadHead::TooLarge));
     }
 }
