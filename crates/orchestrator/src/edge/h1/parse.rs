@@ -126,6 +126,8 @@ static QUERY: ByteSet = ByteSet::new(&[(b'$', b';'), (b'@', b'Z'), (b'a', b'z')]
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     /// The tables hold exactly the bytes RFC 3986 allows in a path and
     /// a query, but for `#` and what is not ASCII.
     #[test]
@@ -133,12 +135,10 @@ mod tests {
         for b in 0..=255u8 {
             let path =
                 matches!(b, b'!' | b'$'..=b';' | b'=' | b'@'..=b'Z' | b'_' | b'a'..=b'z' | b'~');
-            assert_eq!(super::PATH.contains(b), path, "{b:#x}");
-            assert_eq!(super::QUERY.contains(b), path || b == b'?', "{b:#x}");
+            assert_eq!(PATH.contains(b), path, "{b:#x}");
+            assert_eq!(QUERY.contains(b), path || b == b'?', "{b:#x}");
         }
     }
-
-    use super::*;
 
     /// What the proxy was handed.
     #[derive(Debug)]
