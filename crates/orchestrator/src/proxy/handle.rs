@@ -241,10 +241,6 @@ impl Proxy {
                         .append(header::SET_COOKIE, cookie);
                 }
             }
-            // The usual case in one move of the response, not two.
-            if !this.compression && entry.is_none() {
-                return Ok(answered.map(|body| access::Logged::off(Compressed::plain(body))));
-            }
             // Compression reads and edits the fields: it takes them whole.
             let response = if this.compression {
                 let whole = answered.into_http();

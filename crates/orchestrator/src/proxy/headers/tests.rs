@@ -86,12 +86,16 @@ fn written_response<'a>(fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> V
         false,
         false,
     );
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let mut lines: Vec<String> = text
-        .split("\r\n")
-        .filter(|l| !l.starts_with("date: "))
-        .map(str::to_owned)
-        .collect();
+    let mut lines = lines_by_name(&out);
+    lines.retain(|l| !l.starts_with("date: "));
+    lines
+}
+
+/// A head's lines sorted by name: same-name lines keep their order;
+/// different names may not.
+fn lines_by_name(head: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(head);
+    let mut lines: Vec<String> = text.split("\r\n").map(str::to_owned).collect();
     lines.sort_by_key(|l| l.split(':').next().unwrap_or_default().to_owned());
     lines
 }
@@ -616,17 +620,11 @@ proptest::proptest! {
             let mut head = BytesMut::new();
             fastrand::seed(seed);
             let (id, trace) = write_request_fields(&mut head, fields, websocket, &fwd);
-            let text = String::from_utf8_lossy(&head).into_owned();
-            let mut lines: Vec<String> = text.split("\r\n").map(str::to_owned).collect();
-            // Same-name lines keep their order; different names may not.
-            lines.sort_by_key(|l| l.split(':').next().unwrap_or_default().to_owned());
-            (lines, id.to_value(), trace)
+            (lines_by_name(&head), id.to_value(), trace)
         };
         proptest::prop_assert_eq!(written(Fields::Map(&h)), written(Fields::Raw(req.headers)));
     }
-}
 
-proptest::proptest! {
     /// Whatever a waifu answers, in whatever order and case: its fields
     /// cleaned where they lie and written straight from its head come out
     /// as the header map hyper's path builds, cleans and writes.
